@@ -1,0 +1,80 @@
+//! The `cargo nimify` subcommand: argument parsing and dispatch. Each subcommand is a file in
+//! `cmd/`; expected failures are [`CliError`]s printed as one line with a documented exit code.
+
+pub mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes (documented in `--help`).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// An expected failure: bad model file, missing ONNX Runtime, bind error.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: u8 = 2;
+}
+
+/// `cargo` passes the subcommand name as the first argument: `cargo-nimify nimify ...`.
+#[derive(Debug, Parser)]
+#[command(name = "cargo", bin_name = "cargo", styles = clap::builder::styling::Styles::styled())]
+pub enum Cargo {
+    /// Turn ONNX models into production inference services.
+    Nimify(Cli),
+}
+
+/// Turn ONNX models into production inference services.
+#[derive(Debug, Args)]
+#[command(version, after_help = "Exit codes: 0 success, 1 failure (the message says why and how to fix it), 2 bad usage.")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show a model's signature: inputs, outputs, opsets, producer, size, sha256.
+    Inspect(cmd::inspect::InspectArgs),
+    /// Serve an ONNX file over KServe V2 / Open Inference Protocol, no code needed.
+    Serve(cmd::serve::ServeArgs),
+    /// Manage the ONNX Runtime library nimify loads.
+    Ort(cmd::ort::OrtArgs),
+}
+
+/// An expected failure, shown as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The model could not be read.
+    #[error(transparent)]
+    Model(#[from] nimify_model::ModelError),
+    /// The model could not be loaded for serving.
+    #[error(transparent)]
+    Load(#[from] nimify::LoadError),
+    /// ONNX Runtime is missing or unusable.
+    #[error(transparent)]
+    OrtLib(#[from] nimify::ortlib::OrtLibError),
+    /// Anything else, already phrased for the user.
+    #[error("{0}")]
+    Message(String),
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let Cargo::Nimify(cli) = Cargo::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => cmd::inspect::run(&args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Ort(args) => cmd::ort::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Route groups, one file each, combined with the OpenAPI document in [`crate::server::app`].
+
+pub mod docs;
+pub mod v2;

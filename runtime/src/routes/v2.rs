@@ -1,0 +1,203 @@
+//! KServe V2 / Open Inference Protocol routes, plus Triton's model configuration endpoint.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::model::Model;
+use crate::server::AppState;
+use crate::v2::codec::{self, HEADER_LENGTH};
+use crate::v2::types::{
+    ConfigTensor, InferRequest, InferResponse, LiveResponse, MetadataTensor, ModelConfig, ModelMetadata, ReadyResponse, ServerMetadata,
+};
+
+/// The V2 routes.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(server_metadata))
+        .routes(routes!(live))
+        .routes(routes!(ready))
+        .routes(routes!(model_metadata))
+        .routes(routes!(model_version_metadata))
+        .routes(routes!(model_ready))
+        .routes(routes!(model_version_ready))
+        .routes(routes!(model_config))
+        .routes(routes!(model_version_config))
+        .routes(routes!(infer))
+        .routes(routes!(infer_version))
+}
+
+/// Server name, version and supported protocol extensions.
+#[utoipa::path(get, path = "/v2", tag = "v2", responses((status = 200, body = ServerMetadata)))]
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "nimify".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        extensions: vec!["binary_tensor_data".into(), "model_configuration".into()],
+    })
+}
+
+/// Liveness: 200 while the process answers.
+#[utoipa::path(get, path = "/v2/health/live", tag = "health", responses((status = 200, body = LiveResponse)))]
+async fn live() -> Json<LiveResponse> {
+    Json(LiveResponse { live: true })
+}
+
+/// Readiness: 200 when every model is loaded and the server is not shutting down, else 503.
+#[utoipa::path(get, path = "/v2/health/ready", tag = "health", responses((status = 200, body = ReadyResponse), (status = 503, body = ReadyResponse)))]
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    ready_response(state.is_ready())
+}
+
+fn ready_response(ready: bool) -> Response {
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(ReadyResponse { ready })).into_response()
+}
+
+/// Model metadata: inputs and outputs with KServe datatypes; dims that are not fixed are -1.
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "v2",
+    params(("model" = String, Path, description = "model name")),
+    responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody)))]
+async fn model_metadata(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Json<ModelMetadata>, ApiError> {
+    Ok(Json(metadata(state.model(&model, None)?)))
+}
+
+/// Metadata of one version of a model.
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "v2",
+    params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")),
+    responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody)))]
+async fn model_version_metadata(State(state): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>) -> Result<Json<ModelMetadata>, ApiError> {
+    Ok(Json(metadata(state.model(&model, Some(&version))?)))
+}
+
+fn metadata(model: &Model) -> ModelMetadata {
+    let tensors = |specs: &[crate::model::TensorSpec]| {
+        specs.iter().map(|s| MetadataTensor { name: s.name.clone(), datatype: s.datatype().into(), shape: s.metadata_shape() }).collect()
+    };
+    ModelMetadata {
+        name: model.name().into(),
+        versions: vec![model.version().into()],
+        platform: "onnxruntime_onnx".into(),
+        inputs: tensors(model.inputs()),
+        outputs: tensors(model.outputs()),
+    }
+}
+
+/// Model readiness.
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "health",
+    params(("model" = String, Path, description = "model name")),
+    responses((status = 200, body = ReadyResponse), (status = 404, body = ErrorBody), (status = 503, body = ReadyResponse)))]
+async fn model_ready(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    state.model(&model, None)?;
+    Ok(ready_response(state.is_ready()))
+}
+
+/// Readiness of one version of a model.
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "health",
+    params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")),
+    responses((status = 200, body = ReadyResponse), (status = 404, body = ErrorBody), (status = 503, body = ReadyResponse)))]
+async fn model_version_ready(State(state): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+    state.model(&model, Some(&version))?;
+    Ok(ready_response(state.is_ready()))
+}
+
+/// Triton's model configuration (what `perf_analyzer` and `tritonclient` read).
+#[utoipa::path(get, path = "/v2/models/{model}/config", tag = "v2",
+    params(("model" = String, Path, description = "model name")),
+    responses((status = 200, body = ModelConfig), (status = 404, body = ErrorBody)))]
+async fn model_config(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Json<ModelConfig>, ApiError> {
+    Ok(Json(config(state.model(&model, None)?)))
+}
+
+/// Triton's configuration of one version of a model.
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/config", tag = "v2",
+    params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")),
+    responses((status = 200, body = ModelConfig), (status = 404, body = ErrorBody)))]
+async fn model_version_config(State(state): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>) -> Result<Json<ModelConfig>, ApiError> {
+    Ok(Json(config(state.model(&model, Some(&version))?)))
+}
+
+fn config(model: &Model) -> ModelConfig {
+    let tensors = |specs: &[crate::model::TensorSpec]| {
+        specs
+            .iter()
+            .map(|s| ConfigTensor { name: s.name.clone(), data_type: format!("TYPE_{}", triton_name(s.datatype())), dims: s.metadata_shape() })
+            .collect()
+    };
+    ModelConfig {
+        name: model.name().into(),
+        platform: "onnxruntime_onnx".into(),
+        backend: "onnxruntime".into(),
+        max_batch_size: 0,
+        input: tensors(model.inputs()),
+        output: tensors(model.outputs()),
+    }
+}
+
+/// Triton spells BYTES as `TYPE_STRING` in model configurations.
+fn triton_name(datatype: &str) -> &str {
+    if datatype == "BYTES" { "STRING" } else { datatype }
+}
+
+/// Runs inference. JSON body, or a JSON header of `Inference-Header-Content-Length` bytes
+/// followed by binary tensor data. Content-Type is not required.
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2",
+    params(("model" = String, Path, description = "model name"),
+        ("Inference-Header-Content-Length" = Option<u64>, Header, description = "length of the JSON header when binary tensor data follows")),
+    request_body(content = InferRequest, description = "JSON inference request; with the binary extension, the JSON header followed by tensor bytes"),
+    responses((status = 200, body = InferResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn infer(State(state): State<Arc<AppState>>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    run_infer(&state, &model, None, &headers, body).await
+}
+
+/// Runs inference on one version of a model.
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "v2",
+    params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version"),
+        ("Inference-Header-Content-Length" = Option<u64>, Header, description = "length of the JSON header when binary tensor data follows")),
+    request_body(content = InferRequest, description = "JSON inference request; with the binary extension, the JSON header followed by tensor bytes"),
+    responses((status = 200, body = InferResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn infer_version(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    run_infer(&state, &model, Some(&version), &headers, body).await
+}
+
+async fn run_infer(state: &AppState, model: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let model = Arc::clone(state.model(model, version)?);
+    if !state.is_ready() {
+        return Err(ApiError::NotReady("the server is not ready".into()));
+    }
+    let body = state.read_body(body).await?;
+    let header_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::BadRequest("Inference-Header-Content-Length is not valid text".into()))?),
+    };
+    let decoded = codec::decode(&model, header_len, &body)?;
+    let wanted = decoded.outputs.iter().map(|(n, _)| n.clone()).collect();
+    let outputs = model.infer(decoded.inputs, wanted).await?;
+    let encoded = codec::encode(&model, decoded.id, outputs, &decoded.outputs)?;
+    let mut response = Response::new(Body::from(encoded.body));
+    let h = response.headers_mut();
+    match encoded.header_len {
+        Some(n) => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(HEADER_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(response)
+}

@@ -1,0 +1,204 @@
+//! Owned tensors as the server moves them around, and their conversion to and from ONNX Runtime
+//! values. Shapes come from the data ONNX Runtime returns, never from the declared signature.
+
+use half::{bf16, f16};
+use nimify_model::ElementType;
+use ort::value::{DynValue, Tensor as OrtTensor, ValueType as OrtValueType};
+
+/// The element buffer of a tensor, one variant per element type the protocol carries.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum TensorData {
+    Bool(Vec<bool>),
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    /// BYTES / ONNX `string`: one byte string per element.
+    Bytes(Vec<Vec<u8>>),
+}
+
+/// Applies `$body` to the typed vector inside any numeric variant, binding it as `$v`; strings go
+/// to `$bytes`.
+macro_rules! for_each_numeric {
+    ($data:expr, $v:ident => $body:expr, $b:ident => $bytes:expr) => {
+        match $data {
+            TensorData::Bool($v) => $body,
+            TensorData::U8($v) => $body,
+            TensorData::U16($v) => $body,
+            TensorData::U32($v) => $body,
+            TensorData::U64($v) => $body,
+            TensorData::I8($v) => $body,
+            TensorData::I16($v) => $body,
+            TensorData::I32($v) => $body,
+            TensorData::I64($v) => $body,
+            TensorData::F16($v) => $body,
+            TensorData::Bf16($v) => $body,
+            TensorData::F32($v) => $body,
+            TensorData::F64($v) => $body,
+            TensorData::Bytes($b) => $bytes,
+        }
+    };
+}
+pub(crate) use for_each_numeric;
+
+impl TensorData {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        for_each_numeric!(self, v => v.len(), b => b.len())
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The element type.
+    pub fn element_type(&self) -> ElementType {
+        match self {
+            TensorData::Bool(_) => ElementType::Bool,
+            TensorData::U8(_) => ElementType::Uint8,
+            TensorData::U16(_) => ElementType::Uint16,
+            TensorData::U32(_) => ElementType::Uint32,
+            TensorData::U64(_) => ElementType::Uint64,
+            TensorData::I8(_) => ElementType::Int8,
+            TensorData::I16(_) => ElementType::Int16,
+            TensorData::I32(_) => ElementType::Int32,
+            TensorData::I64(_) => ElementType::Int64,
+            TensorData::F16(_) => ElementType::Float16,
+            TensorData::Bf16(_) => ElementType::Bfloat16,
+            TensorData::F32(_) => ElementType::Float,
+            TensorData::F64(_) => ElementType::Double,
+            TensorData::Bytes(_) => ElementType::String,
+        }
+    }
+}
+
+/// A tensor: a row-major element buffer and its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Dimensions, outermost first; empty for a scalar.
+    pub shape: Vec<usize>,
+    /// Elements; `data.len()` equals the product of `shape`.
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// Builds a tensor, checking that the element count matches the shape.
+    pub fn new(shape: Vec<usize>, data: TensorData) -> Result<Self, String> {
+        let expected = element_count(&shape).ok_or_else(|| format!("shape {shape:?} overflows"))?;
+        if expected != data.len() {
+            return Err(format!("shape {shape:?} needs {expected} elements, got {}", data.len()));
+        }
+        Ok(Self { shape, data })
+    }
+
+    /// Converts into an ONNX Runtime value (copies strings; moves numeric buffers).
+    pub(crate) fn into_ort(self) -> Result<DynValue, ort::Error> {
+        let shape: Vec<i64> = self.shape.iter().map(|&d| i64::try_from(d).unwrap_or(i64::MAX)).collect();
+        for_each_numeric!(self.data,
+            v => Ok(OrtTensor::from_array((shape, v))?.into_dyn()),
+            b => {
+                let strings = b.into_iter().map(|s| String::from_utf8(s).map_err(|_| ort::Error::new("string tensor element is not valid UTF-8"))).collect::<Result<Vec<_>, _>>()?;
+                Ok(OrtTensor::from_string_array((shape, strings.as_slice()))?.into_dyn())
+            }
+        )
+    }
+}
+
+/// The product of `shape`, `None` on overflow.
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// Converts an ONNX Runtime output into a tensor. Sequences and maps (e.g. scikit-learn's
+/// ZipMap) become a BYTES tensor holding one JSON document per element.
+pub(crate) fn from_ort(value: &DynValue) -> Result<Tensor, String> {
+    match value.dtype() {
+        OrtValueType::Tensor { ty, .. } => tensor_from_ort(value, *ty),
+        OrtValueType::Sequence(_) => {
+            let items = value
+                .try_extract_sequence::<ort::value::DynValueTypeMarker>()
+                .map_err(|e| format!("cannot read sequence output: {e}"))?;
+            let docs = items.iter().map(|item| json_of(item).map(|j| j.to_string().into_bytes())).collect::<Result<Vec<_>, _>>()?;
+            Ok(Tensor { shape: vec![docs.len()], data: TensorData::Bytes(docs) })
+        }
+        OrtValueType::Map { .. } => {
+            let doc = json_of(value)?.to_string().into_bytes();
+            Ok(Tensor { shape: vec![1], data: TensorData::Bytes(vec![doc]) })
+        }
+        other => Err(format!("unsupported output type {other}")),
+    }
+}
+
+fn tensor_from_ort(value: &DynValue, ty: ort::value::TensorElementType) -> Result<Tensor, String> {
+    use ort::value::TensorElementType as T;
+    let err = |e: ort::Error| format!("cannot read tensor output: {e}");
+    macro_rules! grab {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
+            (shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect::<Vec<_>>(), TensorData::$variant(data.to_vec()))
+        }};
+    }
+    let (shape, data) = match ty {
+        T::Bool => grab!(bool, Bool),
+        T::Uint8 => grab!(u8, U8),
+        T::Uint16 => grab!(u16, U16),
+        T::Uint32 => grab!(u32, U32),
+        T::Uint64 => grab!(u64, U64),
+        T::Int8 => grab!(i8, I8),
+        T::Int16 => grab!(i16, I16),
+        T::Int32 => grab!(i32, I32),
+        T::Int64 => grab!(i64, I64),
+        T::Float16 => grab!(f16, F16),
+        T::Bfloat16 => grab!(bf16, Bf16),
+        T::Float32 => grab!(f32, F32),
+        T::Float64 => grab!(f64, F64),
+        T::String => {
+            let (shape, strings) = value.try_extract_strings().map_err(err)?;
+            (shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect(), TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()))
+        }
+        other => return Err(format!("unsupported output element type {other}")),
+    };
+    Ok(Tensor { shape, data })
+}
+
+/// A JSON rendering of a map or of a small tensor inside a sequence.
+fn json_of(value: &DynValue) -> Result<serde_json::Value, String> {
+    use ort::value::TensorElementType as T;
+    use serde_json::{Map, Value};
+    match value.dtype() {
+        OrtValueType::Map { key, value: v } => {
+            let err = |e: ort::Error| format!("cannot read map output: {e}");
+            macro_rules! entries {
+                ($k:ty, $v:ty) => {
+                    value.try_extract_key_values::<$k, $v>().map_err(err)?.into_iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<Vec<_>>()
+                };
+            }
+            let pairs = match (key, v) {
+                (T::Int64, T::Float32) => entries!(i64, f32),
+                (T::Int64, T::Float64) => entries!(i64, f64),
+                (T::Int64, T::Int64) => entries!(i64, i64),
+                (T::String, T::Float32) => entries!(String, f32),
+                (T::String, T::Float64) => entries!(String, f64),
+                (T::String, T::Int64) => entries!(String, i64),
+                (k, v) => return Err(format!("unsupported map output map({k},{v})")),
+            };
+            Ok(Value::Object(pairs.into_iter().collect::<Map<_, _>>()))
+        }
+        OrtValueType::Tensor { .. } => {
+            let t = from_ort(value)?;
+            let data = for_each_numeric!(&t.data, v => serde_json::json!(v), b => serde_json::json!(b.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>()));
+            Ok(serde_json::json!({ "shape": t.shape, "data": data }))
+        }
+        other => Err(format!("unsupported nested output type {other}")),
+    }
+}

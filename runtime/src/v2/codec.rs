@@ -1,0 +1,400 @@
+//! Decoding inference requests (JSON tensors and the binary tensor data extension) into
+//! validated tensors, and encoding responses.
+//!
+//! A body is split at `Inference-Header-Content-Length` (absent: all JSON). Inputs with a
+//! `binary_data_size` parameter take their bytes, in order, from what follows the header.
+//! Framing problems are 400; tensors that do not fit the model are 422.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use half::{bf16, f16};
+use nimify_model::{Dim, ElementType};
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+use serde_json::{Map, Value};
+
+use super::types::{InferRequest, InferResponse, RequestInput, ResponseOutput};
+use crate::error::ApiError;
+use crate::model::{Model, TensorSpec};
+use crate::tensor::{Tensor, TensorData, element_count, for_each_numeric};
+
+/// The header naming the length of the JSON part of a binary request or response.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// A decoded request, ready to run.
+#[derive(Debug)]
+pub struct Decoded {
+    /// Echoed request id.
+    pub id: Option<String>,
+    /// Inputs in the model's input order.
+    pub inputs: Vec<(String, Tensor)>,
+    /// Outputs to return, in order, each with whether it goes binary.
+    pub outputs: Vec<(String, bool)>,
+}
+
+/// Splits and parses a request body, then validates it against `model`.
+pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<Decoded, ApiError> {
+    let (json, mut binary) = match header_len {
+        None => (body.clone(), Bytes::new()),
+        Some(raw) => {
+            let n: usize = raw.trim().parse().map_err(|_| {
+                ApiError::BadRequest(format!("Inference-Header-Content-Length must be a non-negative integer, got {raw:?}"))
+            })?;
+            if n > body.len() {
+                return Err(ApiError::BadRequest(format!(
+                    "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                    body.len()
+                )));
+            }
+            (body.slice(..n), body.slice(n..))
+        }
+    };
+    let request: InferRequest =
+        serde_json::from_slice(&json).map_err(|e| ApiError::BadRequest(format!("malformed inference request JSON: {e}")))?;
+
+    let mut tensors: Vec<Option<Tensor>> = vec![None; model.inputs().len()];
+    for input in &request.inputs {
+        let Some(index) = model.inputs().iter().position(|s| s.name == input.name) else {
+            return Err(ApiError::InvalidTensor(format!(
+                "unknown input {:?}; model {} takes {}",
+                input.name,
+                model.name(),
+                names(model.inputs())
+            )));
+        };
+        if tensors[index].is_some() {
+            return Err(ApiError::BadRequest(format!("input {:?} is given more than once", input.name)));
+        }
+        let spec = &model.inputs()[index];
+        let tensor = decode_input(input, &mut binary)?;
+        check_against(spec, &tensor)?;
+        tensors[index] = Some(tensor);
+    }
+    if !binary.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "{} bytes of binary data follow the JSON header but no input claims them (set binary_data_size on each binary input)",
+            binary.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(tensors.len());
+    for (spec, tensor) in model.inputs().iter().zip(tensors) {
+        let tensor = tensor.ok_or_else(|| {
+            ApiError::InvalidTensor(format!("missing input {:?}; model {} takes {}", spec.name, model.name(), names(model.inputs())))
+        })?;
+        inputs.push((spec.name.clone(), tensor));
+    }
+
+    let default_binary = flag(request.parameters.as_ref(), "binary_data_output")?;
+    let outputs = match &request.outputs {
+        None => model.outputs().iter().map(|s| (s.name.clone(), default_binary)).collect(),
+        Some(wanted) => wanted
+            .iter()
+            .map(|o| {
+                if !model.outputs().iter().any(|s| s.name == o.name) {
+                    return Err(ApiError::InvalidTensor(format!(
+                        "unknown output {:?}; model {} returns {}",
+                        o.name,
+                        model.name(),
+                        names(model.outputs())
+                    )));
+                }
+                let binary = match o.parameters.as_ref().and_then(|p| p.get("binary_data")) {
+                    Some(_) => flag(o.parameters.as_ref(), "binary_data")?,
+                    None => default_binary,
+                };
+                Ok((o.name.clone(), binary))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(Decoded { id: request.id, inputs, outputs })
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs.iter().map(|s| format!("{:?}", s.name)).collect::<Vec<_>>().join(", ")
+}
+
+fn flag(params: Option<&Map<String, Value>>, key: &str) -> Result<bool, ApiError> {
+    match params.and_then(|p| p.get(key)) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ApiError::BadRequest(format!("parameter {key} must be true or false, got {other}"))),
+    }
+}
+
+fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiError> {
+    let name = &input.name;
+    let elem = ElementType::from_kserve_name(&input.datatype).ok_or_else(|| {
+        ApiError::InvalidTensor(format!(
+            "input {name:?}: unknown datatype {:?}; use one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES",
+            input.datatype
+        ))
+    })?;
+    let shape = input
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ApiError::InvalidTensor(format!("input {name:?}: shape {:?} has a negative dim", input.shape)))?;
+    let count = element_count(&shape).ok_or_else(|| ApiError::InvalidTensor(format!("input {name:?}: shape {shape:?} is too large")))?;
+
+    let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+        None => None,
+        Some(v) => Some(v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+            ApiError::BadRequest(format!("input {name:?}: binary_data_size must be a non-negative integer, got {v}"))
+        })?),
+    };
+    let data = match (binary_size, &input.data) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(format!("input {name:?} has both binary_data_size and JSON data; send one")));
+        }
+        (Some(n), None) => {
+            if n > binary.len() {
+                return Err(ApiError::BadRequest(format!(
+                    "truncated binary payload: input {name:?} declares binary_data_size {n} but only {} bytes remain",
+                    binary.len()
+                )));
+            }
+            let raw = binary.split_to(n);
+            from_binary(name, elem, count, &raw)?
+        }
+        (None, Some(json)) => from_json(name, elem, json)?,
+        (None, None) => return Err(ApiError::BadRequest(format!("input {name:?} has no data (give data or binary_data_size)"))),
+    };
+    if data.len() != count {
+        return Err(ApiError::InvalidTensor(format!(
+            "input {name:?}: shape {shape:?} needs {count} elements but {} were sent",
+            data.len()
+        )));
+    }
+    Ok(Tensor { shape, data })
+}
+
+/// Checks datatype, rank and fixed dims against the model's declaration.
+fn check_against(spec: &TensorSpec, tensor: &Tensor) -> Result<(), ApiError> {
+    let name = &spec.name;
+    if tensor.data.element_type() != spec.elem {
+        return Err(ApiError::InvalidTensor(format!(
+            "input {name:?}: datatype {} does not match the model's {}",
+            tensor.data.element_type().kserve_name().unwrap_or("?"),
+            spec.datatype()
+        )));
+    }
+    let Some(dims) = &spec.shape else { return Ok(()) };
+    let declared = || dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    if dims.len() != tensor.shape.len() {
+        return Err(ApiError::InvalidTensor(format!(
+            "input {name:?}: shape {:?} has rank {} but the model expects rank {} [{}]",
+            tensor.shape,
+            tensor.shape.len(),
+            dims.len(),
+            declared()
+        )));
+    }
+    for (i, (dim, &got)) in dims.iter().zip(&tensor.shape).enumerate() {
+        if let Dim::Fixed(want) = dim {
+            if *want != got as u64 {
+                return Err(ApiError::InvalidTensor(format!(
+                    "input {name:?}: dim {i} is {got} but the model expects {want} (shape {:?} vs [{}])",
+                    tensor.shape,
+                    declared()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn from_binary(name: &str, elem: ElementType, count: usize, raw: &[u8]) -> Result<TensorData, ApiError> {
+    if elem == ElementType::String {
+        return decode_bytes_elements(name, raw).map(TensorData::Bytes);
+    }
+    let size = elem.byte_size().unwrap_or(1);
+    if raw.len() % size != 0 || raw.len() / size != count {
+        return Err(ApiError::InvalidTensor(format!(
+            "input {name:?}: {} binary bytes hold {} {} elements of {size} bytes but the shape needs {count}",
+            raw.len(),
+            raw.len() as f64 / size as f64,
+            elem.kserve_name().unwrap_or("?")
+        )));
+    }
+    macro_rules! le {
+        ($t:ty, $n:literal, $variant:ident) => {
+            TensorData::$variant(raw.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n]))).collect())
+        };
+    }
+    Ok(match elem {
+        ElementType::Bool => TensorData::Bool(raw.iter().map(|&b| b != 0).collect()),
+        ElementType::Uint8 => TensorData::U8(raw.to_vec()),
+        ElementType::Int8 => TensorData::I8(raw.iter().map(|&b| b as i8).collect()),
+        ElementType::Uint16 => le!(u16, 2, U16),
+        ElementType::Int16 => le!(i16, 2, I16),
+        ElementType::Float16 => TensorData::F16(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
+        ElementType::Bfloat16 => TensorData::Bf16(raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
+        ElementType::Uint32 => le!(u32, 4, U32),
+        ElementType::Int32 => le!(i32, 4, I32),
+        ElementType::Float => le!(f32, 4, F32),
+        ElementType::Uint64 => le!(u64, 8, U64),
+        ElementType::Int64 => le!(i64, 8, I64),
+        ElementType::Double => le!(f64, 8, F64),
+        other => return Err(ApiError::InvalidTensor(format!("input {name:?}: element type {} is not supported", other.onnx_name()))),
+    })
+}
+
+/// BYTES in binary: each element is a 4-byte little-endian length, then that many bytes.
+fn decode_bytes_elements(name: &str, mut raw: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> {
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        if raw.len() < 4 {
+            return Err(ApiError::BadRequest(format!("input {name:?}: BYTES element {} has a truncated 4-byte length prefix", out.len())));
+        }
+        let n = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
+        raw = &raw[4..];
+        if n > raw.len() {
+            return Err(ApiError::BadRequest(format!(
+                "input {name:?}: BYTES element {} declares {n} bytes but only {} remain",
+                out.len(),
+                raw.len()
+            )));
+        }
+        out.push(raw[..n].to_vec());
+        raw = &raw[n..];
+    }
+    Ok(out)
+}
+
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        leaf => out.push(leaf),
+    }
+}
+
+fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, ApiError> {
+    let mut leaves = Vec::new();
+    flatten(json, &mut leaves);
+    let bad = |i: usize, v: &Value| {
+        ApiError::InvalidTensor(format!(
+            "input {name:?}: element {i} is {v}, which is not a valid {} value",
+            elem.kserve_name().unwrap_or("?")
+        ))
+    };
+    macro_rules! ints {
+        ($t:ty, $variant:ident, $get:ident) => {
+            TensorData::$variant(
+                leaves.iter().enumerate().map(|(i, v)| v.$get().and_then(|n| <$t>::try_from(n).ok()).ok_or_else(|| bad(i, v))).collect::<Result<_, _>>()?,
+            )
+        };
+    }
+    macro_rules! floats {
+        ($variant:ident, $conv:expr) => {
+            TensorData::$variant(leaves.iter().enumerate().map(|(i, v)| v.as_f64().map($conv).ok_or_else(|| bad(i, v))).collect::<Result<_, _>>()?)
+        };
+    }
+    Ok(match elem {
+        ElementType::Bool => TensorData::Bool(leaves.iter().enumerate().map(|(i, v)| v.as_bool().ok_or_else(|| bad(i, v))).collect::<Result<_, _>>()?),
+        ElementType::Uint8 => ints!(u8, U8, as_u64),
+        ElementType::Uint16 => ints!(u16, U16, as_u64),
+        ElementType::Uint32 => ints!(u32, U32, as_u64),
+        ElementType::Uint64 => ints!(u64, U64, as_u64),
+        ElementType::Int8 => ints!(i8, I8, as_i64),
+        ElementType::Int16 => ints!(i16, I16, as_i64),
+        ElementType::Int32 => ints!(i32, I32, as_i64),
+        ElementType::Int64 => ints!(i64, I64, as_i64),
+        ElementType::Float16 => floats!(F16, f16::from_f64),
+        ElementType::Float => floats!(F32, |x| x as f32),
+        ElementType::Double => floats!(F64, |x| x),
+        ElementType::String => TensorData::Bytes(
+            leaves.iter().enumerate().map(|(i, v)| v.as_str().map(|s| s.as_bytes().to_vec()).ok_or_else(|| bad(i, v))).collect::<Result<_, _>>()?,
+        ),
+        ElementType::Bfloat16 => {
+            return Err(ApiError::InvalidTensor(format!(
+                "input {name:?}: BF16 tensors travel only in binary (set binary_data_size and send the bytes after the JSON header)"
+            )));
+        }
+        other => return Err(ApiError::InvalidTensor(format!("input {name:?}: element type {} is not supported", other.onnx_name()))),
+    })
+}
+
+/// Output data serialised as a flat JSON array (FP16 as numbers, BYTES as UTF-8 strings).
+#[derive(Debug)]
+pub struct JsonData(TensorData);
+
+impl Serialize for JsonData {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        fn seq<S: Serializer, T: Serialize>(s: S, items: impl ExactSizeIterator<Item = T>) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(items.len()))?;
+            for item in items {
+                seq.serialize_element(&item)?;
+            }
+            seq.end()
+        }
+        match &self.0 {
+            TensorData::F16(v) => seq(s, v.iter().map(|x| x.to_f32())),
+            TensorData::Bf16(v) => seq(s, v.iter().map(|x| x.to_f32())),
+            TensorData::Bytes(v) => seq(s, v.iter().map(|b| String::from_utf8_lossy(b))),
+            other => for_each_numeric!(other, v => seq(s, v.iter()), _b => unreachable!("handled above")),
+        }
+    }
+}
+
+fn append_binary(out: &mut BytesMut, data: &TensorData) {
+    match data {
+        TensorData::Bool(v) => v.iter().for_each(|&b| out.put_u8(u8::from(b))),
+        TensorData::U8(v) => out.put_slice(v),
+        TensorData::I8(v) => v.iter().for_each(|&x| out.put_i8(x)),
+        TensorData::U16(v) => v.iter().for_each(|&x| out.put_u16_le(x)),
+        TensorData::I16(v) => v.iter().for_each(|&x| out.put_i16_le(x)),
+        TensorData::F16(v) => v.iter().for_each(|x| out.put_slice(&x.to_le_bytes())),
+        TensorData::Bf16(v) => v.iter().for_each(|x| out.put_slice(&x.to_le_bytes())),
+        TensorData::U32(v) => v.iter().for_each(|&x| out.put_u32_le(x)),
+        TensorData::I32(v) => v.iter().for_each(|&x| out.put_i32_le(x)),
+        TensorData::F32(v) => v.iter().for_each(|&x| out.put_f32_le(x)),
+        TensorData::U64(v) => v.iter().for_each(|&x| out.put_u64_le(x)),
+        TensorData::I64(v) => v.iter().for_each(|&x| out.put_i64_le(x)),
+        TensorData::F64(v) => v.iter().for_each(|&x| out.put_f64_le(x)),
+        TensorData::Bytes(v) => v.iter().for_each(|b| {
+            out.put_u32_le(u32::try_from(b.len()).unwrap_or(u32::MAX));
+            out.put_slice(b);
+        }),
+    }
+}
+
+/// An encoded response: the body and, for binary responses, the JSON header length.
+#[derive(Debug)]
+pub struct Encoded {
+    /// Response body.
+    pub body: Bytes,
+    /// `Some(n)` when binary data follows `n` bytes of JSON.
+    pub header_len: Option<usize>,
+}
+
+/// Encodes outputs (already in the requested order) with their binary flags.
+pub fn encode(model: &Model, id: Option<String>, outputs: Vec<(String, Tensor)>, binary_flags: &[(String, bool)]) -> Result<Encoded, ApiError> {
+    let mut binary = BytesMut::new();
+    let mut json_outputs = Vec::with_capacity(outputs.len());
+    for ((name, tensor), (_, as_binary)) in outputs.into_iter().zip(binary_flags) {
+        let datatype = tensor.data.element_type().kserve_name().unwrap_or("BYTES");
+        if *as_binary {
+            let before = binary.len();
+            append_binary(&mut binary, &tensor.data);
+            let mut params = Map::new();
+            params.insert("binary_data_size".into(), Value::from(binary.len() - before));
+            json_outputs.push(ResponseOutput { name, datatype, shape: tensor.shape, parameters: Some(params), data: None });
+        } else {
+            if matches!(tensor.data, TensorData::Bf16(_)) {
+                return Err(ApiError::InvalidTensor(format!(
+                    "output {name:?} is BF16, which travels only in binary: request it with parameters {{\"binary_data\": true}}"
+                )));
+            }
+            json_outputs.push(ResponseOutput { name, datatype, shape: tensor.shape, parameters: None, data: Some(JsonData(tensor.data)) });
+        }
+    }
+    let response = InferResponse { model_name: model.name().into(), model_version: model.version().into(), id, outputs: json_outputs };
+    let json = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(format!("encoding response: {e}")))?;
+    if binary.is_empty() && !binary_flags.iter().any(|(_, b)| *b) {
+        return Ok(Encoded { body: Bytes::from(json), header_len: None });
+    }
+    let header_len = json.len();
+    let mut body = BytesMut::with_capacity(header_len + binary.len());
+    body.put_slice(&json);
+    body.put_slice(&binary);
+    Ok(Encoded { body: body.freeze(), header_len: Some(header_len) })
+}

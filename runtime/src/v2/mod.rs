@@ -1,0 +1,4 @@
+//! The KServe V2 / Open Inference Protocol: message types and the request/response codec.
+
+pub mod codec;
+pub mod types;

@@ -1,0 +1,233 @@
+"""Generates the small ONNX models the test suite serves (run by `cargo xtask models`).
+
+Every model is deterministic (fixed seeds) and well under 1 MB, and is committed next to this
+script. The expected outputs in the tests never come from here: they come from ONNX Runtime run
+on the same inputs at test time.
+"""
+
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OPSET = [helper.make_opsetid("", 17)]
+
+# Every element type the Open Inference Protocol can carry, with its ONNX code.
+DTYPES = {
+    "fp32": TensorProto.FLOAT,
+    "fp64": TensorProto.DOUBLE,
+    "fp16": TensorProto.FLOAT16,
+    "bf16": TensorProto.BFLOAT16,
+    "int8": TensorProto.INT8,
+    "int16": TensorProto.INT16,
+    "int32": TensorProto.INT32,
+    "int64": TensorProto.INT64,
+    "uint8": TensorProto.UINT8,
+    "uint16": TensorProto.UINT16,
+    "uint32": TensorProto.UINT32,
+    "uint64": TensorProto.UINT64,
+    "bool": TensorProto.BOOL,
+    "bytes": TensorProto.STRING,
+}
+
+
+def save(model, name, ir_version=8):
+    model.ir_version = ir_version
+    onnx.checker.check_model(model)
+    path = os.path.join(HERE, name)
+    onnx.save(model, path)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
+def dtypes():
+    """One Identity per element type, each `[batch, 2]` in and out."""
+    nodes, inputs, outputs = [], [], []
+    for name, code in DTYPES.items():
+        inputs.append(helper.make_tensor_value_info(f"in_{name}", code, ["batch", 2]))
+        outputs.append(helper.make_tensor_value_info(f"out_{name}", code, ["batch", 2]))
+        nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
+    graph = helper.make_graph(nodes, "dtypes", inputs, outputs)
+    save(helper.make_model(graph, opset_imports=OPSET, producer_name="nimify-tests"), "dtypes.onnx")
+
+
+def mlp():
+    """`x: float[batch, 4]` -> `probs: float[batch, 3]` through a small dense layer and softmax."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        [w, b],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET, producer_name="nimify-tests"), "mlp.onnx")
+
+
+def fixed():
+    """Fixed dims only: `image: float[1, 2, 3]` -> `doubled: float[1, 2, 3]`."""
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["image", "two"], ["doubled"])],
+        "fixed",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 2, 3])],
+        [helper.make_tensor_value_info("doubled", TensorProto.FLOAT, [1, 2, 3])],
+        [two],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "fixed.onnx")
+
+
+def scalar():
+    """0-d tensors: `a: float[]`, `b: int64[]` -> `sum: float[]`, `b_plus_one: int64[]`."""
+    one = numpy_helper.from_array(np.array(1, dtype=np.int64), "one")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["b"], ["b_f"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["a", "b_f"], ["sum"]),
+            helper.make_node("Add", ["b", "one"], ["b_plus_one"]),
+        ],
+        "scalar",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("b", TensorProto.INT64, []),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("b_plus_one", TensorProto.INT64, []),
+        ],
+        [one],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "scalar.onnx")
+
+
+def multi_io():
+    """Several inputs and outputs of different types and ranks, with an unknown (unnamed) dim."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["ids_f", "axis1"], ["ids_col"]),
+            helper.make_node("Mul", ["features", "ids_col"], ["scaled"]),
+            helper.make_node("ReduceSum", ["scaled", "axis1"], ["total"], keepdims=0),
+            helper.make_node("Greater", ["total", "threshold"], ["above"]),
+            helper.make_node("Shape", ["features"], ["features_shape"]),
+        ],
+        "multi_io",
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", "width"]),
+            helper.make_tensor_value_info("ids", TensorProto.INT32, ["batch"]),
+            helper.make_tensor_value_info("threshold", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["batch", "width"]),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("above", TensorProto.BOOL, ["batch"]),
+            helper.make_tensor_value_info("features_shape", TensorProto.INT64, [None]),
+        ],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "multi_io.onnx")
+
+
+def strings():
+    """`text: string[n]` -> `upper: string[n]` (StringNormalizer) and `length: int64[n]`-free echo."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("StringNormalizer", ["text"], ["upper"], case_change_action="UPPER"),
+            helper.make_node("Identity", ["text"], ["echo"]),
+        ],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
+        [
+            helper.make_tensor_value_info("upper", TensorProto.STRING, ["n"]),
+            helper.make_tensor_value_info("echo", TensorProto.STRING, ["n"]),
+        ],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "strings.onnx")
+
+
+def wrong_shape():
+    """Declares `y: float[7]` but really returns `x`'s shape: outputs must follow ONNX Runtime."""
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["y"])],
+        "wrong_shape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7])],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "wrong_shape.onnx")
+
+
+def odd_names():
+    """Tensor and dim names a generated identifier or URL would trip over."""
+    names_in = ['input/0:x.y', "it's \"quoted\""]
+    names_out = ["out:0/z", "with space.v2"]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", [names_in[0]], [names_out[0]]),
+            helper.make_node("Identity", [names_in[1]], [names_out[1]]),
+        ],
+        "odd/names",
+        [
+            helper.make_tensor_value_info(names_in[0], TensorProto.FLOAT, ["?", "N + 1", 3]),
+            helper.make_tensor_value_info(names_in[1], TensorProto.INT64, ["batch_size*seq_len//2", None]),
+        ],
+        [
+            helper.make_tensor_value_info(names_out[0], TensorProto.FLOAT, ["?", "N + 1", 3]),
+            helper.make_tensor_value_info(names_out[1], TensorProto.INT64, ["batch_size*seq_len//2", None]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET + [helper.make_opsetid("ai.onnx.ml", 3)],
+                              producer_name="odd producer", producer_version="0.0.1", doc_string="odd names")
+    helper.set_model_props(model, {"author": "nimify", "note": "key=value; \"quoted\""})
+    save(model, "odd_names.onnx")
+
+
+def zipmap_classifier(path, hidden_ir=None):
+    """A scikit-learn logistic regression on iris, converted with skl2onnx's default ZipMap."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    clf = LogisticRegression(max_iter=500).fit(x.astype(np.float32), y)
+    model = to_onnx(clf, x[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
+    model.producer_name = "skl2onnx"
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
+def main():
+    dtypes()
+    mlp()
+    fixed()
+    scalar()
+    multi_io()
+    strings()
+    wrong_shape()
+    odd_names()
+    zipmap_classifier(os.path.join(HERE, "zipmap.onnx"))
+    examples = os.path.join(HERE, "..", "..", "examples", "iris")
+    zipmap_classifier(os.path.normpath(os.path.join(examples, "iris.onnx")))
+    # Not ONNX at all, and a real model cut short: startup must refuse both clearly.
+    with open(os.path.join(HERE, "not_onnx.onnx"), "w") as f:
+        f.write("this is a text file, not an ONNX model\n")
+    with open(os.path.join(HERE, "mlp.onnx"), "rb") as f:
+        data = f.read()
+    with open(os.path.join(HERE, "truncated.onnx"), "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+//! `cargo xtask <task>`: the project's automation, one file per task.
+
+mod codegen;
+mod test;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  codegen         regenerate nimify-model/src/onnx.rs from nimify-model/proto/onnx-ml.proto
+  codegen --check fail when the committed file is stale
+  models          regenerate the committed test and example models (needs the Python tools)
+  test            install what the tests need (ONNX Runtime, Python tools) and run every test";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["codegen"] => codegen::run(false),
+        ["codegen", "--check"] => codegen::run(true),
+        ["models"] => test::models(),
+        ["test", rest @ ..] => test::run(rest),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}
