@@ -20,7 +20,6 @@ DTYPES = {
     "fp32": TensorProto.FLOAT,
     "fp64": TensorProto.DOUBLE,
     "fp16": TensorProto.FLOAT16,
-    "bf16": TensorProto.BFLOAT16,
     "int8": TensorProto.INT8,
     "int16": TensorProto.INT16,
     "int32": TensorProto.INT32,
@@ -43,7 +42,7 @@ def save(model, name, ir_version=8):
 
 
 def dtypes():
-    """One Identity per element type, each `[batch, 2]` in and out."""
+    """One Identity per element type but BF16 (see `bf16`), each `[batch, 2]` in and out."""
     nodes, inputs, outputs = [], [], []
     for name, code in DTYPES.items():
         inputs.append(helper.make_tensor_value_info(f"in_{name}", code, ["batch", 2]))
@@ -51,6 +50,23 @@ def dtypes():
         nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
     graph = helper.make_graph(nodes, "dtypes", inputs, outputs)
     save(helper.make_model(graph, opset_imports=OPSET, producer_name="nimify-tests"), "dtypes.onnx")
+
+
+def bf16():
+    """BF16 travels only in binary: `in_bf16: bfloat16[batch, 2]` -> itself and as float."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["in_bf16"], ["out_bf16"]),
+            helper.make_node("Cast", ["in_bf16"], ["as_fp32"], to=TensorProto.FLOAT),
+        ],
+        "bf16",
+        [helper.make_tensor_value_info("in_bf16", TensorProto.BFLOAT16, ["batch", 2])],
+        [
+            helper.make_tensor_value_info("out_bf16", TensorProto.BFLOAT16, ["batch", 2]),
+            helper.make_tensor_value_info("as_fp32", TensorProto.FLOAT, ["batch", 2]),
+        ],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "bf16.onnx")
 
 
 def mlp():
@@ -141,20 +157,24 @@ def multi_io():
 
 
 def strings():
-    """`text: string[n]` -> `upper: string[n]` (StringNormalizer) and `length: int64[n]`-free echo."""
+    """`text: string[n]` -> `tagged` (StringConcat), `is_word` (RegexFullMatch), `echo`."""
+    suffix = numpy_helper.from_array(np.array(["#tag"], dtype=object), "suffix")
     graph = helper.make_graph(
         [
-            helper.make_node("StringNormalizer", ["text"], ["upper"], case_change_action="UPPER"),
+            helper.make_node("StringConcat", ["text", "suffix"], ["tagged"]),
+            helper.make_node("RegexFullMatch", ["text"], ["is_word"], pattern="[a-z]+"),
             helper.make_node("Identity", ["text"], ["echo"]),
         ],
         "strings",
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
         [
-            helper.make_tensor_value_info("upper", TensorProto.STRING, ["n"]),
+            helper.make_tensor_value_info("tagged", TensorProto.STRING, ["n"]),
+            helper.make_tensor_value_info("is_word", TensorProto.BOOL, ["n"]),
             helper.make_tensor_value_info("echo", TensorProto.STRING, ["n"]),
         ],
+        [suffix],
     )
-    save(helper.make_model(graph, opset_imports=OPSET), "strings.onnx")
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), "strings.onnx", ir_version=9)
 
 
 def wrong_shape():
@@ -210,6 +230,7 @@ def zipmap_classifier(path, hidden_ir=None):
 
 def main():
     dtypes()
+    bf16()
     mlp()
     fixed()
     scalar()
