@@ -118,6 +118,11 @@ pub fn read_model_from<R: Read + Seek>(source: R, len: u64) -> Result<ModelInfo,
     if info.ir_version <= 0 {
         return Err(ModelError::NotOnnx("the file has no ir_version (ModelProto field 1)".into()));
     }
+    if info.opsets.is_empty() {
+        // Every ONNX writer emits opset_import (field 8) after the graph; without it the file is
+        // either not a model or was cut short at a field boundary.
+        return Err(ModelError::NotOnnx("the file imports no operator set (ModelProto field 8); it may be truncated".into()));
+    }
     info.graph_name = graph.name;
     info.inputs = graph.inputs.into_iter().filter(|i| !graph.initializers.contains(&i.name)).collect();
     info.outputs = graph.outputs;

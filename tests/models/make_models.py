@@ -213,6 +213,25 @@ def odd_names():
     save(model, "odd_names.onnx")
 
 
+def external():
+    """Weights in a side file: `inspect` must list the reference without reading it."""
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    w = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), "weights")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "weights"], ["y"])],
+        "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET)
+    model.ir_version = 8
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="external.weights", size_threshold=0)
+    onnx.save(model, os.path.join(HERE, "external.onnx"))
+    print("wrote external.onnx + external.weights")
+
+
 def zipmap_classifier(path, hidden_ir=None):
     """A scikit-learn logistic regression on iris, converted with skl2onnx's default ZipMap."""
     from skl2onnx import to_onnx
@@ -238,6 +257,7 @@ def main():
     strings()
     wrong_shape()
     odd_names()
+    external()
     zipmap_classifier(os.path.join(HERE, "zipmap.onnx"))
     examples = os.path.join(HERE, "..", "..", "examples", "iris")
     zipmap_classifier(os.path.normpath(os.path.join(examples, "iris.onnx")))

@@ -47,8 +47,17 @@ pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<D
             (body.slice(..n), body.slice(n..))
         }
     };
-    let request: InferRequest =
-        serde_json::from_slice(&json).map_err(|e| ApiError::BadRequest(format!("malformed inference request JSON: {e}")))?;
+    let mut de = serde_json::Deserializer::from_slice(&json);
+    let request: InferRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let at = e.path().to_string();
+        let at = if at == "." { String::new() } else { format!(" at {at}") };
+        ApiError::BadRequest(format!("malformed inference request JSON{at}: {}", e.inner()))
+    })?;
+    de.end().map_err(|_| {
+        ApiError::BadRequest(
+            "malformed inference request JSON: bytes follow the JSON body (binary tensor data needs the Inference-Header-Content-Length header)".into(),
+        )
+    })?;
 
     let mut tensors: Vec<Option<Tensor>> = vec![None; model.inputs().len()];
     for input in &request.inputs {

@@ -1,0 +1,92 @@
+//! `cargo nimify` as a user runs it: inspect output (snapshots), help, and the one-line errors
+//! that startup problems give, each with a non-zero exit.
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+
+fn model(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/models").join(name).display().to_string()
+}
+
+fn nimify() -> Command {
+    let mut cmd = Command::cargo_bin("cargo-nimify").expect("binary");
+    cmd.arg("nimify");
+    cmd
+}
+
+/// Runs `inspect` and replaces the machine-specific model path.
+fn inspect(name: &str, format: &str) -> String {
+    let path = model(name);
+    let out = nimify().args(["inspect", &path, "--format", format]).assert().success().get_output().stdout.clone();
+    String::from_utf8(out).expect("utf8").replace(&path, &format!("tests/models/{name}"))
+}
+
+#[test]
+fn inspect_tables() {
+    for name in ["mlp.onnx", "odd_names.onnx", "zipmap.onnx", "multi_io.onnx", "external.onnx", "scalar.onnx"] {
+        insta::assert_snapshot!(format!("inspect_{name}"), inspect(name, "table"));
+    }
+}
+
+#[test]
+fn inspect_json() {
+    let json: serde_json::Value = serde_json::from_str(&inspect("odd_names.onnx", "json")).expect("json");
+    insta::assert_json_snapshot!("inspect_odd_names_json", json);
+}
+
+#[test]
+fn help_texts() {
+    for args in [&["--help"][..], &["inspect", "--help"], &["serve", "--help"], &["ort", "install", "--help"]] {
+        let out = nimify().args(args).assert().success().get_output().stdout.clone();
+        insta::assert_snapshot!(format!("help_{}", args.join("_").trim_start_matches("--")), String::from_utf8(out).expect("utf8"));
+    }
+}
+
+/// Asserts a failed run printed exactly one line on stderr, containing every `needle`.
+fn one_line_error(cmd: &mut Command, needles: &[&str]) {
+    let out = cmd.assert().failure().code(1).get_output().clone();
+    let stderr = String::from_utf8(out.stderr).expect("utf8");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "{n:?} not in {:?}", lines[0]);
+    }
+}
+
+#[test]
+fn inspect_refuses_broken_models() {
+    one_line_error(nimify().args(["inspect", &model("not_onnx.onnx")]), &["not_onnx.onnx", "not an ONNX model"]);
+    one_line_error(nimify().args(["inspect", &model("truncated.onnx")]), &["truncated.onnx", "truncated ONNX file"]);
+    one_line_error(nimify().args(["inspect", &model("missing.onnx")]), &["missing.onnx", "No such file"]);
+}
+
+#[test]
+fn serve_refuses_broken_models() {
+    for (name, needle) in [("not_onnx.onnx", "not an ONNX model"), ("truncated.onnx", "truncated ONNX file"), ("missing.onnx", "No such file")] {
+        one_line_error(nimify().args(["serve", &model(name), "--port", "0"]).timeout(std::time::Duration::from_secs(60)), &[name, needle]);
+    }
+}
+
+#[test]
+fn serve_without_onnx_runtime_says_how_to_fix_it() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    one_line_error(
+        nimify()
+            .args(["serve", &model("mlp.onnx"), "--port", "0"])
+            .env_remove("ORT_DYLIB_PATH")
+            .env("NIMIFY_CACHE_DIR", empty.path())
+            .timeout(std::time::Duration::from_secs(60)),
+        &["ONNX Runtime library not found", "tried:", "cargo nimify ort install"],
+    );
+    // A path that exists but is not a library: named, with the fix.
+    let bogus = empty.path().join("libonnxruntime.so.1.31.1");
+    std::fs::write(&bogus, b"not a library").expect("write");
+    one_line_error(
+        nimify()
+            .args(["serve", &model("mlp.onnx"), "--port", "0"])
+            .env("ORT_DYLIB_PATH", &bogus)
+            .timeout(std::time::Duration::from_secs(60)),
+        &["cannot load ONNX Runtime from", "libonnxruntime.so.1.31.1", "cargo nimify ort install"],
+    );
+}

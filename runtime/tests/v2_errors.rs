@@ -1,0 +1,196 @@
+//! Every kind of bad request gets its status code and a JSON error naming the problem, and a
+//! good request right after it still succeeds. Drives the real router in process.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use nimify::{ModelOptions, ServerBuilder};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn model(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/models").join(name)
+}
+
+fn router() -> Router {
+    static ROUTER: OnceLock<Router> = OnceLock::new();
+    ROUTER
+        .get_or_init(|| {
+            let (_, router) = ServerBuilder::default()
+                .model(ModelOptions::new(model("mlp.onnx")))
+                .model(ModelOptions::new(model("strings.onnx")))
+                .model(ModelOptions::new(model("bf16.onnx")))
+                .max_body(64 * 1024)
+                .build()
+                .expect("models load (is ONNX Runtime installed? run `cargo nimify ort install`)");
+            router
+        })
+        .clone()
+}
+
+async fn send(req: Request<Body>) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
+    let resp = router().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes().to_vec();
+    (status, body, headers)
+}
+
+fn post(uri: &str, body: impl Into<Body>, header_len: Option<usize>) -> Request<Body> {
+    let mut b = Request::post(uri);
+    if let Some(n) = header_len {
+        b = b.header("inference-header-content-length", n);
+    }
+    b.body(body.into()).expect("request")
+}
+
+fn good() -> Value {
+    json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]})
+}
+
+/// Sends `req`, expects `status` and an error mentioning each needle, then a good request.
+async fn expect_error(req: Request<Body>, status: StatusCode, needles: &[&str]) {
+    let (got, body, _) = send(req).await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(got, status, "{text}");
+    let err: Value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    let msg = err["error"].as_str().unwrap_or_else(|| panic!("no error field: {text}"));
+    for n in needles {
+        assert!(msg.contains(n), "{n:?} not in {msg:?}");
+    }
+    let (ok, body, _) = send(post("/v2/models/mlp/infer", good().to_string(), None)).await;
+    assert_eq!(ok, StatusCode::OK, "good request after the bad one failed: {}", String::from_utf8_lossy(&body));
+}
+
+fn with_input(f: impl FnOnce(&mut Value)) -> String {
+    let mut v = good();
+    f(&mut v["inputs"][0]);
+    v.to_string()
+}
+
+#[tokio::test]
+async fn malformed_json() {
+    expect_error(post("/v2/models/mlp/infer", "{\"inputs\": [", None), StatusCode::BAD_REQUEST, &["malformed inference request JSON"]).await;
+    expect_error(post("/v2/models/mlp/infer", "{\"inputs\": 3}", None), StatusCode::BAD_REQUEST, &["malformed", "inputs"]).await;
+}
+
+/// A binary request: JSON header naming `binary_data_size`, then the bytes.
+fn binary_request(declared: usize, payload: &[u8]) -> (Vec<u8>, usize) {
+    let header = json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": declared}}]}).to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(payload);
+    (body, header.len())
+}
+
+#[tokio::test]
+async fn binary_framing_errors() {
+    let floats: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+    let (body, n) = binary_request(16, &floats[..10]);
+    expect_error(post("/v2/models/mlp/infer", body, Some(n)), StatusCode::BAD_REQUEST, &["truncated binary payload", "\"x\"", "16"]).await;
+
+    let (body, n) = binary_request(16, &floats);
+    let len = body.len();
+    expect_error(post("/v2/models/mlp/infer", body, Some(len + 5)), StatusCode::BAD_REQUEST, &["Inference-Header-Content-Length", &(len + 5).to_string()])
+        .await;
+    let _ = n;
+
+    let (body, n) = binary_request(16, &floats);
+    let mut extra = body.clone();
+    extra.extend_from_slice(&[0, 0, 0]);
+    expect_error(post("/v2/models/mlp/infer", extra, Some(n)), StatusCode::BAD_REQUEST, &["3 bytes", "no input claims"]).await;
+
+    expect_error(post("/v2/models/mlp/infer", body.clone(), None), StatusCode::BAD_REQUEST, &["malformed"]).await;
+    let (ok, _, _) = send(post("/v2/models/mlp/infer", body, Some(n))).await;
+    assert_eq!(ok, StatusCode::OK);
+
+    // BYTES elements with a length prefix longer than what follows.
+    let header = json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]}).to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&[9, 0, 0, 0, b'h', b'i']);
+    expect_error(post("/v2/models/strings/infer", body, Some(header.len())), StatusCode::BAD_REQUEST, &["BYTES element 0 declares 9 bytes"]).await;
+}
+
+#[tokio::test]
+async fn element_count_mismatch_in_binary() {
+    let (body, n) = binary_request(12, &[0u8; 12]);
+    expect_error(post("/v2/models/mlp/infer", body, Some(n)), StatusCode::UNPROCESSABLE_ENTITY, &["\"x\"", "12 binary bytes", "needs 4"]).await;
+}
+
+#[tokio::test]
+async fn wrong_tensors() {
+    let uri = "/v2/models/mlp/infer";
+    expect_error(post(uri, with_input(|i| i["datatype"] = json!("FP64")), None), StatusCode::UNPROCESSABLE_ENTITY, &["\"x\"", "FP64", "FP32"]).await;
+    expect_error(post(uri, with_input(|i| i["datatype"] = json!("FLOAT")), None), StatusCode::UNPROCESSABLE_ENTITY, &["unknown datatype \"FLOAT\""]).await;
+    expect_error(
+        post(uri, with_input(|i| {
+            i["shape"] = json!([2, 2]);
+        }), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["\"x\"", "dim 1 is 2", "expects 4"],
+    )
+    .await;
+    expect_error(post(uri, with_input(|i| i["shape"] = json!([4])), None), StatusCode::UNPROCESSABLE_ENTITY, &["rank 1", "rank 2"]).await;
+    expect_error(post(uri, with_input(|i| i["shape"] = json!([2, 4])), None), StatusCode::UNPROCESSABLE_ENTITY, &["needs 8 elements but 4 were sent"]).await;
+    expect_error(post(uri, with_input(|i| i["data"] = json!([1, 2, "three", 4])), None), StatusCode::UNPROCESSABLE_ENTITY, &["element 2", "FP32"]).await;
+    expect_error(post(uri, with_input(|i| i["name"] = json!("y")), None), StatusCode::UNPROCESSABLE_ENTITY, &["unknown input \"y\"", "\"x\""]).await;
+    expect_error(post(uri, json!({"inputs": []}).to_string(), None), StatusCode::UNPROCESSABLE_ENTITY, &["missing input \"x\""]).await;
+    let mut with_output = good();
+    with_output["outputs"] = json!([{"name": "nope"}]);
+    expect_error(post(uri, with_output.to_string(), None), StatusCode::UNPROCESSABLE_ENTITY, &["unknown output \"nope\"", "\"probs\""]).await;
+    expect_error(
+        post("/v2/models/bf16/infer", json!({"inputs": [{"name": "in_bf16", "shape": [1, 2], "datatype": "BF16", "data": [1.0, 2.0]}]}).to_string(), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["BF16 tensors travel only in binary"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_model_version_and_route() {
+    expect_error(post("/v2/models/nope/infer", good().to_string(), None), StatusCode::NOT_FOUND, &["unknown model \"nope\"", "\"mlp\""]).await;
+    expect_error(post("/v2/models/mlp/versions/2/infer", good().to_string(), None), StatusCode::NOT_FOUND, &["unknown version \"2\""]).await;
+    expect_error(Request::get("/v2/models/nope").body(Body::empty()).expect("req"), StatusCode::NOT_FOUND, &["unknown model"]).await;
+    expect_error(Request::get("/v2/models/mlp/versions/7/config").body(Body::empty()).expect("req"), StatusCode::NOT_FOUND, &["unknown version"]).await;
+    expect_error(Request::get("/v3").body(Body::empty()).expect("req"), StatusCode::NOT_FOUND, &["no route for /v3"]).await;
+    let (ok, _, _) = send(post("/v2/models/mlp/versions/1/infer", good().to_string(), None)).await;
+    assert_eq!(ok, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oversized_body() {
+    let big = vec![b' '; 65 * 1024];
+    expect_error(post("/v2/models/mlp/infer", big, None), StatusCode::PAYLOAD_TOO_LARGE, &["65536 byte limit"]).await;
+}
+
+#[tokio::test]
+async fn binary_response_framing() {
+    let mut req = good();
+    req["parameters"] = json!({"binary_data_output": true});
+    req["outputs"] = json!([{"name": "logits"}, {"name": "probs", "parameters": {"binary_data": false}}]);
+    let (status, body, headers) = send(post("/v2/models/mlp/infer", req.to_string(), None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let n: usize = headers["inference-header-content-length"].to_str().expect("text").parse().expect("number");
+    let header: Value = serde_json::from_slice(&body[..n]).expect("json header");
+    assert_eq!(header["outputs"][0]["name"], "logits");
+    assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 12);
+    assert!(header["outputs"][0].get("data").is_none());
+    assert_eq!(header["outputs"][1]["data"].as_array().map(Vec::len), Some(3));
+    assert_eq!(body.len() - n, 12);
+}
+
+#[tokio::test]
+async fn no_content_type_needed_and_id_echoed() {
+    let mut req = good();
+    req["id"] = json!("abc");
+    let (status, body, headers) = send(post("/v2/models/mlp/infer", req.to_string(), None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["id"], "abc");
+    assert_eq!(v["model_name"], "mlp");
+    assert_eq!(v["outputs"][0]["shape"], json!([1, 3]));
+}
