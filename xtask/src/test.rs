@@ -1,4 +1,47 @@
-//! `cargo xtask test`: the whole test suite (filled in below).
-use anyhow::Result;
-pub fn run(_rest: &[&str]) -> Result<()> { Ok(()) }
-pub fn models() -> Result<()> { Ok(()) }
+//! `cargo xtask test`: installs what the tests need, then runs every test.
+//!
+//! 1. a Python virtualenv in `.venv` with `tests/python/requirements.txt` (tritonclient,
+//!    onnxruntime, skl2onnx, openapi-spec-validator, pytest);
+//! 2. the pinned ONNX Runtime library in the per-user cache (`cargo nimify ort install`);
+//! 3. `cargo test --workspace` (Rust unit, snapshot, CLI and in-process server tests);
+//! 4. `pytest tests/python` against real `cargo nimify serve` processes.
+//!
+//! `cargo xtask models` regenerates the committed test models with the same virtualenv.
+
+use anyhow::{Context, Result};
+use xshell::{Shell, cmd};
+
+fn venv_python(sh: &Shell) -> Result<std::path::PathBuf> {
+    let root = crate::root();
+    let venv = root.join(".venv");
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        let system = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        cmd!(sh, "{system} -m venv {venv}").run().context("creating .venv (is Python 3 with the venv module installed?)")?;
+    }
+    let requirements = root.join("tests/python/requirements.txt");
+    cmd!(sh, "{python} -m pip install -q --disable-pip-version-check -r {requirements}").run().context("installing the Python test tools")?;
+    Ok(python)
+}
+
+pub fn run(rest: &[&str]) -> Result<()> {
+    let sh = Shell::new()?;
+    let root = crate::root();
+    sh.change_dir(&root);
+    let python = venv_python(&sh)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    cmd!(sh, "{cargo} build -q -p cargo-nimify").run()?;
+    let nimify = root.join("target/debug/cargo-nimify");
+    cmd!(sh, "{nimify} nimify ort install").env("NIMIFY_PYTHON", &python).run().context("installing ONNX Runtime")?;
+    cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
+    cmd!(sh, "{python} -m pytest -q -p no:cacheprovider tests/python").env("NIMIFY_BIN", &nimify).run()?;
+    Ok(())
+}
+
+pub fn models() -> Result<()> {
+    let sh = Shell::new()?;
+    sh.change_dir(crate::root());
+    let python = venv_python(&sh)?;
+    cmd!(sh, "{python} tests/models/make_models.py").run()?;
+    Ok(())
+}
