@@ -5,7 +5,8 @@
 //! external-data references. Node lists and weight payloads are skipped by seeking, so a
 //! multi-gigabyte model costs about as much as a small one.
 
-mod onnx;
+#[doc(hidden)]
+pub mod onnx;
 mod types;
 mod wire;
 

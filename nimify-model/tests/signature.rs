@@ -127,3 +127,28 @@ fn broken_files_have_clear_errors() {
     let err = read_model(&not_model).expect_err("no graph");
     assert!(err.to_string().contains("no graph"), "{err}");
 }
+
+#[test]
+fn negative_dim_values_are_dynamic() {
+    use nimify_model::onnx::{GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto};
+    use prost::Message;
+    let dim = |v: i64| tensor_shape_proto::Dimension { denotation: None, value: Some(tensor_shape_proto::dimension::Value::DimValue(v)) };
+    let vi = ValueInfoProto {
+        name: Some("x".into()),
+        r#type: Some(TypeProto {
+            denotation: None,
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(1), shape: Some(TensorShapeProto { dim: vec![dim(-1), dim(3)] }) })),
+        }),
+        ..Default::default()
+    };
+    let m = ModelProto {
+        ir_version: Some(8),
+        graph: Some(GraphProto { input: vec![vi.clone()], output: vec![vi], ..Default::default() }),
+        opset_import: vec![OperatorSetIdProto { domain: None, version: Some(17) }],
+        ..Default::default()
+    };
+    let bytes = m.encode_to_vec();
+    let info = read_model_from(std::io::Cursor::new(&bytes), bytes.len() as u64).expect("read");
+    let ValueType::Tensor { shape: Some(dims), .. } = &info.inputs[0].ty else { panic!("tensor") };
+    assert_eq!(dims, &[Dim::Unknown, Dim::Fixed(3)]);
+}

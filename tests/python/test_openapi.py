@@ -61,3 +61,15 @@ def test_docs_page_is_self_contained(serve):
     init = requests.get(urljoin(page.url, "swagger-initializer.js"), timeout=5).text
     assert '"url": "/openapi.json"' in init
     assert not re.search(r'"(?:url|validatorUrl)":\s*"https?://', init)
+
+
+def test_sigterm_exits_cleanly():
+    """SIGTERM: the server stops accepting, drains, and exits 0."""
+    from conftest import MODELS, Server
+    import os
+
+    server = Server(os.path.join(MODELS, "mlp.onnx"))
+    assert requests.post(f"{server.url}/v2/models/mlp/infer", json=GOOD, timeout=5).status_code == 200
+    server.proc.terminate()
+    assert server.proc.wait(timeout=10) == 0
+    server.proc.stdout.close()

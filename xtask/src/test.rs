@@ -30,7 +30,10 @@ pub fn run(rest: &[&str]) -> Result<()> {
     sh.change_dir(&root);
     let python = venv_python(&sh)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    cmd!(sh, "{cargo} build -q -p cargo-nimify").run()?;
+    // One build for everything: `cargo test --workspace` also builds target/debug/cargo-nimify,
+    // which the ONNX Runtime install and the Python tests use (a separate `cargo build -p` would
+    // resolve features differently and compile the dependencies twice).
+    cmd!(sh, "{cargo} test --workspace --no-run {rest...}").run()?;
     let nimify = root.join("target/debug/cargo-nimify");
     cmd!(sh, "{nimify} nimify ort install").env("NIMIFY_PYTHON", &python).run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
