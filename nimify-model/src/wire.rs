@@ -28,7 +28,7 @@ pub(crate) struct Wire<R> {
 
 impl<R: Read + Seek> Wire<R> {
     pub(crate) fn new(inner: R, len: u64) -> Self {
-        Self { inner: BufReader::with_capacity(64 * 1024, inner), pos: 0, len }
+        Self { inner: BufReader::with_capacity(8 * 1024, inner), pos: 0, len }
     }
 
     pub(crate) fn pos(&self) -> u64 {

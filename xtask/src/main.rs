@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's automation, one file per task.
 
+mod bench;
 mod codegen;
 mod test;
 
@@ -11,7 +12,8 @@ tasks:
   codegen         regenerate nimify-model/src/onnx.rs from nimify-model/proto/onnx-ml.proto
   codegen --check fail when the committed file is stale
   models          regenerate the committed test and example models (needs the Python tools)
-  test            install what the tests need (ONNX Runtime, Python tools) and run every test";
+  test            install what the tests need (ONNX Runtime, Python tools) and run every test
+  bench [NAME]    run the criterion benchmarks (signature: read a generated 1 GiB model)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,6 +23,7 @@ fn main() -> Result<()> {
         ["codegen", "--check"] => codegen::run(true),
         ["models"] => test::models(),
         ["test", rest @ ..] => test::run(rest),
+        ["bench", rest @ ..] => bench::run(rest),
         _ => bail!("{USAGE}"),
     }
 }
