@@ -6,7 +6,9 @@
 //! | `NotFound` (unknown model or version) | 404 |
 //! | `TooLarge` | 413 |
 //! | `InvalidTensor` (well-formed, but wrong for the model) | 422 |
-//! | `NotReady` | 503 |
+//! | `Unauthorized` | 401 |
+//! | `NotReady`, `Overloaded` (with `Retry-After`) | 503 |
+//! | `Timeout` | 504 |
 //! | `Inference`, `Internal` | 500 |
 
 use axum::http::StatusCode;
@@ -30,6 +32,15 @@ pub enum ApiError {
     /// The service is starting or shutting down.
     #[error("{0}")]
     NotReady(String),
+    /// A queue or the in-flight cap is full; the client should retry.
+    #[error("{0}")]
+    Overloaded(String),
+    /// Missing or wrong API key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The request took longer than the configured timeout.
+    #[error("{0}")]
+    Timeout(String),
     /// ONNX Runtime failed while running the model.
     #[error("inference failed: {0}")]
     Inference(String),
@@ -46,7 +57,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InvalidTensor(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Inference(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,6 +78,17 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "request failed");
         }
         let status = self.status();
-        (status, axum::Json(ErrorBody { error: self.to_string() })).into_response()
+        let mut response = (status, axum::Json(ErrorBody { error: self.to_string() })).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Overloaded(_) => {
+                headers.insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
     }
 }

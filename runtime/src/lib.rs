@@ -11,8 +11,11 @@
 //! # Ok(()) }
 //! ```
 
+mod batcher;
+pub mod config;
 pub mod error;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 mod openapi;
 pub mod ortlib;
@@ -21,6 +24,7 @@ pub mod server;
 pub mod tensor;
 pub mod v2;
 
+pub use config::Config;
 pub use error::ApiError;
 pub use model::{LoadError, Model, ModelOptions, TensorSpec};
 

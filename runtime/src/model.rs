@@ -3,32 +3,44 @@
 //! runtime's workers.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nimify_model::{Dim, ElementType, ModelInfo, ValueType};
 use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use tokio::sync::oneshot;
 
+use crate::batcher::{Job, Outputs, Worker, run_session};
+use crate::config::{BatchingConfig, Optimization, SessionConfig, WarmupConfig};
 use crate::error::ApiError;
-use crate::tensor::{Tensor, from_ort};
+use crate::metrics::{Metrics, ModelMetrics};
+use crate::tensor::Tensor;
 
 /// The version every model is served under.
 pub const DEFAULT_VERSION: &str = "1";
 
-/// How to load one model.
-#[derive(Debug, Clone)]
+/// How to load one model. Session, batching and warm-up settings left `None` come from the
+/// server's [`crate::config::Config`].
+#[derive(Debug, Clone, Default)]
 pub struct ModelOptions {
     /// Path to the `.onnx` file.
     pub path: PathBuf,
     /// Served name; the file stem when `None`.
     pub name: Option<String>,
-    /// Intra-op threads (0 lets ONNX Runtime choose).
-    pub intra_threads: usize,
+    /// Session options for this model.
+    pub session: Option<SessionConfig>,
+    /// Batching for this model.
+    pub batching: Option<BatchingConfig>,
+    /// Warm-up for this model.
+    pub warmup: Option<WarmupConfig>,
 }
 
 impl ModelOptions {
     /// Options for the model at `path` with defaults.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), name: None, intra_threads: 0 }
+        Self { path: path.into(), ..Self::default() }
     }
 
     /// Serves the model under `name` instead of the file stem.
@@ -55,6 +67,9 @@ pub enum LoadError {
         /// Reader error.
         source: nimify_model::ModelError,
     },
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// ONNX Runtime itself is missing or unusable.
     #[error(transparent)]
     Runtime(#[from] crate::ortlib::OrtLibError),
@@ -92,6 +107,11 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
+    /// Rank at least 1 with a dim 0 that is not fixed (what batching along dim 0 needs).
+    pub fn dynamic_dim0(&self) -> bool {
+        self.shape.as_ref().and_then(|d| d.first()).is_some_and(Dim::is_dynamic)
+    }
+
     /// KServe V2 datatype name.
     pub fn datatype(&self) -> &'static str {
         self.elem.kserve_name().unwrap_or("BYTES")
@@ -114,7 +134,10 @@ pub struct Model {
     info: ModelInfo,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
-    session: Arc<Mutex<Session>>,
+    /// Whether requests are merged along dim 0 (the model allows it and batching is on).
+    batching: Option<BatchingConfig>,
+    queue: SyncSender<Job>,
+    metrics: ModelMetrics,
 }
 
 impl std::fmt::Debug for Model {
@@ -123,24 +146,50 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// Resolved settings for loading one model.
+pub(crate) struct LoadSettings<'a> {
+    pub session: &'a SessionConfig,
+    pub batching: &'a BatchingConfig,
+    pub warmup: &'a WarmupConfig,
+    pub metrics: &'a Metrics,
+}
+
 impl Model {
-    /// Reads the signature and opens an ONNX Runtime session.
-    pub fn load(options: &ModelOptions) -> Result<Self, LoadError> {
+    /// Reads the signature, opens the session instances, warms them up and starts one worker
+    /// thread per instance.
+    pub(crate) fn load(options: &ModelOptions, settings: &LoadSettings<'_>) -> Result<Self, LoadError> {
         let path = options.path.clone();
         let info = nimify_model::read_model(&path).map_err(|source| LoadError::Signature { path: path.clone(), source })?;
         let inputs = info.inputs.iter().map(|i| input_spec(&path, i)).collect::<Result<Vec<_>, _>>()?;
-        let outputs = info.outputs.iter().map(output_spec).collect();
+        let outputs: Vec<TensorSpec> = info.outputs.iter().map(output_spec).collect();
         let env = crate::ortlib::environment()?;
-        let session = open_session(env, &path, options).map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
-        Ok(Self {
-            name: options.served_name(),
-            version: DEFAULT_VERSION.into(),
-            path,
-            info,
-            inputs,
-            outputs,
-            session: Arc::new(Mutex::new(session)),
-        })
+        let name = options.served_name();
+        let version = DEFAULT_VERSION.to_string();
+        let metrics = settings.metrics.model(&name, &version);
+        let batchable = !inputs.is_empty() && inputs.iter().chain(&outputs).all(TensorSpec::dynamic_dim0);
+        let batching = (batchable && settings.batching.enabled).then(|| settings.batching.clone());
+        let input_names = Arc::new(inputs.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
+        let (queue, rx) = std::sync::mpsc::sync_channel(settings.batching.queue_capacity);
+        let shared = Arc::new(Mutex::new((rx, None)));
+        for instance in 0..settings.session.instances.max(1) {
+            let mut session = open_session(env, &path, settings.session).map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
+            if settings.warmup.enabled {
+                warm_up(&mut session, &name, &inputs, &input_names, settings.warmup);
+            }
+            let worker = Worker {
+                queue: Arc::clone(&shared),
+                input_names: Arc::clone(&input_names),
+                batching: batching.is_some(),
+                max_batch_size: settings.batching.max_batch_size,
+                max_queue_delay: Duration::from_micros(settings.batching.max_queue_delay_us),
+                metrics: metrics.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("nimify-{name}-{instance}"))
+                .spawn(move || worker.run(session))
+                .map_err(|e| LoadError::Session { path: path.clone(), reason: format!("cannot start a worker thread: {e}") })?;
+        }
+        Ok(Self { name, version, path, info, inputs, outputs, batching, queue, metrics })
     }
 
     /// Served name.
@@ -173,44 +222,92 @@ impl Model {
         &self.outputs
     }
 
-    /// Runs the model on validated inputs (in model input order) and returns the requested
-    /// outputs (all when `wanted` is empty), in the order asked for.
-    pub async fn infer(&self, inputs: Vec<(String, Tensor)>, wanted: Vec<String>) -> Result<Vec<(String, Tensor)>, ApiError> {
-        let session = Arc::clone(&self.session);
-        let model = self.name.clone();
-        tokio::task::spawn_blocking(move || run_session(&session, inputs, &wanted))
-            .await
-            .map_err(|e| ApiError::Internal(format!("inference task for model {model} failed: {e}")))?
+    /// The batching really in use; `None` when requests run one by one.
+    pub fn batching(&self) -> Option<&BatchingConfig> {
+        self.batching.as_ref()
+    }
+
+    /// This model's metric handles.
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.metrics
+    }
+
+    /// Queues validated inputs (in model input order) and waits for the requested outputs, in
+    /// the order asked for. A full queue is [`ApiError::Overloaded`]; dropping the returned
+    /// future before the request runs keeps it from running.
+    pub async fn infer(&self, inputs: Vec<(String, Tensor)>, wanted: Vec<String>) -> Result<Outputs, ApiError> {
+        let items = match (&self.batching, inputs.first()) {
+            (Some(_), Some((_, t))) => t.shape.first().copied().unwrap_or(1),
+            _ => 1,
+        };
+        let (reply, rx) = oneshot::channel();
+        let job = Job { inputs: inputs.into_iter().map(|(_, t)| t).collect(), wanted, items, enqueued: Instant::now(), reply };
+        self.metrics.pending.inc();
+        if let Err(e) = self.queue.try_send(job) {
+            self.metrics.pending.dec();
+            return Err(match e {
+                TrySendError::Full(_) => {
+                    self.metrics.rejected.inc();
+                    ApiError::Overloaded(format!("model {} has a full queue; retry shortly", self.name))
+                }
+                TrySendError::Disconnected(_) => ApiError::Internal(format!("model {} has no running worker", self.name)),
+            });
+        }
+        rx.await.map_err(|_| ApiError::Internal(format!("the worker of model {} stopped", self.name)))?
     }
 }
 
-fn open_session(env: &ort::environment::Environment, path: &Path, options: &ModelOptions) -> Result<Session, String> {
-    let builder = Session::builder(env).map_err(|e| e.to_string())?;
-    let builder = if options.intra_threads > 0 { builder.with_intra_threads(options.intra_threads).map_err(|e| e.to_string())? } else { builder };
-    let mut builder = builder;
+fn open_session(env: &ort::environment::Environment, path: &Path, config: &SessionConfig) -> Result<Session, String> {
+    let e = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
+    let mut builder = Session::builder(env)
+        .map_err(|e| e.to_string())?
+        .with_optimization_level(match config.optimization {
+            Optimization::Disable => GraphOptimizationLevel::Disable,
+            Optimization::Basic => GraphOptimizationLevel::Level1,
+            Optimization::Extended => GraphOptimizationLevel::Level2,
+            Optimization::All => GraphOptimizationLevel::All,
+        })
+        .map_err(e)?
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(config.memory_arena).build()])
+        .map_err(e)?;
+    if config.intra_threads > 0 {
+        builder = builder.with_intra_threads(config.intra_threads).map_err(e)?;
+    }
+    if config.inter_threads > 0 {
+        builder = builder.with_inter_threads(config.inter_threads).map_err(e)?;
+    }
     builder.commit_from_file(path).map_err(|e| e.to_string())
 }
 
-fn run_session(session: &Mutex<Session>, inputs: Vec<(String, Tensor)>, wanted: &[String]) -> Result<Vec<(String, Tensor)>, ApiError> {
-    let values = inputs
-        .into_iter()
-        .map(|(name, t)| t.into_ort().map(|v| (name, v)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::InvalidTensor(format!("cannot build input tensor: {e}")))?;
-    let mut session = session.lock().map_err(|_| ApiError::Internal("session lock poisoned".into()))?;
-    let outputs = session.run(values).map_err(|e| ApiError::Inference(e.to_string()))?;
-    let mut result = Vec::new();
-    if wanted.is_empty() {
-        for (name, value) in outputs.iter() {
-            result.push((name.to_string(), from_ort(&value).map_err(ApiError::Inference)?));
-        }
-    } else {
-        for name in wanted {
-            let value = outputs.get(name).ok_or_else(|| ApiError::Inference(format!("ONNX Runtime returned no output {name:?}")))?;
-            result.push((name.clone(), from_ort(value).map_err(ApiError::Inference)?));
-        }
+/// Runs the session once on zeros (declared fixed dims, configured or 1 for the others). A
+/// failure is logged and does not block readiness.
+fn warm_up(session: &mut Session, model: &str, inputs: &[TensorSpec], names: &[String], config: &WarmupConfig) {
+    let start = Instant::now();
+    let tensors: Option<Vec<Tensor>> = inputs
+        .iter()
+        .map(|spec| {
+            let shape = match &spec.shape {
+                Some(dims) => dims
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => usize::try_from(*n).unwrap_or(1),
+                        Dim::Symbolic(s) => config.dims.get(s).copied().unwrap_or(1),
+                        Dim::Unknown => 1,
+                    })
+                    .collect(),
+                None => vec![1],
+            };
+            Tensor::zeros(spec.elem, shape)
+        })
+        .collect();
+    let result = match tensors {
+        Some(t) => run_session(session, names, t).map(drop),
+        None => Err(ApiError::Internal("an input type has no zero value".into())),
+    };
+    match result {
+        Ok(()) => tracing::info!(model, took_ms = start.elapsed().as_millis() as u64, "warm-up done"),
+        Err(e) => tracing::warn!(model, error = %e, "warm-up failed; serving anyway"),
     }
-    Ok(result)
 }
 
 fn input_spec(path: &Path, vi: &nimify_model::ValueInfo) -> Result<TensorSpec, LoadError> {

@@ -1,22 +1,29 @@
-//! The service: shared state, the router, and a server with graceful shutdown.
+//! The service: shared state, the router with its middleware, and a server that drains on
+//! shutdown.
 //!
 //! [`ServerBuilder`] is the one way models get registered, whether from a file at run time (what
 //! `cargo nimify serve` does) or from typed code: every model shares one router, one inference
-//! path and one readiness flag.
+//! path (queue, batcher, workers), one metrics registry and one readiness flag.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::config::Config;
 use crate::error::ApiError;
-use crate::model::{LoadError, Model, ModelOptions};
+use crate::metrics::Metrics;
+use crate::model::{LoadError, LoadSettings, Model, ModelOptions};
 
 /// Default maximum request body (64 MiB: real tensor payloads reach several MB).
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
@@ -26,7 +33,10 @@ pub const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
 pub struct AppState {
     models: BTreeMap<String, Arc<Model>>,
     ready: AtomicBool,
-    max_body: usize,
+    config: Config,
+    api_keys: Vec<String>,
+    in_flight: Arc<Semaphore>,
+    metrics: Metrics,
 }
 
 impl AppState {
@@ -51,6 +61,16 @@ impl AppState {
         self.models.values()
     }
 
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Whether the server accepts inference requests.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
@@ -63,11 +83,12 @@ impl AppState {
 
     /// Reads a request body up to the configured limit; larger is 413.
     pub async fn read_body(&self, body: Body) -> Result<bytes::Bytes, ApiError> {
-        axum::body::to_bytes(body, self.max_body).await.map_err(|e| {
+        let limit = self.config.max_body_bytes;
+        axum::body::to_bytes(body, limit).await.map_err(|e| {
             let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
             if too_large {
-                ApiError::TooLarge(format!("request body exceeds the {} byte limit; raise --max-body-bytes or send a smaller batch", self.max_body))
+                ApiError::TooLarge(format!("request body exceeds the {limit} byte limit; raise max_body_bytes (--max-body-bytes) or send a smaller batch"))
             } else {
                 ApiError::BadRequest(format!("cannot read request body: {e}"))
             }
@@ -75,15 +96,20 @@ impl AppState {
     }
 }
 
-/// Collects models and options, then loads everything.
+/// Collects the configuration and models, then loads everything.
 #[derive(Default)]
 pub struct ServerBuilder {
+    config: Config,
     options: Vec<ModelOptions>,
     extra: Option<OpenApiRouter<Arc<AppState>>>,
-    max_body: Option<usize>,
 }
 
 impl ServerBuilder {
+    /// A builder with this configuration.
+    pub fn new(config: Config) -> Self {
+        Self { config, ..Self::default() }
+    }
+
     /// Adds a model loaded from a file.
     #[must_use]
     pub fn model(mut self, options: ModelOptions) -> Self {
@@ -104,19 +130,35 @@ impl ServerBuilder {
     /// Maximum request body in bytes.
     #[must_use]
     pub fn max_body(mut self, bytes: usize) -> Self {
-        self.max_body = Some(bytes);
+        self.config.max_body_bytes = bytes;
         self
     }
 
-    /// Loads every model and returns the state and the router serving it.
+    /// Validates the configuration, loads and warms every model, and returns the ready state and
+    /// the router serving it.
     pub fn build(self) -> Result<(Arc<AppState>, Router), LoadError> {
+        let api_keys = self.config.validate()?;
+        let metrics = Metrics::new();
         let mut models = BTreeMap::new();
         for options in &self.options {
-            let model = Model::load(options)?;
-            tracing::info!(model = model.name(), path = %model.path().display(), inputs = model.inputs().len(), outputs = model.outputs().len(), "model loaded");
+            let settings = LoadSettings {
+                session: options.session.as_ref().unwrap_or(&self.config.session),
+                batching: options.batching.as_ref().unwrap_or(&self.config.batching),
+                warmup: options.warmup.as_ref().unwrap_or(&self.config.warmup),
+                metrics: &metrics,
+            };
+            let model = Model::load(options, &settings)?;
+            tracing::info!(
+                model = model.name(),
+                path = %model.path().display(),
+                batching = model.batching().is_some(),
+                instances = settings.session.instances,
+                "model loaded"
+            );
             models.insert(model.name().to_string(), Arc::new(model));
         }
-        let state = Arc::new(AppState { models, ready: AtomicBool::new(false), max_body: self.max_body.unwrap_or(DEFAULT_MAX_BODY) });
+        let in_flight = Arc::new(Semaphore::new(if self.config.max_in_flight == 0 { Semaphore::MAX_PERMITS } else { self.config.max_in_flight }));
+        let state = Arc::new(AppState { models, ready: AtomicBool::new(false), config: self.config, api_keys, in_flight, metrics });
         let router = app(Arc::clone(&state), self.extra);
         state.set_ready(true);
         Ok((state, router))
@@ -127,13 +169,29 @@ impl ServerBuilder {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "nimify", description = "ONNX model inference over KServe V2 / Open Inference Protocol"),
-    tags((name = "v2", description = "KServe V2 / Open Inference Protocol"), (name = "health", description = "liveness and readiness"))
+    tags((name = "v2", description = "KServe V2 / Open Inference Protocol"), (name = "health", description = "liveness and readiness"),
+        (name = "metrics", description = "Prometheus metrics"), (name = "docs", description = "this document and the docs page")),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&SecurityAddon)
 )]
 struct ApiDoc;
 
-/// Builds the full router: V2 routes, extra routes, `/openapi.json`, `/docs`, JSON 404 fallback.
+/// Declares the API-key schemes (used only when keys are configured).
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))));
+    }
+}
+
+/// Builds the full router: V2 and extra routes, `/metrics`, `/openapi.json`, `/docs`, a JSON 404
+/// fallback, and the middleware (request ids, access log, API keys, in-flight cap).
 pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) -> Router {
-    let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::routes::v2::router());
+    let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::routes::v2::router()).merge(crate::routes::metrics::router());
     if let Some(extra) = extra {
         api = api.merge(extra);
     }
@@ -142,6 +200,10 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
     router
         .merge(crate::routes::docs::router(doc))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(axum::middleware::from_fn(access_log))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -150,18 +212,76 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
 }
 
-/// Serves until `shutdown` resolves: readiness turns false first, then in-flight requests finish.
+/// Health, readiness and metrics stay open and uncapped so probes and scrapes work under load
+/// and without credentials.
+fn is_open_path(path: &str) -> bool {
+    matches!(path, "/v2/health/live" | "/v2/health/ready" | "/metrics")
+        || (path.starts_with("/v2/models/") && path.ends_with("/ready") && !path.contains("/infer"))
+}
+
+/// API keys, then the in-flight cap.
+async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if is_open_path(request.uri().path()) {
+        return next.run(request).await;
+    }
+    if !state.api_keys.is_empty() && !authorized(&state.api_keys, request.headers()) {
+        return ApiError::Unauthorized("missing or wrong API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`".into()).into_response();
+    }
+    let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        return ApiError::Overloaded(format!("more than {} requests in flight; retry shortly", state.config.max_in_flight)).into_response();
+    };
+    next.run(request).await
+}
+
+fn authorized(keys: &[String], headers: &axum::http::HeaderMap) -> bool {
+    let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    [bearer, api_key].into_iter().flatten().any(|given| keys.iter().any(|k| constant_time_eq(k.as_bytes(), given.trim().as_bytes())))
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One log line per request: failures at info level, successes at debug, with the request id.
+async fn access_log(request: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let micros = start.elapsed().as_micros() as u64;
+    if status >= 400 {
+        tracing::info!(request_id = %id, %method, %path, status, micros, "request failed");
+    } else {
+        tracing::debug!(request_id = %id, %method, %path, status, micros, "request");
+    }
+    response
+}
+
+/// Serves until `shutdown` resolves: readiness turns false first, then in-flight requests finish
+/// within the configured drain timeout.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, router: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    let local: SocketAddr = listener.local_addr()?;
+    let local = listener.local_addr()?;
     tracing::info!(address = %local, models = state.models.len(), "serving");
-    let drain_state = Arc::clone(&state);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            drain_state.set_ready(false);
-            tracing::info!("shutting down: not ready, draining in-flight requests");
-        })
-        .await
+    let drain = Duration::from_millis(state.config.drain_timeout_ms);
+    let fired = Arc::new(tokio::sync::Notify::new());
+    let (drain_state, notify) = (Arc::clone(&state), Arc::clone(&fired));
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        drain_state.set_ready(false);
+        tracing::info!(drain_timeout_ms = drain.as_millis() as u64, "shutting down: not ready, draining in-flight requests");
+        notify.notify_one();
+    });
+    tokio::select! {
+        result = server => result,
+        () = async { fired.notified().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!("drain timeout reached; exiting with requests still in flight");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

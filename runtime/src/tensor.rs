@@ -202,3 +202,123 @@ fn json_of(value: &DynValue) -> Result<serde_json::Value, String> {
         other => Err(format!("unsupported nested output type {other}")),
     }
 }
+
+/// Expands `$m!(Variant, ...)` over every [`TensorData`] variant.
+macro_rules! with_variants {
+    ($m:ident) => {
+        $m!(Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, Bf16, F32, F64, Bytes)
+    };
+}
+
+impl Tensor {
+    /// Concatenates tensors along dim 0. `None` when ranks, trailing dims or types differ, or a
+    /// tensor is a scalar.
+    pub fn concat(parts: &[&Tensor]) -> Option<Tensor> {
+        let first = parts.first()?;
+        let tail = first.shape.get(1..)?;
+        if parts.iter().any(|p| p.shape.get(1..) != Some(tail)) {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.shape[0]).sum::<usize>();
+        macro_rules! cat {
+            ($($v:ident),*) => {
+                match &first.data {
+                    $(TensorData::$v(_) => {
+                        let mut out = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+                        for p in parts {
+                            let TensorData::$v(v) = &p.data else { return None };
+                            out.extend_from_slice(v);
+                        }
+                        TensorData::$v(out)
+                    })*
+                }
+            };
+        }
+        let data = with_variants!(cat);
+        let mut shape = vec![rows];
+        shape.extend_from_slice(tail);
+        Some(Tensor { shape, data })
+    }
+
+    /// Splits along dim 0 into pieces of `rows[i]` rows. `None` unless the rows add up to dim 0.
+    pub fn split(self, rows: &[usize]) -> Option<Vec<Tensor>> {
+        let total = *self.shape.first()?;
+        if rows.iter().sum::<usize>() != total {
+            return None;
+        }
+        let row_len = element_count(&self.shape[1..])?;
+        let tail = self.shape[1..].to_vec();
+        macro_rules! cut {
+            ($($v:ident),*) => {
+                match self.data {
+                    $(TensorData::$v(v) => {
+                        let mut it = v.into_iter();
+                        rows.iter().map(|&r| TensorData::$v(it.by_ref().take(r * row_len).collect())).collect::<Vec<_>>()
+                    })*
+                }
+            };
+        }
+        let pieces = with_variants!(cut);
+        Some(
+            pieces
+                .into_iter()
+                .zip(rows)
+                .map(|(data, &r)| {
+                    let mut shape = vec![r];
+                    shape.extend_from_slice(&tail);
+                    Tensor { shape, data }
+                })
+                .collect(),
+        )
+    }
+
+    /// A tensor of `shape` filled with zeros (empty strings for BYTES), for warm-up.
+    pub fn zeros(elem: ElementType, shape: Vec<usize>) -> Option<Tensor> {
+        let n = element_count(&shape)?;
+        let data = match elem {
+            ElementType::Bool => TensorData::Bool(vec![false; n]),
+            ElementType::Uint8 => TensorData::U8(vec![0; n]),
+            ElementType::Uint16 => TensorData::U16(vec![0; n]),
+            ElementType::Uint32 => TensorData::U32(vec![0; n]),
+            ElementType::Uint64 => TensorData::U64(vec![0; n]),
+            ElementType::Int8 => TensorData::I8(vec![0; n]),
+            ElementType::Int16 => TensorData::I16(vec![0; n]),
+            ElementType::Int32 => TensorData::I32(vec![0; n]),
+            ElementType::Int64 => TensorData::I64(vec![0; n]),
+            ElementType::Float16 => TensorData::F16(vec![f16::ZERO; n]),
+            ElementType::Bfloat16 => TensorData::Bf16(vec![bf16::ZERO; n]),
+            ElementType::Float => TensorData::F32(vec![0.0; n]),
+            ElementType::Double => TensorData::F64(vec![0.0; n]),
+            ElementType::String => TensorData::Bytes(vec![Vec::new(); n]),
+            _ => return None,
+        };
+        Some(Tensor { shape, data })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_then_split_round_trips() {
+        let a = Tensor::new(vec![1, 2], TensorData::F32(vec![1.0, 2.0])).expect("a");
+        let b = Tensor::new(vec![2, 2], TensorData::F32(vec![3.0, 4.0, 5.0, 6.0])).expect("b");
+        let c = Tensor::concat(&[&a, &b]).expect("concat");
+        assert_eq!(c.shape, vec![3, 2]);
+        let parts = c.split(&[1, 2]).expect("split");
+        assert_eq!(parts, vec![a, b]);
+    }
+
+    #[test]
+    fn concat_refuses_mismatches() {
+        let a = Tensor::new(vec![1, 2], TensorData::F32(vec![1.0, 2.0])).expect("a");
+        let b = Tensor::new(vec![1, 3], TensorData::F32(vec![1.0, 2.0, 3.0])).expect("b");
+        let s = Tensor::new(vec![], TensorData::F32(vec![1.0])).expect("scalar");
+        let i = Tensor::new(vec![1, 2], TensorData::I32(vec![1, 2])).expect("i");
+        assert!(Tensor::concat(&[&a, &b]).is_none());
+        assert!(Tensor::concat(&[&s, &s]).is_none());
+        assert!(Tensor::concat(&[&a, &i]).is_none());
+        assert!(a.split(&[2]).is_none());
+    }
+}

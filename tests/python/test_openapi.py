@@ -21,6 +21,7 @@ ROUTES = {
     ("get", "/v2/models/{model}/versions/{version}/ready"),
     ("get", "/v2/models/{model}/versions/{version}/config"),
     ("post", "/v2/models/{model}/versions/{version}/infer"),
+    ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/docs"),
     ("get", "/docs/"),

@@ -236,7 +236,13 @@ def test_metadata_and_config(serve):
     meta = c.get_model_metadata("mlp")
     assert meta["platform"] == "onnxruntime_onnx" and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    # Batching is on by default for a model whose every tensor has a dynamic dim 0: Triton's
+    # convention then leaves the batch dim out of `dims`.
     config = c.get_model_config("mlp")
-    assert config["max_batch_size"] == 0
-    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 4]}]
+    assert config["max_batch_size"] == 32
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 500}
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]
+    # A model with a scalar input cannot batch: full dims, max_batch_size 0.
+    scalar = client(serve("scalar")).get_model_config("scalar")
+    assert scalar["max_batch_size"] == 0 and "dynamic_batching" not in scalar
     assert c.get_model_metadata("mlp", model_version="1")["name"] == "mlp"

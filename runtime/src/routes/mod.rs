@@ -1,4 +1,5 @@
 //! Route groups, one file each, combined with the OpenAPI document in [`crate::server::app`].
 
 pub mod docs;
+pub mod metrics;
 pub mod v2;

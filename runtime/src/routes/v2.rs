@@ -15,7 +15,7 @@ use crate::model::Model;
 use crate::server::AppState;
 use crate::v2::codec::{self, HEADER_LENGTH};
 use crate::v2::types::{
-    ConfigTensor, InferRequest, InferResponse, LiveResponse, MetadataTensor, ModelConfig, ModelMetadata, ReadyResponse, ServerMetadata,
+    ConfigTensor, DynamicBatching, InferRequest, InferResponse, LiveResponse, MetadataTensor, ModelConfig, ModelMetadata, ReadyResponse, ServerMetadata,
 };
 
 /// The V2 routes.
@@ -124,18 +124,27 @@ async fn model_version_config(State(state): State<Arc<AppState>>, Path((model, v
     Ok(Json(config(state.model(&model, Some(&version))?)))
 }
 
+/// With batching on, `max_batch_size` is what the batcher uses and dims leave out the batch dim
+/// (Triton's convention); otherwise `max_batch_size` is 0 and dims are the full shape.
 fn config(model: &Model) -> ModelConfig {
+    let batching = model.batching();
+    let skip = usize::from(batching.is_some());
     let tensors = |specs: &[crate::model::TensorSpec]| {
         specs
             .iter()
-            .map(|s| ConfigTensor { name: s.name.clone(), data_type: format!("TYPE_{}", triton_name(s.datatype())), dims: s.metadata_shape() })
+            .map(|s| ConfigTensor {
+                name: s.name.clone(),
+                data_type: format!("TYPE_{}", triton_name(s.datatype())),
+                dims: s.metadata_shape().into_iter().skip(skip).collect(),
+            })
             .collect()
     };
     ModelConfig {
         name: model.name().into(),
         platform: "onnxruntime_onnx".into(),
         backend: "onnxruntime".into(),
-        max_batch_size: 0,
+        max_batch_size: batching.map_or(0, |b| u32::try_from(b.max_batch_size).unwrap_or(u32::MAX)),
+        dynamic_batching: batching.map(|b| DynamicBatching { max_queue_delay_microseconds: b.max_queue_delay_us }),
         input: tensors(model.inputs()),
         output: tensors(model.outputs()),
     }
@@ -179,15 +188,35 @@ async fn run_infer(state: &AppState, model: &str, version: Option<&str>, headers
     if !state.is_ready() {
         return Err(ApiError::NotReady("the server is not ready".into()));
     }
+    let start = std::time::Instant::now();
+    let work = infer_body(state, &model, headers, body);
+    let result = match state.config().request_timeout() {
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(ApiError::Timeout(format!("request took longer than the {} ms limit (request_timeout_ms)", limit.as_millis())))
+        }),
+        None => work.await,
+    };
+    let m = model.metrics();
+    let took = start.elapsed();
+    match &result {
+        Ok(_) => m.success.inc(),
+        Err(_) => m.failure.inc(),
+    }
+    m.request_us.inc_by(crate::metrics::micros(took));
+    m.request_seconds.observe(took.as_secs_f64());
+    result
+}
+
+async fn infer_body(state: &AppState, model: &Model, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let body = state.read_body(body).await?;
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| ApiError::BadRequest("Inference-Header-Content-Length is not valid text".into()))?),
     };
-    let decoded = codec::decode(&model, header_len, &body)?;
+    let decoded = codec::decode(model, header_len, &body)?;
     let wanted = decoded.outputs.iter().map(|(n, _)| n.clone()).collect();
     let outputs = model.infer(decoded.inputs, wanted).await?;
-    let encoded = codec::encode(&model, decoded.id, outputs, &decoded.outputs)?;
+    let encoded = codec::encode(model, decoded.id, outputs, &decoded.outputs)?;
     let mut response = Response::new(Body::from(encoded.body));
     let h = response.headers_mut();
     match encoded.header_len {

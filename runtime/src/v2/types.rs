@@ -155,10 +155,20 @@ pub struct ModelConfig {
     pub platform: String,
     /// Always `onnxruntime`.
     pub backend: String,
-    /// 0 while requests are not batched by the server.
+    /// Most items per execution; 0 when the server does not batch this model.
     pub max_batch_size: u32,
+    /// Present when the server batches this model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_batching: Option<DynamicBatching>,
     /// Inputs.
     pub input: Vec<ConfigTensor>,
     /// Outputs.
     pub output: Vec<ConfigTensor>,
+}
+
+/// Triton's `dynamic_batching` block.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DynamicBatching {
+    /// Longest the first request of a batch waits for others.
+    pub max_queue_delay_microseconds: u64,
 }

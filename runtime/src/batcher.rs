@@ -1,0 +1,205 @@
+//! Dynamic batching: one bounded queue per model and one worker thread per session instance.
+//!
+//! A worker takes the first waiting request, then keeps taking requests until the batch holds
+//! `max_batch_size` items or the first request has waited `max_queue_delay`. Requests whose
+//! client went away are dropped (counted) before execution. Requests that agree on every dim
+//! but dim 0 run as one execution; when an output's dim 0 does not come back as the summed
+//! batch, those requests run again one by one. While one worker executes, the next collects.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ort::session::Session;
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+use crate::metrics::{ModelMetrics, micros};
+use crate::tensor::{Tensor, from_ort};
+
+/// Outputs by name, in the order asked for.
+pub type Outputs = Vec<(String, Tensor)>;
+
+/// One queued request.
+pub struct Job {
+    /// Inputs in the model's input order.
+    pub inputs: Vec<Tensor>,
+    /// Output names to return, in order.
+    pub wanted: Vec<String>,
+    /// Items (dim 0) this request contributes to a batch; 1 when the model does not batch.
+    pub items: usize,
+    /// When it was queued.
+    pub enqueued: Instant,
+    /// Where the result goes; closed when the client gave up.
+    pub reply: oneshot::Sender<Result<Outputs, ApiError>>,
+}
+
+/// What a worker needs besides its session.
+pub struct Worker {
+    /// Shared queue and the request that did not fit the previous batch.
+    pub queue: Arc<Mutex<(Receiver<Job>, Option<Job>)>>,
+    /// Input names in model order.
+    pub input_names: Arc<Vec<String>>,
+    /// Merge requests at all.
+    pub batching: bool,
+    /// Most items per execution.
+    pub max_batch_size: usize,
+    /// Longest wait for a batch to fill.
+    pub max_queue_delay: Duration,
+    /// Metric handles.
+    pub metrics: ModelMetrics,
+}
+
+impl Worker {
+    /// Runs until the queue's sender is dropped.
+    pub fn run(self, mut session: Session) {
+        while let Some(jobs) = self.collect() {
+            let jobs: Vec<Job> = jobs
+                .into_iter()
+                .filter(|j| {
+                    self.metrics.pending.dec();
+                    if j.reply.is_closed() {
+                        self.metrics.cancelled.inc();
+                        false
+                    } else {
+                        true
+                    }
+                })
+                .collect();
+            for group in group_by_trailing_dims(jobs) {
+                self.execute(&mut session, group);
+            }
+        }
+    }
+
+    fn collect(&self) -> Option<Vec<Job>> {
+        let mut guard = self.queue.lock().ok()?;
+        let (rx, carry) = &mut *guard;
+        let first = match carry.take() {
+            Some(job) => job,
+            None => rx.recv().ok()?,
+        };
+        let mut items = first.items;
+        let deadline = first.enqueued + self.max_queue_delay;
+        let mut jobs = vec![first];
+        while self.batching && items < self.max_batch_size {
+            let next = match deadline.checked_duration_since(Instant::now()) {
+                Some(left) => rx.recv_timeout(left),
+                None => rx.try_recv().map_err(|_| RecvTimeoutError::Timeout),
+            };
+            match next {
+                Ok(job) if items + job.items > self.max_batch_size => {
+                    *carry = Some(job);
+                    break;
+                }
+                Ok(job) => {
+                    items += job.items;
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        Some(jobs)
+    }
+
+    fn execute(&self, session: &mut Session, jobs: Vec<Job>) {
+        let start = Instant::now();
+        for job in &jobs {
+            let waited = start.duration_since(job.enqueued);
+            self.metrics.queue_us.inc_by(micros(waited));
+            self.metrics.queue_seconds.observe(waited.as_secs_f64());
+        }
+        if jobs.len() > 1 {
+            if let Some(results) = self.run_batched(session, &jobs) {
+                let total: usize = jobs.iter().map(|j| j.items).sum();
+                self.metrics.count.inc_by(total as u64);
+                self.metrics.batch_size.observe(total as f64);
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(result));
+                }
+                return;
+            }
+        }
+        for job in jobs {
+            let result = self.run_one(session, job.inputs);
+            if result.is_ok() {
+                self.metrics.count.inc_by(job.items as u64);
+                self.metrics.batch_size.observe(job.items as f64);
+            }
+            let _ = job.reply.send(result.and_then(|all| select(all, &job.wanted)));
+        }
+    }
+
+    /// Runs merged inputs once; `None` (nothing sent) when the outputs cannot be split back.
+    fn run_batched(&self, session: &mut Session, jobs: &[Job]) -> Option<Vec<Outputs>> {
+        let rows: Vec<usize> = jobs.iter().map(|j| j.items).collect();
+        let total: usize = rows.iter().sum();
+        let merged = (0..self.input_names.len())
+            .map(|i| Tensor::concat(&jobs.iter().map(|j| &j.inputs[i]).collect::<Vec<_>>()))
+            .collect::<Option<Vec<_>>>()?;
+        let outputs = match self.run_one(session, merged) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, requests = jobs.len(), "batched execution failed; running requests one by one");
+                return None;
+            }
+        };
+        let mut per_job: Vec<Outputs> = jobs.iter().map(|_| Vec::new()).collect();
+        for (name, tensor) in outputs {
+            if tensor.shape.first() != Some(&total) {
+                tracing::debug!(output = %name, expected = total, shape = ?tensor.shape, "output dim 0 is not the batch; running requests one by one");
+                return None;
+            }
+            for (slot, piece) in per_job.iter_mut().zip(tensor.split(&rows)?) {
+                slot.push((name.clone(), piece));
+            }
+        }
+        per_job.into_iter().zip(jobs).map(|(all, job)| select(all, &job.wanted).ok()).collect()
+    }
+
+    /// One execution, counted in `exec_count` and compute time; items are counted by the caller
+    /// once the results are delivered.
+    fn run_one(&self, session: &mut Session, inputs: Vec<Tensor>) -> Result<Outputs, ApiError> {
+        let start = Instant::now();
+        let result = run_session(session, &self.input_names, inputs);
+        self.metrics.exec_count.inc();
+        self.metrics.compute_us.inc_by(micros(start.elapsed()));
+        result
+    }
+}
+
+/// Requests that agree on every input's dims after dim 0 can share an execution.
+fn group_by_trailing_dims(jobs: Vec<Job>) -> Vec<Vec<Job>> {
+    let mut groups: Vec<(Vec<Vec<usize>>, Vec<Job>)> = Vec::new();
+    for job in jobs {
+        let key: Vec<Vec<usize>> = job.inputs.iter().map(|t| t.shape.get(1..).map(<[usize]>::to_vec).unwrap_or_default()).collect();
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(job),
+            None => groups.push((key, vec![job])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+fn select(mut all: Outputs, wanted: &[String]) -> Result<Outputs, ApiError> {
+    wanted
+        .iter()
+        .map(|name| {
+            let i = all.iter().position(|(n, _)| n == name).ok_or_else(|| ApiError::Inference(format!("ONNX Runtime returned no output {name:?}")))?;
+            Ok(all.swap_remove(i))
+        })
+        .collect()
+}
+
+/// One ONNX Runtime execution; every output, in session order.
+pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>) -> Result<Outputs, ApiError> {
+    let values = names
+        .iter()
+        .cloned()
+        .zip(inputs)
+        .map(|(name, t)| t.into_ort().map(|v| (name, v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::InvalidTensor(format!("cannot build input tensor: {e}")))?;
+    let outputs = session.run(values).map_err(|e| ApiError::Inference(e.to_string()))?;
+    outputs.iter().map(|(name, value)| from_ort(&value).map(|t| (name.to_string(), t)).map_err(ApiError::Inference)).collect()
+}

@@ -1,0 +1,255 @@
+//! The one configuration struct, with defaults, loaded from TOML and overridden by flags and
+//! `NIMIFY_*` environment variables (the CLI applies those on top of [`Config::load`]).
+//!
+//! File lookup: the path given (`--config`), else `NIMIFY_CONFIG`, else `/etc/nimify/config.toml`
+//! when it exists, else defaults. Unknown keys are errors that name the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the service looks for a config file when none is named.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/nimify/config.toml";
+
+/// Everything the service can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listen address.
+    pub host: String,
+    /// Listen port.
+    pub port: u16,
+    /// Largest request body in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Longest time a request may take, queueing included, in milliseconds (0: no limit).
+    pub request_timeout_ms: u64,
+    /// Most requests handled at once; more get 503 with Retry-After (0: no limit).
+    pub max_in_flight: usize,
+    /// How long shutdown waits for in-flight requests, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// Accepted API keys (prefer `api_keys_file` or `NIMIFY_API_KEYS`); empty with no file: no auth.
+    pub api_keys: Vec<String>,
+    /// File with one API key per line (e.g. a mounted Secret).
+    pub api_keys_file: Option<PathBuf>,
+    /// ONNX Runtime session options.
+    pub session: SessionConfig,
+    /// Dynamic batching.
+    pub batching: BatchingConfig,
+    /// Warm-up before ready.
+    pub warmup: WarmupConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: crate::DEFAULT_HOST.into(),
+            port: crate::DEFAULT_PORT,
+            max_body_bytes: 64 * 1024 * 1024,
+            request_timeout_ms: 60_000,
+            max_in_flight: 4096,
+            drain_timeout_ms: 30_000,
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            session: SessionConfig::default(),
+            batching: BatchingConfig::default(),
+            warmup: WarmupConfig::default(),
+        }
+    }
+}
+
+/// ONNX Runtime graph optimisation level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimization {
+    /// No graph rewrites.
+    Disable,
+    /// Constant folding, redundant node removal.
+    Basic,
+    /// Plus node fusions.
+    Extended,
+    /// Everything, including layout optimisations.
+    All,
+}
+
+impl std::str::FromStr for Optimization {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "disable" => Ok(Self::Disable),
+            "basic" => Ok(Self::Basic),
+            "extended" => Ok(Self::Extended),
+            "all" => Ok(Self::All),
+            other => Err(format!("unknown optimization level {other:?}; use disable, basic, extended or all")),
+        }
+    }
+}
+
+/// Session options, applied to every session instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Threads inside one operator (0: ONNX Runtime's default, one per core).
+    pub intra_threads: usize,
+    /// Threads across operators (0: ONNX Runtime's default).
+    pub inter_threads: usize,
+    /// Graph optimisation level.
+    pub optimization: Optimization,
+    /// ONNX Runtime's CPU memory arena. Off by default: with dynamic shapes the arena keeps every
+    /// size it ever saw, so resident memory creeps.
+    pub memory_arena: bool,
+    /// Sessions per model, each able to run one batch at a time.
+    pub instances: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { intra_threads: 0, inter_threads: 0, optimization: Optimization::All, memory_arena: false, instances: 1 }
+    }
+}
+
+/// Dynamic batching along dim 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Merge concurrent requests (only for models whose every input and output has a dynamic dim 0).
+    pub enabled: bool,
+    /// Most items (summed dim 0) in one execution.
+    pub max_batch_size: usize,
+    /// Longest the first request of a batch waits for others, in microseconds.
+    pub max_queue_delay_us: u64,
+    /// Requests waiting per model; a full queue answers 503 with Retry-After.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_batch_size: 32, max_queue_delay_us: 500, queue_capacity: 1024 }
+    }
+}
+
+/// Warm-up run before the service reports ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarmupConfig {
+    /// Run one inference per session instance before ready.
+    pub enabled: bool,
+    /// Sizes for named symbolic dims (others are 1).
+    pub dims: BTreeMap<String, usize>,
+}
+
+impl Default for WarmupConfig {
+    fn default() -> Self {
+        Self { enabled: true, dims: BTreeMap::new() }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`] (unknown key, wrong type).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which names the key and its line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the file named by `path`, `NIMIFY_CONFIG` or the default location; defaults when none.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let from_env = std::env::var_os("NIMIFY_CONFIG").filter(|p| !p.is_empty()).map(PathBuf::from);
+        let chosen = match (path, from_env) {
+            (Some(p), _) => Some(p.to_path_buf()),
+            (None, Some(p)) => Some(p),
+            (None, None) => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.is_file()),
+        };
+        match chosen {
+            Some(p) => Self::from_file(&p),
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// Parses one TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+
+    /// Checks ranges and reads the API key file; returns every accepted key.
+    pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
+        if self.session.instances == 0 {
+            return Err(ConfigError::Invalid("session.instances must be at least 1, got 0".into()));
+        }
+        if self.batching.max_batch_size == 0 {
+            return Err(ConfigError::Invalid("batching.max_batch_size must be at least 1, got 0".into()));
+        }
+        if self.batching.queue_capacity == 0 {
+            return Err(ConfigError::Invalid("batching.queue_capacity must be at least 1, got 0".into()));
+        }
+        let mut keys: Vec<String> = self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        if let Some(file) = &self.api_keys_file {
+            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+            keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+            if keys.is_empty() {
+                return Err(ConfigError::Invalid(format!("api key file {} holds no key", file.display())));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Request timeout, `None` when disabled.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        (self.request_timeout_ms > 0).then(|| Duration::from_millis(self.request_timeout_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("port = 1\nbogus = 2\n").expect_err("unknown key");
+        assert!(err.contains("bogus"), "{err}");
+        let err = Config::from_toml("[batching]\nmax_batch = 2\n").expect_err("unknown nested key");
+        assert!(err.contains("max_batch"), "{err}");
+        let err = Config::from_toml("port = \"eighty\"\n").expect_err("wrong type");
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn partial_files_keep_defaults() {
+        let c = Config::from_toml("[batching]\nmax_batch_size = 8\n[session]\ninstances = 2\noptimization = \"basic\"\n").expect("valid");
+        assert_eq!(c.batching.max_batch_size, 8);
+        assert_eq!(c.batching.queue_capacity, BatchingConfig::default().queue_capacity);
+        assert_eq!(c.session.instances, 2);
+        assert_eq!(c.session.optimization, Optimization::Basic);
+        assert_eq!(c.port, crate::DEFAULT_PORT);
+    }
+
+    #[test]
+    fn the_default_config_round_trips() {
+        let text = toml::to_string(&Config::default()).expect("serialize");
+        assert_eq!(Config::from_toml(&text).expect("parse"), Config::default());
+    }
+}

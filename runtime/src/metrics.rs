@@ -1,0 +1,140 @@
+//! Prometheus metrics on `/metrics`: Triton's names and labels (`model`, `version`), so existing
+//! dashboards and autoscalers work, plus `nimify_*` histograms Triton does not have.
+//!
+//! One registry per server (not the global one), so several servers in one process stay apart.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// All metric families of one server.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    success: IntCounterVec,
+    failure: IntCounterVec,
+    count: IntCounterVec,
+    exec_count: IntCounterVec,
+    request_us: IntCounterVec,
+    queue_us: IntCounterVec,
+    compute_us: IntCounterVec,
+    pending: IntGaugeVec,
+    rejected: IntCounterVec,
+    cancelled: IntCounterVec,
+    request_seconds: HistogramVec,
+    queue_seconds: HistogramVec,
+    batch_size: HistogramVec,
+}
+
+const LABELS: &[&str] = &["model", "version"];
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), LABELS).unwrap_or_else(|e| unreachable_metric(name, &e));
+    registry.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS).unwrap_or_else(|e| unreachable_metric(name, &e));
+    registry.register(Box::new(h.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
+    h
+}
+
+/// Metric definitions are constants: a failure here is a bug caught by the first test run.
+fn unreachable_metric(name: &str, e: &prometheus::Error) -> ! {
+    panic!("metric {name} is mis-defined: {e}")
+}
+
+/// Latency buckets from 100 µs to 30 s.
+fn latency_buckets() -> Vec<f64> {
+    vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let pending = IntGaugeVec::new(Opts::new("nv_inference_pending_request_count", "Instantaneous number of pending requests awaiting execution per-model."), LABELS)
+            .unwrap_or_else(|e| unreachable_metric("nv_inference_pending_request_count", &e));
+        r.register(Box::new(pending.clone())).unwrap_or_else(|e| unreachable_metric("pending", &e));
+        let build = IntGauge::with_opts(
+            Opts::new("nimify_build_info", "Build information; always 1.")
+                .const_label("version", env!("CARGO_PKG_VERSION"))
+                .const_label("onnxruntime", crate::ortlib::ORT_VERSION),
+        )
+        .unwrap_or_else(|e| unreachable_metric("nimify_build_info", &e));
+        build.set(1);
+        r.register(Box::new(build)).unwrap_or_else(|e| unreachable_metric("build", &e));
+        Self {
+            success: counter(&r, "nv_inference_request_success", "Number of successful inference requests, all batch sizes"),
+            failure: counter(&r, "nv_inference_request_failure", "Number of failed inference requests, all batch sizes"),
+            count: counter(&r, "nv_inference_count", "Number of inferences performed (does not include cached requests)"),
+            exec_count: counter(&r, "nv_inference_exec_count", "Number of model executions performed (does not include cached requests)"),
+            request_us: counter(&r, "nv_inference_request_duration_us", "Cumulative inference request duration in microseconds (includes cached requests)"),
+            queue_us: counter(&r, "nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds (includes cached requests)"),
+            compute_us: counter(&r, "nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)"),
+            pending,
+            rejected: counter(&r, "nimify_requests_rejected_total", "Requests refused with 503 because the model's queue was full"),
+            cancelled: counter(&r, "nimify_requests_cancelled_total", "Queued requests not executed because their client went away"),
+            request_seconds: histogram(&r, "nimify_request_duration_seconds", "Inference request latency, queueing included", latency_buckets()),
+            queue_seconds: histogram(&r, "nimify_queue_duration_seconds", "Time requests wait in the batching queue", latency_buckets()),
+            batch_size: histogram(&r, "nimify_batch_size", "Items per model execution", vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            registry: r,
+        }
+    }
+
+    /// The handles for one model version (label lookups done once).
+    pub fn model(&self, model: &str, version: &str) -> ModelMetrics {
+        let l = [model, version];
+        ModelMetrics {
+            success: self.success.with_label_values(&l),
+            failure: self.failure.with_label_values(&l),
+            count: self.count.with_label_values(&l),
+            exec_count: self.exec_count.with_label_values(&l),
+            request_us: self.request_us.with_label_values(&l),
+            queue_us: self.queue_us.with_label_values(&l),
+            compute_us: self.compute_us.with_label_values(&l),
+            pending: self.pending.with_label_values(&l),
+            rejected: self.rejected.with_label_values(&l),
+            cancelled: self.cancelled.with_label_values(&l),
+            request_seconds: self.request_seconds.with_label_values(&l),
+            queue_seconds: self.queue_seconds.with_label_values(&l),
+            batch_size: self.batch_size.with_label_values(&l),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Metric handles for one model version.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub struct ModelMetrics {
+    pub success: IntCounter,
+    pub failure: IntCounter,
+    pub count: IntCounter,
+    pub exec_count: IntCounter,
+    pub request_us: IntCounter,
+    pub queue_us: IntCounter,
+    pub compute_us: IntCounter,
+    pub pending: IntGauge,
+    pub rejected: IntCounter,
+    pub cancelled: IntCounter,
+    pub request_seconds: Histogram,
+    pub queue_seconds: Histogram,
+    pub batch_size: Histogram,
+}
+
+/// Microseconds in a duration, saturating.
+pub fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
