@@ -134,6 +134,8 @@ pub struct Model {
     info: ModelInfo,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    /// Every input and output has a dynamic dim 0: a request holds dim-0 items.
+    batchable: bool,
     /// Whether requests are merged along dim 0 (the model allows it and batching is on).
     batching: Option<BatchingConfig>,
     queue: SyncSender<Job>,
@@ -189,7 +191,7 @@ impl Model {
                 .spawn(move || worker.run(session))
                 .map_err(|e| LoadError::Session { path: path.clone(), reason: format!("cannot start a worker thread: {e}") })?;
         }
-        Ok(Self { name, version, path, info, inputs, outputs, batching, queue, metrics })
+        Ok(Self { name, version, path, info, inputs, outputs, batchable, batching, queue, metrics })
     }
 
     /// Served name.
@@ -236,8 +238,10 @@ impl Model {
     /// the order asked for. A full queue is [`ApiError::Overloaded`]; dropping the returned
     /// future before the request runs keeps it from running.
     pub async fn infer(&self, inputs: Vec<(String, Tensor)>, wanted: Vec<String>) -> Result<Outputs, ApiError> {
-        let items = match (&self.batching, inputs.first()) {
-            (Some(_), Some((_, t))) => t.shape.first().copied().unwrap_or(1),
+        // Items count dim 0 whenever the model has a batch dim, batched or not (Triton's
+        // nv_inference_count); a model without one counts one item per request.
+        let items = match (self.batchable, inputs.first()) {
+            (true, Some((_, t))) => t.shape.first().copied().unwrap_or(1),
             _ => 1,
         };
         let (reply, rx) = oneshot::channel();

@@ -232,6 +232,48 @@ def external():
     print("wrote external.onnx + external.weights")
 
 
+def slow():
+    """`x: float[batch, 8]` -> `y`, after a Loop of 20000 Sin steps: tens of milliseconds per
+    execution whatever the batch, for queueing, overload, timeout and drain tests."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Sin", ["v_in"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(np.array(20000, dtype=np.int64), "trips")],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "slow.onnx")
+
+
+def batch_mismatch():
+    """Declares `total: float[batch, 2]` but returns the column sums, `[1, 2]`: merged requests
+    must fall back to running one by one."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axis0"], ["total"], keepdims=1)],
+        "batch_mismatch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0")],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "batch_mismatch.onnx")
+
+
 def zipmap_classifier(path, hidden_ir=None):
     """A scikit-learn logistic regression on iris, converted with skl2onnx's default ZipMap."""
     from skl2onnx import to_onnx
@@ -258,6 +300,8 @@ def main():
     wrong_shape()
     odd_names()
     external()
+    slow()
+    batch_mismatch()
     zipmap_classifier(os.path.join(HERE, "zipmap.onnx"))
     examples = os.path.join(HERE, "..", "..", "examples", "iris")
     zipmap_classifier(os.path.normpath(os.path.join(examples, "iris.onnx")))

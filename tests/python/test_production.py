@@ -1,0 +1,240 @@
+"""The production runtime against real `cargo nimify serve` processes: dynamic batching,
+exact Triton metrics, overload, disconnected clients, timeouts, API keys and SIGTERM drain."""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import requests
+
+from conftest import BIN, MODELS, Server
+
+
+def metrics(server):
+    """{(name, labels-string): value} from /metrics."""
+    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$', line)
+        assert m, line
+        out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def metric(server, name, model):
+    return metrics(server).get((name, f'{{model="{model}",version="1"}}'), 0.0)
+
+
+def infer_json(server, model, x, timeout=10):
+    body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}
+    return requests.post(f"{server.url}/v2/models/{model}/infer", json=body, timeout=timeout)
+
+
+@pytest.fixture
+def start():
+    servers = []
+
+    def go(model, *args):
+        s = Server(os.path.join(MODELS, f"{model}.onnx"), *args)
+        servers.append(s)
+        return s
+
+    yield go
+    for s in servers:
+        if s.proc.poll() is None:
+            s.stop()
+
+
+def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(start):
+    server = start("mlp", "--max-queue-delay-us", "20000", "--max-batch-size", "16")
+    sess = ort.InferenceSession(os.path.join(MODELS, "mlp.onnx"))
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(96)]
+
+    def call(x):
+        r = infer_json(server, "mlp", x)
+        assert r.status_code == 200, r.text
+        return np.array(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(x.shape[0], 3)
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(call, inputs))
+    for x, got in zip(inputs, results):
+        np.testing.assert_allclose(got, sess.run(["probs"], {"x": x})[0], rtol=1e-6, atol=1e-7)
+    m = metrics(server)
+    labels = '{model="mlp",version="1"}'
+    items = sum(x.shape[0] for x in inputs)
+    assert m[("nv_inference_request_success", labels)] == 96
+    assert m[("nv_inference_count", labels)] == items + 0  # warm-up runs are not requests
+    assert m[("nv_inference_exec_count", labels)] < 96
+    buckets = {k[1]: v for k, v in m.items() if k[0] == "nimify_batch_size_bucket" and 'model="mlp"' in k[1]}
+    le1 = next(v for k, v in buckets.items() if 'le="1"' in k)
+    total = m[("nimify_batch_size_count", labels)]
+    assert total - le1 > 0, "no execution held more than one item"
+
+
+@pytest.mark.parametrize("model", ["scalar", "batch_mismatch"])
+def test_models_that_cannot_batch_stay_correct_with_batching_on(start, model):
+    server = start(model, "--batching", "true", "--max-queue-delay-us", "20000")
+    sess = ort.InferenceSession(os.path.join(MODELS, f"{model}.onnx"))
+    rng = np.random.default_rng(2)
+
+    def call(i):
+        if model == "scalar":
+            a, b = np.array(i * 0.5, np.float32), np.array(i, np.int64)
+            body = {"inputs": [{"name": "a", "shape": [], "datatype": "FP32", "data": [float(a)]},
+                               {"name": "b", "shape": [], "datatype": "INT64", "data": [int(b)]}]}
+            want = sess.run(["sum"], {"a": a, "b": b})[0].reshape(-1)
+        else:
+            x = rng.standard_normal((2, 2)).astype(np.float32)
+            body = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": x.flatten().tolist()}]}
+            want = sess.run(["total"], {"x": x})[0].reshape(-1)
+        r = requests.post(f"{server.url}/v2/models/{model}/infer", json=body, timeout=10)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["outputs"][0]["data"], want, rtol=1e-6)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(call, range(48)))
+    assert metric(server, "nv_inference_request_success", model) == 48
+
+
+def test_metrics_are_exact(start):
+    server = start("mlp", "--batching", "false")
+    good = np.ones((3, 4), np.float32)
+    for _ in range(5):
+        assert infer_json(server, "mlp", good).status_code == 200
+    bad = {"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}
+    for _ in range(2):
+        assert requests.post(f"{server.url}/v2/models/mlp/infer", json=bad, timeout=5).status_code == 422
+    m = metrics(server)
+    labels = '{model="mlp",version="1"}'
+    assert m[("nv_inference_request_success", labels)] == 5
+    assert m[("nv_inference_request_failure", labels)] == 2
+    assert m[("nv_inference_count", labels)] == 15
+    assert m[("nv_inference_exec_count", labels)] == 5
+    for name in ("nv_inference_request_duration_us", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us"):
+        assert m[(name, labels)] > 0, name
+    assert m[("nv_inference_pending_request_count", labels)] == 0
+    assert m[("nimify_request_duration_seconds_count", labels)] == 7
+
+
+def test_full_queue_answers_503_with_retry_after_and_stays_ready(start):
+    server = start("slow", "--queue-capacity", "2", "--batching", "false")
+    x = np.ones((1, 8), np.float32)
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda _: infer_json(server, "slow", x, timeout=30), range(24)))
+    codes = [r.status_code for r in responses]
+    assert 503 in codes and 200 in codes, codes
+    assert set(codes) <= {200, 503}, codes
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "1"
+            assert "full queue" in r.json()["error"]
+    assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+    assert metric(server, "nimify_requests_rejected_total", "slow") == codes.count(503)
+    assert infer_json(server, "slow", x).status_code == 200
+
+
+def test_requests_of_clients_that_left_are_not_executed(start):
+    server = start("slow", "--batching", "false")
+    x = np.ones((1, 8), np.float32)
+    # Keep the single session busy, then send requests whose clients give up while queued.
+    busy = [threading.Thread(target=infer_json, args=(server, "slow", x, 30)) for _ in range(10)]
+    for t in busy:
+        t.start()
+    time.sleep(0.05)
+    for _ in range(5):
+        with pytest.raises(requests.exceptions.Timeout):
+            infer_json(server, "slow", x, timeout=0.02)
+    for t in busy:
+        t.join()
+    deadline = time.time() + 10
+    while time.time() < deadline and metric(server, "nimify_requests_cancelled_total", "slow") < 5:
+        time.sleep(0.1)
+    assert metric(server, "nimify_requests_cancelled_total", "slow") == 5
+    assert metric(server, "nv_inference_exec_count", "slow") == 10
+
+
+def test_request_timeout(start):
+    server = start("slow", "--request-timeout-ms", "10", "--batching", "false")
+    r = infer_json(server, "slow", np.ones((1, 8), np.float32))
+    assert r.status_code == 504
+    assert "10 ms" in r.json()["error"]
+
+
+def test_api_keys(start, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# mounted secret\nsecret-one\nsecret-two\n")
+    server = start("mlp", "--api-keys-file", str(keys))
+    x = np.ones((1, 4), np.float32)
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": x.flatten().tolist()}]}
+    url = f"{server.url}/v2/models/mlp/infer"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"x-api-key": "secret-on"}):
+        r = requests.post(url, json=body, headers=headers, timeout=5)
+        assert r.status_code == 401, headers
+        assert "API key" in r.json()["error"]
+    assert requests.post(url, json=body, headers={"Authorization": "Bearer secret-one"}, timeout=5).status_code == 200
+    assert requests.post(url, json=body, headers={"x-api-key": "secret-two"}, timeout=5).status_code == 200
+    assert requests.get(f"{server.url}/v2/models/mlp", timeout=5).status_code == 401
+    for open_path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready", "/metrics"):
+        assert requests.get(server.url + open_path, timeout=5).status_code == 200, open_path
+
+
+def test_request_id_is_honoured_and_returned(start):
+    server = start("mlp")
+    r = requests.get(f"{server.url}/v2", headers={"x-request-id": "trace-123"}, timeout=5)
+    assert r.headers["x-request-id"] == "trace-123"
+    generated = requests.get(f"{server.url}/v2", timeout=5).headers["x-request-id"]
+    assert len(generated) >= 16
+
+
+def test_sigterm_drains_in_flight_requests(start):
+    server = start("slow", "--batching", "false")
+    x = np.ones((1, 8), np.float32)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(infer_json(server, "slow", x, 30).status_code)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    server.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join()
+    assert results == [200] * 6
+    assert server.proc.wait(timeout=20) == 0
+
+
+def test_config_file_and_unknown_keys(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = 0\n[batching]\nmax_batch = 4\n")
+    r = subprocess.run([BIN, "nimify", "serve", os.path.join(MODELS, "mlp.onnx"), "--config", str(bad)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "max_batch" in r.stderr and str(bad) in r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('host = "127.0.0.1"\nport = 0\n[batching]\nmax_batch_size = 4\nmax_queue_delay_us = 100\n')
+    env = dict(os.environ, NIMIFY_CONFIG=str(good), NIMIFY_MAX_BATCH_SIZE="8")
+    s = Server.__new__(Server)
+    s.proc = subprocess.Popen([BIN, "nimify", "serve", os.path.join(MODELS, "mlp.onnx")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import json
+        for line in s.proc.stderr:
+            event = json.loads(line)
+            if event.get("message") == "serving":
+                address = event["address"]
+                break
+        config = requests.get(f"http://{address}/v2/models/mlp/config", timeout=5).json()
+        # env beats the file; the file beats the defaults.
+        assert config["max_batch_size"] == 8
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 100
+    finally:
+        s.proc.terminate()
+        s.proc.wait(timeout=10)
