@@ -117,7 +117,9 @@ pub struct BatchingConfig {
     pub enabled: bool,
     /// Most items (summed dim 0) in one execution.
     pub max_batch_size: usize,
-    /// Longest the first request of a batch waits for others, in microseconds.
+    /// Longest the first request of a batch waits for others, in microseconds. 0 (Triton's
+    /// default) batches only what is already queued: no added latency at low load, and under
+    /// load requests pile up while the session runs, so batches still form.
     pub max_queue_delay_us: u64,
     /// Requests waiting per model; a full queue answers 503 with Retry-After.
     pub queue_capacity: usize,
@@ -125,7 +127,7 @@ pub struct BatchingConfig {
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        Self { enabled: true, max_batch_size: 32, max_queue_delay_us: 500, queue_capacity: 1024 }
+        Self { enabled: true, max_batch_size: 32, max_queue_delay_us: 0, queue_capacity: 1024 }
     }
 }
 

@@ -227,6 +227,10 @@ def external():
     )
     model = helper.make_model(graph, opset_imports=OPSET)
     model.ir_version = 8
+    # onnx appends to an existing data file: start from nothing so the output is reproducible.
+    weights = os.path.join(HERE, "external.weights")
+    if os.path.exists(weights):
+        os.remove(weights)
     convert_model_to_external_data(model, all_tensors_to_one_file=True, location="external.weights", size_threshold=0)
     onnx.save(model, os.path.join(HERE, "external.onnx"))
     print("wrote external.onnx + external.weights")
@@ -284,6 +288,10 @@ def zipmap_classifier(path, hidden_ir=None):
     clf = LogisticRegression(max_iter=500).fit(x.astype(np.float32), y)
     model = to_onnx(clf, x[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
     model.producer_name = "skl2onnx"
+    # skl2onnx emits opset imports in set order (varies per run): sort them for reproducible files.
+    opsets = sorted(((o.domain, o.version) for o in model.opset_import))
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")

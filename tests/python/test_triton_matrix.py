@@ -240,7 +240,7 @@ def test_metadata_and_config(serve):
     # convention then leaves the batch dim out of `dims`.
     config = c.get_model_config("mlp")
     assert config["max_batch_size"] == 32
-    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 500}
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 0}
     assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]
     # A model with a scalar input cannot batch: full dims, max_batch_size 0.
     scalar = client(serve("scalar")).get_model_config("scalar")

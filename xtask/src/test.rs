@@ -2,6 +2,8 @@
 //!
 //! 1. a Python virtualenv in `.venv` with `tests/python/requirements.txt` (tritonclient,
 //!    onnxruntime, skl2onnx, openapi-spec-validator, pytest);
+//!    and `.venv-pa` with Triton's perf_analyzer (`tritonclient==2.41.0`, its CUDA runtime
+//!    library, and Debian's `libb64-0d`, installed with apt-get when missing);
 //! 2. the pinned ONNX Runtime library in the per-user cache (`cargo nimify ort install`);
 //! 3. `cargo test --workspace` (Rust unit, snapshot, CLI and in-process server tests);
 //! 4. `pytest tests/python` against real `cargo nimify serve` processes.
@@ -24,11 +26,31 @@ fn venv_python(sh: &Shell) -> Result<std::path::PathBuf> {
     Ok(python)
 }
 
+/// Triton's perf_analyzer: the binary ships in the tritonclient 2.41.0 wheel and needs libb64 and
+/// libcudart (even for HTTP).
+fn perf_analyzer(sh: &Shell) -> Result<std::path::PathBuf> {
+    let root = crate::root();
+    let venv = root.join(".venv-pa");
+    let bin = venv.join("bin/perf_analyzer");
+    if cmd!(sh, "dpkg -s libb64-0d").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+        cmd!(sh, "apt-get update -qq").run().context("apt-get update (perf_analyzer needs libb64-0d)")?;
+        cmd!(sh, "apt-get install -y -qq libb64-0d").run().context("installing libb64-0d")?;
+    }
+    if !bin.is_file() {
+        let system = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        cmd!(sh, "{system} -m venv {venv}").run()?;
+        let pip = venv.join("bin/pip");
+        cmd!(sh, "{pip} install -q --disable-pip-version-check tritonclient[http]==2.41.0 nvidia-cuda-runtime-cu12==12.9.79").run().context("installing perf_analyzer")?;
+    }
+    Ok(bin)
+}
+
 pub fn run(rest: &[&str]) -> Result<()> {
     let sh = Shell::new()?;
     let root = crate::root();
     sh.change_dir(&root);
     let python = venv_python(&sh)?;
+    let pa = perf_analyzer(&sh)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // One build for everything: `cargo test --workspace` also builds target/debug/cargo-nimify,
     // which the ONNX Runtime install and the Python tests use (a separate `cargo build -p` would
@@ -37,7 +59,7 @@ pub fn run(rest: &[&str]) -> Result<()> {
     let nimify = root.join("target/debug/cargo-nimify");
     cmd!(sh, "{nimify} nimify ort install").env("NIMIFY_PYTHON", &python).run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
-    cmd!(sh, "{python} -m pytest -q -p no:cacheprovider tests/python").env("NIMIFY_BIN", &nimify).run()?;
+    cmd!(sh, "{python} -m pytest -q -p no:cacheprovider tests/python").env("NIMIFY_BIN", &nimify).env("PERF_ANALYZER", &pa).run()?;
     Ok(())
 }
 

@@ -67,7 +67,7 @@ pub struct ServeArgs {
     /// Most items per execution [default: 32].
     #[arg(long, env = "NIMIFY_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
-    /// Longest the first request of a batch waits for others, in microseconds [default: 500].
+    /// Longest the first request of a batch waits for others, in microseconds; 0 batches only what is already queued [default: 0].
     #[arg(long, env = "NIMIFY_MAX_QUEUE_DELAY_US")]
     pub max_queue_delay_us: Option<u64>,
     /// Requests waiting per model before 503 [default: 1024].
