@@ -11,7 +11,7 @@
 //! # Ok(()) }
 //! ```
 
-mod batcher;
+pub mod batcher;
 pub mod config;
 pub mod error;
 pub mod logging;

@@ -261,7 +261,8 @@ impl Model {
     }
 }
 
-fn open_session(env: &ort::environment::Environment, path: &Path, config: &SessionConfig) -> Result<Session, String> {
+/// Opens one ONNX Runtime session with the given options.
+pub fn open_session(env: &ort::environment::Environment, path: &Path, config: &SessionConfig) -> Result<Session, String> {
     let e = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
     let mut builder = Session::builder(env)
         .map_err(|e| e.to_string())?

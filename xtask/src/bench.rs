@@ -1,7 +1,19 @@
-//! `cargo xtask bench [signature]`: the criterion benchmarks. `signature` reads the signature of
-//! a generated 1 GiB model (written once into `target/bench-models/`, never committed).
+//! `cargo xtask bench [signature|serve]`.
+//!
+//! - `signature`: criterion, reading the signature of a generated 1 GiB model.
+//! - `serve`: the release service with one intra-op thread, pinned to core 0, under `wrk` pinned
+//!   to core 1, over the V2 binary protocol at concurrency 1, 8 and 32, for a small MLP and a
+//!   ResNet-18-shaped CNN generated into `target/bench-models/` (never committed). Prints
+//!   requests/s, p50, p99, resident memory, start-to-ready time, and the ratio to an in-process
+//!   ONNX Runtime loop with the same threads (`runtime/benches/ort_loop.rs`).
 
-use anyhow::{Result, bail};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
 
 pub fn run(rest: &[&str]) -> Result<()> {
@@ -9,8 +21,184 @@ pub fn run(rest: &[&str]) -> Result<()> {
     sh.change_dir(crate::root());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     match rest {
-        [] | ["signature"] => cmd!(sh, "{cargo} bench -p nimify-model --bench signature").run()?,
-        other => bail!("unknown benchmark {other:?}; available: signature"),
+        ["signature"] => cmd!(sh, "{cargo} bench -p nimify-model --bench signature").run()?,
+        ["serve", args @ ..] => serve(&sh, &cargo, args)?,
+        [] => {
+            cmd!(sh, "{cargo} bench -p nimify-model --bench signature").run()?;
+            serve(&sh, &cargo, &[])?;
+        }
+        other => bail!("unknown benchmark {other:?}; available: signature, serve [--seconds N]"),
     }
     Ok(())
+}
+
+/// One benchmark model: file, input name, per-request shape.
+struct BenchModel {
+    name: &'static str,
+    input: &'static str,
+    shape: &'static [usize],
+}
+
+const MODELS: &[BenchModel] = &[
+    BenchModel { name: "mlp", input: "x", shape: &[1, 64] },
+    BenchModel { name: "cnn", input: "image", shape: &[1, 3, 224, 224] },
+];
+
+fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
+    let seconds: u64 = match args {
+        ["--seconds", n] => n.parse().context("--seconds takes a whole number")?,
+        _ => 10,
+    };
+    let root = crate::root();
+    let models = root.join("target/bench-models");
+    let python = crate::test::venv_python(sh)?;
+    if !models.join("cnn.onnx").is_file() {
+        cmd!(sh, "{python} xtask/bench/make_bench_models.py {models}").run()?;
+    }
+    if cmd!(sh, "which wrk").quiet().ignore_stdout().run().is_err() {
+        cmd!(sh, "apt-get install -y -qq wrk").run().context("installing wrk (the load generator)")?;
+    }
+    cmd!(sh, "{cargo} build -q --release -p cargo-nimify").run()?;
+    cmd!(sh, "{cargo} bench -q -p nimify --bench ort_loop --no-run").run()?;
+    let server_bin = root.join("target/release/cargo-nimify");
+    let mut rows = Vec::new();
+    for m in MODELS {
+        let path = models.join(format!("{}.onnx", m.name));
+        let size = std::fs::metadata(&path)?.len();
+        let baseline = cmd!(sh, "taskset -c 0 {cargo} bench -q -p nimify --bench ort_loop")
+            .env("NIMIFY_BENCH_MODEL", &path)
+            .env("NIMIFY_BENCH_SECONDS", seconds.to_string())
+            .env("NIMIFY_BENCH_THREADS", "1")
+            .read()?;
+        let baseline_rps = json_number(&baseline, "runs_per_sec").context("ort_loop output")?;
+        eprintln!("{}: in-process ONNX Runtime loop: {baseline}", m.name);
+        let body = binary_body(m);
+        let body_file = root.join(format!("target/bench-models/{}.body", m.name));
+        std::fs::write(&body_file, &body.0)?;
+        let script = root.join("target/bench-models/post.lua");
+        std::fs::write(&script, LUA)?;
+        for concurrency in [1, 8, 32] {
+            let port = free_port()?;
+            let (mut child, ready) = start_server(&server_bin, &path, port)?;
+            let url = format!("http://127.0.0.1:{port}/v2/models/{}/infer", m.name);
+            let (c, d) = (format!("-c{concurrency}"), format!("-d{seconds}s"));
+            let out = cmd!(sh, "taskset -c 1 wrk -t1 {c} {d} --latency -s {script} {url}")
+                .env("BODY", &body_file)
+                .env("HLEN", body.1.to_string())
+                .read()?;
+            let rss = rss_kib(child.id());
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+            let w = parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))?;
+            rows.push(format!(
+                "| {} | {} | {:.0} | {} | {} | {} | {:.1} MB (model {:.1} MB) | {:.0} ms | {:.2} |",
+                m.name,
+                concurrency,
+                w.rps,
+                w.p50,
+                w.p99,
+                w.errors,
+                rss as f64 / 1024.0,
+                size as f64 / 1e6,
+                ready.as_secs_f64() * 1000.0,
+                w.rps / baseline_rps
+            ));
+        }
+    }
+    println!("\n| model | concurrency | requests/s | p50 | p99 | errors | peak RSS | start to ready | vs in-process |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+const LUA: &str = r#"-- POST a V2 binary request read from $BODY, header length from $HLEN.
+wrk.method = "POST"
+local f = io.open(os.getenv("BODY"), "rb")
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Inference-Header-Content-Length"] = os.getenv("HLEN")
+wrk.headers["Content-Type"] = "application/octet-stream"
+"#;
+
+/// A V2 binary request of zeros: (body, JSON header length).
+fn binary_body(m: &BenchModel) -> (Vec<u8>, usize) {
+    let n: usize = m.shape.iter().product();
+    let header = format!(
+        r#"{{"inputs":[{{"name":"{}","shape":{:?},"datatype":"FP32","parameters":{{"binary_data_size":{}}}}}],"parameters":{{"binary_data_output":true}}}}"#,
+        m.input,
+        m.shape,
+        n * 4
+    );
+    let mut body = header.clone().into_bytes();
+    body.extend(std::iter::repeat_n(0u8, n * 4));
+    (body, header.len())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts the server pinned to core 0 and returns it with the time from spawn to ready.
+fn start_server(bin: &Path, model: &PathBuf, port: u16) -> Result<(Child, Duration)> {
+    let start = Instant::now();
+    let child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(bin)
+        .args(["nimify", "serve"])
+        .arg(model)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--intra-threads", "1", "--inter-threads", "1"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    while start.elapsed() < Duration::from_secs(60) {
+        if ready(port) {
+            return Ok((child, start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    bail!("server on port {port} not ready after 60 s")
+}
+
+fn ready(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
+
+/// Peak resident set (VmHWM) in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+struct Wrk {
+    rps: f64,
+    p50: String,
+    p99: String,
+    errors: u64,
+}
+
+fn parse_wrk(out: &str) -> Option<Wrk> {
+    let field = |prefix: &str| out.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()));
+    let rps = field("Requests/sec:")?.parse().ok()?;
+    let p50 = field("50%")?;
+    let p99 = field("99%")?;
+    let non_2xx: u64 = field("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let socket: u64 = field("Socket errors:")
+        .map(|v| v.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    Some(Wrk { rps, p50, p99, errors: non_2xx + socket })
+}
+
+fn json_number(s: &str, key: &str) -> Option<f64> {
+    let rest = &s[s.find(&format!("\"{key}\""))? + key.len() + 2..];
+    let rest = rest.trim_start_matches([':', ' ']);
+    rest.split([',', '}']).next()?.trim().parse().ok()
 }

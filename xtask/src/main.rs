@@ -13,7 +13,7 @@ tasks:
   codegen --check fail when the committed file is stale
   models          regenerate the committed test and example models (needs the Python tools)
   test            install what the tests need (ONNX Runtime, Python tools) and run every test
-  bench [NAME]    run the criterion benchmarks (signature: read a generated 1 GiB model)";
+  bench [NAME]    signature: read a generated 1 GiB model; serve [--seconds N]: the service under wrk vs in-process ONNX Runtime";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

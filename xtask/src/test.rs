@@ -13,7 +13,7 @@
 use anyhow::{Context, Result};
 use xshell::{Shell, cmd};
 
-fn venv_python(sh: &Shell) -> Result<std::path::PathBuf> {
+pub fn venv_python(sh: &Shell) -> Result<std::path::PathBuf> {
     let root = crate::root();
     let venv = root.join(".venv");
     let python = venv.join("bin/python");
