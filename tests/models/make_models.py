@@ -13,6 +13,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Output folder: tests/models itself, or the folder given on the command line (the freshness
+# test regenerates into a temporary folder and compares bytes).
+OUT = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else HERE
 OPSET = [helper.make_opsetid("", 17)]
 
 # Every element type the Open Inference Protocol can carry, with its ONNX code.
@@ -36,7 +39,7 @@ DTYPES = {
 def save(model, name, ir_version=8):
     model.ir_version = ir_version
     onnx.checker.check_model(model)
-    path = os.path.join(HERE, name)
+    path = os.path.join(OUT, name)
     onnx.save(model, path)
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 
@@ -228,11 +231,11 @@ def external():
     model = helper.make_model(graph, opset_imports=OPSET)
     model.ir_version = 8
     # onnx appends to an existing data file: start from nothing so the output is reproducible.
-    weights = os.path.join(HERE, "external.weights")
+    weights = os.path.join(OUT, "external.weights")
     if os.path.exists(weights):
         os.remove(weights)
     convert_model_to_external_data(model, all_tensors_to_one_file=True, location="external.weights", size_threshold=0)
-    onnx.save(model, os.path.join(HERE, "external.onnx"))
+    onnx.save(model, os.path.join(OUT, "external.onnx"))
     print("wrote external.onnx + external.weights")
 
 
@@ -310,15 +313,15 @@ def main():
     external()
     slow()
     batch_mismatch()
-    zipmap_classifier(os.path.join(HERE, "zipmap.onnx"))
-    examples = os.path.join(HERE, "..", "..", "examples", "iris")
-    zipmap_classifier(os.path.normpath(os.path.join(examples, "iris.onnx")))
+    zipmap_classifier(os.path.join(OUT, "zipmap.onnx"))
+    if OUT == HERE:
+        zipmap_classifier(os.path.normpath(os.path.join(HERE, "..", "..", "examples", "iris", "iris.onnx")))
     # Not ONNX at all, and a real model cut short: startup must refuse both clearly.
-    with open(os.path.join(HERE, "not_onnx.onnx"), "w") as f:
+    with open(os.path.join(OUT, "not_onnx.onnx"), "w") as f:
         f.write("this is a text file, not an ONNX model\n")
-    with open(os.path.join(HERE, "mlp.onnx"), "rb") as f:
+    with open(os.path.join(OUT, "mlp.onnx"), "rb") as f:
         data = f.read()
-    with open(os.path.join(HERE, "truncated.onnx"), "wb") as f:
+    with open(os.path.join(OUT, "truncated.onnx"), "wb") as f:
         f.write(data[: len(data) // 2])
 
 

@@ -3,6 +3,7 @@
 mod bench;
 mod codegen;
 mod test;
+mod tidy;
 
 use anyhow::{Result, bail};
 
