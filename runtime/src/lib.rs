@@ -22,12 +22,14 @@ pub mod ortlib;
 pub mod routes;
 pub mod server;
 pub mod tensor;
+pub mod typed;
 pub mod v2;
 
 pub use config::Config;
 pub use error::ApiError;
 pub use model::{LoadError, Model, ModelOptions, TensorSpec};
 
+pub use nimify_macros::nimify;
 pub use nimify_model as signature;
 pub use server::{AppState, ServerBuilder, app, serve, shutdown_signal};
 pub use tensor::{Tensor, TensorData};
@@ -40,6 +42,7 @@ pub const DEFAULT_PORT: u16 = 8000;
 #[doc(hidden)]
 pub mod __private {
     //! Paths the macro's generated code names; not a public API.
+    pub use half;
     pub use serde;
     pub use serde_json;
     pub use utoipa;

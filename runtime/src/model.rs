@@ -81,6 +81,16 @@ pub enum LoadError {
         /// ONNX Runtime's message.
         reason: String,
     },
+    /// The model file's signature is not the one the service was compiled against.
+    #[error("model {path}: its signature differs from the one compiled into this service (rebuild the service against this model file, or restore the model it was built with)\n  compiled in: {compiled}\n  in the file: {found}")]
+    SignatureMismatch {
+        /// Model path.
+        path: PathBuf,
+        /// What the code expects.
+        compiled: String,
+        /// What the file declares.
+        found: String,
+    },
     /// The model takes an input type the protocol cannot carry.
     #[error("model {path}: input {input:?} has type {ty}, which nimify cannot accept over the inference protocol; export the model with tensor inputs of a supported element type")]
     UnsupportedInput {

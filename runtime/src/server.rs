@@ -102,6 +102,7 @@ pub struct ServerBuilder {
     config: Config,
     options: Vec<ModelOptions>,
     extra: Option<OpenApiRouter<Arc<AppState>>>,
+    signatures: Vec<(String, crate::typed::Signature)>,
 }
 
 impl ServerBuilder {
@@ -115,6 +116,16 @@ impl ServerBuilder {
     pub fn model(mut self, options: ModelOptions) -> Self {
         self.options.push(options);
         self
+    }
+
+    /// Adds a `#[nimify]` model: served over V2 and on `POST /v1/models/{name}/predict`, and
+    /// refused at start when the file's signature differs from the one compiled in.
+    #[must_use]
+    pub fn typed<M: crate::typed::TypedModel>(mut self) -> Self {
+        let mut options = ModelOptions::new(M::MODEL_PATH);
+        options.name = Some(M::NAME.to_string());
+        self.signatures.push((M::NAME.to_string(), M::signature()));
+        self.model(options).routes(crate::routes::typed::router::<M>())
     }
 
     /// Adds routes (with their OpenAPI paths) next to the V2 ones, e.g. typed endpoints.
@@ -156,6 +167,11 @@ impl ServerBuilder {
                 "model loaded"
             );
             models.insert(model.name().to_string(), Arc::new(model));
+        }
+        for (name, compiled) in &self.signatures {
+            if let Some(model) = models.get(name) {
+                crate::typed::check_signature(model, compiled)?;
+            }
         }
         let in_flight = Arc::new(Semaphore::new(if self.config.max_in_flight == 0 { Semaphore::MAX_PERMITS } else { self.config.max_in_flight }));
         let state = Arc::new(AppState { models, ready: AtomicBool::new(false), config: self.config, api_keys, in_flight, metrics });

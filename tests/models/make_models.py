@@ -281,6 +281,30 @@ def batch_mismatch():
     save(helper.make_model(graph, opset_imports=OPSET), "batch_mismatch.onnx")
 
 
+def wide():
+    """`row: float[batch, 40]` -> `scaled`, same shape: a fixed dim above serde's 32-item arrays."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["row", "half"], ["scaled"])],
+        "wide",
+        [helper.make_tensor_value_info("row", TensorProto.FLOAT, ["batch", 40])],
+        [helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["batch", 40])],
+        [numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half")],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "wide.onnx")
+
+
+def complex64():
+    """A complex64 input (nimify cannot type it: the macro must name the tensor) and a float
+    output, so that exactly one tensor is refused."""
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["signal"], ["length"])],
+        "complex",
+        [helper.make_tensor_value_info("signal", TensorProto.COMPLEX64, ["n"])],
+        [helper.make_tensor_value_info("length", TensorProto.INT64, [1])],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "complex.onnx")
+
+
 def zipmap_classifier(path, hidden_ir=None):
     """A scikit-learn logistic regression on iris, converted with skl2onnx's default ZipMap."""
     from skl2onnx import to_onnx
@@ -313,6 +337,8 @@ def main():
     external()
     slow()
     batch_mismatch()
+    complex64()
+    wide()
     zipmap_classifier(os.path.join(OUT, "zipmap.onnx"))
     if OUT == HERE:
         zipmap_classifier(os.path.normpath(os.path.join(HERE, "..", "..", "examples", "iris", "iris.onnx")))

@@ -238,3 +238,51 @@ def test_config_file_and_unknown_keys(tmp_path):
     finally:
         s.proc.terminate()
         s.proc.wait(timeout=10)
+
+
+def test_in_flight_cap_answers_503_and_probes_stay_open(start):
+    server = start("slow", "--max-in-flight", "2", "--batching", "false")
+    x = np.ones((1, 8), np.float32)
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(infer_json, server, "slow", x, 30) for _ in range(12)]
+        time.sleep(0.05)
+        assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+        assert requests.get(f"{server.url}/metrics", timeout=5).status_code == 200
+        responses = [f.result() for f in futures]
+    codes = [r.status_code for r in responses]
+    assert 503 in codes and 200 in codes, codes
+    capped = [r for r in responses if r.status_code == 503]
+    assert all(r.headers["Retry-After"] == "1" and "in flight" in r.json()["error"] for r in capped)
+
+
+def test_api_keys_from_the_environment(tmp_path):
+    env_keys = dict(os.environ, NIMIFY_API_KEYS="k1,k2")
+    proc = subprocess.Popen([BIN, "nimify", "serve", os.path.join(MODELS, "mlp.onnx"), "--host", "127.0.0.1", "--port", "0"],
+                            env=env_keys, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import json
+        address = next(json.loads(l)["address"] for l in proc.stderr if '"serving"' in l)
+        url = f"http://{address}/v2/models/mlp"
+        assert requests.get(url, timeout=5).status_code == 401
+        assert requests.get(url, headers={"x-api-key": "k2"}, timeout=5).status_code == 200
+        # The keys never show up in the help text's env hints.
+        help_text = subprocess.run([BIN, "nimify", "serve", "--help"], env=env_keys, capture_output=True, text=True).stdout
+        assert "k1" not in help_text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_logs_are_json_lines_with_the_request_id(start):
+    import json
+
+    server = start("mlp")
+    bad = {"inputs": [{"name": "nope", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    r = requests.post(f"{server.url}/v2/models/mlp/infer", json=bad, headers={"x-request-id": "req-abc-123"}, timeout=5)
+    assert r.status_code == 422 and r.headers["x-request-id"] == "req-abc-123"
+    deadline = time.time() + 5
+    while time.time() < deadline and not any("req-abc-123" in l for l in server.log):
+        time.sleep(0.05)
+    line = next(l for l in server.log if "req-abc-123" in l)
+    event = json.loads(line)
+    assert event["request_id"] == "req-abc-123" and event["status"] == 422 and event["path"] == "/v2/models/mlp/infer"

@@ -2,4 +2,5 @@
 
 pub mod docs;
 pub mod metrics;
+pub mod typed;
 pub mod v2;

@@ -185,11 +185,16 @@ async fn infer_version(
 
 async fn run_infer(state: &AppState, model: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let model = Arc::clone(state.model(model, version)?);
+    instrumented(state, &model, infer_body(state, &model, headers, body)).await
+}
+
+/// Runs one inference request for `model`: readiness, the request timeout, and the per-model
+/// success/failure counters and latency (shared by the V2 and the typed routes).
+pub(crate) async fn instrumented<T>(state: &AppState, model: &Model, work: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
     if !state.is_ready() {
         return Err(ApiError::NotReady("the server is not ready".into()));
     }
     let start = std::time::Instant::now();
-    let work = infer_body(state, &model, headers, body);
     let result = match state.config().request_timeout() {
         Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
             Err(ApiError::Timeout(format!("request took longer than the {} ms limit (request_timeout_ms)", limit.as_millis())))

@@ -116,6 +116,32 @@ pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<D
     Ok(Decoded { id: request.id, inputs, outputs })
 }
 
+/// Orders named tensors (from typed code) by the model's inputs and checks each against its
+/// declaration, including that a symbolic dim has one size across inputs.
+pub fn check_named(model: &Model, mut tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ApiError> {
+    let mut out = Vec::with_capacity(model.inputs().len());
+    let mut sizes: Vec<(&str, usize, &str)> = Vec::new();
+    for spec in model.inputs() {
+        let i = tensors.iter().position(|(n, _)| *n == spec.name).ok_or_else(|| ApiError::InvalidTensor(format!("missing input {:?}", spec.name)))?;
+        let (name, tensor) = tensors.swap_remove(i);
+        check_against(spec, &tensor)?;
+        for (dim, &size) in spec.shape.iter().flatten().zip(&tensor.shape) {
+            let Dim::Symbolic(sym) = dim else { continue };
+            match sizes.iter().find(|(s, _, _)| s == sym) {
+                Some((_, other, first)) if *other != size => {
+                    return Err(ApiError::InvalidTensor(format!(
+                        "input {name:?}: dim `{sym}` is {size} but input {first:?} has {other}"
+                    )));
+                }
+                Some(_) => {}
+                None => sizes.push((sym, size, &spec.name)),
+            }
+        }
+        out.push((name, tensor));
+    }
+    Ok(out)
+}
+
 fn names(specs: &[TensorSpec]) -> String {
     specs.iter().map(|s| format!("{:?}", s.name)).collect::<Vec<_>>().join(", ")
 }

@@ -1,0 +1,73 @@
+//! Parsing the attribute's options: `model = "..."`, `name = "..."`, `crate = path`.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, Lit, LitStr, MetaNameValue, Path, Token};
+
+/// The options as written.
+pub struct Args {
+    /// The `model = "..."` literal (spans file errors).
+    pub model: LitStr,
+    /// `name = "..."`.
+    pub name: Option<LitStr>,
+    /// `crate = path`.
+    pub krate: Option<Path>,
+}
+
+struct Raw(Punctuated<MetaNameValue, Token![,]>);
+
+impl Parse for Raw {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        Ok(Raw(Punctuated::parse_terminated(input)?))
+    }
+}
+
+fn lit_str(nv: &MetaNameValue) -> syn::Result<LitStr> {
+    match &nv.value {
+        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Ok(s.clone()),
+        other => Err(syn::Error::new_spanned(other, "expected a string literal")),
+    }
+}
+
+/// Parses the attribute, collecting every error (unknown or duplicate option, missing model).
+pub fn parse(attr: TokenStream) -> syn::Result<Args> {
+    let raw = Parser::parse2(Raw::parse, attr)?;
+    let mut errors: Option<syn::Error> = None;
+    let mut push = |e: syn::Error| match &mut errors {
+        Some(all) => all.combine(e),
+        None => errors = Some(e),
+    };
+    let (mut model, mut name, mut krate) = (None, None, None);
+    for nv in &raw.0 {
+        let key = nv.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        let dup = |what: &str| syn::Error::new_spanned(&nv.path, format!("duplicate option `{what}`"));
+        match key.as_str() {
+            "model" if model.is_some() => push(dup("model")),
+            "model" => match lit_str(nv) {
+                Ok(s) => model = Some(s),
+                Err(e) => push(e),
+            },
+            "name" if name.is_some() => push(dup("name")),
+            "name" => match lit_str(nv) {
+                Ok(s) => name = Some(s),
+                Err(e) => push(e),
+            },
+            "crate" if krate.is_some() => push(dup("crate")),
+            "crate" => match &nv.value {
+                Expr::Path(p) => krate = Some(p.path.clone()),
+                Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => match s.parse::<Path>() {
+                    Ok(p) => krate = Some(p),
+                    Err(e) => push(e),
+                },
+                other => push(syn::Error::new_spanned(other, "expected a path, e.g. `crate = ::nimify`")),
+            },
+            _ => push(syn::Error::new_spanned(&nv.path, format!("unknown option `{key}`; expected `model`, `name` or `crate`"))),
+        }
+    }
+    if let Some(e) = errors {
+        return Err(e);
+    }
+    let model = model.ok_or_else(|| syn::Error::new(Span::call_site(), "missing `model = \"path/to/model.onnx\"` (relative to Cargo.toml)"))?;
+    Ok(Args { model, name, krate })
+}

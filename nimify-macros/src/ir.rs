@@ -1,0 +1,162 @@
+//! The IR: the model's signature resolved into what codegen needs (field names, element types,
+//! dims), with every problem reported against the `model = "..."` literal or the tensor.
+
+use std::path::PathBuf;
+
+use nimify_model::{Dim, ElementType, ModelInfo, ValueInfo, ValueType};
+use syn::{Ident, LitStr};
+
+/// One typed service.
+pub struct Service {
+    /// The annotated struct.
+    pub ident: Ident,
+    /// Served model name.
+    pub name: String,
+    /// Absolute model path (resolved against `CARGO_MANIFEST_DIR`).
+    pub path: PathBuf,
+    /// Inputs in model order.
+    pub inputs: Vec<Field>,
+    /// Outputs in model order.
+    pub outputs: Vec<Field>,
+}
+
+/// How one tensor is typed.
+pub enum Kind {
+    /// A dense tensor with known rank.
+    Tensor { elem: ElementType, dims: Vec<Dim> },
+    /// A dense tensor whose rank the model does not declare: `nimify::typed::Dyn<T>`.
+    AnyRank { elem: ElementType },
+    /// `seq(map(K, V))` (scikit-learn's ZipMap): `Vec<BTreeMap<K, V>>`.
+    MapRows { key: ElementType, value: ElementType },
+}
+
+/// One input or output.
+pub struct Field {
+    /// Rust field name.
+    pub ident: Ident,
+    /// Exact tensor name.
+    pub name: String,
+    /// Its type.
+    pub kind: Kind,
+}
+
+fn supported(elem: ElementType) -> bool {
+    elem.kserve_name().is_some()
+}
+
+/// Reads the model and builds the IR; errors point at `lit`.
+pub fn lower(ident: Ident, model: &LitStr, name: Option<&LitStr>) -> syn::Result<Service> {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let path = normalize(&PathBuf::from(manifest).join(model.value()));
+    if !path.is_file() {
+        return Err(syn::Error::new_spanned(model, format!("model file not found: {}", path.display())));
+    }
+    let info: ModelInfo = nimify_model::read_model(&path).map_err(|e| syn::Error::new_spanned(model, format!("cannot read {}: {e}", path.display())))?;
+    let mut errors: Option<syn::Error> = None;
+    let mut fields = |values: &[ValueInfo], what: &str| {
+        let mut used = Vec::new();
+        let mut out = Vec::new();
+        for v in values {
+            match kind(v) {
+                Ok(k) => out.push(Field { ident: field_ident(&v.name, &mut used), name: v.name.clone(), kind: k }),
+                Err(msg) => {
+                    let e = syn::Error::new_spanned(model, format!("{what} {:?}: {msg}", v.name));
+                    match &mut errors {
+                        Some(all) => all.combine(e),
+                        None => errors = Some(e),
+                    }
+                }
+            }
+        }
+        out
+    };
+    let inputs = fields(&info.inputs, "input");
+    let outputs = fields(&info.outputs, "output");
+    if let Some(e) = errors {
+        return Err(e);
+    }
+    let served = name.map(LitStr::value).unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    Ok(Service { ident, name: served, path, inputs, outputs })
+}
+
+/// Removes `.` and `..` components lexically, so messages show the path a user would type.
+fn normalize(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+fn kind(v: &ValueInfo) -> Result<Kind, String> {
+    match &v.ty {
+        ValueType::Tensor { elem: Some(e), shape } if supported(*e) => Ok(match shape {
+            Some(dims) => Kind::Tensor { elem: *e, dims: dims.clone() },
+            None => Kind::AnyRank { elem: *e },
+        }),
+        ValueType::Tensor { elem: Some(e), .. } => Err(format!("element type `{}` is not supported; nimify types bool, (u)int8..64, float16, bfloat16, float, double and string", e.onnx_name())),
+        ValueType::Sequence { of } => match of.as_ref() {
+            ValueType::Map { key: Some(k), value } => match value.as_ref() {
+                ValueType::Tensor { elem: Some(val), .. } if supported(*k) && supported(*val) => Ok(Kind::MapRows { key: *k, value: *val }),
+                _ => Err(format!("type `{}` is not supported", v.ty.onnx_type())),
+            },
+            _ => Err(format!("type `{}` is not supported; export tensors (or a sequence of maps)", v.ty.onnx_type())),
+        },
+        other => Err(format!("type `{}` is not supported", other.onnx_type())),
+    }
+}
+
+/// A snake_case identifier for a tensor name, unique within the struct.
+fn field_ident(name: &str, used: &mut Vec<String>) -> Ident {
+    let mut s = String::new();
+    let mut prev_us = true;
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            if c.is_ascii_uppercase() && !prev_us && !s.is_empty() && s.chars().last().is_some_and(|p| p.is_ascii_lowercase()) {
+                s.push('_');
+            }
+            s.push(c.to_ascii_lowercase());
+            prev_us = false;
+        } else if !prev_us {
+            s.push('_');
+            prev_us = true;
+        }
+    }
+    let mut s = s.trim_end_matches('_').to_string();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s = format!("t_{s}");
+    }
+    if syn::parse_str::<Ident>(&s).is_err() {
+        s.push('_');
+    }
+    let base = s.clone();
+    let mut n = 2;
+    while used.contains(&s) {
+        s = format!("{base}_{n}");
+        n += 1;
+    }
+    used.push(s.clone());
+    Ident::new(&s, proc_macro2::Span::call_site())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_ident;
+
+    #[test]
+    fn odd_tensor_names_become_identifiers() {
+        let mut used = Vec::new();
+        let names: Vec<String> = ["input/0:x.y", "it's \"quoted\"", "X", "X", "123", "type", "outputProbability", "with space.v2"]
+            .iter()
+            .map(|n| field_ident(n, &mut used).to_string())
+            .collect();
+        assert_eq!(names, ["input_0_x_y", "it_s_quoted", "x", "x_2", "t_123", "type_", "output_probability", "with_space_v2"]);
+    }
+}
