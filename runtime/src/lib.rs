@@ -12,6 +12,7 @@
 //! ```
 
 pub mod batcher;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod logging;

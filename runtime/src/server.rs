@@ -128,6 +128,23 @@ impl ServerBuilder {
         self.model(options).routes(crate::routes::typed::router::<M>())
     }
 
+    /// Adds a `#[nimify]` model with custom processing: `instance` (holding your state) answers
+    /// `POST /v1/models/{name}/predict` with its own request and response types.
+    #[must_use]
+    pub fn service<M: crate::typed::TypedModel + crate::typed::Process>(mut self, instance: M) -> Self {
+        let mut options = ModelOptions::new(M::MODEL_PATH);
+        options.name = Some(M::NAME.to_string());
+        self.signatures.push((M::NAME.to_string(), M::signature()));
+        self.model(options).routes(crate::routes::typed::process_router(M::NAME, instance))
+    }
+
+    /// Adds an endpoint that is not one model's, e.g. a pipeline calling several models:
+    /// `POST /v1/models/{name}/predict` answered by `instance`.
+    #[must_use]
+    pub fn endpoint<P: crate::typed::Process>(self, name: &str, instance: P) -> Self {
+        self.routes(crate::routes::typed::process_router(name, instance))
+    }
+
     /// Adds routes (with their OpenAPI paths) next to the V2 ones, e.g. typed endpoints.
     #[must_use]
     pub fn routes(mut self, routes: OpenApiRouter<Arc<AppState>>) -> Self {

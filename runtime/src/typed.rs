@@ -431,3 +431,45 @@ impl<T: Nested, const N: usize> Nested for Array<T, N> {
         }
     }
 }
+
+/// What user code sees of the server: every registered model, callable with its typed input
+/// through the same queue, batcher, limits and metrics as the HTTP routes.
+#[derive(Clone)]
+pub struct Context {
+    state: std::sync::Arc<crate::AppState>,
+}
+
+impl Context {
+    pub(crate) fn new(state: std::sync::Arc<crate::AppState>) -> Self {
+        Self { state }
+    }
+
+    /// Runs model `M` (registered with [`crate::ServerBuilder::typed`] or
+    /// [`crate::ServerBuilder::service`]) on a typed input.
+    pub async fn infer<M: TypedModel>(&self, input: M::Input) -> Result<M::Output, crate::ApiError> {
+        use crate::ApiError;
+        let model = std::sync::Arc::clone(self.state.model(M::NAME, None)?);
+        crate::routes::v2::instrumented(&self.state, &model, async {
+            let tensors = input.into_tensors().map_err(ApiError::InvalidTensor)?;
+            let inputs = crate::v2::codec::check_named(&model, tensors)?;
+            let wanted = model.outputs().iter().map(|s| s.name.clone()).collect();
+            let outputs = model.infer(inputs, wanted).await?;
+            M::Output::from_tensors(outputs).map_err(ApiError::Inference)
+        })
+        .await
+    }
+}
+
+/// Custom processing in plain Rust: your own request and response types (with their schemas in
+/// the OpenAPI document) around one or more models. Implement it for a `#[nimify]` struct and
+/// register an instance with [`crate::ServerBuilder::service`] (the struct's fields are your
+/// state: a tokenizer, a label list), or for any struct calling several models and register it
+/// with [`crate::ServerBuilder::endpoint`] (a pipeline). Return [`crate::ApiError`]s for 4xx/5xx.
+pub trait Process: Send + Sync + 'static {
+    /// What clients send.
+    type Request: serde::de::DeserializeOwned + utoipa::ToSchema + Send + 'static;
+    /// What clients get back.
+    type Response: Serialize + utoipa::ToSchema + Send + 'static;
+    /// Handles one request; call models with [`Context::infer`].
+    fn process(&self, ctx: &Context, request: Self::Request) -> impl std::future::Future<Output = Result<Self::Response, crate::ApiError>> + Send;
+}

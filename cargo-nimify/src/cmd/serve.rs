@@ -1,13 +1,11 @@
-//! `cargo nimify serve x.onnx`: serves any ONNX file over KServe V2 with no code.
-//!
-//! Settings layer as flags > `NIMIFY_*` env > config file > defaults: every flag below is
-//! optional and, when given (or its env twin is set), overrides the file.
+//! `cargo nimify serve x.onnx`: serves any ONNX file over KServe V2 with no code, with the same
+//! flags, `NIMIFY_*` environment variables and config file as every nimify service.
 
 use std::path::PathBuf;
 
 use clap::Args;
-use nimify::config::{Config, Optimization};
-use nimify::{ModelOptions, ServerBuilder};
+use nimify::ModelOptions;
+use nimify::cli::ServiceArgs;
 
 use crate::CliError;
 
@@ -19,116 +17,14 @@ pub struct ServeArgs {
     /// Name to serve the model under (default: the file stem).
     #[arg(long, env = "NIMIFY_MODEL_NAME")]
     pub name: Option<String>,
-    /// TOML config file (default: $NIMIFY_CONFIG, else /etc/nimify/config.toml if present).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 0.0.0.0].
-    #[arg(long, env = "NIMIFY_HOST")]
-    pub host: Option<String>,
-    /// Port to listen on; 0 picks a free one and logs it [default: 8000].
-    #[arg(long, env = "NIMIFY_PORT")]
-    pub port: Option<u16>,
-    /// Largest request body in bytes; larger gets 413 [default: 67108864].
-    #[arg(long, env = "NIMIFY_MAX_BODY_BYTES")]
-    pub max_body_bytes: Option<usize>,
-    /// Request time limit in milliseconds, queueing included; 0 disables [default: 60000].
-    #[arg(long, env = "NIMIFY_REQUEST_TIMEOUT_MS")]
-    pub request_timeout_ms: Option<u64>,
-    /// Most requests in flight; more get 503 with Retry-After; 0 disables [default: 4096].
-    #[arg(long, env = "NIMIFY_MAX_IN_FLIGHT")]
-    pub max_in_flight: Option<usize>,
-    /// How long shutdown waits for in-flight requests, in milliseconds [default: 30000].
-    #[arg(long, env = "NIMIFY_DRAIN_TIMEOUT_MS")]
-    pub drain_timeout_ms: Option<u64>,
-    /// File with one API key per line; requests then need `Authorization: Bearer` or `x-api-key`.
-    #[arg(long, env = "NIMIFY_API_KEYS_FILE")]
-    pub api_keys_file: Option<PathBuf>,
-    /// Comma-separated API keys (environment only, so they stay out of `ps`).
-    #[arg(long = "api-keys-from-env-only", env = "NIMIFY_API_KEYS", hide = true, hide_env_values = true, value_delimiter = ',')]
-    pub api_keys: Option<Vec<String>>,
-    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose [default: 0].
-    #[arg(long, env = "NIMIFY_INTRA_THREADS")]
-    pub intra_threads: Option<usize>,
-    /// ONNX Runtime inter-op threads; 0 lets ONNX Runtime choose [default: 0].
-    #[arg(long, env = "NIMIFY_INTER_THREADS")]
-    pub inter_threads: Option<usize>,
-    /// Graph optimization: disable, basic, extended or all [default: all].
-    #[arg(long, env = "NIMIFY_OPTIMIZATION")]
-    pub optimization: Option<Optimization>,
-    /// Use ONNX Runtime's CPU memory arena (faster allocation, memory grows with shapes) [default: false].
-    #[arg(long, env = "NIMIFY_MEMORY_ARENA")]
-    pub memory_arena: Option<bool>,
-    /// Session instances per model, each running one batch at a time [default: 1].
-    #[arg(long, env = "NIMIFY_INSTANCES")]
-    pub instances: Option<usize>,
-    /// Merge concurrent requests along dim 0 when the model allows it [default: true].
-    #[arg(long, env = "NIMIFY_BATCHING")]
-    pub batching: Option<bool>,
-    /// Most items per execution [default: 32].
-    #[arg(long, env = "NIMIFY_MAX_BATCH_SIZE")]
-    pub max_batch_size: Option<usize>,
-    /// Longest the first request of a batch waits for others, in microseconds; 0 batches only what is already queued [default: 0].
-    #[arg(long, env = "NIMIFY_MAX_QUEUE_DELAY_US")]
-    pub max_queue_delay_us: Option<u64>,
-    /// Requests waiting per model before 503 [default: 1024].
-    #[arg(long, env = "NIMIFY_QUEUE_CAPACITY")]
-    pub queue_capacity: Option<usize>,
-    /// Run one inference per session before reporting ready [default: true].
-    #[arg(long, env = "NIMIFY_WARMUP")]
-    pub warmup: Option<bool>,
-}
-
-macro_rules! layer {
-    ($($target:expr => $flag:expr),* $(,)?) => {
-        $(if let Some(v) = $flag { $target = v; })*
-    };
-}
-
-impl ServeArgs {
-    /// The file (or defaults) with every given flag and env var applied.
-    pub fn config(&self) -> Result<Config, CliError> {
-        let mut c = Config::load(self.config.as_deref()).map_err(|e| CliError::Message(e.to_string()))?;
-        layer! {
-            c.host => self.host.clone(),
-            c.port => self.port,
-            c.max_body_bytes => self.max_body_bytes,
-            c.request_timeout_ms => self.request_timeout_ms,
-            c.max_in_flight => self.max_in_flight,
-            c.drain_timeout_ms => self.drain_timeout_ms,
-            c.api_keys => self.api_keys.clone(),
-            c.session.intra_threads => self.intra_threads,
-            c.session.inter_threads => self.inter_threads,
-            c.session.optimization => self.optimization,
-            c.session.memory_arena => self.memory_arena,
-            c.session.instances => self.instances,
-            c.batching.enabled => self.batching,
-            c.batching.max_batch_size => self.max_batch_size,
-            c.batching.max_queue_delay_us => self.max_queue_delay_us,
-            c.batching.queue_capacity => self.queue_capacity,
-            c.warmup.enabled => self.warmup,
-        }
-        if self.api_keys_file.is_some() {
-            c.api_keys_file.clone_from(&self.api_keys_file);
-        }
-        Ok(c)
-    }
+    /// Service settings.
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 /// Runs the command until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
-    nimify::logging::init();
-    let config = args.config()?;
-    let address = format!("{}:{}", config.host, config.port);
     let mut options = ModelOptions::new(&args.model);
     options.name.clone_from(&args.name);
-    let (state, router) = ServerBuilder::new(config).model(options).build()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Message(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&address)
-            .await
-            .map_err(|e| CliError::Message(format!("cannot listen on {address}: {e}; pick another --port or stop what uses it")))?;
-        nimify::serve(listener, state, router, nimify::shutdown_signal())
-            .await
-            .map_err(|e| CliError::Message(format!("server failed: {e}")))
-    })
+    nimify::cli::serve(&args.service, |server| server.model(options)).map_err(CliError::Message)
 }

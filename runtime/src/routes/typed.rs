@@ -15,20 +15,42 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::server::AppState;
-use crate::typed::{FromTensors, IntoTensors, TypedModel};
+use crate::typed::{Context, Process, TypedModel};
 
 /// The typed route of `M`, with its OpenAPI path and schemas.
 pub fn router<M: TypedModel>() -> OpenApiRouter<Arc<AppState>> {
-    let path = format!("/v1/models/{}/predict", M::NAME);
+    documented::<M::Input, M::Output>(M::NAME, &format!("Run model `{}` on typed inputs", M::NAME), axum::routing::post(predict::<M>))
+}
+
+/// The route of a [`Process`] implementation, with its own request and response schemas.
+pub fn process_router<P: Process>(name: &str, service: P) -> OpenApiRouter<Arc<AppState>> {
+    let service = Arc::new(service);
+    let handler = move |State(state): State<Arc<AppState>>, body: Body| {
+        let service = Arc::clone(&service);
+        async move {
+            guarded(&state, async {
+                let bytes = state.read_body(body).await?;
+                let request: P::Request = parse_json(&bytes)?;
+                let ctx = Context::new(Arc::clone(&state));
+                service.process(&ctx, request).await.map(Json)
+            })
+            .await
+        }
+    };
+    documented::<P::Request, P::Response>(name, &format!("Run `{name}`"), axum::routing::post(handler))
+}
+
+fn documented<I: ToSchema, O: ToSchema>(name: &str, summary: &str, method: axum::routing::MethodRouter<Arc<AppState>>) -> OpenApiRouter<Arc<AppState>> {
+    let path = format!("/v1/models/{name}/predict");
     let json = |schema: Ref| Content::new(Some(schema));
     let error = |d: &str| ResponseBuilder::new().description(d).content("application/json", json(Ref::from_schema_name(ErrorBody::name()))).build();
     let op = OperationBuilder::new()
-        .summary(Some(format!("Run model `{}` on typed inputs", M::NAME)))
+        .summary(Some(summary.to_string()))
         .tag("typed")
         .request_body(Some(
-            RequestBodyBuilder::new().content("application/json", json(Ref::from_schema_name(M::Input::name()))).required(Some(Required::True)).build(),
+            RequestBodyBuilder::new().content("application/json", json(Ref::from_schema_name(I::name()))).required(Some(Required::True)).build(),
         ))
-        .response("200", ResponseBuilder::new().description("the model's outputs").content("application/json", json(Ref::from_schema_name(M::Output::name()))).build())
+        .response("200", ResponseBuilder::new().description("the model's outputs").content("application/json", json(Ref::from_schema_name(O::name()))).build())
         .response("400", error("malformed JSON"))
         .response("413", error("body too large"))
         .response("422", error("a tensor of the wrong type or shape (the message names it)"))
@@ -36,32 +58,43 @@ pub fn router<M: TypedModel>() -> OpenApiRouter<Arc<AppState>> {
         .response("503", error("not ready or overloaded"))
         .build();
     let paths = PathsBuilder::new().path(path, PathItem::new(HttpMethod::Post, op)).build();
-    let schemas = vec![
-        (M::Input::name().into_owned(), M::Input::schema()),
-        (M::Output::name().into_owned(), M::Output::schema()),
-        (ErrorBody::name().into_owned(), ErrorBody::schema()),
-    ];
-    OpenApiRouter::new().routes((schemas, paths, axum::routing::post(predict::<M>)))
+    let mut schemas = vec![(ErrorBody::name().into_owned(), ErrorBody::schema())];
+    I::schemas(&mut schemas);
+    O::schemas(&mut schemas);
+    schemas.push((I::name().into_owned(), I::schema()));
+    schemas.push((O::name().into_owned(), O::schema()));
+    OpenApiRouter::new().routes((schemas, paths, method))
+}
+
+/// Readiness and the request timeout for routes that are not one model's.
+async fn guarded<T>(state: &AppState, work: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    if !state.is_ready() {
+        return Err(ApiError::NotReady("the server is not ready".into()));
+    }
+    match state.config().request_timeout() {
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::Timeout(format!("request took longer than the {} ms limit (request_timeout_ms)", limit.as_millis())))),
+        None => work.await,
+    }
+}
+
+/// JSON into a request type: syntax errors are 400, wrong fields or shapes 422 naming the field.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes)).map_err(|e| {
+        let at = e.path().to_string();
+        match e.inner().classify() {
+            serde_json::error::Category::Data => ApiError::InvalidTensor(format!("{at}: {}", e.inner())),
+            _ => ApiError::BadRequest(format!("malformed JSON: {}", e.inner())),
+        }
+    })
 }
 
 async fn predict<M: TypedModel>(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<M::Output>, ApiError> {
-    let model = Arc::clone(state.model(M::NAME, None)?);
-    crate::routes::v2::instrumented(&state, &model, async {
-        let bytes = state.read_body(body).await?;
-        let input: M::Input = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes)).map_err(|e| {
-            let at = e.path().to_string();
-            match e.inner().classify() {
-                serde_json::error::Category::Syntax | serde_json::error::Category::Eof | serde_json::error::Category::Io => {
-                    ApiError::BadRequest(format!("malformed JSON: {}", e.inner()))
-                }
-                serde_json::error::Category::Data => ApiError::InvalidTensor(format!("tensor {at}: {}", e.inner())),
-            }
-        })?;
-        let tensors = input.into_tensors().map_err(ApiError::InvalidTensor)?;
-        let inputs = crate::v2::codec::check_named(&model, tensors)?;
-        let wanted = model.outputs().iter().map(|s| s.name.clone()).collect();
-        let outputs = model.infer(inputs, wanted).await?;
-        M::Output::from_tensors(outputs).map(Json).map_err(ApiError::Inference)
-    })
-    .await
+    let bytes = state.read_body(body).await?;
+    let input: M::Input = parse_json(&bytes).map_err(|e| match e {
+        ApiError::InvalidTensor(m) => ApiError::InvalidTensor(format!("tensor {m}")),
+        other => other,
+    })?;
+    Context::new(Arc::clone(&state)).infer::<M>(input).await.map(Json)
 }

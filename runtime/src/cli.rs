@@ -1,0 +1,189 @@
+//! The flags, `NIMIFY_*` environment variables and config file every nimify service accepts,
+//! whether it is `cargo nimify serve x.onnx` or a typed service's own binary ([`run`]).
+//!
+//! Settings layer as flags > `NIMIFY_*` env > config file > defaults: every flag is optional and,
+//! when given (or its env twin is set), overrides the file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Optimization};
+use crate::server::ServerBuilder;
+
+/// Service settings as flags with `NIMIFY_*` environment twins.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServiceArgs {
+    /// TOML config file (default: $NIMIFY_CONFIG, else /etc/nimify/config.toml if present).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, env = "NIMIFY_HOST")]
+    pub host: Option<String>,
+    /// Port to listen on; 0 picks a free one and logs it [default: 8000].
+    #[arg(long, env = "NIMIFY_PORT")]
+    pub port: Option<u16>,
+    /// Largest request body in bytes; larger gets 413 [default: 67108864].
+    #[arg(long, env = "NIMIFY_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Request time limit in milliseconds, queueing included; 0 disables [default: 60000].
+    #[arg(long, env = "NIMIFY_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Most requests in flight; more get 503 with Retry-After; 0 disables [default: 4096].
+    #[arg(long, env = "NIMIFY_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// How long shutdown waits for in-flight requests, in milliseconds [default: 30000].
+    #[arg(long, env = "NIMIFY_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
+    /// File with one API key per line; requests then need `Authorization: Bearer` or `x-api-key`.
+    #[arg(long, env = "NIMIFY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Comma-separated API keys (environment only, so they stay out of `ps`).
+    #[arg(long = "api-keys-from-env-only", env = "NIMIFY_API_KEYS", hide = true, hide_env_values = true, value_delimiter = ',')]
+    pub api_keys: Option<Vec<String>>,
+    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose [default: 0].
+    #[arg(long, env = "NIMIFY_INTRA_THREADS")]
+    pub intra_threads: Option<usize>,
+    /// ONNX Runtime inter-op threads; 0 lets ONNX Runtime choose [default: 0].
+    #[arg(long, env = "NIMIFY_INTER_THREADS")]
+    pub inter_threads: Option<usize>,
+    /// Graph optimization: disable, basic, extended or all [default: all].
+    #[arg(long, env = "NIMIFY_OPTIMIZATION")]
+    pub optimization: Option<Optimization>,
+    /// Use ONNX Runtime's CPU memory arena (faster allocation, memory grows with shapes) [default: false].
+    #[arg(long, env = "NIMIFY_MEMORY_ARENA")]
+    pub memory_arena: Option<bool>,
+    /// Session instances per model, each running one batch at a time [default: 1].
+    #[arg(long, env = "NIMIFY_INSTANCES")]
+    pub instances: Option<usize>,
+    /// Merge concurrent requests along dim 0 when the model allows it [default: true].
+    #[arg(long, env = "NIMIFY_BATCHING")]
+    pub batching: Option<bool>,
+    /// Most items per execution [default: 32].
+    #[arg(long, env = "NIMIFY_MAX_BATCH_SIZE")]
+    pub max_batch_size: Option<usize>,
+    /// Longest the first request of a batch waits for others, in microseconds; 0 batches only what is already queued [default: 0].
+    #[arg(long, env = "NIMIFY_MAX_QUEUE_DELAY_US")]
+    pub max_queue_delay_us: Option<u64>,
+    /// Requests waiting per model before 503 [default: 1024].
+    #[arg(long, env = "NIMIFY_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Run one inference per session before reporting ready [default: true].
+    #[arg(long, env = "NIMIFY_WARMUP")]
+    pub warmup: Option<bool>,
+}
+
+macro_rules! layer {
+    ($($target:expr => $flag:expr),* $(,)?) => {
+        $(if let Some(v) = $flag { $target = v; })*
+    };
+}
+
+impl ServiceArgs {
+    /// The file (or defaults) with every given flag and env var applied.
+    pub fn config(&self) -> Result<Config, crate::config::ConfigError> {
+        let mut c = Config::load(self.config.as_deref())?;
+        layer! {
+            c.host => self.host.clone(),
+            c.port => self.port,
+            c.max_body_bytes => self.max_body_bytes,
+            c.request_timeout_ms => self.request_timeout_ms,
+            c.max_in_flight => self.max_in_flight,
+            c.drain_timeout_ms => self.drain_timeout_ms,
+            c.api_keys => self.api_keys.clone(),
+            c.session.intra_threads => self.intra_threads,
+            c.session.inter_threads => self.inter_threads,
+            c.session.optimization => self.optimization,
+            c.session.memory_arena => self.memory_arena,
+            c.session.instances => self.instances,
+            c.batching.enabled => self.batching,
+            c.batching.max_batch_size => self.max_batch_size,
+            c.batching.max_queue_delay_us => self.max_queue_delay_us,
+            c.batching.queue_capacity => self.queue_capacity,
+            c.warmup.enabled => self.warmup,
+        }
+        if self.api_keys_file.is_some() {
+            c.api_keys_file.clone_from(&self.api_keys_file);
+        }
+        Ok(c)
+    }
+}
+
+/// A typed service's command line: serve (the default) or probe a running instance.
+#[derive(Debug, Parser)]
+#[command(version, about = "An ONNX model service built with nimify")]
+pub struct ServiceCli {
+    /// Serve (default) or run a health check.
+    #[command(subcommand)]
+    pub command: Option<ServiceCommand>,
+    /// Settings.
+    #[command(flatten)]
+    pub args: ServiceArgs,
+}
+
+/// Subcommands of a service binary.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Serve the models (what runs without a subcommand).
+    Serve,
+    /// Exit 0 when the service on the configured port answers ready, 1 otherwise (images have no curl).
+    Healthcheck,
+}
+
+/// The `main` of a service: parses the command line, sets up logging, builds the server with
+/// `register` and serves until SIGTERM or Ctrl-C. Errors are one line on stderr and exit code 1.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     nimify::cli::run(|server| server)
+/// }
+/// ```
+pub fn run(register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> ExitCode {
+    let cli = ServiceCli::parse();
+    let result = match cli.command {
+        Some(ServiceCommand::Healthcheck) => healthcheck(&cli.args),
+        Some(ServiceCommand::Serve) | None => serve(&cli.args, register),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds and serves with the given settings.
+pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Result<(), String> {
+    crate::logging::init();
+    let config = args.config().map_err(|e| e.to_string())?;
+    let address = format!("{}:{}", config.host, config.port);
+    let (state, router) = register(ServerBuilder::new(config)).build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|e| format!("cannot listen on {address}: {e}; pick another --port or stop what uses it"))?;
+        crate::serve(listener, state, router, crate::shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))
+    })
+}
+
+fn healthcheck(args: &ServiceArgs) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let config = args.config().map_err(|e| e.to_string())?;
+    let host = if config.host == "0.0.0.0" { "127.0.0.1".to_string() } else { config.host.clone() };
+    let address = format!("{host}:{}", config.port);
+    let timeout = std::time::Duration::from_secs(3);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&address).map_err(|e| format!("{address}: {e}"))?.next().ok_or_else(|| format!("{address}: no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{address} is not answering: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    if response.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!("{address} is not ready: {}", response.lines().next().unwrap_or("no answer")))
+    }
+}
