@@ -43,6 +43,10 @@ pub enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Manage the ONNX Runtime library nimify loads.
     Ort(cmd::ort::OrtArgs),
+    /// Create a service crate for a model: typed endpoint, V2, metrics, docs.
+    New(cmd::new::NewCommand),
+    /// Turn the current directory (e.g. a fresh `cargo init`) into a service crate for a model.
+    Init(cmd::new::NewArgs),
 }
 
 /// An expected failure, shown as one line.
@@ -69,6 +73,8 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Ort(args) => cmd::ort::run(&args),
+        Command::New(args) => cmd::new::new(&args),
+        Command::Init(args) => cmd::new::init(&args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

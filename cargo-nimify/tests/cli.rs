@@ -37,7 +37,7 @@ fn inspect_json() {
 
 #[test]
 fn help_texts() {
-    for args in [&["--help"][..], &["inspect", "--help"], &["serve", "--help"], &["ort", "install", "--help"]] {
+    for args in [&["--help"][..], &["inspect", "--help"], &["serve", "--help"], &["ort", "install", "--help"], &["new", "--help"]] {
         let out = nimify().args(args).assert().success().get_output().stdout.clone();
         insta::assert_snapshot!(format!("help_{}", args.join("_").trim_start_matches("--")), String::from_utf8(out).expect("utf8"));
     }
@@ -89,4 +89,22 @@ fn serve_without_onnx_runtime_says_how_to_fix_it() {
             .timeout(std::time::Duration::from_secs(60)),
         &["cannot load ONNX Runtime from", "libonnxruntime.so.1.31.1", "cargo nimify ort install"],
     );
+}
+
+#[test]
+fn scaffolds_match_snapshots() {
+    for template in ["plain", "custom"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        nimify()
+            .current_dir(dir.path())
+            .args(["new", "svc", "--model", &model("odd_names.onnx"), "--template", template, "--no-interactive", "--nimify-path", "/path/to/nimify"])
+            .assert()
+            .success();
+        let crate_dir = dir.path().join("svc");
+        for file in ["Cargo.toml", "build.rs", "src/main.rs"] {
+            let text = std::fs::read_to_string(crate_dir.join(file)).expect("generated file");
+            insta::assert_snapshot!(format!("scaffold_{template}_{}", file.replace('/', "_")), text);
+        }
+        assert!(crate_dir.join("models/odd_names.onnx").is_file());
+    }
 }

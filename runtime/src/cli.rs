@@ -16,61 +16,61 @@ use crate::server::ServerBuilder;
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServiceArgs {
     /// TOML config file (default: $NIMIFY_CONFIG, else /etc/nimify/config.toml if present).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 0.0.0.0].
-    #[arg(long, env = "NIMIFY_HOST")]
+    #[arg(long, global = true, env = "NIMIFY_HOST")]
     pub host: Option<String>,
     /// Port to listen on; 0 picks a free one and logs it [default: 8000].
-    #[arg(long, env = "NIMIFY_PORT")]
+    #[arg(long, global = true, env = "NIMIFY_PORT")]
     pub port: Option<u16>,
     /// Largest request body in bytes; larger gets 413 [default: 67108864].
-    #[arg(long, env = "NIMIFY_MAX_BODY_BYTES")]
+    #[arg(long, global = true, env = "NIMIFY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// Request time limit in milliseconds, queueing included; 0 disables [default: 60000].
-    #[arg(long, env = "NIMIFY_REQUEST_TIMEOUT_MS")]
+    #[arg(long, global = true, env = "NIMIFY_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
     /// Most requests in flight; more get 503 with Retry-After; 0 disables [default: 4096].
-    #[arg(long, env = "NIMIFY_MAX_IN_FLIGHT")]
+    #[arg(long, global = true, env = "NIMIFY_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
     /// How long shutdown waits for in-flight requests, in milliseconds [default: 30000].
-    #[arg(long, env = "NIMIFY_DRAIN_TIMEOUT_MS")]
+    #[arg(long, global = true, env = "NIMIFY_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
     /// File with one API key per line; requests then need `Authorization: Bearer` or `x-api-key`.
-    #[arg(long, env = "NIMIFY_API_KEYS_FILE")]
+    #[arg(long, global = true, env = "NIMIFY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
     /// Comma-separated API keys (environment only, so they stay out of `ps`).
-    #[arg(long = "api-keys-from-env-only", env = "NIMIFY_API_KEYS", hide = true, hide_env_values = true, value_delimiter = ',')]
+    #[arg(long = "api-keys-from-env-only", global = true, env = "NIMIFY_API_KEYS", hide = true, hide_env_values = true, value_delimiter = ',')]
     pub api_keys: Option<Vec<String>>,
     /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose [default: 0].
-    #[arg(long, env = "NIMIFY_INTRA_THREADS")]
+    #[arg(long, global = true, env = "NIMIFY_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
     /// ONNX Runtime inter-op threads; 0 lets ONNX Runtime choose [default: 0].
-    #[arg(long, env = "NIMIFY_INTER_THREADS")]
+    #[arg(long, global = true, env = "NIMIFY_INTER_THREADS")]
     pub inter_threads: Option<usize>,
     /// Graph optimization: disable, basic, extended or all [default: all].
-    #[arg(long, env = "NIMIFY_OPTIMIZATION")]
+    #[arg(long, global = true, env = "NIMIFY_OPTIMIZATION")]
     pub optimization: Option<Optimization>,
     /// Use ONNX Runtime's CPU memory arena (faster allocation, memory grows with shapes) [default: false].
-    #[arg(long, env = "NIMIFY_MEMORY_ARENA")]
+    #[arg(long, global = true, env = "NIMIFY_MEMORY_ARENA")]
     pub memory_arena: Option<bool>,
     /// Session instances per model, each running one batch at a time [default: 1].
-    #[arg(long, env = "NIMIFY_INSTANCES")]
+    #[arg(long, global = true, env = "NIMIFY_INSTANCES")]
     pub instances: Option<usize>,
     /// Merge concurrent requests along dim 0 when the model allows it [default: true].
-    #[arg(long, env = "NIMIFY_BATCHING")]
+    #[arg(long, global = true, env = "NIMIFY_BATCHING")]
     pub batching: Option<bool>,
     /// Most items per execution [default: 32].
-    #[arg(long, env = "NIMIFY_MAX_BATCH_SIZE")]
+    #[arg(long, global = true, env = "NIMIFY_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
     /// Longest the first request of a batch waits for others, in microseconds; 0 batches only what is already queued [default: 0].
-    #[arg(long, env = "NIMIFY_MAX_QUEUE_DELAY_US")]
+    #[arg(long, global = true, env = "NIMIFY_MAX_QUEUE_DELAY_US")]
     pub max_queue_delay_us: Option<u64>,
     /// Requests waiting per model before 503 [default: 1024].
-    #[arg(long, env = "NIMIFY_QUEUE_CAPACITY")]
+    #[arg(long, global = true, env = "NIMIFY_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
     /// Run one inference per session before reporting ready [default: true].
-    #[arg(long, env = "NIMIFY_WARMUP")]
+    #[arg(long, global = true, env = "NIMIFY_WARMUP")]
     pub warmup: Option<bool>,
 }
 

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
 pub mod inspect;
+pub mod new;
 pub mod ort;
 pub mod serve;
