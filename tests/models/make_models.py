@@ -305,14 +305,21 @@ def complex64():
     save(helper.make_model(graph, opset_imports=OPSET), "complex.onnx")
 
 
-def zipmap_classifier(path, hidden_ir=None):
-    """A scikit-learn logistic regression on iris, converted with skl2onnx's default ZipMap."""
-    from skl2onnx import to_onnx
+def train_iris():
+    """The scikit-learn logistic regression behind zipmap.onnx and the iris example (also used
+    by the tests to compute `predict_proba`)."""
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
     x, y = load_iris(return_X_y=True)
-    clf = LogisticRegression(max_iter=500).fit(x.astype(np.float32), y)
+    return LogisticRegression(max_iter=500).fit(x.astype(np.float32), y), x
+
+
+def zipmap_classifier(path):
+    """The iris classifier converted with skl2onnx's default ZipMap output."""
+    from skl2onnx import to_onnx
+
+    clf, x = train_iris()
     model = to_onnx(clf, x[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
     model.producer_name = "skl2onnx"
     # skl2onnx emits opset imports in set order (varies per run): sort them for reproducible files.

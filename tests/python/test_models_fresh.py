@@ -16,3 +16,9 @@ def test_committed_models_are_fresh(tmp_path):
     for name in generated:
         assert filecmp.cmp(tmp_path / name, os.path.join(MODELS, name), shallow=False), f"tests/models/{name} is stale: run `cargo xtask models`"
     assert filecmp.cmp(tmp_path / "zipmap.onnx", os.path.join(ROOT, "examples", "iris", "iris.onnx"), shallow=False)
+
+
+def test_committed_example_models_are_fresh(tmp_path):
+    subprocess.run([sys.executable, os.path.join(ROOT, "examples", "make_models.py"), str(tmp_path)], check=True, capture_output=True)
+    for rel in ("pipeline/models/scaler.onnx", "pipeline/models/scorer.onnx", "recurrent/models/gru.onnx"):
+        assert filecmp.cmp(tmp_path / os.path.basename(rel), os.path.join(ROOT, "examples", rel), shallow=False), f"examples/{rel} is stale: run `cargo xtask models`"

@@ -56,6 +56,8 @@ pub fn run(rest: &[&str]) -> Result<()> {
     // which the ONNX Runtime install and the Python tests use (a separate `cargo build -p` would
     // resolve features differently and compile the dependencies twice).
     cmd!(sh, "{cargo} test --workspace --no-run {rest...}").run()?;
+    // The example services' binaries, for their end-to-end tests.
+    cmd!(sh, "{cargo} build --workspace --bins").run()?;
     let nimify = root.join("target/debug/cargo-nimify");
     cmd!(sh, "{nimify} nimify ort install").env("NIMIFY_PYTHON", &python).run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
@@ -68,5 +70,6 @@ pub fn models() -> Result<()> {
     sh.change_dir(crate::root());
     let python = venv_python(&sh)?;
     cmd!(sh, "{python} tests/models/make_models.py").run()?;
+    cmd!(sh, "{python} examples/make_models.py").run()?;
     Ok(())
 }

@@ -1,0 +1,112 @@
+"""The example services end to end: each typed answer and its V2 counterpart against the same
+computation in Python (scikit-learn, ONNX Runtime), and each OpenAPI document validated."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import requests
+from openapi_spec_validator import validate
+
+from conftest import MODELS, ROOT
+
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+@pytest.fixture(scope="module")
+def example():
+    procs = {}
+
+    def start(name):
+        if name not in procs:
+            binary = os.path.join(ROOT, "target", "debug", f"example-{name}")
+            assert os.path.exists(binary), f"{binary} missing: `cargo xtask test` builds the examples"
+            proc = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            url = None
+            for line in proc.stderr:
+                event = json.loads(line)
+                if event.get("message") == "serving":
+                    url = f"http://{event['address']}"
+                    break
+            assert url, f"example {name} did not start"
+            procs[name] = (proc, url)
+        return procs[name][1]
+
+    yield start
+    for proc, _ in procs.values():
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def v2(url, model, name, arr, datatype="FP32"):
+    body = {"inputs": [{"name": name, "shape": list(arr.shape), "datatype": datatype, "data": arr.flatten().tolist()}]}
+    r = requests.post(f"{url}/v2/models/{model}/infer", json=body, timeout=10)
+    assert r.status_code == 200, r.text
+    return {o["name"]: o for o in r.json()["outputs"]}
+
+
+def test_openapi_documents_are_valid(example):
+    for name in ("iris", "pipeline", "recurrent"):
+        url = example(name)
+        validate(requests.get(f"{url}/openapi.json", timeout=5).json())
+
+
+def test_iris_matches_scikit_learn(example):
+    url = example("iris")
+    sys.path.insert(0, MODELS)
+    from make_models import train_iris
+
+    clf, x = train_iris()
+    rows = x[::10].astype(np.float32)
+    want = clf.predict_proba(rows)
+    r = requests.post(f"{url}/v1/models/iris/predict", json={"measurements": rows.tolist()}, timeout=10)
+    assert r.status_code == 200, r.text
+    names = ["setosa", "versicolor", "virginica"]
+    for pred, p in zip(r.json()["predictions"], want):
+        assert pred["species"] == names[int(np.argmax(p))]
+        np.testing.assert_allclose([pred["probabilities"][n] for n in names], p, atol=1e-5)
+    out = v2(url, "iris", "X", rows)
+    got = [json.loads(row) for row in out["output_probability"]["data"]]
+    np.testing.assert_allclose([[row[str(k)] for k in range(3)] for row in got], want, atol=1e-5)
+    assert out["output_label"]["data"] == clf.predict(rows).tolist()
+    r = requests.post(f"{url}/v1/models/iris/predict", json={"measurements": [[1, 2, 3]]}, timeout=10)
+    assert r.status_code == 422 and "measurements" in r.json()["error"]
+
+
+def test_pipeline_matches_both_models_chained_in_onnx_runtime(example):
+    url = example("pipeline")
+    rows = np.random.default_rng(3).uniform(0, 8, (5, 4)).astype(np.float32)
+    scaler = ort.InferenceSession(os.path.join(EXAMPLES, "pipeline", "models", "scaler.onnx"))
+    scorer = ort.InferenceSession(os.path.join(EXAMPLES, "pipeline", "models", "scorer.onnx"))
+    want = scorer.run(None, {"features": scaler.run(None, {"raw": rows})[0]})[0].reshape(-1)
+    r = requests.post(f"{url}/v1/models/pipeline/predict", json={"rows": rows.tolist()}, timeout=10)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["scores"], want, rtol=1e-6)
+    scaled = v2(url, "scaler", "raw", rows)["scaled"]["data"]
+    score = v2(url, "scorer", "features", np.array(scaled, np.float32).reshape(5, 4))["score"]["data"]
+    np.testing.assert_allclose(score, want, rtol=1e-6)
+
+
+def test_recurrent_state_round_trip_matches_onnx_runtime(example):
+    url = example("recurrent")
+    sess = ort.InferenceSession(os.path.join(EXAMPLES, "recurrent", "models", "gru.onnx"))
+    rng = np.random.default_rng(4)
+    x1, x2 = rng.standard_normal((3, 2, 3)).astype(np.float32), rng.standard_normal((5, 2, 3)).astype(np.float32)
+    h0 = np.zeros((1, 2, 8), np.float32)
+    y1, h1 = sess.run(None, {"x": x1, "h0": h0})
+    y2, h2 = sess.run(None, {"x": x2, "h0": h1})
+    r = requests.post(f"{url}/v1/models/gru/predict", json={"x": x1.tolist(), "h0": h0.tolist()}, timeout=10)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["y"], y1, rtol=1e-5, atol=1e-6)
+    # The client carries the state: send `h` back as `h0` with a sequence of another length.
+    r = requests.post(f"{url}/v1/models/gru/predict", json={"x": x2.tolist(), "h0": r.json()["h"]}, timeout=10)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["h"], h2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(r.json()["y"]).shape, y2.shape)
+    # `batch` must agree between x and h0.
+    r = requests.post(f"{url}/v1/models/gru/predict", json={"x": x1.tolist(), "h0": np.zeros((1, 3, 8)).tolist()}, timeout=10)
+    assert r.status_code == 422 and "batch" in r.json()["error"], r.text
