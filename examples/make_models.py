@@ -5,6 +5,12 @@
 - recurrent/models/gru.onnx: a GRU with `x: float[seq, batch, 3]` and an initial state
   `h0: float[1, batch, 8]` -> `y: float[seq, 1, batch, 8]`, `h: float[1, batch, 8]`.
 
+- image/models/classifier.onnx: a small CNN on `pixels: float[batch, 3, 32, 32]` -> `probs: float[batch, 10]`;
+- text/tokenizer.json: a WordPiece tokenizer trained here on text/corpus.txt (PyPI `tokenizers`)
+  when it is missing (training is not reproducible byte for byte, so the committed file rules);
+- text/models/sentiment.onnx: `input_ids`, `attention_mask: int64[batch, seq]` -> `probs: float[batch, 2]`
+  (mean of embeddings over the unmasked tokens, then a linear layer).
+
 examples/iris/iris.onnx is written by tests/models/make_models.py (the ZipMap classifier).
 """
 
@@ -76,7 +82,77 @@ def gru():
     save(helper.make_model(graph, opset_imports=OPSET, producer_name="nimify-examples"), "recurrent/models/gru.onnx")
 
 
+def classifier():
+    def conv(name, cin, cout):
+        w = numpy_helper.from_array((RNG.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9))).astype(np.float32), f"{name}_w")
+        b = numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}_b")
+        return w, b
+
+    w1, b1 = conv("c1", 3, 8)
+    w2, b2 = conv("c2", 8, 16)
+    fw = numpy_helper.from_array((RNG.standard_normal((16, 10)) * 0.5).astype(np.float32), "fc_w")
+    fb = numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")
+    nodes = [
+        helper.make_node("Conv", ["pixels", "c1_w", "c1_b"], ["h1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "c2_w", "c2_b"], ["h2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    graph = helper.make_graph(nodes, "classifier",
+                              [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 10])],
+                              [w1, b1, w2, b2, fw, fb])
+    save(helper.make_model(graph, opset_imports=OPSET, producer_name="nimify-examples"), "image/models/classifier.onnx")
+
+
+def tokenizer_and_sentiment():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    # WordPiece training breaks ties differently from run to run, so the committed tokenizer is
+    # the source of truth: it is trained only when missing (delete it to retrain).
+    path = os.path.join(HERE, "text", "tokenizer.json")
+    if os.path.exists(path):
+        tok = Tokenizer.from_file(path)
+    else:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]"], show_progress=False)
+        tok.train([os.path.join(HERE, "text", "corpus.txt")], trainer)
+        tok.save(path)
+    vocab = tok.get_vocab_size()
+    emb = numpy_helper.from_array(RNG.standard_normal((vocab, 16)).astype(np.float32), "embeddings")
+    w = numpy_helper.from_array(RNG.standard_normal((16, 2)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(2, np.float32), "b")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    last = numpy_helper.from_array(np.array([-1], np.int64), "last")
+    nodes = [
+        helper.make_node("Gather", ["embeddings", "input_ids"], ["e"]),
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "last"], ["m3"]),
+        helper.make_node("Mul", ["e", "m3"], ["em"]),
+        helper.make_node("ReduceSum", ["em", "axes"], ["s"], keepdims=0),
+        helper.make_node("ReduceSum", ["m3", "axes"], ["n"], keepdims=0),
+        helper.make_node("Div", ["s", "n"], ["mean"]),
+        helper.make_node("Gemm", ["mean", "w", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    graph = helper.make_graph(nodes, "sentiment",
+                              [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+                               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 2])],
+                              [emb, w, b, axes, last])
+    save(helper.make_model(graph, opset_imports=OPSET, producer_name="nimify-examples"), "text/models/sentiment.onnx")
+
+
 if __name__ == "__main__":
+    classifier()
+    tokenizer_and_sentiment()
     scaler()
     scorer()
     gru()

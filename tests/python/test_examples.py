@@ -50,7 +50,7 @@ def v2(url, model, name, arr, datatype="FP32"):
 
 
 def test_openapi_documents_are_valid(example):
-    for name in ("iris", "pipeline", "recurrent"):
+    for name in ("iris", "pipeline", "recurrent", "image", "text"):
         url = example(name)
         validate(requests.get(f"{url}/openapi.json", timeout=5).json())
 
@@ -110,3 +110,68 @@ def test_recurrent_state_round_trip_matches_onnx_runtime(example):
     # `batch` must agree between x and h0.
     r = requests.post(f"{url}/v1/models/gru/predict", json={"x": x1.tolist(), "h0": np.zeros((1, 3, 8)).tolist()}, timeout=10)
     assert r.status_code == 422 and "batch" in r.json()["error"], r.text
+
+
+def png(pixels):
+    """A minimal RGB PNG encoder (no imaging library needed): pixels is uint8 [h, w, 3]."""
+    import struct
+    import zlib
+
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_image_classifier_matches_onnx_runtime_on_the_same_pixels(example):
+    import base64
+
+    url = example("image")
+    labels = open(os.path.join(EXAMPLES, "image", "labels.txt")).read().split()
+    sess = ort.InferenceSession(os.path.join(EXAMPLES, "image", "models", "classifier.onnx"))
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        chw = (pixels.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        want = sess.run(None, {"pixels": chw})[0][0]
+        r = requests.post(f"{url}/v1/models/classifier/predict", json={"image": base64.b64encode(png(pixels)).decode(), "top_k": 4}, timeout=10)
+        assert r.status_code == 200, r.text
+        got = r.json()["labels"]
+        order = np.argsort(-want)[:4]
+        assert [g["label"] for g in got] == [labels[i] for i in order]
+        np.testing.assert_allclose([g["probability"] for g in got], want[order], rtol=1e-5)
+        # The same preprocessed tensor over V2 gives the same probabilities.
+        np.testing.assert_allclose(v2(url, "classifier", "pixels", chw)["probs"]["data"], want, rtol=1e-5)
+    # A larger image is resized in Rust; the answer is still a valid distribution.
+    big = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    r = requests.post(f"{url}/v1/models/classifier/predict", json={"image": base64.b64encode(png(big)).decode(), "top_k": 10}, timeout=10)
+    assert r.status_code == 200 and abs(sum(l["probability"] for l in r.json()["labels"]) - 1) < 1e-4
+    r = requests.post(f"{url}/v1/models/classifier/predict", json={"image": base64.b64encode(b"not an image").decode()}, timeout=10)
+    assert r.status_code == 422 and "cannot decode" in r.json()["error"]
+
+
+def test_text_model_uses_the_same_tokens_as_python_tokenizers(example):
+    from tokenizers import Tokenizer
+
+    url = example("text")
+    tok = Tokenizer.from_file(os.path.join(EXAMPLES, "text", "tokenizer.json"))
+    sess = ort.InferenceSession(os.path.join(EXAMPLES, "text", "models", "sentiment.onnx"))
+    texts = ["the service answered quickly", "Nothing worked, the deploy broke!", "unseen zebra words"]
+    ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+    seq = max(map(len, ids))
+    input_ids = np.array([i + [0] * (seq - len(i)) for i in ids], np.int64)
+    mask = np.array([[1] * len(i) + [0] * (seq - len(i)) for i in ids], np.int64)
+    want = sess.run(None, {"input_ids": input_ids, "attention_mask": mask})[0][:, 1]
+    r = requests.post(f"{url}/v1/models/sentiment/predict", json={"texts": texts}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["input_ids"] == ids
+    np.testing.assert_allclose(r.json()["positive"], want, rtol=1e-5)
+    body = {"inputs": [{"name": "input_ids", "shape": list(input_ids.shape), "datatype": "INT64", "data": input_ids.flatten().tolist()},
+                       {"name": "attention_mask", "shape": list(mask.shape), "datatype": "INT64", "data": mask.flatten().tolist()}]}
+    out = requests.post(f"{url}/v2/models/sentiment/infer", json=body, timeout=10).json()["outputs"][0]["data"]
+    np.testing.assert_allclose(np.array(out).reshape(-1, 2)[:, 1], want, rtol=1e-5)
+    r = requests.post(f"{url}/v1/models/sentiment/predict", json={"texts": []}, timeout=10)
+    assert r.status_code == 422

@@ -20,5 +20,6 @@ def test_committed_models_are_fresh(tmp_path):
 
 def test_committed_example_models_are_fresh(tmp_path):
     subprocess.run([sys.executable, os.path.join(ROOT, "examples", "make_models.py"), str(tmp_path)], check=True, capture_output=True)
-    for rel in ("pipeline/models/scaler.onnx", "pipeline/models/scorer.onnx", "recurrent/models/gru.onnx"):
+    for rel in ("pipeline/models/scaler.onnx", "pipeline/models/scorer.onnx", "recurrent/models/gru.onnx", "image/models/classifier.onnx",
+                "text/models/sentiment.onnx"):
         assert filecmp.cmp(tmp_path / os.path.basename(rel), os.path.join(ROOT, "examples", rel), shallow=False), f"examples/{rel} is stale: run `cargo xtask models`"

@@ -25,4 +25,7 @@ async fn example_schemas() {
     let pipeline = ServerBuilder::default().typed::<example_pipeline::Scaler>().typed::<example_pipeline::Scorer>().endpoint("pipeline", example_pipeline::Pipeline);
     insta::assert_json_snapshot!("pipeline", schemas(pipeline).await);
     insta::assert_json_snapshot!("recurrent", schemas(ServerBuilder::default().typed::<example_recurrent::Gru>()).await);
+    insta::assert_json_snapshot!("image", schemas(ServerBuilder::default().service(example_image::Classifier::default())).await);
+    let text = example_text::Sentiment::new().expect("embedded tokenizer");
+    insta::assert_json_snapshot!("text", schemas(ServerBuilder::default().service(text)).await);
 }
