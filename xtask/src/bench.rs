@@ -1,6 +1,8 @@
 //! `cargo xtask bench [signature|serve]`.
 //!
 //! - `signature`: criterion, reading the signature of a generated 1 GiB model.
+//! - `macro`: rebuild time of a crate whose `#[nimify]` points at a tiny model vs the generated
+//!   1 GiB one (the macro reads only the signature, so they should match).
 //! - `serve`: the release service with one intra-op thread, pinned to core 0, under `wrk` pinned
 //!   to core 1, over the V2 binary protocol at concurrency 1, 8 and 32, for a small MLP and a
 //!   ResNet-18-shaped CNN generated into `target/bench-models/` (never committed). Prints
@@ -23,11 +25,12 @@ pub fn run(rest: &[&str]) -> Result<()> {
     match rest {
         ["signature"] => cmd!(sh, "{cargo} bench -p nimify-model --bench signature").run()?,
         ["serve", args @ ..] => serve(&sh, &cargo, args)?,
+        ["macro"] => macro_expansion(&sh, &cargo)?,
         [] => {
             cmd!(sh, "{cargo} bench -p nimify-model --bench signature").run()?;
             serve(&sh, &cargo, &[])?;
         }
-        other => bail!("unknown benchmark {other:?}; available: signature, serve [--seconds N]"),
+        other => bail!("unknown benchmark {other:?}; available: signature, serve [--seconds N], macro"),
     }
     Ok(())
 }
@@ -201,4 +204,39 @@ fn json_number(s: &str, key: &str) -> Option<f64> {
     let rest = &s[s.find(&format!("\"{key}\""))? + key.len() + 2..];
     let rest = rest.trim_start_matches([':', ' ']);
     rest.split([',', '}']).next()?.trim().parse().ok()
+}
+
+/// Times `cargo build` of a one-file crate after touching its source, for a tiny and a 1 GiB model.
+fn macro_expansion(sh: &Shell, cargo: &str) -> Result<()> {
+    let root = crate::root();
+    let big = root.join("target/bench-models/big-1gib.onnx");
+    if !big.is_file() {
+        // Criterion's test mode runs the signature benchmark once, which writes the model.
+        cmd!(sh, "{cargo} bench -p nimify-model --bench signature -- --test").run()?;
+    }
+    let runtime = root.join("runtime");
+    let target = root.join("target");
+    for (label, model) in [("tiny (289 B)", root.join("tests/models/mlp.onnx")), ("1 GiB", big)] {
+        let dir = root.join("target/macro-bench");
+        std::fs::create_dir_all(dir.join("src"))?;
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            format!("[package]\nname = \"macrobench\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n[dependencies]\nnimify = {{ path = {:?} }}\n", runtime.display().to_string()),
+        )?;
+        std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock"))?;
+        let main = format!("//! bench\n#[nimify::nimify(model = {:?})]\npub struct M;\nfn main() {{ let _ = std::mem::size_of::<MInput>(); }}\n", model.display().to_string());
+        std::fs::write(dir.join("src/main.rs"), &main)?;
+        let _guard = sh.push_dir(&dir);
+        cmd!(sh, "{cargo} build -q").env("CARGO_TARGET_DIR", &target).run()?;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            std::fs::write(dir.join("src/main.rs"), &main)?;
+            let start = Instant::now();
+            cmd!(sh, "{cargo} build -q").env("CARGO_TARGET_DIR", &target).run()?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        println!("macro on a {label} model: debug rebuild median {:.2} s (min {:.2}, max {:.2})", times[2], times[0], times[4]);
+    }
+    Ok(())
 }
