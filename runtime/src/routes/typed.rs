@@ -66,8 +66,8 @@ fn documented<I: ToSchema, O: ToSchema>(name: &str, summary: &str, method: axum:
     OpenApiRouter::new().routes((schemas, paths, method))
 }
 
-/// Readiness and the request timeout for routes that are not one model's.
-async fn guarded<T>(state: &AppState, work: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+/// Readiness and the request timeout, for every inference route.
+pub(crate) async fn guarded<T>(state: &AppState, work: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
     if !state.is_ready() {
         return Err(ApiError::NotReady("the server is not ready".into()));
     }

@@ -191,16 +191,8 @@ async fn run_infer(state: &AppState, model: &str, version: Option<&str>, headers
 /// Runs one inference request for `model`: readiness, the request timeout, and the per-model
 /// success/failure counters and latency (shared by the V2 and the typed routes).
 pub(crate) async fn instrumented<T>(state: &AppState, model: &Model, work: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
-    if !state.is_ready() {
-        return Err(ApiError::NotReady("the server is not ready".into()));
-    }
     let start = std::time::Instant::now();
-    let result = match state.config().request_timeout() {
-        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-            Err(ApiError::Timeout(format!("request took longer than the {} ms limit (request_timeout_ms)", limit.as_millis())))
-        }),
-        None => work.await,
-    };
+    let result = crate::routes::typed::guarded(state, work).await;
     let m = model.metrics();
     let took = start.elapsed();
     match &result {
