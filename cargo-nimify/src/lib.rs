@@ -52,12 +52,6 @@ pub enum Command {
 /// An expected failure, shown as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// The model could not be read.
-    #[error(transparent)]
-    Model(#[from] nimify_model::ModelError),
-    /// The model could not be loaded for serving.
-    #[error(transparent)]
-    Load(#[from] nimify::LoadError),
     /// ONNX Runtime is missing or unusable.
     #[error(transparent)]
     OrtLib(#[from] nimify::ortlib::OrtLibError),

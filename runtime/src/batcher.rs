@@ -195,7 +195,7 @@ fn select(mut all: Outputs, wanted: &[String]) -> Result<Outputs, ApiError> {
 pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>) -> Result<Outputs, ApiError> {
     let values = names
         .iter()
-        .cloned()
+        .map(String::as_str)
         .zip(inputs)
         .map(|(name, t)| t.into_ort().map(|v| (name, v)))
         .collect::<Result<Vec<_>, _>>()

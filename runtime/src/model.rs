@@ -112,8 +112,6 @@ pub struct TensorSpec {
     pub elem: ElementType,
     /// Declared dims; `None` when the rank is unknown.
     pub shape: Option<Vec<Dim>>,
-    /// Non-tensor output (sequence/map) served as BYTES with one JSON document per element.
-    pub json_encoded: Option<String>,
 }
 
 impl TensorSpec {
@@ -328,7 +326,7 @@ fn warm_up(session: &mut Session, model: &str, inputs: &[TensorSpec], names: &[S
 fn input_spec(path: &Path, vi: &nimify_model::ValueInfo) -> Result<TensorSpec, LoadError> {
     match &vi.ty {
         ValueType::Tensor { elem: Some(elem), shape } if elem.kserve_name().is_some() => {
-            Ok(TensorSpec { name: vi.name.clone(), elem: *elem, shape: shape.clone(), json_encoded: None })
+            Ok(TensorSpec { name: vi.name.clone(), elem: *elem, shape: shape.clone() })
         }
         other => Err(LoadError::UnsupportedInput { path: path.to_path_buf(), input: vi.name.clone(), ty: other.onnx_type() }),
     }
@@ -337,14 +335,13 @@ fn input_spec(path: &Path, vi: &nimify_model::ValueInfo) -> Result<TensorSpec, L
 fn output_spec(vi: &nimify_model::ValueInfo) -> TensorSpec {
     match &vi.ty {
         ValueType::Tensor { elem: Some(elem), shape } if elem.kserve_name().is_some() => {
-            TensorSpec { name: vi.name.clone(), elem: *elem, shape: shape.clone(), json_encoded: None }
+            TensorSpec { name: vi.name.clone(), elem: *elem, shape: shape.clone() }
         }
         // Sequences and maps (scikit-learn's ZipMap) are served as BYTES: one JSON document per row.
-        other => TensorSpec {
+        _ => TensorSpec {
             name: vi.name.clone(),
             elem: ElementType::String,
             shape: Some(vec![Dim::Unknown]),
-            json_encoded: Some(other.onnx_type()),
         },
     }
 }

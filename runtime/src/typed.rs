@@ -198,7 +198,8 @@ macro_rules! element {
         impl Nested for $t {
             type Elem = $t;
             fn shape_of(_: Option<&Self>, _: &mut Vec<usize>) {}
-            fn flatten(self, out: &mut Vec<$t>, _: &[usize]) -> Result<(), String> { out.push(self); Ok(()) }
+            fn fits(&self, shape: &[usize]) -> bool { shape.is_empty() }
+            fn flatten(self, out: &mut Vec<$t>) { out.push(self) }
             fn unflatten(_: &[usize], it: &mut std::vec::IntoIter<$t>) -> Result<Self, String> { it.next().ok_or_else(|| "too few elements".to_string()) }
         }
     )*};
@@ -221,9 +222,11 @@ impl Element for String {
 impl Nested for String {
     type Elem = String;
     fn shape_of(_: Option<&Self>, _: &mut Vec<usize>) {}
-    fn flatten(self, out: &mut Vec<String>, _: &[usize]) -> Result<(), String> {
+    fn fits(&self, shape: &[usize]) -> bool {
+        shape.is_empty()
+    }
+    fn flatten(self, out: &mut Vec<String>) {
         out.push(self);
-        Ok(())
     }
     fn unflatten(_: &[usize], it: &mut std::vec::IntoIter<String>) -> Result<Self, String> {
         it.next().ok_or_else(|| "too few elements".to_string())
@@ -236,8 +239,10 @@ pub trait Nested: Sized {
     type Elem: Element;
     /// Appends the shape of `v` (or of an empty value's static part when `None`).
     fn shape_of(v: Option<&Self>, out: &mut Vec<usize>);
-    /// Appends the elements, checking every row against `shape` (the shape below this level).
-    fn flatten(self, out: &mut Vec<Self::Elem>, shape: &[usize]) -> Result<(), String>;
+    /// Whether every row has exactly `shape` (checked once per request, without allocating).
+    fn fits(&self, shape: &[usize]) -> bool;
+    /// Appends the elements, row-major.
+    fn flatten(self, out: &mut Vec<Self::Elem>);
     /// Rebuilds a value of `shape` from elements.
     fn unflatten(shape: &[usize], it: &mut std::vec::IntoIter<Self::Elem>) -> Result<Self, String>;
 }
@@ -248,17 +253,11 @@ impl<T: Nested> Nested for Vec<T> {
         out.push(v.map_or(0, Vec::len));
         T::shape_of(v.and_then(|v| v.first()), out);
     }
-    fn flatten(self, out: &mut Vec<Self::Elem>, shape: &[usize]) -> Result<(), String> {
-        let inner = shape.get(1..).unwrap_or(&[]);
-        for item in self {
-            let mut s = Vec::new();
-            T::shape_of(Some(&item), &mut s);
-            if s != inner {
-                return Err(format!("ragged nested arrays: a row has shape {s:?}, the first row {inner:?}"));
-            }
-            item.flatten(out, inner)?;
-        }
-        Ok(())
+    fn fits(&self, shape: &[usize]) -> bool {
+        shape.split_first().is_some_and(|(&n, inner)| n == self.len() && self.iter().all(|item| item.fits(inner)))
+    }
+    fn flatten(self, out: &mut Vec<Self::Elem>) {
+        self.into_iter().for_each(|item| item.flatten(out));
     }
     fn unflatten(shape: &[usize], it: &mut std::vec::IntoIter<Self::Elem>) -> Result<Self, String> {
         let (&n, inner) = shape.split_first().ok_or("rank is lower than the type expects")?;
@@ -272,8 +271,11 @@ impl<T: Nested, const N: usize> Nested for [T; N] {
         out.push(N);
         T::shape_of(v.and_then(|v| v.first()), out);
     }
-    fn flatten(self, out: &mut Vec<Self::Elem>, shape: &[usize]) -> Result<(), String> {
-        Vec::from(self).flatten(out, shape)
+    fn fits(&self, shape: &[usize]) -> bool {
+        shape.split_first().is_some_and(|(&n, inner)| n == N && self.iter().all(|item| item.fits(inner)))
+    }
+    fn flatten(self, out: &mut Vec<Self::Elem>) {
+        self.into_iter().for_each(|item| item.flatten(out));
     }
     fn unflatten(shape: &[usize], it: &mut std::vec::IntoIter<Self::Elem>) -> Result<Self, String> {
         match shape.first() {
@@ -298,9 +300,11 @@ impl<T: Nested> TensorField for T {
     fn into_tensor(self) -> Result<Tensor, String> {
         let mut shape = Vec::new();
         T::shape_of(Some(&self), &mut shape);
-        let mut data = Vec::new();
-        let below = shape.clone();
-        self.flatten(&mut data, &below)?;
+        if !self.fits(&shape) {
+            return Err(format!("ragged nested arrays: not every row has the first row's shape {shape:?}"));
+        }
+        let mut data = Vec::with_capacity(shape.iter().product());
+        self.flatten(&mut data);
         Tensor::new(shape, <T::Elem as Element>::into_data(data))
     }
     fn from_tensor(t: Tensor) -> Result<Self, String> {
@@ -420,8 +424,11 @@ impl<T: Nested, const N: usize> Nested for Array<T, N> {
         out.push(N);
         T::shape_of(v.and_then(|v| v.first()), out);
     }
-    fn flatten(self, out: &mut Vec<Self::Elem>, shape: &[usize]) -> Result<(), String> {
-        Vec::from(self.0 as Box<[T]>).flatten(out, shape)
+    fn fits(&self, shape: &[usize]) -> bool {
+        shape.split_first().is_some_and(|(&n, inner)| n == N && self.0.iter().all(|item| item.fits(inner)))
+    }
+    fn flatten(self, out: &mut Vec<Self::Elem>) {
+        Vec::from(self.0 as Box<[T]>).flatten(out);
     }
     fn unflatten(shape: &[usize], it: &mut std::vec::IntoIter<Self::Elem>) -> Result<Self, String> {
         match shape.first() {
@@ -472,4 +479,22 @@ pub trait Process: Send + Sync + 'static {
     type Response: Serialize + utoipa::ToSchema + Send + 'static;
     /// Handles one request; call models with [`Context::infer`].
     fn process(&self, ctx: &Context, request: Self::Request) -> impl std::future::Future<Output = Result<Self::Response, crate::ApiError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_values_round_trip_and_ragged_rows_are_refused() {
+        let t = vec![[1.0f32, 2.0], [3.0, 4.0]].into_tensor().expect("tensor");
+        assert_eq!(t.shape, vec![2, 2]);
+        assert_eq!(<Vec<[f32; 2]>>::from_tensor(t).expect("back"), vec![[1.0, 2.0], [3.0, 4.0]]);
+        // An empty batch keeps the fixed dims of its type.
+        assert_eq!(Vec::<[f32; 4]>::new().into_tensor().expect("empty").shape, vec![0, 4]);
+        let err = vec![vec![1i64, 2], vec![3]].into_tensor().expect_err("ragged");
+        assert!(err.contains("ragged"), "{err}");
+        let err = <Vec<[f32; 3]>>::from_tensor(Tensor::new(vec![1, 2], TensorData::F32(vec![1.0, 2.0])).expect("t")).expect_err("dim");
+        assert!(err.contains("size 2 where the type fixes 3"), "{err}");
+    }
 }
