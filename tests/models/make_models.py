@@ -293,6 +293,18 @@ def wide():
     save(helper.make_model(graph, opset_imports=OPSET), "wide.onnx")
 
 
+def odd_length():
+    """`x: float[n]` reshaped to `[2, n/2]`: the default warm-up (n = 1) fails, n = 4 works."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "pairs"], ["y"])],
+        "odd_length",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None])],
+        [numpy_helper.from_array(np.array([2, -1], dtype=np.int64), "pairs")],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "odd_length.onnx")
+
+
 def complex64():
     """A complex64 input (nimify cannot type it: the macro must name the tensor) and a float
     output, so that exactly one tensor is refused."""
@@ -345,6 +357,7 @@ def main():
     slow()
     batch_mismatch()
     complex64()
+    odd_length()
     wide()
     zipmap_classifier(os.path.join(OUT, "zipmap.onnx"))
     if OUT == HERE:

@@ -12,34 +12,25 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
-from conftest import MODELS, ROOT
+from conftest import MODELS, ROOT, Service
 
 EXAMPLES = os.path.join(ROOT, "examples")
 
 
 @pytest.fixture(scope="module")
 def example():
-    procs = {}
+    services = {}
 
     def start(name):
-        if name not in procs:
+        if name not in services:
             binary = os.path.join(ROOT, "target", "debug", f"example-{name}")
             assert os.path.exists(binary), f"{binary} missing: `cargo xtask test` builds the examples"
-            proc = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            url = None
-            for line in proc.stderr:
-                event = json.loads(line)
-                if event.get("message") == "serving":
-                    url = f"http://{event['address']}"
-                    break
-            assert url, f"example {name} did not start"
-            procs[name] = (proc, url)
-        return procs[name][1]
+            services[name] = Service([binary, "--host", "127.0.0.1", "--port", "0"])
+        return services[name].url
 
     yield start
-    for proc, _ in procs.values():
-        proc.terminate()
-        proc.wait(timeout=10)
+    for service in services.values():
+        assert service.stop() == 0
 
 
 def v2(url, model, name, arr, datatype="FP32"):

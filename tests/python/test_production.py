@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import requests
 
-from conftest import BIN, MODELS, Server
+from conftest import BIN, MODELS, Server, Service
 
 
 def metrics(server):
@@ -221,23 +221,14 @@ def test_config_file_and_unknown_keys(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('host = "127.0.0.1"\nport = 0\n[batching]\nmax_batch_size = 4\nmax_queue_delay_us = 100\n')
     env = dict(os.environ, NIMIFY_CONFIG=str(good), NIMIFY_MAX_BATCH_SIZE="8")
-    s = Server.__new__(Server)
-    s.proc = subprocess.Popen([BIN, "nimify", "serve", os.path.join(MODELS, "mlp.onnx")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = Service([BIN, "nimify", "serve", os.path.join(MODELS, "mlp.onnx")], env=env)
     try:
-        import json
-        for line in s.proc.stderr:
-            event = json.loads(line)
-            if event.get("message") == "serving":
-                address = event["address"]
-                break
-        config = requests.get(f"http://{address}/v2/models/mlp/config", timeout=5).json()
+        config = requests.get(f"{server.url}/v2/models/mlp/config", timeout=5).json()
         # env beats the file; the file beats the defaults.
         assert config["max_batch_size"] == 8
         assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 100
     finally:
-        s.proc.terminate()
-        s.proc.wait(timeout=10)
+        server.stop()
 
 
 def test_in_flight_cap_answers_503_and_probes_stay_open(start):
@@ -255,22 +246,18 @@ def test_in_flight_cap_answers_503_and_probes_stay_open(start):
     assert all(r.headers["Retry-After"] == "1" and "in flight" in r.json()["error"] for r in capped)
 
 
-def test_api_keys_from_the_environment(tmp_path):
-    env_keys = dict(os.environ, NIMIFY_API_KEYS="k1,k2")
-    proc = subprocess.Popen([BIN, "nimify", "serve", os.path.join(MODELS, "mlp.onnx"), "--host", "127.0.0.1", "--port", "0"],
-                            env=env_keys, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_api_keys_from_the_environment():
+    keys = dict(os.environ, NIMIFY_API_KEYS="k1,k2")
+    server = Server(os.path.join(MODELS, "mlp.onnx"), env=keys)
     try:
-        import json
-        address = next(json.loads(l)["address"] for l in proc.stderr if '"serving"' in l)
-        url = f"http://{address}/v2/models/mlp"
+        url = f"{server.url}/v2/models/mlp"
         assert requests.get(url, timeout=5).status_code == 401
         assert requests.get(url, headers={"x-api-key": "k2"}, timeout=5).status_code == 200
         # The keys never show up in the help text's env hints.
-        help_text = subprocess.run([BIN, "nimify", "serve", "--help"], env=env_keys, capture_output=True, text=True).stdout
+        help_text = subprocess.run([BIN, "nimify", "serve", "--help"], env=keys, capture_output=True, text=True).stdout
         assert "k1" not in help_text
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 def test_logs_are_json_lines_with_the_request_id(start):
@@ -286,3 +273,19 @@ def test_logs_are_json_lines_with_the_request_id(start):
     line = next(l for l in server.log if "req-abc-123" in l)
     event = json.loads(line)
     assert event["request_id"] == "req-abc-123" and event["status"] == 422 and event["path"] == "/v2/models/mlp/infer"
+
+
+def test_failed_warm_up_warns_and_does_not_block_readiness(start, tmp_path):
+    import json
+
+    x = {"inputs": [{"name": "x", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    server = start("odd_length")  # warm-up with n = 1 cannot reshape to [2, -1]
+    warnings = [json.loads(l) for l in server.log if "warm-up failed" in l]
+    assert warnings and warnings[0]["level"] == "WARN" and warnings[0]["model"] == "odd_length"
+    r = requests.post(f"{server.url}/v2/models/odd_length/infer", json=x, timeout=5)
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 2]
+    # Configured sizes for symbolic dims make the same warm-up succeed.
+    config = tmp_path / "warmup.toml"
+    config.write_text("[warmup]\ndims = { n = 4 }\n")
+    server = start("odd_length", "--config", str(config))
+    assert any("warm-up done" in l for l in server.log) and not any("warm-up failed" in l for l in server.log)

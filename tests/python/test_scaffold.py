@@ -2,14 +2,13 @@
 `cargo run`, a model with another signature is refused at start, and editing the model file
 makes `cargo build` expand `#[nimify]` again. Builds share the workspace's target directory."""
 
-import json
 import os
 import shutil
 import subprocess
 
 import requests
 
-from conftest import BIN, MODELS, ROOT
+from conftest import BIN, MODELS, ROOT, Service
 
 CARGO = os.environ.get("CARGO", "cargo")
 ENV = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target"), CARGO_TERM_COLOR="never")
@@ -27,22 +26,8 @@ def build(crate):
     return os.path.join(ROOT, "target", "debug", os.path.basename(crate))
 
 
-class Running:
-    def __init__(self, binary, *args):
-        self.proc = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.url = None
-        for line in self.proc.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("message") == "serving":
-                self.url = f"http://{event['address']}"
-                break
-
-    def stop(self):
-        self.proc.terminate()
-        assert self.proc.wait(timeout=10) == 0
+def running(binary, *args):
+    return Service([binary, "--host", "127.0.0.1", "--port", "0", *args])
 
 
 def test_new_builds_serves_refuses_a_swapped_model_and_rebuilds_on_edit(tmp_path):
@@ -52,14 +37,13 @@ def test_new_builds_serves_refuses_a_swapped_model_and_rebuilds_on_edit(tmp_path
     assert (crate / "models" / "mlp.onnx").is_file() and (crate / "build.rs").is_file()
     binary = build(crate)
 
-    server = Running(binary)
-    assert server.url, "service did not start"
+    server = running(binary)
     r = requests.post(f"{server.url}/v1/models/mlp/predict", json={"x": [[1, 2, 3, 4]]}, timeout=5)
     assert r.status_code == 200, r.text
     assert len(r.json()["probs"][0]) == 3
     r = requests.post(f"{server.url}/v1/models/mlp/predict", json={"x": [[1, 2, 3]]}, timeout=5)
     assert r.status_code == 422 and "x" in r.json()["error"]
-    server.stop()
+    assert server.stop() == 0
 
     # A model with another signature, without rebuilding: refused, both signatures described.
     shutil.copy(os.path.join(MODELS, "fixed.onnx"), crate / "models" / "mlp.onnx")
@@ -69,34 +53,34 @@ def test_new_builds_serves_refuses_a_swapped_model_and_rebuilds_on_edit(tmp_path
 
     # Rebuilding reads the new signature: the service now takes `image`.
     binary = build(crate)
-    server = Running(binary)
+    server = running(binary)
     image = [[[1, 2, 3], [4, 5, 6]]]
     r = requests.post(f"{server.url}/v1/models/mlp/predict", json={"image": image}, timeout=5)
     assert r.status_code == 200, r.text
     assert r.json() == {"doubled": [[[2, 4, 6], [8, 10, 12]]]}
-    server.stop()
+    assert server.stop() == 0
 
 
 def test_custom_template_and_init(tmp_path):
     r = nimify("new", "customsvc", "--model", os.path.join(MODELS, "mlp.onnx"), "--template", "custom", "--no-interactive", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     binary = build(tmp_path / "customsvc")
-    server = Running(binary)
+    server = running(binary)
     for served in (1, 2):
         r = requests.post(f"{server.url}/v1/models/mlp/predict", json={"inputs": {"x": [[1, 2, 3, 4]]}}, timeout=5)
         assert r.status_code == 200, r.text
         assert r.json()["served"] == served and len(r.json()["outputs"]["probs"]) == 1
-    server.stop()
+    assert server.stop() == 0
 
     crate = tmp_path / "initsvc"
     subprocess.run([CARGO, "init", "-q", "--name", "initsvc", str(crate)], check=True, env=ENV)
     r = nimify("init", "--model", os.path.join(MODELS, "zipmap.onnx"), "--no-interactive", cwd=crate)
     assert r.returncode == 0, r.stderr
     binary = build(crate)
-    server = Running(binary)
+    server = running(binary)
     r = requests.post(f"{server.url}/v1/models/zipmap/predict", json={"X": [[5.1, 3.5, 1.4, 0.2]]}, timeout=5)
     assert r.status_code == 200 and r.json()["output_label"] == [0], r.text
-    server.stop()
+    assert server.stop() == 0
     # Running init again on a crate with code refuses rather than overwriting it.
     r = nimify("init", "--model", os.path.join(MODELS, "zipmap.onnx"), "--no-interactive", cwd=crate)
     assert r.returncode == 1 and "has your code" in r.stderr
