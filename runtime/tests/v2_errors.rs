@@ -24,6 +24,7 @@ fn router() -> Router {
                 .model(ModelOptions::new(model("mlp.onnx")))
                 .model(ModelOptions::new(model("strings.onnx")))
                 .model(ModelOptions::new(model("bf16.onnx")))
+                .model(ModelOptions::new(model("multi_io.onnx")))
                 .max_body(64 * 1024)
                 .build()
                 .expect("models load (is ONNX Runtime installed? run `cargo nimify ort install`)");
@@ -141,6 +142,11 @@ async fn wrong_tensors() {
     let mut with_output = good();
     with_output["outputs"] = json!([{"name": "nope"}]);
     expect_error(post(uri, with_output.to_string(), None), StatusCode::UNPROCESSABLE_ENTITY, &["unknown output \"nope\"", "\"probs\""]).await;
+    let disagree = json!({"inputs": [
+        {"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]},
+        {"name": "ids", "shape": [3], "datatype": "INT32", "data": [1, 2, 3]},
+        {"name": "threshold", "shape": [], "datatype": "FP32", "data": [1]}]});
+    expect_error(post("/v2/models/multi_io/infer", disagree.to_string(), None), StatusCode::UNPROCESSABLE_ENTITY, &["\"ids\"", "dim `batch` is 3", "\"features\" has 2"]).await;
     expect_error(
         post("/v2/models/bf16/infer", json!({"inputs": [{"name": "in_bf16", "shape": [1, 2], "datatype": "BF16", "data": [1.0, 2.0]}]}).to_string(), None),
         StatusCode::UNPROCESSABLE_ENTITY,

@@ -72,10 +72,7 @@ pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<D
         if tensors[index].is_some() {
             return Err(ApiError::BadRequest(format!("input {:?} is given more than once", input.name)));
         }
-        let spec = &model.inputs()[index];
-        let tensor = decode_input(input, &mut binary)?;
-        check_against(spec, &tensor)?;
-        tensors[index] = Some(tensor);
+        tensors[index] = Some(decode_input(input, &mut binary)?);
     }
     if !binary.is_empty() {
         return Err(ApiError::BadRequest(format!(
@@ -90,6 +87,8 @@ pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<D
         })?;
         inputs.push((spec.name.clone(), tensor));
     }
+    // The same checks as typed requests: datatype, rank, fixed dims, one size per symbolic dim.
+    let inputs = check_named(model, inputs)?;
 
     let default_binary = flag(request.parameters.as_ref(), "binary_data_output")?;
     let outputs = match &request.outputs {
@@ -116,8 +115,9 @@ pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<D
     Ok(Decoded { id: request.id, inputs, outputs })
 }
 
-/// Orders named tensors (from typed code) by the model's inputs and checks each against its
-/// declaration, including that a symbolic dim has one size across inputs.
+/// Orders named tensors by the model's inputs and checks each against its declaration,
+/// including that a named dim has one size across inputs (V2 and typed requests alike). `?` is
+/// how some exporters spell "unknown", so it is not a name that ties dims together.
 pub fn check_named(model: &Model, mut tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ApiError> {
     let mut out = Vec::with_capacity(model.inputs().len());
     let mut sizes: Vec<(&str, usize, &str)> = Vec::new();
@@ -127,6 +127,9 @@ pub fn check_named(model: &Model, mut tensors: Vec<(String, Tensor)>) -> Result<
         check_against(spec, &tensor)?;
         for (dim, &size) in spec.shape.iter().flatten().zip(&tensor.shape) {
             let Dim::Symbolic(sym) = dim else { continue };
+            if sym == "?" {
+                continue;
+            }
             match sizes.iter().find(|(s, _, _)| s == sym) {
                 Some((_, other, first)) if *other != size => {
                     return Err(ApiError::InvalidTensor(format!(
