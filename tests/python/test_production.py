@@ -54,8 +54,10 @@ def start():
             s.stop()
 
 
-def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(start):
-    server = start("mlp", "--max-queue-delay-us", "20000", "--max-batch-size", "16")
+# The second set also exercises several session instances and non-default session options.
+@pytest.mark.parametrize("session", [[], ["--instances", "2", "--optimization", "basic", "--memory-arena", "true", "--intra-threads", "1"]])
+def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(start, session):
+    server = start("mlp", "--max-queue-delay-us", "20000", "--max-batch-size", "16", *session)
     sess = ort.InferenceSession(os.path.join(MODELS, "mlp.onnx"))
     rng = np.random.default_rng(1)
     inputs = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(96)]
@@ -209,6 +211,13 @@ def test_sigterm_drains_in_flight_requests(start):
         t.join()
     assert results == [200] * 6
     assert server.proc.wait(timeout=20) == 0
+
+
+def test_bad_flag_values_are_clear_errors():
+    r = subprocess.run([BIN, "nimify", "serve", os.path.join(MODELS, "mlp.onnx"), "--optimization", "fastest"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown optimization level" in r.stderr
+    r = subprocess.run([BIN, "nimify", "serve", os.path.join(MODELS, "mlp.onnx"), "--instances", "0", "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "session.instances must be at least 1" in r.stderr
 
 
 def test_config_file_and_unknown_keys(tmp_path):
