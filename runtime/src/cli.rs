@@ -72,6 +72,12 @@ pub struct ServiceArgs {
     /// Run one inference per session before reporting ready [default: true].
     #[arg(long, global = true, env = "NIMIFY_WARMUP")]
     pub warmup: Option<bool>,
+    /// Load the service's models from this directory (by file name) instead of the compiled-in paths.
+    #[arg(long, global = true, env = "NIMIFY_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Refuse to start unless the model file has this sha256 (`name=digest,...` for several models).
+    #[arg(long, global = true, env = "NIMIFY_MODEL_SHA256")]
+    pub model_sha256: Option<String>,
 }
 
 macro_rules! layer {
@@ -106,6 +112,12 @@ impl ServiceArgs {
         if self.api_keys_file.is_some() {
             c.api_keys_file.clone_from(&self.api_keys_file);
         }
+        if self.model_dir.is_some() {
+            c.model_dir.clone_from(&self.model_dir);
+        }
+        if self.model_sha256.is_some() {
+            c.model_sha256.clone_from(&self.model_sha256);
+        }
         Ok(c)
     }
 }
@@ -129,6 +141,9 @@ pub enum ServiceCommand {
     Serve,
     /// Exit 0 when the service on the configured port answers ready, 1 otherwise (images have no curl).
     Healthcheck,
+    /// Print the models this binary serves as JSON (name and compiled-in path), for `cargo nimify image`.
+    #[command(hide = true)]
+    Manifest,
 }
 
 /// The `main` of a service: parses the command line, sets up logging, builds the server with
@@ -143,6 +158,10 @@ pub fn run(register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> ExitCode {
     let cli = ServiceCli::parse();
     let result = match cli.command {
         Some(ServiceCommand::Healthcheck) => healthcheck(&cli.args),
+        Some(ServiceCommand::Manifest) => {
+            manifest(register);
+            Ok(())
+        }
         Some(ServiceCommand::Serve) | None => serve(&cli.args, register),
     };
     match result {
@@ -167,6 +186,16 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
             .map_err(|e| format!("cannot listen on {address}: {e}; pick another --port or stop what uses it"))?;
         crate::serve(listener, state, router, crate::shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))
     })
+}
+
+/// Prints `{"models": [{"name": ..., "path": ...}]}` without loading anything.
+fn manifest(register: impl FnOnce(ServerBuilder) -> ServerBuilder) {
+    let models: Vec<serde_json::Value> = register(ServerBuilder::default())
+        .planned_models()
+        .into_iter()
+        .map(|(name, path)| serde_json::json!({"name": name, "path": path}))
+        .collect();
+    println!("{}", serde_json::json!({ "models": models }));
 }
 
 fn healthcheck(args: &ServiceArgs) -> Result<(), String> {

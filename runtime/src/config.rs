@@ -39,6 +39,13 @@ pub struct Config {
     pub batching: BatchingConfig,
     /// Warm-up before ready.
     pub warmup: WarmupConfig,
+    /// Directory holding the `#[nimify]` models by file name, instead of the paths compiled in
+    /// (images set it through `NIMIFY_MODEL_DIR`).
+    pub model_dir: Option<PathBuf>,
+    /// Expected sha256 of the model file(s): one hex digest when the service has one model, or
+    /// `name=digest` pairs separated by commas. The service refuses to start on a mismatch
+    /// (images set it through `NIMIFY_MODEL_SHA256`).
+    pub model_sha256: Option<String>,
 }
 
 impl Default for Config {
@@ -55,6 +62,8 @@ impl Default for Config {
             session: SessionConfig::default(),
             batching: BatchingConfig::default(),
             warmup: WarmupConfig::default(),
+            model_dir: None,
+            model_sha256: None,
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod batcher;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod logging;
 pub mod metrics;
@@ -47,4 +48,24 @@ pub mod __private {
     pub use serde;
     pub use serde_json;
     pub use utoipa;
+
+    /// Where [`asset!`](crate::asset) finds `relative`: under `NIMIFY_ASSET_DIR` when set (images
+    /// set it), else under the crate's own directory.
+    pub fn asset_path(manifest_dir: &str, relative: &str) -> std::path::PathBuf {
+        match std::env::var_os("NIMIFY_ASSET_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => std::path::PathBuf::from(dir).join(relative),
+            None => std::path::Path::new(manifest_dir).join(relative),
+        }
+    }
+}
+
+/// The path of a file shipped next to the service: declare it in `[package.metadata.nimify]
+/// assets = ["tokenizer.json"]` (relative to the crate) and read it at run time from
+/// `nimify::asset!("tokenizer.json")`. `cargo run` finds it in the crate; an image built by
+/// `cargo nimify image` carries it and sets `NIMIFY_ASSET_DIR`.
+#[macro_export]
+macro_rules! asset {
+    ($relative:expr) => {
+        $crate::__private::asset_path(::core::env!("CARGO_MANIFEST_DIR"), $relative)
+    };
 }

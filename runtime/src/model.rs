@@ -91,6 +91,18 @@ pub enum LoadError {
         /// What the file declares.
         found: String,
     },
+    /// The model file is not the one the image was built with (`NIMIFY_MODEL_SHA256`).
+    #[error("model {name} at {path} has sha256 {found}, but NIMIFY_MODEL_SHA256 expects {expected}; the model file was changed after the image was built: rebuild the image with `cargo nimify image` or restore the model")]
+    DigestMismatch {
+        /// Served name.
+        name: String,
+        /// Model path.
+        path: PathBuf,
+        /// The configured digest.
+        expected: String,
+        /// The file's digest.
+        found: String,
+    },
     /// The model takes an input type the protocol cannot carry.
     #[error("model {path}: input {input:?} has type {ty}, which nimify cannot accept over the inference protocol; export the model with tensor inputs of a supported element type")]
     UnsupportedInput {

@@ -162,10 +162,35 @@ impl ServerBuilder {
         self
     }
 
+    /// The models [`build`](Self::build) would load, as (served name, file path), with
+    /// `model_dir` applied. `cargo nimify image` asks a service binary for this list.
+    pub fn planned_models(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.options.iter().map(|o| (o.served_name(), o.path.clone())).collect()
+    }
+
+    /// With `model_dir` set, the `#[nimify]` models are read from it by file name instead of
+    /// from the paths compiled in (an image keeps its models in one directory).
+    fn relocate_models(&mut self) {
+        let Some(dir) = self.config.model_dir.clone() else { return };
+        for options in &mut self.options {
+            let typed = self.signatures.iter().any(|(name, _)| Some(name) == options.name.as_ref());
+            if let (true, Some(file)) = (typed, options.path.file_name()) {
+                options.path = dir.join(file);
+            }
+        }
+    }
+
     /// Validates the configuration, loads and warms every model, and returns the ready state and
     /// the router serving it.
-    pub fn build(self) -> Result<(Arc<AppState>, Router), LoadError> {
+    pub fn build(mut self) -> Result<(Arc<AppState>, Router), LoadError> {
         let api_keys = self.config.validate()?;
+        self.relocate_models();
+        if let Some(spec) = &self.config.model_sha256 {
+            let planned = self.planned_models();
+            let names: Vec<&str> = planned.iter().map(|(n, _)| n.as_str()).collect();
+            let expected = crate::digest::parse_expected(spec, &names)?;
+            crate::digest::verify(&expected, &planned)?;
+        }
         let metrics = Metrics::new();
         let mut models = BTreeMap::new();
         for options in &self.options {

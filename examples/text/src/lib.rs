@@ -1,6 +1,7 @@
 //! A text model whose preprocessing is the Hugging Face `tokenizers` crate: clients send plain
 //! text, the service tokenizes it (a WordPiece tokenizer trained by `examples/make_models.py`,
-//! embedded with `include_bytes!`), pads the batch and runs the model.
+//! read at start from `tokenizer.json`, an asset declared in Cargo.toml that `cargo nimify image`
+//! packs next to the binary), pads the batch and runs the model.
 
 use nimify::ApiError;
 use nimify::typed::{Context, Process};
@@ -13,9 +14,10 @@ pub struct Sentiment {
 }
 
 impl Sentiment {
-    /// Loads the embedded tokenizer.
+    /// Loads the tokenizer asset.
     pub fn new() -> Result<Self, String> {
-        let tokenizer = Tokenizer::from_bytes(include_bytes!("../tokenizer.json")).map_err(|e| format!("tokenizer.json: {e}"))?;
+        let path = nimify::asset!("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&path).map_err(|e| format!("cannot load the tokenizer {}: {e}", path.display()))?;
         Ok(Self { tokenizer })
     }
 }
