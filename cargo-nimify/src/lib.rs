@@ -2,6 +2,8 @@
 //! `cmd/`; expected failures are [`CliError`]s printed as one line with a documented exit code.
 
 pub mod cmd;
+pub mod image;
+pub mod project;
 
 use std::process::ExitCode;
 
@@ -47,6 +49,19 @@ pub enum Command {
     New(cmd::new::NewCommand),
     /// Turn the current directory (e.g. a fresh `cargo init`) into a service crate for a model.
     Init(cmd::new::NewArgs),
+    /// Build the service crate's binary (`cargo build --release`).
+    Build(cmd::build::BuildArgs),
+    /// Build a reproducible OCI image of the service, without Docker.
+    Image(Box<cmd::image::ImageArgs>),
+}
+
+/// Output formats of `build` and `image`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human status on stderr, the essential value on stdout.
+    Text,
+    /// JSON on stdout.
+    Json,
 }
 
 /// An expected failure, shown as one line.
@@ -69,6 +84,8 @@ pub fn main() -> ExitCode {
         Command::Ort(args) => cmd::ort::run(&args),
         Command::New(args) => cmd::new::new(&args),
         Command::Init(args) => cmd::new::init(&args),
+        Command::Build(args) => cmd::build::run(&args),
+        Command::Image(args) => cmd::image::run(&args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

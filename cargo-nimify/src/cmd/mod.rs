@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod build;
+pub mod image;
 pub mod inspect;
 pub mod new;
 pub mod ort;

@@ -1,0 +1,281 @@
+//! `cargo nimify image`: builds the service (unless `--no-build`), asks the binary which models it
+//! serves, and writes a reproducible OCI image (see [`crate::image`]) to a layout, an archive or a
+//! registry. The result goes to stdout (`--format json`: `{"reference", "digest"}`) and to
+//! `target/nimify/<package>/image.json`, which `chart` and `deploy` read.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::CliError;
+use crate::image::output::{self, Image, Output};
+use crate::image::registry::{self, PushOptions};
+use crate::image::store::BlobStore;
+use crate::image::{self as img, ModelFile, Plan};
+use crate::project::{Project, ProjectArgs};
+
+/// `image` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ImageArgs {
+    /// Which package and binary.
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Cargo profile to build with (`dev` reuses the debug build).
+    #[arg(long, default_value = "release", value_name = "NAME", env = "NIMIFY_PROFILE")]
+    pub profile: String,
+    /// Use the binary already built with --profile instead of running cargo build.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Where the image goes: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or
+    /// docker://REGISTRY/NAME:TAG [default: docker://<registry>/<name>:<tag> when a registry is
+    /// set, else oci:target/nimify/<package>/oci:<tag>].
+    #[arg(long, short = 'o', value_name = "REF", env = "NIMIFY_IMAGE_OUTPUT")]
+    pub output: Option<String>,
+    /// Image name [default: `image` from [package.metadata.nimify], else the package name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Image tag [default: `tag` from the metadata, else the package version].
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Registry for the default output, e.g. ghcr.io/acme [default: `registry` from the metadata].
+    #[arg(long, value_name = "HOST[/PATH]", env = "NIMIFY_REGISTRY")]
+    pub registry: Option<String>,
+    /// Base image (oci:DIR[:TAG] or oci-archive:FILE[:TAG]) instead of the host's libraries.
+    #[arg(long, value_name = "REF")]
+    pub base: Option<String>,
+    /// Registry credentials [default: the podman/docker auth files].
+    #[arg(long, value_name = "USER:PASSWORD", env = "NIMIFY_REGISTRY_CREDS", hide_env_values = true)]
+    pub creds: Option<String>,
+    /// Talk plain HTTP to the registry (loopback test registries).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Trust this CA certificate (PEM) for the registry, e.g. a self-signed one; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = crate::Format::Text, env = "NIMIFY_FORMAT")]
+    pub format: crate::Format,
+}
+
+/// Runs the command.
+pub fn run(args: &ImageArgs) -> Result<(), CliError> {
+    let project = Project::load(&args.project)?;
+    let settings = &project.settings;
+    let name = args.name.clone().or_else(|| settings.image.clone()).unwrap_or_else(|| project.package.clone());
+    let tag = args.tag.clone().or_else(|| settings.tag.clone()).unwrap_or_else(|| project.version.clone());
+    let registry = args.registry.clone().or_else(|| settings.registry.clone());
+    let output = match (&args.output, &registry) {
+        (Some(o), _) => Output::parse(o, &tag)?,
+        (None, Some(r)) => Output::parse(&format!("docker://{}/{name}:{tag}", r.trim_end_matches('/')), &tag)?,
+        (None, None) => Output::parse(&format!("oci:{}:{tag}", project.state_dir().join("oci").display()), &tag)?,
+    };
+    let push = push_options(args)?;
+    let binary = if args.no_build {
+        let exe = super::build::expected_executable(&project, &args.profile);
+        if !exe.is_file() {
+            return Err(CliError::Message(format!("binary {} not found; build it with `cargo nimify build --profile {}` or drop --no-build", exe.display(), args.profile)));
+        }
+        exe
+    } else {
+        status("Building", &format!("{} (profile {})", project.package, args.profile));
+        super::build::build(&project, &args.profile)?
+    };
+    let plan = plan(&project, args, binary)?;
+    let epoch = plan.epoch;
+    std::fs::create_dir_all(project.state_dir()).map_err(|e| CliError::Message(format!("cannot create {}: {e}", project.state_dir().display())))?;
+    let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?;
+    let built = img::assemble(&plan, store, &status)?;
+    let repo_tag = match &output {
+        Output::Registry(r) => format!("{}/{}:{}", r.registry, r.name, r.tag),
+        _ => format!("{name}:{tag}"),
+    };
+    let image = Image { store: &built.store, manifest: built.manifest.clone(), config: built.config.clone(), layers: &built.layers, repo_tag, epoch };
+    status("Writing", &output.reference());
+    match &output {
+        Output::Oci { dir, tag } => output::write_oci_dir(&image, dir, tag.as_deref())?,
+        Output::OciArchive { file, tag } => output::write_oci_archive(&image, file, tag.as_deref())?,
+        Output::DockerArchive { file } => output::write_docker_archive(&image, file)?,
+        Output::Registry(target) => {
+            registry::push(&image, target, &push, &status)?;
+        }
+    }
+    let record = record(&project, &plan, &output, &built, &name, &tag);
+    let path = project.state_dir().join("image.json");
+    std::fs::write(&path, format!("{record:#}\n")).map_err(|e| CliError::Message(format!("cannot write {}: {e}", path.display())))?;
+    report(&record);
+    match args.format {
+        crate::Format::Json => println!("{}", json!({"reference": output.reference(), "digest": built.manifest.digest})),
+        crate::Format::Text => println!("{}", built.manifest.digest),
+    }
+    Ok(())
+}
+
+fn status(verb: &str, what: &str) {
+    eprintln!("{verb:>12} {what}");
+}
+
+fn push_options(args: &ImageArgs) -> Result<PushOptions, CliError> {
+    let creds = match &args.creds {
+        Some(c) => Some(c.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())).ok_or_else(|| CliError::Message("--creds must be USER:PASSWORD".into()))?),
+        None => None,
+    };
+    Ok(PushOptions { insecure: args.insecure, ca_certs: args.ca_cert.clone(), creds })
+}
+
+/// Collects every input and fails, before anything is written, when one is missing.
+fn plan(project: &Project, args: &ImageArgs, binary: PathBuf) -> Result<Plan, CliError> {
+    let models = models_of(&binary, &project.bin)?;
+    let assets = project
+        .settings
+        .assets
+        .iter()
+        .map(|a| {
+            let relative = a.to_string_lossy().replace('\\', "/");
+            if a.is_absolute() || a.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                return Err(CliError::Message(format!("asset {relative:?} in [package.metadata.nimify] must be a path inside the crate, without `..`")));
+            }
+            let host = project.dir().join(a);
+            if !host.exists() {
+                return Err(CliError::Message(format!("asset {} (declared in [package.metadata.nimify] assets) not found", host.display())));
+            }
+            Ok((relative.trim_start_matches("./").to_string(), host))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let lib = nimify::ortlib::find()?;
+    let mut ort = vec![lib.clone()];
+    ort.extend(Some(lib.with_file_name("libonnxruntime_providers_shared.so")).filter(|p| p.is_file()));
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse().map_err(|_| CliError::Message(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?,
+        Err(_) => 0,
+    };
+    let base = args.base.clone().or_else(|| project.settings.base.clone());
+    let mut plan = Plan { bin: project.bin.clone(), binary, models, assets, ort, base, labels: BTreeMap::new(), epoch, port: nimify::DEFAULT_PORT };
+    plan.labels = labels(project, &plan, args.name.as_deref().or(project.settings.image.as_deref()).unwrap_or(&project.package));
+    Ok(plan)
+}
+
+/// Runs `<bin> manifest` to learn the models it serves, then checks and hashes each file.
+fn models_of(binary: &Path, bin: &str) -> Result<Vec<ModelFile>, CliError> {
+    let out = Command::new(binary)
+        .arg("manifest")
+        .env_remove("NIMIFY_MODEL_DIR")
+        .output()
+        .map_err(|e| CliError::Message(format!("cannot run {} to list its models: {e}", binary.display())))?;
+    let doc: Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        CliError::Message(format!(
+            "`{bin} manifest` did not list its models ({}); is `{bin}` a nimify service whose main calls `nimify::cli::run`?",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })?;
+    let mut models = Vec::new();
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    for m in doc["models"].as_array().cloned().unwrap_or_default() {
+        let name = m["name"].as_str().unwrap_or_default().to_string();
+        let path = PathBuf::from(m["path"].as_str().unwrap_or_default());
+        if !path.is_file() {
+            return Err(CliError::Message(format!("model file {} (model `{name}`, compiled into {bin}) not found; restore it, or rebuild after moving it", path.display())));
+        }
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(other) = files.insert(file.clone(), name.clone()) {
+            return Err(CliError::Message(format!("models `{other}` and `{name}` are both files named {file}; the image keeps models in one directory, so rename one")));
+        }
+        let info = nimify_model::read_model(&path).map_err(|e| CliError::Message(format!("model {}: {e}", path.display())))?;
+        let mut external: Vec<String> = info.external_data.iter().map(|x| x.location.clone()).collect();
+        external.sort();
+        external.dedup();
+        for x in &external {
+            let at = path.parent().unwrap_or(Path::new(".")).join(x);
+            if !at.is_file() {
+                return Err(CliError::Message(format!("external data file {} of model {} not found", at.display(), path.display())));
+            }
+        }
+        let sha256 = nimify_model::file_sha256(&path).map_err(|e| CliError::Message(format!("cannot hash {}: {e}", path.display())))?;
+        models.push(ModelFile { name, path, sha256, external });
+    }
+    if models.is_empty() {
+        return Err(CliError::Message(format!("{bin} serves no model; an image needs at least one `#[nimify(model = ...)]` model")));
+    }
+    Ok(models)
+}
+
+fn labels(project: &Project, plan: &Plan, title: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        labels.insert(k.to_string(), v);
+    };
+    put("org.opencontainers.image.title", title.to_string());
+    put("org.opencontainers.image.version", project.version.clone());
+    put("org.opencontainers.image.created", img::oci::rfc3339(plan.epoch));
+    if let Some(d) = &project.description {
+        put("org.opencontainers.image.description", d.clone());
+    }
+    if let Some(r) = &project.repository {
+        put("org.opencontainers.image.source", r.clone());
+    }
+    if let Some(rev) = git_revision(project.dir()) {
+        put("org.opencontainers.image.revision", rev);
+    }
+    if let Some(b) = &plan.base {
+        put("org.opencontainers.image.base.name", b.clone());
+    }
+    put("io.nimify.version", env!("CARGO_PKG_VERSION").to_string());
+    put("io.nimify.onnxruntime.version", nimify::ortlib::ORT_VERSION.to_string());
+    put("io.nimify.model.name", plan.model_names());
+    put("io.nimify.model.sha256", plan.model_sha256());
+    labels
+}
+
+fn git_revision(dir: &Path) -> Option<String> {
+    let out = Command::new("git").arg("-C").arg(dir).args(["rev-parse", "HEAD"]).stderr(std::process::Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// What `image.json` holds.
+fn record(project: &Project, plan: &Plan, output: &Output, built: &img::Assembled, name: &str, tag: &str) -> Value {
+    let repository = match output {
+        Output::Registry(r) => format!("{}/{}", r.registry, r.name),
+        _ => name.to_string(),
+    };
+    let layers: Vec<Value> =
+        built.layers.iter().map(|l| json!({"role": l.role, "digest": l.blob.digest, "size": l.blob.size, "uncompressed_size": l.blob.uncompressed_size})).collect();
+    let size: u64 = built.layers.iter().map(|l| l.blob.size).sum::<u64>() + built.config.size + built.manifest.size;
+    let models: Vec<Value> = plan
+        .models
+        .iter()
+        .map(|m| json!({"name": m.name, "file": m.path.file_name().map(|f| f.to_string_lossy().into_owned()), "sha256": m.sha256, "size": file_size(&m.path) + m.external.iter().map(|x| file_size(&m.path.with_file_name(x))).sum::<u64>()}))
+        .collect();
+    json!({
+        "reference": output.reference(),
+        "digest": built.manifest.digest,
+        "repository": repository,
+        "tag": tag,
+        "package": project.package,
+        "version": project.version,
+        "bin": plan.bin,
+        "port": plan.port,
+        "user": img::USER,
+        "base": built.base.as_ref().map(|b| json!({"reference": b.reference, "digest": b.digest})),
+        "models": models,
+        "layers": layers,
+        "size": size,
+    })
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The image's size next to its parts, on stderr.
+fn report(record: &Value) {
+    let mut raw = 0;
+    for l in record["layers"].as_array().into_iter().flatten() {
+        let (size, unpacked) = (l["size"].as_u64().unwrap_or(0), l["uncompressed_size"].as_u64().unwrap_or(0));
+        raw += unpacked;
+        status("Layer", &format!("{:<12} {:>10} compressed {:>10} on disk", l["role"].as_str().unwrap_or(""), img::human_size(size), img::human_size(unpacked)));
+    }
+    let size = record["size"].as_u64().unwrap_or(0);
+    status("Finished", &format!("{} ({} compressed, {} unpacked) {}", record["reference"].as_str().unwrap_or(""), img::human_size(size), img::human_size(raw), record["digest"].as_str().unwrap_or("")));
+}

@@ -1,0 +1,203 @@
+//! Daemonless, reproducible OCI images of a service, written by our own code: one layer each for
+//! the runtime libraries (or a given base image), ONNX Runtime, the binary with its assets, and
+//! the model files, so a weights-only change touches only the model layer.
+//!
+//! Image filesystem:
+//!
+//! ```text
+//! /lib/..., /lib64/ld-linux-...     libraries ldd lists for the binary and ONNX Runtime
+//! /etc/passwd, /etc/group           root and nonroot (65532)
+//! /opt/nimify/lib/                  libonnxruntime.so.1.31.1 (ORT_DYLIB_PATH)
+//! /opt/nimify/bin/<bin>             the service (entrypoint; `healthcheck` subcommand)
+//! /opt/nimify/assets/               declared assets (NIMIFY_ASSET_DIR)
+//! /opt/nimify/models/               model files and external data (NIMIFY_MODEL_DIR)
+//! ```
+
+pub mod layer;
+pub mod libs;
+pub mod oci;
+pub mod output;
+pub mod registry;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use layer::Layer;
+use oci::{BaseImage, ImageLayer, RunConfig};
+use store::{Blob, BlobStore};
+
+use crate::CliError;
+
+/// Everything under this directory is ours.
+pub const ROOT: &str = "/opt/nimify";
+/// The non-root user (and group) the service runs as, distroless' `nonroot`.
+pub const USER: u32 = 65532;
+
+/// A model file to pack.
+#[derive(Debug, Clone)]
+pub struct ModelFile {
+    /// Served name.
+    pub name: String,
+    /// Host path.
+    pub path: PathBuf,
+    /// sha256 hex of the file.
+    pub sha256: String,
+    /// External-data files, relative to the model's directory.
+    pub external: Vec<String>,
+}
+
+/// What goes into the image.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Binary name.
+    pub bin: String,
+    /// Host path of the binary.
+    pub binary: PathBuf,
+    /// Model files.
+    pub models: Vec<ModelFile>,
+    /// Assets: (path relative to the asset directory, host path of a file or directory).
+    pub assets: Vec<(String, PathBuf)>,
+    /// ONNX Runtime library files.
+    pub ort: Vec<PathBuf>,
+    /// Base image reference, or `None` for the host's libraries.
+    pub base: Option<String>,
+    /// Labels (the base's, then ours on top).
+    pub labels: BTreeMap<String, String>,
+    /// Timestamp for every file and the config.
+    pub epoch: u64,
+    /// Exposed port.
+    pub port: u16,
+}
+
+impl Plan {
+    /// `NIMIFY_MODEL_SHA256`: the digest alone for one model, else `name=digest` pairs.
+    pub fn model_sha256(&self) -> String {
+        match self.models.as_slice() {
+            [one] => one.sha256.clone(),
+            many => many.iter().map(|m| format!("{}={}", m.name, m.sha256)).collect::<Vec<_>>().join(","),
+        }
+    }
+
+    /// The model names, comma-separated (a label).
+    pub fn model_names(&self) -> String {
+        self.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    fn ort_path(&self) -> String {
+        let name = self.ort.first().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        format!("{ROOT}/lib/{name}")
+    }
+}
+
+/// The image in the staging store.
+pub struct Assembled {
+    /// The staging store.
+    pub store: BlobStore,
+    /// Layers in order.
+    pub layers: Vec<ImageLayer>,
+    /// Config blob.
+    pub config: Blob,
+    /// Manifest blob.
+    pub manifest: Blob,
+    /// The base image, when one was given.
+    pub base: Option<BaseImage>,
+}
+
+/// Builds every layer, the config and the manifest into `store`.
+pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> Result<Assembled, CliError> {
+    let base = match &plan.base {
+        Some(reference) => Some(oci::load_base(reference, &store)?),
+        None => None,
+    };
+    let mut layers: Vec<ImageLayer> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
+    let mut add = |role: &'static str, created_by: String, content: Layer| -> Result<(), CliError> {
+        let blob = content.write(&store, plan.epoch)?;
+        status("Packed", &format!("{role} layer {} ({} compressed, {} uncompressed)", &blob.digest[..19], human_size(blob.size), human_size(blob.uncompressed_size.unwrap_or(0))));
+        layers.push(ImageLayer { role, media_type: oci::media::LAYER_GZIP.into(), blob, created_by });
+        Ok(())
+    };
+    if base.is_none() {
+        let mut objects = vec![plan.binary.as_path()];
+        objects.extend(plan.ort.iter().map(PathBuf::as_path));
+        add("libraries", "nimify: shared libraries from the build host".into(), libraries_layer(&libs::collect(&objects)?)?)?;
+    }
+    let mut ort = Layer::default();
+    for lib in &plan.ort {
+        ort.file(&format!("{ROOT}/lib/{}", file_name(lib)), lib)?;
+    }
+    add("onnxruntime", format!("nimify: ONNX Runtime {}", nimify::ortlib::ORT_VERSION), ort)?;
+    let mut app = Layer::default();
+    app.file(&format!("{ROOT}/bin/{}", plan.bin), &plan.binary)?;
+    for (relative, host) in &plan.assets {
+        let at = format!("{ROOT}/assets/{relative}");
+        if host.is_dir() { app.tree(&at, host)? } else { app.file(&at, host)? }
+    }
+    add("app", format!("nimify: {} and its assets", plan.bin), app)?;
+    let mut model = Layer::default();
+    for m in &plan.models {
+        model.file(&format!("{ROOT}/models/{}", file_name(&m.path)), &m.path)?;
+        let dir = m.path.parent().unwrap_or(std::path::Path::new("."));
+        for ext in &m.external {
+            model.file(&format!("{ROOT}/models/{ext}"), &dir.join(ext))?;
+        }
+    }
+    add("model", format!("nimify: model {}", plan.model_names()), model)?;
+    let run = run_config(plan, base.as_ref());
+    let history = base.as_ref().map(|b| b.history.clone()).unwrap_or_default();
+    let config = store.bytes(&oci::config_json(&run, &layers, &history))?;
+    let manifest = store.bytes(&oci::manifest_json(&config, &layers))?;
+    Ok(Assembled { store, layers, config, manifest, base })
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The libraries plus the minimal system files a non-root service needs.
+fn libraries_layer(libs: &BTreeMap<String, PathBuf>) -> Result<Layer, CliError> {
+    let mut layer = Layer::default();
+    layer.bytes("/etc/passwd", format!("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{USER}:{USER}:nonroot:/home/nonroot:/sbin/nologin\n"))?;
+    layer.bytes("/etc/group", format!("root:x:0:\nnonroot:x:{USER}:\n"))?;
+    layer.dir("/tmp", 0o1777)?;
+    layer.dir("/home/nonroot", 0o755)?;
+    for (at, host) in libs {
+        layer.file(at, host)?;
+    }
+    Ok(layer)
+}
+
+fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
+    let ours = ["PATH", "ORT_DYLIB_PATH", "NIMIFY_MODEL_DIR", "NIMIFY_MODEL_SHA256", "NIMIFY_ASSET_DIR"];
+    let base_env: Vec<String> = base.map(|b| b.env.clone()).unwrap_or_default();
+    let base_path = base_env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    let mut env: Vec<String> = base_env.iter().filter(|e| !ours.iter().any(|k| e.split('=').next() == Some(k))).cloned().collect();
+    env.extend([
+        format!("PATH={ROOT}/bin:{base_path}"),
+        format!("ORT_DYLIB_PATH={}", plan.ort_path()),
+        format!("NIMIFY_MODEL_DIR={ROOT}/models"),
+        format!("NIMIFY_MODEL_SHA256={}", plan.model_sha256()),
+        format!("NIMIFY_ASSET_DIR={ROOT}/assets"),
+    ]);
+    RunConfig {
+        entrypoint: vec![format!("{ROOT}/bin/{}", plan.bin)],
+        env,
+        labels: plan.labels.clone(),
+        user: format!("{USER}:{USER}"),
+        port: plan.port,
+        working_dir: "/".into(),
+        created: oci::rfc3339(plan.epoch),
+    }
+}
+
+/// `12.3 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}

@@ -1,0 +1,258 @@
+//! OCI image documents (config, manifest, index) written with sorted maps so their bytes, and so
+//! the digests, depend only on their content; and reading a base image from an OCI layout or
+//! archive.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::store::{Blob, BlobStore};
+use crate::CliError;
+
+/// OCI media types.
+pub mod media {
+    /// Image manifest.
+    pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// Image index.
+    pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// Image config.
+    pub const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    /// Gzip-compressed layer.
+    pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+}
+
+/// The annotation an OCI layout's index uses for tags.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// A layer with what it is for.
+#[derive(Debug, Clone)]
+pub struct ImageLayer {
+    /// `base`, `libraries`, `onnxruntime`, `app` or `model`.
+    pub role: &'static str,
+    /// Its media type.
+    pub media_type: String,
+    /// The stored blob.
+    pub blob: Blob,
+    /// The history line.
+    pub created_by: String,
+}
+
+/// The runtime settings of the image config.
+#[derive(Debug, Clone, Default)]
+pub struct RunConfig {
+    /// Entrypoint argv.
+    pub entrypoint: Vec<String>,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// `uid:gid`.
+    pub user: String,
+    /// Exposed TCP port.
+    pub port: u16,
+    /// Working directory.
+    pub working_dir: String,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+/// The config document for `layers` (base layers first) and the base's history.
+pub fn config_json(run: &RunConfig, layers: &[ImageLayer], base_history: &[Value]) -> Vec<u8> {
+    let diff_ids: Vec<&str> = layers.iter().filter_map(|l| l.blob.diff_id.as_deref()).collect();
+    let mut history = base_history.to_vec();
+    history.extend(layers.iter().filter(|l| l.role != "base").map(|l| json!({"created": run.created, "created_by": l.created_by})));
+    let ports: BTreeMap<String, Value> = BTreeMap::from([(format!("{}/tcp", run.port), json!({}))]);
+    let doc = json!({
+        "created": run.created,
+        "architecture": architecture(),
+        "os": "linux",
+        "config": {
+            "User": run.user,
+            "ExposedPorts": ports,
+            "Env": run.env,
+            "Entrypoint": run.entrypoint,
+            "WorkingDir": run.working_dir,
+            "Labels": run.labels,
+        },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history,
+    });
+    doc.to_string().into_bytes()
+}
+
+/// The manifest document.
+pub fn manifest_json(config: &Blob, layers: &[ImageLayer]) -> Vec<u8> {
+    let layers: Vec<Value> = layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.blob.digest, "size": l.blob.size})).collect();
+    json!({
+        "schemaVersion": 2,
+        "mediaType": media::MANIFEST,
+        "config": {"mediaType": media::CONFIG, "digest": config.digest, "size": config.size},
+        "layers": layers,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A descriptor of a manifest for an index, tagged when `tag` is given.
+pub fn manifest_descriptor(manifest: &Blob, tag: Option<&str>) -> Value {
+    let mut d = json!({"mediaType": media::MANIFEST, "digest": manifest.digest, "size": manifest.size});
+    if let Some(tag) = tag {
+        d["annotations"] = json!({ REF_NAME: tag });
+    }
+    d
+}
+
+/// The image architecture in OCI's spelling.
+pub fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// RFC 3339 UTC time for seconds since the epoch.
+pub fn rfc3339(epoch: u64) -> String {
+    let days = i64::try_from(epoch / 86_400).unwrap_or(0);
+    let secs = epoch % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// A base image read from a local layout or archive.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    /// What was asked for.
+    pub reference: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// Its layers, imported into the store.
+    pub layers: Vec<ImageLayer>,
+    /// Its `Env`.
+    pub env: Vec<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its history entries.
+    pub history: Vec<Value>,
+}
+
+/// Reads `oci:DIR[:TAG]` or `oci-archive:FILE[:TAG]` and imports its layers into `store`.
+pub fn load_base(reference: &str, store: &BlobStore) -> Result<BaseImage, CliError> {
+    let bad = |why: String| CliError::Message(format!("base image {reference}: {why}"));
+    let (layout, tag) = if let Some(rest) = reference.strip_prefix("oci-archive:") {
+        let (file, tag) = split_tag(rest);
+        let dir = store.dir().join("base-archive");
+        let f = std::fs::File::open(&file).map_err(|e| bad(format!("cannot open {}: {e}", file.display())))?;
+        tar::Archive::new(f).unpack(&dir).map_err(|e| bad(format!("cannot unpack {}: {e}", file.display())))?;
+        (dir, tag)
+    } else if let Some(rest) = reference.strip_prefix("oci:") {
+        split_tag(rest)
+    } else {
+        return Err(bad("unsupported transport; use oci:DIR[:TAG] or oci-archive:FILE[:TAG]".into()));
+    };
+    let read_json = |path: PathBuf| -> Result<Value, CliError> {
+        let text = std::fs::read(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        serde_json::from_slice(&text).map_err(|e| bad(format!("{} is not valid JSON: {e}", path.display())))
+    };
+    let blob = |digest: &str| layout.join("blobs").join(digest.replacen(':', "/", 1));
+    let index = read_json(layout.join("index.json"))?;
+    let mut descriptor = pick_manifest(&index, tag.as_deref()).map_err(bad)?;
+    if descriptor["mediaType"] == media::INDEX || descriptor["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json" {
+        let nested = read_json(blob(str_of(&descriptor, "digest")))?;
+        descriptor = pick_platform(&nested).map_err(bad)?;
+    }
+    let digest = str_of(&descriptor, "digest").to_string();
+    let manifest = read_json(blob(&digest))?;
+    let config = read_json(blob(str_of(&manifest["config"], "digest")))?;
+    let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
+    if descriptors.len() != diff_ids.len() {
+        return Err(bad(format!("its manifest lists {} layers but its config {} diff_ids", descriptors.len(), diff_ids.len())));
+    }
+    let mut layers = Vec::new();
+    for (d, diff_id) in descriptors.iter().zip(diff_ids) {
+        let media_type = str_of(d, "mediaType").to_string();
+        if !media_type.contains("tar") {
+            return Err(bad(format!("layer media type {media_type:?} is not a tar layer")));
+        }
+        let layer_digest = str_of(d, "digest");
+        let imported = store.import(&blob(layer_digest), layer_digest)?;
+        layers.push(ImageLayer { role: "base", media_type, blob: Blob { diff_id: Some(diff_id.to_string()), ..imported }, created_by: format!("base image {reference}") });
+    }
+    let strings = |v: &Value| -> Vec<String> { v.as_array().map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect()).unwrap_or_default() };
+    let labels = config["config"]["Labels"].as_object().map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()).unwrap_or_default();
+    Ok(BaseImage {
+        reference: reference.to_string(),
+        digest,
+        layers,
+        env: strings(&config["config"]["Env"]),
+        labels,
+        history: config["history"].as_array().cloned().unwrap_or_default(),
+    })
+}
+
+/// `path[:tag]`, where a final `:tag` holds no `/`.
+pub fn split_tag(s: &str) -> (PathBuf, Option<String>) {
+    match s.rsplit_once(':') {
+        Some((path, tag)) if !tag.contains('/') && !path.is_empty() => (PathBuf::from(path), Some(tag.to_string())),
+        _ => (PathBuf::from(s), None),
+    }
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or_default()
+}
+
+fn pick_manifest(index: &Value, tag: Option<&str>) -> Result<Value, String> {
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    let tags: Vec<&str> = manifests.iter().filter_map(|m| m["annotations"][REF_NAME].as_str()).collect();
+    match tag {
+        Some(t) => manifests.iter().find(|m| m["annotations"][REF_NAME] == t).cloned().ok_or_else(|| format!("no image tagged {t:?} (tags: {})", tags.join(", "))),
+        None if manifests.len() == 1 => Ok(manifests[0].clone()),
+        None => Err(format!("holds {} images; name one with :TAG (tags: {})", manifests.len(), tags.join(", "))),
+    }
+}
+
+fn pick_platform(index: &Value) -> Result<Value, String> {
+    let arch = architecture();
+    index["manifests"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch))
+        .cloned()
+        .ok_or_else(|| format!("has no linux/{arch} image"))
+}
+
+/// Reads a layout file as JSON (for tests and outputs that merge into an existing layout).
+pub fn read_layout_json(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn tags_split_off_the_last_colon() {
+        assert_eq!(split_tag("out/dir:v1"), (PathBuf::from("out/dir"), Some("v1".into())));
+        assert_eq!(split_tag("out/dir"), (PathBuf::from("out/dir"), None));
+        assert_eq!(split_tag("a:b/c"), (PathBuf::from("a:b/c"), None));
+    }
+}

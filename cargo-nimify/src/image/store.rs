@@ -1,0 +1,114 @@
+//! A staging directory of content-addressed blobs (`blobs/sha256/<hex>`), removed when dropped:
+//! layers, config and manifest are written here first, so an output is only touched once every
+//! blob exists and a failure leaves nothing half-written.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::CliError;
+
+/// One blob in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// `sha256:<hex>` of the stored bytes.
+    pub digest: String,
+    /// Stored size in bytes.
+    pub size: u64,
+    /// Where it is.
+    pub path: PathBuf,
+    /// For layers: `sha256:<hex>` of the uncompressed tar.
+    pub diff_id: Option<String>,
+    /// For layers: size of the uncompressed tar.
+    pub uncompressed_size: Option<u64>,
+}
+
+impl Blob {
+    /// The hex part of the digest.
+    pub fn hex(&self) -> &str {
+        self.digest.trim_start_matches("sha256:")
+    }
+}
+
+/// The staging directory.
+#[derive(Debug)]
+pub struct BlobStore {
+    dir: PathBuf,
+    next: AtomicU64,
+}
+
+impl BlobStore {
+    /// Creates (or empties) `dir`.
+    pub fn create(dir: PathBuf) -> Result<Self, CliError> {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| CliError::Message(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(Self { dir, next: AtomicU64::new(0) })
+    }
+
+    /// The staging directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new temporary file inside the store.
+    pub fn temp_file(&self) -> Result<(File, PathBuf), CliError> {
+        let path = self.dir.join(format!("tmp-{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        let file = File::create(&path).map_err(|e| CliError::Message(format!("cannot create {}: {e}", path.display())))?;
+        Ok((file, path))
+    }
+
+    /// Moves a finished temporary file to its content address.
+    pub fn commit(&self, temp: PathBuf, digest: &str, size: u64) -> Result<Blob, CliError> {
+        let path = self.blob_path(digest);
+        std::fs::rename(&temp, &path).map_err(|e| CliError::Message(format!("cannot move {} to {}: {e}", temp.display(), path.display())))?;
+        Ok(Blob { digest: digest.to_string(), size, path, diff_id: None, uncompressed_size: None })
+    }
+
+    /// Stores `bytes` (a config or manifest).
+    pub fn bytes(&self, bytes: &[u8]) -> Result<Blob, CliError> {
+        let digest = format!("sha256:{}", super::layer::hex(&Sha256::digest(bytes)));
+        let path = self.blob_path(&digest);
+        std::fs::write(&path, bytes).map_err(|e| CliError::Message(format!("cannot write {}: {e}", path.display())))?;
+        Ok(Blob { digest, size: bytes.len() as u64, path, diff_id: None, uncompressed_size: None })
+    }
+
+    /// Brings in a blob from elsewhere (a base image), checking its digest.
+    pub fn import(&self, from: &Path, digest: &str) -> Result<Blob, CliError> {
+        let (mut out, temp) = self.temp_file()?;
+        let mut input = File::open(from).map_err(|e| CliError::Message(format!("cannot read blob {}: {e}", from.display())))?;
+        let mut hashing = super::layer::Hashing::new(&mut out);
+        std::io::copy(&mut input, &mut hashing).map_err(|e| CliError::Message(format!("cannot copy blob {}: {e}", from.display())))?;
+        let (actual, size, _) = hashing.finish();
+        if actual != digest {
+            return Err(CliError::Message(format!("blob {} has digest {actual}, but the base image says {digest}; the base image is corrupt", from.display())));
+        }
+        self.commit(temp, digest, size)
+    }
+
+    /// `blobs/sha256/<hex>` for a digest.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+    }
+}
+
+impl Drop for BlobStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Copies `from` to `to` through a temporary name in `to`'s directory (hard link when possible),
+/// so `to` is either absent or complete.
+pub fn place(from: &Path, to: &Path) -> Result<(), CliError> {
+    if to.is_file() {
+        return Ok(());
+    }
+    let temp = to.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    if std::fs::hard_link(from, &temp).is_err() {
+        std::fs::copy(from, &temp).map_err(|e| CliError::Message(format!("cannot write {}: {e}", temp.display())))?;
+    }
+    std::fs::rename(&temp, to).map_err(|e| CliError::Message(format!("cannot write {}: {e}", to.display())))
+}

@@ -1,0 +1,211 @@
+//! The service crate `build`, `image`, `chart` and `deploy` work on: which package and binary
+//! (cargo_metadata, `--package`, `--bin`), its target directory, and its settings from
+//! `[package.metadata.nimify]` layered over `[workspace.metadata.nimify]` (flags override both).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::CliError;
+
+/// Which crate and binary to work on.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProjectArgs {
+    /// Path to the service's Cargo.toml [default: the one for the current directory].
+    #[arg(long, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+    /// Package to build [default: the package in the current directory].
+    #[arg(long, short = 'p', value_name = "SPEC", env = "NIMIFY_PACKAGE")]
+    pub package: Option<String>,
+    /// Binary to package [default: the package's only binary, or its default-run].
+    #[arg(long, value_name = "NAME", env = "NIMIFY_BIN")]
+    pub bin: Option<String>,
+}
+
+/// `[package.metadata.nimify]` (and `[workspace.metadata.nimify]`), kebab-case.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// Image name (repository path without the registry) [default: the package name].
+    pub image: Option<String>,
+    /// Image tag [default: the package version].
+    pub tag: Option<String>,
+    /// Registry to push to, e.g. `ghcr.io/acme` or `127.0.0.1:5000`.
+    pub registry: Option<String>,
+    /// Base image (`oci:DIR[:TAG]` or `oci-archive:FILE[:TAG]`) instead of the host's libraries.
+    pub base: Option<String>,
+    /// Files or directories (relative to the crate) the service reads at run time via
+    /// `nimify::asset!`; packed next to the binary.
+    pub assets: Vec<PathBuf>,
+    /// Deployment environments (`[package.metadata.nimify.env.<name>]`).
+    pub env: BTreeMap<String, Environment>,
+}
+
+/// One deployment environment.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Environment {
+    /// Kubernetes namespace.
+    pub namespace: Option<String>,
+    /// Helm release name.
+    pub release: Option<String>,
+    /// kubectl context.
+    pub context: Option<String>,
+    /// Extra values file, relative to the crate.
+    pub values: Option<PathBuf>,
+}
+
+impl Settings {
+    /// `self` with every key `over` sets replaced (package over workspace).
+    fn layered(mut self, over: Self) -> Self {
+        macro_rules! take {
+            ($($f:ident),*) => { $(if over.$f.is_some() { self.$f = over.$f; })* };
+        }
+        take!(image, tag, registry, base);
+        if !over.assets.is_empty() {
+            self.assets = over.assets;
+        }
+        self.env.extend(over.env);
+        self
+    }
+}
+
+/// The resolved service crate.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// Package name.
+    pub package: String,
+    /// Package version.
+    pub version: String,
+    /// `repository` from Cargo.toml, if any.
+    pub repository: Option<String>,
+    /// Package description, if any.
+    pub description: Option<String>,
+    /// Path to the package's Cargo.toml.
+    pub manifest_path: PathBuf,
+    /// The binary target's name.
+    pub bin: String,
+    /// Cargo's target directory.
+    pub target_dir: PathBuf,
+    /// Layered `[*.metadata.nimify]` settings.
+    pub settings: Settings,
+}
+
+impl Project {
+    /// Finds the package and binary with cargo metadata.
+    pub fn load(args: &ProjectArgs) -> Result<Self, CliError> {
+        let mut cmd = cargo_metadata::MetadataCommand::new();
+        cmd.no_deps();
+        if let Some(path) = &args.manifest_path {
+            cmd.manifest_path(path);
+        }
+        let meta = cmd.exec().map_err(|e| CliError::Message(format!("cannot read the cargo workspace: {}", one_line(&e.to_string()))))?;
+        let members: Vec<&cargo_metadata::Package> = meta.workspace_packages();
+        let package = match &args.package {
+            Some(name) => members.iter().find(|p| p.name.as_str() == name).copied().ok_or_else(|| {
+                let names: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
+                CliError::Message(format!("package `{name}` is not in this workspace (members: {})", names.join(", ")))
+            })?,
+            None => current_package(&members, args.manifest_path.as_deref())?,
+        };
+        let bin = pick_bin(package, args.bin.as_deref())?;
+        let workspace = settings_from(&meta.workspace_metadata, "[workspace.metadata.nimify]", meta.workspace_root.as_std_path())?;
+        let own = settings_from(&package.metadata, "[package.metadata.nimify]", package.manifest_path.as_std_path())?;
+        Ok(Self {
+            package: package.name.to_string(),
+            version: package.version.to_string(),
+            repository: package.repository.clone(),
+            description: package.description.clone(),
+            manifest_path: package.manifest_path.clone().into_std_path_buf(),
+            bin,
+            target_dir: meta.target_directory.clone().into_std_path_buf(),
+            settings: workspace.layered(own),
+        })
+    }
+
+    /// The crate's directory.
+    pub fn dir(&self) -> &Path {
+        self.manifest_path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// `target/nimify/<package>/`, where `image` records its result for `chart` and `deploy`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.target_dir.join("nimify").join(&self.package)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The member whose directory holds the current directory (or the given manifest).
+fn current_package<'a>(members: &[&'a cargo_metadata::Package], manifest: Option<&Path>) -> Result<&'a cargo_metadata::Package, CliError> {
+    let here = match manifest {
+        Some(m) => std::fs::canonicalize(m).ok().and_then(|p| p.parent().map(Path::to_path_buf)),
+        None => std::env::current_dir().ok().and_then(|d| std::fs::canonicalize(d).ok()),
+    };
+    let here = here.ok_or_else(|| CliError::Message("cannot tell the current directory".into()))?;
+    members
+        .iter()
+        .filter_map(|p| {
+            let dir = std::fs::canonicalize(p.manifest_path.parent()?.as_std_path()).ok()?;
+            here.starts_with(&dir).then_some((dir.components().count(), *p))
+        })
+        .max_by_key(|(depth, _)| *depth)
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            let names: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
+            CliError::Message(format!("{} is not inside a package of this workspace; run in the service crate's directory or pass --package (members: {})", here.display(), names.join(", ")))
+        })
+}
+
+fn pick_bin(package: &cargo_metadata::Package, wanted: Option<&str>) -> Result<String, CliError> {
+    let bins: Vec<&str> = package.targets.iter().filter(|t| t.is_bin()).map(|t| t.name.as_str()).collect();
+    match (wanted, bins.as_slice()) {
+        (Some(w), _) if bins.contains(&w) => Ok(w.to_string()),
+        (Some(w), _) => Err(CliError::Message(format!("package `{}` has no binary `{w}` (binaries: {})", package.name, list(&bins)))),
+        (None, []) => Err(CliError::Message(format!("package `{}` has no binary target; a nimify service needs a `src/main.rs` calling `nimify::cli::run`", package.name))),
+        (None, [one]) => Ok((*one).to_string()),
+        (None, _) => package
+            .default_run
+            .clone()
+            .ok_or_else(|| CliError::Message(format!("package `{}` has several binaries ({}); pick one with --bin", package.name, list(&bins)))),
+    }
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() { "none".into() } else { names.join(", ") }
+}
+
+fn settings_from(metadata: &serde_json::Value, table: &str, file: &Path) -> Result<Settings, CliError> {
+    match metadata.get("nimify") {
+        None | Some(serde_json::Value::Null) => Ok(Settings::default()),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| CliError::Message(format!("{table} in {}: {e}", file.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_settings_override_workspace_ones() {
+        let ws: Settings = serde_json::from_value(serde_json::json!({"registry": "ghcr.io/acme", "tag": "ws", "assets": ["a"]})).expect("workspace");
+        let pkg: Settings = serde_json::from_value(serde_json::json!({"tag": "pkg", "env": {"dev": {"namespace": "dev"}}})).expect("package");
+        let got = ws.layered(pkg);
+        assert_eq!(got.registry.as_deref(), Some("ghcr.io/acme"));
+        assert_eq!(got.tag.as_deref(), Some("pkg"));
+        assert_eq!(got.assets, vec![PathBuf::from("a")]);
+        assert_eq!(got.env["dev"].namespace.as_deref(), Some("dev"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = settings_from(&serde_json::json!({"nimify": {"imag": "x"}}), "[package.metadata.nimify]", Path::new("Cargo.toml")).expect_err("typo");
+        assert!(err.to_string().contains("unknown field `imag`"), "{err}");
+        let err = settings_from(&serde_json::json!({"nimify": {"env": {"dev": {"namespce": "x"}}}}), "[package.metadata.nimify]", Path::new("Cargo.toml")).expect_err("typo");
+        assert!(err.to_string().contains("namespce"), "{err}");
+    }
+}
