@@ -17,10 +17,10 @@ pub struct ProjectArgs {
     #[arg(long, value_name = "PATH")]
     pub manifest_path: Option<PathBuf>,
     /// Package to build [default: the package in the current directory].
-    #[arg(long, short = 'p', value_name = "SPEC", env = "NIMIFY_PACKAGE")]
+    #[arg(long, short = 'p', value_name = "SPEC")]
     pub package: Option<String>,
     /// Binary to package [default: the package's only binary, or its default-run].
-    #[arg(long, value_name = "NAME", env = "NIMIFY_BIN")]
+    #[arg(long, value_name = "NAME")]
     pub bin: Option<String>,
 }
 

@@ -76,3 +76,107 @@ def serve():
     yield start
     for s in servers.values():
         s.stop()
+
+
+def free_port():
+    """A loopback port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nimify_image(crate, *args, check=True):
+    """`cargo nimify image --profile dev --format json ARGS` in the crate's directory (the dev
+    profile reuses the debug build the suite already made). Returns the CompletedProcess, with
+    `.result` the parsed JSON on success."""
+    profile = [] if "--profile" in args else ["--profile", "dev"]
+    proc = subprocess.run([BIN, "nimify", "image", *profile, "--format", "json", *args], cwd=crate, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+        proc.result = json.loads(proc.stdout)
+    return proc
+
+
+def podman(*args, check=True):
+    proc = subprocess.run(["podman", *args], capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, f"podman {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+def skopeo_inspect(ref, *flags, config=False):
+    args = ["skopeo", "inspect", *flags, *(["--config"] if config else []), ref]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)}: {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+# Images podman copied into its storage to run them, removed when the session ends.
+PODMAN_IMAGES = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _podman_cleanup():
+    yield
+    if PODMAN_IMAGES:
+        podman("rmi", "--force", *sorted(PODMAN_IMAGES), check=False)
+
+
+class Container:
+    """An image run the hardened way (read-only root, non-root user, no capabilities) with host
+    networking on a free loopback port, like a Kubernetes pod with the chart's securityContext."""
+
+    def __init__(self, ref, *args, env=None):
+        self.port = free_port()
+        flags = ["--read-only", "--user", "65532", "--cap-drop", "ALL", "--network", "host", "-e", "NIMIFY_HOST=127.0.0.1", "-e", f"NIMIFY_PORT={self.port}"]
+        for k, v in (env or {}).items():
+            flags += ["-e", f"{k}={v}"]
+        self.id = podman("run", "-d", *flags, ref, *args).stdout.strip().splitlines()[-1]
+        PODMAN_IMAGES.add(podman("inspect", "--format", "{{.Image}}", self.id).stdout.strip())
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            if podman("inspect", "--format", "{{.State.Running}}", self.id).stdout.strip() != "true":
+                break
+            time.sleep(0.2)
+        logs = self.logs()
+        self.remove()
+        raise RuntimeError(f"container from {ref} did not get ready: {logs}")
+
+    def exec(self, *argv):
+        return podman("exec", self.id, *argv, check=False)
+
+    def logs(self):
+        return podman("logs", self.id, check=False).stdout + podman("logs", self.id, check=False).stderr
+
+    def stop(self):
+        """`podman stop` (SIGTERM, SIGKILL after 20 s), then the exit code."""
+        podman("stop", "--time", "20", self.id)
+        return int(podman("inspect", "--format", "{{.State.ExitCode}}", self.id).stdout.strip())
+
+    def remove(self):
+        podman("rm", "--force", self.id, check=False)
+
+
+@pytest.fixture(scope="session")
+def example_image(tmp_path_factory):
+    """`example_image(name)` builds examples/<name> into an OCI layout once per session and
+    returns (reference, `--format json` result)."""
+    built = {}
+    root = tmp_path_factory.mktemp("images")
+
+    def build(name):
+        if name not in built:
+            ref = f"oci:{root / name}:test"
+            proc = nimify_image(os.path.join(ROOT, "examples", name), "--output", ref)
+            built[name] = (ref, proc.result)
+        return built[name]
+
+    return build

@@ -12,25 +12,41 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
-from conftest import MODELS, ROOT, Service
+from conftest import MODELS, ROOT, Container, Service
 
 EXAMPLES = os.path.join(ROOT, "examples")
 
 
-@pytest.fixture(scope="module")
-def example():
+@pytest.fixture(scope="module", params=["binary", "image"])
+def example(request, example_image):
+    """Each example's URL, served once by its debug binary and once by its OCI image run with
+    podman (read-only root, user 65532, no capabilities), so every answer below is checked in
+    both; the image's `healthcheck` subcommand must pass inside the container and `podman stop`
+    must end it gracefully (exit 0, the drain logged)."""
     services = {}
 
     def start(name):
         if name not in services:
-            binary = os.path.join(ROOT, "target", "debug", f"example-{name}")
-            assert os.path.exists(binary), f"{binary} missing: `cargo xtask test` builds the examples"
-            services[name] = Service([binary, "--host", "127.0.0.1", "--port", "0"])
+            if request.param == "binary":
+                binary = os.path.join(ROOT, "target", "debug", f"example-{name}")
+                assert os.path.exists(binary), f"{binary} missing: `cargo xtask test` builds the examples"
+                services[name] = Service([binary, "--host", "127.0.0.1", "--port", "0"])
+            else:
+                services[name] = Container(example_image(name)[0])
         return services[name].url
 
     yield start
-    for service in services.values():
-        assert service.stop() == 0
+    for name, service in services.items():
+        if isinstance(service, Container):
+            try:
+                health = service.exec(f"example-{name}", "healthcheck")
+                assert health.returncode == 0, health.stdout + health.stderr
+                assert service.stop() == 0, service.logs()
+                assert "draining in-flight requests" in service.logs()
+            finally:
+                service.remove()
+        else:
+            assert service.stop() == 0
 
 
 def v2(url, model, name, arr, datatype="FP32"):

@@ -190,7 +190,15 @@ impl Client {
 
     /// Sends one request; a transport failure becomes an error naming the registry.
     fn send(&self, request: impl FnOnce(&ureq::Agent, Option<&str>) -> Result<Response, ureq::Error>) -> Result<Response, CliError> {
-        request(&self.agent, self.auth.as_deref()).map_err(|e| CliError::Message(format!("cannot reach registry {} ({}): {e}{}", self.registry, self.base, self.hint)))
+        request(&self.agent, self.auth.as_deref()).map_err(|e| {
+            let e = e.to_string();
+            let hint = if e.contains("CaUsedAsEndEntity") {
+                "; the registry's certificate is marked as a CA (openssl req -x509's default): issue it with `-addext basicConstraints=critical,CA:FALSE`, or sign it with a separate CA and pass that with --ca-cert"
+            } else {
+                self.hint
+            };
+            CliError::Message(format!("cannot reach registry {} ({}): {e}{hint}", self.registry, self.base))
+        })
     }
 
     fn refused(&self, what: &str, resp: &mut Response) -> CliError {
