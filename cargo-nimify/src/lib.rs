@@ -42,7 +42,7 @@ pub enum Command {
     /// Show a model's signature: inputs, outputs, opsets, producer, size, sha256.
     Inspect(cmd::inspect::InspectArgs),
     /// Serve an ONNX file over KServe V2 / Open Inference Protocol, no code needed.
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Manage the ONNX Runtime library nimify loads.
     Ort(cmd::ort::OrtArgs),
     /// Create a service crate for a model: typed endpoint, V2, metrics, docs.
@@ -80,7 +80,7 @@ pub fn main() -> ExitCode {
     let Cargo::Nimify(cli) = Cargo::parse();
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(&args),
-        Command::Serve(args) => cmd::serve::run(args),
+        Command::Serve(args) => cmd::serve::run(*args),
         Command::Ort(args) => cmd::ort::run(&args),
         Command::New(args) => cmd::new::new(&args),
         Command::Init(args) => cmd::new::init(&args),

@@ -109,8 +109,8 @@ impl Worker {
             self.metrics.queue_us.inc_by(micros(waited));
             self.metrics.queue_seconds.observe(waited.as_secs_f64());
         }
-        if jobs.len() > 1 {
-            if let Some(results) = self.run_batched(session, &jobs) {
+        if jobs.len() > 1
+            && let Some(results) = self.run_batched(session, &jobs) {
                 let total: usize = jobs.iter().map(|j| j.items).sum();
                 self.metrics.count.inc_by(total as u64);
                 self.metrics.batch_size.observe(total as f64);
@@ -119,7 +119,6 @@ impl Worker {
                 }
                 return;
             }
-        }
         for job in jobs {
             let result = self.run_one(session, job.inputs);
             if result.is_ok() {

@@ -48,11 +48,10 @@ impl AppState {
                 self.models.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
             ))
         })?;
-        if let Some(v) = version {
-            if v != model.version() {
+        if let Some(v) = version
+            && v != model.version() {
                 return Err(ApiError::NotFound(format!("unknown version {v:?} of model {name:?}; available: {:?}", model.version())));
             }
-        }
         Ok(model)
     }
 

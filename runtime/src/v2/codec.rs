@@ -227,15 +227,14 @@ fn check_against(spec: &TensorSpec, tensor: &Tensor) -> Result<(), ApiError> {
         )));
     }
     for (i, (dim, &got)) in dims.iter().zip(&tensor.shape).enumerate() {
-        if let Dim::Fixed(want) = dim {
-            if *want != got as u64 {
+        if let Dim::Fixed(want) = dim
+            && *want != got as u64 {
                 return Err(ApiError::InvalidTensor(format!(
                     "input {name:?}: dim {i} is {got} but the model expects {want} (shape {:?} vs [{}])",
                     tensor.shape,
                     declared()
                 )));
             }
-        }
     }
     Ok(())
 }
@@ -245,7 +244,7 @@ fn from_binary(name: &str, elem: ElementType, count: usize, raw: &[u8]) -> Resul
         return decode_bytes_elements(name, raw).map(TensorData::Bytes);
     }
     let size = elem.byte_size().unwrap_or(1);
-    if raw.len() % size != 0 || raw.len() / size != count {
+    if !raw.len().is_multiple_of(size) || raw.len() / size != count {
         return Err(ApiError::InvalidTensor(format!(
             "input {name:?}: {} binary bytes hold {} {} elements of {size} bytes but the shape needs {count}",
             raw.len(),
