@@ -1,4 +1,4 @@
-//! `cargo xtask bench [signature|serve]`.
+//! `cargo xtask bench [signature|serve|macro|image]` (`image` lives in `bench_image.rs`).
 //!
 //! - `signature`: criterion, reading the signature of a generated 1 GiB model.
 //! - `macro`: rebuild time of a crate whose `#[nimify]` points at a tiny model vs the generated
@@ -26,11 +26,12 @@ pub fn run(rest: &[&str]) -> Result<()> {
         ["signature"] => cmd!(sh, "{cargo} bench -p nimify-model --bench signature").run()?,
         ["serve", args @ ..] => serve(&sh, &cargo, args)?,
         ["macro"] => macro_expansion(&sh, &cargo)?,
+        ["image", args @ ..] => crate::bench_image::run(&sh, &cargo, args)?,
         [] => {
             cmd!(sh, "{cargo} bench -p nimify-model --bench signature").run()?;
             serve(&sh, &cargo, &[])?;
         }
-        other => bail!("unknown benchmark {other:?}; available: signature, serve [--seconds N], macro"),
+        other => bail!("unknown benchmark {other:?}; available: signature, serve [--seconds N], macro, image [--profile NAME]"),
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's automation, one file per task.
 
 mod bench;
+mod bench_image;
 mod codegen;
 mod test;
 mod tidy;
