@@ -25,7 +25,7 @@ pub fn run(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
     for name in EXAMPLES {
         let dir = root.join("examples").join(name);
         let _in_crate = sh.push_dir(&dir);
-        let built = cmd!(sh, "{nimify} nimify build --profile {profile} --format json").quiet().read().with_context(|| format!("building example {name}"))?;
+        let built = cmd!(sh, "{nimify} nimify build --profile {profile} --format json").quiet().ignore_stderr().read().with_context(|| format!("building example {name}"))?;
         let built: serde_json::Value = serde_json::from_str(&built)?;
         let binary = std::fs::metadata(built["executable"].as_str().unwrap_or_default())?.len();
         let out = format!("oci:{}:bench", root.join("target/bench-images").join(name).display());
