@@ -201,3 +201,48 @@ pub fn human_size(bytes: u64) -> String {
     }
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(blob: &Blob) -> Vec<String> {
+        let file = std::fs::File::open(&blob.path).expect("blob");
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        tar.entries().expect("entries").map(|e| e.expect("entry").path().expect("path").to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn layers_hold_each_part_and_external_data_sits_beside_its_model() {
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake_ort = dir.path().join("libonnxruntime.so.1.31.1");
+        std::fs::write(&fake_ort, b"not really a library").expect("ort");
+        let plan = Plan {
+            bin: "svc".into(),
+            binary: std::env::current_exe().expect("exe"),
+            models: vec![ModelFile { name: "external".into(), path: models.join("external.onnx"), sha256: "ab".repeat(32), external: vec!["external.weights".into()] }],
+            assets: vec![("labels/names.txt".into(), models.join("make_models.py"))],
+            ort: vec![fake_ort],
+            base: None,
+            labels: BTreeMap::from([("a".to_string(), "b".to_string())]),
+            epoch: 0,
+            port: 8000,
+        };
+        let built = assemble(&plan, BlobStore::create(dir.path().join("store")).expect("store"), &|_, _| ()).expect("assemble");
+        let roles: Vec<&str> = built.layers.iter().map(|l| l.role).collect();
+        assert_eq!(roles, ["libraries", "onnxruntime", "app", "model"]);
+        let libs = entries(&built.layers[0].blob);
+        assert!(libs.contains(&"etc/passwd".to_string()) && libs.iter().any(|p| p.contains("libc.so")), "{libs:?}");
+        assert!(entries(&built.layers[1].blob).contains(&"opt/nimify/lib/libonnxruntime.so.1.31.1".to_string()));
+        let app = entries(&built.layers[2].blob);
+        assert!(app.contains(&"opt/nimify/bin/svc".to_string()) && app.contains(&"opt/nimify/assets/labels/names.txt".to_string()), "{app:?}");
+        assert_eq!(entries(&built.layers[3].blob), ["opt/", "opt/nimify/", "opt/nimify/models/", "opt/nimify/models/external.onnx", "opt/nimify/models/external.weights"]);
+        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&built.config.path).expect("config")).expect("json");
+        assert_eq!(config["config"]["Env"][3], format!("NIMIFY_MODEL_SHA256={}", "ab".repeat(32)));
+        assert_eq!(config["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(4));
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&built.manifest.path).expect("manifest")).expect("json");
+        assert_eq!(manifest["config"]["digest"], built.config.digest.as_str());
+        assert_eq!(manifest["layers"][3]["digest"], built.layers[3].blob.digest.as_str());
+    }
+}
