@@ -1,0 +1,213 @@
+"""The Helm chart with the real Helm library (helm-python-sdk, the Helm v4 Go SDK): strict lint
+for the default values, each environment and every optional feature on; every rendered manifest
+through `kubernetes-validate --strict` for Kubernetes 1.32; the custom resources' structure;
+snapshots per environment; and every metric and label the alerts and dashboard query present in a
+live `/metrics` scrape."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import helm_python as helm
+import pytest
+import requests
+import yaml
+
+from conftest import ROOT
+
+CHART = os.path.join(ROOT, "charts", "nimify")
+SNAPSHOTS = os.path.join(os.path.dirname(__file__), "snapshots")
+ENVS = ["dev", "staging", "prod"]
+# What `cargo nimify chart` fills in; fixed here so renders are comparable.
+SERVICE = {"image": {"repository": "127.0.0.1:5000/example-iris", "digest": "sha256:" + "ab" * 32}, "model": {"name": "iris", "sha256": "cd" * 32, "sizeBytes": 4096}}
+ALL_ON = os.path.join(os.path.dirname(__file__), "chart-values-all.yaml")
+# Labels Prometheus attaches from the scrape target (ServiceMonitor), not present in /metrics.
+TARGET_LABELS = {"namespace", "service", "pod", "job", "instance", "container", "endpoint"}
+
+
+def load(path):
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def merge(base, over):
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def values_for(env):
+    layer = load(os.path.join(CHART, f"values-{env}.yaml")) if env in ENVS else load(ALL_ON) if env == "all" else {}
+    return merge(SERVICE, layer)
+
+
+def render(env, namespace="ml"):
+    chart = helm.Chart.load(CHART)
+    out = chart.render(values_for(env), name="iris", namespace=namespace, is_install=True)
+    return {path: text for path, text in sorted(out.items()) if text.strip() and not path.endswith("NOTES.txt")}
+
+
+def docs(rendered):
+    return [d for text in rendered.values() for d in yaml.safe_load_all(text) if d]
+
+
+@pytest.mark.parametrize("env", ["default", *ENVS, "all"])
+def test_lints_clean_in_strict_mode(env):
+    values = None if env == "default" else values_for(env)
+    result = helm.lint(CHART, values, strict=True, kube_version="v1.32.0")
+    assert result["errors"] == [] and result["messages"] == [], result
+
+
+def enabled_paths(schema, path=()):
+    """Every `*.enabled` key the schema declares."""
+    for key, sub in schema.get("properties", {}).items():
+        if key == "enabled":
+            yield ".".join(path + (key,))
+        yield from enabled_paths(sub, path + (key,))
+
+
+def test_the_all_on_values_turn_every_feature_on():
+    schema = json.load(open(os.path.join(CHART, "values.schema.json")))
+    values = load(ALL_ON)
+    paths = list(enabled_paths(schema))
+    assert len(paths) > 10, paths
+    for p in paths:
+        node = values
+        for part in p.split("."):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        assert node is True, f"{p} is not true in {ALL_ON}"
+
+
+def test_schema_covers_every_value():
+    schema = json.load(open(os.path.join(CHART, "values.schema.json")))
+
+    def walk(values, node, path):
+        for key, value in values.items():
+            here = f"{path}.{key}" if path else key
+            props = node.get("properties", {})
+            assert key in props or isinstance(node.get("additionalProperties"), (dict, bool)) and node.get("additionalProperties") is not False, f"{here} has no schema"
+            sub = props.get(key) or (node.get("additionalProperties") if isinstance(node.get("additionalProperties"), dict) else {})
+            assert "description" in sub or key not in props, f"{here} has no description"
+            if isinstance(value, dict):
+                walk(value, sub, here)
+
+    for f in ["values.yaml", *[f"values-{e}.yaml" for e in ENVS]]:
+        walk(load(os.path.join(CHART, f)), schema, "")
+    walk(load(ALL_ON), schema, "")
+    # The schema refuses what the service would refuse at start.
+    with pytest.raises(helm.HelmValuesError, match="max_batch"):
+        helm.Chart.load(CHART).render(merge(SERVICE, {"config": {"batching": {"max_batch": 3}}}), name="iris", namespace="ml")
+
+
+@pytest.mark.parametrize("env", ["default", *ENVS, "all"])
+def test_manifests_validate_against_kubernetes_1_32(env, tmp_path):
+    builtin = [d for d in docs(render(env)) if d["apiVersion"] != "monitoring.coreos.com/v1"]
+    path = tmp_path / "manifests.yaml"
+    path.write_text(yaml.safe_dump_all(builtin))
+    proc = subprocess.run([sys.executable, "-m", "kubernetes_validate", "-k", "1.32.0", "--strict", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_custom_resources_have_the_operator_structure():
+    # The Prometheus Operator CRDs cannot be fetched here, so their structure is asserted.
+    by_kind = {d["kind"]: d for d in docs(render("all"))}
+    sm = by_kind["ServiceMonitor"]
+    assert sm["spec"]["selector"]["matchLabels"] == by_kind["Service"]["spec"]["selector"]
+    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": ["ml"]}
+    assert by_kind["Service"]["spec"]["ports"][0]["name"] == "http"
+    rule = by_kind["PrometheusRule"]
+    [group] = rule["spec"]["groups"]
+    assert {r["alert"] for r in group["rules"]} == {"NimifyHighErrorRatio", "NimifyHighP99Latency", "NimifyDown"}
+    for r in group["rules"]:
+        assert set(r) <= {"alert", "expr", "for", "labels", "annotations"} and r["labels"]["severity"] in {"critical", "warning"}
+        assert re.fullmatch(r"[0-9]+[smh]", r["for"]) and r["annotations"]["summary"]
+
+
+def test_security_and_probes():
+    deploy = next(d for d in docs(render("prod")) if d["kind"] == "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    [c] = pod["containers"]
+    assert c["image"] == "127.0.0.1:5000/example-iris@sha256:" + "ab" * 32
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/live" and c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAntiAffinity"]
+    assert "replicas" not in deploy["spec"], "the HPA owns the replica count in prod"
+    test_pod = next(d for d in docs(render("prod")) if d["kind"] == "Pod")
+    assert test_pod["spec"]["containers"][0]["args"] == ["healthcheck"] and test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+
+
+def test_the_rendered_config_is_accepted_by_the_service(tmp_path):
+    cm = next(d for d in docs(render("all")) if d["kind"] == "ConfigMap" and "config.toml" in d["data"])
+    config = tmp_path / "config.toml"
+    config.write_text(cm["data"]["config.toml"])
+    binary = os.path.join(ROOT, "target", "debug", "example-iris")
+    from conftest import Service
+
+    service = Service([binary, "--config", str(config), "--host", "127.0.0.1", "--port", "0"])
+    assert service.stop() == 0
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_rendered_manifests_match_the_snapshot(env):
+    rendered = "".join(f"# Source: {path}\n{text.strip()}\n---\n" for path, text in render(env).items())
+    snapshot = os.path.join(SNAPSHOTS, f"chart-{env}.yaml")
+    if os.environ.get("NIMIFY_UPDATE_SNAPSHOTS") == "1" and os.environ.get("CI") != "true":
+        os.makedirs(SNAPSHOTS, exist_ok=True)
+        with open(snapshot, "w") as f:
+            f.write(rendered)
+    assert os.path.exists(snapshot), f"{snapshot} missing: run with NIMIFY_UPDATE_SNAPSHOTS=1 and review it"
+    with open(snapshot) as f:
+        assert f.read() == rendered, f"chart output for {env} changed: rerun with NIMIFY_UPDATE_SNAPSHOTS=1 and review the diff"
+
+
+PROMQL_WORDS = {"sum", "rate", "by", "without", "histogram_quantile", "absent", "count", "clamp_min", "le", "on", "ignoring", "bool", "and", "or", "unless", "e", "label_values"}
+
+
+def promql_names(expr):
+    """(metric names, label names) used in a PromQL expression."""
+    expr = re.sub(r'"[^"]*"', '""', expr)
+    labels = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", expr))
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        labels |= {g.strip() for g in group.split(",") if g.strip()}
+    metrics = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*[{\[]", expr)) - PROMQL_WORDS
+    # Grafana's label_values(metric[{...}], label).
+    for metric, label in re.findall(r"label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)[^,]*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)", expr):
+        metrics.add(metric)
+        labels.add(label)
+    return metrics, labels
+
+
+def test_promql_names_are_extracted():
+    metrics, labels = promql_names('histogram_quantile(0.99, sum by (le) (rate(nimify_request_duration_seconds_bucket{namespace="a",service=~"b"}[5m]))) > 1')
+    assert metrics == {"nimify_request_duration_seconds_bucket"} and labels == {"le", "namespace", "service"}
+    assert promql_names('label_values(nimify_build_info{namespace="$namespace"}, service)') == ({"nimify_build_info"}, {"namespace", "service"})
+
+
+def test_alert_and_dashboard_queries_use_live_metric_and_label_names(serve):
+    exprs = []
+    rendered = docs(render("all"))
+    rule = next(d for d in rendered if d["kind"] == "PrometheusRule")
+    exprs += [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    dashboard = json.loads(next(d for d in rendered if d["kind"] == "ConfigMap" and "nimify.json" in d.get("data", {}))["data"]["nimify.json"])
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert len(exprs) >= 15, exprs
+    # One inference, then a scrape.
+    server = serve("mlp")
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    assert requests.post(f"{server.url}/v2/models/mlp/infer", json=body, timeout=10).status_code == 200
+    scrape = requests.get(f"{server.url}/metrics", timeout=5).text
+    series = {line.split("{")[0].split(" ")[0] for line in scrape.splitlines() if line and not line.startswith("#")}
+    scraped_labels = set(re.findall(r"[{,]([a-zA-Z_][a-zA-Z0-9_]*)=", scrape))
+    for expr in exprs:
+        metrics, labels = promql_names(expr)
+        assert metrics, expr
+        assert metrics <= series, f"{metrics - series} not in /metrics (query: {expr})"
+        assert labels <= scraped_labels | TARGET_LABELS, f"{labels - scraped_labels - TARGET_LABELS} not in /metrics (query: {expr})"
