@@ -53,6 +53,12 @@ pub enum Command {
     Build(cmd::build::BuildArgs),
     /// Build a reproducible OCI image of the service, without Docker.
     Image(Box<cmd::image::ImageArgs>),
+    /// Write the service's Helm chart (image by digest from `cargo nimify image`).
+    Chart(cmd::chart::ChartArgs),
+    /// Install or upgrade the service in an environment with Helm.
+    Deploy(cmd::deploy::DeployArgs),
+    /// Roll an environment back to an earlier Helm revision.
+    Rollback(cmd::deploy::RollbackArgs),
 }
 
 /// Output formats of `build` and `image`.
@@ -86,6 +92,9 @@ pub fn main() -> ExitCode {
         Command::Init(args) => cmd::new::init(&args),
         Command::Build(args) => cmd::build::run(&args),
         Command::Image(args) => cmd::image::run(&args),
+        Command::Chart(args) => cmd::chart::run(&args),
+        Command::Deploy(args) => cmd::deploy::deploy(&args),
+        Command::Rollback(args) => cmd::deploy::rollback(&args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -211,3 +211,45 @@ def test_alert_and_dashboard_queries_use_live_metric_and_label_names(serve):
         assert metrics, expr
         assert metrics <= series, f"{metrics - series} not in /metrics (query: {expr})"
         assert labels <= scraped_labels | TARGET_LABELS, f"{labels - scraped_labels - TARGET_LABELS} not in /metrics (query: {expr})"
+
+
+def validate(manifests, tmp_path):
+    builtin = [d for d in manifests if d["apiVersion"] != "monitoring.coreos.com/v1"]
+    path = tmp_path / "written.yaml"
+    path.write_text(yaml.safe_dump_all(builtin))
+    proc = subprocess.run([sys.executable, "-m", "kubernetes_validate", "-k", "1.32.0", "--strict", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cargo_nimify_chart_writes_a_chart_for_the_built_image(tmp_path):
+    from conftest import BIN, nimify_image
+
+    iris = os.path.join(ROOT, "examples", "iris")
+    image = nimify_image(iris, "--output", f"oci:{tmp_path / 'image'}:chart").result
+    chart = tmp_path / "chart"
+    proc = subprocess.run([BIN, "nimify", "chart", "--output", str(chart), "--format", "json"], cwd=iris, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["image"] == f"example-iris@{image['digest']}"
+    own_prod = load(os.path.join(iris, "deploy", "prod.yaml"))
+    for env in ["default", *ENVS]:
+        values = {} if env == "default" else load(chart / f"values-{env}.yaml")
+        if env == "prod":
+            values = merge(values, own_prod)
+        result = helm.lint(str(chart), values or None, strict=True, kube_version="v1.32.0")
+        assert result["errors"] == [] and result["messages"] == [], (env, result)
+        rendered = helm.Chart.load(str(chart)).render(values, name="iris", namespace="ml", is_install=True)
+        manifests = [d for path, text in rendered.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+        validate(manifests, tmp_path)
+        deploy = next(d for d in manifests if d["kind"] == "Deployment")
+        assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == f"example-iris@{image['digest']}"
+        assert deploy["metadata"]["annotations"]["nimify.io/model-sha256"] == image_sha(iris)
+    notes = helm.Chart.load(str(chart)).render({}, name="iris", namespace="ml", is_install=True)
+    text = next(t for p, t in notes.items() if p.endswith("NOTES.txt"))
+    assert "kubectl --namespace ml port-forward service/iris-example-iris 8000:8000" in text and "/v2/models/iris" in text
+
+
+def image_sha(crate):
+    import hashlib
+
+    with open(os.path.join(crate, "iris.onnx"), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()

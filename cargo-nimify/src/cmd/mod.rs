@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod chart;
+pub mod deploy;
 pub mod image;
 pub mod inspect;
 pub mod new;

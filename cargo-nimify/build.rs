@@ -1,0 +1,6 @@
+//! Rebuild when the embedded Helm chart (`charts/nimify`) changes: `include_dir!` alone does not
+//! tell cargo about the files it reads.
+
+fn main() {
+    println!("cargo:rerun-if-changed=../charts/nimify");
+}

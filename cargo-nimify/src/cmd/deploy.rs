@@ -1,0 +1,227 @@
+//! `cargo nimify deploy --env <name>` and `cargo nimify rollback --env <name>`: Helm for one
+//! environment of `[package.metadata.nimify.env.<name>]` (namespace, release, kube context,
+//! extra values file), layered over the chart's `values-<name>.yaml`. Deploy writes the chart
+//! (`cargo nimify chart`), then runs `helm upgrade --install --wait` with Helm's own rollback on
+//! failure (`--rollback-on-failure` on Helm 4, `--atomic` on Helm 3, asked from `helm version`).
+//! `--dry-run` prints the exact commands instead; `--render DIR` runs `helm template` into plain
+//! manifests for `kubectl apply` or GitOps.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use xshell::{Shell, cmd};
+
+use crate::CliError;
+use crate::project::{Project, ProjectArgs};
+
+/// `deploy` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct DeployArgs {
+    /// Which package.
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Environment from [package.metadata.nimify.env.<name>].
+    #[arg(long, value_name = "NAME")]
+    pub env: String,
+    /// Print the helm commands instead of running them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write plain manifests (`helm template`) to DIR instead of installing.
+    #[arg(long, value_name = "DIR")]
+    pub render: Option<PathBuf>,
+    /// How long helm waits for the rollout.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub timeout: String,
+    /// Helm major version to write flags for [default: asked from `helm version`].
+    #[arg(long, value_name = "3|4", value_parser = clap::value_parser!(u8).range(3..=4))]
+    pub helm_version: Option<u8>,
+}
+
+/// `rollback` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// Which package.
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Environment from [package.metadata.nimify.env.<name>].
+    #[arg(long, value_name = "NAME")]
+    pub env: String,
+    /// Revision to return to [default: the previous one].
+    #[arg(long, value_name = "N")]
+    pub revision: Option<u32>,
+    /// Print the helm command instead of running it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long helm waits for the rollback.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub timeout: String,
+}
+
+/// One environment, resolved.
+#[derive(Debug, Clone)]
+struct Target {
+    namespace: String,
+    release: String,
+    context: Option<String>,
+    values: Option<PathBuf>,
+}
+
+fn target(project: &Project, env: &str) -> Result<Target, CliError> {
+    let settings = project.settings.env.get(env).ok_or_else(|| {
+        let known: Vec<&str> = project.settings.env.keys().map(String::as_str).collect();
+        CliError::Message(format!(
+            "unknown environment `{env}` for {} (defined: {}); add [package.metadata.nimify.env.{env}] with namespace, release, context or values to {}",
+            project.package,
+            if known.is_empty() { "none".to_string() } else { known.join(", ") },
+            project.manifest_path.display()
+        ))
+    })?;
+    let values = match &settings.values {
+        Some(v) => {
+            let path = project.dir().join(v);
+            if !path.is_file() {
+                return Err(CliError::Message(format!("values file {} of environment `{env}` not found", path.display())));
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(Target {
+        namespace: settings.namespace.clone().unwrap_or_else(|| env.to_string()),
+        release: settings.release.clone().unwrap_or_else(|| project.package.clone()),
+        context: settings.context.clone(),
+        values,
+    })
+}
+
+/// The helm binary: `NIMIFY_HELM`, else `helm` on PATH.
+fn helm_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NIMIFY_HELM").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join("helm")).find(|p| p.is_file())
+}
+
+fn missing_helm() -> CliError {
+    CliError::Message("helm not found on PATH (or NIMIFY_HELM); install Helm 3.8+ or 4 from https://helm.sh/docs/intro/install/, or use --dry-run to see the commands".into())
+}
+
+/// The major version of `helm`.
+fn helm_major(sh: &Shell, helm: &Path) -> Result<u8, CliError> {
+    let template = "{{.Version}}";
+    let version = cmd!(sh, "{helm} version --template {template}").quiet().read().map_err(|e| CliError::Message(format!("`helm version` failed: {e}")))?;
+    match version.trim().trim_start_matches('v').split('.').next() {
+        Some("3") => Ok(3),
+        Some("4") => Ok(4),
+        _ => Err(CliError::Message(format!("helm reports version {version:?}; nimify needs Helm 3 or 4"))),
+    }
+}
+
+/// Shell-quotes one argument for printing.
+fn shell_word(arg: &str) -> String {
+    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c)) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+fn print_command(argv: &[String]) {
+    println!("{}", argv.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" "));
+}
+
+fn run_helm(sh: &Shell, helm: &Path, argv: &[String]) -> Result<(), CliError> {
+    eprintln!("     Running {}", argv.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" "));
+    cmd!(sh, "{helm} {argv...}").run().map_err(|e| CliError::Message(format!("{} failed: {e}", argv.first().map(String::as_str).unwrap_or("helm"))))
+}
+
+fn common(t: &Target) -> Vec<String> {
+    let mut args = vec!["--namespace".to_string(), t.namespace.clone()];
+    if let Some(c) = &t.context {
+        args.extend(["--kube-context".to_string(), c.clone()]);
+    }
+    args
+}
+
+/// Runs `deploy`.
+pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
+    let project = Project::load(&args.project)?;
+    let t = target(&project, &args.env)?;
+    let chart = super::chart::write(&project, &project.state_dir().join("chart"))?;
+    let mut values = Vec::new();
+    let env_values = chart.dir.join(format!("values-{}.yaml", args.env));
+    if env_values.is_file() {
+        values.extend(["--values".to_string(), env_values.display().to_string()]);
+    }
+    if let Some(v) = &t.values {
+        values.extend(["--values".to_string(), v.display().to_string()]);
+    }
+    let sh = Shell::new().map_err(|e| CliError::Message(e.to_string()))?;
+    let helm = helm_binary();
+    if let Some(dir) = &args.render {
+        let mut argv = vec!["helm".to_string(), "template".into(), t.release.clone(), chart.dir.display().to_string(), "--namespace".into(), t.namespace.clone()];
+        argv.extend(values);
+        argv.extend(["--output-dir".to_string(), dir.display().to_string()]);
+        if args.dry_run {
+            print_command(&argv);
+            return Ok(());
+        }
+        return run_helm(&sh, &helm.ok_or_else(missing_helm)?, &argv[1..]);
+    }
+    let major = match (args.helm_version, &helm) {
+        (Some(v), _) => v,
+        (None, Some(h)) => helm_major(&sh, h)?,
+        (None, None) if args.dry_run => {
+            eprintln!("note: helm not found; showing Helm 4 flags (pass --helm-version 3 for Helm 3)");
+            4
+        }
+        (None, None) => return Err(missing_helm()),
+    };
+    let mut argv = vec!["helm".to_string(), "upgrade".into(), "--install".into(), t.release.clone(), chart.dir.display().to_string()];
+    argv.extend(common(&t));
+    argv.push("--create-namespace".into());
+    argv.extend(values);
+    argv.extend(["--wait".to_string(), "--timeout".into(), args.timeout.clone()]);
+    argv.push(if major >= 4 { "--rollback-on-failure".into() } else { "--atomic".into() });
+    let mut test = vec!["helm".to_string(), "test".into(), t.release.clone()];
+    test.extend(common(&t));
+    if args.dry_run {
+        print_command(&argv);
+        print_command(&test);
+        return Ok(());
+    }
+    let helm = helm.ok_or_else(missing_helm)?;
+    run_helm(&sh, &helm, &argv[1..])?;
+    run_helm(&sh, &helm, &test[1..])?;
+    eprintln!("    Deployed {} ({}) to {} as release {}", project.package, chart.image, t.namespace, t.release);
+    Ok(())
+}
+
+/// Runs `rollback`.
+pub fn rollback(args: &RollbackArgs) -> Result<(), CliError> {
+    let project = Project::load(&args.project)?;
+    let t = target(&project, &args.env)?;
+    let mut argv = vec!["helm".to_string(), "rollback".into(), t.release.clone()];
+    argv.extend(args.revision.map(|r| r.to_string()));
+    argv.extend(common(&t));
+    argv.extend(["--wait".to_string(), "--timeout".into(), args.timeout.clone()]);
+    if args.dry_run {
+        print_command(&argv);
+        return Ok(());
+    }
+    let sh = Shell::new().map_err(|e| CliError::Message(e.to_string()))?;
+    run_helm(&sh, &helm_binary().ok_or_else(missing_helm)?, &argv[1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_quoted_only_when_needed() {
+        assert_eq!(shell_word("--namespace"), "--namespace");
+        assert_eq!(shell_word("/a/b c"), "'/a/b c'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
+}

@@ -1,0 +1,122 @@
+//! `cargo nimify chart`, `deploy` and `rollback` on the iris example with a recorded image (as
+//! `cargo nimify image` leaves it) in a private target directory: the exact helm commands each
+//! environment runs (`--dry-run`, Helm 3 and 4 flags), and the errors for an unknown environment
+//! and a missing `helm`. (No Kubernetes API server can run here; the chart itself is linted,
+//! rendered and validated by tests/python/test_chart.py.)
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+const DIGEST: &str = "sha256:2c7ad9b926b1b098a63cbbb930828c580d9757b3f5f1f6956f72eaafc9599166";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
+}
+
+/// A target directory holding the image record `chart` and `deploy` read.
+fn recorded_image() -> tempfile::TempDir {
+    let target = tempfile::tempdir().expect("tempdir");
+    let state = target.path().join("nimify/example-iris");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let record = serde_json::json!({
+        "reference": "docker://registry.example.test/ml/iris:0.1.0",
+        "digest": DIGEST,
+        "repository": "registry.example.test/ml/iris",
+        "tag": "0.1.0",
+        "package": "example-iris",
+        "port": 8000,
+        "models": [{"name": "iris", "file": "iris.onnx", "sha256": "ab".repeat(32), "size": 3_000_000}],
+    });
+    std::fs::write(state.join("image.json"), record.to_string()).expect("image.json");
+    target
+}
+
+/// `cargo nimify ARGS` in the iris example with the given target directory and PATH.
+fn nimify(target: &Path, path: &str, args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("cargo-nimify")
+        .expect("binary")
+        .current_dir(root().join("examples/iris"))
+        .env("CARGO_TARGET_DIR", target)
+        .env("PATH", path)
+        .env_remove("NIMIFY_HELM")
+        .arg("nimify")
+        .args(args)
+        .output()
+        .expect("run")
+}
+
+fn clean(text: &[u8], target: &Path) -> String {
+    String::from_utf8_lossy(text).replace(&target.display().to_string(), "[TARGET]").replace(&root().display().to_string(), "[ROOT]")
+}
+
+/// A PATH without helm (cargo itself comes from $CARGO).
+fn no_helm() -> String {
+    std::env::temp_dir().display().to_string()
+}
+
+#[test]
+fn deploy_and_rollback_dry_runs_per_environment() {
+    let target = recorded_image();
+    let mut all = String::new();
+    for env in ["dev", "staging", "prod"] {
+        for version in ["3", "4"] {
+            let out = nimify(target.path(), &no_helm(), &["deploy", "--env", env, "--dry-run", "--helm-version", version]);
+            assert!(out.status.success(), "{}", clean(&out.stderr, target.path()));
+            all += &format!("$ cargo nimify deploy --env {env} --dry-run --helm-version {version}\n{}", clean(&out.stdout, target.path()));
+        }
+        let out = nimify(target.path(), &no_helm(), &["deploy", "--env", env, "--dry-run", "--render", "manifests"]);
+        assert!(out.status.success(), "{}", clean(&out.stderr, target.path()));
+        all += &format!("$ cargo nimify deploy --env {env} --dry-run --render manifests\n{}", clean(&out.stdout, target.path()));
+        let out = nimify(target.path(), &no_helm(), &["rollback", "--env", env, "--dry-run"]);
+        all += &format!("$ cargo nimify rollback --env {env} --dry-run\n{}", clean(&out.stdout, target.path()));
+        let out = nimify(target.path(), &no_helm(), &["rollback", "--env", env, "--revision", "4", "--dry-run"]);
+        all += &format!("$ cargo nimify rollback --env {env} --revision 4 --dry-run\n{}", clean(&out.stdout, target.path()));
+    }
+    insta::assert_snapshot!("deploy_dry_runs", all);
+    // Without --helm-version and without helm, a dry run says which flags it shows.
+    let out = nimify(target.path(), &no_helm(), &["deploy", "--env", "dev", "--dry-run"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("helm not found; showing Helm 4 flags"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--rollback-on-failure"));
+}
+
+#[test]
+fn chart_is_filled_in_from_the_image_record() {
+    let target = recorded_image();
+    let out = nimify(target.path(), &no_helm(), &["chart", "--format", "json"]);
+    assert!(out.status.success(), "{}", clean(&out.stderr, target.path()));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(result["image"], format!("registry.example.test/ml/iris@{DIGEST}"));
+    let chart = target.path().join("nimify/example-iris/chart");
+    let values = std::fs::read_to_string(chart.join("values.yaml")).expect("values");
+    // Only the filled-in lines differ from charts/nimify/values.yaml.
+    let pristine = std::fs::read_to_string(root().join("charts/nimify/values.yaml")).expect("pristine values");
+    assert_eq!(values.lines().count(), pristine.lines().count());
+    let changed: Vec<String> = values.lines().zip(pristine.lines()).enumerate().filter(|(_, (a, b))| a != b).map(|(i, (a, _))| format!("{}: {a}", i + 1)).collect();
+    insta::assert_snapshot!("chart_values", changed.join("\n"));
+    let chart_yaml = std::fs::read_to_string(chart.join("Chart.yaml")).expect("Chart.yaml");
+    assert!(chart_yaml.contains("name: example-iris\n") && chart_yaml.contains("appVersion: \"0.1.0\"\n"), "{chart_yaml}");
+    for file in ["templates/deployment.yaml", "templates/tests/test-healthcheck.yaml", "files/dashboard.json", "values.schema.json", "values-prod.yaml"] {
+        assert!(chart.join(file).is_file(), "{file} missing");
+    }
+}
+
+#[test]
+fn missing_image_record_helm_and_environment_are_clear_errors() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = nimify(empty.path(), &no_helm(), &["chart"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(clean(&out.stderr, empty.path()).contains("run `cargo nimify image` first"), "{}", clean(&out.stderr, empty.path()));
+    let target = recorded_image();
+    let out = nimify(target.path(), &no_helm(), &["deploy", "--env", "qa", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = clean(&out.stderr, target.path());
+    assert!(err.contains("unknown environment `qa`") && err.contains("(defined: dev, prod, staging)") && err.contains("[package.metadata.nimify.env.qa]"), "{err}");
+    for args in [&["deploy", "--env", "dev"][..], &["deploy", "--env", "dev", "--render", "out"], &["rollback", "--env", "prod"]] {
+        let out = nimify(target.path(), &no_helm(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = clean(&out.stderr, target.path());
+        assert!(err.contains("helm not found on PATH") && err.contains("https://helm.sh/docs/intro/install/"), "{err}");
+    }
+}
