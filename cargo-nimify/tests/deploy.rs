@@ -120,3 +120,46 @@ fn missing_image_record_helm_and_environment_are_clear_errors() {
         assert!(err.contains("helm not found on PATH") && err.contains("https://helm.sh/docs/intro/install/"), "{err}");
     }
 }
+
+/// A stand-in `helm` (no helm binary can be installed here): answers `helm version` with the
+/// version given, records every other invocation's argv, and fails `upgrade` when asked to.
+fn stand_in_helm(dir: &Path, version: &str, fail_upgrade: bool) -> PathBuf {
+    let log = dir.join("helm.log");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = version ]; then echo {version}; exit 0; fi\necho \"$*\" >> {log}\nif [ \"$1\" = upgrade ] && [ {fail} = 1 ]; then echo 'Error: context deadline exceeded' >&2; exit 1; fi\nexit 0\n",
+        log = log.display(),
+        fail = u8::from(fail_upgrade)
+    );
+    let helm = dir.join("helm");
+    std::fs::write(&helm, script).expect("script");
+    #[cfg(unix)]
+    std::fs::set_permissions(&helm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    log
+}
+
+#[test]
+fn deploy_runs_helm_with_the_flags_its_version_takes() {
+    let target = recorded_image();
+    for (version, flag) in [("v3.14.2", "--atomic"), ("v4.0.1", "--rollback-on-failure")] {
+        let bin = tempfile::tempdir().expect("bin dir");
+        let log = stand_in_helm(bin.path(), version, false);
+        let out = nimify(target.path(), &bin.path().display().to_string(), &["deploy", "--env", "staging"]);
+        assert!(out.status.success(), "{}", clean(&out.stderr, target.path()));
+        let calls = clean(std::fs::read_to_string(&log).expect("log").as_bytes(), target.path());
+        let lines: Vec<&str> = calls.lines().collect();
+        assert_eq!(lines.len(), 2, "{calls}");
+        assert!(lines[0].starts_with("upgrade --install example-iris [TARGET]/nimify/example-iris/chart --namespace iris-staging --kube-context staging") && lines[0].ends_with(flag), "{calls}");
+        assert_eq!(lines[1], "test example-iris --namespace iris-staging --kube-context staging");
+        let out = nimify(target.path(), &bin.path().display().to_string(), &["rollback", "--env", "staging", "--revision", "2"]);
+        assert!(out.status.success());
+        assert!(std::fs::read_to_string(&log).expect("log").ends_with("rollback example-iris 2 --namespace iris-staging --kube-context staging --wait --timeout 10m\n"));
+    }
+    // A failed upgrade (helm rolls back itself) is exit 1, and no `helm test` runs after it.
+    let bin = tempfile::tempdir().expect("bin dir");
+    let log = stand_in_helm(bin.path(), "v4.0.1", true);
+    let out = nimify(target.path(), &bin.path().display().to_string(), &["deploy", "--env", "prod"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = clean(&out.stderr, target.path());
+    assert!(err.contains("context deadline exceeded") && err.contains("upgrade failed"), "{err}");
+    assert_eq!(std::fs::read_to_string(&log).expect("log").lines().count(), 1);
+}
