@@ -148,6 +148,10 @@ def test_archives_load_with_podman_and_inspect_with_skopeo(tmp_path):
     assert skopeo_inspect(f"oci-archive:{oci}:archive")["Digest"] == o["digest"]
     raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci-archive:{oci}:archive"], capture_output=True, text=True, check=True).stdout
     config_digest = json.loads(raw)["config"]["digest"]
+    # An OCI archive also serves as a base.
+    on_archive = nimify_image(IRIS, "--base", f"oci-archive:{oci}:archive", "--output", f"oci:{tmp_path / 'on-archive'}:test").result
+    layers = skopeo_inspect(f"oci:{tmp_path / 'on-archive'}:test")["Layers"]
+    assert layers[:4] == skopeo_inspect(f"oci-archive:{oci}:archive")["Layers"] and len(layers) == 7 and on_archive["digest"] != o["digest"]
     for archive, name in ((docker, "localhost/example-iris:archive"), (oci, "localhost/archive:latest")):
         loaded = podman("load", "--input", str(archive))
         assert name in loaded.stdout, loaded.stdout + loaded.stderr
