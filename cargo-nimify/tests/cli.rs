@@ -37,7 +37,7 @@ fn inspect_json() {
 
 #[test]
 fn help_texts() {
-    for args in [&["--help"][..], &["inspect", "--help"], &["serve", "--help"], &["ort", "install", "--help"], &["new", "--help"], &["build", "--help"], &["image", "--help"]] {
+    for args in [&["--help"][..], &["inspect", "--help"], &["serve", "--help"], &["ort", "install", "--help"], &["new", "--help"], &["build", "--help"], &["image", "--help"], &["chart", "--help"], &["deploy", "--help"], &["rollback", "--help"]] {
         let out = nimify().args(args).assert().success().get_output().stdout.clone();
         insta::assert_snapshot!(format!("help_{}", args.join("_").trim_start_matches("--")), String::from_utf8(out).expect("utf8"));
     }
