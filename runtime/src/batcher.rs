@@ -110,15 +110,16 @@ impl Worker {
             self.metrics.queue_seconds.observe(waited.as_secs_f64());
         }
         if jobs.len() > 1
-            && let Some(results) = self.run_batched(session, &jobs) {
-                let total: usize = jobs.iter().map(|j| j.items).sum();
-                self.metrics.count.inc_by(total as u64);
-                self.metrics.batch_size.observe(total as f64);
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(result));
-                }
-                return;
+            && let Some(results) = self.run_batched(session, &jobs)
+        {
+            let total: usize = jobs.iter().map(|j| j.items).sum();
+            self.metrics.count.inc_by(total as u64);
+            self.metrics.batch_size.observe(total as f64);
+            for (job, result) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(Ok(result));
             }
+            return;
+        }
         for job in jobs {
             let result = self.run_one(session, job.inputs);
             if result.is_ok() {

@@ -49,9 +49,10 @@ impl AppState {
             ))
         })?;
         if let Some(v) = version
-            && v != model.version() {
-                return Err(ApiError::NotFound(format!("unknown version {v:?} of model {name:?}; available: {:?}", model.version())));
-            }
+            && v != model.version()
+        {
+            return Err(ApiError::NotFound(format!("unknown version {v:?} of model {name:?}; available: {:?}", model.version())));
+        }
         Ok(model)
     }
 

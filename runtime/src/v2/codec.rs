@@ -228,13 +228,14 @@ fn check_against(spec: &TensorSpec, tensor: &Tensor) -> Result<(), ApiError> {
     }
     for (i, (dim, &got)) in dims.iter().zip(&tensor.shape).enumerate() {
         if let Dim::Fixed(want) = dim
-            && *want != got as u64 {
-                return Err(ApiError::InvalidTensor(format!(
-                    "input {name:?}: dim {i} is {got} but the model expects {want} (shape {:?} vs [{}])",
-                    tensor.shape,
-                    declared()
-                )));
-            }
+            && *want != got as u64
+        {
+            return Err(ApiError::InvalidTensor(format!(
+                "input {name:?}: dim {i} is {got} but the model expects {want} (shape {:?} vs [{}])",
+                tensor.shape,
+                declared()
+            )));
+        }
     }
     Ok(())
 }
