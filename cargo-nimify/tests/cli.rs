@@ -108,3 +108,13 @@ fn scaffolds_match_snapshots() {
         assert!(crate_dir.join("models/odd_names.onnx").is_file());
     }
 }
+
+#[test]
+fn build_names_the_package_and_binary_it_cannot_find() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let iris = root.join("examples/iris");
+    one_line_error(nimify().current_dir(&iris).args(["build", "--bin", "nope"]), &["package `example-iris` has no binary `nope`", "(binaries: example-iris)"]);
+    one_line_error(nimify().current_dir(&iris).args(["build", "--package", "nope"]), &["package `nope` is not in this workspace", "example-iris"]);
+    // The workspace root is no package: say how to pick one.
+    one_line_error(nimify().current_dir(&root).args(["image", "--no-build"]), &["is not inside a package of this workspace", "--package"]);
+}

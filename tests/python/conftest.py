@@ -78,6 +78,14 @@ def serve():
         s.stop()
 
 
+def sha256_of(path):
+    """sha256 hex of a file, as `cargo nimify inspect` and the image labels spell it."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def free_port():
     """A loopback port nothing listens on right now."""
     import socket
@@ -154,7 +162,8 @@ class Container:
         return podman("exec", self.id, *argv, check=False)
 
     def logs(self):
-        return podman("logs", self.id, check=False).stdout + podman("logs", self.id, check=False).stderr
+        proc = podman("logs", self.id, check=False)
+        return proc.stdout + proc.stderr
 
     def stop(self):
         """`podman stop` (SIGTERM, SIGKILL after 20 s), then the exit code."""

@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import ROOT
+from conftest import BIN, ROOT, Service, nimify_image, sha256_of
 
 CHART = os.path.join(ROOT, "charts", "nimify")
 SNAPSHOTS = os.path.join(os.path.dirname(__file__), "snapshots")
@@ -155,8 +155,6 @@ def test_the_rendered_config_is_accepted_by_the_service(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text(cm["data"]["config.toml"])
     binary = os.path.join(ROOT, "target", "debug", "example-iris")
-    from conftest import Service
-
     service = Service([binary, "--config", str(config), "--host", "127.0.0.1", "--port", "0"])
     assert service.stop() == 0
 
@@ -221,8 +219,6 @@ def test_alert_and_dashboard_queries_use_live_metric_and_label_names(serve):
 
 
 def test_cargo_nimify_chart_writes_a_chart_for_the_built_image(tmp_path):
-    from conftest import BIN, nimify_image
-
     iris = os.path.join(ROOT, "examples", "iris")
     image = nimify_image(iris, "--output", f"oci:{tmp_path / 'image'}:chart").result
     chart = tmp_path / "chart"
@@ -241,14 +237,8 @@ def test_cargo_nimify_chart_writes_a_chart_for_the_built_image(tmp_path):
         validate(manifests, tmp_path)
         deploy = next(d for d in manifests if d["kind"] == "Deployment")
         assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == f"example-iris@{image['digest']}"
-        assert deploy["metadata"]["annotations"]["nimify.io/model-sha256"] == image_sha(iris)
+        assert deploy["metadata"]["annotations"]["nimify.io/model-sha256"] == sha256_of(os.path.join(iris, "iris.onnx"))
     notes = helm.Chart.load(str(chart)).render({}, name="iris", namespace="ml", is_install=True)
     text = next(t for p, t in notes.items() if p.endswith("NOTES.txt"))
     assert "kubectl --namespace ml port-forward service/iris-example-iris 8000:8000" in text and "/v2/models/iris" in text
 
-
-def image_sha(crate):
-    import hashlib
-
-    with open(os.path.join(crate, "iris.onnx"), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()

@@ -4,7 +4,6 @@ self-signed certificate). Reproducibility, the weights-only layer change, and ev
 leaving no half-written output."""
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -15,16 +14,11 @@ import onnx
 import pytest
 import requests
 
-from conftest import PODMAN_IMAGES, ROOT, Container, free_port, nimify_image, podman, skopeo_inspect
+from conftest import BIN, PODMAN_IMAGES, ROOT, Container, free_port, nimify_image, podman, sha256_of, skopeo_inspect
 
 EXAMPLES = os.path.join(ROOT, "examples")
 IRIS = os.path.join(EXAMPLES, "iris")
 TEXT = os.path.join(EXAMPLES, "text")
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def manifest_of(layout, tag="test"):
@@ -45,7 +39,7 @@ def test_config_labels_user_and_layers(example_image):
     assert config["ExposedPorts"] == {"8000/tcp": {}}
     assert config["Entrypoint"] == ["/opt/nimify/bin/example-iris"]
     env = dict(e.split("=", 1) for e in config["Env"])
-    model_sha = sha256(os.path.join(IRIS, "iris.onnx"))
+    model_sha = sha256_of(os.path.join(IRIS, "iris.onnx"))
     assert env["NIMIFY_MODEL_SHA256"] == model_sha
     assert env["ORT_DYLIB_PATH"] == "/opt/nimify/lib/libonnxruntime.so.1.31.1"
     labels = config["Labels"]
@@ -67,7 +61,7 @@ def test_several_models_carry_one_digest_each(example_image):
     ref, _ = example_image("pipeline")
     labels = skopeo_inspect(ref, config=True)["config"]["Labels"]
     models = os.path.join(EXAMPLES, "pipeline", "models")
-    want = f"scaler={sha256(os.path.join(models, 'scaler.onnx'))},scorer={sha256(os.path.join(models, 'scorer.onnx'))}"
+    want = f"scaler={sha256_of(os.path.join(models, 'scaler.onnx'))},scorer={sha256_of(os.path.join(models, 'scorer.onnx'))}"
     assert labels["io.nimify.model.sha256"] == want and labels["io.nimify.model.name"] == "scaler,scorer"
 
 
@@ -77,7 +71,7 @@ def test_a_changed_model_file_refuses_to_start_naming_both_digests(example_image
     proc = podman("run", "--rm", "--read-only", "--user", "65532", "--network", "host", "-e", f"NIMIFY_PORT={free_port()}", "-e", f"NIMIFY_MODEL_SHA256={wrong}", ref, check=False)
     assert proc.returncode == 1
     error = proc.stderr.strip().splitlines()[-1]
-    assert wrong in error and sha256(os.path.join(IRIS, "iris.onnx")) in error and "rebuild the image" in error
+    assert wrong in error and sha256_of(os.path.join(IRIS, "iris.onnx")) in error and "rebuild the image" in error
 
 
 def test_same_digest_twice_with_every_input_touched(tmp_path):
@@ -88,7 +82,7 @@ def test_same_digest_twice_with_every_input_touched(tmp_path):
         for f in files:
             os.utime(os.path.join(top, f))
     os.utime(os.path.join(ROOT, "target", "debug", "example-text"))
-    ort = subprocess.run([os.environ.get("NIMIFY_BIN", os.path.join(ROOT, "target", "debug", "cargo-nimify")), "nimify", "ort", "path"], capture_output=True, text=True).stdout.strip()
+    ort = subprocess.run([BIN, "nimify", "ort", "path"], capture_output=True, text=True).stdout.strip()
     os.utime(ort)
     second = nimify_image(TEXT, "--output", f"oci:{tmp_path / 'b'}:test").result
     assert first["digest"] == second["digest"]
@@ -291,7 +285,7 @@ def test_missing_inputs_are_clear_errors_and_write_nothing(tmp_path):
 
 
 def test_build_reports_the_executable():
-    proc = subprocess.run([os.environ.get("NIMIFY_BIN", os.path.join(ROOT, "target", "debug", "cargo-nimify")), "nimify", "build", "--profile", "dev", "--format", "json"], cwd=IRIS, capture_output=True, text=True)
+    proc = subprocess.run([BIN, "nimify", "build", "--profile", "dev", "--format", "json"], cwd=IRIS, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["package"] == "example-iris" and out["executable"] == os.path.join(ROOT, "target", "debug", "example-iris")

@@ -126,12 +126,17 @@ fn shell_word(arg: &str) -> String {
     }
 }
 
+/// A command line as a shell would take it.
+fn shell_line(argv: &[String]) -> String {
+    argv.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" ")
+}
+
 fn print_command(argv: &[String]) {
-    println!("{}", argv.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" "));
+    println!("{}", shell_line(argv));
 }
 
 fn run_helm(sh: &Shell, helm: &Path, argv: &[String]) -> Result<(), CliError> {
-    eprintln!("     Running {}", argv.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" "));
+    eprintln!("     Running helm {}", shell_line(argv));
     cmd!(sh, "{helm} {argv...}").run().map_err(|e| CliError::Message(format!("{} failed: {e}", argv.first().map(String::as_str).unwrap_or("helm"))))
 }
 

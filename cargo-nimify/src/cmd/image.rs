@@ -63,15 +63,7 @@ pub struct ImageArgs {
 /// Runs the command.
 pub fn run(args: &ImageArgs) -> Result<(), CliError> {
     let project = Project::load(&args.project)?;
-    let settings = &project.settings;
-    let name = args.name.clone().or_else(|| settings.image.clone()).unwrap_or_else(|| project.package.clone());
-    let tag = args.tag.clone().or_else(|| settings.tag.clone()).unwrap_or_else(|| project.version.clone());
-    let registry = args.registry.clone().or_else(|| settings.registry.clone());
-    let output = match (&args.output, &registry) {
-        (Some(o), _) => Output::parse(o, &tag)?,
-        (None, Some(r)) => Output::parse(&format!("docker://{}/{name}:{tag}", r.trim_end_matches('/')), &tag)?,
-        (None, None) => Output::parse(&format!("oci:{}:{tag}", project.state_dir().join("oci").display()), &tag)?,
-    };
+    let (name, tag, output) = naming(&project, args)?;
     let push = push_options(args)?;
     let binary = if args.no_build {
         let exe = super::build::expected_executable(&project, &args.profile);
@@ -83,7 +75,7 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
         status("Building", &format!("{} (profile {})", project.package, args.profile));
         super::build::build(&project, &args.profile)?
     };
-    let plan = plan(&project, args, binary)?;
+    let plan = plan(&project, args, binary, &name)?;
     let epoch = plan.epoch;
     std::fs::create_dir_all(project.state_dir()).map_err(|e| CliError::Message(format!("cannot create {}: {e}", project.state_dir().display())))?;
     let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?;
@@ -113,6 +105,21 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Image name, tag and output: flags, then `[package.metadata.nimify]`, then the package's own
+/// name and version; the output defaults to the registry when one is set, else a layout in target.
+fn naming(project: &Project, args: &ImageArgs) -> Result<(String, String, Output), CliError> {
+    let settings = &project.settings;
+    let name = args.name.clone().or_else(|| settings.image.clone()).unwrap_or_else(|| project.package.clone());
+    let tag = args.tag.clone().or_else(|| settings.tag.clone()).unwrap_or_else(|| project.version.clone());
+    let registry = args.registry.clone().or_else(|| settings.registry.clone());
+    let output = match (&args.output, &registry) {
+        (Some(o), _) => Output::parse(o, &tag)?,
+        (None, Some(r)) => Output::parse(&format!("docker://{}/{name}:{tag}", r.trim_end_matches('/')), &tag)?,
+        (None, None) => Output::parse(&format!("oci:{}:{tag}", project.state_dir().join("oci").display()), &tag)?,
+    };
+    Ok((name, tag, output))
+}
+
 fn status(verb: &str, what: &str) {
     eprintln!("{verb:>12} {what}");
 }
@@ -126,7 +133,7 @@ fn push_options(args: &ImageArgs) -> Result<PushOptions, CliError> {
 }
 
 /// Collects every input and fails, before anything is written, when one is missing.
-fn plan(project: &Project, args: &ImageArgs, binary: PathBuf) -> Result<Plan, CliError> {
+fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Result<Plan, CliError> {
     let models = models_of(&binary, &project.bin)?;
     let assets = project
         .settings
@@ -153,7 +160,7 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf) -> Result<Plan, Cl
     };
     let base = args.base.clone().or_else(|| project.settings.base.clone());
     let mut plan = Plan { bin: project.bin.clone(), binary, models, assets, ort, base, labels: BTreeMap::new(), epoch, port: nimify::DEFAULT_PORT };
-    plan.labels = labels(project, &plan, args.name.as_deref().or(project.settings.image.as_deref()).unwrap_or(&project.package));
+    plan.labels = labels(project, &plan, name);
     Ok(plan)
 }
 
@@ -278,4 +285,46 @@ fn report(record: &Value) {
     }
     let size = record["size"].as_u64().unwrap_or(0);
     status("Finished", &format!("{} ({} compressed, {} unpacked) {}", record["reference"].as_str().unwrap_or(""), img::human_size(size), img::human_size(raw), record["digest"].as_str().unwrap_or("")));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn project(settings: crate::project::Settings) -> Project {
+        Project {
+            package: "svc".into(),
+            version: "1.2.3".into(),
+            repository: None,
+            description: None,
+            manifest_path: PathBuf::from("/w/svc/Cargo.toml"),
+            bin: "svc".into(),
+            target_dir: PathBuf::from("/w/target"),
+            settings,
+        }
+    }
+
+    fn args(flags: &[&str]) -> ImageArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            image: ImageArgs,
+        }
+        Cli::try_parse_from([&["image"][..], flags].concat()).expect("flags").image
+    }
+
+    #[test]
+    fn names_come_from_flags_then_metadata_then_the_package() {
+        let (name, tag, output) = naming(&project(Default::default()), &args(&[])).expect("defaults");
+        assert_eq!((name.as_str(), tag.as_str()), ("svc", "1.2.3"));
+        assert_eq!(output.reference(), "oci:/w/target/nimify/svc/oci:1.2.3");
+        let meta = crate::project::Settings { image: Some("acme/svc".into()), tag: Some("stable".into()), registry: Some("ghcr.io/".into()), ..Default::default() };
+        let (_, _, output) = naming(&project(meta.clone()), &args(&[])).expect("metadata");
+        assert_eq!(output.reference(), "docker://ghcr.io/acme/svc:stable");
+        let (name, tag, output) = naming(&project(meta.clone()), &args(&["--name", "other", "--tag", "v9", "--registry", "127.0.0.1:5000"])).expect("flags");
+        assert_eq!((name.as_str(), tag.as_str(), output.reference().as_str()), ("other", "v9", "docker://127.0.0.1:5000/other:v9"));
+        let (_, _, output) = naming(&project(meta), &args(&["--output", "oci-archive:x.tar"])).expect("explicit output");
+        assert_eq!(output.reference(), "oci-archive:x.tar:stable");
+    }
 }

@@ -88,7 +88,7 @@ fn install(wheel: Option<&Path>, force: bool) -> Result<(), CliError> {
         }
     };
     let bytes = std::fs::read(&wheel_path).map_err(|e| CliError::Message(format!("cannot read wheel {}: {e}", wheel_path.display())))?;
-    let actual: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let actual = crate::image::layer::hex(&sha2::Sha256::digest(&bytes));
     if actual != *sha256 {
         return Err(CliError::Message(format!("wheel {} has sha256 {actual}, expected {sha256}; refusing to install it", wheel_path.display())));
     }

@@ -192,10 +192,11 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entries(blob: &Blob) -> Vec<(String, u32, u64, u64, u64)> {
+    /// (path, mode, uid, mtime, size) of every entry of a stored layer.
+    pub(crate) fn entries(blob: &Blob) -> Vec<(String, u32, u64, u64, u64)> {
         let file = File::open(&blob.path).expect("blob");
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
         tar.entries()

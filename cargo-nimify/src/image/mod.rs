@@ -207,9 +207,7 @@ mod tests {
     use super::*;
 
     fn entries(blob: &Blob) -> Vec<String> {
-        let file = std::fs::File::open(&blob.path).expect("blob");
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-        tar.entries().expect("entries").map(|e| e.expect("entry").path().expect("path").to_string_lossy().into_owned()).collect()
+        layer::tests::entries(blob).into_iter().map(|e| e.0).collect()
     }
 
     #[test]

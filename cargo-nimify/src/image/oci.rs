@@ -233,7 +233,7 @@ fn pick_platform(index: &Value) -> Result<Value, String> {
         .ok_or_else(|| format!("has no linux/{arch} image"))
 }
 
-/// Reads a layout file as JSON (for tests and outputs that merge into an existing layout).
+/// Reads a layout file as JSON (an existing layout's index, when an output merges into it).
 pub fn read_layout_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
