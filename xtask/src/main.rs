@@ -14,6 +14,7 @@ tasks:
   codegen         regenerate nimify-model/src/onnx.rs from nimify-model/proto/onnx-ml.proto
   codegen --check fail when the committed file is stale
   models          regenerate the committed test and example models (needs the Python tools)
+  lock            recompile tests/python/*.lock (hash-pinned Python environments) from their .in files
   test            install what the tests need (ONNX Runtime, Python tools) and run every test
   bench [NAME]    signature: read a generated 1 GiB model; serve [--seconds N]: the service under wrk vs in-process ONNX Runtime";
 
@@ -24,6 +25,7 @@ fn main() -> Result<()> {
         ["codegen"] => codegen::run(false),
         ["codegen", "--check"] => codegen::run(true),
         ["models"] => test::models(),
+        ["lock"] => test::lock(),
         ["test", rest @ ..] => test::run(rest),
         ["bench", rest @ ..] => bench::run(rest),
         _ => bail!("{USAGE}"),
