@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -76,6 +77,40 @@ def serve():
     yield start
     for s in servers.values():
         s.stop()
+
+
+@pytest.fixture
+def start():
+    """`start(name, *flags)`: a server of its own for tests/models/<name>.onnx, stopped after the test."""
+    servers = []
+
+    def go(model, *args):
+        s = Server(os.path.join(MODELS, f"{model}.onnx"), *args)
+        servers.append(s)
+        return s
+
+    yield go
+    for s in servers:
+        if s.proc.poll() is None:
+            s.stop()
+
+
+def metrics(server):
+    """{(name, labels-string): value} from /metrics."""
+    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$', line)
+        assert m, line
+        out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def metric(server, name, model):
+    """One series of `model` (version 1), 0 when absent."""
+    return metrics(server).get((name, f'{{model="{model}",version="1"}}'), 0.0)
 
 
 def sha256_of(path):

@@ -62,24 +62,51 @@ def test_openapi_documents_are_valid(example):
         validate(requests.get(f"{url}/openapi.json", timeout=5).json())
 
 
-def test_iris_matches_scikit_learn(example):
-    url = example("iris")
-    sys.path.insert(0, MODELS)
-    from make_models import train_iris
+def iris_reference(rows):
+    """What the committed examples/iris/iris.onnx must answer for `rows`, two ways and never from a
+    new training run: ONNX Runtime in Python on the same file, and scikit-learn's formula for a
+    multinomial logistic regression (softmax of x·Wᵀ + b) in float64 over the coefficients stored
+    in the file. Returns (labels, probabilities from ONNX Runtime, probabilities from the formula)."""
+    import onnx
 
-    clf, x = train_iris()
-    rows = x[::10].astype(np.float32)
-    want = clf.predict_proba(rows)
+    path = os.path.join(EXAMPLES, "iris", "iris.onnx")
+    labels, zipmap = ort.InferenceSession(path).run(["output_label", "output_probability"], {"X": rows})
+    [node] = [n for n in onnx.load(path).graph.node if n.op_type == "LinearClassifier"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["post_transform"] == b"SOFTMAX" and attrs["classlabels_ints"] == [0, 1, 2]
+    w = np.array(attrs["coefficients"], np.float64).reshape(3, -1)
+    logits = rows.astype(np.float64) @ w.T + np.array(attrs["intercepts"], np.float64)
+    formula = np.exp(logits - logits.max(axis=1, keepdims=True))
+    formula /= formula.sum(axis=1, keepdims=True)
+    return labels, np.array([[row[k] for k in range(3)] for row in zipmap]), formula
+
+
+# The service runs the same file with the same ONNX Runtime version as Python does, so only the
+# order of float32 additions can differ (thread count, kernels): a few float32 ulps (eps 1.2e-7).
+SAME_MODEL_RTOL = 1e-6
+# ONNX Runtime computes in float32 and the formula in float64: logits of magnitude ~20 carry an
+# absolute error of ~20 x 1.2e-7 before softmax, so probabilities agree to about 1e-5.
+FLOAT32_VS_FLOAT64_ATOL = 1e-5
+
+
+def test_iris_matches_onnx_runtime_and_the_stored_coefficients(example):
+    url = example("iris")
+    from sklearn.datasets import load_iris
+
+    rows = load_iris().data[::10].astype(np.float32)
+    labels, want, formula = iris_reference(rows)
+    np.testing.assert_allclose(want, formula, atol=FLOAT32_VS_FLOAT64_ATOL)
+    assert labels.tolist() == formula.argmax(axis=1).tolist()
     r = requests.post(f"{url}/v1/models/iris/predict", json={"measurements": rows.tolist()}, timeout=10)
     assert r.status_code == 200, r.text
     names = ["setosa", "versicolor", "virginica"]
-    for pred, p in zip(r.json()["predictions"], want):
-        assert pred["species"] == names[int(np.argmax(p))]
-        np.testing.assert_allclose([pred["probabilities"][n] for n in names], p, atol=1e-5)
+    for pred, p, label in zip(r.json()["predictions"], want, labels):
+        assert pred["species"] == names[label]
+        np.testing.assert_allclose([pred["probabilities"][n] for n in names], p, rtol=SAME_MODEL_RTOL)
     out = v2(url, "iris", "X", rows)
     got = [json.loads(row) for row in out["output_probability"]["data"]]
-    np.testing.assert_allclose([[row[str(k)] for k in range(3)] for row in got], want, atol=1e-5)
-    assert out["output_label"]["data"] == clf.predict(rows).tolist()
+    np.testing.assert_allclose([[row[str(k)] for k in range(3)] for row in got], want, rtol=SAME_MODEL_RTOL)
+    assert out["output_label"]["data"] == labels.tolist()
     r = requests.post(f"{url}/v1/models/iris/predict", json={"measurements": [[1, 2, 3]]}, timeout=10)
     assert r.status_code == 422 and "measurements" in r.json()["error"]
 

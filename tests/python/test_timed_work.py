@@ -1,0 +1,196 @@
+"""Overload, clients that leave, request deadlines and SIGTERM drain: behaviour that needs a
+request to keep the model busy for a while.
+
+How long the work takes is never left to the CPU. tests/models/slow.onnx runs a Loop whose trip
+count is an input (`trips`), so each request chooses its own amount of work. Each test first runs
+its own control: it measures, on the machine as loaded right now, the thing its timing depends on
+(a deadline, or how long this client takes to send a burst of requests), then sizes the work by
+measurement to at least `MARGIN` times that, and asserts the ordering it relies on (e.g. every
+rejection answered while the long request was still running). The measured figures are in each
+assertion's message, so a failure says what was measured against what, and the assertions mean
+the same on a fast machine, a slow one, or one whose cores are busy with something else.
+"""
+
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import requests
+
+from conftest import metric
+
+# Work is sized to at least this many times the deadline (or burst time) it must outlast.
+MARGIN = 10
+
+
+def run_work(server, trips, timeout=120):
+    """One request to the slow model for `trips` Loop steps (0: no work at all)."""
+    body = {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8},
+                       {"name": "trips", "shape": [1, 1], "datatype": "INT64", "data": [int(trips)]}]}
+    return requests.post(f"{server.url}/v2/models/slow/infer", json=body, timeout=timeout)
+
+
+def timed(call, *args, **kwargs):
+    """(result or exception, monotonic time it came back)."""
+    try:
+        result = call(*args, **kwargs)
+    except requests.RequestException as e:
+        result = e
+    return result, time.monotonic()
+
+
+class Work(NamedTuple):
+    trips: int
+    seconds: float
+
+    def __str__(self):
+        return f"{self.trips} steps measured at {self.seconds * 1000:.0f} ms"
+
+
+def size_work(server, at_least, against):
+    """The control: a trip count whose request to `server` (no deadline on it) takes at least
+    `at_least` seconds when measured now, with the measured time; `against` says what the work
+    must outlast (printed with the figures)."""
+    trips = 1000
+    while True:
+        start = time.monotonic()
+        r = run_work(server, trips)
+        took = time.monotonic() - start
+        assert r.status_code == 200, r.text
+        if took >= at_least:
+            print(f"control: {trips} steps took {took * 1000:.0f} ms, sized to at least {at_least * 1000:.0f} ms against {against}")
+            return Work(trips, took)
+        # Aim above the need so that one more measurement usually suffices.
+        trips = int(trips * min(100.0, max(2.0, 1.5 * at_least / max(took, 1e-3))))
+
+
+def size_work_against_burst(server, pool, n):
+    """The control for bursts: measures how long this client takes to have `n` concurrent
+    requests (no work) answered by `server` now, and sizes work to `MARGIN` times that (at least
+    half a second). Returns the work and the burst's time."""
+    start = time.monotonic()
+    list(pool.map(lambda _: run_work(server, 0), range(n)))
+    sending = time.monotonic() - start
+    work = size_work(server, max(MARGIN * sending, 0.5), f"{MARGIN} x a burst of {n} ({sending * 1000:.0f} ms)")
+    return work, sending
+
+
+def executions_started(server):
+    # The queue-time histogram gets one observation when a request's execution begins.
+    return metric(server, "nimify_queue_duration_seconds_count", "slow")
+
+
+def wait_until(condition, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def start_long(server, pool, work):
+    """Submits one request for `work` and returns its future once its execution has begun."""
+    started = executions_started(server)
+    long = pool.submit(timed, run_work, server, work.trips)
+    wait_until(lambda: executions_started(server) > started, "the long request to start executing")
+    return long
+
+
+def test_full_queue_answers_503_with_retry_after_and_stays_ready(start):
+    server = start("slow", "--queue-capacity", "2", "--batching", "false")
+    burst = 23
+    with ThreadPoolExecutor(burst + 1) as pool:
+        work, sending = size_work_against_burst(server, pool, burst)
+        rejected_before = metric(server, "nimify_requests_rejected_total", "slow")
+        # One request occupies the only session; of the burst sent meanwhile, two fit the queue
+        # and every other one must be refused at once.
+        long = start_long(server, pool, work)
+        answers = list(pool.map(lambda _: timed(run_work, server, 0), range(burst)))
+        (long_response, long_done) = long.result()
+    assert long_response.status_code == 200, long_response.text
+    codes = [r.status_code for r, _ in answers]
+    refused = [(r, at) for r, at in answers if r.status_code == 503]
+    control = f"work {work}, a burst of {burst} took {sending * 1000:.0f} ms to send when measured, codes {codes}"
+    assert refused and max(at for _, at in refused) < long_done, f"refusals must come while the long request runs: {control}"
+    assert codes.count(200) == 2 and len(refused) == burst - 2, control
+    for r, _ in refused:
+        assert r.headers["Retry-After"] == "1"
+        assert "full queue" in r.json()["error"]
+    assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+    assert metric(server, "nimify_requests_rejected_total", "slow") - rejected_before == len(refused)
+    assert run_work(server, 0).status_code == 200
+
+
+def test_in_flight_cap_answers_503_and_probes_stay_open(start):
+    server = start("slow", "--max-in-flight", "2", "--batching", "false")
+    burst = 11
+    with ThreadPoolExecutor(burst + 1) as pool:
+        work, sending = size_work_against_burst(server, pool, burst)
+        # The long request holds one of the two in-flight slots while it runs.
+        long = start_long(server, pool, work)
+        assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+        assert requests.get(f"{server.url}/metrics", timeout=5).status_code == 200
+        answers = list(pool.map(lambda _: timed(run_work, server, 0), range(burst)))
+        (long_response, long_done) = long.result()
+    assert long_response.status_code == 200, long_response.text
+    codes = [r.status_code for r, _ in answers]
+    capped = [(r, at) for r, at in answers if r.status_code == 503]
+    control = f"work {work}, a burst of {burst} took {sending * 1000:.0f} ms to send when measured, codes {codes}"
+    assert capped and max(at for _, at in capped) < long_done, f"refusals must come while the long request runs: {control}"
+    assert codes.count(200) == 1 and len(capped) == burst - 1, control
+    assert all(r.headers["Retry-After"] == "1" and "in flight" in r.json()["error"] for r, _ in capped)
+
+
+def test_requests_of_clients_that_left_are_not_executed(start):
+    server = start("slow", "--batching", "false")
+    patience = 0.25  # seconds each leaving client waits for its answer
+    leaving = 5
+    work = size_work(server, MARGIN * patience, f"{MARGIN} x the leaving clients' patience")
+    cancelled_before = metric(server, "nimify_requests_cancelled_total", "slow")
+    executed_before = metric(server, "nv_inference_exec_count", "slow")
+    with ThreadPoolExecutor(leaving + 1) as pool:
+        long = start_long(server, pool, work)
+        # Queued behind the long request, these clients give up long before it ends.
+        gave_up = list(pool.map(lambda _: timed(run_work, server, 0, timeout=patience), range(leaving)))
+        (long_response, long_done) = long.result()
+    assert long_response.status_code == 200, long_response.text
+    control = f"work {work} against clients waiting {patience * 1000:.0f} ms: {[type(r).__name__ for r, _ in gave_up]}"
+    assert all(isinstance(r, requests.exceptions.Timeout) for r, _ in gave_up), control
+    assert max(at for _, at in gave_up) < long_done, f"the clients must leave while the long request runs: {control}"
+    wait_until(lambda: metric(server, "nimify_requests_cancelled_total", "slow") - cancelled_before >= leaving, "the cancellations to be counted")
+    assert metric(server, "nimify_requests_cancelled_total", "slow") - cancelled_before == leaving
+    assert metric(server, "nv_inference_exec_count", "slow") - executed_before == 1  # only the long request ran
+
+
+def test_request_timeout(start):
+    deadline_ms = 50
+    # The control runs on a server without the deadline; the test on one with it.
+    work = size_work(start("slow", "--batching", "false"), MARGIN * deadline_ms / 1000, f"{MARGIN} x the deadline")
+    server = start("slow", "--request-timeout-ms", str(deadline_ms), "--batching", "false")
+    sent = time.monotonic()
+    r = run_work(server, work.trips)
+    took = time.monotonic() - sent
+    control = f"work {work} against a {deadline_ms} ms deadline, answered after {took * 1000:.0f} ms"
+    assert r.status_code == 504, f"{r.status_code} {r.text}: {control}"
+    assert f"{deadline_ms} ms" in r.json()["error"]
+    assert took < work.seconds, f"the 504 must not wait for the work to end: {control}"
+
+
+def test_sigterm_drains_in_flight_requests(start):
+    server = start("slow", "--batching", "false")
+    queued = 5
+    with ThreadPoolExecutor(queued + 1) as pool:
+        work, sending = size_work_against_burst(server, pool, queued)
+        long = start_long(server, pool, work)
+        behind = [pool.submit(timed, run_work, server, 0) for _ in range(queued)]
+        wait_until(lambda: metric(server, "nv_inference_pending_request_count", "slow") == queued, "the requests to queue")
+        server.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        (long_response, long_done) = long.result()
+        answers = [f.result() for f in behind]
+    control = f"work {work} (a burst of {queued} took {sending * 1000:.0f} ms), signalled {(long_done - signalled) * 1000:.0f} ms before it ended"
+    assert long_done > signalled, f"the signal must come while the long request runs: {control}"
+    assert long_response.status_code == 200, control
+    assert [r.status_code for r, _ in answers] == [200] * queued, control
+    assert server.proc.wait(timeout=60) == 0
+    assert any("draining in-flight requests" in line for line in server.log)
