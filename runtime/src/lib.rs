@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod error;
+mod inference;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -15,13 +15,13 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::inference::admission::Admission;
 use crate::metrics::Metrics;
 use crate::model::{LoadError, LoadSettings, Model, ModelOptions};
 
@@ -34,8 +34,7 @@ pub struct AppState {
     models: BTreeMap<String, Arc<Model>>,
     ready: AtomicBool,
     config: Config,
-    api_keys: Vec<String>,
-    in_flight: Arc<Semaphore>,
+    admission: Admission,
     metrics: Metrics,
 }
 
@@ -215,8 +214,8 @@ impl ServerBuilder {
                 crate::typed::check_signature(model, compiled)?;
             }
         }
-        let in_flight = Arc::new(Semaphore::new(if self.config.max_in_flight == 0 { Semaphore::MAX_PERMITS } else { self.config.max_in_flight }));
-        let state = Arc::new(AppState { models, ready: AtomicBool::new(false), config: self.config, api_keys, in_flight, metrics });
+        let admission = Admission::new(api_keys, self.config.max_in_flight);
+        let state = Arc::new(AppState { models, ready: AtomicBool::new(false), config: self.config, admission, metrics });
         let router = app(Arc::clone(&state), self.extra);
         state.set_ready(true);
         Ok((state, router))
@@ -258,7 +257,7 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
     router
         .merge(crate::routes::docs::router(doc))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn(access_log))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -277,29 +276,16 @@ fn is_open_path(path: &str) -> bool {
         || (path.starts_with("/v2/models/") && path.ends_with("/ready") && !path.contains("/infer"))
 }
 
-/// API keys, then the in-flight cap.
-async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// Admission (API keys, then the in-flight cap) for every route but the open ones; the slot is
+/// held until the response is written.
+async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if is_open_path(request.uri().path()) {
         return next.run(request).await;
     }
-    if !state.api_keys.is_empty() && !authorized(&state.api_keys, request.headers()) {
-        return ApiError::Unauthorized("missing or wrong API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`".into()).into_response();
+    match state.admission.admit(request.headers()) {
+        Ok(_admitted) => next.run(request).await,
+        Err(e) => e.into_response(),
     }
-    let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
-        return ApiError::Overloaded(format!("more than {} requests in flight; retry shortly", state.config.max_in_flight)).into_response();
-    };
-    next.run(request).await
-}
-
-fn authorized(keys: &[String], headers: &axum::http::HeaderMap) -> bool {
-    let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    [bearer, api_key].into_iter().flatten().any(|given| keys.iter().any(|k| constant_time_eq(k.as_bytes(), given.trim().as_bytes())))
-}
-
-/// Compares without an early exit, so the time taken does not reveal how much of a key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// One log line per request: failures at info level, successes at debug, with the request id.

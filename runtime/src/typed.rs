@@ -456,11 +456,10 @@ impl Context {
     pub async fn infer<M: TypedModel>(&self, input: M::Input) -> Result<M::Output, crate::ApiError> {
         use crate::ApiError;
         let model = std::sync::Arc::clone(self.state.model(M::NAME, None)?);
-        crate::routes::v2::instrumented(&self.state, &model, async {
+        crate::inference::run(&self.state, &model, async {
             let tensors = input.into_tensors().map_err(ApiError::InvalidTensor)?;
-            let inputs = crate::v2::codec::check_named(&model, tensors)?;
             let wanted = model.outputs().iter().map(|s| s.name.clone()).collect();
-            let outputs = model.infer(inputs, wanted).await?;
+            let outputs = crate::inference::infer(&model, tensors, wanted).await?;
             M::Output::from_tensors(outputs).map_err(ApiError::Inference)
         })
         .await

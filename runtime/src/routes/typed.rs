@@ -28,7 +28,7 @@ pub fn process_router<P: Process>(name: &str, service: P) -> OpenApiRouter<Arc<A
     let handler = move |State(state): State<Arc<AppState>>, body: Body| {
         let service = Arc::clone(&service);
         async move {
-            guarded(&state, async {
+            crate::inference::within_limits(&state, async {
                 let bytes = state.read_body(body).await?;
                 let request: P::Request = parse_json(&bytes)?;
                 let ctx = Context::new(Arc::clone(&state));
@@ -64,19 +64,6 @@ fn documented<I: ToSchema, O: ToSchema>(name: &str, summary: &str, method: axum:
     schemas.push((I::name().into_owned(), I::schema()));
     schemas.push((O::name().into_owned(), O::schema()));
     OpenApiRouter::new().routes((schemas, paths, method))
-}
-
-/// Readiness and the request timeout, for every inference route.
-pub(crate) async fn guarded<T>(state: &AppState, work: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
-    if !state.is_ready() {
-        return Err(ApiError::NotReady("the server is not ready".into()));
-    }
-    match state.config().request_timeout() {
-        Some(limit) => tokio::time::timeout(limit, work)
-            .await
-            .unwrap_or_else(|_| Err(ApiError::Timeout(format!("request took longer than the {} ms limit (request_timeout_ms)", limit.as_millis())))),
-        None => work.await,
-    }
 }
 
 /// JSON into a request type: syntax errors are 400, wrong fields or shapes 422 naming the field.

@@ -185,23 +185,7 @@ async fn infer_version(
 
 async fn run_infer(state: &AppState, model: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let model = Arc::clone(state.model(model, version)?);
-    instrumented(state, &model, infer_body(state, &model, headers, body)).await
-}
-
-/// Runs one inference request for `model`: readiness, the request timeout, and the per-model
-/// success/failure counters and latency (shared by the V2 and the typed routes).
-pub(crate) async fn instrumented<T>(state: &AppState, model: &Model, work: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
-    let start = std::time::Instant::now();
-    let result = crate::routes::typed::guarded(state, work).await;
-    let m = model.metrics();
-    let took = start.elapsed();
-    match &result {
-        Ok(_) => m.success.inc(),
-        Err(_) => m.failure.inc(),
-    }
-    m.request_us.inc_by(crate::metrics::micros(took));
-    m.request_seconds.observe(took.as_secs_f64());
-    result
+    crate::inference::run(state, &model, infer_body(state, &model, headers, body)).await
 }
 
 async fn infer_body(state: &AppState, model: &Model, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
@@ -212,7 +196,7 @@ async fn infer_body(state: &AppState, model: &Model, headers: &HeaderMap, body: 
     };
     let decoded = codec::decode(model, header_len, &body)?;
     let wanted = decoded.outputs.iter().map(|(n, _)| n.clone()).collect();
-    let outputs = model.infer(decoded.inputs, wanted).await?;
+    let outputs = crate::inference::infer(model, decoded.inputs, wanted).await?;
     let encoded = codec::encode(model, decoded.id, outputs, &decoded.outputs)?;
     let mut response = Response::new(Body::from(encoded.body));
     let h = response.headers_mut();

@@ -7,7 +7,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use half::{bf16, f16};
-use nimify_model::{Dim, ElementType};
+use nimify_model::ElementType;
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 
@@ -30,7 +30,8 @@ pub struct Decoded {
     pub outputs: Vec<(String, bool)>,
 }
 
-/// Splits and parses a request body, then validates it against `model`.
+/// Splits and parses a request body into `model`'s inputs (each present once, none unknown) and
+/// the outputs asked for; the inference path checks the tensors themselves.
 pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<Decoded, ApiError> {
     let (json, mut binary) = match header_len {
         None => (body.clone(), Bytes::new()),
@@ -87,8 +88,6 @@ pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<D
         })?;
         inputs.push((spec.name.clone(), tensor));
     }
-    // The same checks as typed requests: datatype, rank, fixed dims, one size per symbolic dim.
-    let inputs = check_named(model, inputs)?;
 
     let default_binary = flag(request.parameters.as_ref(), "binary_data_output")?;
     let outputs = match &request.outputs {
@@ -113,36 +112,6 @@ pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<D
             .collect::<Result<_, _>>()?,
     };
     Ok(Decoded { id: request.id, inputs, outputs })
-}
-
-/// Orders named tensors by the model's inputs and checks each against its declaration,
-/// including that a named dim has one size across inputs (V2 and typed requests alike). `?` is
-/// how some exporters spell "unknown", so it is not a name that ties dims together.
-pub fn check_named(model: &Model, mut tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ApiError> {
-    let mut out = Vec::with_capacity(model.inputs().len());
-    let mut sizes: Vec<(&str, usize, &str)> = Vec::new();
-    for spec in model.inputs() {
-        let i = tensors.iter().position(|(n, _)| *n == spec.name).ok_or_else(|| ApiError::InvalidTensor(format!("missing input {:?}", spec.name)))?;
-        let (name, tensor) = tensors.swap_remove(i);
-        check_against(spec, &tensor)?;
-        for (dim, &size) in spec.shape.iter().flatten().zip(&tensor.shape) {
-            let Dim::Symbolic(sym) = dim else { continue };
-            if sym == "?" {
-                continue;
-            }
-            match sizes.iter().find(|(s, _, _)| s == sym) {
-                Some((_, other, first)) if *other != size => {
-                    return Err(ApiError::InvalidTensor(format!(
-                        "input {name:?}: dim `{sym}` is {size} but input {first:?} has {other}"
-                    )));
-                }
-                Some(_) => {}
-                None => sizes.push((sym, size, &spec.name)),
-            }
-        }
-        out.push((name, tensor));
-    }
-    Ok(out)
 }
 
 fn names(specs: &[TensorSpec]) -> String {
@@ -203,41 +172,6 @@ fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiE
         )));
     }
     Ok(Tensor { shape, data })
-}
-
-/// Checks datatype, rank and fixed dims against the model's declaration.
-fn check_against(spec: &TensorSpec, tensor: &Tensor) -> Result<(), ApiError> {
-    let name = &spec.name;
-    if tensor.data.element_type() != spec.elem {
-        return Err(ApiError::InvalidTensor(format!(
-            "input {name:?}: datatype {} does not match the model's {}",
-            tensor.data.element_type().kserve_name().unwrap_or("?"),
-            spec.datatype()
-        )));
-    }
-    let Some(dims) = &spec.shape else { return Ok(()) };
-    let declared = || dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    if dims.len() != tensor.shape.len() {
-        return Err(ApiError::InvalidTensor(format!(
-            "input {name:?}: shape {:?} has rank {} but the model expects rank {} [{}]",
-            tensor.shape,
-            tensor.shape.len(),
-            dims.len(),
-            declared()
-        )));
-    }
-    for (i, (dim, &got)) in dims.iter().zip(&tensor.shape).enumerate() {
-        if let Dim::Fixed(want) = dim
-            && *want != got as u64
-        {
-            return Err(ApiError::InvalidTensor(format!(
-                "input {name:?}: dim {i} is {got} but the model expects {want} (shape {:?} vs [{}])",
-                tensor.shape,
-                declared()
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn from_binary(name: &str, elem: ElementType, count: usize, raw: &[u8]) -> Result<TensorData, ApiError> {

@@ -1,0 +1,66 @@
+//! The inference path: the one hallway every request walks, whatever protocol it came in on.
+//!
+//! Front ends (the V2 routes, the typed routes, user code through [`crate::typed::Context`],
+//! later gRPC) only translate their wire format to named tensors and back. Everything else lives
+//! here, and no front end calls into another:
+//!
+//! 1. [`admission`]: API key, then the in-flight cap (a front end calls it once per request,
+//!    before decoding anything);
+//! 2. [`run`]: readiness, the request deadline and the per-model request metrics around the
+//!    front end's decode, infer and encode steps;
+//! 3. [`infer`]: the checks of named tensors against the model (datatype, rank, fixed dims, one
+//!    size per symbolic dim), then the model's queue, batcher and ONNX Runtime;
+//! 4. the error table: every step fails with an [`ApiError`], which each front end maps to its
+//!    status codes in one place.
+
+pub mod admission;
+mod checks;
+
+use std::future::Future;
+use std::time::Instant;
+
+use checks::check_named;
+
+use crate::batcher::Outputs;
+use crate::error::ApiError;
+use crate::model::Model;
+use crate::server::AppState;
+use crate::tensor::Tensor;
+
+/// Runs one request for `model`: refused while the server is not ready, cut off at the request
+/// deadline, and counted in the model's success/failure counters and latency, decoding and
+/// encoding included (a 422 is a failed request, as in Triton).
+pub(crate) async fn run<T>(state: &AppState, model: &Model, work: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    let start = Instant::now();
+    let result = within_limits(state, work).await;
+    let m = model.metrics();
+    let took = start.elapsed();
+    match &result {
+        Ok(_) => m.success.inc(),
+        Err(_) => m.failure.inc(),
+    }
+    m.request_us.inc_by(crate::metrics::micros(took));
+    m.request_seconds.observe(took.as_secs_f64());
+    result
+}
+
+/// Readiness and the request deadline around `work`, for requests that are not about one model
+/// (a custom endpoint calling several): each model it calls is counted through [`run`].
+pub(crate) async fn within_limits<T>(state: &AppState, work: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    if !state.is_ready() {
+        return Err(ApiError::NotReady("the server is not ready".into()));
+    }
+    match state.config().request_timeout() {
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::Timeout(format!("request took longer than the {} ms limit (request_timeout_ms)", limit.as_millis())))),
+        None => work.await,
+    }
+}
+
+/// Checks named input tensors against `model`, queues them and waits for the `wanted` outputs,
+/// in that order. Dropping the future before the request runs keeps it from running.
+pub(crate) async fn infer(model: &Model, inputs: Vec<(String, Tensor)>, wanted: Vec<String>) -> Result<Outputs, ApiError> {
+    let inputs = check_named(model, inputs)?;
+    model.infer(inputs, wanted).await
+}
