@@ -106,6 +106,8 @@ def test_api_keys(start, tmp_path):
         assert r.status_code == 401, headers
         assert "API key" in r.json()["error"]
     assert requests.post(url, json=body, headers={"Authorization": "Bearer secret-one"}, timeout=5).status_code == 200
+    # RFC 9110: the scheme is case-insensitive.
+    assert requests.post(url, json=body, headers={"Authorization": "bearer secret-one"}, timeout=5).status_code == 200
     assert requests.post(url, json=body, headers={"x-api-key": "secret-two"}, timeout=5).status_code == 200
     assert requests.get(f"{server.url}/v2/models/mlp", timeout=5).status_code == 401
     for open_path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready", "/metrics"):
