@@ -80,14 +80,14 @@ fn serve_without_onnx_runtime_says_how_to_fix_it() {
         &["ONNX Runtime library not found", "tried:", "cargo nimify ort install"],
     );
     // A path that exists but is not a library: named, with the fix.
-    let bogus = empty.path().join("libonnxruntime.so.1.31.1");
+    let bogus = empty.path().join("libonnxruntime.so.1.32.0");
     std::fs::write(&bogus, b"not a library").expect("write");
     one_line_error(
         nimify()
             .args(["serve", &model("mlp.onnx"), "--port", "0"])
             .env("ORT_DYLIB_PATH", &bogus)
             .timeout(std::time::Duration::from_secs(60)),
-        &["cannot load ONNX Runtime from", "libonnxruntime.so.1.31.1", "cargo nimify ort install"],
+        &["cannot load ONNX Runtime from", "libonnxruntime.so.1.32.0", "cargo nimify ort install"],
     );
 }
 

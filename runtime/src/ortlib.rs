@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The ONNX Runtime release nimify is built and tested against.
-pub const ORT_VERSION: &str = "1.31.1";
+pub const ORT_VERSION: &str = "1.32.0";
 
 /// File name of the library on this platform.
-pub const LIB_NAME: &str = "libonnxruntime.so.1.31.1";
+pub const LIB_NAME: &str = "libonnxruntime.so.1.32.0";
 
 /// The command that installs the library into the per-user cache.
 pub const INSTALL_HINT: &str = "run `cargo nimify ort install` (or set ORT_DYLIB_PATH to a libonnxruntime.so of version 1.31 or newer)";

@@ -324,6 +324,21 @@ def complex64():
     save(helper.make_model(graph, opset_imports=OPSET), "complex.onnx")
 
 
+def bitshift():
+    """`x`, `shift: uint16[n]` -> `y = x << shift`. ONNX Runtime has a BitShift kernel for uint16
+    only from 1.32 on, so serving this model shows the pinned library is the one in use."""
+    graph = helper.make_graph(
+        [helper.make_node("BitShift", ["x", "shift"], ["y"], direction="LEFT")],
+        "bitshift",
+        [
+            helper.make_tensor_value_info("x", TensorProto.UINT16, ["n"]),
+            helper.make_tensor_value_info("shift", TensorProto.UINT16, ["n"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.UINT16, ["n"])],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "bitshift.onnx")
+
+
 def train_iris():
     """The scikit-learn logistic regression behind zipmap.onnx and the iris example.
 
@@ -371,6 +386,7 @@ def main():
     complex64()
     odd_length()
     wide()
+    bitshift()
     zipmap_classifier(os.path.join(OUT, "zipmap.onnx"))
     if OUT == HERE:
         zipmap_classifier(os.path.normpath(os.path.join(HERE, "..", "..", "examples", "iris", "iris.onnx")))

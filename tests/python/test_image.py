@@ -41,7 +41,7 @@ def test_config_labels_user_and_layers(example_image):
     env = dict(e.split("=", 1) for e in config["Env"])
     model_sha = sha256_of(os.path.join(IRIS, "iris.onnx"))
     assert env["NIMIFY_MODEL_SHA256"] == model_sha
-    assert env["ORT_DYLIB_PATH"] == "/opt/nimify/lib/libonnxruntime.so.1.31.1"
+    assert env["ORT_DYLIB_PATH"] == "/opt/nimify/lib/libonnxruntime.so.1.32.0"
     labels = config["Labels"]
     assert labels["io.nimify.model.name"] == "iris" and labels["io.nimify.model.sha256"] == model_sha
     assert labels["org.opencontainers.image.version"] == "0.1.0"

@@ -229,6 +229,15 @@ def test_zipmap_classifier(serve, binary):
         assert {int(k): v for k, v in row.items()} == pytest.approx(want, abs=0)
 
 
+@pytest.mark.parametrize("binary", MODES)
+def test_an_operator_only_the_pinned_onnx_runtime_has(serve, binary):
+    """BitShift on uint16 exists from ONNX Runtime 1.32 on: the server runs the pinned library."""
+    feeds = {"x": np.array([1, 3, 65535, 7], np.uint16), "shift": np.array([2, 4, 1, 0], np.uint16)}
+    got = infer(serve("bitshift"), "bitshift", feeds, binary)
+    np.testing.assert_array_equal(got["y"], np.array([4, 48, 65534, 7], np.uint16))
+    np.testing.assert_array_equal(got["y"], reference("bitshift", feeds)["y"])
+
+
 def test_metadata_and_config(serve):
     server = serve("mlp")
     c = client(server)

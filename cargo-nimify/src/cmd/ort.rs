@@ -15,8 +15,8 @@ use crate::CliError;
 /// The wheel nimify pins, per platform: (pip platform tag, file name, sha256).
 const WHEELS: &[(&str, &str, &str)] = &[(
     "manylinux_2_28_x86_64",
-    "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
-    "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
+    "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+    "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d",
 )];
 
 /// Files taken from the wheel's `onnxruntime/capi/`.
@@ -33,7 +33,7 @@ pub struct OrtArgs {
 /// `ort` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum OrtCommand {
-    /// Download ONNX Runtime 1.31.1 into the per-user cache (needs python3 with pip, or --wheel).
+    /// Download ONNX Runtime 1.32.0 into the per-user cache (needs python3 with pip, or --wheel).
     Install {
         /// Use this already-downloaded wheel instead of running pip.
         #[arg(long)]

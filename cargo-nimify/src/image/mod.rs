@@ -7,7 +7,7 @@
 //! ```text
 //! /lib/..., /lib64/ld-linux-...     libraries ldd lists for the binary and ONNX Runtime
 //! /etc/passwd, /etc/group           root and nonroot (65532)
-//! /opt/nimify/lib/                  libonnxruntime.so.1.31.1 (ORT_DYLIB_PATH)
+//! /opt/nimify/lib/                  libonnxruntime.so.1.32.0 (ORT_DYLIB_PATH)
 //! /opt/nimify/bin/<bin>             the service (entrypoint; `healthcheck` subcommand)
 //! /opt/nimify/assets/               declared assets (NIMIFY_ASSET_DIR)
 //! /opt/nimify/models/               model files and external data (NIMIFY_MODEL_DIR)
@@ -214,7 +214,7 @@ mod tests {
     fn layers_hold_each_part_and_external_data_sits_beside_its_model() {
         let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models");
         let dir = tempfile::tempdir().expect("tempdir");
-        let fake_ort = dir.path().join("libonnxruntime.so.1.31.1");
+        let fake_ort = dir.path().join("libonnxruntime.so.1.32.0");
         std::fs::write(&fake_ort, b"not really a library").expect("ort");
         let plan = Plan {
             bin: "svc".into(),
@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(roles, ["libraries", "onnxruntime", "app", "model"]);
         let libs = entries(&built.layers[0].blob);
         assert!(libs.contains(&"etc/passwd".to_string()) && libs.iter().any(|p| p.contains("libc.so")), "{libs:?}");
-        assert!(entries(&built.layers[1].blob).contains(&"opt/nimify/lib/libonnxruntime.so.1.31.1".to_string()));
+        assert!(entries(&built.layers[1].blob).contains(&"opt/nimify/lib/libonnxruntime.so.1.32.0".to_string()));
         let app = entries(&built.layers[2].blob);
         assert!(app.contains(&"opt/nimify/bin/svc".to_string()) && app.contains(&"opt/nimify/assets/labels/names.txt".to_string()), "{app:?}");
         assert_eq!(entries(&built.layers[3].blob), ["opt/", "opt/nimify/", "opt/nimify/models/", "opt/nimify/models/external.onnx", "opt/nimify/models/external.weights"]);
