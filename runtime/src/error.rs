@@ -41,8 +41,9 @@ pub enum ApiError {
     /// The request took longer than the configured timeout.
     #[error("{0}")]
     Timeout(String),
-    /// ONNX Runtime failed while running the model.
-    #[error("inference failed: {0}")]
+    /// ONNX Runtime failed while running the model. Clients get the message without ONNX
+    /// Runtime's source locations and C++ signatures; the log keeps all of it.
+    #[error("inference failed: {}", client_message(.0))]
     Inference(String),
     /// A bug or resource failure in the server.
     #[error("internal error")]
@@ -65,6 +66,58 @@ impl ApiError {
     }
 }
 
+/// `detail` without the internal parts ONNX Runtime puts in its messages: a source location
+/// (`/onnxruntime_src/.../reshape_helper.h:47`) and the C++ signature after it
+/// (`onnxruntime::ReshapeHelper::ReshapeHelper(const ...&, bool)`). What the model's author
+/// needs stays: the failing node and the sentence saying why.
+pub(crate) fn client_message(detail: &str) -> String {
+    let mut out = String::with_capacity(detail.len());
+    let mut rest = detail;
+    while let Some(at) = rest.find('/') {
+        let end = rest[at..].find(char::is_whitespace).map_or(rest.len(), |e| at + e);
+        if !is_source_location(&rest[at..end]) {
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        rest = skip_signature(rest[end..].trim_start());
+    }
+    out.push_str(rest);
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `path/file.h:47`, `file.cc:120`, ...
+fn is_source_location(token: &str) -> bool {
+    token.rsplit_once(':').is_some_and(|(file, line)| {
+        !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) && [".h", ".hpp", ".cc", ".cpp", ".cu"].iter().any(|x| file.ends_with(x))
+    })
+}
+
+/// Skips a leading `ns::Function(args) const` (a C++ signature), if there is one.
+fn skip_signature(text: &str) -> &str {
+    let head = text.split(|c: char| c.is_whitespace() || c == '(').next().unwrap_or("");
+    if !head.contains("::") {
+        return text;
+    }
+    let Some(open) = text.find('(') else { return text };
+    let mut depth = 0usize;
+    for (i, c) in text[open..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    let after = text[open + i + 1..].trim_start();
+                    return after.strip_prefix("const").filter(|r| r.is_empty() || r.starts_with(char::is_whitespace)).unwrap_or(after);
+                }
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
 /// The JSON body of every error response.
 #[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -74,6 +127,7 @@ pub struct ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The full detail goes to the log, inside the request's span (so with its request id).
         if let ApiError::Internal(detail) | ApiError::Inference(detail) = &self {
             tracing::error!(error = %detail, "request failed");
         }
@@ -90,5 +144,29 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onnx_runtime_internals_stay_out_of_client_messages() {
+        let ort = "Non-zero status code returned while running Reshape node. Name:'' Status Message: \
+            /onnxruntime_src/onnxruntime/core/providers/cpu/tensor/reshape_helper.h:47 \
+            onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, onnxruntime::TensorShapeVector&, bool) \
+            input_shape_size == size was false. The input tensor cannot be reshaped to the requested shape. Input shape:{3}, requested shape:{2,-1}\n";
+        let shown = ApiError::Inference(ort.into()).to_string();
+        assert_eq!(
+            shown,
+            "inference failed: Non-zero status code returned while running Reshape node. Name:'' Status Message: \
+             input_shape_size == size was false. The input tensor cannot be reshaped to the requested shape. Input shape:{3}, requested shape:{2,-1}"
+        );
+        // Slashes that are not source locations stay, and a path without a signature goes alone.
+        assert_eq!(client_message("model a/b failed: x.cc:12 boom"), "model a/b failed: x.cc:12 boom");
+        assert_eq!(client_message("at /src/x/y.cc:12 the run failed"), "at the run failed");
+        assert_eq!(client_message("/src/y.cpp:3 ns::f() const done"), "done");
+        assert_eq!(client_message("/src/y.cpp:3 ns::f(unclosed"), "ns::f(unclosed");
     }
 }

@@ -25,6 +25,8 @@ fn router() -> Router {
                 .model(ModelOptions::new(model("strings.onnx")))
                 .model(ModelOptions::new(model("bf16.onnx")))
                 .model(ModelOptions::new(model("multi_io.onnx")))
+                .model(ModelOptions::new(model("nonfinite.onnx")))
+                .model(ModelOptions::new(model("odd_length.onnx")))
                 .max_body(64 * 1024)
                 .build()
                 .expect("models load (is ONNX Runtime installed? run `cargo nimify ort install`)");
@@ -199,4 +201,80 @@ async fn no_content_type_needed_and_id_echoed() {
     assert_eq!(v["id"], "abc");
     assert_eq!(v["model_name"], "mlp");
     assert_eq!(v["outputs"][0]["shape"], json!([1, 3]));
+}
+
+#[tokio::test]
+async fn nested_data_must_nest_as_the_shape_does() {
+    let nested = |data: Value| with_input(|i| i["data"] = data);
+    expect_error(post("/v2/models/mlp/infer", nested(json!([[1], [2], [3], [4]])), None), StatusCode::UNPROCESSABLE_ENTITY, &[
+        "\"x\"",
+        "nested data does not match shape [1, 4]",
+        "data has 4 items where the shape needs 1",
+    ])
+    .await;
+    expect_error(post("/v2/models/mlp/infer", nested(json!([[1, 2], [3, 4]])), None), StatusCode::UNPROCESSABLE_ENTITY, &["data has 2 items"]).await;
+    expect_error(post("/v2/models/mlp/infer", nested(json!([[[1], [2], [3], [4]]])), None), StatusCode::UNPROCESSABLE_ENTITY, &[
+        "data[0][0] nests deeper than the shape's 2 dims",
+    ])
+    .await;
+    expect_error(post("/v2/models/mlp/infer", nested(json!([1, [2, 3, 4]])), None), StatusCode::UNPROCESSABLE_ENTITY, &["data has 2 items"]).await;
+    // Nested exactly as the shape, or flat: both fine.
+    for data in [json!([[1, 2, 3, 4]]), json!([1, 2, 3, 4])] {
+        let (status, body, _) = send(post("/v2/models/mlp/infer", nested(data), None)).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    }
+}
+
+fn nonfinite_request(x: &[f64], h: &[f64]) -> String {
+    json!({"inputs": [
+        {"name": "x", "shape": [x.len()], "datatype": "FP32", "data": x},
+        {"name": "h", "shape": [h.len()], "datatype": "FP16", "data": h},
+    ]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn numbers_out_of_range_for_the_element_type() {
+    let url = "/v2/models/nonfinite/infer";
+    expect_error(post(url, nonfinite_request(&[3.5e38], &[1.0]), None), StatusCode::UNPROCESSABLE_ENTITY, &[
+        "input \"x\": element 0 is 3.5e38, which is out of range for FP32",
+    ])
+    .await;
+    expect_error(post(url, nonfinite_request(&[1.0], &[70000.0]), None), StatusCode::UNPROCESSABLE_ENTITY, &[
+        "input \"h\": element 0 is 70000.0, which is out of range for FP16",
+    ])
+    .await;
+    // The largest finite values of each type still go through.
+    let (status, body, _) = send(post(url, nonfinite_request(&[f64::from(f32::MAX)], &[65504.0]), None)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test]
+async fn non_finite_outputs_are_named_strings_in_json() {
+    let (status, body, _) = send(post("/v2/models/nonfinite/infer", nonfinite_request(&[0.0, -1.0, 1.0], &[1.5, 0.0, -2.0]), None)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let out: Value = serde_json::from_slice(&body).expect("json");
+    for o in out["outputs"].as_array().expect("outputs") {
+        let want = if o["name"] == "h_out" { json!([1.5, 0.0, -2.0]) } else { json!(["-Infinity", "NaN", 0.0]) };
+        assert_eq!(o["data"], want, "{}", o["name"]);
+    }
+}
+
+#[tokio::test]
+async fn an_output_asked_for_twice_is_a_bad_request() {
+    let body = json!({"inputs": good()["inputs"], "outputs": [{"name": "probs"}, {"name": "logits"}, {"name": "probs"}]});
+    expect_error(post("/v2/models/mlp/infer", body.to_string(), None), StatusCode::BAD_REQUEST, &["output \"probs\" is asked for more than once"]).await;
+}
+
+#[tokio::test]
+async fn onnx_runtime_failures_do_not_show_its_internals() {
+    // odd_length reshapes `x: [n]` to [2, -1]: ONNX Runtime refuses an odd n while running.
+    let body = json!({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    let (status, body, _) = send(post("/v2/models/odd_length/infer", body.to_string(), None)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let msg = serde_json::from_slice::<Value>(&body).expect("json")["error"].as_str().expect("error").to_string();
+    assert!(msg.starts_with("inference failed: ") && msg.contains("Reshape") && msg.contains("cannot be reshaped"), "{msg}");
+    for internal in ["onnxruntime_src", ".h:", "::"] {
+        assert!(!msg.contains(internal), "{internal:?} in {msg:?}");
+    }
 }

@@ -324,6 +324,32 @@ def complex64():
     save(helper.make_model(graph, opset_imports=OPSET), "complex.onnx")
 
 
+def nonfinite():
+    """`x: float[n]`, `h: float16[n]` -> `log32`, `log64` (double), `log16` (float16) = log(x), and
+    `h_out` = h: log(0) is -inf and log(-1) NaN, for how JSON carries non-finite outputs."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Log", ["x"], ["log32"]),
+            helper.make_node("Cast", ["x"], ["x64"], to=TensorProto.DOUBLE),
+            helper.make_node("Log", ["x64"], ["log64"]),
+            helper.make_node("Cast", ["log32"], ["log16"], to=TensorProto.FLOAT16),
+            helper.make_node("Identity", ["h"], ["h_out"]),
+        ],
+        "nonfinite",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT16, ["n"]),
+        ],
+        [
+            helper.make_tensor_value_info("log32", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("log64", TensorProto.DOUBLE, ["n"]),
+            helper.make_tensor_value_info("log16", TensorProto.FLOAT16, ["n"]),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT16, ["n"]),
+        ],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "nonfinite.onnx")
+
+
 def bitshift():
     """`x`, `shift: uint16[n]` -> `y = x << shift`. ONNX Runtime has a BitShift kernel for uint16
     only from 1.32 on, so serving this model shows the pinned library is the one in use."""
@@ -387,6 +413,7 @@ def main():
     odd_length()
     wide()
     bitshift()
+    nonfinite()
     zipmap_classifier(os.path.join(OUT, "zipmap.onnx"))
     if OUT == HERE:
         zipmap_classifier(os.path.normpath(os.path.join(HERE, "..", "..", "examples", "iris", "iris.onnx")))

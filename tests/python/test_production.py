@@ -178,6 +178,20 @@ def test_logs_are_json_lines_with_the_request_id(start):
     assert event["request_id"] == "req-abc-123" and event["status"] == 422 and event["path"] == "/v2/models/mlp/infer"
 
 
+def test_onnx_runtime_failures_are_logged_in_full_with_the_request_id(start):
+    import json
+
+    server = start("odd_length")
+    x = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    r = requests.post(f"{server.url}/v2/models/odd_length/infer", json=x, headers={"x-request-id": "ort-failure-7"}, timeout=5)
+    assert r.status_code == 500 and "cannot be reshaped" in r.json()["error"] and "onnxruntime_src" not in r.json()["error"]
+    deadline = time.time() + 5
+    while time.time() < deadline and not any("reshape_helper" in l for l in server.log):
+        time.sleep(0.05)
+    [line] = [json.loads(l) for l in server.log if "reshape_helper" in l]
+    assert line["level"] == "ERROR" and line["span"]["request_id"] == "ort-failure-7", line
+
+
 def test_failed_warm_up_warns_and_does_not_block_readiness(start, tmp_path):
     import json
 

@@ -238,6 +238,17 @@ def test_an_operator_only_the_pinned_onnx_runtime_has(serve, binary):
     np.testing.assert_array_equal(got["y"], reference("bitshift", feeds)["y"])
 
 
+@pytest.mark.parametrize("binary", MODES)
+def test_non_finite_outputs_reach_the_client(serve, binary):
+    """In JSON, NaN and infinities travel as the strings "NaN", "Infinity", "-Infinity";
+    tritonclient turns them back into floats either way."""
+    feeds = {"x": np.array([0.0, -1.0, 1.0], np.float32), "h": np.array([1.5, 0.0, -2.0], np.float16)}
+    got = infer(serve("nonfinite"), "nonfinite", feeds, binary)
+    for name, want in reference("nonfinite", feeds).items():
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+        assert got[name].dtype == want.dtype, name
+
+
 def test_metadata_and_config(serve):
     server = serve("mlp")
     c = client(server)

@@ -61,6 +61,9 @@ pub(crate) async fn within_limits<T>(state: &AppState, work: impl Future<Output 
 /// Checks named input tensors against `model`, queues them and waits for the `wanted` outputs,
 /// in that order. Dropping the future before the request runs keeps it from running.
 pub(crate) async fn infer(model: &Model, inputs: Vec<(String, Tensor)>, wanted: Vec<String>) -> Result<Outputs, ApiError> {
+    if let Some((i, name)) = wanted.iter().enumerate().find(|(i, n)| wanted[..*i].contains(n)) {
+        return Err(ApiError::BadRequest(format!("output {name:?} is asked for more than once (at position {i}); name each output once")));
+    }
     let inputs = check_named(model, inputs)?;
     model.infer(inputs, wanted).await
 }

@@ -162,7 +162,10 @@ fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiE
             let raw = binary.split_to(n);
             from_binary(name, elem, count, &raw)?
         }
-        (None, Some(json)) => from_json(name, elem, json)?,
+        (None, Some(json)) => {
+            check_nesting(name, json, &shape)?;
+            from_json(name, elem, json)?
+        }
         (None, None) => return Err(ApiError::BadRequest(format!("input {name:?} has no data (give data or binary_data_size)"))),
     };
     if data.len() != count {
@@ -239,6 +242,35 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
+/// Flat `data` may carry any shape (the element count is checked later); nested `data` must
+/// nest exactly as the declared shape does, so `[[1],[2],[3],[4]]` is not a `[1, 4]` tensor.
+fn check_nesting(name: &str, json: &Value, shape: &[usize]) -> Result<(), ApiError> {
+    let Value::Array(items) = json else { return Ok(()) };
+    if !items.iter().any(Value::is_array) {
+        return Ok(());
+    }
+    fn walk(v: &Value, shape: &[usize], at: &mut Vec<usize>) -> Result<(), String> {
+        let place = || if at.is_empty() { "data".to_string() } else { format!("data{}", at.iter().map(|i| format!("[{i}]")).collect::<String>()) };
+        match (v, shape.split_first()) {
+            (Value::Array(items), Some((&n, inner))) => {
+                if items.len() != n {
+                    return Err(format!("{} has {} items where the shape needs {n}", place(), items.len()));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    at.push(i);
+                    walk(item, inner, at)?;
+                    at.pop();
+                }
+                Ok(())
+            }
+            (Value::Array(_), None) => Err(format!("{} nests deeper than the shape's {} dims", place(), at.len())),
+            (_, Some(_)) => Err(format!("{} is a single value where the shape needs {} more nested dims", place(), shape.len())),
+            (_, None) => Ok(()),
+        }
+    }
+    walk(json, shape, &mut Vec::new()).map_err(|e| ApiError::InvalidTensor(format!("input {name:?}: nested data does not match shape {shape:?}: {e}")))
+}
+
 fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, ApiError> {
     let mut leaves = Vec::new();
     flatten(json, &mut leaves);
@@ -255,9 +287,23 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
             )
         };
     }
+    // JSON numbers are finite, so an infinite element means the number does not fit the type
+    // (3.5e38 as FP32, 70000 as FP16): refused rather than sent to the model as infinity.
+    let out_of_range = |i: usize, v: &Value| {
+        ApiError::InvalidTensor(format!("input {name:?}: element {i} is {v}, which is out of range for {}", elem.kserve_name().unwrap_or("?")))
+    };
     macro_rules! floats {
-        ($variant:ident, $conv:expr) => {
-            TensorData::$variant(leaves.iter().enumerate().map(|(i, v)| v.as_f64().map($conv).ok_or_else(|| bad(i, v))).collect::<Result<_, _>>()?)
+        ($variant:ident, $conv:expr, $finite:expr) => {
+            TensorData::$variant(
+                leaves
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let x = v.as_f64().map($conv).ok_or_else(|| bad(i, v))?;
+                        if $finite(x) { Ok(x) } else { Err(out_of_range(i, v)) }
+                    })
+                    .collect::<Result<_, _>>()?,
+            )
         };
     }
     Ok(match elem {
@@ -270,9 +316,9 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
         ElementType::Int16 => ints!(i16, I16, as_i64),
         ElementType::Int32 => ints!(i32, I32, as_i64),
         ElementType::Int64 => ints!(i64, I64, as_i64),
-        ElementType::Float16 => floats!(F16, f16::from_f64),
-        ElementType::Float => floats!(F32, |x| x as f32),
-        ElementType::Double => floats!(F64, |x| x),
+        ElementType::Float16 => floats!(F16, f16::from_f64, |x: f16| x.is_finite()),
+        ElementType::Float => floats!(F32, |x| x as f32, |x: f32| x.is_finite()),
+        ElementType::Double => floats!(F64, |x| x, |x: f64| x.is_finite()),
         ElementType::String => TensorData::Bytes(
             leaves.iter().enumerate().map(|(i, v)| v.as_str().map(|s| s.as_bytes().to_vec()).ok_or_else(|| bad(i, v))).collect::<Result<_, _>>()?,
         ),
@@ -285,9 +331,35 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
     })
 }
 
-/// Output data serialised as a flat JSON array (FP16 as numbers, BYTES as UTF-8 strings).
+/// Output data serialised as a flat JSON array (FP16 as numbers, BYTES as UTF-8 strings). JSON
+/// has no NaN or infinity: those float elements are the strings `"NaN"`, `"Infinity"` and
+/// `"-Infinity"` (numpy and JavaScript's `Number()` read them back), never `null`.
 #[derive(Debug)]
 pub struct JsonData(TensorData);
+
+/// One float of a JSON output: a number, or the name of a non-finite value.
+struct JsonFloat(f64);
+
+impl Serialize for JsonFloat {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            x if x.is_finite() => s.serialize_f64(x),
+            x if x.is_nan() => s.serialize_str("NaN"),
+            x if x > 0.0 => s.serialize_str("Infinity"),
+            _ => s.serialize_str("-Infinity"),
+        }
+    }
+}
+
+/// f32 elements keep their shortest decimal form: through f64 they would print every digit of
+/// the widened value.
+struct JsonF32(f32);
+
+impl Serialize for JsonF32 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_finite() { s.serialize_f32(self.0) } else { JsonFloat(f64::from(self.0)).serialize(s) }
+    }
+}
 
 impl Serialize for JsonData {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -299,8 +371,10 @@ impl Serialize for JsonData {
             seq.end()
         }
         match &self.0 {
-            TensorData::F16(v) => seq(s, v.iter().map(|x| x.to_f32())),
-            TensorData::Bf16(v) => seq(s, v.iter().map(|x| x.to_f32())),
+            TensorData::F16(v) => seq(s, v.iter().map(|x| JsonF32(x.to_f32()))),
+            TensorData::Bf16(v) => seq(s, v.iter().map(|x| JsonF32(x.to_f32()))),
+            TensorData::F32(v) => seq(s, v.iter().map(|&x| JsonF32(x))),
+            TensorData::F64(v) => seq(s, v.iter().map(|&x| JsonFloat(x))),
             TensorData::Bytes(v) => seq(s, v.iter().map(|b| String::from_utf8_lossy(b))),
             other => for_each_numeric!(other, v => seq(s, v.iter()), _b => unreachable!("handled above")),
         }
