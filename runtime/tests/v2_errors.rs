@@ -237,7 +237,7 @@ fn nonfinite_request(x: &[f64], h: &[f64]) -> String {
 async fn numbers_out_of_range_for_the_element_type() {
     let url = "/v2/models/nonfinite/infer";
     expect_error(post(url, nonfinite_request(&[3.5e38], &[1.0]), None), StatusCode::UNPROCESSABLE_ENTITY, &[
-        "input \"x\": element 0 is 3.5e38, which is out of range for FP32",
+        "input \"x\": element 0 is 3.5e+38, which is out of range for FP32",
     ])
     .await;
     expect_error(post(url, nonfinite_request(&[1.0], &[70000.0]), None), StatusCode::UNPROCESSABLE_ENTITY, &[
