@@ -140,7 +140,7 @@ impl Worker {
         let outputs = match self.run_one(session, merged) {
             Ok(o) => o,
             Err(e) => {
-                tracing::warn!(error = %e, requests = jobs.len(), "batched execution failed; running requests one by one");
+                tracing::warn!(error = %e.detail(), requests = jobs.len(), "batched execution failed; running requests one by one");
                 return None;
             }
         };

@@ -51,6 +51,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The whole message for logs: unlike `Display`, ONNX Runtime's internals included.
+    pub fn detail(&self) -> String {
+        match self {
+            ApiError::Inference(detail) => format!("inference failed: {detail}"),
+            ApiError::Internal(detail) => format!("internal error: {detail}"),
+            other => other.to_string(),
+        }
+    }
+
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -94,13 +103,15 @@ fn is_source_location(token: &str) -> bool {
     })
 }
 
-/// Skips a leading `ns::Function(args) const` (a C++ signature), if there is one.
+/// Skips a leading C++ signature, if there is one: `[return type] ns::Function(args)` (a word
+/// with `::` among the few before the first parenthesis), then ` const` and GCC's
+/// `[with T = float]`.
 fn skip_signature(text: &str) -> &str {
-    let head = text.split(|c: char| c.is_whitespace() || c == '(').next().unwrap_or("");
-    if !head.contains("::") {
+    let Some(open) = text.find('(') else { return text };
+    let words: Vec<&str> = text[..open].split_whitespace().collect();
+    if words.is_empty() || words.len() > 4 || !words.last().is_some_and(|w| w.contains("::")) {
         return text;
     }
-    let Some(open) = text.find('(') else { return text };
     let mut depth = 0usize;
     for (i, c) in text[open..].char_indices() {
         match c {
@@ -108,8 +119,14 @@ fn skip_signature(text: &str) -> &str {
             ')' => {
                 depth -= 1;
                 if depth == 0 {
-                    let after = text[open + i + 1..].trim_start();
-                    return after.strip_prefix("const").filter(|r| r.is_empty() || r.starts_with(char::is_whitespace)).unwrap_or(after);
+                    let mut after = text[open + i + 1..].trim_start();
+                    after = after.strip_prefix("const").filter(|r| r.is_empty() || r.starts_with(char::is_whitespace)).unwrap_or(after).trim_start();
+                    if after.starts_with("[with ")
+                        && let Some(close) = after.find(']')
+                    {
+                        after = &after[close + 1..];
+                    }
+                    return after;
                 }
             }
             _ => {}
@@ -168,5 +185,17 @@ mod tests {
         assert_eq!(client_message("at /src/x/y.cc:12 the run failed"), "at the run failed");
         assert_eq!(client_message("/src/y.cpp:3 ns::f() const done"), "done");
         assert_eq!(client_message("/src/y.cpp:3 ns::f(unclosed"), "ns::f(unclosed");
+        // Return types, `const` and GCC's template note go with the signature.
+        let broadcast = "Status Message: /onnxruntime_src/onnxruntime/core/providers/cpu/math/element_wise_ops.h:540 \
+            void onnxruntime::BroadcastIterator::Append(ptrdiff_t, ptrdiff_t) axis == 1 || axis == largest was false. \
+            Attempting to broadcast an axis by a dimension other than 1. 2 by 3";
+        assert_eq!(
+            client_message(broadcast),
+            "Status Message: axis == 1 || axis == largest was false. Attempting to broadcast an axis by a dimension other than 1. 2 by 3"
+        );
+        let templated = "/s/a.h:9 const T& onnxruntime::Tensor::Data() const [with T = float] wrong type";
+        assert_eq!(client_message(templated), "wrong type");
+        // Not a signature: a sentence with a parenthesis further on stays.
+        assert_eq!(client_message("/s/a.h:9 the model failed (see the input)"), "the model failed (see the input)");
     }
 }

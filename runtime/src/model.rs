@@ -331,7 +331,7 @@ fn warm_up(session: &mut Session, model: &str, inputs: &[TensorSpec], names: &[S
     };
     match result {
         Ok(()) => tracing::info!(model, took_ms = start.elapsed().as_millis() as u64, "warm-up done"),
-        Err(e) => tracing::warn!(model, error = %e, "warm-up failed; serving anyway"),
+        Err(e) => tracing::warn!(model, error = %e.detail(), "warm-up failed; serving anyway"),
     }
 }
 

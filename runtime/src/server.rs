@@ -294,8 +294,9 @@ async fn access_log(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    // Everything logged while handling the request carries its id.
-    let span = tracing::info_span!("request", request_id = %id);
+    // Everything logged while handling the request carries its id (an error-level span, so that
+    // it exists whatever level RUST_LOG lets through).
+    let span = tracing::error_span!("request", request_id = %id);
     let response = tracing::Instrument::instrument(next.run(request), span).await;
     let status = response.status().as_u16();
     let micros = start.elapsed().as_micros() as u64;

@@ -454,16 +454,19 @@ impl Context {
     /// Runs model `M` (registered with [`crate::ServerBuilder::typed`] or
     /// [`crate::ServerBuilder::service`]) on a typed input.
     pub async fn infer<M: TypedModel>(&self, input: M::Input) -> Result<M::Output, crate::ApiError> {
-        use crate::ApiError;
         let model = std::sync::Arc::clone(self.state.model(M::NAME, None)?);
-        crate::inference::run(&self.state, &model, async {
-            let tensors = input.into_tensors().map_err(ApiError::InvalidTensor)?;
-            let wanted = model.outputs().iter().map(|s| s.name.clone()).collect();
-            let outputs = crate::inference::infer(&model, tensors, wanted).await?;
-            M::Output::from_tensors(outputs).map_err(ApiError::Inference)
-        })
-        .await
+        crate::inference::run(&self.state, &model, run_typed::<M>(&model, input)).await
     }
+}
+
+/// A typed model's part of a request: its input as named tensors through the inference path,
+/// and the outputs back as its output type.
+pub(crate) async fn run_typed<M: TypedModel>(model: &crate::Model, input: M::Input) -> Result<M::Output, crate::ApiError> {
+    use crate::ApiError;
+    let tensors = input.into_tensors().map_err(ApiError::InvalidTensor)?;
+    let wanted = model.outputs().iter().map(|s| s.name.clone()).collect();
+    let outputs = crate::inference::infer(model, tensors, wanted).await?;
+    M::Output::from_tensors(outputs).map_err(ApiError::Inference)
 }
 
 /// Custom processing in plain Rust: your own request and response types (with their schemas in

@@ -261,6 +261,26 @@ async fn non_finite_outputs_are_named_strings_in_json() {
 }
 
 #[tokio::test]
+async fn float_inputs_take_the_names_of_non_finite_values() {
+    let body = json!({"inputs": [
+        {"name": "x", "shape": [3], "datatype": "FP32", "data": ["NaN", "Infinity", 1.0]},
+        {"name": "h", "shape": [3], "datatype": "FP16", "data": ["-Infinity", "NaN", 2.0]},
+    ]});
+    let (status, body, _) = send(post("/v2/models/nonfinite/infer", body.to_string(), None)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let out: Value = serde_json::from_slice(&body).expect("json");
+    let by_name = |n: &str| out["outputs"].as_array().and_then(|o| o.iter().find(|o| o["name"] == n)).map(|o| o["data"].clone());
+    assert_eq!(by_name("log32"), Some(json!(["NaN", "Infinity", 0.0])));
+    assert_eq!(by_name("h_out"), Some(json!(["-Infinity", "NaN", 2.0])));
+    // Other strings are still not numbers.
+    let bad = json!({"inputs": [
+        {"name": "x", "shape": [1], "datatype": "FP32", "data": ["inf"]},
+        {"name": "h", "shape": [1], "datatype": "FP16", "data": [1.0]},
+    ]});
+    expect_error(post("/v2/models/nonfinite/infer", bad.to_string(), None), StatusCode::UNPROCESSABLE_ENTITY, &["element 0 is \"inf\""]).await;
+}
+
+#[tokio::test]
 async fn an_output_asked_for_twice_is_a_bad_request() {
     let body = json!({"inputs": good()["inputs"], "outputs": [{"name": "probs"}, {"name": "logits"}, {"name": "probs"}]});
     expect_error(post("/v2/models/mlp/infer", body.to_string(), None), StatusCode::BAD_REQUEST, &["output \"probs\" is asked for more than once"]).await;

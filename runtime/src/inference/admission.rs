@@ -50,7 +50,7 @@ impl Admission {
 
 /// The key of `Authorization: Bearer <key>`, the scheme in any case.
 fn bearer(value: &str) -> Option<&str> {
-    let (scheme, key) = value.trim_start().split_once(' ')?;
+    let (scheme, key) = value.trim_start().split_once(char::is_whitespace)?;
     scheme.eq_ignore_ascii_case("bearer").then_some(key)
 }
 
@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn keys_from_either_header_with_the_bearer_scheme_in_any_case() {
         let a = Admission::new(vec!["k1".into()], 0);
-        for good in [&[("authorization", "Bearer k1")][..], &[("authorization", "bearer k1")], &[("authorization", "BEARER  k1")], &[("x-api-key", "k1")]] {
+        for good in [&[("authorization", "Bearer k1")][..], &[("authorization", "bearer k1")], &[("authorization", "BEARER  k1")], &[("authorization", "Bearer\tk1")], &[("x-api-key", "k1")]] {
             assert!(a.admit(&headers(good)).is_ok(), "{good:?}");
         }
         for bad in [&[][..], &[("authorization", "Bearer k2")], &[("authorization", "Basic k1")], &[("authorization", "Bearerk1")], &[("x-api-key", "k")]] {

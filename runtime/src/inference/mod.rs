@@ -4,10 +4,12 @@
 //! later gRPC) only translate their wire format to named tensors and back. Everything else lives
 //! here, and no front end calls into another:
 //!
-//! 1. [`admission`]: API key, then the in-flight cap (a front end calls it once per request,
-//!    before decoding anything);
+//! 1. [`admission`]: API key, then the in-flight cap, decided once per request before its body
+//!    is read (for HTTP by the router's middleware; user code calling models through `Context`
+//!    runs inside a request that was already admitted);
 //! 2. [`run`]: readiness, the request deadline and the per-model request metrics around the
-//!    front end's decode, infer and encode steps;
+//!    front end's read, decode, infer and encode steps (the V2 and typed routes both read and
+//!    decode inside it);
 //! 3. [`infer`]: the checks of named tensors against the model (datatype, rank, fixed dims, one
 //!    size per symbolic dim), then the model's queue, batcher and ONNX Runtime;
 //! 4. the error table: every step fails with an [`ApiError`], which each front end maps to its

@@ -78,10 +78,16 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 }
 
 async fn predict<M: TypedModel>(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<M::Output>, ApiError> {
-    let bytes = state.read_body(body).await?;
-    let input: M::Input = parse_json(&bytes).map_err(|e| match e {
-        ApiError::InvalidTensor(m) => ApiError::InvalidTensor(format!("tensor {m}")),
-        other => other,
-    })?;
-    Context::new(Arc::clone(&state)).infer::<M>(input).await.map(Json)
+    let model = Arc::clone(state.model(M::NAME, None)?);
+    // Reading and parsing run inside the inference path too: under its deadline, and a 422 here
+    // counts as a failed request of the model, as over V2.
+    let request = async {
+        let bytes = state.read_body(body).await?;
+        let input: M::Input = parse_json(&bytes).map_err(|e| match e {
+            ApiError::InvalidTensor(m) => ApiError::InvalidTensor(format!("tensor {m}")),
+            other => other,
+        })?;
+        crate::typed::run_typed::<M>(&model, input).await
+    };
+    crate::inference::run(&state, &model, request).await.map(Json)
 }

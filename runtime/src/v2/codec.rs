@@ -1,5 +1,6 @@
-//! Decoding inference requests (JSON tensors and the binary tensor data extension) into
-//! validated tensors, and encoding responses.
+//! Decoding inference requests (JSON tensors and the binary tensor data extension) into named
+//! tensors (parsed and framed; the inference path checks them against the model), and encoding
+//! responses.
 //!
 //! A body is split at `Inference-Header-Content-Length` (absent: all JSON). Inputs with a
 //! `binary_data_size` parameter take their bytes, in order, from what follows the header.
@@ -19,7 +20,7 @@ use crate::tensor::{Tensor, TensorData, element_count, for_each_numeric};
 /// The header naming the length of the JSON part of a binary request or response.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-/// A decoded request, ready to run.
+/// A decoded request: tensors parsed, not yet checked against the model.
 #[derive(Debug)]
 pub struct Decoded {
     /// Echoed request id.
@@ -287,10 +288,15 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
             )
         };
     }
-    // JSON numbers are finite, so an infinite element means the number does not fit the type
-    // (3.5e38 as FP32, 70000 as FP16): refused rather than sent to the model as infinity.
+    // A float element is a JSON number, or one of the names JSON outputs use for non-finite
+    // values. A number that becomes infinite does not fit the type (3.5e38 as FP32, 70000 as
+    // FP16): refused rather than sent to the model as infinity.
     let out_of_range = |i: usize, v: &Value| {
         ApiError::InvalidTensor(format!("input {name:?}: element {i} is {v}, which is out of range for {}", elem.kserve_name().unwrap_or("?")))
+    };
+    let float = |v: &Value| match v {
+        Value::String(s) => NON_FINITE.iter().find(|(n, _)| n == s).map(|&(_, x)| (x, false)),
+        other => other.as_f64().map(|x| (x, true)),
     };
     macro_rules! floats {
         ($variant:ident, $conv:expr, $finite:expr) => {
@@ -299,8 +305,9 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
                     .iter()
                     .enumerate()
                     .map(|(i, v)| {
-                        let x = v.as_f64().map($conv).ok_or_else(|| bad(i, v))?;
-                        if $finite(x) { Ok(x) } else { Err(out_of_range(i, v)) }
+                        let (x, number) = float(v).ok_or_else(|| bad(i, v))?;
+                        let x = $conv(x);
+                        if number && !$finite(x) { Err(out_of_range(i, v)) } else { Ok(x) }
                     })
                     .collect::<Result<_, _>>()?,
             )
@@ -337,6 +344,9 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
 #[derive(Debug)]
 pub struct JsonData(TensorData);
 
+/// How JSON spells the float values it has no number for, in outputs and in inputs.
+const NON_FINITE: [(&str, f64); 3] = [("NaN", f64::NAN), ("Infinity", f64::INFINITY), ("-Infinity", f64::NEG_INFINITY)];
+
 /// One float of a JSON output: a number, or the name of a non-finite value.
 struct JsonFloat(f64);
 
@@ -344,9 +354,9 @@ impl Serialize for JsonFloat {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             x if x.is_finite() => s.serialize_f64(x),
-            x if x.is_nan() => s.serialize_str("NaN"),
-            x if x > 0.0 => s.serialize_str("Infinity"),
-            _ => s.serialize_str("-Infinity"),
+            x if x.is_nan() => s.serialize_str(NON_FINITE[0].0),
+            x if x > 0.0 => s.serialize_str(NON_FINITE[1].0),
+            _ => s.serialize_str(NON_FINITE[2].0),
         }
     }
 }
