@@ -35,8 +35,10 @@ def floats_close(want, got, where):
     if want.dtype != got.dtype:
         return [f"{where}: element type {got.dtype} != committed {want.dtype}"]
     spacing = np.spacing(np.maximum(np.abs(want), np.abs(got)).astype(want.dtype))
-    off = np.abs(want.astype(np.float64) - got.astype(np.float64)) > ULPS * spacing.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN, and NaN compares False: handled below
+        off = np.abs(want.astype(np.float64) - got.astype(np.float64)) > ULPS * spacing.astype(np.float64)
     off |= np.isnan(want) != np.isnan(got)
+    off |= (np.isinf(want) | np.isinf(got)) & (want != got)
     if not off.any():
         return []
     i = np.argwhere(off)[0]
@@ -108,6 +110,7 @@ def test_committed_models_are_fresh(tmp_path):
 
 def test_committed_example_models_are_fresh(tmp_path):
     subprocess.run([sys.executable, os.path.join(ROOT, "examples", "make_models.py"), str(tmp_path)], check=True, capture_output=True)
+    assert {n for n in os.listdir(tmp_path) if n.endswith(".onnx")} == {os.path.basename(rel) for rel in EXAMPLE_MODELS}
     for rel in EXAMPLE_MODELS:
         assert_fresh(str(tmp_path / os.path.basename(rel)), os.path.join(ROOT, "examples", rel), f"examples/{rel}")
 
@@ -132,6 +135,9 @@ def test_the_comparison_catches_what_matters(tmp_path):
         attr.floats[:] = v.tolist()
 
     assert changed(lambda m: nudge(m, 1)) == []
+    assert floats_close(np.array([np.inf], np.float32), np.array([3.4e38], np.float32), "x") != []
+    assert floats_close(np.array([np.inf], np.float32), np.array([-np.inf], np.float32), "x") != []
+    assert floats_close(np.array([np.nan, np.inf], np.float32), np.array([np.nan, np.inf], np.float32), "x") == []
     assert any("coefficients" in d and "ulps" in d for d in changed(lambda m: nudge(m, 1000))), changed(lambda m: nudge(m, 1000))
     assert any("input[0 'X'].name" in d for d in changed(lambda m: setattr(m.graph.input[0], "name", "Y")))
     assert any("elem_type" in d for d in changed(lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", onnx.TensorProto.DOUBLE)))
