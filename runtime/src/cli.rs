@@ -42,9 +42,12 @@ pub struct ServiceArgs {
     /// Comma-separated API keys (environment only, so they stay out of `ps`).
     #[arg(long = "api-keys-from-env-only", global = true, env = "NIMIFY_API_KEYS", hide = true, hide_env_values = true, value_delimiter = ',')]
     pub api_keys: Option<Vec<String>>,
-    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose [default: 0].
+    /// ONNX Runtime intra-op threads; 0: one per CPU this process may use [default: 0].
     #[arg(long, global = true, env = "NIMIFY_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
+    /// Idle intra-op threads spin-wait for work instead of sleeping [default: false].
+    #[arg(long, global = true, env = "NIMIFY_SPINNING")]
+    pub spinning: Option<bool>,
     /// ONNX Runtime inter-op threads; 0 lets ONNX Runtime choose [default: 0].
     #[arg(long, global = true, env = "NIMIFY_INTER_THREADS")]
     pub inter_threads: Option<usize>,
@@ -103,6 +106,7 @@ impl ServiceArgs {
             c.session.optimization => self.optimization,
             c.session.memory_arena => self.memory_arena,
             c.session.instances => self.instances,
+            c.session.spinning => self.spinning,
             c.batching.enabled => self.batching,
             c.batching.max_batch_size => self.max_batch_size,
             c.batching.max_queue_delay_us => self.max_queue_delay_us,

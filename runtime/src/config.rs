@@ -99,7 +99,9 @@ impl std::str::FromStr for Optimization {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
-    /// Threads inside one operator (0: ONNX Runtime's default, one per core).
+    /// Threads inside one operator (0: one per CPU this process may use, i.e. its affinity mask
+    /// and cgroup CPU quota as `std::thread::available_parallelism` sees them; ONNX Runtime's
+    /// own default counts every core of the machine and pins its threads to them).
     pub intra_threads: usize,
     /// Threads across operators (0: ONNX Runtime's default).
     pub inter_threads: usize,
@@ -110,11 +112,25 @@ pub struct SessionConfig {
     pub memory_arena: bool,
     /// Sessions per model, each able to run one batch at a time.
     pub instances: usize,
+    /// Let idle intra-op threads spin-wait for the next operator instead of sleeping: lower
+    /// latency with several intra-op threads, at the price of CPU burnt between requests.
+    pub spinning: bool,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { intra_threads: 0, inter_threads: 0, optimization: Optimization::All, memory_arena: false, instances: 1 }
+        Self { intra_threads: 0, inter_threads: 0, optimization: Optimization::All, memory_arena: false, instances: 1, spinning: false }
+    }
+}
+
+impl SessionConfig {
+    /// The intra-op thread count sessions get: the configured one, or one per CPU this process
+    /// may use.
+    pub fn intra_threads(&self) -> usize {
+        match self.intra_threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
     }
 }
 

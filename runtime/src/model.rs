@@ -295,9 +295,9 @@ pub fn open_session(env: &ort::environment::Environment, path: &Path, config: &S
         .map_err(e)?
         .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(config.memory_arena).build()])
         .map_err(e)?;
-    if config.intra_threads > 0 {
-        builder = builder.with_intra_threads(config.intra_threads).map_err(e)?;
-    }
+    // Always an explicit count: left to itself ONNX Runtime sizes its pool by the machine's cores
+    // and pins each thread to one, outside a `taskset` or container CPU set.
+    builder = builder.with_intra_threads(config.intra_threads()).map_err(e)?.with_intra_op_spinning(config.spinning).map_err(e)?;
     if config.inter_threads > 0 {
         builder = builder.with_inter_threads(config.inter_threads).map_err(e)?;
     }

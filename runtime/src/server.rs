@@ -205,6 +205,8 @@ impl ServerBuilder {
                 path = %model.path().display(),
                 batching = model.batching().is_some(),
                 instances = settings.session.instances,
+                intra_threads = settings.session.intra_threads(),
+                spinning = settings.session.spinning,
                 "model loaded"
             );
             models.insert(model.name().to_string(), Arc::new(model));

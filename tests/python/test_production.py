@@ -194,6 +194,27 @@ def test_onnx_runtime_failures_are_logged_in_full_with_the_request_id(start):
     assert line["level"] == "ERROR" and line["span"]["request_id"] == "ort-failure-7", line
 
 
+def test_every_thread_stays_on_the_cpus_the_process_may_use():
+    """Under `taskset -c 0` the intra-op pool is sized to that one CPU and no thread (ONNX
+    Runtime's pool used to pin one to another core) is allowed anywhere else."""
+    import json
+
+    server = Service(["taskset", "-c", "0", BIN, "nimify", "serve", os.path.join(MODELS, "mlp.onnx"), "--host", "127.0.0.1", "--port", "0"])
+    try:
+        assert infer_json(server, "mlp", np.ones((2, 4), np.float32)).status_code == 200
+        loaded = next(json.loads(l) for l in server.log if '"model loaded"' in l)
+        assert loaded["intra_threads"] == 1 and loaded["spinning"] is False, loaded
+        tasks = f"/proc/{server.proc.pid}/task"
+        allowed = {}
+        for tid in os.listdir(tasks):
+            with open(f"{tasks}/{tid}/status") as f:
+                status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+            allowed[f"{status['Name']} ({tid})"] = status["Cpus_allowed_list"]
+        assert len(allowed) >= 3 and set(allowed.values()) == {"0"}, allowed
+    finally:
+        server.stop()
+
+
 def test_failed_warm_up_warns_and_does_not_block_readiness(start, tmp_path):
     import json
 
