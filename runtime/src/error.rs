@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `BadRequest` (malformed JSON or binary framing) | 400 |
 //! | `NotFound` (unknown model or version) | 404 |
+//! | `MethodNotAllowed` (with `Allow`) | 405 |
 //! | `TooLarge` | 413 |
 //! | `InvalidTensor` (well-formed, but wrong for the model) | 422 |
 //! | `Unauthorized` | 401 |
@@ -23,6 +24,9 @@ pub enum ApiError {
     /// Unknown model, version or route.
     #[error("{0}")]
     NotFound(String),
+    /// A known route asked with another method (the response lists the right ones in `Allow`).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// The body exceeds the configured limit.
     #[error("{0}")]
     TooLarge(String),
@@ -65,6 +69,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InvalidTensor(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,

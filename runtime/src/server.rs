@@ -258,6 +258,7 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
     crate::openapi::add_docs_paths(&mut doc);
     router
         .merge(crate::routes::docs::router(doc))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -269,6 +270,11 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+/// axum keeps its `Allow` header on this answer; the body says the same in JSON.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}; the Allow header lists the methods that are", uri.path()))
 }
 
 /// Health, readiness and metrics stay open and uncapped so probes and scrapes work under load

@@ -298,3 +298,15 @@ async fn onnx_runtime_failures_do_not_show_its_internals() {
         assert!(!msg.contains(internal), "{internal:?} in {msg:?}");
     }
 }
+
+#[tokio::test]
+async fn a_wrong_method_is_a_json_405_with_allow() {
+    let (status, body, headers) = send(Request::get("/v2/models/mlp/infer").body(Body::empty()).expect("request")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers.get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    let err: Value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
+    assert_eq!(err["error"], "GET is not allowed on /v2/models/mlp/infer; the Allow header lists the methods that are");
+    let (status, _, headers) = send(post("/v2/health/ready", "", None)).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(headers.get("allow").is_some_and(|v| v.to_str().unwrap_or("").contains("GET")));
+}
