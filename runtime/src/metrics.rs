@@ -78,7 +78,13 @@ impl Metrics {
             queue_us: counter(&r, "nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds (includes cached requests)"),
             compute_us: counter(&r, "nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)"),
             pending,
-            rejected: counter(&r, "nimify_requests_rejected_total", "Requests refused with 503 because the model's queue was full"),
+            rejected: {
+                let name = "nimify_requests_rejected_total";
+                let help = "Requests refused with 503, by reason: queue_full (the model's queue) or in_flight (the server's in-flight cap)";
+                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
+                r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
+                c
+            },
             cancelled: counter(&r, "nimify_requests_cancelled_total", "Queued requests not executed because their client went away"),
             request_seconds: histogram(&r, "nimify_request_duration_seconds", "Inference request latency, queueing included", latency_buckets()),
             queue_seconds: histogram(&r, "nimify_queue_duration_seconds", "Time requests wait in the batching queue", latency_buckets()),
@@ -99,12 +105,20 @@ impl Metrics {
             queue_us: self.queue_us.with_label_values(&l),
             compute_us: self.compute_us.with_label_values(&l),
             pending: self.pending.with_label_values(&l),
-            rejected: self.rejected.with_label_values(&l),
+            rejected_queue_full: self.rejected.with_label_values(&[model, version, "queue_full"]),
+            rejected_in_flight: self.rejected.with_label_values(&[model, version, "in_flight"]),
             cancelled: self.cancelled.with_label_values(&l),
             request_seconds: self.request_seconds.with_label_values(&l),
             queue_seconds: self.queue_seconds.with_label_values(&l),
             batch_size: self.batch_size.with_label_values(&l),
         }
+    }
+
+    /// Counts a request refused by the in-flight cap that names no served model (an unknown
+    /// one, or a route that is not about a model): empty model and version labels, so the
+    /// label values stay bounded whatever clients send.
+    pub fn rejected_in_flight_without_model(&self) {
+        self.rejected.with_label_values(&["", "", "in_flight"]).inc();
     }
 
     /// Prometheus text exposition.
@@ -127,7 +141,8 @@ pub struct ModelMetrics {
     pub queue_us: IntCounter,
     pub compute_us: IntCounter,
     pub pending: IntGauge,
-    pub rejected: IntCounter,
+    pub rejected_queue_full: IntCounter,
+    pub rejected_in_flight: IntCounter,
     pub cancelled: IntCounter,
     pub request_seconds: Histogram,
     pub queue_seconds: Histogram,

@@ -271,7 +271,7 @@ impl Model {
             self.metrics.pending.dec();
             return Err(match e {
                 TrySendError::Full(_) => {
-                    self.metrics.rejected.inc();
+                    self.metrics.rejected_queue_full.inc();
                     ApiError::Overloaded(format!("model {} has a full queue; retry shortly", self.name))
                 }
                 TrySendError::Disconnected(_) => ApiError::Internal(format!("model {} has no running worker", self.name)),

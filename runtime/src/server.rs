@@ -292,8 +292,22 @@ async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next)
     }
     match state.admission.admit(request.headers()) {
         Ok(_admitted) => next.run(request).await,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if matches!(e, ApiError::Overloaded(_)) {
+                match model_of_path(request.uri().path()).and_then(|name| state.models.get(name)) {
+                    Some(model) => model.metrics().rejected_in_flight.inc(),
+                    None => state.metrics.rejected_in_flight_without_model(),
+                }
+            }
+            e.into_response()
+        }
     }
+}
+
+/// The model a V2 or typed path names (`/v2/models/{m}/...`, `/v1/models/{m}/predict`).
+fn model_of_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/models/").or_else(|| path.strip_prefix("/v1/models/"))?;
+    rest.split('/').next().filter(|m| !m.is_empty())
 }
 
 /// One log line per request: failures at info level, successes at debug, with the request id.
@@ -358,5 +372,21 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_of_path;
+
+    #[test]
+    fn the_model_a_path_names() {
+        assert_eq!(model_of_path("/v2/models/mlp/infer"), Some("mlp"));
+        assert_eq!(model_of_path("/v2/models/mlp/versions/1/infer"), Some("mlp"));
+        assert_eq!(model_of_path("/v1/models/iris/predict"), Some("iris"));
+        assert_eq!(model_of_path("/v2/models/mlp"), Some("mlp"));
+        for none in ["/v2", "/v2/models/", "/v2/models//infer", "/metrics", "/v3/models/x"] {
+            assert_eq!(model_of_path(none), None, "{none}");
+        }
     }
 }

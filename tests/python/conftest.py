@@ -108,9 +108,14 @@ def metrics(server):
     return out
 
 
-def metric(server, name, model):
-    """One series of `model` (version 1), 0 when absent."""
-    return metrics(server).get((name, f'{{model="{model}",version="1"}}'), 0.0)
+def metric(server, name, model, **labels):
+    """The series of `name` whose labels are exactly model=`model`, version 1 and `labels`; 0 when
+    absent."""
+    want = {"model": model, "version": "1", **labels}
+    for (n, text), value in metrics(server).items():
+        if n == name and dict(re.findall(r'(\w+)="([^"]*)"', text)) == want:
+            return value
+    return 0.0
 
 
 def sha256_of(path):

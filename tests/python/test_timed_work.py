@@ -121,16 +121,16 @@ def start_long(server, pool, work):
     return long
 
 
-def burst_while_busy(server, burst, admitted, refusal, during):
+def burst_while_busy(server, burst, admitted, refusal, reason, during):
     """One long request occupies the only session; a burst of `burst` cheap requests is sent while
     it runs, of which exactly `admitted` may wait their turn and every other one must be refused
     at once with 503, Retry-After and an error containing `refusal`. Once the refusals are answered
     and the admitted ones are queued, `during()` runs (still inside the long request). Asserts all
     of that, with the control's figures in each message, and returns what `during()` returned and
-    how many refusals `nimify_requests_rejected_total` counted meanwhile."""
+    how many refusals `nimify_requests_rejected_total{reason=...}` counted meanwhile."""
     with ThreadPoolExecutor(burst + 1) as pool:
         work, sending = size_work_against_burst(server, pool, burst)
-        counted_before = metric(server, "nimify_requests_rejected_total", "slow")
+        counted_before = metric(server, "nimify_requests_rejected_total", "slow", reason=reason)
         long = start_long(server, pool, work)
         sent = [pool.submit(timed, run_work, server, 0) for _ in range(burst)]
         wait_until(lambda: sum(f.done() for f in sent) >= burst - admitted and pending(server) >= admitted, "the refusals")
@@ -147,7 +147,7 @@ def burst_while_busy(server, burst, admitted, refusal, during):
     assert codes.count(200) == admitted and len(refused) == burst - admitted, control
     for r, _ in refused:
         assert r.headers["Retry-After"] == "1" and refusal in r.json()["error"], r.text
-    return seen, metric(server, "nimify_requests_rejected_total", "slow") - counted_before
+    return seen, metric(server, "nimify_requests_rejected_total", "slow", reason=reason) - counted_before
 
 
 def test_full_queue_answers_503_with_retry_after_and_stays_ready(start):
@@ -157,7 +157,7 @@ def test_full_queue_answers_503_with_retry_after_and_stays_ready(start):
         # Full queue, long request running: the server stays ready.
         return requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code
 
-    ready, counted = burst_while_busy(server, burst=23, admitted=2, refusal="full queue", during=full_queue)
+    ready, counted = burst_while_busy(server, burst=23, admitted=2, refusal="full queue", reason="queue_full", during=full_queue)
     assert ready == 200
     assert counted == 21
     assert run_work(server, 0).status_code == 200
@@ -172,9 +172,18 @@ def test_in_flight_cap_answers_503_and_probes_stay_open(start):
         probes = [requests.get(f"{server.url}{path}", timeout=5).status_code for path in ("/v2/health/ready", "/metrics")]
         return probes, requests.get(f"{server.url}/v2/models/slow", timeout=5)
 
-    (probes, capped_get), _ = burst_while_busy(server, burst=11, admitted=1, refusal="in flight", during=both_slots_held)
+    def unrouted():
+        return metric(server, "nimify_requests_rejected_total", "", version="", reason="in_flight")
+
+    unrouted_before = unrouted()
+    (probes, capped_get), counted = burst_while_busy(server, burst=11, admitted=1, refusal="in flight", reason="in_flight", during=both_slots_held)
     assert probes == [200, 200]
     assert capped_get.status_code == 503 and "in flight" in capped_get.json()["error"]
+    # The burst's ten refusals and the capped GET of /v2/models/slow count for the model; none
+    # went without one.
+    assert counted == 11
+    assert metric(server, "nimify_requests_rejected_total", "slow", reason="queue_full") == 0
+    assert unrouted() == unrouted_before
 
 
 def test_requests_of_clients_that_left_are_not_executed(start):
