@@ -80,6 +80,19 @@ impl AppState {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// Admits a request (API key, in-flight cap) for any front end; a refusal by the cap is
+    /// counted for `model` when it is a served one, else without a model.
+    pub(crate) fn admit(&self, headers: &axum::http::HeaderMap, model: Option<&str>) -> Result<crate::inference::admission::Admitted, ApiError> {
+        self.admission.admit(headers).inspect_err(|e| {
+            if matches!(e, ApiError::Overloaded(_)) {
+                match model.and_then(|name| self.models.get(name)) {
+                    Some(model) => model.metrics().rejected_in_flight.inc(),
+                    None => self.metrics.rejected_in_flight_without_model(),
+                }
+            }
+        })
+    }
+
     /// Reads a request body up to the configured limit; larger is 413.
     pub async fn read_body(&self, body: Body) -> Result<bytes::Bytes, ApiError> {
         let limit = self.config.max_body_bytes;
@@ -290,17 +303,9 @@ async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next)
     if is_open_path(request.uri().path()) {
         return next.run(request).await;
     }
-    match state.admission.admit(request.headers()) {
+    match state.admit(request.headers(), model_of_path(request.uri().path())) {
         Ok(_admitted) => next.run(request).await,
-        Err(e) => {
-            if matches!(e, ApiError::Overloaded(_)) {
-                match model_of_path(request.uri().path()).and_then(|name| state.models.get(name)) {
-                    Some(model) => model.metrics().rejected_in_flight.inc(),
-                    None => state.metrics.rejected_in_flight_without_model(),
-                }
-            }
-            e.into_response()
-        }
+        Err(e) => e.into_response(),
     }
 }
 
