@@ -36,6 +36,18 @@ pub struct ServiceArgs {
     /// How long shutdown waits for in-flight requests, in milliseconds [default: 30000].
     #[arg(long, global = true, env = "NIMIFY_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
+    /// After SIGTERM, keep serving this long (readiness 503) so endpoints can be removed; a second signal skips it [default: 5000].
+    #[arg(long, global = true, env = "NIMIFY_SHUTDOWN_DELAY_MS")]
+    pub shutdown_delay_ms: Option<u64>,
+    /// Close connections that do not send a request's headers within this many milliseconds [default: 10000].
+    #[arg(long, global = true, env = "NIMIFY_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Close kept-alive connections idle for this many milliseconds [default: 75000].
+    #[arg(long, global = true, env = "NIMIFY_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Most open client connections; 0: the open-file limit less 64 [default: 0].
+    #[arg(long, global = true, env = "NIMIFY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// File with one API key per line; requests then need `Authorization: Bearer` or `x-api-key`.
     #[arg(long, global = true, env = "NIMIFY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
@@ -100,6 +112,10 @@ impl ServiceArgs {
             c.request_timeout_ms => self.request_timeout_ms,
             c.max_in_flight => self.max_in_flight,
             c.drain_timeout_ms => self.drain_timeout_ms,
+            c.shutdown_delay_ms => self.shutdown_delay_ms,
+            c.header_read_timeout_ms => self.header_read_timeout_ms,
+            c.idle_timeout_ms => self.idle_timeout_ms,
+            c.max_connections => self.max_connections,
             c.api_keys => self.api_keys.clone(),
             c.session.intra_threads => self.intra_threads,
             c.session.inter_threads => self.inter_threads,

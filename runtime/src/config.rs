@@ -29,6 +29,18 @@ pub struct Config {
     pub max_in_flight: usize,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     pub drain_timeout_ms: u64,
+    /// After SIGTERM, how long the server keeps accepting and serving while readiness reads
+    /// 503, so that Kubernetes can take the pod out of its endpoints first, in milliseconds. A
+    /// second SIGTERM or Ctrl-C skips the rest of it.
+    pub shutdown_delay_ms: u64,
+    /// Longest a client may take to send a request's header section, in milliseconds, counted
+    /// from the connection's start or from the first byte of a later request.
+    pub header_read_timeout_ms: u64,
+    /// Longest a kept-alive connection may sit idle between requests, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Most client connections open at once; past it new ones wait in the listen backlog. 0:
+    /// the process's open-file limit less 64.
+    pub max_connections: usize,
     /// Accepted API keys (prefer `api_keys_file` or `NIMIFY_API_KEYS`); empty with no file: no auth.
     pub api_keys: Vec<String>,
     /// File with one API key per line (e.g. a mounted Secret).
@@ -57,6 +69,10 @@ impl Default for Config {
             request_timeout_ms: 60_000,
             max_in_flight: 4096,
             drain_timeout_ms: 30_000,
+            shutdown_delay_ms: 5_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
+            max_connections: 0,
             api_keys: Vec::new(),
             api_keys_file: None,
             session: SessionConfig::default(),
@@ -229,6 +245,12 @@ impl Config {
         }
         if self.batching.max_batch_size == 0 {
             return Err(ConfigError::Invalid("batching.max_batch_size must be at least 1, got 0".into()));
+        }
+        if self.header_read_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "header_read_timeout_ms and idle_timeout_ms must be at least 1, got {} and {}: a connection that never times out lets idle clients use up the server's file descriptors",
+                self.header_read_timeout_ms, self.idle_timeout_ms
+            )));
         }
         if self.batching.queue_capacity == 0 {
             return Err(ConfigError::Invalid("batching.queue_capacity must be at least 1, got 0".into()));

@@ -14,6 +14,7 @@
 pub mod batcher;
 pub mod cli;
 pub mod config;
+mod connections;
 pub mod digest;
 pub mod error;
 mod inference;

@@ -22,6 +22,9 @@ pub struct Metrics {
     request_seconds: HistogramVec,
     queue_seconds: HistogramVec,
     batch_size: HistogramVec,
+    connections: IntGauge,
+    connections_timed_out: IntCounterVec,
+    accept_errors: IntCounter,
 }
 
 const LABELS: &[&str] = &["model", "version"];
@@ -69,7 +72,25 @@ impl Metrics {
         .unwrap_or_else(|e| unreachable_metric("nimify_build_info", &e));
         build.set(1);
         r.register(Box::new(build)).unwrap_or_else(|e| unreachable_metric("build", &e));
+        let connections = IntGauge::new("nimify_open_connections", "Client connections open now").unwrap_or_else(|e| unreachable_metric("nimify_open_connections", &e));
+        r.register(Box::new(connections.clone())).unwrap_or_else(|e| unreachable_metric("nimify_open_connections", &e));
+        let accept_errors = IntCounter::new("nimify_accept_errors_total", "Failed accepts of new connections (e.g. EMFILE: out of file descriptors), each followed by a back-off")
+            .unwrap_or_else(|e| unreachable_metric("nimify_accept_errors_total", &e));
+        r.register(Box::new(accept_errors.clone())).unwrap_or_else(|e| unreachable_metric("nimify_accept_errors_total", &e));
+        let connections_timed_out = {
+            let name = "nimify_connections_closed_total";
+            let help = "Connections the server closed on clients without a request in progress, by reason: header_timeout (header section not sent in time), idle_timeout (kept alive without a request) or shed (the longest waiting, closed at the connection cap or out of file descriptors)";
+            let c = IntCounterVec::new(Opts::new(name, help), &["reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
+            r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
+            for reason in ["header_timeout", "idle_timeout", "shed"] {
+                c.with_label_values(&[reason]);
+            }
+            c
+        };
         Self {
+            connections,
+            connections_timed_out,
+            accept_errors,
             success: counter(&r, "nv_inference_request_success", "Number of successful inference requests, all batch sizes"),
             failure: counter(&r, "nv_inference_request_failure", "Number of failed inference requests, all batch sizes"),
             count: counter(&r, "nv_inference_count", "Number of inferences performed (does not include cached requests)"),
@@ -119,6 +140,27 @@ impl Metrics {
     /// label values stay bounded whatever clients send.
     pub fn rejected_in_flight_without_model(&self) {
         self.rejected.with_label_values(&["", "", "in_flight"]).inc();
+    }
+
+    /// Counts a connection the listener took.
+    pub(crate) fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    /// Counts a connection that ended.
+    pub(crate) fn connection_closed(&self) {
+        self.connections.dec();
+    }
+
+    /// Counts a connection the server closed on a waiting client (`header_timeout`,
+    /// `idle_timeout`, `shed`).
+    pub(crate) fn connection_timed_out(&self, reason: &str) {
+        self.connections_timed_out.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a failed accept.
+    pub(crate) fn accept_error(&self) {
+        self.accept_errors.inc();
     }
 
     /// Prometheus text exposition.

@@ -70,14 +70,15 @@ impl AppState {
         &self.metrics
     }
 
-    /// Whether the server accepts inference requests.
+    /// Whether the readiness probe passes: every model loaded and no shutdown begun. Inference
+    /// is served while shutting down (see [`serve`]), only the probe fails.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Marks the server ready or not (not ready first on shutdown).
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+    /// Fails the readiness probe from now on: a shutdown has begun.
+    pub fn begin_shutdown(&self) {
+        self.ready.store(false, Ordering::SeqCst);
     }
 
     /// Admits a request (API key, in-flight cap) for any front end; a refusal by the cap is
@@ -230,9 +231,8 @@ impl ServerBuilder {
             }
         }
         let admission = Admission::new(api_keys, self.config.max_in_flight);
-        let state = Arc::new(AppState { models, ready: AtomicBool::new(false), config: self.config, admission, metrics });
+        let state = Arc::new(AppState { models, ready: AtomicBool::new(true), config: self.config, admission, metrics });
         let router = app(Arc::clone(&state), self.extra);
-        state.set_ready(true);
         Ok((state, router))
     }
 }
@@ -274,11 +274,30 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn(access_log))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Every error answer is `{"error": ...}` JSON, also those of layers and extractors that answer
+/// on their own (with an empty or plain-text body). `connections` relies on it: an error answer
+/// with an empty body and no content type can only be one hyper wrote for an unparsable request.
+async fn json_errors(request: Request, next: Next) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let response = next.run(request).await;
+    let json = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    if response.status().as_u16() < 400 || json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let message = if text.is_empty() { parts.status.canonical_reason().unwrap_or("error").to_ascii_lowercase() } else { text };
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.insert(CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(serde_json::json!({ "error": message }).to_string()))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -335,27 +354,47 @@ async fn access_log(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves until `shutdown` resolves: readiness turns false first, then in-flight requests finish
-/// within the configured drain timeout.
+/// Serves until `shutdown` resolves, then stops the way a Kubernetes pod should:
+///
+/// 1. readiness answers 503 at once, while the listener keeps accepting and serving for
+///    `shutdown_delay_ms` (endpoints take a few seconds to drop a terminating pod; a second
+///    SIGTERM or Ctrl-C skips the rest of the delay);
+/// 2. the listener stops accepting, idle kept-alive connections are closed and busy ones are
+///    closed after their current response (`Connection: close`);
+/// 3. in-flight requests finish within `drain_timeout_ms`; past it the server returns anyway.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, router: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    tracing::info!(address = %local, models = state.models.len(), "serving");
-    let drain = Duration::from_millis(state.config.drain_timeout_ms);
-    let fired = Arc::new(tokio::sync::Notify::new());
-    let (drain_state, notify) = (Arc::clone(&state), Arc::clone(&fired));
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        drain_state.set_ready(false);
-        tracing::info!(drain_timeout_ms = drain.as_millis() as u64, "shutting down: not ready, draining in-flight requests");
-        notify.notify_one();
-    });
-    tokio::select! {
-        result = server => result,
-        () = async { fired.notified().await; tokio::time::sleep(drain).await } => {
-            tracing::warn!("drain timeout reached; exiting with requests still in flight");
-            Ok(())
+    let limits = crate::connections::Limits::from_config(&state.config);
+    tracing::info!(
+        address = %local,
+        models = state.models.len(),
+        max_connections = limits.max_connections,
+        header_read_timeout_ms = limits.header_read_timeout.as_millis() as u64,
+        idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+        "serving"
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let accepting = tokio::spawn(crate::connections::accept_loop(listener, router, limits, state.metrics.clone(), stopped));
+    shutdown.await;
+    state.begin_shutdown();
+    let delay = Duration::from_millis(state.config.shutdown_delay_ms);
+    if !delay.is_zero() {
+        tracing::info!(shutdown_delay_ms = delay.as_millis() as u64, "shutting down: readiness is 503; still serving during the shutdown delay (a second signal skips it)");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown_signal() => tracing::info!("second signal: skipping the rest of the shutdown delay"),
         }
     }
+    let drain = Duration::from_millis(state.config.drain_timeout_ms);
+    tracing::info!(drain_timeout_ms = drain.as_millis() as u64, "shutting down: not accepting connections, draining in-flight requests");
+    let _ = stop.send(true);
+    let slots = accepting.await.map_err(std::io::Error::other)?;
+    let every = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(drain, slots.acquire_many(every)).await {
+        Ok(_) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!("drain timeout reached; exiting with requests still in flight"),
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

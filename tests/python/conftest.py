@@ -20,6 +20,8 @@ class Service:
     found from the JSON "serving" log line; the rest of the log is kept in `log`."""
 
     def __init__(self, argv, env=None):
+        # Tests that do not test shutdown stop at once (the default delay is for Kubernetes).
+        env = {"NIMIFY_SHUTDOWN_DELAY_MS": "0", **(os.environ if env is None else env)}
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.log = []
         self.address = None
@@ -179,7 +181,7 @@ class Container:
     def __init__(self, ref, *args, env=None):
         self.port = free_port()
         flags = ["--read-only", "--user", "65532", "--cap-drop", "ALL", "--network", "host", "-e", "NIMIFY_HOST=127.0.0.1", "-e", f"NIMIFY_PORT={self.port}"]
-        for k, v in (env or {}).items():
+        for k, v in {"NIMIFY_SHUTDOWN_DELAY_MS": "0", **(env or {})}.items():
             flags += ["-e", f"{k}={v}"]
         self.id = podman("run", "-d", *flags, ref, *args).stdout.strip().splitlines()[-1]
         PODMAN_IMAGES.add(podman("inspect", "--format", "{{.Image}}", self.id).stdout.strip())

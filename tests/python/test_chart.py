@@ -150,6 +150,23 @@ def test_security_and_probes():
     assert test_pod["spec"]["containers"][0]["args"] == ["healthcheck"] and test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
 
 
+@pytest.mark.parametrize("env", ["default", *ENVS, "all"])
+def test_termination_grace_outlasts_the_shutdown_delay_and_the_drain(env):
+    """Kubernetes kills the pod terminationGracePeriodSeconds after SIGTERM: the service's delay
+    (serving while endpoints drop the pod) plus its drain must end before that, with a margin."""
+    import tomllib
+
+    rendered = docs(render(env))
+    deploy = next(d for d in rendered if d["kind"] == "Deployment")
+    grace_ms = deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] * 1000
+    cm = next(d for d in rendered if d["kind"] == "ConfigMap" and "config.toml" in d["data"])
+    config = tomllib.loads(cm["data"]["config.toml"])
+    # The service's own defaults where the chart leaves a key out.
+    delay, drain = config.get("shutdown_delay_ms", 5000), config.get("drain_timeout_ms", 30000)
+    assert delay > 0, "a zero delay drops requests Kubernetes still routes to the terminating pod"
+    assert grace_ms >= delay + drain + 2000, f"{env}: grace {grace_ms} ms, delay {delay} + drain {drain} ms"
+
+
 def test_the_rendered_config_is_accepted_by_the_service(tmp_path):
     cm = next(d for d in docs(render("all")) if d["kind"] == "ConfigMap" and "config.toml" in d["data"])
     config = tmp_path / "config.toml"

@@ -154,6 +154,7 @@ fn start_server(bin: &Path, model: &PathBuf, port: u16) -> Result<(Child, Durati
         .arg(model)
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--intra-threads", "1", "--inter-threads", "1"])
         .env("RUST_LOG", "warn")
+        .env("NIMIFY_SHUTDOWN_DELAY_MS", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;

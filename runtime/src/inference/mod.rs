@@ -7,7 +7,7 @@
 //! 1. [`admission`]: API key, then the in-flight cap, decided once per request before its body
 //!    is read (for HTTP by the router's middleware; user code calling models through `Context`
 //!    runs inside a request that was already admitted);
-//! 2. [`run`]: readiness, the request deadline and the per-model request metrics around the
+//! 2. [`run`]: the request deadline and the per-model request metrics around the
 //!    front end's read, decode, infer and encode steps (the V2 and typed routes both read and
 //!    decode inside it);
 //! 3. [`infer`]: the checks of named tensors against the model (datatype, rank, fixed dims, one
@@ -29,9 +29,9 @@ use crate::model::Model;
 use crate::server::AppState;
 use crate::tensor::Tensor;
 
-/// Runs one request for `model`: refused while the server is not ready, cut off at the request
-/// deadline, and counted in the model's success/failure counters and latency, decoding and
-/// encoding included (a 422 is a failed request, as in Triton).
+/// Runs one request for `model`: cut off at the request deadline, and counted in the model's
+/// success/failure counters and latency, decoding and encoding included (a 422 is a failed
+/// request, as in Triton).
 pub(crate) async fn run<T>(state: &AppState, model: &Model, work: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
     let start = Instant::now();
     let result = within_limits(state, work).await;
@@ -46,12 +46,11 @@ pub(crate) async fn run<T>(state: &AppState, model: &Model, work: impl Future<Ou
     result
 }
 
-/// Readiness and the request deadline around `work`, for requests that are not about one model
-/// (a custom endpoint calling several): each model it calls is counted through [`run`].
+/// The request deadline around `work`, for requests that are not about one model (a custom
+/// endpoint calling several): each model it calls is counted through [`run`]. Readiness is not
+/// checked: every served model is loaded before the listener opens, and during shutdown's delay
+/// requests must still be served while the probe fails.
 pub(crate) async fn within_limits<T>(state: &AppState, work: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
-    if !state.is_ready() {
-        return Err(ApiError::NotReady("the server is not ready".into()));
-    }
     match state.config().request_timeout() {
         Some(limit) => tokio::time::timeout(limit, work)
             .await

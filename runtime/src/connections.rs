@@ -1,0 +1,498 @@
+//! The listener: accepting connections under a cap, closing the ones that stall, answering
+//! malformed requests in JSON, and stopping the way Kubernetes needs.
+//!
+//! Each connection has a clock with three phases, as Go's `net/http` times them:
+//!
+//! - waiting for a request's header section, from the connection's start (or from the first byte
+//!   of a request on a kept-alive connection): closed after `header_read_timeout_ms`;
+//! - idle between requests on a kept-alive connection: closed after `idle_timeout_ms`;
+//! - busy (a request being read, handled or answered): no connection timer; the request
+//!   deadline (`request_timeout_ms`) bounds slow bodies and slow work.
+//!
+//! At most `max_connections` are open at once. At the cap, or when accepting fails for want of
+//! file descriptors (EMFILE, ENFILE), the connection that has waited longest without a request
+//! in progress is closed to make room, as nginx reuses idle keep-alive connections; when every
+//! connection is busy, new clients wait in the kernel's backlog. Accept errors back off (5 ms
+//! doubling to 1 s) instead of spinning.
+//!
+//! hyper answers requests it cannot parse (400, 414, 431) itself, with an empty body; the
+//! connection's writer turns those answers into the documented `{"error": ...}` JSON.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+use tower::ServiceExt as _;
+
+use crate::metrics::Metrics;
+
+/// File descriptors kept back from the connection cap when it is derived from the process's
+/// limit: model files, logs, ONNX Runtime's own, the listener.
+const RESERVED_FDS: u64 = 64;
+
+/// Connection limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Longest wait for a request's header section.
+    pub header_read_timeout: Duration,
+    /// Longest idle wait between requests on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The limits `config` asks for; a `max_connections` of 0 becomes the process's open-file
+    /// limit less [`RESERVED_FDS`] (or 10 000 where that limit cannot be read).
+    pub fn from_config(config: &crate::Config) -> Self {
+        let max_connections = match config.max_connections {
+            0 => open_file_limit().map_or(10_000, |n| usize::try_from(n.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)),
+            n => n,
+        };
+        Self {
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            max_connections,
+        }
+    }
+}
+
+/// The soft `RLIMIT_NOFILE`, read from `/proc/self/limits` (Linux; `None` elsewhere or when it
+/// is unlimited).
+fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Accepts connections until `stop` turns true, then returns; the connections already open get
+/// `stop` too and close once their current request is answered. Returns the cap's semaphore so
+/// the caller can wait for every connection to end.
+pub(crate) async fn accept_loop(listener: TcpListener, router: Router, limits: Limits, metrics: Metrics, mut stop: watch::Receiver<bool>) -> Arc<Semaphore> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(Open::default());
+    let mut backoff = Duration::ZERO;
+    let mut warned_full = false;
+    loop {
+        if slots.available_permits() == 0 {
+            open.shed_longest_waiting();
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        if slots.available_permits() == 0 && !warned_full {
+            tracing::warn!(max_connections = limits.max_connections, "connection cap reached; new connections wait until one closes (max_connections)");
+            warned_full = true;
+        } else if slots.available_permits() > limits.max_connections / 10 {
+            warned_full = false;
+        }
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => {
+                backoff = Duration::ZERO;
+                stream
+            }
+            Err(e) if is_per_connection(&e) => continue,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: resources run out; retrying at once would spin.
+                metrics.accept_error();
+                open.shed_longest_waiting();
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot accept a connection; backing off");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (router, metrics, stop) = (router.clone(), metrics.clone(), stop.clone());
+        let clock = Arc::new(Clock::new(limits));
+        let registered = open.register(Arc::clone(&clock));
+        tokio::spawn(async move {
+            metrics.connection_opened();
+            serve_connection(stream, router, clock, &metrics, stop).await;
+            metrics.connection_closed();
+            drop((registered, permit));
+        });
+    }
+    slots
+}
+
+/// Errors that concern one connection (it went away before we took it), not the listener.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted)
+}
+
+/// The open connections' clocks, to find the one to shed.
+#[derive(Default)]
+struct Open {
+    clocks: Mutex<std::collections::HashMap<u64, Arc<Clock>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Open {
+    fn register(self: &Arc<Self>, clock: Arc<Clock>) -> Registered {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.clocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, clock);
+        Registered { open: Arc::clone(self), id }
+    }
+
+    /// Closes the connection that has waited longest for a request (header or idle phase), if
+    /// any: it frees a slot and a file descriptor for a client that may have one to send.
+    fn shed_longest_waiting(&self) {
+        let clocks = self.clocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let longest = clocks.values().filter_map(|c| c.waiting_since().map(|since| (since, c))).min_by_key(|(since, _)| *since);
+        if let Some((_, clock)) = longest {
+            clock.shed();
+        }
+    }
+}
+
+/// Removes a connection's clock from [`Open`] when the connection ends.
+struct Registered {
+    open: Arc<Open>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open.clocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.id);
+    }
+}
+
+async fn serve_connection(stream: TcpStream, router: Router, clock: Arc<Clock>, metrics: &Metrics, mut stop: watch::Receiver<bool>) {
+    let io = TokioIo::new(Guarded { stream, clock: Arc::clone(&clock), replacement: None });
+    let service_clock = Arc::clone(&clock);
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let busy = Busy::start(Arc::clone(&service_clock));
+        let router = router.clone();
+        async move {
+            let response = router.oneshot(request.map(Body::new)).await.unwrap_or_else(|never: Infallible| match never {});
+            Ok::<_, Infallible>(response.map(|body| Body::new(Tracked { body, _busy: busy })))
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The connection clock times header reads; hyper's own timer would also fire while idle.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let mut stopping = false;
+    loop {
+        let changed = clock.changed.notified();
+        let deadline = clock.deadline();
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = changed => {}
+            () = sleep_until(deadline) => {
+                if let Some(reason) = clock.expired() {
+                    metrics.connection_timed_out(reason);
+                    tracing::debug!(reason, "closing a stalled connection");
+                    return;
+                }
+            }
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where a connection is in its life, and since when.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Closed to make room for another (see [`Open::shed_longest_waiting`]).
+    Shed,
+    /// Waiting for (the rest of) a request's header section.
+    Head(Instant),
+    /// Between requests, no byte of the next one yet.
+    Idle(Instant),
+    /// This many requests being handled or answered.
+    Busy(usize),
+}
+
+/// A connection's phase and the timeouts that apply to it.
+struct Clock {
+    phase: Mutex<Phase>,
+    limits: Limits,
+    /// Woken when the deadline may have moved earlier (a request ended, a new one began).
+    changed: Notify,
+}
+
+impl Clock {
+    fn new(limits: Limits) -> Self {
+        Self { phase: Mutex::new(Phase::Head(Instant::now())), limits, changed: Notify::new() }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Phase) -> T) -> T {
+        let mut phase = self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut phase)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.with(|p| match *p {
+            Phase::Shed => Some(Instant::now()),
+            Phase::Head(since) => Some(since + self.limits.header_read_timeout),
+            Phase::Idle(since) => Some(since + self.limits.idle_timeout),
+            Phase::Busy(_) => None,
+        })
+    }
+
+    /// Why the connection should close now, if its deadline has passed.
+    fn expired(&self) -> Option<&'static str> {
+        let now = Instant::now();
+        self.with(|p| match *p {
+            Phase::Shed => Some("shed"),
+            Phase::Head(since) if now >= since + self.limits.header_read_timeout => Some("header_timeout"),
+            Phase::Idle(since) if now >= since + self.limits.idle_timeout => Some("idle_timeout"),
+            _ => None,
+        })
+    }
+
+    /// Since when the connection has waited for a request, when it is waiting.
+    fn waiting_since(&self) -> Option<Instant> {
+        self.with(|p| match *p {
+            Phase::Head(since) | Phase::Idle(since) => Some(since),
+            Phase::Shed | Phase::Busy(_) => None,
+        })
+    }
+
+    /// Marks a waiting connection for closing now.
+    fn shed(&self) {
+        self.with(|p| {
+            if matches!(p, Phase::Head(_) | Phase::Idle(_)) {
+                *p = Phase::Shed;
+            }
+        });
+        self.changed.notify_one();
+    }
+
+    /// Bytes arrived: on an idle connection, a request's header section has begun.
+    fn on_read(&self) {
+        let began = self.with(|p| match *p {
+            Phase::Idle(_) => {
+                *p = Phase::Head(Instant::now());
+                true
+            }
+            _ => false,
+        });
+        if began {
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// Marks the connection busy from the moment hyper hands over a request until its response
+/// body is written (or dropped).
+struct Busy(Arc<Clock>);
+
+impl Busy {
+    fn start(clock: Arc<Clock>) -> Self {
+        clock.with(|p| {
+            *p = match *p {
+                Phase::Busy(n) => Phase::Busy(n + 1),
+                Phase::Head(_) | Phase::Idle(_) | Phase::Shed => Phase::Busy(1),
+            }
+        });
+        Self(clock)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.with(|p| {
+            *p = match *p {
+                Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
+                _ => Phase::Idle(Instant::now()),
+            }
+        });
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its connection marked busy until it is dropped.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl HttpBody for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The socket as hyper sees it: reads move the clock; hyper's bodiless answers to unparsable
+/// requests are replaced by JSON ones.
+struct Guarded {
+    stream: TcpStream,
+    clock: Arc<Clock>,
+    /// A replacement answer and how much of it is written.
+    replacement: Option<(Vec<u8>, usize)>,
+}
+
+impl Guarded {
+    /// Writes what is left of a replacement answer.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((bytes, written)) = &mut self.replacement {
+            if *written == bytes.len() {
+                self.replacement = None;
+                break;
+            }
+            let n = std::task::ready!(Pin::new(&mut self.stream).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `head` for a replacement when it is one of hyper's own answers.
+    fn replace(&mut self, head: &[u8], cx: &mut Context<'_>) -> Option<Poll<std::io::Result<usize>>> {
+        let answer = json_answer_for(head)?;
+        self.replacement = Some((answer, 0));
+        Some(match self.poll_replacement(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            // Written or queued: hyper counts its head as sent either way; flush finishes it.
+            _ => Poll::Ready(Ok(head.len())),
+        })
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.on_read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        if let Some(result) = self.replace(buf, cx) {
+            return result;
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        // hyper's own answers are a head and nothing else, in one slice.
+        if let [head] = bufs.iter().filter(|b| !b.is_empty()).collect::<Vec<_>>()[..]
+            && let Some(result) = self.replace(head, cx)
+        {
+            return result;
+        }
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The JSON answer replacing `head` when `head` is an answer hyper wrote on its own: one of its
+/// parse-error statuses with an empty body and no content type. The router never answers an
+/// error without a JSON body (see `server::json_errors`), so nothing of ours matches.
+fn json_answer_for(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let (status, reason, message) = match text.get(..13)? {
+        "HTTP/1.1 400 " | "HTTP/1.0 400 " => (400, "Bad Request", "the request is not valid HTTP/1.1 (request line, method, URI or a header could not be parsed)"),
+        "HTTP/1.1 414 " | "HTTP/1.0 414 " => (414, "URI Too Long", "the request URI is longer than the server accepts; send long values in the body"),
+        "HTTP/1.1 431 " | "HTTP/1.0 431 " => (431, "Request Header Fields Too Large", "the request's header section is larger than the server accepts (at most 100 headers and about 400 KB); send less in headers"),
+        _ => return None,
+    };
+    let lower = text.to_ascii_lowercase();
+    if !lower.ends_with("\r\n\r\n") || !lower.contains("\r\ncontent-length: 0\r\n") || lower.contains("\r\ncontent-type:") {
+        return None;
+    }
+    let body = serde_json::json!({ "error": message }).to_string();
+    Some(format!("HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_answer_for;
+
+    #[test]
+    fn only_hyper_bodiless_parse_errors_are_replaced() {
+        let hyper_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Tue, 01 Dec 2026 18:00:00 GMT\r\n\r\n";
+        let answer = String::from_utf8(json_answer_for(hyper_431).expect("replaced")).expect("utf-8");
+        assert!(answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).expect("body");
+        let json: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert!(json["error"].as_str().is_some_and(|e| e.contains("header section")), "{json}");
+        assert!(answer.contains(&format!("content-length: {}\r\n", body.len())));
+        for status in ["400 Bad Request", "414 URI Too Long"] {
+            assert!(json_answer_for(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).is_some(), "{status}");
+        }
+        for kept in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n",
+            b"{\"error\": \"HTTP/1.1 400 \"}",
+        ] {
+            assert!(json_answer_for(kept).is_none(), "{}", String::from_utf8_lossy(kept));
+        }
+    }
+}
