@@ -6,6 +6,7 @@
 //! | `NotFound` (unknown model or version) | 404 |
 //! | `MethodNotAllowed` (with `Allow`) | 405 |
 //! | `TooLarge` | 413 |
+//! | `UnsupportedEncoding` (a `Content-Encoding` other than gzip, deflate, zstd) | 415 |
 //! | `InvalidTensor` (well-formed, but wrong for the model) | 422 |
 //! | `Unauthorized` | 401 |
 //! | `NotReady`, `Overloaded` (with `Retry-After`) | 503 |
@@ -30,6 +31,9 @@ pub enum ApiError {
     /// The body exceeds the configured limit.
     #[error("{0}")]
     TooLarge(String),
+    /// The body is compressed in a way the server does not decode.
+    #[error("{0}")]
+    UnsupportedEncoding(String),
     /// A well-formed request whose tensors do not fit the model.
     #[error("{0}")]
     InvalidTensor(String),
@@ -71,6 +75,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidTensor(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -162,6 +167,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unauthorized(_) => {
                 headers.insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            }
+            ApiError::UnsupportedEncoding(_) => {
+                headers.insert(axum::http::header::ACCEPT_ENCODING, axum::http::HeaderValue::from_static(crate::request_body::ACCEPTED_ENCODINGS));
             }
             _ => {}
         }

@@ -22,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 mod openapi;
+mod request_body;
 pub mod ortlib;
 pub mod routes;
 pub mod server;

@@ -101,7 +101,7 @@ impl AppState {
             let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
             if too_large {
-                ApiError::TooLarge(format!("request body exceeds the {limit} byte limit; raise max_body_bytes (--max-body-bytes) or send a smaller batch"))
+                ApiError::TooLarge(format!("request body exceeds the {limit} byte limit (counted after Content-Encoding is decoded); raise max_body_bytes (--max-body-bytes) or send a smaller batch"))
             } else {
                 ApiError::BadRequest(format!("cannot read request body: {e}"))
             }
@@ -273,8 +273,11 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
         .merge(crate::routes::docs::router(doc))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        .layer(axum::middleware::from_fn(crate::request_body::check_encoding))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::request_body::read_rest_before_answering))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn(access_log))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
