@@ -1,18 +1,21 @@
 //! Dynamic batching: one bounded queue per model and one worker thread per session instance.
 //!
 //! A worker takes the first waiting request, then keeps taking requests until the batch holds
-//! `max_batch_size` items or the first request has waited `max_queue_delay`. Requests whose
-//! client went away are dropped (counted) before execution. Requests that agree on every dim
-//! but dim 0 run as one execution; when an output's dim 0 does not come back as the summed
-//! batch, those requests run again one by one. While one worker executes, the next collects.
+//! `max_batch_size` items or the first request has waited `max_queue_delay`. Requests nobody
+//! waits for any more (deadline passed, client gone) are dropped (counted) before execution, and
+//! an execution is stopped midway when every request it serves goes (see [`crate::cancel`]).
+//! Requests that agree on every dim but dim 0 run as one execution; when an output's dim 0 does
+//! not come back as the summed batch, those requests run again one by one. While one worker
+//! executes, the next collects.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use tokio::sync::oneshot;
 
+use crate::cancel::{Link, Run};
 use crate::error::ApiError;
 use crate::metrics::{ModelMetrics, micros};
 use crate::tensor::{Tensor, from_ort};
@@ -30,8 +33,10 @@ pub struct Job {
     pub items: usize,
     /// When it was queued.
     pub enqueued: Instant,
-    /// Where the result goes; closed when the client gave up.
+    /// Where the result goes.
     pub reply: oneshot::Sender<Result<Outputs, ApiError>>,
+    /// Whether anybody still waits for it.
+    pub(crate) link: Link,
 }
 
 /// What a worker needs besides its session.
@@ -53,22 +58,29 @@ pub struct Worker {
 impl Worker {
     /// Runs until the queue's sender is dropped.
     pub fn run(self, mut session: Session) {
+        let mut options = crate::cancel::run_options();
         while let Some(jobs) = self.collect() {
             let jobs: Vec<Job> = jobs
                 .into_iter()
                 .filter(|j| {
                     self.metrics.pending.dec();
-                    if j.reply.is_closed() {
-                        self.metrics.cancelled.inc();
-                        false
-                    } else {
-                        true
-                    }
+                    self.still_wanted(j)
                 })
                 .collect();
             for group in group_by_trailing_dims(jobs) {
-                self.execute(&mut session, group);
+                self.execute(&mut session, &mut options, group);
             }
+        }
+    }
+
+    /// False (and counted) when nobody waits for `job` any more.
+    fn still_wanted(&self, job: &Job) -> bool {
+        match job.link.gone() {
+            Some(why) => {
+                self.metrics.cancelled(why).inc();
+                false
+            }
+            None => true,
         }
     }
 
@@ -102,26 +114,33 @@ impl Worker {
         Some(jobs)
     }
 
-    fn execute(&self, session: &mut Session, jobs: Vec<Job>) {
+    fn execute(&self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, jobs: Vec<Job>) {
         let start = Instant::now();
         for job in &jobs {
             let waited = start.duration_since(job.enqueued);
             self.metrics.queue_us.inc_by(micros(waited));
             self.metrics.queue_seconds.observe(waited.as_secs_f64());
         }
-        if jobs.len() > 1
-            && let Some(results) = self.run_batched(session, &jobs)
-        {
-            let total: usize = jobs.iter().map(|j| j.items).sum();
-            self.metrics.count.inc_by(total as u64);
-            self.metrics.batch_size.observe(total as f64);
-            for (job, result) in jobs.into_iter().zip(results) {
-                let _ = job.reply.send(Ok(result));
+        if jobs.len() > 1 {
+            match self.run_batched(session, options, &jobs) {
+                Batched::Done(results) => {
+                    let total: usize = jobs.iter().map(|j| j.items).sum();
+                    self.metrics.count.inc_by(total as u64);
+                    self.metrics.batch_size.observe(total as f64);
+                    for (job, result) in jobs.into_iter().zip(results) {
+                        let _ = job.reply.send(Ok(result));
+                    }
+                    return;
+                }
+                Batched::Stopped => return,
+                Batched::OneByOne => {}
             }
-            return;
         }
         for job in jobs {
-            let result = self.run_one(session, job.inputs);
+            if !self.still_wanted(&job) {
+                continue;
+            }
+            let result = self.run_one(session, options, &[&job.link], job.inputs);
             if result.is_ok() {
                 self.metrics.count.inc_by(job.items as u64);
                 self.metrics.batch_size.observe(job.items as f64);
@@ -130,42 +149,71 @@ impl Worker {
         }
     }
 
-    /// Runs merged inputs once; `None` (nothing sent) when the outputs cannot be split back.
-    fn run_batched(&self, session: &mut Session, jobs: &[Job]) -> Option<Vec<Outputs>> {
+    /// Runs merged inputs once.
+    fn run_batched(&self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, jobs: &[Job]) -> Batched {
         let rows: Vec<usize> = jobs.iter().map(|j| j.items).collect();
         let total: usize = rows.iter().sum();
-        let merged = (0..self.input_names.len())
-            .map(|i| Tensor::concat(&jobs.iter().map(|j| &j.inputs[i]).collect::<Vec<_>>()))
-            .collect::<Option<Vec<_>>>()?;
-        let outputs = match self.run_one(session, merged) {
+        let Some(merged) = (0..self.input_names.len()).map(|i| Tensor::concat(&jobs.iter().map(|j| &j.inputs[i]).collect::<Vec<_>>())).collect::<Option<Vec<_>>>() else {
+            return Batched::OneByOne;
+        };
+        let links: Vec<&Link> = jobs.iter().map(|j| &j.link).collect();
+        let outputs = match self.run_one(session, options, &links, merged) {
             Ok(o) => o,
+            Err(_) if jobs.iter().all(|j| j.link.gone().is_some()) => return Batched::Stopped,
             Err(e) => {
                 tracing::warn!(error = %e.detail(), requests = jobs.len(), "batched execution failed; running requests one by one");
-                return None;
+                return Batched::OneByOne;
             }
         };
         let mut per_job: Vec<Outputs> = jobs.iter().map(|_| Vec::new()).collect();
         for (name, tensor) in outputs {
             if tensor.shape.first() != Some(&total) {
                 tracing::debug!(output = %name, expected = total, shape = ?tensor.shape, "output dim 0 is not the batch; running requests one by one");
-                return None;
+                return Batched::OneByOne;
             }
-            for (slot, piece) in per_job.iter_mut().zip(tensor.split(&rows)?) {
+            let Some(pieces) = tensor.split(&rows) else { return Batched::OneByOne };
+            for (slot, piece) in per_job.iter_mut().zip(pieces) {
                 slot.push((name.clone(), piece));
             }
         }
-        per_job.into_iter().zip(jobs).map(|(all, job)| select(all, &job.wanted).ok()).collect()
+        per_job.into_iter().zip(jobs).map(|(all, job)| select(all, &job.wanted).ok()).collect::<Option<Vec<_>>>().map_or(Batched::OneByOne, Batched::Done)
     }
 
-    /// One execution, counted in `exec_count` and compute time; items are counted by the caller
-    /// once the results are delivered.
-    fn run_one(&self, session: &mut Session, inputs: Vec<Tensor>) -> Result<Outputs, ApiError> {
+    /// One execution for the requests behind `links`, counted in `exec_count` and compute time
+    /// (items are counted by the caller once the results are delivered); stopped midway when
+    /// they all go, and not started when they all have.
+    fn run_one(&self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, links: &[&Link], inputs: Vec<Tensor>) -> Result<Outputs, ApiError> {
+        let run = Run::new(options.clone());
+        let joined = links.iter().filter(|l| l.join(&run).is_ok()).count();
+        if joined == 0 {
+            return Err(ApiError::Timeout("nobody waits for this request any more".into()));
+        }
         let start = Instant::now();
-        let result = run_session(session, &self.input_names, inputs);
+        let result = run_session(session, &self.input_names, inputs, run.options());
+        for link in links {
+            link.release();
+        }
         self.metrics.exec_count.inc();
         self.metrics.compute_us.inc_by(micros(start.elapsed()));
+        if let Some(why) = run.finish() {
+            *options = crate::cancel::run_options();
+            if result.is_err() {
+                self.metrics.terminated(why).inc();
+                tracing::info!(reason = why.label(), requests = joined, took_ms = start.elapsed().as_millis() as u64, "stopped an ONNX Runtime run nobody waited for");
+            }
+        }
         result
     }
+}
+
+/// How a merged execution ended.
+enum Batched {
+    /// Each request's outputs, in order.
+    Done(Vec<Outputs>),
+    /// The outputs cannot be split back (or the merged run failed): run each request alone.
+    OneByOne,
+    /// Every request went, and the run was stopped.
+    Stopped,
 }
 
 /// Requests that agree on every input's dims after dim 0 can share an execution.
@@ -191,8 +239,8 @@ fn select(mut all: Outputs, wanted: &[String]) -> Result<Outputs, ApiError> {
         .collect()
 }
 
-/// One ONNX Runtime execution; every output, in session order.
-pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>) -> Result<Outputs, ApiError> {
+/// One ONNX Runtime execution, stoppable through `options`; every output, in session order.
+pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>, options: Option<&RunOptions>) -> Result<Outputs, ApiError> {
     let values = names
         .iter()
         .map(String::as_str)
@@ -200,6 +248,10 @@ pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>)
         .map(|(name, t)| t.into_ort().map(|v| (name, v)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::InvalidTensor(format!("cannot build input tensor: {e}")))?;
-    let outputs = session.run(values).map_err(|e| ApiError::Inference(e.to_string()))?;
+    let outputs = match options {
+        Some(options) => session.run_with_options(values, options),
+        None => session.run(values),
+    }
+    .map_err(|e| ApiError::Inference(e.to_string()))?;
     outputs.iter().map(|(name, value)| from_ort(&value).map(|t| (name.to_string(), t)).map_err(ApiError::Inference)).collect()
 }

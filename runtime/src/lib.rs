@@ -12,6 +12,7 @@
 //! ```
 
 pub mod batcher;
+mod cancel;
 pub mod cli;
 pub mod config;
 mod connections;

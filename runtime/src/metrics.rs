@@ -19,6 +19,7 @@ pub struct Metrics {
     pending: IntGaugeVec,
     rejected: IntCounterVec,
     cancelled: IntCounterVec,
+    terminated: IntCounterVec,
     request_seconds: HistogramVec,
     queue_seconds: HistogramVec,
     batch_size: HistogramVec,
@@ -106,7 +107,20 @@ impl Metrics {
                 r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
                 c
             },
-            cancelled: counter(&r, "nimify_requests_cancelled_total", "Queued requests not executed because their client went away"),
+            cancelled: {
+                let name = "nimify_requests_cancelled_total";
+                let help = "Queued requests not executed because nobody waited for them any more, by reason: deadline (request_timeout_ms passed) or disconnect (the client went away)";
+                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
+                r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
+                c
+            },
+            terminated: {
+                let name = "nimify_runs_terminated_total";
+                let help = "ONNX Runtime runs stopped before their end because no request of the batch still waited, by reason: deadline or disconnect (of the last request to go)";
+                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
+                r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
+                c
+            },
             request_seconds: histogram(&r, "nimify_request_duration_seconds", "Inference request latency, queueing included", latency_buckets()),
             queue_seconds: histogram(&r, "nimify_queue_duration_seconds", "Time requests wait in the batching queue", latency_buckets()),
             batch_size: histogram(&r, "nimify_batch_size", "Items per model execution", vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
@@ -128,7 +142,10 @@ impl Metrics {
             pending: self.pending.with_label_values(&l),
             rejected_queue_full: self.rejected.with_label_values(&[model, version, "queue_full"]),
             rejected_in_flight: self.rejected.with_label_values(&[model, version, "in_flight"]),
-            cancelled: self.cancelled.with_label_values(&l),
+            cancelled_deadline: self.cancelled.with_label_values(&[model, version, "deadline"]),
+            cancelled_disconnect: self.cancelled.with_label_values(&[model, version, "disconnect"]),
+            terminated_deadline: self.terminated.with_label_values(&[model, version, "deadline"]),
+            terminated_disconnect: self.terminated.with_label_values(&[model, version, "disconnect"]),
             request_seconds: self.request_seconds.with_label_values(&l),
             queue_seconds: self.queue_seconds.with_label_values(&l),
             batch_size: self.batch_size.with_label_values(&l),
@@ -185,10 +202,31 @@ pub struct ModelMetrics {
     pub pending: IntGauge,
     pub rejected_queue_full: IntCounter,
     pub rejected_in_flight: IntCounter,
-    pub cancelled: IntCounter,
+    pub cancelled_deadline: IntCounter,
+    pub cancelled_disconnect: IntCounter,
+    pub terminated_deadline: IntCounter,
+    pub terminated_disconnect: IntCounter,
     pub request_seconds: Histogram,
     pub queue_seconds: Histogram,
     pub batch_size: Histogram,
+}
+
+impl ModelMetrics {
+    /// Queued requests dropped before running, by why nobody waited.
+    pub(crate) fn cancelled(&self, why: crate::cancel::Gone) -> &IntCounter {
+        match why {
+            crate::cancel::Gone::Deadline => &self.cancelled_deadline,
+            crate::cancel::Gone::Disconnect => &self.cancelled_disconnect,
+        }
+    }
+
+    /// Runs stopped midway, by why the last request went.
+    pub(crate) fn terminated(&self, why: crate::cancel::Gone) -> &IntCounter {
+        match why {
+            crate::cancel::Gone::Deadline => &self.terminated_deadline,
+            crate::cancel::Gone::Disconnect => &self.terminated_disconnect,
+        }
+    }
 }
 
 /// Microseconds in a duration, saturating.

@@ -265,7 +265,8 @@ impl Model {
             _ => 1,
         };
         let (reply, rx) = oneshot::channel();
-        let job = Job { inputs: inputs.into_iter().map(|(_, t)| t).collect(), wanted, items, enqueued: Instant::now(), reply };
+        let (waiting, link) = crate::cancel::link();
+        let job = Job { inputs: inputs.into_iter().map(|(_, t)| t).collect(), wanted, items, enqueued: Instant::now(), reply, link };
         self.metrics.pending.inc();
         if let Err(e) = self.queue.try_send(job) {
             self.metrics.pending.dec();
@@ -277,7 +278,11 @@ impl Model {
                 TrySendError::Disconnected(_) => ApiError::Internal(format!("model {} has no running worker", self.name)),
             });
         }
-        rx.await.map_err(|_| ApiError::Internal(format!("the worker of model {} stopped", self.name)))?
+        // Dropping this future (deadline, client gone) drops `waiting`: the request is then
+        // skipped, or its run stopped (crate::cancel).
+        let answer = rx.await;
+        waiting.answered();
+        answer.map_err(|_| ApiError::Internal(format!("the worker of model {} stopped", self.name)))?
     }
 }
 
@@ -326,7 +331,7 @@ fn warm_up(session: &mut Session, model: &str, inputs: &[TensorSpec], names: &[S
         })
         .collect();
     let result = match tensors {
-        Some(t) => run_session(session, names, t).map(drop),
+        Some(t) => run_session(session, names, t, None).map(drop),
         None => Err(ApiError::Internal("an input type has no zero value".into())),
     };
     match result {

@@ -12,6 +12,7 @@ the same on a fast machine, a slow one, or one whose cores are busy with somethi
 """
 
 import json
+import os
 import signal
 import socket
 import time
@@ -191,7 +192,7 @@ def test_requests_of_clients_that_left_are_not_executed(start):
     leaving = 5
     with ThreadPoolExecutor(leaving + 1) as pool:
         work, sending = size_work_against_burst(server, pool, leaving)
-        cancelled_before = metric(server, "nimify_requests_cancelled_total", "slow")
+        cancelled_before = metric(server, "nimify_requests_cancelled_total", "slow", reason="disconnect")
         executed_before = metric(server, "nv_inference_exec_count", "slow")
         long = start_long(server, pool, work)
         # Queued behind the long request, these clients go away before it ends.
@@ -204,8 +205,8 @@ def test_requests_of_clients_that_left_are_not_executed(start):
     assert long_response.status_code == 200, long_response.text
     control = f"work {work} against a burst of {leaving} measured at {sending * 1000:.0f} ms"
     assert left < long_done, f"the clients must leave while the long request runs: {control}"
-    wait_until(lambda: metric(server, "nimify_requests_cancelled_total", "slow") - cancelled_before >= leaving, "the cancellations to be counted")
-    assert metric(server, "nimify_requests_cancelled_total", "slow") - cancelled_before == leaving
+    wait_until(lambda: metric(server, "nimify_requests_cancelled_total", "slow", reason="disconnect") - cancelled_before >= leaving, "the cancellations to be counted")
+    assert metric(server, "nimify_requests_cancelled_total", "slow", reason="disconnect") - cancelled_before == leaving
     assert metric(server, "nv_inference_exec_count", "slow") - executed_before == 1  # only the long request ran
     assert pending(server) == 0
 
@@ -242,3 +243,77 @@ def test_sigterm_drains_in_flight_requests(start):
     assert [r.status_code for r, _ in answers] == [200] * queued, control
     assert server.proc.wait(timeout=60) == 0
     assert any("draining in-flight requests" in line for line in server.log)
+
+
+def cpu_seconds(server):
+    """User + system CPU time of the server process so far, from /proc/PID/stat."""
+    with open(f"/proc/{server.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_stays_flat(server, seconds=1.0):
+    """CPU seconds the server burns over `seconds` of wall time while it has nothing to do."""
+    before = cpu_seconds(server)
+    time.sleep(seconds)
+    return cpu_seconds(server) - before
+
+
+def terminated(server, reason):
+    return metric(server, "nimify_runs_terminated_total", "slow", reason=reason)
+
+
+ONE_SESSION = ("--batching", "false", "--instances", "1", "--intra-threads", "1")
+
+
+def test_a_run_past_its_deadline_is_stopped(start):
+    """One session, one intra-op thread: work sized to 20 x the deadline is cut at the deadline,
+    the ONNX Runtime run stops (no more CPU time burnt, the counter rises) and the next request is
+    served at once instead of after the rest of the work."""
+    deadline_ms = 300
+    work = size_work(start("slow", *NO_LIMITS, *ONE_SESSION[2:]), 20 * deadline_ms / 1000, f"20 x the {deadline_ms} ms deadline")
+    server = start("slow", *ONE_SESSION, "--request-timeout-ms", str(deadline_ms))
+    r = run_work(server, work.trips)
+    assert r.status_code == 504, r.text
+    timed_out = time.monotonic()
+    wait_until(lambda: terminated(server, "deadline") == 1, "the stopped run to be counted", timeout=work.seconds)
+    burnt = cpu_stays_flat(server)
+    small = run_work(server, 0)
+    answered = time.monotonic() - timed_out
+    control = f"work {work}, deadline {deadline_ms} ms"
+    assert small.status_code == 200, small.text
+    assert burnt < 0.2, f"the server burnt {burnt:.2f} CPU s in the second after the 504: the run goes on ({control})"
+    assert answered < work.seconds / 2, f"the next request waited {answered:.1f} s: {control}"
+    assert terminated(server, "disconnect") == 0
+
+
+def test_a_run_whose_clients_all_left_is_stopped_and_one_still_wanted_is_not(start):
+    """Batching on, one session: two requests merged into one run (the first waits up to 2 s for
+    company). When one of the two clients leaves, the run goes on for the other; when both leave,
+    it stops."""
+    work = size_work(start("slow", *NO_LIMITS, *ONE_SESSION[2:]), 3.0, "a client leaving mid-run")
+    server = start("slow", "--batching", "true", "--max-queue-delay-us", "2000000", "--instances", "1", "--intra-threads", "1", "--request-timeout-ms", "0")
+    control = f"work {work}"
+    with ThreadPoolExecutor(2) as pool:
+        # One stays, one leaves: the shared run must finish.
+        executed = metric(server, "nv_inference_exec_count", "slow")
+        leaving = send_without_reading(server, work.trips)
+        staying = pool.submit(timed, run_work, server, work.trips)
+        wait_until(lambda: executions_started(server) >= 2, "both requests to start in one run")
+        leaving.close()
+        (r, _) = staying.result()
+        assert r.status_code == 200, f"{r.text}: {control}"
+        assert metric(server, "nv_inference_exec_count", "slow") - executed == 1, "the two requests did not share a run"
+        assert terminated(server, "disconnect") == 0
+        # Both leave: the run stops.
+        socks = [send_without_reading(server, work.trips) for _ in range(2)]
+        wait_until(lambda: executions_started(server) >= 4, "the second pair to start in one run")
+        for sock in socks:
+            sock.close()
+        left = time.monotonic()
+        wait_until(lambda: terminated(server, "disconnect") == 1, "the stopped run to be counted", timeout=work.seconds * 2)
+        stopped_after = time.monotonic() - left
+    burnt = cpu_stays_flat(server)
+    assert burnt < 0.2, f"the server burnt {burnt:.2f} CPU s after both clients left: {control}"
+    assert stopped_after < work.seconds / 2, f"the run stopped {stopped_after:.1f} s after the clients left: {control}"
+    assert run_work(server, 0).status_code == 200

@@ -52,7 +52,7 @@ pub(crate) async fn run<T>(state: &AppState, model: &Model, work: impl Future<Ou
 /// requests must still be served while the probe fails.
 pub(crate) async fn within_limits<T>(state: &AppState, work: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
     match state.config().request_timeout() {
-        Some(limit) => tokio::time::timeout(limit, work)
+        Some(limit) => crate::cancel::with_deadline(Instant::now() + limit, tokio::time::timeout(limit, work))
             .await
             .unwrap_or_else(|_| Err(ApiError::Timeout(format!("request took longer than the {} ms limit (request_timeout_ms)", limit.as_millis())))),
         None => work.await,
