@@ -35,7 +35,7 @@ fn main() {
     let start = Instant::now();
     while Instant::now() < end {
         let t = Instant::now();
-        nimify::batcher::run_session(&mut session, &names, inputs.clone(), None).expect("run");
+        nimify::batcher::run_session(&mut session, &names, inputs.clone(), None, None).expect("run");
         latencies.push(t.elapsed());
     }
     let elapsed = start.elapsed().as_secs_f64();

@@ -53,6 +53,8 @@ pub struct Worker {
     pub max_queue_delay: Duration,
     /// Metric handles.
     pub metrics: ModelMetrics,
+    /// Most output bytes per request (`max_output_bytes`); `None`: no limit.
+    pub max_output_bytes: Option<usize>,
 }
 
 impl Worker {
@@ -160,6 +162,8 @@ impl Worker {
         let outputs = match self.run_one(session, options, &links, merged) {
             Ok(o) => o,
             Err(_) if jobs.iter().all(|j| j.link.gone().is_some()) => return Batched::Stopped,
+            // Each request alone may still fit; the one that does not is told so.
+            Err(ApiError::OutputTooLarge(_)) => return Batched::OneByOne,
             Err(e) => {
                 tracing::warn!(error = %e.detail(), requests = jobs.len(), "batched execution failed; running requests one by one");
                 return Batched::OneByOne;
@@ -189,7 +193,9 @@ impl Worker {
             return Err(ApiError::Timeout("nobody waits for this request any more".into()));
         }
         let start = Instant::now();
-        let result = run_session(session, &self.input_names, inputs, run.options());
+        // A merged run may hold each of its requests' share.
+        let cap = self.max_output_bytes.map(|c| c.saturating_mul(links.len()));
+        let result = run_session(session, &self.input_names, inputs, run.options(), cap);
         for link in links {
             link.release();
         }
@@ -229,6 +235,13 @@ fn group_by_trailing_dims(jobs: Vec<Job>) -> Vec<Vec<Job>> {
     groups.into_iter().map(|(_, g)| g).collect()
 }
 
+/// The answer to outputs above `max_output_bytes`.
+pub(crate) fn output_too_large(bytes: usize, cap: usize) -> ApiError {
+    ApiError::OutputTooLarge(format!(
+        "the outputs of this request take {bytes} bytes, above the {cap} byte limit (max_output_bytes); ask for fewer outputs or a smaller batch, or raise --max-output-bytes"
+    ))
+}
+
 fn select(mut all: Outputs, wanted: &[String]) -> Result<Outputs, ApiError> {
     wanted
         .iter()
@@ -240,7 +253,9 @@ fn select(mut all: Outputs, wanted: &[String]) -> Result<Outputs, ApiError> {
 }
 
 /// One ONNX Runtime execution, stoppable through `options`; every output, in session order.
-pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>, options: Option<&RunOptions>) -> Result<Outputs, ApiError> {
+/// Outputs totalling more than `output_cap` bytes are refused before they are copied out of
+/// ONNX Runtime.
+pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>, options: Option<&RunOptions>, output_cap: Option<usize>) -> Result<Outputs, ApiError> {
     let values = names
         .iter()
         .map(String::as_str)
@@ -253,5 +268,11 @@ pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>,
         None => session.run(values),
     }
     .map_err(|e| ApiError::Inference(e.to_string()))?;
+    if let Some(cap) = output_cap {
+        let total = outputs.iter().map(|(_, v)| crate::tensor::ort_byte_len(&v)).fold(0usize, usize::saturating_add);
+        if total > cap {
+            return Err(output_too_large(total, cap));
+        }
+    }
     outputs.iter().map(|(name, value)| from_ort(&value).map(|t| (name.to_string(), t)).map_err(ApiError::Inference)).collect()
 }

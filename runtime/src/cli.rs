@@ -27,6 +27,9 @@ pub struct ServiceArgs {
     /// Largest request body in bytes; larger gets 413 [default: 67108864].
     #[arg(long, global = true, env = "NIMIFY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most bytes of output tensors per request; more gets 422; 0 disables [default: 268435456].
+    #[arg(long, global = true, env = "NIMIFY_MAX_OUTPUT_BYTES")]
+    pub max_output_bytes: Option<usize>,
     /// Request time limit in milliseconds, queueing included; 0 disables [default: 60000].
     #[arg(long, global = true, env = "NIMIFY_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -109,6 +112,7 @@ impl ServiceArgs {
             c.host => self.host.clone(),
             c.port => self.port,
             c.max_body_bytes => self.max_body_bytes,
+            c.max_output_bytes => self.max_output_bytes,
             c.request_timeout_ms => self.request_timeout_ms,
             c.max_in_flight => self.max_in_flight,
             c.drain_timeout_ms => self.drain_timeout_ms,

@@ -23,6 +23,9 @@ pub struct Config {
     pub port: u16,
     /// Largest request body in bytes (413 above).
     pub max_body_bytes: usize,
+    /// Most bytes of output tensors one request may get (binary size; JSON text is not counted);
+    /// more is a 422, decided before the outputs are copied out of ONNX Runtime (0: no limit).
+    pub max_output_bytes: usize,
     /// Longest time a request may take, queueing included, in milliseconds (0: no limit).
     pub request_timeout_ms: u64,
     /// Most requests handled at once; more get 503 with Retry-After (0: no limit).
@@ -66,6 +69,7 @@ impl Default for Config {
             host: crate::DEFAULT_HOST.into(),
             port: crate::DEFAULT_PORT,
             max_body_bytes: 64 * 1024 * 1024,
+            max_output_bytes: 256 * 1024 * 1024,
             request_timeout_ms: 60_000,
             max_in_flight: 4096,
             drain_timeout_ms: 30_000,

@@ -8,6 +8,7 @@
 //! | `TooLarge` | 413 |
 //! | `UnsupportedEncoding` (a `Content-Encoding` other than gzip, deflate, zstd) | 415 |
 //! | `InvalidTensor` (well-formed, but wrong for the model) | 422 |
+//! | `OutputTooLarge` (outputs above `max_output_bytes`) | 422 |
 //! | `Unauthorized` | 401 |
 //! | `NotReady`, `Overloaded` (with `Retry-After`) | 503 |
 //! | `Timeout` | 504 |
@@ -37,6 +38,9 @@ pub enum ApiError {
     /// A well-formed request whose tensors do not fit the model.
     #[error("{0}")]
     InvalidTensor(String),
+    /// The outputs asked for exceed the configured cap.
+    #[error("{0}")]
+    OutputTooLarge(String),
     /// The service is starting or shutting down.
     #[error("{0}")]
     NotReady(String),
@@ -76,7 +80,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InvalidTensor(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidTensor(_) | ApiError::OutputTooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,

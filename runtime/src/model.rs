@@ -160,6 +160,7 @@ pub struct Model {
     batching: Option<BatchingConfig>,
     queue: SyncSender<Job>,
     metrics: ModelMetrics,
+    max_output_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for Model {
@@ -174,6 +175,7 @@ pub(crate) struct LoadSettings<'a> {
     pub batching: &'a BatchingConfig,
     pub warmup: &'a WarmupConfig,
     pub metrics: &'a Metrics,
+    pub max_output_bytes: Option<usize>,
 }
 
 impl Model {
@@ -205,13 +207,15 @@ impl Model {
                 max_batch_size: settings.batching.max_batch_size,
                 max_queue_delay: Duration::from_micros(settings.batching.max_queue_delay_us),
                 metrics: metrics.clone(),
+                max_output_bytes: settings.max_output_bytes,
             };
             std::thread::Builder::new()
                 .name(format!("nimify-{name}-{instance}"))
                 .spawn(move || worker.run(session))
                 .map_err(|e| LoadError::Session { path: path.clone(), reason: format!("cannot start a worker thread: {e}") })?;
         }
-        Ok(Self { name, version, path, info, inputs, outputs, batchable, batching, queue, metrics })
+        let max_output_bytes = settings.max_output_bytes;
+        Ok(Self { name, version, path, info, inputs, outputs, batchable, batching, queue, metrics, max_output_bytes })
     }
 
     /// Served name.
@@ -247,6 +251,11 @@ impl Model {
     /// The batching really in use; `None` when requests run one by one.
     pub fn batching(&self) -> Option<&BatchingConfig> {
         self.batching.as_ref()
+    }
+
+    /// Most output bytes one request may get; `None`: no limit.
+    pub(crate) fn max_output_bytes(&self) -> Option<usize> {
+        self.max_output_bytes
     }
 
     /// This model's metric handles.
@@ -331,7 +340,7 @@ fn warm_up(session: &mut Session, model: &str, inputs: &[TensorSpec], names: &[S
         })
         .collect();
     let result = match tensors {
-        Some(t) => run_session(session, names, t, None).map(drop),
+        Some(t) => run_session(session, names, t, None, None).map(drop),
         None => Err(ApiError::Internal("an input type has no zero value".into())),
     };
     match result {

@@ -212,6 +212,7 @@ impl ServerBuilder {
                 batching: options.batching.as_ref().unwrap_or(&self.config.batching),
                 warmup: options.warmup.as_ref().unwrap_or(&self.config.warmup),
                 metrics: &metrics,
+                max_output_bytes: (self.config.max_output_bytes > 0).then_some(self.config.max_output_bytes),
             };
             let model = Model::load(options, &settings)?;
             tracing::info!(

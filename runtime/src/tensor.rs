@@ -56,6 +56,15 @@ impl TensorData {
         for_each_numeric!(self, v => v.len(), b => b.len())
     }
 
+    /// Size in the binary tensor format: elements times their size, or for BYTES each string
+    /// with its 4-byte length prefix.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            TensorData::Bytes(b) => b.iter().map(|s| s.len() + 4).sum(),
+            other => other.len() * other.element_type().byte_size().unwrap_or(1),
+        }
+    }
+
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -169,6 +178,26 @@ fn tensor_from_ort(value: &DynValue, ty: ort::value::TensorElementType) -> Resul
         other => return Err(format!("unsupported output element type {other}")),
     };
     Ok(Tensor { shape, data })
+}
+
+/// What an ONNX Runtime output will take once read: elements times their size for numeric
+/// tensors, one byte an element for strings (their real size is known only once read), nothing
+/// for sequences and maps (counted once read).
+pub(crate) fn ort_byte_len(value: &DynValue) -> usize {
+    use ort::value::TensorElementType as T;
+    match value.dtype() {
+        OrtValueType::Tensor { ty, shape, .. } => {
+            let elements = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).fold(1usize, usize::saturating_mul);
+            let size = match ty {
+                T::Bool | T::Uint8 | T::Int8 | T::String => 1,
+                T::Uint16 | T::Int16 | T::Float16 | T::Bfloat16 => 2,
+                T::Uint32 | T::Int32 | T::Float32 => 4,
+                _ => 8,
+            };
+            elements.saturating_mul(size)
+        }
+        _ => 0,
+    }
 }
 
 /// A JSON rendering of a map or of a small tensor inside a sequence.

@@ -300,6 +300,19 @@ def wide():
     save(helper.make_model(graph, opset_imports=OPSET), "wide.onnx")
 
 
+def big_output():
+    """`n: int64[1]` -> `y: float[n]`, every element 1.2345678e-7 (twelve characters of JSON):
+    the request chooses how large the answer is, for the output cap and response memory tests."""
+    value = helper.make_tensor("value", TensorProto.FLOAT, [1], [1.2345678e-7])
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["n"], ["y"], value=value)],
+        "big_output",
+        [helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "big_output.onnx")
+
+
 def odd_length():
     """`x: float[n]` reshaped to `[2, n/2]`: the default warm-up (n = 1) fails, n = 4 works."""
     graph = helper.make_graph(
@@ -411,6 +424,7 @@ def main():
     batch_mismatch()
     complex64()
     odd_length()
+    big_output()
     wide()
     bitshift()
     nonfinite()

@@ -66,5 +66,13 @@ pub(crate) async fn infer(model: &Model, inputs: Vec<(String, Tensor)>, wanted: 
         return Err(ApiError::BadRequest(format!("output {name:?} is asked for more than once (at position {i}); name each output once")));
     }
     let inputs = check_named(model, inputs)?;
-    model.infer(inputs, wanted).await
+    let outputs = model.infer(inputs, wanted).await?;
+    // A merged run is checked against its requests' summed share; each request against its own.
+    if let Some(cap) = model.max_output_bytes() {
+        let bytes = outputs.iter().map(|(_, t)| t.data.byte_len()).fold(0usize, usize::saturating_add);
+        if bytes > cap {
+            return Err(crate::batcher::output_too_large(bytes, cap));
+        }
+    }
+    Ok(outputs)
 }

@@ -198,7 +198,7 @@ async fn infer_body(state: &AppState, model: &Model, headers: &HeaderMap, body: 
     let wanted = decoded.outputs.iter().map(|(n, _)| n.clone()).collect();
     let outputs = crate::inference::infer(model, decoded.inputs, wanted).await?;
     let encoded = codec::encode(model, decoded.id, outputs, &decoded.outputs)?;
-    let mut response = Response::new(Body::from(encoded.body));
+    let mut response = Response::new(Body::new(encoded.body));
     let h = response.headers_mut();
     match encoded.header_len {
         Some(n) => {

@@ -12,6 +12,7 @@ use nimify_model::ElementType;
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 
+use super::body::ResponseBody;
 use super::types::{InferRequest, InferResponse, RequestInput, ResponseOutput};
 use crate::error::ApiError;
 use crate::model::{Model, TensorSpec};
@@ -373,6 +374,15 @@ impl Serialize for JsonF32 {
 
 impl Serialize for JsonData {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        JsonRange(&self.0, 0..self.0.len()).serialize(s)
+    }
+}
+
+/// Some elements of a tensor as a JSON array, spelt as [`JsonData`] spells them.
+struct JsonRange<'a>(&'a TensorData, std::ops::Range<usize>);
+
+impl Serialize for JsonRange<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         fn seq<S: Serializer, T: Serialize>(s: S, items: impl ExactSizeIterator<Item = T>) -> Result<S::Ok, S::Error> {
             let mut seq = s.serialize_seq(Some(items.len()))?;
             for item in items {
@@ -380,15 +390,34 @@ impl Serialize for JsonData {
             }
             seq.end()
         }
-        match &self.0 {
-            TensorData::F16(v) => seq(s, v.iter().map(|x| JsonF32(x.to_f32()))),
-            TensorData::Bf16(v) => seq(s, v.iter().map(|x| JsonF32(x.to_f32()))),
-            TensorData::F32(v) => seq(s, v.iter().map(|&x| JsonF32(x))),
-            TensorData::F64(v) => seq(s, v.iter().map(|&x| JsonFloat(x))),
-            TensorData::Bytes(v) => seq(s, v.iter().map(|b| String::from_utf8_lossy(b))),
-            other => for_each_numeric!(other, v => seq(s, v.iter()), _b => unreachable!("handled above")),
+        let r = self.1.clone();
+        match self.0 {
+            TensorData::F16(v) => seq(s, v[r].iter().map(|x| JsonF32(x.to_f32()))),
+            TensorData::Bf16(v) => seq(s, v[r].iter().map(|x| JsonF32(x.to_f32()))),
+            TensorData::F32(v) => seq(s, v[r].iter().map(|&x| JsonF32(x))),
+            TensorData::F64(v) => seq(s, v[r].iter().map(|&x| JsonFloat(x))),
+            TensorData::Bytes(v) => seq(s, v[r].iter().map(|b| String::from_utf8_lossy(b))),
+            other => for_each_numeric!(other, v => seq(s, v[r].iter()), _b => unreachable!("handled above")),
         }
     }
+}
+
+/// Appends the elements `range` of `data` to `out` as comma-separated JSON values (an array's
+/// inside), spelt as [`JsonData`] spells them.
+pub(crate) fn write_json_elements(data: &TensorData, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
+    let start = out.len();
+    // Writing into a Vec cannot fail, and every element type serialises.
+    let _ = serde_json::to_writer(&mut *out, &JsonRange(data, range));
+    // Drop the brackets: the caller writes the array around the pieces.
+    out.remove(start);
+    out.pop();
+}
+
+/// A tensor in the binary tensor format, copied.
+pub(crate) fn binary_copy(data: &TensorData) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.byte_len());
+    append_binary(&mut out, data);
+    out.freeze()
 }
 
 fn append_binary(out: &mut BytesMut, data: &TensorData) {
@@ -414,25 +443,33 @@ fn append_binary(out: &mut BytesMut, data: &TensorData) {
 }
 
 /// An encoded response: the body and, for binary responses, the JSON header length.
-#[derive(Debug)]
 pub struct Encoded {
     /// Response body.
-    pub body: Bytes,
+    pub body: ResponseBody,
     /// `Some(n)` when binary data follows `n` bytes of JSON.
     pub header_len: Option<usize>,
 }
 
+/// JSON outputs above this many bytes of tensor data are written as they are sent.
+const STREAM_JSON_ABOVE: usize = 1 << 20;
+
 /// Encodes outputs (already in the requested order) with their binary flags.
 pub fn encode(model: &Model, id: Option<String>, outputs: Vec<(String, Tensor)>, binary_flags: &[(String, bool)]) -> Result<Encoded, ApiError> {
-    let mut binary = BytesMut::new();
+    let any_binary = binary_flags.iter().any(|(_, b)| *b);
+    let json_bytes: usize = outputs.iter().zip(binary_flags).filter(|(_, (_, b))| !*b).map(|((_, t), _)| t.data.byte_len()).sum();
+    // Without binary parts the body needs no length up front, so large JSON can be written as
+    // it is sent: the skeleton gets empty `data` arrays, filled in by the body.
+    let stream = !any_binary && json_bytes > STREAM_JSON_ABOVE;
+    let mut binary = Vec::new();
+    let mut streamed = Vec::new();
     let mut json_outputs = Vec::with_capacity(outputs.len());
     for ((name, tensor), (_, as_binary)) in outputs.into_iter().zip(binary_flags) {
         let datatype = tensor.data.element_type().kserve_name().unwrap_or("BYTES");
         if *as_binary {
-            let before = binary.len();
-            append_binary(&mut binary, &tensor.data);
+            let bytes = super::body::binary_bytes(tensor.data);
             let mut params = Map::new();
-            params.insert("binary_data_size".into(), Value::from(binary.len() - before));
+            params.insert("binary_data_size".into(), Value::from(bytes.len()));
+            binary.push(bytes);
             json_outputs.push(ResponseOutput { name, datatype, shape: tensor.shape, parameters: Some(params), data: None });
         } else {
             if matches!(tensor.data, TensorData::Bf16(_)) {
@@ -440,17 +477,41 @@ pub fn encode(model: &Model, id: Option<String>, outputs: Vec<(String, Tensor)>,
                     "output {name:?} is BF16, which travels only in binary: request it with parameters {{\"binary_data\": true}}"
                 )));
             }
-            json_outputs.push(ResponseOutput { name, datatype, shape: tensor.shape, parameters: None, data: Some(JsonData(tensor.data)) });
+            let data = if stream {
+                streamed.push(tensor.data);
+                TensorData::U8(Vec::new())
+            } else {
+                tensor.data
+            };
+            json_outputs.push(ResponseOutput { name, datatype, shape: tensor.shape, parameters: None, data: Some(JsonData(data)) });
         }
     }
     let response = InferResponse { model_name: model.name().into(), model_version: model.version().into(), id, outputs: json_outputs };
     let json = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(format!("encoding response: {e}")))?;
-    if binary.is_empty() && !binary_flags.iter().any(|(_, b)| *b) {
-        return Ok(Encoded { body: Bytes::from(json), header_len: None });
+    let mut body = ResponseBody::default();
+    if stream {
+        // `"data":[]` cannot occur unescaped inside a JSON string, so each one found is an
+        // output's, in order.
+        let mut json = Bytes::from(json);
+        for data in streamed {
+            let at = find(&json, br#""data":[]"#).ok_or_else(|| ApiError::Internal("encoding response: a data array is missing".into()))? + br#""data":["#.len();
+            body.push(json.split_to(at));
+            body.push_json(data);
+        }
+        body.push(json);
+        return Ok(Encoded { body, header_len: None });
     }
     let header_len = json.len();
-    let mut body = BytesMut::with_capacity(header_len + binary.len());
-    body.put_slice(&json);
-    body.put_slice(&binary);
-    Ok(Encoded { body: body.freeze(), header_len: Some(header_len) })
+    body.push(Bytes::from(json));
+    if !any_binary {
+        return Ok(Encoded { body, header_len: None });
+    }
+    for bytes in binary {
+        body.push(bytes);
+    }
+    Ok(Encoded { body, header_len: Some(header_len) })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -1,4 +1,5 @@
 //! The KServe V2 / Open Inference Protocol: message types and the request/response codec.
 
+pub mod body;
 pub mod codec;
 pub mod types;
