@@ -19,7 +19,7 @@ pub fn nimify(attr: TokenStream, item: TokenStream) -> TokenStream {
     };
     let result = crate::args::parse(attr).and_then(|args| {
         let krate = args.krate.clone().unwrap_or_else(|| syn::parse_quote!(::nimify));
-        crate::ir::lower(strukt.ident.clone(), &args.model, args.name.as_ref()).map(|svc| generate(&strukt, &svc, &krate))
+        crate::ir::lower(strukt.ident.clone(), &args.model, args.name.as_ref(), &args.dims).map(|svc| generate(&strukt, &svc, &krate))
     });
     match result {
         Ok(tokens) => tokens,
@@ -164,6 +164,10 @@ pub fn generate(strukt: &ItemStruct, svc: &Service, krate: &Path) -> TokenStream
     });
     let input_name = input.to_string();
     let output_name = output.to_string();
+    let overrides = svc.overrides.iter().map(|(n, d)| {
+        let d = dims_value(krate, d);
+        quote!((::std::string::String::from(#n), #d))
+    });
     quote! {
         #strukt
         #input_struct
@@ -175,7 +179,11 @@ pub fn generate(strukt: &ItemStruct, svc: &Service, krate: &Path) -> TokenStream
                 const NAME: &'static str = #name;
                 const MODEL_PATH: &'static str = #path;
                 fn signature() -> #krate::typed::Signature {
-                    #krate::typed::Signature { inputs: ::std::vec![#(#input_decls),*], outputs: ::std::vec![#(#output_decls),*] }
+                    #krate::typed::Signature {
+                        inputs: ::std::vec![#(#input_decls),*],
+                        outputs: ::std::vec![#(#output_decls),*],
+                        dims_overrides: ::std::vec![#(#overrides),*],
+                    }
                 }
             }
             impl #krate::typed::IntoTensors for #input {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use nimify_model::{Dim, ElementType, ModelInfo, ValueInfo, ValueType};
 use syn::{Ident, LitStr};
 
+use crate::args::{DimSpec, DimsOverride};
+
 /// One typed service.
 pub struct Service {
     /// The annotated struct.
@@ -18,6 +20,8 @@ pub struct Service {
     pub inputs: Vec<Field>,
     /// Outputs in model order.
     pub outputs: Vec<Field>,
+    /// Tensors whose dims the attribute declares instead of the file.
+    pub overrides: Vec<(String, Vec<Dim>)>,
 }
 
 /// How one tensor is typed.
@@ -44,14 +48,15 @@ fn supported(elem: ElementType) -> bool {
     elem.kserve_name().is_some()
 }
 
-/// Reads the model and builds the IR; errors point at `lit`.
-pub fn lower(ident: Ident, model: &LitStr, name: Option<&LitStr>) -> syn::Result<Service> {
+/// Reads the model and builds the IR; errors point at `lit` (or at the override they concern).
+pub fn lower(ident: Ident, model: &LitStr, name: Option<&LitStr>, dims: &[DimsOverride]) -> syn::Result<Service> {
     let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
     let path = normalize(&PathBuf::from(manifest).join(model.value()));
     if !path.is_file() {
         return Err(syn::Error::new_spanned(model, format!("model file not found: {}", path.display())));
     }
-    let info: ModelInfo = nimify_model::read_model(&path).map_err(|e| syn::Error::new_spanned(model, format!("cannot read {}: {e}", path.display())))?;
+    let mut info: ModelInfo = nimify_model::read_model(&path).map_err(|e| syn::Error::new_spanned(model, format!("cannot read {}: {e}", path.display())))?;
+    let overrides = apply_overrides(&mut info, dims)?;
     let mut errors: Option<syn::Error> = None;
     let mut fields = |values: &[ValueInfo], what: &str| {
         let mut used = Vec::new();
@@ -76,7 +81,30 @@ pub fn lower(ident: Ident, model: &LitStr, name: Option<&LitStr>) -> syn::Result
         return Err(e);
     }
     let served = name.map(LitStr::value).unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-    Ok(Service { ident, name: served, path, inputs, outputs })
+    Ok(Service { ident, name: served, path, inputs, outputs, overrides })
+}
+
+/// Replaces the declared dims of each overridden tensor, which must be a dense tensor of the
+/// model; returns the overrides as dims.
+fn apply_overrides(info: &mut ModelInfo, dims: &[DimsOverride]) -> syn::Result<Vec<(String, Vec<Dim>)>> {
+    let mut out = Vec::new();
+    for o in dims {
+        let wanted = o.tensor.value();
+        let names: Vec<String> = info.inputs.iter().chain(&info.outputs).map(|v| format!("{:?}", v.name)).collect();
+        let Some(value) = info.inputs.iter_mut().chain(info.outputs.iter_mut()).find(|v| v.name == wanted) else {
+            return Err(syn::Error::new_spanned(&o.tensor, format!("the model has no tensor {wanted:?}; its inputs and outputs are {}", names.join(", "))));
+        };
+        let new: Vec<Dim> = o.dims.iter().map(|d| match d {
+            DimSpec::Fixed(n) => Dim::Fixed(*n),
+            DimSpec::Named(s) => Dim::Symbolic(s.clone()),
+        }).collect();
+        match &mut value.ty {
+            ValueType::Tensor { shape, .. } => *shape = Some(new.clone()),
+            other => return Err(syn::Error::new_spanned(&o.tensor, format!("{wanted:?} is a {}, not a tensor: only tensor dims can be overridden", other.onnx_type()))),
+        }
+        out.push((wanted, new));
+    }
+    Ok(out)
 }
 
 /// Removes `.` and `..` components lexically, so messages show the path a user would type.

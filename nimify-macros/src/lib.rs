@@ -21,7 +21,9 @@ use proc_macro::TokenStream;
 /// generates `MlpInput` / `MlpOutput` (one field per tensor, fixed dims in the type) and
 /// implements `nimify::typed::TypedModel` for `Mlp`. Options: `model` (required, relative to the
 /// crate's `Cargo.toml`), `name` (served name; default: the file stem), `crate` (path to the
-/// `nimify` crate; default `::nimify`).
+/// `nimify` crate; default `::nimify`), and `dims("tensor" = ["batch", 22], ...)` for models
+/// that declare shapes they do not produce: the listed tensors get these dims instead of the
+/// file's, in the generated types and at run time (metadata, input checks, warm-up).
 #[proc_macro_attribute]
 pub fn nimify(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::nimify(attr.into(), item.into()).into()

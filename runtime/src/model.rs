@@ -35,6 +35,9 @@ pub struct ModelOptions {
     pub batching: Option<BatchingConfig>,
     /// Warm-up for this model.
     pub warmup: Option<WarmupConfig>,
+    /// Dims that replace what the file declares for some tensors (a `#[nimify]` service's
+    /// `dims(...)`): for models that declare shapes they do not produce.
+    pub dims: Vec<(String, Vec<Dim>)>,
 }
 
 impl ModelOptions {
@@ -103,6 +106,24 @@ pub enum LoadError {
         /// The file's digest.
         found: String,
     },
+    /// A dims override names a tensor the model does not have, or one that is not a tensor.
+    #[error("model {path}: cannot override the dims of {tensor:?}: {reason}")]
+    DimsOverride {
+        /// Model path.
+        path: PathBuf,
+        /// The tensor named.
+        tensor: String,
+        /// Why not.
+        reason: String,
+    },
+    /// Warm-up produced outputs whose fixed dims differ from the compiled-in signature.
+    #[error("model {path}: {detail}")]
+    ShapeMismatch {
+        /// Model path.
+        path: PathBuf,
+        /// Declared and produced shapes, and the fix.
+        detail: String,
+    },
     /// The model takes an input type the protocol cannot carry.
     #[error("model {path}: input {input:?} has type {ty}, which nimify cannot accept over the inference protocol; export the model with tensor inputs of a supported element type")]
     UnsupportedInput {
@@ -161,6 +182,8 @@ pub struct Model {
     queue: SyncSender<Job>,
     metrics: ModelMetrics,
     max_output_bytes: Option<usize>,
+    /// Outputs whose declared fixed dims warm-up contradicted, described.
+    shape_lie: Option<String>,
 }
 
 impl std::fmt::Debug for Model {
@@ -183,7 +206,8 @@ impl Model {
     /// thread per instance.
     pub(crate) fn load(options: &ModelOptions, settings: &LoadSettings<'_>) -> Result<Self, LoadError> {
         let path = options.path.clone();
-        let info = nimify_model::read_model(&path).map_err(|source| LoadError::Signature { path: path.clone(), source })?;
+        let mut info = nimify_model::read_model(&path).map_err(|source| LoadError::Signature { path: path.clone(), source })?;
+        override_dims(&mut info, &options.dims).map_err(|(tensor, reason)| LoadError::DimsOverride { path: path.clone(), tensor, reason })?;
         let inputs = info.inputs.iter().map(|i| input_spec(&path, i)).collect::<Result<Vec<_>, _>>()?;
         let outputs: Vec<TensorSpec> = info.outputs.iter().map(output_spec).collect();
         let env = crate::ortlib::environment()?;
@@ -195,10 +219,14 @@ impl Model {
         let input_names = Arc::new(inputs.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
         let (queue, rx) = std::sync::mpsc::sync_channel(settings.batching.queue_capacity);
         let shared = Arc::new(Mutex::new((rx, None)));
+        let mut shape_lie = None;
         for instance in 0..settings.session.instances.max(1) {
             let mut session = open_session(env, &path, settings.session).map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
-            if settings.warmup.enabled {
-                warm_up(&mut session, &name, &inputs, &input_names, settings.warmup);
+            if settings.warmup.enabled
+                && let Some(produced) = warm_up(&mut session, &name, &inputs, &input_names, settings.warmup)
+                && instance == 0
+            {
+                shape_lie = declared_vs_produced(&outputs, &produced);
             }
             let worker = Worker {
                 queue: Arc::clone(&shared),
@@ -215,7 +243,10 @@ impl Model {
                 .map_err(|e| LoadError::Session { path: path.clone(), reason: format!("cannot start a worker thread: {e}") })?;
         }
         let max_output_bytes = settings.max_output_bytes;
-        Ok(Self { name, version, path, info, inputs, outputs, batchable, batching, queue, metrics, max_output_bytes })
+        if let Some(lie) = &shape_lie {
+            tracing::warn!(model = %name, "{lie}; V2 answers carry the shapes really produced");
+        }
+        Ok(Self { name, version, path, info, inputs, outputs, batchable, batching, queue, metrics, max_output_bytes, shape_lie })
     }
 
     /// Served name.
@@ -256,6 +287,12 @@ impl Model {
     /// Most output bytes one request may get; `None`: no limit.
     pub(crate) fn max_output_bytes(&self) -> Option<usize> {
         self.max_output_bytes
+    }
+
+    /// Outputs whose declared fixed dims warm-up contradicted (declared and produced shapes),
+    /// when any did.
+    pub fn shape_lie(&self) -> Option<&str> {
+        self.shape_lie.as_deref()
     }
 
     /// This model's metric handles.
@@ -318,9 +355,50 @@ pub fn open_session(env: &ort::environment::Environment, path: &Path, config: &S
     builder.commit_from_file(path).map_err(|e| e.to_string())
 }
 
-/// Runs the session once on zeros (declared fixed dims, configured or 1 for the others). A
-/// failure is logged and does not block readiness.
-fn warm_up(session: &mut Session, model: &str, inputs: &[TensorSpec], names: &[String], config: &WarmupConfig) {
+/// Replaces the declared dims of each named tensor (inputs and outputs); `(tensor, why)` when
+/// one is not a tensor of the model.
+fn override_dims(info: &mut ModelInfo, dims: &[(String, Vec<Dim>)]) -> Result<(), (String, String)> {
+    for (tensor, new) in dims {
+        let value = info.inputs.iter_mut().chain(info.outputs.iter_mut()).find(|v| &v.name == tensor).ok_or_else(|| (tensor.clone(), "the model has no such input or output".to_string()))?;
+        match &mut value.ty {
+            ValueType::Tensor { shape, .. } => *shape = Some(new.clone()),
+            other => return Err((tensor.clone(), format!("it is a {}, not a tensor", other.onnx_type()))),
+        }
+    }
+    Ok(())
+}
+
+/// Outputs whose declared fixed dims (or rank) differ from what warm-up produced, described
+/// with the override that would declare them right; `None` when every output kept its word.
+fn declared_vs_produced(outputs: &[TensorSpec], produced: &[(String, Vec<usize>)]) -> Option<String> {
+    let lies: Vec<String> = outputs
+        .iter()
+        .filter_map(|spec| {
+            let dims = spec.shape.as_ref()?;
+            let (_, real) = produced.iter().find(|(n, _)| n == &spec.name)?;
+            let keeps = dims.len() == real.len() && dims.iter().zip(real).all(|(d, &r)| !matches!(d, Dim::Fixed(n) if usize::try_from(*n).ok() != Some(r)));
+            if keeps {
+                return None;
+            }
+            let declared = dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            let fix = real
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| match dims.get(i) {
+                    Some(Dim::Fixed(_)) | None => r.to_string(),
+                    Some(d) => format!("{:?}", d.to_string()),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            Some(format!("output {:?} is declared [{declared}] but warm-up produced {real:?} (override: dims({:?} = [{fix}]))", spec.name, spec.name))
+        })
+        .collect();
+    (!lies.is_empty()).then(|| format!("the model declares output shapes it does not produce: {}", lies.join("; ")))
+}
+
+/// Runs the session once on zeros (declared fixed dims, configured or 1 for the others) and
+/// returns the shapes produced. A failure is logged and does not block readiness.
+fn warm_up(session: &mut Session, model: &str, inputs: &[TensorSpec], names: &[String], config: &WarmupConfig) -> Option<Vec<(String, Vec<usize>)>> {
     let start = Instant::now();
     let tensors: Option<Vec<Tensor>> = inputs
         .iter()
@@ -340,12 +418,18 @@ fn warm_up(session: &mut Session, model: &str, inputs: &[TensorSpec], names: &[S
         })
         .collect();
     let result = match tensors {
-        Some(t) => run_session(session, names, t, None, None).map(drop),
+        Some(t) => run_session(session, names, t, None, None),
         None => Err(ApiError::Internal("an input type has no zero value".into())),
     };
     match result {
-        Ok(()) => tracing::info!(model, took_ms = start.elapsed().as_millis() as u64, "warm-up done"),
-        Err(e) => tracing::warn!(model, error = %e.detail(), "warm-up failed; serving anyway"),
+        Ok(outputs) => {
+            tracing::info!(model, took_ms = start.elapsed().as_millis() as u64, "warm-up done");
+            Some(outputs.into_iter().map(|(name, t)| (name, t.shape)).collect())
+        }
+        Err(e) => {
+            tracing::warn!(model, error = %e.detail(), "warm-up failed; serving anyway");
+            None
+        }
     }
 }
 

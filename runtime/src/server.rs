@@ -137,6 +137,7 @@ impl ServerBuilder {
     pub fn typed<M: crate::typed::TypedModel>(mut self) -> Self {
         let mut options = ModelOptions::new(M::MODEL_PATH);
         options.name = Some(M::NAME.to_string());
+        options.dims = M::signature().dims_overrides;
         self.signatures.push((M::NAME.to_string(), M::signature()));
         self.model(options).routes(crate::routes::typed::router::<M>())
     }
@@ -147,6 +148,7 @@ impl ServerBuilder {
     pub fn service<M: crate::typed::TypedModel + crate::typed::Process>(mut self, instance: M) -> Self {
         let mut options = ModelOptions::new(M::MODEL_PATH);
         options.name = Some(M::NAME.to_string());
+        options.dims = M::signature().dims_overrides;
         self.signatures.push((M::NAME.to_string(), M::signature()));
         self.model(options).routes(crate::routes::typed::process_router(M::NAME, instance))
     }
@@ -229,6 +231,13 @@ impl ServerBuilder {
         for (name, compiled) in &self.signatures {
             if let Some(model) = models.get(name) {
                 crate::typed::check_signature(model, compiled)?;
+                // The typed route would fail every answer: refuse to start, saying how to fix it.
+                if let Some(lie) = model.shape_lie() {
+                    return Err(LoadError::ShapeMismatch {
+                        path: model.path().to_path_buf(),
+                        detail: format!("{lie}; the typed types are built from the declared dims: declare the real ones in #[nimify(model = ..., dims(...))]"),
+                    });
+                }
             }
         }
         let admission = Admission::new(api_keys, self.config.max_in_flight);

@@ -47,6 +47,9 @@ pub struct Signature {
     pub inputs: Vec<TensorDecl>,
     /// Outputs in model order.
     pub outputs: Vec<TensorDecl>,
+    /// Tensors whose dims the service declares instead of the model file
+    /// (`#[nimify(dims("y" = ["batch", 22]))]`), applied to the file when it is loaded.
+    pub dims_overrides: Vec<(String, Vec<Dim>)>,
 }
 
 /// How one tensor is typed.
@@ -359,9 +362,11 @@ impl OutputMap {
 
 /// Refuses a loaded model whose signature differs from the compiled-in one, describing both.
 pub fn check_signature(model: &crate::Model, compiled: &Signature) -> Result<(), crate::LoadError> {
+    // The model was loaded with the compiled-in overrides applied (ServerBuilder::typed).
     let file = Signature {
         inputs: model.info().inputs.iter().filter_map(TensorDecl::from_value_info).collect(),
         outputs: model.info().outputs.iter().filter_map(TensorDecl::from_value_info).collect(),
+        dims_overrides: compiled.dims_overrides.clone(),
     };
     if &file == compiled {
         return Ok(());

@@ -313,6 +313,20 @@ def big_output():
     save(helper.make_model(graph, opset_imports=OPSET), "big_output.onnx")
 
 
+def lying_shape():
+    """`x: float[batch, 4]` -> `y`, declared `float[batch, 1]` but produced `float[batch, 3]`
+    (a MatMul by a 4x3 matrix), as real exports declare dims they do not produce: typed services
+    need a dims override, and warm-up must report the lie."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "lying_shape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET), "lying_shape.onnx")
+
+
 def odd_length():
     """`x: float[n]` reshaped to `[2, n/2]`: the default warm-up (n = 1) fails, n = 4 works."""
     graph = helper.make_graph(
@@ -425,6 +439,7 @@ def main():
     complex64()
     odd_length()
     big_output()
+    lying_shape()
     wide()
     bitshift()
     nonfinite()

@@ -229,3 +229,15 @@ def test_failed_warm_up_warns_and_does_not_block_readiness(start, tmp_path):
     config.write_text("[warmup]\ndims = { n = 4 }\n")
     server = start("odd_length", "--config", str(config))
     assert any("warm-up done" in l for l in server.log) and not any("warm-up failed" in l for l in server.log)
+
+
+def test_warm_up_reports_outputs_that_break_their_declared_dims(start):
+    """lying_shape.onnx declares `y: float[batch, 1]` and produces `[batch, 3]`: V2 serves it
+    (answers carry the real shape) and the start log says what a typed service must declare."""
+    server = start("lying_shape")
+    r = requests.post(f"{server.url}/v2/models/lying_shape/infer", json={"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1, 0, 0, 0, 0, 0, 0, 2]}]}, timeout=5)
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 3], r.text
+    assert r.json()["outputs"][0]["data"] == [0, 1, 2, 18, 20, 22]
+    log = "".join(server.log)
+    assert 'output \\"y\\" is declared [batch, 1] but warm-up produced [1, 3]' in log, log[-2000:]
+    assert 'dims(\\"y\\" = [\\"batch\\", 3])' in log

@@ -24,6 +24,15 @@ pub struct Dtypes;
 #[nimify::nimify(model = "models/wide.onnx")]
 pub struct Wide;
 
+/// A model that declares `y: float[batch, 1]` and produces `[batch, 3]`, served with the dims
+/// it really has.
+#[nimify::nimify(model = "models/lying_shape.onnx", dims("y" = ["batch", 3]))]
+pub struct Lying;
+
+/// The same model taken at its word: refused at start, since every answer would fail.
+#[nimify::nimify(model = "models/lying_shape.onnx", name = "lying-as-declared")]
+pub struct LyingAsDeclared;
+
 /// Custom processing with state: the iris classifier answering with label names.
 #[nimify::nimify(model = "models/zipmap.onnx", name = "iris-labels")]
 pub struct IrisLabels {

@@ -143,6 +143,47 @@ fn a_model_with_another_signature_refuses_to_start() {
 }
 
 #[tokio::test]
+async fn a_model_that_lies_about_an_output_dim_is_served_with_the_override() {
+    let (_, router) = ServerBuilder::default().typed::<nimify_tests::Lying>().build().expect("loads with the override");
+    let input = nimify_tests::LyingInput { x: vec![[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]] };
+    let (status, out) = call(&router, "POST", "/v1/models/lying_shape/predict", serde_json::to_string(&input).expect("json")).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    // x times [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]].
+    let out: nimify_tests::LyingOutput = serde_json::from_value(out).expect("typed output");
+    assert_eq!(out.y, vec![[0.0, 1.0, 2.0], [18.0, 20.0, 22.0]]);
+    // Metadata and input checks see the declared-by-override dims too.
+    let (_, meta) = call(&router, "GET", "/v2/models/lying_shape", String::new()).await;
+    assert_eq!(meta["outputs"][0]["shape"], json!([-1, 3]), "{meta}");
+    assert_eq!(nimify_tests::Lying::signature().dims_overrides, vec![("y".to_string(), vec![nimify::signature::Dim::Symbolic("batch".into()), nimify::signature::Dim::Fixed(3)])]);
+}
+
+#[test]
+fn a_typed_model_whose_outputs_break_their_declared_dims_refuses_to_start() {
+    let err = ServerBuilder::default().typed::<nimify_tests::LyingAsDeclared>().build().expect_err("must refuse");
+    let msg = err.to_string();
+    assert!(msg.contains("lying_shape.onnx") && msg.contains("declares output shapes it does not produce"), "{msg}");
+    assert!(msg.contains("output \"y\" is declared [batch, 1] but warm-up produced [1, 3]"), "{msg}");
+    assert!(msg.contains("dims(\"y\" = [\"batch\", 3])"), "{msg}");
+}
+
+#[test]
+fn a_dims_override_for_a_tensor_the_file_lacks_refuses_to_start() {
+    struct Renamed;
+    impl TypedModel for Renamed {
+        type Input = nimify_tests::LyingInput;
+        type Output = nimify_tests::LyingOutput;
+        const NAME: &'static str = "renamed";
+        // Compiled against lying_shape.onnx with an override; the file on disk is the MLP.
+        const MODEL_PATH: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mlp.onnx");
+        fn signature() -> nimify::typed::Signature {
+            nimify_tests::Lying::signature()
+        }
+    }
+    let msg = ServerBuilder::default().typed::<Renamed>().build().expect_err("must refuse").to_string();
+    assert!(msg.contains("cannot override the dims of \"y\": the model has no such input or output"), "{msg}");
+}
+
+#[tokio::test]
 async fn fixed_dims_above_32_round_trip() {
     let router = app();
     let row: Vec<f32> = (0..40).map(|i| i as f32).collect();
