@@ -128,13 +128,29 @@ pub(crate) async fn accept_loop(listener: TcpListener, router: Router, limits: L
         let clock = Arc::new(Clock::new(limits));
         let registered = open.register(Arc::clone(&clock));
         tokio::spawn(async move {
-            metrics.connection_opened();
+            // Dropped when the task ends, even by a panic: the gauge, the registry and the
+            // cap's slot always come back.
+            let _open = (OpenGauge::new(&metrics), registered, permit);
             serve_connection(stream, router, clock, &metrics, stop).await;
-            metrics.connection_closed();
-            drop((registered, permit));
         });
     }
     slots
+}
+
+/// Counts a connection in `nimify_open_connections` while it lives.
+struct OpenGauge(Metrics);
+
+impl OpenGauge {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.connection_opened();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
 }
 
 /// Errors that concern one connection (it went away before we took it), not the listener.
