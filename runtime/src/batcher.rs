@@ -142,7 +142,8 @@ impl Worker {
             if !self.still_wanted(&job) {
                 continue;
             }
-            let result = self.run_one(session, options, &[&job.link], job.inputs);
+            let wanted: Vec<&str> = job.wanted.iter().map(String::as_str).collect();
+            let result = self.run_one(session, options, &[&job.link], job.inputs, &wanted);
             if result.is_ok() {
                 self.metrics.count.inc_by(job.items as u64);
                 self.metrics.batch_size.observe(job.items as f64);
@@ -159,7 +160,10 @@ impl Worker {
             return Batched::OneByOne;
         };
         let links: Vec<&Link> = jobs.iter().map(|j| &j.link).collect();
-        let outputs = match self.run_one(session, options, &links, merged) {
+        let mut wanted: Vec<&str> = jobs.iter().flat_map(|j| j.wanted.iter().map(String::as_str)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let outputs = match self.run_one(session, options, &links, merged, &wanted) {
             Ok(o) => o,
             Err(_) if jobs.iter().all(|j| j.link.gone().is_some()) => return Batched::Stopped,
             // Each request alone may still fit; the one that does not is told so.
@@ -186,7 +190,7 @@ impl Worker {
     /// One execution for the requests behind `links`, counted in `exec_count` and compute time
     /// (items are counted by the caller once the results are delivered); stopped midway when
     /// they all go, and not started when they all have.
-    fn run_one(&self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, links: &[&Link], inputs: Vec<Tensor>) -> Result<Outputs, ApiError> {
+    fn run_one(&self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, links: &[&Link], inputs: Vec<Tensor>, wanted: &[&str]) -> Result<Outputs, ApiError> {
         let run = Run::new(options.clone());
         let joined = links.iter().filter(|l| l.join(&run).is_ok()).count();
         if joined == 0 {
@@ -194,14 +198,15 @@ impl Worker {
         }
         let start = Instant::now();
         // A merged run may hold each of its requests' share.
-        let cap = self.max_output_bytes.map(|c| c.saturating_mul(links.len()));
+        let cap = self.max_output_bytes.map(|c| (c.saturating_mul(links.len()), wanted));
         let result = run_session(session, &self.input_names, inputs, run.options(), cap);
+        let stopped = run.finish();
         for link in links {
             link.release();
         }
         self.metrics.exec_count.inc();
         self.metrics.compute_us.inc_by(micros(start.elapsed()));
-        if let Some(why) = run.finish() {
+        if let Some(why) = stopped {
             *options = crate::cancel::run_options();
             if result.is_err() {
                 self.metrics.terminated(why).inc();
@@ -253,9 +258,9 @@ fn select(mut all: Outputs, wanted: &[String]) -> Result<Outputs, ApiError> {
 }
 
 /// One ONNX Runtime execution, stoppable through `options`; every output, in session order.
-/// Outputs totalling more than `output_cap` bytes are refused before they are copied out of
-/// ONNX Runtime.
-pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>, options: Option<&RunOptions>, output_cap: Option<usize>) -> Result<Outputs, ApiError> {
+/// With `output_cap` (bytes, outputs asked for), outputs asked for that total more than the
+/// cap are refused before anything is copied out of ONNX Runtime.
+pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>, options: Option<&RunOptions>, output_cap: Option<(usize, &[&str])>) -> Result<Outputs, ApiError> {
     let values = names
         .iter()
         .map(String::as_str)
@@ -268,8 +273,8 @@ pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>,
         None => session.run(values),
     }
     .map_err(|e| ApiError::Inference(e.to_string()))?;
-    if let Some(cap) = output_cap {
-        let total = outputs.iter().map(|(_, v)| crate::tensor::ort_byte_len(&v)).fold(0usize, usize::saturating_add);
+    if let Some((cap, wanted)) = output_cap {
+        let total = outputs.iter().filter(|(name, _)| wanted.contains(name)).map(|(_, v)| crate::tensor::ort_byte_len(&v)).fold(0usize, usize::saturating_add);
         if total > cap {
             return Err(output_too_large(total, cap));
         }

@@ -121,13 +121,21 @@ impl Link {
 pub(crate) struct Run {
     live: AtomicUsize,
     options: Option<Arc<RunOptions>>,
-    stopped: Mutex<Option<Gone>>,
+    /// Why the run was told to stop, and whether it is over (then nothing may stop it: its
+    /// options may already serve the next run). One lock, so the two cannot cross.
+    end: Mutex<End>,
+}
+
+#[derive(Default)]
+struct End {
+    stopped: Option<Gone>,
+    finished: bool,
 }
 
 impl Run {
     /// A run that stops through `options` (a worker's own, reused from run to run).
     pub fn new(options: Option<Arc<RunOptions>>) -> Arc<Self> {
-        Arc::new(Self { live: AtomicUsize::new(0), options, stopped: Mutex::new(None) })
+        Arc::new(Self { live: AtomicUsize::new(0), options, end: Mutex::new(End::default()) })
     }
 
     /// The options to run with.
@@ -136,20 +144,28 @@ impl Run {
     }
 
     fn leave(&self, why: Gone) {
-        if self.live.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(options) = &self.options
+        if self.live.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let mut end = self.end.lock().unwrap_or_else(PoisonError::into_inner);
+        // A request that goes just as its run ends must not stop the next run.
+        if end.finished {
+            return;
+        }
+        end.stopped = Some(why);
+        if let Some(options) = &self.options
+            && let Err(e) = options.terminate()
         {
-            *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
-            if let Err(e) = options.terminate() {
-                tracing::warn!(error = %e, "cannot stop an ONNX Runtime run nobody waits for");
-            }
+            tracing::warn!(error = %e, "cannot stop an ONNX Runtime run nobody waits for");
         }
     }
 
-    /// After every place is released: why the run was told to stop, if it was (its options
-    /// then stay stopped: the worker takes new ones).
+    /// Once ONNX Runtime has returned: why the run was told to stop, if it was (its options then
+    /// stay stopped: the worker takes new ones). Nothing stops the run after this.
     pub fn finish(&self) -> Option<Gone> {
-        self.stopped.lock().unwrap_or_else(PoisonError::into_inner).take()
+        let mut end = self.end.lock().unwrap_or_else(PoisonError::into_inner);
+        end.finished = true;
+        end.stopped.take()
     }
 }
 
@@ -163,4 +179,56 @@ pub(crate) fn run_options() -> Option<Arc<RunOptions>> {
         tracing::debug!(error = %e, "cannot quiet ONNX Runtime's per-run log");
     }
     Some(Arc::new(options))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_stops_when_its_last_request_goes_and_never_after_it_finished() {
+        // Both requests go during the run: stopped, for the reason of the last to go.
+        let run = Run::new(None);
+        let (a, link_a) = link();
+        let (b, link_b) = link();
+        link_a.join(&run).expect("live");
+        link_b.join(&run).expect("live");
+        drop(a);
+        assert_eq!(link_a.gone(), Some(Gone::Disconnect));
+        assert!(run.end.lock().expect("lock").stopped.is_none(), "one request still waits");
+        drop(b);
+        assert_eq!(run.finish(), Some(Gone::Disconnect));
+
+        // The request goes just after the run ended but before its place was released: the
+        // run is finished, so nothing is stopped (its options may serve the next run already).
+        let run = Run::new(None);
+        let (c, link_c) = link();
+        link_c.join(&run).expect("live");
+        assert_eq!(run.finish(), None);
+        drop(c);
+        assert!(run.end.lock().expect("lock").stopped.is_none(), "a finished run was told to stop");
+        link_c.release();
+
+        // A request already gone does not join, and an answered one stops nothing.
+        let (d, link_d) = link();
+        drop(d);
+        assert_eq!(link_d.join(&Run::new(None)), Err(Gone::Disconnect));
+        let run = Run::new(None);
+        let (e, link_e) = link();
+        link_e.join(&run).expect("live");
+        e.answered();
+        assert_eq!(link_e.gone(), None);
+        assert_eq!(run.finish(), None);
+    }
+
+    #[tokio::test]
+    async fn past_its_deadline_a_request_is_gone_for_the_deadline() {
+        let deadline = Instant::now();
+        let (late, late_link) = with_deadline(deadline, async { link() }).await;
+        drop(late);
+        assert_eq!(late_link.gone(), Some(Gone::Deadline));
+        let (early, early_link) = with_deadline(Instant::now() + std::time::Duration::from_secs(60), async { link() }).await;
+        drop(early);
+        assert_eq!(early_link.gone(), Some(Gone::Disconnect));
+    }
 }

@@ -59,7 +59,9 @@ impl Limits {
         let max_connections = match config.max_connections {
             0 => open_file_limit().map_or(10_000, |n| usize::try_from(n.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)),
             n => n,
-        };
+        }
+        // The cap is a semaphore's permit count, waited for all at once on shutdown.
+        .min(u32::MAX as usize);
         Self {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
@@ -85,23 +87,6 @@ pub(crate) async fn accept_loop(listener: TcpListener, router: Router, limits: L
     let mut backoff = Duration::ZERO;
     let mut warned_full = false;
     loop {
-        if slots.available_permits() == 0 {
-            open.shed_longest_waiting();
-        }
-        let permit = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        if slots.available_permits() == 0 && !warned_full {
-            tracing::warn!(max_connections = limits.max_connections, "connection cap reached; new connections wait until one closes (max_connections)");
-            warned_full = true;
-        } else if slots.available_permits() > limits.max_connections / 10 {
-            warned_full = false;
-        }
         let accepted = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break,
@@ -123,6 +108,32 @@ pub(crate) async fn accept_loop(listener: TcpListener, router: Router, limits: L
                 continue;
             }
         };
+        // A slot for the client just taken: at the cap, room is made by shedding the connection
+        // that has waited longest for a request; while every connection is busy, the client
+        // waits, and shedding is tried again as connections go idle.
+        let permit = loop {
+            match Arc::clone(&slots).try_acquire_owned() {
+                Ok(permit) => break Some(permit),
+                Err(tokio::sync::TryAcquireError::Closed) => break None,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    if !warned_full {
+                        tracing::warn!(max_connections = limits.max_connections, "connection cap reached; shedding the connections that wait longest for a request (max_connections)");
+                        warned_full = true;
+                    }
+                    open.shed_longest_waiting();
+                    tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|s| *s) => break None,
+                        permit = Arc::clone(&slots).acquire_owned() => break permit.ok(),
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            }
+        };
+        let Some(permit) = permit else { break };
+        if slots.available_permits() > limits.max_connections / 10 {
+            warned_full = false;
+        }
         let _ = stream.set_nodelay(true);
         let (router, metrics, stop) = (router.clone(), metrics.clone(), stop.clone());
         let clock = Arc::new(Clock::new(limits));
@@ -197,7 +208,7 @@ impl Drop for Registered {
 }
 
 async fn serve_connection(stream: TcpStream, router: Router, clock: Arc<Clock>, metrics: &Metrics, mut stop: watch::Receiver<bool>) {
-    let io = TokioIo::new(Guarded { stream, clock: Arc::clone(&clock), replacement: None });
+    let io = TokioIo::new(Guarded { stream, clock: Arc::clone(&clock), replacement: None, first_read: true });
     let service_clock = Arc::clone(&clock);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let busy = Busy::start(Arc::clone(&service_clock));
@@ -257,89 +268,144 @@ enum Phase {
     Idle(Instant),
     /// This many requests being handled or answered.
     Busy(usize),
+    /// Every response handed to hyper, not all of it written to the socket yet.
+    Flushing,
 }
 
 /// A connection's phase and the timeouts that apply to it.
 struct Clock {
-    phase: Mutex<Phase>,
+    state: Mutex<ClockState>,
     limits: Limits,
-    /// Woken when the deadline may have moved earlier (a request ended, a new one began).
+    /// Woken when the deadline may have moved earlier (a request ended, a new one began, a
+    /// write blocked).
     changed: Notify,
+}
+
+struct ClockState {
+    phase: Phase,
+    /// Since when a write of an answer has been blocked (the client reads nothing).
+    write_blocked: Option<Instant>,
+    /// HTTP/2: frames arrive between requests (pings, window updates), so bytes do not mean a
+    /// request has begun.
+    http2: bool,
 }
 
 impl Clock {
     fn new(limits: Limits) -> Self {
-        Self { phase: Mutex::new(Phase::Head(Instant::now())), limits, changed: Notify::new() }
+        Self { state: Mutex::new(ClockState { phase: Phase::Head(Instant::now()), write_blocked: None, http2: false }), limits, changed: Notify::new() }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Phase) -> T) -> T {
-        let mut phase = self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut phase)
+    fn with<T>(&self, f: impl FnOnce(&mut ClockState) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut state)
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.with(|p| match *p {
+        self.with(|s| match s.phase {
             Phase::Shed => Some(Instant::now()),
             Phase::Head(since) => Some(since + self.limits.header_read_timeout),
             Phase::Idle(since) => Some(since + self.limits.idle_timeout),
-            Phase::Busy(_) => None,
+            Phase::Busy(_) | Phase::Flushing => s.write_blocked.map(|since| since + self.limits.idle_timeout),
         })
     }
 
     /// Why the connection should close now, if its deadline has passed.
     fn expired(&self) -> Option<&'static str> {
         let now = Instant::now();
-        self.with(|p| match *p {
+        self.with(|s| match s.phase {
             Phase::Shed => Some("shed"),
             Phase::Head(since) if now >= since + self.limits.header_read_timeout => Some("header_timeout"),
             Phase::Idle(since) if now >= since + self.limits.idle_timeout => Some("idle_timeout"),
+            Phase::Busy(_) | Phase::Flushing if s.write_blocked.is_some_and(|since| now >= since + self.limits.idle_timeout) => Some("write_stalled"),
             _ => None,
         })
     }
 
     /// Since when the connection has waited for a request, when it is waiting.
     fn waiting_since(&self) -> Option<Instant> {
-        self.with(|p| match *p {
+        self.with(|s| match s.phase {
             Phase::Head(since) | Phase::Idle(since) => Some(since),
-            Phase::Shed | Phase::Busy(_) => None,
+            Phase::Shed | Phase::Busy(_) | Phase::Flushing => None,
         })
+    }
+
+    /// Whether none of our answers is being written: what hyper writes now is its own.
+    fn between_answers(&self) -> bool {
+        self.with(|s| matches!(s.phase, Phase::Head(_) | Phase::Idle(_)))
     }
 
     /// Marks a waiting connection for closing now.
     fn shed(&self) {
-        self.with(|p| {
-            if matches!(p, Phase::Head(_) | Phase::Idle(_)) {
-                *p = Phase::Shed;
+        self.with(|s| {
+            if matches!(s.phase, Phase::Head(_) | Phase::Idle(_)) {
+                s.phase = Phase::Shed;
             }
         });
         self.changed.notify_one();
     }
 
-    /// Bytes arrived: on an idle connection, a request's header section has begun.
-    fn on_read(&self) {
-        let began = self.with(|p| match *p {
-            Phase::Idle(_) => {
-                *p = Phase::Head(Instant::now());
+    /// Bytes arrived: on an idle HTTP/1 connection, a request's header section has begun.
+    fn on_read(&self, first: Option<&[u8]>) {
+        let began = self.with(|s| {
+            if let Some(bytes) = first {
+                s.http2 = bytes.starts_with(b"PRI * HTTP/2.0");
+            }
+            match s.phase {
+                Phase::Idle(_) if !s.http2 => {
+                    s.phase = Phase::Head(Instant::now());
+                    true
+                }
+                _ => false,
+            }
+        });
+        if began {
+            self.changed.notify_one();
+        }
+    }
+
+    /// A write was refused for now (the client's window is full) or made progress.
+    fn on_write(&self, blocked: bool) {
+        let newly = self.with(|s| match (blocked, s.write_blocked) {
+            (true, None) => {
+                s.write_blocked = Some(Instant::now());
+                true
+            }
+            (false, Some(_)) => {
+                s.write_blocked = None;
+                false
+            }
+            _ => false,
+        });
+        if newly {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Everything handed over is on the socket: a connection done answering is idle.
+    fn on_flushed(&self) {
+        let idle = self.with(|s| match s.phase {
+            Phase::Flushing => {
+                s.phase = Phase::Idle(Instant::now());
                 true
             }
             _ => false,
         });
-        if began {
+        if idle {
             self.changed.notify_one();
         }
     }
 }
 
 /// Marks the connection busy from the moment hyper hands over a request until its response
-/// body is written (or dropped).
+/// body is handed back (then the connection is flushing until the socket has it all).
 struct Busy(Arc<Clock>);
 
 impl Busy {
     fn start(clock: Arc<Clock>) -> Self {
-        clock.with(|p| {
-            *p = match *p {
+        clock.with(|s| {
+            s.phase = match s.phase {
                 Phase::Busy(n) => Phase::Busy(n + 1),
-                Phase::Head(_) | Phase::Idle(_) | Phase::Shed => Phase::Busy(1),
+                Phase::Head(_) | Phase::Idle(_) | Phase::Shed | Phase::Flushing => Phase::Busy(1),
             }
         });
         Self(clock)
@@ -348,10 +414,10 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.with(|p| {
-            *p = match *p {
+        self.0.with(|s| {
+            s.phase = match s.phase {
                 Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
-                _ => Phase::Idle(Instant::now()),
+                _ => Phase::Flushing,
             }
         });
         self.0.changed.notify_one();
@@ -388,6 +454,8 @@ struct Guarded {
     clock: Arc<Clock>,
     /// A replacement answer and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
+    /// Nothing read yet (the first bytes tell HTTP/2 from HTTP/1).
+    first_read: bool,
 }
 
 impl Guarded {
@@ -407,8 +475,12 @@ impl Guarded {
         Poll::Ready(Ok(()))
     }
 
-    /// Takes `head` for a replacement when it is one of hyper's own answers.
+    /// Takes `head` for a replacement when it is one of hyper's own answers: written while no
+    /// answer of ours is (so never a piece of a response body).
     fn replace(&mut self, head: &[u8], cx: &mut Context<'_>) -> Option<Poll<std::io::Result<usize>>> {
+        if !head.starts_with(b"HTTP/1.") || head.len() > 1024 || !self.clock.between_answers() {
+            return None;
+        }
         let answer = json_answer_for(head)?;
         self.replacement = Some((answer, 0));
         Some(match self.poll_replacement(cx) {
@@ -419,12 +491,23 @@ impl Guarded {
     }
 }
 
+impl Guarded {
+    fn note_write(&self, result: &Poll<std::io::Result<usize>>) {
+        match result {
+            Poll::Pending => self.clock.on_write(true),
+            Poll::Ready(Ok(n)) if *n > 0 => self.clock.on_write(false),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
 impl AsyncRead for Guarded {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.clock.on_read();
+            let first = std::mem::take(&mut self.first_read).then(|| &buf.filled()[before..]);
+            self.clock.on_read(first);
         }
         result
     }
@@ -436,18 +519,23 @@ impl AsyncWrite for Guarded {
         if let Some(result) = self.replace(buf, cx) {
             return result;
         }
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.note_write(&result);
+        result
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         std::task::ready!(self.poll_replacement(cx))?;
         // hyper's own answers are a head and nothing else, in one slice.
-        if let [head] = bufs.iter().filter(|b| !b.is_empty()).collect::<Vec<_>>()[..]
+        let mut slices = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(head), None) = (slices.next(), slices.next())
             && let Some(result) = self.replace(head, cx)
         {
             return result;
         }
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.note_write(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -456,7 +544,12 @@ impl AsyncWrite for Guarded {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         std::task::ready!(self.poll_replacement(cx))?;
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let result = Pin::new(&mut self.stream).poll_flush(cx);
+        // hyper flushes its own buffer into the socket before it flushes the socket.
+        if matches!(result, Poll::Ready(Ok(()))) {
+            self.clock.on_flushed();
+        }
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

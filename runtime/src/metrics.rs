@@ -80,10 +80,10 @@ impl Metrics {
         r.register(Box::new(accept_errors.clone())).unwrap_or_else(|e| unreachable_metric("nimify_accept_errors_total", &e));
         let connections_timed_out = {
             let name = "nimify_connections_closed_total";
-            let help = "Connections the server closed on clients without a request in progress, by reason: header_timeout (header section not sent in time), idle_timeout (kept alive without a request) or shed (the longest waiting, closed at the connection cap or out of file descriptors)";
+            let help = "Connections the server closed on clients without a request in progress, by reason: header_timeout (header section not sent in time), idle_timeout (kept alive without a request), write_stalled (an answer the client has not read for idle_timeout_ms) or shed (the longest waiting, closed at the connection cap or out of file descriptors)";
             let c = IntCounterVec::new(Opts::new(name, help), &["reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
             r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
-            for reason in ["header_timeout", "idle_timeout", "shed"] {
+            for reason in ["header_timeout", "idle_timeout", "write_stalled", "shed"] {
                 c.with_label_values(&[reason]);
             }
             c

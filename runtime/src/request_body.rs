@@ -7,8 +7,8 @@
 //!   415 that lists the accepted ones.
 //! - An early answer (401, 404, 413, 503) to a request whose body the client is still sending is
 //!   sent only after the rest of the body has been read and dropped (up to `max_body_bytes`,
-//!   at least 64 MiB, more, within the request deadline; a larger or slower rest is not
-//!   waited for, and the connection closes). Closing a socket with unread data makes the kernel
+//!   at least 64 MiB, more, within what is left of the request deadline, a second at least; a
+//!   larger or slower rest is not waited for, and the connection closes). Closing a socket with unread data makes the kernel
 //!   reset the connection, and a client busy sending sees the reset, not the answer. A client
 //!   that asked `Expect: 100-continue` and was never told to continue sends no body: nothing to
 //!   read.
@@ -66,6 +66,7 @@ pub(crate) async fn check_encoding(mut request: Request, next: Next) -> Response
 /// Reads what the handlers left of the request body before their answer goes out (see the
 /// module's documentation).
 pub(crate) async fn read_rest_before_answering(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = tokio::time::Instant::now();
     let expects_continue = request.headers().get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (back, mut left) = oneshot::channel();
     let request = request.map(|body| Body::new(Returning { body: Some(body), back: Some(back), polled: false }));
@@ -76,7 +77,10 @@ pub(crate) async fn read_rest_before_answering(State(state): State<Arc<AppState>
         && (polled || !expects_continue)
     {
         let limit = state.config().max_body_bytes.max(crate::server::DEFAULT_MAX_BODY);
-        let within = state.config().request_timeout().unwrap_or(Duration::from_secs(60));
+        // Within the request's own deadline (a second at least): a body too slow for the
+        // deadline does not hold its answer back any longer.
+        let deadline = started + state.config().request_timeout().unwrap_or(Duration::from_secs(60));
+        let within = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
         if let Err(why) = discard(body, limit, within).await {
             tracing::debug!(why, "not reading the rest of an unread request body; the connection will close");
         }

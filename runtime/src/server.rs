@@ -301,12 +301,16 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
 async fn json_errors(request: Request, next: Next) -> Response {
     use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
     let response = next.run(request).await;
-    let json = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    // application/json, or a JSON-based type such as application/problem+json.
+    let json = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        let essence = v.split(';').next().unwrap_or("").trim();
+        essence == "application/json" || essence.ends_with("+json")
+    });
     if response.status().as_u16() < 400 || json {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let text = axum::body::to_bytes(body, 1 << 20).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
     let message = if text.is_empty() { parts.status.canonical_reason().unwrap_or("error").to_ascii_lowercase() } else { text };
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));

@@ -301,14 +301,15 @@ def wide():
 
 
 def big_output():
-    """`n: int64[1]` -> `y: float[n]`, every element 1.2345678e-7 (twelve characters of JSON):
-    the request chooses how large the answer is, for the output cap and response memory tests."""
+    """`n: int64[1]` -> `y: float[n]`, every element 1.2345678e-7 (twelve characters of JSON),
+    and `n_out: int64[1]` (n again): the request chooses how large the answer is, for the output
+    cap and response memory tests; a request may ask for the small output only."""
     value = helper.make_tensor("value", TensorProto.FLOAT, [1], [1.2345678e-7])
     graph = helper.make_graph(
-        [helper.make_node("ConstantOfShape", ["n"], ["y"], value=value)],
+        [helper.make_node("ConstantOfShape", ["n"], ["y"], value=value), helper.make_node("Identity", ["n"], ["n_out"])],
         "big_output",
         [helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]), helper.make_tensor_value_info("n_out", TensorProto.INT64, [1])],
     )
     save(helper.make_model(graph, opset_imports=OPSET), "big_output.onnx")
 

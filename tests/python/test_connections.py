@@ -7,6 +7,7 @@ multiples of them, never a measure of the CPU's speed.
 
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -55,7 +56,7 @@ def closed_by_server(sock, within):
 
 def closed_counts(server):
     m = metrics(server)
-    return {reason: m.get(("nimify_connections_closed_total", f'{{reason="{reason}"}}'), 0) for reason in ("header_timeout", "idle_timeout", "shed")}
+    return {reason: m.get(("nimify_connections_closed_total", f'{{reason="{reason}"}}'), 0) for reason in ("header_timeout", "idle_timeout", "write_stalled", "shed")}
 
 
 def serve_mlp(*flags, prefix=()):
@@ -134,10 +135,12 @@ def test_idle_and_half_sent_connections_are_closed_at_their_own_timeouts():
         after = closed_counts(server)
         assert after["header_timeout"] - before["header_timeout"] == 2, after
         assert after["idle_timeout"] - before["idle_timeout"] == 1, after
-        # A client that keeps using its connection more often than the idle timeout keeps it.
-        with requests.Session() as session:
+        # A client that uses its connection more often than the idle timeout keeps it: three
+        # requests on one socket, 1.2 s apart.
+        with socket.create_connection((host, int(port)), timeout=5) as reused:
             for _ in range(3):
-                assert session.post(f"{server.url}/v2/models/mlp/infer", json=GOOD, timeout=5).status_code == 200
+                reused.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert reused.recv(65536).startswith(b"HTTP/1.1 200"), "the kept-alive connection was closed"
                 time.sleep(1.2)
         assert closed_counts(server)["idle_timeout"] == after["idle_timeout"]
     finally:
@@ -232,3 +235,98 @@ def test_a_second_signal_skips_the_shutdown_delay():
     assert server.proc.wait(timeout=20) == 0
     assert time.monotonic() - sent < 20
     assert any("skipping the rest of the shutdown delay" in line for line in server.log)
+
+
+def big_binary_request(n):
+    header = json.dumps({"inputs": [{"name": "n", "shape": [1], "datatype": "INT64", "data": [n]}],
+                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    return b"POST /v2/models/big_output/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(header), header)
+
+
+def read_answer(sock, pause_every=None, pause=0.0):
+    """Reads one HTTP answer with a Content-Length; with `pause_every`, sleeps `pause` seconds
+    after every that many bytes (a slow reader). Returns (bytes of body read, complete)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"\r\ncontent-length: (\d+)", head.lower()).group(1))
+    got, since_pause = len(body), len(body)
+    try:
+        while got < length:
+            chunk = sock.recv(min(65536, length - got))
+            if not chunk:
+                return got, False
+            got += len(chunk)
+            since_pause += len(chunk)
+            if pause_every and since_pause >= pause_every:
+                time.sleep(pause)
+                since_pause = 0
+    except (ConnectionResetError, BrokenPipeError):
+        return got, False
+    return got, True
+
+
+def test_a_slow_reader_keeps_its_answer_and_one_that_stops_reading_is_closed():
+    """A 10 MB answer read slowly but steadily for several idle timeouts is delivered in full (the
+    connection is busy answering, not idle); a client that stops reading it is closed once no
+    byte could be written for the idle timeout (`write_stalled`)."""
+    server = Service([BIN, "nimify", "serve", os.path.join(MODELS, "big_output.onnx"), "--host", "127.0.0.1", "--port", "0",
+                      "--idle-timeout-ms", "1000", "--max-output-bytes", "0", "--batching", "false"])
+    host, port = server.address.rsplit(":", 1)
+    n = 2_500_000
+    try:
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.connect((host, int(port)))
+        slow.settimeout(10)
+        slow.sendall(big_binary_request(n))
+        started = time.monotonic()
+        # At most 2 MB a second: 64 KB, then a 30 ms pause, for about five idle timeouts.
+        got, complete = read_answer(slow, pause_every=65536, pause=0.03)
+        took = time.monotonic() - started
+        assert complete and got > 4 * n, f"a steady reader got {got} bytes in {took:.1f} s and was cut off"
+        assert took > 2, f"the reader was not slow ({took:.1f} s): the test proves nothing"
+        slow.close()
+
+        before = closed_counts(server)["write_stalled"]
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        stalled.connect((host, int(port)))
+        stalled.sendall(big_binary_request(n))
+        time.sleep(0.5)
+        stalled.settimeout(1)
+        stalled.recv(65536)  # the answer has begun
+        time.sleep(3)  # reads nothing for three idle timeouts
+        stalled.settimeout(10)
+        got, complete = read_answer_rest(stalled)
+        assert not complete, "a reader that stopped for three idle timeouts still got its whole answer"
+        assert closed_counts(server)["write_stalled"] == before + 1
+        assert requests.post(f"{server.url}/v2/models/big_output/infer", json={"inputs": [{"name": "n", "shape": [1], "datatype": "INT64", "data": [3]}]}, timeout=5).status_code == 200
+    finally:
+        server.stop()
+
+
+def read_answer_rest(sock):
+    """Drains `sock` until EOF or reset: (bytes read, whether 10 MB and more arrived)."""
+    got = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            got += len(chunk)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return got, got >= 10_000_000
+
+
+def test_answer_bodies_that_look_like_hyper_answers_are_left_alone(serve):
+    """An echo model asked to return the bytes of one of hyper's bodiless answers: the body comes
+    back byte for byte; only hyper's own answers are rewritten to JSON."""
+    server = serve("strings")
+    mimic = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"
+    body = {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": [mimic, mimic * 3, "x"]}],
+            "outputs": [{"name": "echo", "parameters": {"binary_data": True}}]}
+    for _ in range(20):
+        r = requests.post(f"{server.url}/v2/models/strings/infer", json=body, timeout=5)
+        assert r.status_code == 200
+        header_len = int(r.headers["Inference-Header-Content-Length"])
+        assert mimic.encode() in r.content[header_len:] and r.content.count(mimic.encode()) == 4

@@ -10,10 +10,9 @@ import requests
 ELEMENT = np.float32(1.2345678e-7)
 
 
-def ask(n, binary=False):
+def ask(n, binary=False, outputs=("y",)):
     body = {"inputs": [{"name": "n", "shape": [1], "datatype": "INT64", "data": [n]}]}
-    if binary:
-        body["outputs"] = [{"name": "y", "parameters": {"binary_data": True}}]
+    body["outputs"] = [{"name": o, "parameters": {"binary_data": binary}} for o in outputs]
     return body
 
 
@@ -38,11 +37,18 @@ def test_an_output_above_the_cap_is_refused_before_it_is_copied(start):
     assert ok.status_code == 200 and ok.json()["outputs"][0]["shape"] == [1000]
 
 
-def test_the_cap_counts_only_the_outputs_asked_for_and_the_default_allows_small_answers(start):
+def test_the_cap_counts_only_the_outputs_asked_for(start):
+    """y (4 bytes an element) and n_out (8 bytes): the cap is on what the request asks for."""
     server = start("big_output", "--max-output-bytes", "4000")
-    assert requests.post(f"{server.url}/v2/models/big_output/infer", json=ask(1000), timeout=10).status_code == 200
+    assert requests.post(f"{server.url}/v2/models/big_output/infer", json=ask(998), timeout=10).status_code == 200
     r = requests.post(f"{server.url}/v2/models/big_output/infer", json=ask(1001), timeout=10)
-    assert r.status_code == 422 and "4004 bytes" in r.json()["error"], r.text
+    assert r.status_code == 422 and "4004 bytes" in r.json()["error"], r.text[:300]
+    # 999 x 4 + 8 bytes: over the cap only with n_out.
+    assert requests.post(f"{server.url}/v2/models/big_output/infer", json=ask(999), timeout=10).status_code == 200
+    both = requests.post(f"{server.url}/v2/models/big_output/infer", json=ask(999, outputs=("y", "n_out")), timeout=10)
+    assert both.status_code == 422 and "take 4004 bytes" in both.json()["error"], both.text[:300]
+    small = requests.post(f"{server.url}/v2/models/big_output/infer", json=ask(100_000, outputs=("n_out",)), timeout=10)
+    assert small.status_code == 200 and small.json()["outputs"] == [{"name": "n_out", "datatype": "INT64", "shape": [1], "data": [100_000]}], small.text
 
 
 def test_a_large_binary_answer_holds_one_copy(start):
@@ -87,11 +93,17 @@ def test_streamed_and_whole_json_answers_are_the_same_text(start):
     """Just below and just above the size where JSON is streamed, with an id echoed: the same
     document either way."""
     server = start("big_output", "--max-output-bytes", "0")
-    for n in (262_000, 263_000):  # 1 MiB of FP32 is 262 144 elements
-        body = {**ask(n), "id": 'req "1" "data":[]'}
+    texts = []
+    for n, streamed in ((262_000, False), (263_000, True)):  # 1 MiB of FP32 is 262 144 elements
+        body = {**ask(n, outputs=("y", "n_out")), "id": 'req "1" "data":[]'}
         r = requests.post(f"{server.url}/v2/models/big_output/infer", json=body, timeout=60)
         assert r.status_code == 200
+        assert ("Content-Length" not in r.headers) == streamed and (r.headers.get("Transfer-Encoding") == "chunked") == streamed, r.headers
+        texts.append(r.text.replace(str(n), "N").replace("1.2345679e-7,", ""))
         answer = r.json()
+        assert answer["outputs"][1] == {"name": "n_out", "datatype": "INT64", "shape": [1], "data": [n]}
         assert answer["id"] == 'req "1" "data":[]'
         assert answer["outputs"][0]["shape"] == [n] and len(answer["outputs"][0]["data"]) == n
         assert r.text.startswith('{"model_name":"big_output","model_version":"1","id":')
+    # The same document, byte for byte, once the sizes are taken out.
+    assert texts[0] == texts[1], (texts[0][:300], texts[1][:300])
