@@ -46,6 +46,10 @@ pub const DEFAULT_HOST: &str = "0.0.0.0";
 pub const DEFAULT_PORT: u16 = 8000;
 
 #[doc(hidden)]
+#[path = "fuzz_door.rs"]
+pub mod __fuzz;
+
+#[doc(hidden)]
 pub mod __private {
     //! Paths the macro's generated code names; not a public API.
     pub use half;

@@ -208,8 +208,7 @@ impl Model {
         let path = options.path.clone();
         let mut info = nimify_model::read_model(&path).map_err(|source| LoadError::Signature { path: path.clone(), source })?;
         override_dims(&mut info, &options.dims).map_err(|(tensor, reason)| LoadError::DimsOverride { path: path.clone(), tensor, reason })?;
-        let inputs = info.inputs.iter().map(|i| input_spec(&path, i)).collect::<Result<Vec<_>, _>>()?;
-        let outputs: Vec<TensorSpec> = info.outputs.iter().map(output_spec).collect();
+        let (inputs, outputs) = specs(&path, &info)?;
         let env = crate::ortlib::environment()?;
         let name = options.served_name();
         let version = DEFAULT_VERSION.to_string();
@@ -431,6 +430,13 @@ fn warm_up(session: &mut Session, model: &str, inputs: &[TensorSpec], names: &[S
             None
         }
     }
+}
+
+/// The protocol view of a signature's inputs and outputs; an input the protocol cannot carry is
+/// an error.
+pub(crate) fn specs(path: &Path, info: &ModelInfo) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), LoadError> {
+    let inputs = info.inputs.iter().map(|i| input_spec(path, i)).collect::<Result<Vec<_>, _>>()?;
+    Ok((inputs, info.outputs.iter().map(output_spec).collect()))
 }
 
 fn input_spec(path: &Path, vi: &nimify_model::ValueInfo) -> Result<TensorSpec, LoadError> {

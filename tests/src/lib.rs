@@ -1,4 +1,7 @@
-//! Typed services over the committed test models, used by this package's tests.
+//! Typed services over the committed test models, used by this package's tests, and the code
+//! the fuzz targets run ([`fuzz`]).
+
+pub mod fuzz;
 
 /// The MLP: `x: float[batch, 4]` -> `probs`, `logits`: `float[batch, 3]`.
 #[nimify::nimify(model = "models/mlp.onnx")]

@@ -3,6 +3,8 @@
 mod bench;
 mod bench_image;
 mod codegen;
+mod fuzz;
+mod soak;
 mod test;
 mod tidy;
 
@@ -16,6 +18,10 @@ tasks:
   models          regenerate the committed test and example models (needs the Python tools)
   lock            recompile tests/python/*.lock (hash-pinned Python environments) from their .in files
   test            install what the tests need (ONNX Runtime, Python tools) and run every test
+  fuzz [--minutes N] [--target NAME]
+                  fuzz the decoders (cargo-fuzz, nightly) and minimize tests/fuzz-corpus
+  soak [--minutes N]
+                  the release server at twice its capacity, open loop, in-flight cap on: RSS, errors, p99
   bench [NAME]    signature: read a generated 1 GiB model; serve [--seconds N]: the service under wrk vs in-process ONNX Runtime";
 
 fn main() -> Result<()> {
@@ -27,6 +33,8 @@ fn main() -> Result<()> {
         ["models"] => test::models(),
         ["lock"] => test::lock(),
         ["test", rest @ ..] => test::run(rest),
+        ["fuzz", rest @ ..] => fuzz::run(rest),
+        ["soak", rest @ ..] => soak::run(rest),
         ["bench", rest @ ..] => bench::run(rest),
         _ => bail!("{USAGE}"),
     }

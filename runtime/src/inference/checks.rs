@@ -5,16 +5,16 @@
 use nimify_model::Dim;
 
 use crate::error::ApiError;
-use crate::model::{Model, TensorSpec};
+use crate::model::TensorSpec;
 use crate::tensor::Tensor;
 
 /// Orders named tensors by the model's inputs and checks each against its declaration,
 /// including that a named dim has one size across inputs (V2 and typed requests alike). `?` is
 /// how some exporters spell "unknown", so it is not a name that ties dims together.
-pub(crate) fn check_named(model: &Model, mut tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ApiError> {
-    let mut out = Vec::with_capacity(model.inputs().len());
+pub(crate) fn check_named(inputs: &[TensorSpec], mut tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ApiError> {
+    let mut out = Vec::with_capacity(inputs.len());
     let mut sizes: Vec<(&str, usize, &str)> = Vec::new();
-    for spec in model.inputs() {
+    for spec in inputs {
         let i = tensors.iter().position(|(n, _)| *n == spec.name).ok_or_else(|| ApiError::InvalidTensor(format!("missing input {:?}", spec.name)))?;
         let (name, tensor) = tensors.swap_remove(i);
         check_against(spec, &tensor)?;

@@ -16,7 +16,7 @@
 //!    status codes in one place.
 
 pub mod admission;
-mod checks;
+pub(crate) mod checks;
 
 use std::future::Future;
 use std::time::Instant;
@@ -65,7 +65,7 @@ pub(crate) async fn infer(model: &Model, inputs: Vec<(String, Tensor)>, wanted: 
     if let Some((i, name)) = wanted.iter().enumerate().find(|(i, n)| wanted[..*i].contains(n)) {
         return Err(ApiError::BadRequest(format!("output {name:?} is asked for more than once (at position {i}); name each output once")));
     }
-    let inputs = check_named(model, inputs)?;
+    let inputs = check_named(model.inputs(), inputs)?;
     let outputs = model.infer(inputs, wanted).await?;
     // A merged run is checked against its requests' summed share; each request against its own.
     if let Some(cap) = model.max_output_bytes() {

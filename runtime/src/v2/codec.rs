@@ -35,6 +35,12 @@ pub struct Decoded {
 /// Splits and parses a request body into `model`'s inputs (each present once, none unknown) and
 /// the outputs asked for; the inference path checks the tensors themselves.
 pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<Decoded, ApiError> {
+    decode_for(model.name(), model.inputs(), model.outputs(), header_len, body)
+}
+
+/// [`decode`] for a model known by its name and tensor declarations.
+pub(crate) fn decode_for(model_name: &str, inputs: &[TensorSpec], outputs: &[TensorSpec], header_len: Option<&str>, body: &Bytes) -> Result<Decoded, ApiError> {
+    let model = Specs { name: model_name, inputs, outputs };
     let (json, mut binary) = match header_len {
         None => (body.clone(), Bytes::new()),
         Some(raw) => {
@@ -114,6 +120,25 @@ pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<D
             .collect::<Result<_, _>>()?,
     };
     Ok(Decoded { id: request.id, inputs, outputs })
+}
+
+/// What decoding needs of a model.
+struct Specs<'a> {
+    name: &'a str,
+    inputs: &'a [TensorSpec],
+    outputs: &'a [TensorSpec],
+}
+
+impl Specs<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn inputs(&self) -> &[TensorSpec] {
+        self.inputs
+    }
+    fn outputs(&self) -> &[TensorSpec] {
+        self.outputs
+    }
 }
 
 fn names(specs: &[TensorSpec]) -> String {

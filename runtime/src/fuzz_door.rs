@@ -1,0 +1,50 @@
+//! Entry points for fuzzing (`fuzz/`, through `nimify-tests`) and for replaying the fuzz corpus
+//! in `cargo test`; not a public API. Each runs the server's own code on arbitrary bytes, which
+//! must end in an answer (`Err` is the message a client would get), never a panic, a hang or an
+//! unbounded allocation.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use nimify_model::ModelInfo;
+
+use crate::model::TensorSpec;
+use crate::tensor::Tensor;
+
+/// A model as the request path sees it, read from its ONNX bytes (no ONNX Runtime).
+#[derive(Debug)]
+pub struct Declared {
+    name: String,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+}
+
+/// Reads an ONNX signature from bytes, as the server and the macro read model files.
+pub fn signature(onnx: &[u8]) -> Result<ModelInfo, String> {
+    nimify_model::read_model_from(Cursor::new(onnx), onnx.len() as u64).map_err(|e| e.to_string())
+}
+
+/// The declarations of the model in `onnx`.
+pub fn declared(name: &str, onnx: &[u8]) -> Result<Declared, String> {
+    let info = signature(onnx)?;
+    let (inputs, outputs) = crate::model::specs(Path::new(name), &info).map_err(|e| e.to_string())?;
+    Ok(Declared { name: name.to_string(), inputs, outputs })
+}
+
+/// Decodes a V2 request body (JSON, or with `header_len` a JSON header and binary tensors) as
+/// the route does, then checks the tensors against the model as the inference path does before
+/// queueing. Panics if a decoded tensor breaks the invariant every later step relies on (as many
+/// elements as its shape says).
+pub fn v2_request(model: &Declared, header_len: Option<&str>, body: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
+    let body = bytes::Bytes::copy_from_slice(body);
+    let decoded = crate::v2::codec::decode_for(&model.name, &model.inputs, &model.outputs, header_len, &body).map_err(|e| e.to_string())?;
+    for (name, t) in &decoded.inputs {
+        assert_eq!(t.data.len(), t.shape.iter().product::<usize>(), "decoded input {name:?} has shape {:?} but {} elements", t.shape, t.data.len());
+    }
+    check(model, decoded.inputs)
+}
+
+/// Checks named tensors against the model, as every front end's requests are checked.
+pub fn check(model: &Declared, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, String> {
+    crate::inference::checks::check_named(&model.inputs, tensors).map_err(|e| e.to_string())
+}
