@@ -1,22 +1,24 @@
 //! The listener: accepting connections under a cap, closing the ones that stall, answering
 //! malformed requests in JSON, and stopping the way Kubernetes needs.
 //!
-//! Each connection has a clock with three phases, as Go's `net/http` times them:
+//! Each connection has a clock, timed as Go's `net/http` times its connections:
 //!
 //! - waiting for a request's header section, from the connection's start (or from the first byte
-//!   of a request on a kept-alive connection): closed after `header_read_timeout_ms`;
+//!   of a request on a kept-alive HTTP/1 connection): closed after `header_read_timeout_ms`;
 //! - idle between requests on a kept-alive connection: closed after `idle_timeout_ms`;
-//! - busy (a request being read, handled or answered): no connection timer; the request
-//!   deadline (`request_timeout_ms`) bounds slow bodies and slow work.
+//! - busy (a request being read, handled or answered, until hyper has flushed the answer to the
+//!   socket): the request deadline (`request_timeout_ms`) bounds slow bodies and slow work, and
+//!   a client that reads nothing of its answer for `idle_timeout_ms` is closed.
 //!
-//! At most `max_connections` are open at once. At the cap, or when accepting fails for want of
-//! file descriptors (EMFILE, ENFILE), the connection that has waited longest without a request
-//! in progress is closed to make room, as nginx reuses idle keep-alive connections; when every
-//! connection is busy, new clients wait in the kernel's backlog. Accept errors back off (5 ms
-//! doubling to 1 s) instead of spinning.
+//! At most `max_connections` are open at once. When a new client arrives at the cap, or accepting
+//! fails for want of file descriptors (EMFILE, ENFILE), the connection that has waited longest
+//! without a request in progress is closed to make room, as nginx reuses idle keep-alive
+//! connections; while every connection is busy, the new client waits and shedding is tried again
+//! as connections go idle. Accept errors back off (5 ms doubling to 1 s) instead of spinning.
 //!
 //! hyper answers requests it cannot parse (400, 414, 431) itself, with an empty body; the
-//! connection's writer turns those answers into the documented `{"error": ...}` JSON.
+//! connection's writer turns those answers into the documented `{"error": ...}` JSON, and only
+//! between two of our answers, so no byte of a response body is ever taken for one.
 
 use std::convert::Infallible;
 use std::pin::Pin;
