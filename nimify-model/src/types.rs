@@ -322,10 +322,3 @@ pub struct ModelInfo {
     /// Size of the model file in bytes.
     pub file_size: u64,
 }
-
-impl ModelInfo {
-    /// The `ai.onnx` opset version, if imported.
-    pub fn onnx_opset(&self) -> Option<i64> {
-        self.opsets.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version)
-    }
-}

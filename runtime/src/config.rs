@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Default largest request body (64 MiB: real tensor payloads reach several MB).
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 /// Where the service looks for a config file when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/nimify/config.toml";
 
@@ -68,7 +71,7 @@ impl Default for Config {
         Self {
             host: crate::DEFAULT_HOST.into(),
             port: crate::DEFAULT_PORT,
-            max_body_bytes: 64 * 1024 * 1024,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_output_bytes: 256 * 1024 * 1024,
             request_timeout_ms: 60_000,
             max_in_flight: 4096,

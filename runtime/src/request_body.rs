@@ -76,7 +76,7 @@ pub(crate) async fn read_rest_before_answering(State(state): State<Arc<AppState>
     if let Ok(Left { body, polled }) = left.try_recv()
         && (polled || !expects_continue)
     {
-        let limit = state.config().max_body_bytes.max(crate::server::DEFAULT_MAX_BODY);
+        let limit = state.config().max_body_bytes.max(crate::config::DEFAULT_MAX_BODY_BYTES);
         // Within the request's own deadline (a second at least): a body too slow for the
         // deadline does not hold its answer back any longer.
         let deadline = started + state.config().request_timeout().unwrap_or(Duration::from_secs(60));

@@ -25,9 +25,6 @@ use crate::inference::admission::Admission;
 use crate::metrics::Metrics;
 use crate::model::{LoadError, LoadSettings, Model, ModelOptions};
 
-/// Default maximum request body (64 MiB: real tensor payloads reach several MB).
-pub const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
-
 /// State shared by every handler.
 #[derive(Debug)]
 pub struct AppState {
