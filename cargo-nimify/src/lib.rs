@@ -29,7 +29,10 @@ pub enum Cargo {
 
 /// Turn ONNX models into production inference services.
 #[derive(Debug, Args)]
-#[command(version, after_help = "Exit codes: 0 success, 1 failure (the message says why and how to fix it), 2 bad usage.")]
+#[command(
+    version,
+    after_help = "Exit codes: 0 success, 1 failure (the message says why and how to fix it), 2 bad usage."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

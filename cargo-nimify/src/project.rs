@@ -101,7 +101,9 @@ impl Project {
         if let Some(path) = &args.manifest_path {
             cmd.manifest_path(path);
         }
-        let meta = cmd.exec().map_err(|e| CliError::Message(format!("cannot read the cargo workspace: {}", one_line(&e.to_string()))))?;
+        let meta = cmd
+            .exec()
+            .map_err(|e| CliError::Message(format!("cannot read the cargo workspace: {}", one_line(&e.to_string()))))?;
         let members: Vec<&cargo_metadata::Package> = meta.workspace_packages();
         let package = match &args.package {
             Some(name) => members.iter().find(|p| p.name.as_str() == name).copied().ok_or_else(|| {
@@ -111,7 +113,8 @@ impl Project {
             None => current_package(&members, args.manifest_path.as_deref())?,
         };
         let bin = pick_bin(package, args.bin.as_deref())?;
-        let workspace = settings_from(&meta.workspace_metadata, "[workspace.metadata.nimify]", meta.workspace_root.as_std_path())?;
+        let workspace =
+            settings_from(&meta.workspace_metadata, "[workspace.metadata.nimify]", meta.workspace_root.as_std_path())?;
         let own = settings_from(&package.metadata, "[package.metadata.nimify]", package.manifest_path.as_std_path())?;
         Ok(Self {
             package: package.name.to_string(),
@@ -141,7 +144,10 @@ fn one_line(s: &str) -> String {
 }
 
 /// The member whose directory holds the current directory (or the given manifest).
-fn current_package<'a>(members: &[&'a cargo_metadata::Package], manifest: Option<&Path>) -> Result<&'a cargo_metadata::Package, CliError> {
+fn current_package<'a>(
+    members: &[&'a cargo_metadata::Package],
+    manifest: Option<&Path>,
+) -> Result<&'a cargo_metadata::Package, CliError> {
     let here = match manifest {
         Some(m) => std::fs::canonicalize(m).ok().and_then(|p| p.parent().map(Path::to_path_buf)),
         None => std::env::current_dir().ok().and_then(|d| std::fs::canonicalize(d).ok()),
@@ -165,13 +171,23 @@ fn pick_bin(package: &cargo_metadata::Package, wanted: Option<&str>) -> Result<S
     let bins: Vec<&str> = package.targets.iter().filter(|t| t.is_bin()).map(|t| t.name.as_str()).collect();
     match (wanted, bins.as_slice()) {
         (Some(w), _) if bins.contains(&w) => Ok(w.to_string()),
-        (Some(w), _) => Err(CliError::Message(format!("package `{}` has no binary `{w}` (binaries: {})", package.name, list(&bins)))),
-        (None, []) => Err(CliError::Message(format!("package `{}` has no binary target; a nimify service needs a `src/main.rs` calling `nimify::cli::run`", package.name))),
+        (Some(w), _) => Err(CliError::Message(format!(
+            "package `{}` has no binary `{w}` (binaries: {})",
+            package.name,
+            list(&bins)
+        ))),
+        (None, []) => Err(CliError::Message(format!(
+            "package `{}` has no binary target; a nimify service needs a `src/main.rs` calling `nimify::cli::run`",
+            package.name
+        ))),
         (None, [one]) => Ok((*one).to_string()),
-        (None, _) => package
-            .default_run
-            .clone()
-            .ok_or_else(|| CliError::Message(format!("package `{}` has several binaries ({}); pick one with --bin", package.name, list(&bins)))),
+        (None, _) => package.default_run.clone().ok_or_else(|| {
+            CliError::Message(format!(
+                "package `{}` has several binaries ({}); pick one with --bin",
+                package.name,
+                list(&bins)
+            ))
+        }),
     }
 }
 
@@ -182,7 +198,8 @@ fn list(names: &[&str]) -> String {
 fn settings_from(metadata: &serde_json::Value, table: &str, file: &Path) -> Result<Settings, CliError> {
     match metadata.get("nimify") {
         None | Some(serde_json::Value::Null) => Ok(Settings::default()),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| CliError::Message(format!("{table} in {}: {e}", file.display()))),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| CliError::Message(format!("{table} in {}: {e}", file.display()))),
     }
 }
 
@@ -192,8 +209,12 @@ mod tests {
 
     #[test]
     fn package_settings_override_workspace_ones() {
-        let ws: Settings = serde_json::from_value(serde_json::json!({"registry": "ghcr.io/acme", "tag": "ws", "assets": ["a"]})).expect("workspace");
-        let pkg: Settings = serde_json::from_value(serde_json::json!({"tag": "pkg", "env": {"dev": {"namespace": "dev"}}})).expect("package");
+        let ws: Settings =
+            serde_json::from_value(serde_json::json!({"registry": "ghcr.io/acme", "tag": "ws", "assets": ["a"]}))
+                .expect("workspace");
+        let pkg: Settings =
+            serde_json::from_value(serde_json::json!({"tag": "pkg", "env": {"dev": {"namespace": "dev"}}}))
+                .expect("package");
         let got = ws.layered(pkg);
         assert_eq!(got.registry.as_deref(), Some("ghcr.io/acme"));
         assert_eq!(got.tag.as_deref(), Some("pkg"));
@@ -203,9 +224,19 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = settings_from(&serde_json::json!({"nimify": {"imag": "x"}}), "[package.metadata.nimify]", Path::new("Cargo.toml")).expect_err("typo");
+        let err = settings_from(
+            &serde_json::json!({"nimify": {"imag": "x"}}),
+            "[package.metadata.nimify]",
+            Path::new("Cargo.toml"),
+        )
+        .expect_err("typo");
         assert!(err.to_string().contains("unknown field `imag`"), "{err}");
-        let err = settings_from(&serde_json::json!({"nimify": {"env": {"dev": {"namespce": "x"}}}}), "[package.metadata.nimify]", Path::new("Cargo.toml")).expect_err("typo");
+        let err = settings_from(
+            &serde_json::json!({"nimify": {"env": {"dev": {"namespce": "x"}}}}),
+            "[package.metadata.nimify]",
+            Path::new("Cargo.toml"),
+        )
+        .expect_err("typo");
         assert!(err.to_string().contains("namespce"), "{err}");
     }
 }

@@ -37,9 +37,23 @@ fn inspect_json() {
 
 #[test]
 fn help_texts() {
-    for args in [&["--help"][..], &["inspect", "--help"], &["serve", "--help"], &["ort", "install", "--help"], &["new", "--help"], &["build", "--help"], &["image", "--help"], &["chart", "--help"], &["deploy", "--help"], &["rollback", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["inspect", "--help"],
+        &["serve", "--help"],
+        &["ort", "install", "--help"],
+        &["new", "--help"],
+        &["build", "--help"],
+        &["image", "--help"],
+        &["chart", "--help"],
+        &["deploy", "--help"],
+        &["rollback", "--help"],
+    ] {
         let out = nimify().args(args).assert().success().get_output().stdout.clone();
-        insta::assert_snapshot!(format!("help_{}", args.join("_").trim_start_matches("--")), String::from_utf8(out).expect("utf8"));
+        insta::assert_snapshot!(
+            format!("help_{}", args.join("_").trim_start_matches("--")),
+            String::from_utf8(out).expect("utf8")
+        );
     }
 }
 
@@ -63,8 +77,15 @@ fn inspect_refuses_broken_models() {
 
 #[test]
 fn serve_refuses_broken_models() {
-    for (name, needle) in [("not_onnx.onnx", "not an ONNX model"), ("truncated.onnx", "truncated ONNX file"), ("missing.onnx", "No such file")] {
-        one_line_error(nimify().args(["serve", &model(name), "--port", "0"]).timeout(std::time::Duration::from_secs(60)), &[name, needle]);
+    for (name, needle) in [
+        ("not_onnx.onnx", "not an ONNX model"),
+        ("truncated.onnx", "truncated ONNX file"),
+        ("missing.onnx", "No such file"),
+    ] {
+        one_line_error(
+            nimify().args(["serve", &model(name), "--port", "0"]).timeout(std::time::Duration::from_secs(60)),
+            &[name, needle],
+        );
     }
 }
 
@@ -97,7 +118,17 @@ fn scaffolds_match_snapshots() {
         let dir = tempfile::tempdir().expect("tempdir");
         nimify()
             .current_dir(dir.path())
-            .args(["new", "svc", "--model", &model("odd_names.onnx"), "--template", template, "--no-interactive", "--nimify-path", "/path/to/nimify"])
+            .args([
+                "new",
+                "svc",
+                "--model",
+                &model("odd_names.onnx"),
+                "--template",
+                template,
+                "--no-interactive",
+                "--nimify-path",
+                "/path/to/nimify",
+            ])
             .assert()
             .success();
         let crate_dir = dir.path().join("svc");
@@ -113,8 +144,17 @@ fn scaffolds_match_snapshots() {
 fn build_names_the_package_and_binary_it_cannot_find() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let iris = root.join("examples/iris");
-    one_line_error(nimify().current_dir(&iris).args(["build", "--bin", "nope"]), &["package `example-iris` has no binary `nope`", "(binaries: example-iris)"]);
-    one_line_error(nimify().current_dir(&iris).args(["build", "--package", "nope"]), &["package `nope` is not in this workspace", "example-iris"]);
+    one_line_error(
+        nimify().current_dir(&iris).args(["build", "--bin", "nope"]),
+        &["package `example-iris` has no binary `nope`", "(binaries: example-iris)"],
+    );
+    one_line_error(
+        nimify().current_dir(&iris).args(["build", "--package", "nope"]),
+        &["package `nope` is not in this workspace", "example-iris"],
+    );
     // The workspace root is no package: say how to pick one.
-    one_line_error(nimify().current_dir(&root).args(["image", "--no-build"]), &["is not inside a package of this workspace", "--package"]);
+    one_line_error(
+        nimify().current_dir(&root).args(["image", "--no-build"]),
+        &["is not inside a package of this workspace", "--package"],
+    );
 }

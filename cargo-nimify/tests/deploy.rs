@@ -47,7 +47,9 @@ fn nimify(target: &Path, path: &str, args: &[&str]) -> std::process::Output {
 }
 
 fn clean(text: &[u8], target: &Path) -> String {
-    String::from_utf8_lossy(text).replace(&target.display().to_string(), "[TARGET]").replace(&root().display().to_string(), "[ROOT]")
+    String::from_utf8_lossy(text)
+        .replace(&target.display().to_string(), "[TARGET]")
+        .replace(&root().display().to_string(), "[ROOT]")
 }
 
 /// A PATH without helm (cargo itself comes from $CARGO).
@@ -61,17 +63,27 @@ fn deploy_and_rollback_dry_runs_per_environment() {
     let mut all = String::new();
     for env in ["dev", "staging", "prod"] {
         for version in ["3", "4"] {
-            let out = nimify(target.path(), &no_helm(), &["deploy", "--env", env, "--dry-run", "--helm-version", version]);
+            let out =
+                nimify(target.path(), &no_helm(), &["deploy", "--env", env, "--dry-run", "--helm-version", version]);
             assert!(out.status.success(), "{}", clean(&out.stderr, target.path()));
-            all += &format!("$ cargo nimify deploy --env {env} --dry-run --helm-version {version}\n{}", clean(&out.stdout, target.path()));
+            all += &format!(
+                "$ cargo nimify deploy --env {env} --dry-run --helm-version {version}\n{}",
+                clean(&out.stdout, target.path())
+            );
         }
         let out = nimify(target.path(), &no_helm(), &["deploy", "--env", env, "--dry-run", "--render", "manifests"]);
         assert!(out.status.success(), "{}", clean(&out.stderr, target.path()));
-        all += &format!("$ cargo nimify deploy --env {env} --dry-run --render manifests\n{}", clean(&out.stdout, target.path()));
+        all += &format!(
+            "$ cargo nimify deploy --env {env} --dry-run --render manifests\n{}",
+            clean(&out.stdout, target.path())
+        );
         let out = nimify(target.path(), &no_helm(), &["rollback", "--env", env, "--dry-run"]);
         all += &format!("$ cargo nimify rollback --env {env} --dry-run\n{}", clean(&out.stdout, target.path()));
         let out = nimify(target.path(), &no_helm(), &["rollback", "--env", env, "--revision", "4", "--dry-run"]);
-        all += &format!("$ cargo nimify rollback --env {env} --revision 4 --dry-run\n{}", clean(&out.stdout, target.path()));
+        all += &format!(
+            "$ cargo nimify rollback --env {env} --revision 4 --dry-run\n{}",
+            clean(&out.stdout, target.path())
+        );
     }
     insta::assert_snapshot!("deploy_dry_runs", all);
     // Without --helm-version and without helm, a dry run says which flags it shows.
@@ -93,11 +105,26 @@ fn chart_is_filled_in_from_the_image_record() {
     // Only the filled-in lines differ from charts/nimify/values.yaml.
     let pristine = std::fs::read_to_string(root().join("charts/nimify/values.yaml")).expect("pristine values");
     assert_eq!(values.lines().count(), pristine.lines().count());
-    let changed: Vec<String> = values.lines().zip(pristine.lines()).enumerate().filter(|(_, (a, b))| a != b).map(|(i, (a, _))| format!("{}: {a}", i + 1)).collect();
+    let changed: Vec<String> = values
+        .lines()
+        .zip(pristine.lines())
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, _))| format!("{}: {a}", i + 1))
+        .collect();
     insta::assert_snapshot!("chart_values", changed.join("\n"));
     let chart_yaml = std::fs::read_to_string(chart.join("Chart.yaml")).expect("Chart.yaml");
-    assert!(chart_yaml.contains("name: example-iris\n") && chart_yaml.contains("appVersion: \"0.1.0\"\n"), "{chart_yaml}");
-    for file in ["templates/deployment.yaml", "templates/tests/test-healthcheck.yaml", "files/dashboard.json", "values.schema.json", "values-prod.yaml"] {
+    assert!(
+        chart_yaml.contains("name: example-iris\n") && chart_yaml.contains("appVersion: \"0.1.0\"\n"),
+        "{chart_yaml}"
+    );
+    for file in [
+        "templates/deployment.yaml",
+        "templates/tests/test-healthcheck.yaml",
+        "files/dashboard.json",
+        "values.schema.json",
+        "values-prod.yaml",
+    ] {
         assert!(chart.join(file).is_file(), "{file} missing");
     }
 }
@@ -107,13 +134,26 @@ fn missing_image_record_helm_and_environment_are_clear_errors() {
     let empty = tempfile::tempdir().expect("tempdir");
     let out = nimify(empty.path(), &no_helm(), &["chart"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(clean(&out.stderr, empty.path()).contains("run `cargo nimify image` first"), "{}", clean(&out.stderr, empty.path()));
+    assert!(
+        clean(&out.stderr, empty.path()).contains("run `cargo nimify image` first"),
+        "{}",
+        clean(&out.stderr, empty.path())
+    );
     let target = recorded_image();
     let out = nimify(target.path(), &no_helm(), &["deploy", "--env", "qa", "--dry-run"]);
     assert_eq!(out.status.code(), Some(1));
     let err = clean(&out.stderr, target.path());
-    assert!(err.contains("unknown environment `qa`") && err.contains("(defined: dev, prod, staging)") && err.contains("[package.metadata.nimify.env.qa]"), "{err}");
-    for args in [&["deploy", "--env", "dev"][..], &["deploy", "--env", "dev", "--render", "out"], &["rollback", "--env", "prod"]] {
+    assert!(
+        err.contains("unknown environment `qa`")
+            && err.contains("(defined: dev, prod, staging)")
+            && err.contains("[package.metadata.nimify.env.qa]"),
+        "{err}"
+    );
+    for args in [
+        &["deploy", "--env", "dev"][..],
+        &["deploy", "--env", "dev", "--render", "out"],
+        &["rollback", "--env", "prod"],
+    ] {
         let out = nimify(target.path(), &no_helm(), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = clean(&out.stderr, target.path());
@@ -150,9 +190,15 @@ fn deploy_runs_helm_with_the_flags_its_version_takes() {
         assert_eq!(lines.len(), 2, "{calls}");
         assert!(lines[0].starts_with("upgrade --install example-iris [TARGET]/nimify/example-iris/chart --namespace iris-staging --kube-context staging") && lines[0].ends_with(flag), "{calls}");
         assert_eq!(lines[1], "test example-iris --namespace iris-staging --kube-context staging");
-        let out = nimify(target.path(), &bin.path().display().to_string(), &["rollback", "--env", "staging", "--revision", "2"]);
+        let out = nimify(
+            target.path(),
+            &bin.path().display().to_string(),
+            &["rollback", "--env", "staging", "--revision", "2"],
+        );
         assert!(out.status.success());
-        assert!(std::fs::read_to_string(&log).expect("log").ends_with("rollback example-iris 2 --namespace iris-staging --kube-context staging --wait --timeout 10m\n"));
+        assert!(std::fs::read_to_string(&log).expect("log").ends_with(
+            "rollback example-iris 2 --namespace iris-staging --kube-context staging --wait --timeout 10m\n"
+        ));
     }
     // A failed upgrade (helm rolls back itself) is exit 1, and no `helm test` runs after it.
     let bin = tempfile::tempdir().expect("bin dir");

@@ -86,7 +86,10 @@ pub fn parse(attr: TokenStream) -> syn::Result<Args> {
                     Ok(entries) => {
                         for entry in entries {
                             if dims.iter().any(|d| d.tensor.value() == entry.tensor.value()) {
-                                push(syn::Error::new_spanned(&entry.tensor, format!("dims of {:?} are given twice", entry.tensor.value())));
+                                push(syn::Error::new_spanned(
+                                    &entry.tensor,
+                                    format!("dims of {:?} are given twice", entry.tensor.value()),
+                                ));
                             } else {
                                 dims.push(entry);
                             }
@@ -97,7 +100,10 @@ pub fn parse(attr: TokenStream) -> syn::Result<Args> {
                 continue;
             }
             other => {
-                push(syn::Error::new_spanned(other, "expected `option = value`, or `dims(\"tensor\" = [\"batch\", 22])`"));
+                push(syn::Error::new_spanned(
+                    other,
+                    "expected `option = value`, or `dims(\"tensor\" = [\"batch\", 22])`",
+                ));
                 continue;
             }
         };
@@ -123,12 +129,17 @@ pub fn parse(attr: TokenStream) -> syn::Result<Args> {
                 },
                 other => push(syn::Error::new_spanned(other, "expected a path, e.g. `crate = ::nimify`")),
             },
-            _ => push(syn::Error::new_spanned(&nv.path, format!("unknown option `{key}`; expected `model`, `name`, `crate` or `dims(...)`"))),
+            _ => push(syn::Error::new_spanned(
+                &nv.path,
+                format!("unknown option `{key}`; expected `model`, `name`, `crate` or `dims(...)`"),
+            )),
         }
     }
     if let Some(e) = errors {
         return Err(e);
     }
-    let model = model.ok_or_else(|| syn::Error::new(Span::call_site(), "missing `model = \"path/to/model.onnx\"` (relative to Cargo.toml)"))?;
+    let model = model.ok_or_else(|| {
+        syn::Error::new(Span::call_site(), "missing `model = \"path/to/model.onnx\"` (relative to Cargo.toml)")
+    })?;
     Ok(Args { model, name, krate, dims })
 }

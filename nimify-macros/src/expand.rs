@@ -13,13 +13,15 @@ pub fn nimify(attr: TokenStream, item: TokenStream) -> TokenStream {
     let strukt: ItemStruct = match syn::parse2(item.clone()) {
         Ok(s) => s,
         Err(_) => {
-            let err = syn::Error::new_spanned(&item, "#[nimify] goes on a struct (unit, or with fields holding state)").to_compile_error();
+            let err = syn::Error::new_spanned(&item, "#[nimify] goes on a struct (unit, or with fields holding state)")
+                .to_compile_error();
             return quote! { #item #err };
         }
     };
     let result = crate::args::parse(attr).and_then(|args| {
         let krate = args.krate.clone().unwrap_or_else(|| syn::parse_quote!(::nimify));
-        crate::ir::lower(strukt.ident.clone(), &args.model, args.name.as_ref(), &args.dims).map(|svc| generate(&strukt, &svc, &krate))
+        crate::ir::lower(strukt.ident.clone(), &args.model, args.name.as_ref(), &args.dims)
+            .map(|svc| generate(&strukt, &svc, &krate))
     });
     match result {
         Ok(tokens) => tokens,
@@ -142,8 +144,10 @@ pub fn generate(strukt: &ItemStruct, svc: &Service, krate: &Path) -> TokenStream
     let output = format_ident!("{}Output", ident);
     let name = &svc.name;
     let path = svc.path.display().to_string();
-    let input_struct = io_struct(strukt, krate, &input, &svc.inputs, &format!("Inputs of model `{name}`, one field per tensor."));
-    let output_struct = io_struct(strukt, krate, &output, &svc.outputs, &format!("Outputs of model `{name}`, one field per tensor."));
+    let input_struct =
+        io_struct(strukt, krate, &input, &svc.inputs, &format!("Inputs of model `{name}`, one field per tensor."));
+    let output_struct =
+        io_struct(strukt, krate, &output, &svc.outputs, &format!("Outputs of model `{name}`, one field per tensor."));
     let input_decls = svc.inputs.iter().map(|f| decl(krate, f));
     let output_decls = svc.outputs.iter().map(|f| decl(krate, f));
     let into = svc.inputs.iter().map(|f| {
@@ -231,18 +235,46 @@ mod tests {
 
     #[test]
     fn plain_service() {
-        insta::assert_snapshot!(expand(quote!(model = "../tests/models/mlp.onnx"), quote!(pub struct Mlp;)));
+        insta::assert_snapshot!(expand(
+            quote!(model = "../tests/models/mlp.onnx"),
+            quote!(
+                pub struct Mlp;
+            )
+        ));
     }
 
     #[test]
     fn odd_names_scalars_and_map_rows() {
-        insta::assert_snapshot!("odd_names", expand(quote!(model = "../tests/models/odd_names.onnx", crate = ::my_nimify), quote!(pub(crate) struct Odd;)));
-        insta::assert_snapshot!("zipmap", expand(quote!(model = "../tests/models/zipmap.onnx", name = "iris"), quote!(struct Iris { labels: Vec<String> })));
+        insta::assert_snapshot!(
+            "odd_names",
+            expand(
+                quote!(model = "../tests/models/odd_names.onnx", crate = ::my_nimify),
+                quote!(
+                    pub(crate) struct Odd;
+                )
+            )
+        );
+        insta::assert_snapshot!(
+            "zipmap",
+            expand(
+                quote!(model = "../tests/models/zipmap.onnx", name = "iris"),
+                quote!(
+                    struct Iris {
+                        labels: Vec<String>,
+                    }
+                )
+            )
+        );
     }
 
     #[test]
     fn errors_keep_the_struct() {
-        let out = expand(quote!(model = "../tests/models/missing.onnx"), quote!(pub struct Gone;));
+        let out = expand(
+            quote!(model = "../tests/models/missing.onnx"),
+            quote!(
+                pub struct Gone;
+            ),
+        );
         assert!(out.contains("pub struct Gone;"), "{out}");
         assert!(out.contains("compile_error!"), "{out}");
         assert!(out.contains("model file not found: $WORKSPACE/tests/models/missing.onnx"), "{out}");

@@ -55,7 +55,8 @@ pub fn lower(ident: Ident, model: &LitStr, name: Option<&LitStr>, dims: &[DimsOv
     if !path.is_file() {
         return Err(syn::Error::new_spanned(model, format!("model file not found: {}", path.display())));
     }
-    let mut info: ModelInfo = nimify_model::read_model(&path).map_err(|e| syn::Error::new_spanned(model, format!("cannot read {}: {e}", path.display())))?;
+    let mut info: ModelInfo = nimify_model::read_model(&path)
+        .map_err(|e| syn::Error::new_spanned(model, format!("cannot read {}: {e}", path.display())))?;
     let overrides = apply_overrides(&mut info, dims)?;
     let mut errors: Option<syn::Error> = None;
     let mut fields = |values: &[ValueInfo], what: &str| {
@@ -80,7 +81,9 @@ pub fn lower(ident: Ident, model: &LitStr, name: Option<&LitStr>, dims: &[DimsOv
     if let Some(e) = errors {
         return Err(e);
     }
-    let served = name.map(LitStr::value).unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let served = name
+        .map(LitStr::value)
+        .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     Ok(Service { ident, name: served, path, inputs, outputs, overrides })
 }
 
@@ -92,15 +95,27 @@ fn apply_overrides(info: &mut ModelInfo, dims: &[DimsOverride]) -> syn::Result<V
         let wanted = o.tensor.value();
         let names: Vec<String> = info.inputs.iter().chain(&info.outputs).map(|v| format!("{:?}", v.name)).collect();
         let Some(value) = info.inputs.iter_mut().chain(info.outputs.iter_mut()).find(|v| v.name == wanted) else {
-            return Err(syn::Error::new_spanned(&o.tensor, format!("the model has no tensor {wanted:?}; its inputs and outputs are {}", names.join(", "))));
+            return Err(syn::Error::new_spanned(
+                &o.tensor,
+                format!("the model has no tensor {wanted:?}; its inputs and outputs are {}", names.join(", ")),
+            ));
         };
-        let new: Vec<Dim> = o.dims.iter().map(|d| match d {
-            DimSpec::Fixed(n) => Dim::Fixed(*n),
-            DimSpec::Named(s) => Dim::Symbolic(s.clone()),
-        }).collect();
+        let new: Vec<Dim> = o
+            .dims
+            .iter()
+            .map(|d| match d {
+                DimSpec::Fixed(n) => Dim::Fixed(*n),
+                DimSpec::Named(s) => Dim::Symbolic(s.clone()),
+            })
+            .collect();
         match &mut value.ty {
             ValueType::Tensor { shape, .. } => *shape = Some(new.clone()),
-            other => return Err(syn::Error::new_spanned(&o.tensor, format!("{wanted:?} is a {}, not a tensor: only tensor dims can be overridden", other.onnx_type()))),
+            other => {
+                return Err(syn::Error::new_spanned(
+                    &o.tensor,
+                    format!("{wanted:?} is a {}, not a tensor: only tensor dims can be overridden", other.onnx_type()),
+                ));
+            }
         }
         out.push((wanted, new));
     }
@@ -129,10 +144,15 @@ fn kind(v: &ValueInfo) -> Result<Kind, String> {
             Some(dims) => Kind::Tensor { elem: *e, dims: dims.clone() },
             None => Kind::AnyRank { elem: *e },
         }),
-        ValueType::Tensor { elem: Some(e), .. } => Err(format!("element type `{}` is not supported; nimify types bool, (u)int8..64, float16, bfloat16, float, double and string", e.onnx_name())),
+        ValueType::Tensor { elem: Some(e), .. } => Err(format!(
+            "element type `{}` is not supported; nimify types bool, (u)int8..64, float16, bfloat16, float, double and string",
+            e.onnx_name()
+        )),
         ValueType::Sequence { of } => match of.as_ref() {
             ValueType::Map { key: Some(k), value } => match value.as_ref() {
-                ValueType::Tensor { elem: Some(val), .. } if supported(*k) && supported(*val) => Ok(Kind::MapRows { key: *k, value: *val }),
+                ValueType::Tensor { elem: Some(val), .. } if supported(*k) && supported(*val) => {
+                    Ok(Kind::MapRows { key: *k, value: *val })
+                }
                 _ => Err(format!("type `{}` is not supported", v.ty.onnx_type())),
             },
             _ => Err(format!("type `{}` is not supported; export tensors (or a sequence of maps)", v.ty.onnx_type())),
@@ -147,7 +167,11 @@ fn field_ident(name: &str, used: &mut Vec<String>) -> Ident {
     let mut prev_us = true;
     for c in name.chars() {
         if c.is_ascii_alphanumeric() {
-            if c.is_ascii_uppercase() && !prev_us && !s.is_empty() && s.chars().last().is_some_and(|p| p.is_ascii_lowercase()) {
+            if c.is_ascii_uppercase()
+                && !prev_us
+                && !s.is_empty()
+                && s.chars().last().is_some_and(|p| p.is_ascii_lowercase())
+            {
                 s.push('_');
             }
             s.push(c.to_ascii_lowercase());
@@ -181,10 +205,14 @@ mod tests {
     #[test]
     fn odd_tensor_names_become_identifiers() {
         let mut used = Vec::new();
-        let names: Vec<String> = ["input/0:x.y", "it's \"quoted\"", "X", "X", "123", "type", "outputProbability", "with space.v2"]
-            .iter()
-            .map(|n| field_ident(n, &mut used).to_string())
-            .collect();
-        assert_eq!(names, ["input_0_x_y", "it_s_quoted", "x", "x_2", "t_123", "type_", "output_probability", "with_space_v2"]);
+        let names: Vec<String> =
+            ["input/0:x.y", "it's \"quoted\"", "X", "X", "123", "type", "outputProbability", "with space.v2"]
+                .iter()
+                .map(|n| field_ident(n, &mut used).to_string())
+                .collect();
+        assert_eq!(
+            names,
+            ["input_0_x_y", "it_s_quoted", "x", "x_2", "t_123", "type_", "output_probability", "with_space_v2"]
+        );
     }
 }

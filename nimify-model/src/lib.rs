@@ -33,7 +33,9 @@ pub enum ModelError {
     #[error("read error: {0}")]
     Io(std::io::Error),
     /// The file ends inside a field.
-    #[error("truncated ONNX file: a field at byte {offset} runs past the end of the file ({len} bytes); re-export or re-copy the model")]
+    #[error(
+        "truncated ONNX file: a field at byte {offset} runs past the end of the file ({len} bytes); re-export or re-copy the model"
+    )]
     Truncated {
         /// Where the broken field starts.
         offset: u64,
@@ -107,7 +109,8 @@ pub fn read_model_from<R: Read + Seek>(source: R, len: u64) -> Result<ModelInfo,
             }
             (14, WireType::Len) => {
                 let at = w.pos();
-                let kv = onnx::StringStringEntryProto::decode(w.bytes(end)?.as_slice()).map_err(|e| decode_err(at, &e))?;
+                let kv =
+                    onnx::StringStringEntryProto::decode(w.bytes(end)?.as_slice()).map_err(|e| decode_err(at, &e))?;
                 info.metadata.push((kv.key.unwrap_or_default(), kv.value.unwrap_or_default()));
             }
             _ => w.skip(wt, end)?,
@@ -122,7 +125,9 @@ pub fn read_model_from<R: Read + Seek>(source: R, len: u64) -> Result<ModelInfo,
     if info.opsets.is_empty() {
         // Every ONNX writer emits opset_import (field 8) after the graph; without it the file is
         // either not a model or was cut short at a field boundary.
-        return Err(ModelError::NotOnnx("the file imports no operator set (ModelProto field 8); it may be truncated".into()));
+        return Err(ModelError::NotOnnx(
+            "the file imports no operator set (ModelProto field 8); it may be truncated".into(),
+        ));
     }
     info.graph_name = graph.name;
     info.inputs = graph.inputs.into_iter().filter(|i| !graph.initializers.contains(&i.name)).collect();
@@ -187,7 +192,8 @@ fn read_initializer<R: Read + Seek>(w: &mut Wire<R>, end: u64, g: &mut GraphPart
             (8, WireType::Len) => name = w.string(end)?,
             (13, WireType::Len) => {
                 let at = w.pos();
-                let kv = onnx::StringStringEntryProto::decode(w.bytes(end)?.as_slice()).map_err(|e| decode_err(at, &e))?;
+                let kv =
+                    onnx::StringStringEntryProto::decode(w.bytes(end)?.as_slice()).map_err(|e| decode_err(at, &e))?;
                 external.push((kv.key.unwrap_or_default(), kv.value.unwrap_or_default()));
             }
             (14, _) => location_external = w.int(wt, end)? == Some(1),
@@ -220,13 +226,19 @@ fn value_type(t: onnx::TypeProto) -> ValueType {
     let elem = |code: Option<i32>| code.and_then(ElementType::from_code);
     match t.value {
         Some(Value::TensorType(t)) => ValueType::Tensor { elem: elem(t.elem_type), shape: t.shape.map(shape) },
-        Some(Value::SparseTensorType(t)) => ValueType::SparseTensor { elem: elem(t.elem_type), shape: t.shape.map(shape) },
-        Some(Value::SequenceType(s)) => ValueType::Sequence { of: Box::new(s.elem_type.map_or(ValueType::Unknown, |t| value_type(*t))) },
+        Some(Value::SparseTensorType(t)) => {
+            ValueType::SparseTensor { elem: elem(t.elem_type), shape: t.shape.map(shape) }
+        }
+        Some(Value::SequenceType(s)) => {
+            ValueType::Sequence { of: Box::new(s.elem_type.map_or(ValueType::Unknown, |t| value_type(*t))) }
+        }
         Some(Value::MapType(m)) => ValueType::Map {
             key: elem(m.key_type),
             value: Box::new(m.value_type.map_or(ValueType::Unknown, |t| value_type(*t))),
         },
-        Some(Value::OptionalType(o)) => ValueType::Optional { of: Box::new(o.elem_type.map_or(ValueType::Unknown, |t| value_type(*t))) },
+        Some(Value::OptionalType(o)) => {
+            ValueType::Optional { of: Box::new(o.elem_type.map_or(ValueType::Unknown, |t| value_type(*t))) }
+        }
         Some(Value::OpaqueType(_)) | None => ValueType::Unknown,
     }
 }

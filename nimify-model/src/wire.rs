@@ -92,10 +92,8 @@ impl<R: Read + Seek> Wire<R> {
     pub(crate) fn len_end(&mut self, end: u64) -> Result<u64, ModelError> {
         let at = self.pos;
         let n = self.varint()?;
-        let body_end = self.pos.checked_add(n).ok_or(ModelError::Malformed {
-            offset: at,
-            what: "length overflows".into(),
-        })?;
+        let body_end =
+            self.pos.checked_add(n).ok_or(ModelError::Malformed { offset: at, what: "length overflows".into() })?;
         if body_end > self.len {
             return Err(ModelError::Truncated { offset: at, len: self.len });
         }
@@ -113,10 +111,8 @@ impl<R: Read + Seek> Wire<R> {
         if to > self.len {
             return Err(ModelError::Truncated { offset: self.pos, len: self.len });
         }
-        let delta = i64::try_from(to - self.pos).map_err(|_| ModelError::Malformed {
-            offset: self.pos,
-            what: "skip too large".into(),
-        })?;
+        let delta = i64::try_from(to - self.pos)
+            .map_err(|_| ModelError::Malformed { offset: self.pos, what: "skip too large".into() })?;
         self.inner.seek_relative(delta).map_err(ModelError::Io)?;
         self.pos = to;
         Ok(())

@@ -81,7 +81,9 @@ fn every_truncation_is_an_error_not_a_panic() {
             match read_model_from(std::io::Cursor::new(prefix), prefix.len() as u64) {
                 Err(_) => {}
                 Ok(info) => assert!(
-                    (info.metadata.len() < full.metadata.len() || info.opsets.len() < full.opsets.len()) && info.inputs == full.inputs && info.outputs == full.outputs,
+                    (info.metadata.len() < full.metadata.len() || info.opsets.len() < full.opsets.len())
+                        && info.inputs == full.inputs
+                        && info.outputs == full.outputs,
                     "{name} cut at {cut} of {} bytes was accepted as {info:?}",
                     bytes.len()
                 ),
@@ -130,14 +132,23 @@ fn broken_files_have_clear_errors() {
 
 #[test]
 fn negative_dim_values_are_dynamic() {
-    use nimify_model::onnx::{GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto};
+    use nimify_model::onnx::{
+        GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto,
+        type_proto,
+    };
     use prost::Message;
-    let dim = |v: i64| tensor_shape_proto::Dimension { denotation: None, value: Some(tensor_shape_proto::dimension::Value::DimValue(v)) };
+    let dim = |v: i64| tensor_shape_proto::Dimension {
+        denotation: None,
+        value: Some(tensor_shape_proto::dimension::Value::DimValue(v)),
+    };
     let vi = ValueInfoProto {
         name: Some("x".into()),
         r#type: Some(TypeProto {
             denotation: None,
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(1), shape: Some(TensorShapeProto { dim: vec![dim(-1), dim(3)] }) })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(TensorShapeProto { dim: vec![dim(-1), dim(3)] }),
+            })),
         }),
         ..Default::default()
     };

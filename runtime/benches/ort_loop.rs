@@ -26,7 +26,8 @@ fn main() {
         .iter()
         .map(|i| {
             let (elem, dims) = i.ty.as_tensor().expect("tensor input");
-            let shape = dims.unwrap_or(&[]).iter().map(|d| if let Dim::Fixed(n) = d { *n as usize } else { 1 }).collect();
+            let shape =
+                dims.unwrap_or(&[]).iter().map(|d| if let Dim::Fixed(n) = d { *n as usize } else { 1 }).collect();
             Tensor::zeros(elem.expect("element type"), shape).expect("zeros")
         })
         .collect();

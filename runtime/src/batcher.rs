@@ -156,7 +156,10 @@ impl Worker {
     fn run_batched(&self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, jobs: &[Job]) -> Batched {
         let rows: Vec<usize> = jobs.iter().map(|j| j.items).collect();
         let total: usize = rows.iter().sum();
-        let Some(merged) = (0..self.input_names.len()).map(|i| Tensor::concat(&jobs.iter().map(|j| &j.inputs[i]).collect::<Vec<_>>())).collect::<Option<Vec<_>>>() else {
+        let Some(merged) = (0..self.input_names.len())
+            .map(|i| Tensor::concat(&jobs.iter().map(|j| &j.inputs[i]).collect::<Vec<_>>()))
+            .collect::<Option<Vec<_>>>()
+        else {
             return Batched::OneByOne;
         };
         let links: Vec<&Link> = jobs.iter().map(|j| &j.link).collect();
@@ -184,13 +187,25 @@ impl Worker {
                 slot.push((name.clone(), piece));
             }
         }
-        per_job.into_iter().zip(jobs).map(|(all, job)| select(all, &job.wanted).ok()).collect::<Option<Vec<_>>>().map_or(Batched::OneByOne, Batched::Done)
+        per_job
+            .into_iter()
+            .zip(jobs)
+            .map(|(all, job)| select(all, &job.wanted).ok())
+            .collect::<Option<Vec<_>>>()
+            .map_or(Batched::OneByOne, Batched::Done)
     }
 
     /// One execution for the requests behind `links`, counted in `exec_count` and compute time
     /// (items are counted by the caller once the results are delivered); stopped midway when
     /// they all go, and not started when they all have.
-    fn run_one(&self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, links: &[&Link], inputs: Vec<Tensor>, wanted: &[&str]) -> Result<Outputs, ApiError> {
+    fn run_one(
+        &self,
+        session: &mut Session,
+        options: &mut Option<Arc<RunOptions>>,
+        links: &[&Link],
+        inputs: Vec<Tensor>,
+        wanted: &[&str],
+    ) -> Result<Outputs, ApiError> {
         let run = Run::new(options.clone());
         let joined = links.iter().filter(|l| l.join(&run).is_ok()).count();
         if joined == 0 {
@@ -210,7 +225,12 @@ impl Worker {
             *options = crate::cancel::run_options();
             if result.is_err() {
                 self.metrics.terminated(why).inc();
-                tracing::info!(reason = why.label(), requests = joined, took_ms = start.elapsed().as_millis() as u64, "stopped an ONNX Runtime run nobody waited for");
+                tracing::info!(
+                    reason = why.label(),
+                    requests = joined,
+                    took_ms = start.elapsed().as_millis() as u64,
+                    "stopped an ONNX Runtime run nobody waited for"
+                );
             }
         }
         result
@@ -231,7 +251,8 @@ enum Batched {
 fn group_by_trailing_dims(jobs: Vec<Job>) -> Vec<Vec<Job>> {
     let mut groups: Vec<(Vec<Vec<usize>>, Vec<Job>)> = Vec::new();
     for job in jobs {
-        let key: Vec<Vec<usize>> = job.inputs.iter().map(|t| t.shape.get(1..).map(<[usize]>::to_vec).unwrap_or_default()).collect();
+        let key: Vec<Vec<usize>> =
+            job.inputs.iter().map(|t| t.shape.get(1..).map(<[usize]>::to_vec).unwrap_or_default()).collect();
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, g)) => g.push(job),
             None => groups.push((key, vec![job])),
@@ -251,7 +272,10 @@ fn select(mut all: Outputs, wanted: &[String]) -> Result<Outputs, ApiError> {
     wanted
         .iter()
         .map(|name| {
-            let i = all.iter().position(|(n, _)| n == name).ok_or_else(|| ApiError::Inference(format!("ONNX Runtime returned no output {name:?}")))?;
+            let i = all
+                .iter()
+                .position(|(n, _)| n == name)
+                .ok_or_else(|| ApiError::Inference(format!("ONNX Runtime returned no output {name:?}")))?;
             Ok(all.swap_remove(i))
         })
         .collect()
@@ -260,7 +284,13 @@ fn select(mut all: Outputs, wanted: &[String]) -> Result<Outputs, ApiError> {
 /// One ONNX Runtime execution, stoppable through `options`; every output, in session order.
 /// With `output_cap` (bytes, outputs asked for), outputs asked for that total more than the
 /// cap are refused before anything is copied out of ONNX Runtime.
-pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>, options: Option<&RunOptions>, output_cap: Option<(usize, &[&str])>) -> Result<Outputs, ApiError> {
+pub fn run_session(
+    session: &mut Session,
+    names: &[String],
+    inputs: Vec<Tensor>,
+    options: Option<&RunOptions>,
+    output_cap: Option<(usize, &[&str])>,
+) -> Result<Outputs, ApiError> {
     let values = names
         .iter()
         .map(String::as_str)
@@ -274,10 +304,17 @@ pub fn run_session(session: &mut Session, names: &[String], inputs: Vec<Tensor>,
     }
     .map_err(|e| ApiError::Inference(e.to_string()))?;
     if let Some((cap, wanted)) = output_cap {
-        let total = outputs.iter().filter(|(name, _)| wanted.contains(name)).map(|(_, v)| crate::tensor::ort_byte_len(&v)).fold(0usize, usize::saturating_add);
+        let total = outputs
+            .iter()
+            .filter(|(name, _)| wanted.contains(name))
+            .map(|(_, v)| crate::tensor::ort_byte_len(&v))
+            .fold(0usize, usize::saturating_add);
         if total > cap {
             return Err(output_too_large(total, cap));
         }
     }
-    outputs.iter().map(|(name, value)| from_ort(&value).map(|t| (name.to_string(), t)).map_err(ApiError::Inference)).collect()
+    outputs
+        .iter()
+        .map(|(name, value)| from_ort(&value).map(|t| (name.to_string(), t)).map_err(ApiError::Inference))
+        .collect()
 }

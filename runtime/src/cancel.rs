@@ -227,7 +227,8 @@ mod tests {
         let (late, late_link) = with_deadline(deadline, async { link() }).await;
         drop(late);
         assert_eq!(late_link.gone(), Some(Gone::Deadline));
-        let (early, early_link) = with_deadline(Instant::now() + std::time::Duration::from_secs(60), async { link() }).await;
+        let (early, early_link) =
+            with_deadline(Instant::now() + std::time::Duration::from_secs(60), async { link() }).await;
         drop(early);
         assert_eq!(early_link.gone(), Some(Gone::Disconnect));
     }

@@ -55,7 +55,14 @@ pub struct ServiceArgs {
     #[arg(long, global = true, env = "NIMIFY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
     /// Comma-separated API keys (environment only, so they stay out of `ps`).
-    #[arg(long = "api-keys-from-env-only", global = true, env = "NIMIFY_API_KEYS", hide = true, hide_env_values = true, value_delimiter = ',')]
+    #[arg(
+        long = "api-keys-from-env-only",
+        global = true,
+        env = "NIMIFY_API_KEYS",
+        hide = true,
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     pub api_keys: Option<Vec<String>>,
     /// ONNX Runtime intra-op threads; 0: one per CPU this process may use [default: 0].
     #[arg(long, global = true, env = "NIMIFY_INTRA_THREADS")]
@@ -203,7 +210,10 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
     let config = args.config().map_err(|e| e.to_string())?;
     let address = format!("{}:{}", config.host, config.port);
     let (state, router) = register(ServerBuilder::new(config)).build().map_err(|e| e.to_string())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&address)
             .await
@@ -228,10 +238,16 @@ fn healthcheck(args: &ServiceArgs) -> Result<(), String> {
     let host = if config.host == "0.0.0.0" { "127.0.0.1".to_string() } else { config.host.clone() };
     let address = format!("{host}:{}", config.port);
     let timeout = std::time::Duration::from_secs(3);
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&address).map_err(|e| format!("{address}: {e}"))?.next().ok_or_else(|| format!("{address}: no address"))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{address} is not answering: {e}"))?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&address)
+        .map_err(|e| format!("{address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address}: no address"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{address} is not answering: {e}"))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    stream.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     if response.starts_with("HTTP/1.1 200") {

@@ -142,7 +142,14 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { intra_threads: 0, inter_threads: 0, optimization: Optimization::All, memory_arena: false, instances: 1, spinning: false }
+        Self {
+            intra_threads: 0,
+            inter_threads: 0,
+            optimization: Optimization::All,
+            memory_arena: false,
+            instances: 1,
+            spinning: false,
+        }
     }
 }
 
@@ -236,7 +243,8 @@ impl Config {
 
     /// Parses one TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
     }
 
@@ -262,9 +270,11 @@ impl Config {
         if self.batching.queue_capacity == 0 {
             return Err(ConfigError::Invalid("batching.queue_capacity must be at least 1, got 0".into()));
         }
-        let mut keys: Vec<String> = self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        let mut keys: Vec<String> =
+            self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
         if let Some(file) = &self.api_keys_file {
-            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+            let text =
+                std::fs::read_to_string(file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
             keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
             if keys.is_empty() {
                 return Err(ConfigError::Invalid(format!("api key file {} holds no key", file.display())));
@@ -295,7 +305,9 @@ mod tests {
 
     #[test]
     fn partial_files_keep_defaults() {
-        let c = Config::from_toml("[batching]\nmax_batch_size = 8\n[session]\ninstances = 2\noptimization = \"basic\"\n").expect("valid");
+        let c =
+            Config::from_toml("[batching]\nmax_batch_size = 8\n[session]\ninstances = 2\noptimization = \"basic\"\n")
+                .expect("valid");
         assert_eq!(c.batching.max_batch_size, 8);
         assert_eq!(c.batching.queue_capacity, BatchingConfig::default().queue_capacity);
         assert_eq!(c.session.instances, 2);

@@ -59,7 +59,8 @@ impl Limits {
     /// limit less [`RESERVED_FDS`] (or 10 000 where that limit cannot be read).
     pub fn from_config(config: &crate::Config) -> Self {
         let max_connections = match config.max_connections {
-            0 => open_file_limit().map_or(10_000, |n| usize::try_from(n.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)),
+            0 => open_file_limit()
+                .map_or(10_000, |n| usize::try_from(n.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)),
             n => n,
         }
         // The cap is a semaphore's permit count, waited for all at once on shutdown.
@@ -83,7 +84,13 @@ fn open_file_limit() -> Option<u64> {
 /// Accepts connections until `stop` turns true, then returns; the connections already open get
 /// `stop` too and close once their current request is answered. Returns the cap's semaphore so
 /// the caller can wait for every connection to end.
-pub(crate) async fn accept_loop(listener: TcpListener, router: Router, limits: Limits, metrics: Metrics, mut stop: watch::Receiver<bool>) -> Arc<Semaphore> {
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) -> Arc<Semaphore> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = Arc::new(Open::default());
     let mut backoff = Duration::ZERO;
@@ -119,7 +126,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, router: Router, limits: L
                 Err(tokio::sync::TryAcquireError::Closed) => break None,
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
                     if !warned_full {
-                        tracing::warn!(max_connections = limits.max_connections, "connection cap reached; shedding the connections that wait longest for a request (max_connections)");
+                        tracing::warn!(
+                            max_connections = limits.max_connections,
+                            "connection cap reached; shedding the connections that wait longest for a request (max_connections)"
+                        );
                         warned_full = true;
                     }
                     open.shed_longest_waiting();
@@ -190,7 +200,8 @@ impl Open {
     /// any: it frees a slot and a file descriptor for a client that may have one to send.
     fn shed_longest_waiting(&self) {
         let clocks = self.clocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let longest = clocks.values().filter_map(|c| c.waiting_since().map(|since| (since, c))).min_by_key(|(since, _)| *since);
+        let longest =
+            clocks.values().filter_map(|c| c.waiting_since().map(|since| (since, c))).min_by_key(|(since, _)| *since);
         if let Some((_, clock)) = longest {
             clock.shed();
         }
@@ -209,14 +220,21 @@ impl Drop for Registered {
     }
 }
 
-async fn serve_connection(stream: TcpStream, router: Router, clock: Arc<Clock>, metrics: &Metrics, mut stop: watch::Receiver<bool>) {
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    clock: Arc<Clock>,
+    metrics: &Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
     let io = TokioIo::new(Guarded { stream, clock: Arc::clone(&clock), replacement: None, first_read: true });
     let service_clock = Arc::clone(&clock);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let busy = Busy::start(Arc::clone(&service_clock));
         let router = router.clone();
         async move {
-            let response = router.oneshot(request.map(Body::new)).await.unwrap_or_else(|never: Infallible| match never {});
+            let response =
+                router.oneshot(request.map(Body::new)).await.unwrap_or_else(|never: Infallible| match never {});
             Ok::<_, Infallible>(response.map(|body| Body::new(Tracked { body, _busy: busy })))
         }
     });
@@ -294,7 +312,11 @@ struct ClockState {
 
 impl Clock {
     fn new(limits: Limits) -> Self {
-        Self { state: Mutex::new(ClockState { phase: Phase::Head(Instant::now()), write_blocked: None, http2: false }), limits, changed: Notify::new() }
+        Self {
+            state: Mutex::new(ClockState { phase: Phase::Head(Instant::now()), write_blocked: None, http2: false }),
+            limits,
+            changed: Notify::new(),
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut ClockState) -> T) -> T {
@@ -318,7 +340,11 @@ impl Clock {
             Phase::Shed => Some("shed"),
             Phase::Head(since) if now >= since + self.limits.header_read_timeout => Some("header_timeout"),
             Phase::Idle(since) if now >= since + self.limits.idle_timeout => Some("idle_timeout"),
-            Phase::Busy(_) | Phase::Flushing if s.write_blocked.is_some_and(|since| now >= since + self.limits.idle_timeout) => Some("write_stalled"),
+            Phase::Busy(_) | Phase::Flushing
+                if s.write_blocked.is_some_and(|since| now >= since + self.limits.idle_timeout) =>
+            {
+                Some("write_stalled")
+            }
             _ => None,
         })
     }
@@ -436,7 +462,10 @@ impl HttpBody for Tracked {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
@@ -526,7 +555,11 @@ impl AsyncWrite for Guarded {
         result
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         std::task::ready!(self.poll_replacement(cx))?;
         // hyper's own answers are a head and nothing else, in one slice.
         let mut slices = bufs.iter().filter(|b| !b.is_empty());
@@ -566,13 +599,26 @@ impl AsyncWrite for Guarded {
 fn json_answer_for(head: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(head).ok()?;
     let (status, reason, message) = match text.get(..13)? {
-        "HTTP/1.1 400 " | "HTTP/1.0 400 " => (400, "Bad Request", "the request is not valid HTTP/1.1 (request line, method, URI or a header could not be parsed)"),
-        "HTTP/1.1 414 " | "HTTP/1.0 414 " => (414, "URI Too Long", "the request URI is longer than the server accepts; send long values in the body"),
-        "HTTP/1.1 431 " | "HTTP/1.0 431 " => (431, "Request Header Fields Too Large", "the request's header section is larger than the server accepts (at most 100 headers and about 400 KB); send less in headers"),
+        "HTTP/1.1 400 " | "HTTP/1.0 400 " => (
+            400,
+            "Bad Request",
+            "the request is not valid HTTP/1.1 (request line, method, URI or a header could not be parsed)",
+        ),
+        "HTTP/1.1 414 " | "HTTP/1.0 414 " => {
+            (414, "URI Too Long", "the request URI is longer than the server accepts; send long values in the body")
+        }
+        "HTTP/1.1 431 " | "HTTP/1.0 431 " => (
+            431,
+            "Request Header Fields Too Large",
+            "the request's header section is larger than the server accepts (at most 100 headers and about 400 KB); send less in headers",
+        ),
         _ => return None,
     };
     let lower = text.to_ascii_lowercase();
-    if !lower.ends_with("\r\n\r\n") || !lower.contains("\r\ncontent-length: 0\r\n") || lower.contains("\r\ncontent-type:") {
+    if !lower.ends_with("\r\n\r\n")
+        || !lower.contains("\r\ncontent-length: 0\r\n")
+        || lower.contains("\r\ncontent-type:")
+    {
         return None;
     }
     let body = serde_json::json!({ "error": message }).to_string();
@@ -587,13 +633,19 @@ mod tests {
     fn only_hyper_bodiless_parse_errors_are_replaced() {
         let hyper_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Tue, 01 Dec 2026 18:00:00 GMT\r\n\r\n";
         let answer = String::from_utf8(json_answer_for(hyper_431).expect("replaced")).expect("utf-8");
-        assert!(answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"),
+            "{answer}"
+        );
         let body = answer.split("\r\n\r\n").nth(1).expect("body");
         let json: serde_json::Value = serde_json::from_str(body).expect("json");
         assert!(json["error"].as_str().is_some_and(|e| e.contains("header section")), "{json}");
         assert!(answer.contains(&format!("content-length: {}\r\n", body.len())));
         for status in ["400 Bad Request", "414 URI Too Long"] {
-            assert!(json_answer_for(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).is_some(), "{status}");
+            assert!(
+                json_answer_for(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).is_some(),
+                "{status}"
+            );
         }
         for kept in [
             &b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n"[..],

@@ -24,14 +24,23 @@ pub fn parse_expected(spec: &str, names: &[&str]) -> Result<BTreeMap<String, Str
     if !spec.contains('=') {
         return match names {
             [one] => Ok(BTreeMap::from([((*one).to_string(), check_hex(spec)?)])),
-            _ => Err(invalid(format!("is one digest but the service has {} models ({}); give `name=digest` pairs separated by commas", names.len(), names.join(", ")))),
+            _ => Err(invalid(format!(
+                "is one digest but the service has {} models ({}); give `name=digest` pairs separated by commas",
+                names.len(),
+                names.join(", ")
+            ))),
         };
     }
     let mut expected = BTreeMap::new();
     for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, hex) = pair.split_once('=').ok_or_else(|| invalid(format!("entry {pair:?} is not `name=digest`")))?;
+        let (name, hex) =
+            pair.split_once('=').ok_or_else(|| invalid(format!("entry {pair:?} is not `name=digest`")))?;
         if !names.contains(&name.trim()) {
-            return Err(invalid(format!("names model {:?}, which this service does not have (it has {})", name.trim(), names.join(", "))));
+            return Err(invalid(format!(
+                "names model {:?}, which this service does not have (it has {})",
+                name.trim(),
+                names.join(", ")
+            )));
         }
         expected.insert(name.trim().to_string(), check_hex(hex)?);
     }
@@ -44,14 +53,20 @@ pub fn verify(expected: &BTreeMap<String, String>, models: &[(String, PathBuf)])
         let Some(want) = expected.get(name) else { continue };
         let found = file_digest(path)?;
         if &found != want {
-            return Err(LoadError::DigestMismatch { name: name.clone(), path: path.clone(), expected: want.clone(), found });
+            return Err(LoadError::DigestMismatch {
+                name: name.clone(),
+                path: path.clone(),
+                expected: want.clone(),
+                found,
+            });
         }
     }
     Ok(())
 }
 
 fn file_digest(path: &Path) -> Result<String, LoadError> {
-    nimify_model::file_sha256(path).map_err(|e| LoadError::Signature { path: path.to_path_buf(), source: nimify_model::ModelError::Io(e) })
+    nimify_model::file_sha256(path)
+        .map_err(|e| LoadError::Signature { path: path.to_path_buf(), source: nimify_model::ModelError::Io(e) })
 }
 
 #[cfg(test)]
@@ -63,7 +78,10 @@ mod tests {
     #[test]
     fn one_digest_needs_one_model() {
         assert_eq!(parse_expected(A, &["iris"]).expect("one model")["iris"], A);
-        assert_eq!(parse_expected(&format!("sha256:{}", A.to_uppercase()), &["iris"]).expect("prefixed, upper case")["iris"], A);
+        assert_eq!(
+            parse_expected(&format!("sha256:{}", A.to_uppercase()), &["iris"]).expect("prefixed, upper case")["iris"],
+            A
+        );
         let err = parse_expected(A, &["scaler", "scorer"]).expect_err("two models").to_string();
         assert!(err.contains("2 models (scaler, scorer)") && err.contains("name=digest"), "{err}");
     }

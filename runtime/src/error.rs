@@ -113,7 +113,9 @@ pub(crate) fn client_message(detail: &str) -> String {
 /// `path/file.h:47`, `file.cc:120`, ...
 fn is_source_location(token: &str) -> bool {
     token.rsplit_once(':').is_some_and(|(file, line)| {
-        !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) && [".h", ".hpp", ".cc", ".cpp", ".cu"].iter().any(|x| file.ends_with(x))
+        !line.is_empty()
+            && line.bytes().all(|b| b.is_ascii_digit())
+            && [".h", ".hpp", ".cc", ".cpp", ".cu"].iter().any(|x| file.ends_with(x))
     })
 }
 
@@ -134,7 +136,11 @@ fn skip_signature(text: &str) -> &str {
                 depth -= 1;
                 if depth == 0 {
                     let mut after = text[open + i + 1..].trim_start();
-                    after = after.strip_prefix("const").filter(|r| r.is_empty() || r.starts_with(char::is_whitespace)).unwrap_or(after).trim_start();
+                    after = after
+                        .strip_prefix("const")
+                        .filter(|r| r.is_empty() || r.starts_with(char::is_whitespace))
+                        .unwrap_or(after)
+                        .trim_start();
                     if after.starts_with("[with ")
                         && let Some(close) = after.find(']')
                     {
@@ -173,7 +179,10 @@ impl IntoResponse for ApiError {
                 headers.insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
             }
             ApiError::UnsupportedEncoding(_) => {
-                headers.insert(axum::http::header::ACCEPT_ENCODING, axum::http::HeaderValue::from_static(crate::request_body::ACCEPTED_ENCODINGS));
+                headers.insert(
+                    axum::http::header::ACCEPT_ENCODING,
+                    axum::http::HeaderValue::from_static(crate::request_body::ACCEPTED_ENCODINGS),
+                );
             }
             _ => {}
         }

@@ -37,9 +37,16 @@ pub fn declared(name: &str, onnx: &[u8]) -> Result<Declared, String> {
 /// elements as its shape says).
 pub fn v2_request(model: &Declared, header_len: Option<&str>, body: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
     let body = bytes::Bytes::copy_from_slice(body);
-    let decoded = crate::v2::codec::decode_for(&model.name, &model.inputs, &model.outputs, header_len, &body).map_err(|e| e.to_string())?;
+    let decoded = crate::v2::codec::decode_for(&model.name, &model.inputs, &model.outputs, header_len, &body)
+        .map_err(|e| e.to_string())?;
     for (name, t) in &decoded.inputs {
-        assert_eq!(t.data.len(), t.shape.iter().product::<usize>(), "decoded input {name:?} has shape {:?} but {} elements", t.shape, t.data.len());
+        assert_eq!(
+            t.data.len(),
+            t.shape.iter().product::<usize>(),
+            "decoded input {name:?} has shape {:?} but {} elements",
+            t.shape,
+            t.data.len()
+        );
     }
     check(model, decoded.inputs)
 }

@@ -3,7 +3,10 @@
 //!
 //! One registry per server (not the global one), so several servers in one process stay apart.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// All metric families of one server.
 #[derive(Debug, Clone)]
@@ -37,7 +40,8 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS).unwrap_or_else(|e| unreachable_metric(name, &e));
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS)
+        .unwrap_or_else(|e| unreachable_metric(name, &e));
     registry.register(Box::new(h.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
     h
 }
@@ -62,8 +66,14 @@ impl Metrics {
     /// Registers every family.
     pub fn new() -> Self {
         let r = Registry::new();
-        let pending = IntGaugeVec::new(Opts::new("nv_inference_pending_request_count", "Instantaneous number of pending requests awaiting execution per-model."), LABELS)
-            .unwrap_or_else(|e| unreachable_metric("nv_inference_pending_request_count", &e));
+        let pending = IntGaugeVec::new(
+            Opts::new(
+                "nv_inference_pending_request_count",
+                "Instantaneous number of pending requests awaiting execution per-model.",
+            ),
+            LABELS,
+        )
+        .unwrap_or_else(|e| unreachable_metric("nv_inference_pending_request_count", &e));
         r.register(Box::new(pending.clone())).unwrap_or_else(|e| unreachable_metric("pending", &e));
         let build = IntGauge::with_opts(
             Opts::new("nimify_build_info", "Build information; always 1.")
@@ -73,15 +83,21 @@ impl Metrics {
         .unwrap_or_else(|e| unreachable_metric("nimify_build_info", &e));
         build.set(1);
         r.register(Box::new(build)).unwrap_or_else(|e| unreachable_metric("build", &e));
-        let connections = IntGauge::new("nimify_open_connections", "Client connections open now").unwrap_or_else(|e| unreachable_metric("nimify_open_connections", &e));
+        let connections = IntGauge::new("nimify_open_connections", "Client connections open now")
+            .unwrap_or_else(|e| unreachable_metric("nimify_open_connections", &e));
         r.register(Box::new(connections.clone())).unwrap_or_else(|e| unreachable_metric("nimify_open_connections", &e));
-        let accept_errors = IntCounter::new("nimify_accept_errors_total", "Failed accepts of new connections (e.g. EMFILE: out of file descriptors), each followed by a back-off")
+        let accept_errors = IntCounter::new(
+            "nimify_accept_errors_total",
+            "Failed accepts of new connections (e.g. EMFILE: out of file descriptors), each followed by a back-off",
+        )
+        .unwrap_or_else(|e| unreachable_metric("nimify_accept_errors_total", &e));
+        r.register(Box::new(accept_errors.clone()))
             .unwrap_or_else(|e| unreachable_metric("nimify_accept_errors_total", &e));
-        r.register(Box::new(accept_errors.clone())).unwrap_or_else(|e| unreachable_metric("nimify_accept_errors_total", &e));
         let connections_timed_out = {
             let name = "nimify_connections_closed_total";
             let help = "Connections the server closed on clients without a request in progress, by reason: header_timeout (header section not sent in time), idle_timeout (kept alive without a request), write_stalled (an answer the client has not read for idle_timeout_ms) or shed (the longest waiting, closed at the connection cap or out of file descriptors)";
-            let c = IntCounterVec::new(Opts::new(name, help), &["reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
+            let c =
+                IntCounterVec::new(Opts::new(name, help), &["reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
             r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
             for reason in ["header_timeout", "idle_timeout", "write_stalled", "shed"] {
                 c.with_label_values(&[reason]);
@@ -92,38 +108,84 @@ impl Metrics {
             connections,
             connections_timed_out,
             accept_errors,
-            success: counter(&r, "nv_inference_request_success", "Number of successful inference requests, all batch sizes"),
-            failure: counter(&r, "nv_inference_request_failure", "Number of failed inference requests, all batch sizes"),
-            count: counter(&r, "nv_inference_count", "Number of inferences performed (does not include cached requests)"),
-            exec_count: counter(&r, "nv_inference_exec_count", "Number of model executions performed (does not include cached requests)"),
-            request_us: counter(&r, "nv_inference_request_duration_us", "Cumulative inference request duration in microseconds (includes cached requests)"),
-            queue_us: counter(&r, "nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds (includes cached requests)"),
-            compute_us: counter(&r, "nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)"),
+            success: counter(
+                &r,
+                "nv_inference_request_success",
+                "Number of successful inference requests, all batch sizes",
+            ),
+            failure: counter(
+                &r,
+                "nv_inference_request_failure",
+                "Number of failed inference requests, all batch sizes",
+            ),
+            count: counter(
+                &r,
+                "nv_inference_count",
+                "Number of inferences performed (does not include cached requests)",
+            ),
+            exec_count: counter(
+                &r,
+                "nv_inference_exec_count",
+                "Number of model executions performed (does not include cached requests)",
+            ),
+            request_us: counter(
+                &r,
+                "nv_inference_request_duration_us",
+                "Cumulative inference request duration in microseconds (includes cached requests)",
+            ),
+            queue_us: counter(
+                &r,
+                "nv_inference_queue_duration_us",
+                "Cumulative inference queuing duration in microseconds (includes cached requests)",
+            ),
+            compute_us: counter(
+                &r,
+                "nv_inference_compute_infer_duration_us",
+                "Cumulative compute inference duration in microseconds (does not include cached requests)",
+            ),
             pending,
             rejected: {
                 let name = "nimify_requests_rejected_total";
                 let help = "Requests refused with 503, by reason: queue_full (the model's queue) or in_flight (the server's in-flight cap)";
-                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
+                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"])
+                    .unwrap_or_else(|e| unreachable_metric(name, &e));
                 r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
                 c
             },
             cancelled: {
                 let name = "nimify_requests_cancelled_total";
                 let help = "Queued requests not executed because nobody waited for them any more, by reason: deadline (request_timeout_ms passed) or disconnect (the client went away)";
-                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
+                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"])
+                    .unwrap_or_else(|e| unreachable_metric(name, &e));
                 r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
                 c
             },
             terminated: {
                 let name = "nimify_runs_terminated_total";
                 let help = "ONNX Runtime runs stopped before their end because no request of the batch still waited, by reason: deadline or disconnect (of the last request to go)";
-                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
+                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"])
+                    .unwrap_or_else(|e| unreachable_metric(name, &e));
                 r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
                 c
             },
-            request_seconds: histogram(&r, "nimify_request_duration_seconds", "Inference request latency, queueing included", latency_buckets()),
-            queue_seconds: histogram(&r, "nimify_queue_duration_seconds", "Time requests wait in the batching queue", latency_buckets()),
-            batch_size: histogram(&r, "nimify_batch_size", "Items per model execution", vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            request_seconds: histogram(
+                &r,
+                "nimify_request_duration_seconds",
+                "Inference request latency, queueing included",
+                latency_buckets(),
+            ),
+            queue_seconds: histogram(
+                &r,
+                "nimify_queue_duration_seconds",
+                "Time requests wait in the batching queue",
+                latency_buckets(),
+            ),
+            batch_size: histogram(
+                &r,
+                "nimify_batch_size",
+                "Items per model execution",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            ),
             registry: r,
         }
     }

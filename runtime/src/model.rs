@@ -55,7 +55,9 @@ impl ModelOptions {
 
     /// The name the model is served under.
     pub fn served_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))
+        self.name.clone().unwrap_or_else(|| {
+            self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+        })
     }
 }
 
@@ -85,7 +87,9 @@ pub enum LoadError {
         reason: String,
     },
     /// The model file's signature is not the one the service was compiled against.
-    #[error("model {path}: its signature differs from the one compiled into this service (rebuild the service against this model file, or restore the model it was built with)\n  compiled in: {compiled}\n  in the file: {found}")]
+    #[error(
+        "model {path}: its signature differs from the one compiled into this service (rebuild the service against this model file, or restore the model it was built with)\n  compiled in: {compiled}\n  in the file: {found}"
+    )]
     SignatureMismatch {
         /// Model path.
         path: PathBuf,
@@ -95,7 +99,9 @@ pub enum LoadError {
         found: String,
     },
     /// The model file is not the one the image was built with (`NIMIFY_MODEL_SHA256`).
-    #[error("model {name} at {path} has sha256 {found}, but NIMIFY_MODEL_SHA256 expects {expected}; the model file was changed after the image was built: rebuild the image with `cargo nimify image` or restore the model")]
+    #[error(
+        "model {name} at {path} has sha256 {found}, but NIMIFY_MODEL_SHA256 expects {expected}; the model file was changed after the image was built: rebuild the image with `cargo nimify image` or restore the model"
+    )]
     DigestMismatch {
         /// Served name.
         name: String,
@@ -125,7 +131,9 @@ pub enum LoadError {
         detail: String,
     },
     /// The model takes an input type the protocol cannot carry.
-    #[error("model {path}: input {input:?} has type {ty}, which nimify cannot accept over the inference protocol; export the model with tensor inputs of a supported element type")]
+    #[error(
+        "model {path}: input {input:?} has type {ty}, which nimify cannot accept over the inference protocol; export the model with tensor inputs of a supported element type"
+    )]
     UnsupportedInput {
         /// Model path.
         path: PathBuf,
@@ -206,8 +214,13 @@ impl Model {
     /// thread per instance.
     pub(crate) fn load(options: &ModelOptions, settings: &LoadSettings<'_>) -> Result<Self, LoadError> {
         let path = options.path.clone();
-        let mut info = nimify_model::read_model(&path).map_err(|source| LoadError::Signature { path: path.clone(), source })?;
-        override_dims(&mut info, &options.dims).map_err(|(tensor, reason)| LoadError::DimsOverride { path: path.clone(), tensor, reason })?;
+        let mut info =
+            nimify_model::read_model(&path).map_err(|source| LoadError::Signature { path: path.clone(), source })?;
+        override_dims(&mut info, &options.dims).map_err(|(tensor, reason)| LoadError::DimsOverride {
+            path: path.clone(),
+            tensor,
+            reason,
+        })?;
         let (inputs, outputs) = specs(&path, &info)?;
         let env = crate::ortlib::environment()?;
         let name = options.served_name();
@@ -220,7 +233,8 @@ impl Model {
         let shared = Arc::new(Mutex::new((rx, None)));
         let mut shape_lie = None;
         for instance in 0..settings.session.instances.max(1) {
-            let mut session = open_session(env, &path, settings.session).map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
+            let mut session = open_session(env, &path, settings.session)
+                .map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
             if settings.warmup.enabled
                 && let Some(produced) = warm_up(&mut session, &name, &inputs, &input_names, settings.warmup)
                 && instance == 0
@@ -239,13 +253,29 @@ impl Model {
             std::thread::Builder::new()
                 .name(format!("nimify-{name}-{instance}"))
                 .spawn(move || worker.run(session))
-                .map_err(|e| LoadError::Session { path: path.clone(), reason: format!("cannot start a worker thread: {e}") })?;
+                .map_err(|e| LoadError::Session {
+                    path: path.clone(),
+                    reason: format!("cannot start a worker thread: {e}"),
+                })?;
         }
         let max_output_bytes = settings.max_output_bytes;
         if let Some(lie) = &shape_lie {
             tracing::warn!(model = %name, "{lie}; V2 answers carry the shapes really produced");
         }
-        Ok(Self { name, version, path, info, inputs, outputs, batchable, batching, queue, metrics, max_output_bytes, shape_lie })
+        Ok(Self {
+            name,
+            version,
+            path,
+            info,
+            inputs,
+            outputs,
+            batchable,
+            batching,
+            queue,
+            metrics,
+            max_output_bytes,
+            shape_lie,
+        })
     }
 
     /// Served name.
@@ -311,7 +341,14 @@ impl Model {
         };
         let (reply, rx) = oneshot::channel();
         let (waiting, link) = crate::cancel::link();
-        let job = Job { inputs: inputs.into_iter().map(|(_, t)| t).collect(), wanted, items, enqueued: Instant::now(), reply, link };
+        let job = Job {
+            inputs: inputs.into_iter().map(|(_, t)| t).collect(),
+            wanted,
+            items,
+            enqueued: Instant::now(),
+            reply,
+            link,
+        };
         self.metrics.pending.inc();
         if let Err(e) = self.queue.try_send(job) {
             self.metrics.pending.dec();
@@ -320,7 +357,9 @@ impl Model {
                     self.metrics.rejected_queue_full.inc();
                     ApiError::Overloaded(format!("model {} has a full queue; retry shortly", self.name))
                 }
-                TrySendError::Disconnected(_) => ApiError::Internal(format!("model {} has no running worker", self.name)),
+                TrySendError::Disconnected(_) => {
+                    ApiError::Internal(format!("model {} has no running worker", self.name))
+                }
             });
         }
         // Dropping this future (deadline, client gone) drops `waiting`: the request is then
@@ -332,7 +371,11 @@ impl Model {
 }
 
 /// Opens one ONNX Runtime session with the given options.
-pub fn open_session(env: &ort::environment::Environment, path: &Path, config: &SessionConfig) -> Result<Session, String> {
+pub fn open_session(
+    env: &ort::environment::Environment,
+    path: &Path,
+    config: &SessionConfig,
+) -> Result<Session, String> {
     let e = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
     let mut builder = Session::builder(env)
         .map_err(|e| e.to_string())?
@@ -347,7 +390,11 @@ pub fn open_session(env: &ort::environment::Environment, path: &Path, config: &S
         .map_err(e)?;
     // Always an explicit count: left to itself ONNX Runtime sizes its pool by the machine's cores
     // and pins each thread to one, outside a `taskset` or container CPU set.
-    builder = builder.with_intra_threads(config.intra_threads()).map_err(e)?.with_intra_op_spinning(config.spinning).map_err(e)?;
+    builder = builder
+        .with_intra_threads(config.intra_threads())
+        .map_err(e)?
+        .with_intra_op_spinning(config.spinning)
+        .map_err(e)?;
     if config.inter_threads > 0 {
         builder = builder.with_inter_threads(config.inter_threads).map_err(e)?;
     }
@@ -358,7 +405,12 @@ pub fn open_session(env: &ort::environment::Environment, path: &Path, config: &S
 /// one is not a tensor of the model.
 fn override_dims(info: &mut ModelInfo, dims: &[(String, Vec<Dim>)]) -> Result<(), (String, String)> {
     for (tensor, new) in dims {
-        let value = info.inputs.iter_mut().chain(info.outputs.iter_mut()).find(|v| &v.name == tensor).ok_or_else(|| (tensor.clone(), "the model has no such input or output".to_string()))?;
+        let value = info
+            .inputs
+            .iter_mut()
+            .chain(info.outputs.iter_mut())
+            .find(|v| &v.name == tensor)
+            .ok_or_else(|| (tensor.clone(), "the model has no such input or output".to_string()))?;
         match &mut value.ty {
             ValueType::Tensor { shape, .. } => *shape = Some(new.clone()),
             other => return Err((tensor.clone(), format!("it is a {}, not a tensor", other.onnx_type()))),
@@ -375,7 +427,11 @@ fn declared_vs_produced(outputs: &[TensorSpec], produced: &[(String, Vec<usize>)
         .filter_map(|spec| {
             let dims = spec.shape.as_ref()?;
             let (_, real) = produced.iter().find(|(n, _)| n == &spec.name)?;
-            let keeps = dims.len() == real.len() && dims.iter().zip(real).all(|(d, &r)| !matches!(d, Dim::Fixed(n) if usize::try_from(*n).ok() != Some(r)));
+            let keeps = dims.len() == real.len()
+                && dims
+                    .iter()
+                    .zip(real)
+                    .all(|(d, &r)| !matches!(d, Dim::Fixed(n) if usize::try_from(*n).ok() != Some(r)));
             if keeps {
                 return None;
             }
@@ -389,7 +445,10 @@ fn declared_vs_produced(outputs: &[TensorSpec], produced: &[(String, Vec<usize>)
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            Some(format!("output {:?} is declared [{declared}] but warm-up produced {real:?} (override: dims({:?} = [{fix}]))", spec.name, spec.name))
+            Some(format!(
+                "output {:?} is declared [{declared}] but warm-up produced {real:?} (override: dims({:?} = [{fix}]))",
+                spec.name, spec.name
+            ))
         })
         .collect();
     (!lies.is_empty()).then(|| format!("the model declares output shapes it does not produce: {}", lies.join("; ")))
@@ -397,7 +456,13 @@ fn declared_vs_produced(outputs: &[TensorSpec], produced: &[(String, Vec<usize>)
 
 /// Runs the session once on zeros (declared fixed dims, configured or 1 for the others) and
 /// returns the shapes produced. A failure is logged and does not block readiness.
-fn warm_up(session: &mut Session, model: &str, inputs: &[TensorSpec], names: &[String], config: &WarmupConfig) -> Option<Vec<(String, Vec<usize>)>> {
+fn warm_up(
+    session: &mut Session,
+    model: &str,
+    inputs: &[TensorSpec],
+    names: &[String],
+    config: &WarmupConfig,
+) -> Option<Vec<(String, Vec<usize>)>> {
     let start = Instant::now();
     let tensors: Option<Vec<Tensor>> = inputs
         .iter()
@@ -444,7 +509,9 @@ fn input_spec(path: &Path, vi: &nimify_model::ValueInfo) -> Result<TensorSpec, L
         ValueType::Tensor { elem: Some(elem), shape } if elem.kserve_name().is_some() => {
             Ok(TensorSpec { name: vi.name.clone(), elem: *elem, shape: shape.clone() })
         }
-        other => Err(LoadError::UnsupportedInput { path: path.to_path_buf(), input: vi.name.clone(), ty: other.onnx_type() }),
+        other => {
+            Err(LoadError::UnsupportedInput { path: path.to_path_buf(), input: vi.name.clone(), ty: other.onnx_type() })
+        }
     }
 }
 
@@ -454,10 +521,6 @@ fn output_spec(vi: &nimify_model::ValueInfo) -> TensorSpec {
             TensorSpec { name: vi.name.clone(), elem: *elem, shape: shape.clone() }
         }
         // Sequences and maps (scikit-learn's ZipMap) are served as BYTES: one JSON document per row.
-        _ => TensorSpec {
-            name: vi.name.clone(),
-            elem: ElementType::String,
-            shape: Some(vec![Dim::Unknown]),
-        },
+        _ => TensorSpec { name: vi.name.clone(), elem: ElementType::String, shape: Some(vec![Dim::Unknown]) },
     }
 }

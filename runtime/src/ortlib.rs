@@ -19,7 +19,8 @@ pub const ORT_VERSION: &str = "1.32.0";
 pub const LIB_NAME: &str = "libonnxruntime.so.1.32.0";
 
 /// The command that installs the library into the per-user cache.
-pub const INSTALL_HINT: &str = "run `cargo nimify ort install` (or set ORT_DYLIB_PATH to a libonnxruntime.so of version 1.31 or newer)";
+pub const INSTALL_HINT: &str =
+    "run `cargo nimify ort install` (or set ORT_DYLIB_PATH to a libonnxruntime.so of version 1.31 or newer)";
 
 /// Why ONNX Runtime could not be loaded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -43,7 +44,9 @@ pub enum OrtLibError {
 /// The per-user cache directory for a given ONNX Runtime version
 /// (`$XDG_CACHE_HOME/nimify/onnxruntime/<version>`, usually `~/.cache/...`).
 pub fn cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("NIMIFY_CACHE_DIR").map(PathBuf::from).or_else(|| dirs::cache_dir().map(|d| d.join("nimify")))?;
+    let base = std::env::var_os("NIMIFY_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("nimify")))?;
     Some(base.join("onnxruntime").join(ORT_VERSION))
 }
 

@@ -65,9 +65,14 @@ pub(crate) async fn check_encoding(mut request: Request, next: Next) -> Response
 
 /// Reads what the handlers left of the request body before their answer goes out (see the
 /// module's documentation).
-pub(crate) async fn read_rest_before_answering(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub(crate) async fn read_rest_before_answering(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = tokio::time::Instant::now();
-    let expects_continue = request.headers().get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue =
+        request.headers().get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (back, mut left) = oneshot::channel();
     let request = request.map(|body| Body::new(Returning { body: Some(body), back: Some(back), polled: false }));
     let response = next.run(request).await;
@@ -107,7 +112,10 @@ impl HttpBody for Returning {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         self.polled = true;
         let Some(body) = self.body.as_mut() else { return Poll::Ready(None) };
         let frame = Pin::new(body).poll_frame(cx);
@@ -150,5 +158,7 @@ async fn discard(mut body: Body, limit: usize, within: Duration) -> Result<(), &
         }
         Ok(())
     };
-    tokio::time::timeout(within, read).await.unwrap_or(Err("the rest of the body did not arrive within the request deadline"))
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or(Err("the rest of the body did not arrive within the request deadline"))
 }

@@ -47,7 +47,10 @@ impl AppState {
         if let Some(v) = version
             && v != model.version()
         {
-            return Err(ApiError::NotFound(format!("unknown version {v:?} of model {name:?}; available: {:?}", model.version())));
+            return Err(ApiError::NotFound(format!(
+                "unknown version {v:?} of model {name:?}; available: {:?}",
+                model.version()
+            )));
         }
         Ok(model)
     }
@@ -80,7 +83,11 @@ impl AppState {
 
     /// Admits a request (API key, in-flight cap) for any front end; a refusal by the cap is
     /// counted for `model` when it is a served one, else without a model.
-    pub(crate) fn admit(&self, headers: &axum::http::HeaderMap, model: Option<&str>) -> Result<crate::inference::admission::Admitted, ApiError> {
+    pub(crate) fn admit(
+        &self,
+        headers: &axum::http::HeaderMap,
+        model: Option<&str>,
+    ) -> Result<crate::inference::admission::Admitted, ApiError> {
         self.admission.admit(headers).inspect_err(|e| {
             if matches!(e, ApiError::Overloaded(_)) {
                 match model.and_then(|name| self.models.get(name)) {
@@ -232,13 +239,16 @@ impl ServerBuilder {
                 if let Some(lie) = model.shape_lie() {
                     return Err(LoadError::ShapeMismatch {
                         path: model.path().to_path_buf(),
-                        detail: format!("{lie}; the typed types are built from the declared dims: declare the real ones in #[nimify(model = ..., dims(...))]"),
+                        detail: format!(
+                            "{lie}; the typed types are built from the declared dims: declare the real ones in #[nimify(model = ..., dims(...))]"
+                        ),
                     });
                 }
             }
         }
         let admission = Admission::new(api_keys, self.config.max_in_flight);
-        let state = Arc::new(AppState { models, ready: AtomicBool::new(true), config: self.config, admission, metrics });
+        let state =
+            Arc::new(AppState { models, ready: AtomicBool::new(true), config: self.config, admission, metrics });
         let router = app(Arc::clone(&state), self.extra);
         Ok((state, router))
     }
@@ -262,15 +272,21 @@ impl utoipa::Modify for SecurityAddon {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = doc.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components
+            .add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))));
     }
 }
 
 /// Builds the full router: V2 and extra routes, `/metrics`, `/openapi.json`, `/docs`, a JSON 404
 /// fallback, and the middleware (request ids, access log, API keys, in-flight cap).
 pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) -> Router {
-    let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::routes::v2::router()).merge(crate::routes::metrics::router());
+    let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::routes::v2::router())
+        .merge(crate::routes::metrics::router());
     if let Some(extra) = extra {
         api = api.merge(extra);
     }
@@ -284,7 +300,10 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
         .layer(axum::middleware::from_fn(crate::request_body::check_encoding))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
         .layer(axum::middleware::from_fn(json_errors))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::request_body::read_rest_before_answering))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::request_body::read_rest_before_answering,
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn(access_log))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -307,8 +326,12 @@ async fn json_errors(request: Request, next: Next) -> Response {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 1 << 20).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
-    let message = if text.is_empty() { parts.status.canonical_reason().unwrap_or("error").to_ascii_lowercase() } else { text };
+    let text = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message =
+        if text.is_empty() { parts.status.canonical_reason().unwrap_or("error").to_ascii_lowercase() } else { text };
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
     Response::from_parts(parts, Body::from(serde_json::json!({ "error": message }).to_string()))
@@ -320,7 +343,10 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 
 /// axum keeps its `Allow` header on this answer; the body says the same in JSON.
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}; the Allow header lists the methods that are", uri.path()))
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed on {}; the Allow header lists the methods that are",
+        uri.path()
+    ))
 }
 
 /// Health, readiness and metrics stay open and uncapped so probes and scrapes work under load
@@ -376,7 +402,12 @@ async fn access_log(request: Request, next: Next) -> Response {
 /// 2. the listener stops accepting, idle kept-alive connections are closed and busy ones are
 ///    closed after their current response (`Connection: close`);
 /// 3. in-flight requests finish within `drain_timeout_ms`; past it the server returns anyway.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, router: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let limits = crate::connections::Limits::from_config(&state.config);
     tracing::info!(
@@ -388,19 +419,26 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, rout
         "serving"
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let accepting = tokio::spawn(crate::connections::accept_loop(listener, router, limits, state.metrics.clone(), stopped));
+    let accepting =
+        tokio::spawn(crate::connections::accept_loop(listener, router, limits, state.metrics.clone(), stopped));
     shutdown.await;
     state.begin_shutdown();
     let delay = Duration::from_millis(state.config.shutdown_delay_ms);
     if !delay.is_zero() {
-        tracing::info!(shutdown_delay_ms = delay.as_millis() as u64, "shutting down: readiness is 503; still serving during the shutdown delay (a second signal skips it)");
+        tracing::info!(
+            shutdown_delay_ms = delay.as_millis() as u64,
+            "shutting down: readiness is 503; still serving during the shutdown delay (a second signal skips it)"
+        );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown_signal() => tracing::info!("second signal: skipping the rest of the shutdown delay"),
         }
     }
     let drain = Duration::from_millis(state.config.drain_timeout_ms);
-    tracing::info!(drain_timeout_ms = drain.as_millis() as u64, "shutting down: not accepting connections, draining in-flight requests");
+    tracing::info!(
+        drain_timeout_ms = drain.as_millis() as u64,
+        "shutting down: not accepting connections, draining in-flight requests"
+    );
     let _ = stop.send(true);
     let slots = accepting.await.map_err(std::io::Error::other)?;
     let every = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);

@@ -137,7 +137,10 @@ pub(crate) fn from_ort(value: &DynValue) -> Result<Tensor, String> {
             let items = value
                 .try_extract_sequence::<ort::value::DynValueTypeMarker>()
                 .map_err(|e| format!("cannot read sequence output: {e}"))?;
-            let docs = items.iter().map(|item| json_of(item).map(|j| j.to_string().into_bytes())).collect::<Result<Vec<_>, _>>()?;
+            let docs = items
+                .iter()
+                .map(|item| json_of(item).map(|j| j.to_string().into_bytes()))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Tensor { shape: vec![docs.len()], data: TensorData::Bytes(docs) })
         }
         OrtValueType::Map { .. } => {
@@ -154,7 +157,10 @@ fn tensor_from_ort(value: &DynValue, ty: ort::value::TensorElementType) -> Resul
     macro_rules! grab {
         ($t:ty, $variant:ident) => {{
             let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
-            (shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect::<Vec<_>>(), TensorData::$variant(data.to_vec()))
+            (
+                shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect::<Vec<_>>(),
+                TensorData::$variant(data.to_vec()),
+            )
         }};
     }
     let (shape, data) = match ty {
@@ -173,7 +179,10 @@ fn tensor_from_ort(value: &DynValue, ty: ort::value::TensorElementType) -> Resul
         T::Float64 => grab!(f64, F64),
         T::String => {
             let (shape, strings) = value.try_extract_strings().map_err(err)?;
-            (shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect(), TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()))
+            (
+                shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect(),
+                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
+            )
         }
         other => return Err(format!("unsupported output element type {other}")),
     };
@@ -209,7 +218,12 @@ fn json_of(value: &DynValue) -> Result<serde_json::Value, String> {
             let err = |e: ort::Error| format!("cannot read map output: {e}");
             macro_rules! entries {
                 ($k:ty, $v:ty) => {
-                    value.try_extract_key_values::<$k, $v>().map_err(err)?.into_iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<Vec<_>>()
+                    value
+                        .try_extract_key_values::<$k, $v>()
+                        .map_err(err)?
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                        .collect::<Vec<_>>()
                 };
             }
             let pairs = match (key, v) {

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use half::{bf16, f16};
 use nimify_model::{Dim, ElementType, ValueInfo, ValueType};
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaFormat, KnownFormat, Type};
 use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 
 use crate::tensor::{Tensor, TensorData};
 
@@ -107,7 +107,12 @@ impl TensorDecl {
     /// `name: type[dims]`, for messages.
     pub fn describe(&self) -> String {
         match &self.kind {
-            DeclKind::Tensor(e, d) => format!("{:?}: {}[{}]", self.name, e.onnx_name(), d.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+            DeclKind::Tensor(e, d) => format!(
+                "{:?}: {}[{}]",
+                self.name,
+                e.onnx_name(),
+                d.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
             DeclKind::AnyRank(e) => format!("{:?}: {}[...]", self.name, e.onnx_name()),
             DeclKind::MapRows(k, v) => format!("{:?}: seq(map({}, {}))", self.name, k.onnx_name(), v.onnx_name()),
         }
@@ -122,8 +127,13 @@ impl TensorDecl {
                 for (i, d) in dims.iter().enumerate().rev() {
                     let mut a = ArrayBuilder::new().items(schema);
                     a = match d {
-                        Dim::Fixed(n) => a.min_items(Some(*n as usize)).max_items(Some(*n as usize)).description(Some(format!("dim {i}: {n}"))),
-                        Dim::Symbolic(s) => a.description(Some(format!("dim {i}: `{s}` (any size, the same wherever `{s}` appears)"))),
+                        Dim::Fixed(n) => a
+                            .min_items(Some(*n as usize))
+                            .max_items(Some(*n as usize))
+                            .description(Some(format!("dim {i}: {n}"))),
+                        Dim::Symbolic(s) => {
+                            a.description(Some(format!("dim {i}: `{s}` (any size, the same wherever `{s}` appears)")))
+                        }
                         Dim::Unknown => a.description(Some(format!("dim {i}: any size"))),
                     };
                     schema = a.build().into();
@@ -131,7 +141,10 @@ impl TensorDecl {
                 schema
             }
             DeclKind::AnyRank(e) => ObjectBuilder::new()
-                .property("shape", ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0))))
+                .property(
+                    "shape",
+                    ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0))),
+                )
                 .property("data", ArrayBuilder::new().items(leaf(*e)))
                 .required("shape")
                 .required("data")
@@ -150,11 +163,15 @@ impl TensorDecl {
 fn leaf(e: ElementType) -> RefOr<Schema> {
     let o = ObjectBuilder::new();
     let o = match e {
-        ElementType::Float | ElementType::Float16 | ElementType::Bfloat16 => o.schema_type(Type::Number).format(Some(SchemaFormat::KnownFormat(KnownFormat::Float))),
+        ElementType::Float | ElementType::Float16 | ElementType::Bfloat16 => {
+            o.schema_type(Type::Number).format(Some(SchemaFormat::KnownFormat(KnownFormat::Float)))
+        }
         ElementType::Double => o.schema_type(Type::Number).format(Some(SchemaFormat::KnownFormat(KnownFormat::Double))),
         ElementType::Bool => o.schema_type(Type::Boolean),
         ElementType::String => o.schema_type(Type::String),
-        ElementType::Int64 | ElementType::Uint64 => o.schema_type(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))),
+        ElementType::Int64 | ElementType::Uint64 => {
+            o.schema_type(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        }
         ElementType::Uint8 | ElementType::Uint16 | ElementType::Uint32 => o.schema_type(Type::Integer).minimum(Some(0)),
         _ => o.schema_type(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32))),
     };
@@ -216,7 +233,10 @@ impl Element for String {
     }
     fn from_data(d: TensorData) -> Result<Vec<Self>, String> {
         match d {
-            TensorData::Bytes(v) => v.into_iter().map(|b| String::from_utf8(b).map_err(|_| "string element is not UTF-8".to_string())).collect(),
+            TensorData::Bytes(v) => v
+                .into_iter()
+                .map(|b| String::from_utf8(b).map_err(|_| "string element is not UTF-8".to_string()))
+                .collect(),
             other => Err(format!("expected string elements, got {}", other.element_type().onnx_name())),
         }
     }
@@ -330,14 +350,20 @@ impl<T: Element> TensorField for Dyn<T> {
     }
 }
 
-impl<K: Ord + serde::de::DeserializeOwned + Serialize, V: serde::de::DeserializeOwned + Serialize> TensorField for Vec<BTreeMap<K, V>> {
+impl<K: Ord + serde::de::DeserializeOwned + Serialize, V: serde::de::DeserializeOwned + Serialize> TensorField
+    for Vec<BTreeMap<K, V>>
+{
     fn into_tensor(self) -> Result<Tensor, String> {
-        let rows = self.iter().map(|m| serde_json::to_vec(m).map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
+        let rows =
+            self.iter().map(|m| serde_json::to_vec(m).map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
         Tensor::new(vec![rows.len()], TensorData::Bytes(rows))
     }
     fn from_tensor(t: Tensor) -> Result<Self, String> {
         match t.data {
-            TensorData::Bytes(rows) => rows.iter().map(|r| serde_json::from_slice(r).map_err(|e| format!("map row is not the expected JSON: {e}"))).collect(),
+            TensorData::Bytes(rows) => rows
+                .iter()
+                .map(|r| serde_json::from_slice(r).map_err(|e| format!("map row is not the expected JSON: {e}")))
+                .collect(),
             other => Err(format!("expected JSON map rows, got {}", other.element_type().onnx_name())),
         }
     }
@@ -354,7 +380,11 @@ impl OutputMap {
 
     /// Removes and converts one output.
     pub fn take<T: TensorField>(&mut self, name: &str) -> Result<T, String> {
-        let i = self.0.iter().position(|(n, _)| n == name).ok_or_else(|| format!("the model returned no output {name:?}"))?;
+        let i = self
+            .0
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| format!("the model returned no output {name:?}"))?;
         let (_, t) = self.0.swap_remove(i);
         T::from_tensor(t).map_err(|e| format!("output {name:?}: {e}"))
     }
@@ -375,7 +405,11 @@ pub fn check_signature(model: &crate::Model, compiled: &Signature) -> Result<(),
         let list = |d: &[TensorDecl]| d.iter().map(TensorDecl::describe).collect::<Vec<_>>().join(", ");
         format!("inputs ({}) -> outputs ({})", list(&s.inputs), list(&s.outputs))
     };
-    Err(crate::LoadError::SignatureMismatch { path: model.path().to_path_buf(), compiled: describe(compiled), found: describe(&file) })
+    Err(crate::LoadError::SignatureMismatch {
+        path: model.path().to_path_buf(),
+        compiled: describe(compiled),
+        found: describe(&file),
+    })
 }
 
 /// A fixed dim larger than serde's array support (32): a heap-allocated `[T; N]` that
@@ -406,7 +440,10 @@ impl<T, const N: usize> TryFrom<Vec<T>> for Array<T, N> {
     type Error = String;
     fn try_from(v: Vec<T>) -> Result<Self, String> {
         let len = v.len();
-        v.into_boxed_slice().try_into().map(Self).map_err(|_| format!("invalid length {len}, expected an array of length {N}"))
+        v.into_boxed_slice()
+            .try_into()
+            .map(Self)
+            .map_err(|_| format!("invalid length {len}, expected an array of length {N}"))
     }
 }
 
@@ -466,7 +503,10 @@ impl Context {
 
 /// A typed model's part of a request: its input as named tensors through the inference path,
 /// and the outputs back as its output type.
-pub(crate) async fn run_typed<M: TypedModel>(model: &crate::Model, input: M::Input) -> Result<M::Output, crate::ApiError> {
+pub(crate) async fn run_typed<M: TypedModel>(
+    model: &crate::Model,
+    input: M::Input,
+) -> Result<M::Output, crate::ApiError> {
     use crate::ApiError;
     let tensors = input.into_tensors().map_err(ApiError::InvalidTensor)?;
     let wanted = model.outputs().iter().map(|s| s.name.clone()).collect();
@@ -485,7 +525,11 @@ pub trait Process: Send + Sync + 'static {
     /// What clients get back.
     type Response: Serialize + utoipa::ToSchema + Send + 'static;
     /// Handles one request; call models with [`Context::infer`].
-    fn process(&self, ctx: &Context, request: Self::Request) -> impl std::future::Future<Output = Result<Self::Response, crate::ApiError>> + Send;
+    fn process(
+        &self,
+        ctx: &Context,
+        request: Self::Request,
+    ) -> impl std::future::Future<Output = Result<Self::Response, crate::ApiError>> + Send;
 }
 
 #[cfg(test)]
@@ -501,7 +545,8 @@ mod tests {
         assert_eq!(Vec::<[f32; 4]>::new().into_tensor().expect("empty").shape, vec![0, 4]);
         let err = vec![vec![1i64, 2], vec![3]].into_tensor().expect_err("ragged");
         assert!(err.contains("ragged"), "{err}");
-        let err = <Vec<[f32; 3]>>::from_tensor(Tensor::new(vec![1, 2], TensorData::F32(vec![1.0, 2.0])).expect("t")).expect_err("dim");
+        let err = <Vec<[f32; 3]>>::from_tensor(Tensor::new(vec![1, 2], TensorData::F32(vec![1.0, 2.0])).expect("t"))
+            .expect_err("dim");
         assert!(err.contains("size 2 where the type fixes 3"), "{err}");
     }
 }

@@ -14,7 +14,11 @@ async fn metric_families_match_snapshot() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/models/mlp.onnx");
     let (_, router) = ServerBuilder::default().model(ModelOptions::new(path)).build().expect("load mlp");
     let body = r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#;
-    let resp = router.clone().oneshot(Request::post("/v2/models/mlp/infer").body(Body::from(body)).expect("req")).await.expect("infer");
+    let resp = router
+        .clone()
+        .oneshot(Request::post("/v2/models/mlp/infer").body(Body::from(body)).expect("req"))
+        .await
+        .expect("infer");
     assert_eq!(resp.status(), 200);
     let resp = router.oneshot(Request::get("/metrics").body(Body::empty()).expect("req")).await.expect("metrics");
     assert_eq!(resp.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");

@@ -77,8 +77,18 @@ fn with_input(f: impl FnOnce(&mut Value)) -> String {
 
 #[tokio::test]
 async fn malformed_json() {
-    expect_error(post("/v2/models/mlp/infer", "{\"inputs\": [", None), StatusCode::BAD_REQUEST, &["malformed inference request JSON"]).await;
-    expect_error(post("/v2/models/mlp/infer", "{\"inputs\": 3}", None), StatusCode::BAD_REQUEST, &["malformed", "inputs"]).await;
+    expect_error(
+        post("/v2/models/mlp/infer", "{\"inputs\": [", None),
+        StatusCode::BAD_REQUEST,
+        &["malformed inference request JSON"],
+    )
+    .await;
+    expect_error(
+        post("/v2/models/mlp/infer", "{\"inputs\": 3}", None),
+        StatusCode::BAD_REQUEST,
+        &["malformed", "inputs"],
+    )
+    .await;
 }
 
 /// A binary request: JSON header naming `binary_data_size`, then the bytes.
@@ -93,64 +103,144 @@ fn binary_request(declared: usize, payload: &[u8]) -> (Vec<u8>, usize) {
 async fn binary_framing_errors() {
     let floats: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|f| f.to_le_bytes()).collect();
     let (body, n) = binary_request(16, &floats[..10]);
-    expect_error(post("/v2/models/mlp/infer", body, Some(n)), StatusCode::BAD_REQUEST, &["truncated binary payload", "\"x\"", "16"]).await;
+    expect_error(
+        post("/v2/models/mlp/infer", body, Some(n)),
+        StatusCode::BAD_REQUEST,
+        &["truncated binary payload", "\"x\"", "16"],
+    )
+    .await;
 
     let (body, n) = binary_request(16, &floats);
     let len = body.len();
-    expect_error(post("/v2/models/mlp/infer", body, Some(len + 5)), StatusCode::BAD_REQUEST, &["Inference-Header-Content-Length", &(len + 5).to_string()])
-        .await;
+    expect_error(
+        post("/v2/models/mlp/infer", body, Some(len + 5)),
+        StatusCode::BAD_REQUEST,
+        &["Inference-Header-Content-Length", &(len + 5).to_string()],
+    )
+    .await;
     let _ = n;
 
     let (body, n) = binary_request(16, &floats);
     let mut extra = body.clone();
     extra.extend_from_slice(&[0, 0, 0]);
-    expect_error(post("/v2/models/mlp/infer", extra, Some(n)), StatusCode::BAD_REQUEST, &["3 bytes", "no input claims"]).await;
+    expect_error(
+        post("/v2/models/mlp/infer", extra, Some(n)),
+        StatusCode::BAD_REQUEST,
+        &["3 bytes", "no input claims"],
+    )
+    .await;
 
     expect_error(post("/v2/models/mlp/infer", body.clone(), None), StatusCode::BAD_REQUEST, &["malformed"]).await;
     let (ok, _, _) = send(post("/v2/models/mlp/infer", body, Some(n))).await;
     assert_eq!(ok, StatusCode::OK);
 
     // BYTES elements with a length prefix longer than what follows.
-    let header = json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]}).to_string();
+    let header =
+        json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]})
+            .to_string();
     let mut body = header.clone().into_bytes();
     body.extend_from_slice(&[9, 0, 0, 0, b'h', b'i']);
-    expect_error(post("/v2/models/strings/infer", body, Some(header.len())), StatusCode::BAD_REQUEST, &["BYTES element 0 declares 9 bytes"]).await;
+    expect_error(
+        post("/v2/models/strings/infer", body, Some(header.len())),
+        StatusCode::BAD_REQUEST,
+        &["BYTES element 0 declares 9 bytes"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn element_count_mismatch_in_binary() {
     let (body, n) = binary_request(12, &[0u8; 12]);
-    expect_error(post("/v2/models/mlp/infer", body, Some(n)), StatusCode::UNPROCESSABLE_ENTITY, &["\"x\"", "12 binary bytes", "needs 4"]).await;
+    expect_error(
+        post("/v2/models/mlp/infer", body, Some(n)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["\"x\"", "12 binary bytes", "needs 4"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn wrong_tensors() {
     let uri = "/v2/models/mlp/infer";
-    expect_error(post(uri, with_input(|i| i["datatype"] = json!("FP64")), None), StatusCode::UNPROCESSABLE_ENTITY, &["\"x\"", "FP64", "FP32"]).await;
-    expect_error(post(uri, with_input(|i| i["datatype"] = json!("FLOAT")), None), StatusCode::UNPROCESSABLE_ENTITY, &["unknown datatype \"FLOAT\""]).await;
     expect_error(
-        post(uri, with_input(|i| {
-            i["shape"] = json!([2, 2]);
-        }), None),
+        post(uri, with_input(|i| i["datatype"] = json!("FP64")), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["\"x\"", "FP64", "FP32"],
+    )
+    .await;
+    expect_error(
+        post(uri, with_input(|i| i["datatype"] = json!("FLOAT")), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["unknown datatype \"FLOAT\""],
+    )
+    .await;
+    expect_error(
+        post(
+            uri,
+            with_input(|i| {
+                i["shape"] = json!([2, 2]);
+            }),
+            None,
+        ),
         StatusCode::UNPROCESSABLE_ENTITY,
         &["\"x\"", "dim 1 is 2", "expects 4"],
     )
     .await;
-    expect_error(post(uri, with_input(|i| i["shape"] = json!([4])), None), StatusCode::UNPROCESSABLE_ENTITY, &["rank 1", "rank 2"]).await;
-    expect_error(post(uri, with_input(|i| i["shape"] = json!([2, 4])), None), StatusCode::UNPROCESSABLE_ENTITY, &["needs 8 elements but 4 were sent"]).await;
-    expect_error(post(uri, with_input(|i| i["data"] = json!([1, 2, "three", 4])), None), StatusCode::UNPROCESSABLE_ENTITY, &["element 2", "FP32"]).await;
-    expect_error(post(uri, with_input(|i| i["name"] = json!("y")), None), StatusCode::UNPROCESSABLE_ENTITY, &["unknown input \"y\"", "\"x\""]).await;
-    expect_error(post(uri, json!({"inputs": []}).to_string(), None), StatusCode::UNPROCESSABLE_ENTITY, &["missing input \"x\""]).await;
+    expect_error(
+        post(uri, with_input(|i| i["shape"] = json!([4])), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["rank 1", "rank 2"],
+    )
+    .await;
+    expect_error(
+        post(uri, with_input(|i| i["shape"] = json!([2, 4])), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["needs 8 elements but 4 were sent"],
+    )
+    .await;
+    expect_error(
+        post(uri, with_input(|i| i["data"] = json!([1, 2, "three", 4])), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["element 2", "FP32"],
+    )
+    .await;
+    expect_error(
+        post(uri, with_input(|i| i["name"] = json!("y")), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["unknown input \"y\"", "\"x\""],
+    )
+    .await;
+    expect_error(
+        post(uri, json!({"inputs": []}).to_string(), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["missing input \"x\""],
+    )
+    .await;
     let mut with_output = good();
     with_output["outputs"] = json!([{"name": "nope"}]);
-    expect_error(post(uri, with_output.to_string(), None), StatusCode::UNPROCESSABLE_ENTITY, &["unknown output \"nope\"", "\"probs\""]).await;
+    expect_error(
+        post(uri, with_output.to_string(), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["unknown output \"nope\"", "\"probs\""],
+    )
+    .await;
     let disagree = json!({"inputs": [
         {"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]},
         {"name": "ids", "shape": [3], "datatype": "INT32", "data": [1, 2, 3]},
         {"name": "threshold", "shape": [], "datatype": "FP32", "data": [1]}]});
-    expect_error(post("/v2/models/multi_io/infer", disagree.to_string(), None), StatusCode::UNPROCESSABLE_ENTITY, &["\"ids\"", "dim `batch` is 3", "\"features\" has 2"]).await;
     expect_error(
-        post("/v2/models/bf16/infer", json!({"inputs": [{"name": "in_bf16", "shape": [1, 2], "datatype": "BF16", "data": [1.0, 2.0]}]}).to_string(), None),
+        post("/v2/models/multi_io/infer", disagree.to_string(), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["\"ids\"", "dim `batch` is 3", "\"features\" has 2"],
+    )
+    .await;
+    expect_error(
+        post(
+            "/v2/models/bf16/infer",
+            json!({"inputs": [{"name": "in_bf16", "shape": [1, 2], "datatype": "BF16", "data": [1.0, 2.0]}]})
+                .to_string(),
+            None,
+        ),
         StatusCode::UNPROCESSABLE_ENTITY,
         &["BF16 tensors travel only in binary"],
     )
@@ -159,11 +249,32 @@ async fn wrong_tensors() {
 
 #[tokio::test]
 async fn unknown_model_version_and_route() {
-    expect_error(post("/v2/models/nope/infer", good().to_string(), None), StatusCode::NOT_FOUND, &["unknown model \"nope\"", "\"mlp\""]).await;
-    expect_error(post("/v2/models/mlp/versions/2/infer", good().to_string(), None), StatusCode::NOT_FOUND, &["unknown version \"2\""]).await;
-    expect_error(Request::get("/v2/models/nope").body(Body::empty()).expect("req"), StatusCode::NOT_FOUND, &["unknown model"]).await;
-    expect_error(Request::get("/v2/models/mlp/versions/7/config").body(Body::empty()).expect("req"), StatusCode::NOT_FOUND, &["unknown version"]).await;
-    expect_error(Request::get("/v3").body(Body::empty()).expect("req"), StatusCode::NOT_FOUND, &["no route for /v3"]).await;
+    expect_error(
+        post("/v2/models/nope/infer", good().to_string(), None),
+        StatusCode::NOT_FOUND,
+        &["unknown model \"nope\"", "\"mlp\""],
+    )
+    .await;
+    expect_error(
+        post("/v2/models/mlp/versions/2/infer", good().to_string(), None),
+        StatusCode::NOT_FOUND,
+        &["unknown version \"2\""],
+    )
+    .await;
+    expect_error(
+        Request::get("/v2/models/nope").body(Body::empty()).expect("req"),
+        StatusCode::NOT_FOUND,
+        &["unknown model"],
+    )
+    .await;
+    expect_error(
+        Request::get("/v2/models/mlp/versions/7/config").body(Body::empty()).expect("req"),
+        StatusCode::NOT_FOUND,
+        &["unknown version"],
+    )
+    .await;
+    expect_error(Request::get("/v3").body(Body::empty()).expect("req"), StatusCode::NOT_FOUND, &["no route for /v3"])
+        .await;
     let (ok, _, _) = send(post("/v2/models/mlp/versions/1/infer", good().to_string(), None)).await;
     assert_eq!(ok, StatusCode::OK);
 }
@@ -206,18 +317,30 @@ async fn no_content_type_needed_and_id_echoed() {
 #[tokio::test]
 async fn nested_data_must_nest_as_the_shape_does() {
     let nested = |data: Value| with_input(|i| i["data"] = data);
-    expect_error(post("/v2/models/mlp/infer", nested(json!([[1], [2], [3], [4]])), None), StatusCode::UNPROCESSABLE_ENTITY, &[
-        "\"x\"",
-        "nested data does not match shape [1, 4]",
-        "data has 4 items where the shape needs 1",
-    ])
+    expect_error(
+        post("/v2/models/mlp/infer", nested(json!([[1], [2], [3], [4]])), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["\"x\"", "nested data does not match shape [1, 4]", "data has 4 items where the shape needs 1"],
+    )
     .await;
-    expect_error(post("/v2/models/mlp/infer", nested(json!([[1, 2], [3, 4]])), None), StatusCode::UNPROCESSABLE_ENTITY, &["data has 2 items"]).await;
-    expect_error(post("/v2/models/mlp/infer", nested(json!([[[1], [2], [3], [4]]])), None), StatusCode::UNPROCESSABLE_ENTITY, &[
-        "data[0][0] nests deeper than the shape's 2 dims",
-    ])
+    expect_error(
+        post("/v2/models/mlp/infer", nested(json!([[1, 2], [3, 4]])), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["data has 2 items"],
+    )
     .await;
-    expect_error(post("/v2/models/mlp/infer", nested(json!([1, [2, 3, 4]])), None), StatusCode::UNPROCESSABLE_ENTITY, &["data has 2 items"]).await;
+    expect_error(
+        post("/v2/models/mlp/infer", nested(json!([[[1], [2], [3], [4]]])), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["data[0][0] nests deeper than the shape's 2 dims"],
+    )
+    .await;
+    expect_error(
+        post("/v2/models/mlp/infer", nested(json!([1, [2, 3, 4]])), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["data has 2 items"],
+    )
+    .await;
     // Nested exactly as the shape, or flat: both fine.
     for data in [json!([[1, 2, 3, 4]]), json!([1, 2, 3, 4])] {
         let (status, body, _) = send(post("/v2/models/mlp/infer", nested(data), None)).await;
@@ -236,13 +359,17 @@ fn nonfinite_request(x: &[f64], h: &[f64]) -> String {
 #[tokio::test]
 async fn numbers_out_of_range_for_the_element_type() {
     let url = "/v2/models/nonfinite/infer";
-    expect_error(post(url, nonfinite_request(&[3.5e38], &[1.0]), None), StatusCode::UNPROCESSABLE_ENTITY, &[
-        "input \"x\": element 0 is 3.5e+38, which is out of range for FP32",
-    ])
+    expect_error(
+        post(url, nonfinite_request(&[3.5e38], &[1.0]), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["input \"x\": element 0 is 3.5e+38, which is out of range for FP32"],
+    )
     .await;
-    expect_error(post(url, nonfinite_request(&[1.0], &[70000.0]), None), StatusCode::UNPROCESSABLE_ENTITY, &[
-        "input \"h\": element 0 is 70000.0, which is out of range for FP16",
-    ])
+    expect_error(
+        post(url, nonfinite_request(&[1.0], &[70000.0]), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["input \"h\": element 0 is 70000.0, which is out of range for FP16"],
+    )
     .await;
     // The largest finite values of each type still go through.
     let (status, body, _) = send(post(url, nonfinite_request(&[f64::from(f32::MAX)], &[65504.0]), None)).await;
@@ -251,7 +378,8 @@ async fn numbers_out_of_range_for_the_element_type() {
 
 #[tokio::test]
 async fn non_finite_outputs_are_named_strings_in_json() {
-    let (status, body, _) = send(post("/v2/models/nonfinite/infer", nonfinite_request(&[0.0, -1.0, 1.0], &[1.5, 0.0, -2.0]), None)).await;
+    let (status, body, _) =
+        send(post("/v2/models/nonfinite/infer", nonfinite_request(&[0.0, -1.0, 1.0], &[1.5, 0.0, -2.0]), None)).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let out: Value = serde_json::from_slice(&body).expect("json");
     for o in out["outputs"].as_array().expect("outputs") {
@@ -269,7 +397,8 @@ async fn float_inputs_take_the_names_of_non_finite_values() {
     let (status, body, _) = send(post("/v2/models/nonfinite/infer", body.to_string(), None)).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let out: Value = serde_json::from_slice(&body).expect("json");
-    let by_name = |n: &str| out["outputs"].as_array().and_then(|o| o.iter().find(|o| o["name"] == n)).map(|o| o["data"].clone());
+    let by_name =
+        |n: &str| out["outputs"].as_array().and_then(|o| o.iter().find(|o| o["name"] == n)).map(|o| o["data"].clone());
     assert_eq!(by_name("log32"), Some(json!(["NaN", "Infinity", 0.0])));
     assert_eq!(by_name("h_out"), Some(json!(["-Infinity", "NaN", 2.0])));
     // Other strings are still not numbers.
@@ -277,13 +406,24 @@ async fn float_inputs_take_the_names_of_non_finite_values() {
         {"name": "x", "shape": [1], "datatype": "FP32", "data": ["inf"]},
         {"name": "h", "shape": [1], "datatype": "FP16", "data": [1.0]},
     ]});
-    expect_error(post("/v2/models/nonfinite/infer", bad.to_string(), None), StatusCode::UNPROCESSABLE_ENTITY, &["element 0 is \"inf\""]).await;
+    expect_error(
+        post("/v2/models/nonfinite/infer", bad.to_string(), None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &["element 0 is \"inf\""],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn an_output_asked_for_twice_is_a_bad_request() {
-    let body = json!({"inputs": good()["inputs"], "outputs": [{"name": "probs"}, {"name": "logits"}, {"name": "probs"}]});
-    expect_error(post("/v2/models/mlp/infer", body.to_string(), None), StatusCode::BAD_REQUEST, &["output \"probs\" is asked for more than once"]).await;
+    let body =
+        json!({"inputs": good()["inputs"], "outputs": [{"name": "probs"}, {"name": "logits"}, {"name": "probs"}]});
+    expect_error(
+        post("/v2/models/mlp/infer", body.to_string(), None),
+        StatusCode::BAD_REQUEST,
+        &["output \"probs\" is asked for more than once"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -293,7 +433,10 @@ async fn onnx_runtime_failures_do_not_show_its_internals() {
     let (status, body, _) = send(post("/v2/models/odd_length/infer", body.to_string(), None)).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let msg = serde_json::from_slice::<Value>(&body).expect("json")["error"].as_str().expect("error").to_string();
-    assert!(msg.starts_with("inference failed: ") && msg.contains("Reshape") && msg.contains("cannot be reshaped"), "{msg}");
+    assert!(
+        msg.starts_with("inference failed: ") && msg.contains("Reshape") && msg.contains("cannot be reshaped"),
+        "{msg}"
+    );
     for internal in ["onnxruntime_src", ".h:", "::"] {
         assert!(!msg.contains(internal), "{internal:?} in {msg:?}");
     }
@@ -301,10 +444,12 @@ async fn onnx_runtime_failures_do_not_show_its_internals() {
 
 #[tokio::test]
 async fn a_wrong_method_is_a_json_405_with_allow() {
-    let (status, body, headers) = send(Request::get("/v2/models/mlp/infer").body(Body::empty()).expect("request")).await;
+    let (status, body, headers) =
+        send(Request::get("/v2/models/mlp/infer").body(Body::empty()).expect("request")).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(headers.get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
-    let err: Value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
+    let err: Value =
+        serde_json::from_slice(&body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
     assert_eq!(err["error"], "GET is not allowed on /v2/models/mlp/infer; the Allow header lists the methods that are");
     let (status, _, headers) = send(post("/v2/health/ready", "", None)).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);

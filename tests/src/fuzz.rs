@@ -68,4 +68,5 @@ pub fn onnx_signature(data: &[u8]) {
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for the corpus replay.
-pub const TARGETS: [(&str, Target); 4] = [("v2_json", v2_json), ("v2_binary", v2_binary), ("typed_json", typed_json), ("onnx_signature", onnx_signature)];
+pub const TARGETS: [(&str, Target); 4] =
+    [("v2_json", v2_json), ("v2_binary", v2_binary), ("typed_json", typed_json), ("onnx_signature", onnx_signature)];

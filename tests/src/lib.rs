@@ -63,7 +63,11 @@ impl nimify::typed::Process for IrisLabels {
     type Request = FlowerRequest;
     type Response = FlowerResponse;
 
-    async fn process(&self, ctx: &nimify::typed::Context, request: FlowerRequest) -> Result<FlowerResponse, nimify::ApiError> {
+    async fn process(
+        &self,
+        ctx: &nimify::typed::Context,
+        request: FlowerRequest,
+    ) -> Result<FlowerResponse, nimify::ApiError> {
         if request.flowers.is_empty() {
             return Err(nimify::ApiError::InvalidTensor("flowers: send at least one flower".into()));
         }
@@ -71,7 +75,10 @@ impl nimify::typed::Process for IrisLabels {
         let mut species = Vec::new();
         let mut confidence = Vec::new();
         for (label, probs) in out.output_label.iter().zip(&out.output_probability) {
-            let name = usize::try_from(*label).ok().and_then(|i| self.labels.get(i)).ok_or_else(|| nimify::ApiError::Inference(format!("class {label} has no label")))?;
+            let name = usize::try_from(*label)
+                .ok()
+                .and_then(|i| self.labels.get(i))
+                .ok_or_else(|| nimify::ApiError::Inference(format!("class {label} has no label")))?;
             species.push(name.clone());
             confidence.push(probs.get(label).copied().unwrap_or(0.0));
         }
@@ -103,12 +110,20 @@ impl nimify::typed::Process for MlpThenMulti {
     type Request = PipelineRequest;
     type Response = PipelineResponse;
 
-    async fn process(&self, ctx: &nimify::typed::Context, request: PipelineRequest) -> Result<PipelineResponse, nimify::ApiError> {
+    async fn process(
+        &self,
+        ctx: &nimify::typed::Context,
+        request: PipelineRequest,
+    ) -> Result<PipelineResponse, nimify::ApiError> {
         let first = ctx.infer::<Mlp>(MlpInput { x: request.x }).await?;
         let ids = first
             .probs
             .iter()
-            .map(|p| p.iter().enumerate().fold((0, f32::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as i32 + 1)
+            .map(|p| {
+                p.iter().enumerate().fold((0, f32::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
+                    as i32
+                    + 1
+            })
             .collect();
         let features = first.probs.iter().map(|p| p.to_vec()).collect();
         let second = ctx.infer::<MultiIo>(MultiIoInput { features, ids, threshold: 0.5 }).await?;

@@ -14,18 +14,46 @@ async fn schemas(builder: ServerBuilder) -> Value {
     let mut s = doc["components"]["schemas"].clone();
     // Keep the example's own schemas; the V2 ones are covered elsewhere.
     if let Some(map) = s.as_object_mut() {
-        map.retain(|k, _| !k.starts_with("Infer") && !k.starts_with("Model") && !k.starts_with("Config") && !matches!(k.as_str(), "ServerMetadata" | "LiveResponse" | "ReadyResponse" | "MetadataTensor" | "RequestInput" | "RequestOutput" | "ResponseOutput" | "DynamicBatching" | "ErrorBody"));
+        map.retain(|k, _| {
+            !k.starts_with("Infer")
+                && !k.starts_with("Model")
+                && !k.starts_with("Config")
+                && !matches!(
+                    k.as_str(),
+                    "ServerMetadata"
+                        | "LiveResponse"
+                        | "ReadyResponse"
+                        | "MetadataTensor"
+                        | "RequestInput"
+                        | "RequestOutput"
+                        | "ResponseOutput"
+                        | "DynamicBatching"
+                        | "ErrorBody"
+                )
+        });
     }
     s
 }
 
 #[tokio::test]
 async fn example_schemas() {
-    insta::assert_json_snapshot!("iris", schemas(ServerBuilder::default().service(example_iris::Iris::default())).await);
-    let pipeline = ServerBuilder::default().typed::<example_pipeline::Scaler>().typed::<example_pipeline::Scorer>().endpoint("pipeline", example_pipeline::Pipeline);
+    insta::assert_json_snapshot!(
+        "iris",
+        schemas(ServerBuilder::default().service(example_iris::Iris::default())).await
+    );
+    let pipeline = ServerBuilder::default()
+        .typed::<example_pipeline::Scaler>()
+        .typed::<example_pipeline::Scorer>()
+        .endpoint("pipeline", example_pipeline::Pipeline);
     insta::assert_json_snapshot!("pipeline", schemas(pipeline).await);
-    insta::assert_json_snapshot!("recurrent", schemas(ServerBuilder::default().typed::<example_recurrent::Gru>()).await);
-    insta::assert_json_snapshot!("image", schemas(ServerBuilder::default().service(example_image::Classifier::default())).await);
+    insta::assert_json_snapshot!(
+        "recurrent",
+        schemas(ServerBuilder::default().typed::<example_recurrent::Gru>()).await
+    );
+    insta::assert_json_snapshot!(
+        "image",
+        schemas(ServerBuilder::default().service(example_image::Classifier::default())).await
+    );
     let text = example_text::Sentiment::new().expect("embedded tokenizer");
     insta::assert_json_snapshot!("text", schemas(ServerBuilder::default().service(text)).await);
 }

@@ -9,7 +9,10 @@ fn every_corpus_input_gets_an_answer() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus");
     for (target, run) in nimify_tests::fuzz::TARGETS {
         let dir = root.join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.expect("entry").path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("entry").path())
+            .collect();
         files.sort();
         assert!(files.len() >= 5, "{}: the corpus of {target} is (nearly) empty", dir.display());
         for file in files {

@@ -23,7 +23,11 @@ fn app() -> Router {
 }
 
 async fn post(router: &Router, uri: &str, body: Value) -> (StatusCode, Value) {
-    let resp = router.clone().oneshot(Request::post(uri).body(Body::from(body.to_string())).expect("req")).await.expect("infallible");
+    let resp = router
+        .clone()
+        .oneshot(Request::post(uri).body(Body::from(body.to_string())).expect("req"))
+        .await
+        .expect("infallible");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
@@ -32,7 +36,12 @@ async fn post(router: &Router, uri: &str, body: Value) -> (StatusCode, Value) {
 #[tokio::test]
 async fn custom_processing_uses_state_and_its_own_types() {
     let router = app();
-    let (status, out) = post(&router, "/v1/models/iris-labels/predict", json!({"flowers": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})).await;
+    let (status, out) = post(
+        &router,
+        "/v1/models/iris-labels/predict",
+        json!({"flowers": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["species"], json!(["setosa", "virginica"]));
     assert!(out["confidence"][0].as_f64().expect("number") > 0.9);
@@ -57,13 +66,18 @@ async fn a_pipeline_matches_the_models_chained_by_hand() {
 
     let (_, first) = post(&router, "/v1/models/mlp/predict", json!({ "x": x })).await;
     let probs: Vec<Vec<f32>> = serde_json::from_value(first["probs"].clone()).expect("probs");
-    let ids: Vec<i32> = probs.iter().map(|p| p.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as i32 + 1).collect();
-    let (_, second) = post(&router, "/v1/models/multi/predict", json!({"features": probs, "ids": ids, "threshold": 0.5})).await;
+    let ids: Vec<i32> = probs
+        .iter()
+        .map(|p| p.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as i32 + 1)
+        .collect();
+    let (_, second) =
+        post(&router, "/v1/models/multi/predict", json!({"features": probs, "ids": ids, "threshold": 0.5})).await;
     assert_eq!(piped["total"], second["total"]);
     assert_eq!(piped["above"], second["above"]);
 
     let (status, doc) = {
-        let resp = router.clone().oneshot(Request::get("/openapi.json").body(Body::empty()).expect("req")).await.expect("ok");
+        let resp =
+            router.clone().oneshot(Request::get("/openapi.json").body(Body::empty()).expect("req")).await.expect("ok");
         let s = resp.status();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         (s, serde_json::from_slice::<Value>(&bytes).expect("json"))
@@ -72,5 +86,9 @@ async fn a_pipeline_matches_the_models_chained_by_hand() {
     for name in ["FlowerRequest", "FlowerResponse", "PipelineRequest", "PipelineResponse"] {
         assert!(doc["components"]["schemas"][name].is_object(), "{name} missing");
     }
-    assert_eq!(doc["paths"]["/v1/models/mlp-then-multi/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/PipelineRequest");
+    assert_eq!(
+        doc["paths"]["/v1/models/mlp-then-multi/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            ["$ref"],
+        "#/components/schemas/PipelineRequest"
+    );
 }

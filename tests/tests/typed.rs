@@ -6,8 +6,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use nimify::typed::TypedModel;
 use nimify::ServerBuilder;
+use nimify::typed::TypedModel;
 use nimify_tests::{Iris, IrisInput, Mlp, MlpInput, MlpOutput, MultiIo, MultiIoInput, OddNames, OddNamesInput};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -36,7 +36,8 @@ async fn call(router: &Router, method: &str, uri: &str, body: String) -> (Status
 async fn typed_and_v2_answers_agree() {
     let router = app();
     let input = MlpInput { x: vec![[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.0]] };
-    let (status, typed) = call(&router, "POST", "/v1/models/mlp/predict", serde_json::to_string(&input).expect("json")).await;
+    let (status, typed) =
+        call(&router, "POST", "/v1/models/mlp/predict", serde_json::to_string(&input).expect("json")).await;
     assert_eq!(status, StatusCode::OK, "{typed}");
     let typed: MlpOutput = serde_json::from_value(typed).expect("typed output");
     let v2 = json!({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0, 0.5, -1.0, 0.0, 2.0]}]});
@@ -52,7 +53,8 @@ async fn typed_and_v2_answers_agree() {
 async fn several_inputs_scalars_and_odd_names() {
     let router = app();
     let input = MultiIoInput { features: vec![vec![1.0, 2.0], vec![3.0, 4.0]], ids: vec![1, 2], threshold: 4.0 };
-    let (status, out) = call(&router, "POST", "/v1/models/multi/predict", serde_json::to_string(&input).expect("json")).await;
+    let (status, out) =
+        call(&router, "POST", "/v1/models/multi/predict", serde_json::to_string(&input).expect("json")).await;
     assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["total"], json!([3.0, 14.0]));
     assert_eq!(out["above"], json!([false, true]));
@@ -71,7 +73,8 @@ async fn several_inputs_scalars_and_odd_names() {
 async fn zipmap_rows_are_typed_maps() {
     let router = app();
     let input = IrisInput { x: vec![[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]] };
-    let (status, out) = call(&router, "POST", "/v1/models/zipmap/predict", serde_json::to_string(&input).expect("json")).await;
+    let (status, out) =
+        call(&router, "POST", "/v1/models/zipmap/predict", serde_json::to_string(&input).expect("json")).await;
     assert_eq!(status, StatusCode::OK, "{out}");
     let out: nimify_tests::IrisOutput = serde_json::from_value(out).expect("typed output");
     assert_eq!(out.output_label, vec![0, 2]);
@@ -146,7 +149,8 @@ fn a_model_with_another_signature_refuses_to_start() {
 async fn a_model_that_lies_about_an_output_dim_is_served_with_the_override() {
     let (_, router) = ServerBuilder::default().typed::<nimify_tests::Lying>().build().expect("loads with the override");
     let input = nimify_tests::LyingInput { x: vec![[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]] };
-    let (status, out) = call(&router, "POST", "/v1/models/lying_shape/predict", serde_json::to_string(&input).expect("json")).await;
+    let (status, out) =
+        call(&router, "POST", "/v1/models/lying_shape/predict", serde_json::to_string(&input).expect("json")).await;
     assert_eq!(status, StatusCode::OK, "{out}");
     // x times [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]].
     let out: nimify_tests::LyingOutput = serde_json::from_value(out).expect("typed output");
@@ -154,7 +158,13 @@ async fn a_model_that_lies_about_an_output_dim_is_served_with_the_override() {
     // Metadata and input checks see the declared-by-override dims too.
     let (_, meta) = call(&router, "GET", "/v2/models/lying_shape", String::new()).await;
     assert_eq!(meta["outputs"][0]["shape"], json!([-1, 3]), "{meta}");
-    assert_eq!(nimify_tests::Lying::signature().dims_overrides, vec![("y".to_string(), vec![nimify::signature::Dim::Symbolic("batch".into()), nimify::signature::Dim::Fixed(3)])]);
+    assert_eq!(
+        nimify_tests::Lying::signature().dims_overrides,
+        vec![(
+            "y".to_string(),
+            vec![nimify::signature::Dim::Symbolic("batch".into()), nimify::signature::Dim::Fixed(3)]
+        )]
+    );
 }
 
 #[test]
@@ -188,11 +198,13 @@ async fn fixed_dims_above_32_round_trip() {
     let router = app();
     let row: Vec<f32> = (0..40).map(|i| i as f32).collect();
     let input = nimify_tests::WideInput { row: vec![nimify::typed::Array::try_from(row.clone()).expect("40 items")] };
-    let (status, out) = call(&router, "POST", "/v1/models/wide/predict", serde_json::to_string(&input).expect("json")).await;
+    let (status, out) =
+        call(&router, "POST", "/v1/models/wide/predict", serde_json::to_string(&input).expect("json")).await;
     assert_eq!(status, StatusCode::OK, "{out}");
     let out: nimify_tests::WideOutput = serde_json::from_value(out).expect("typed");
     assert_eq!(out.scaled[0].iter().copied().collect::<Vec<f32>>(), row.iter().map(|v| v * 0.5).collect::<Vec<f32>>());
-    let (status, err) = call(&router, "POST", "/v1/models/wide/predict", json!({"row": [[1.0, 2.0]]}).to_string()).await;
+    let (status, err) =
+        call(&router, "POST", "/v1/models/wide/predict", json!({"row": [[1.0, 2.0]]}).to_string()).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(err["error"].as_str().expect("error").contains("expected an array of length 40"), "{err}");
 }

@@ -31,7 +31,9 @@ pub fn run(rest: &[&str]) -> Result<()> {
             cmd!(sh, "{cargo} bench -p nimify-model --bench signature").run()?;
             serve(&sh, &cargo, &[])?;
         }
-        other => bail!("unknown benchmark {other:?}; available: signature, serve [--seconds N], macro, image [--profile NAME]"),
+        other => bail!(
+            "unknown benchmark {other:?}; available: signature, serve [--seconds N], macro, image [--profile NAME]"
+        ),
     }
     Ok(())
 }
@@ -179,7 +181,12 @@ fn ready(port: u16) -> bool {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -223,10 +230,16 @@ fn macro_expansion(sh: &Shell, cargo: &str) -> Result<()> {
         std::fs::create_dir_all(dir.join("src"))?;
         std::fs::write(
             dir.join("Cargo.toml"),
-            format!("[package]\nname = \"macrobench\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n[dependencies]\nnimify = {{ path = {:?} }}\n", runtime.display().to_string()),
+            format!(
+                "[package]\nname = \"macrobench\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n[dependencies]\nnimify = {{ path = {:?} }}\n",
+                runtime.display().to_string()
+            ),
         )?;
         std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock"))?;
-        let main = format!("//! bench\n#[nimify::nimify(model = {:?})]\npub struct M;\nfn main() {{ let _ = std::mem::size_of::<MInput>(); }}\n", model.display().to_string());
+        let main = format!(
+            "//! bench\n#[nimify::nimify(model = {:?})]\npub struct M;\nfn main() {{ let _ = std::mem::size_of::<MInput>(); }}\n",
+            model.display().to_string()
+        );
         std::fs::write(dir.join("src/main.rs"), &main)?;
         let _guard = sh.push_dir(&dir);
         cmd!(sh, "{cargo} build -q").env("CARGO_TARGET_DIR", &target).run()?;
@@ -238,7 +251,10 @@ fn macro_expansion(sh: &Shell, cargo: &str) -> Result<()> {
             times.push(start.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);
-        println!("macro on a {label} model: debug rebuild median {:.2} s (min {:.2}, max {:.2})", times[2], times[0], times[4]);
+        println!(
+            "macro on a {label} model: debug rebuild median {:.2} s (min {:.2}, max {:.2})",
+            times[2], times[0], times[4]
+        );
     }
     Ok(())
 }

@@ -12,13 +12,31 @@ pub fn generate() -> Result<String> {
     let proto_dir = crate::root().join("nimify-model/proto");
     let fds = protox::compile(["onnx.proto"], [&proto_dir]).context("compiling onnx.proto")?;
     let out = tempdir()?;
-    prost_build::Config::new()
-        .out_dir(&out)
-        .compile_fds(fds)
-        .context("running prost-build")?;
+    prost_build::Config::new().out_dir(&out).compile_fds(fds).context("running prost-build")?;
     let body = std::fs::read_to_string(out.join("onnx.rs")).context("reading prost output")?;
     let _ = std::fs::remove_dir_all(&out);
-    Ok(format!("{HEADER}{body}"))
+    rustfmt(&format!("{HEADER}{body}"))
+}
+
+/// `source` as `cargo fmt` leaves it (the repository's rustfmt.toml), so the committed file is
+/// both fresh and formatted.
+fn rustfmt(source: &str) -> Result<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let config = crate::root().join("rustfmt.toml");
+    let mut child = Command::new("rustfmt")
+        .args(["--edition", "2024", "--emit", "stdout", "--config-path"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running rustfmt (rustup component add rustfmt)")?;
+    child.stdin.take().context("rustfmt stdin")?.write_all(source.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("rustfmt failed on the generated code");
+    }
+    String::from_utf8(out.stdout).context("rustfmt output is not UTF-8")
 }
 
 fn tempdir() -> Result<std::path::PathBuf> {

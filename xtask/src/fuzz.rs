@@ -35,7 +35,9 @@ pub fn run(args: &[&str]) -> Result<()> {
     let root = crate::root();
     sh.change_dir(root.join("fuzz"));
     if cmd!(sh, "rustup run nightly rustc --version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
-        cmd!(sh, "rustup toolchain install nightly --profile minimal").run().context("installing the nightly toolchain")?;
+        cmd!(sh, "rustup toolchain install nightly --profile minimal")
+            .run()
+            .context("installing the nightly toolchain")?;
     }
     if cmd!(sh, "cargo fuzz --version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
         cmd!(sh, "cargo install cargo-fuzz --locked").run().context("installing cargo-fuzz")?;
@@ -60,15 +62,23 @@ pub fn run(args: &[&str]) -> Result<()> {
         let summary = stats(&log);
         if crashed {
             copy_crashes(&root.join("fuzz/artifacts").join(target), &corpus)?;
-            eprintln!("{}", log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
-            bail!("fuzz {target} crashed ({summary}); the input is now in {corpus_s} (a regression test): fix it and run again");
+            eprintln!(
+                "{}",
+                log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            bail!(
+                "fuzz {target} crashed ({summary}); the input is now in {corpus_s} (a regression test): fix it and run again"
+            );
         }
         // Minimize what the run found together with the committed corpus, back into the corpus.
         let merged = root.join("fuzz/corpus").join(format!("{target}.min"));
         let _ = std::fs::remove_dir_all(&merged);
         std::fs::create_dir_all(&merged)?;
         let merged_s = merged.display().to_string();
-        cmd!(sh, "cargo +nightly fuzz run -O {target} {merged_s} {corpus_s} {work_s} -- -merge=1").quiet().ignore_stderr().run()?;
+        cmd!(sh, "cargo +nightly fuzz run -O {target} {merged_s} {corpus_s} {work_s} -- -merge=1")
+            .quiet()
+            .ignore_stderr()
+            .run()?;
         let _ = std::fs::remove_dir_all(&corpus);
         std::fs::rename(&merged, &corpus)?;
         let kept = std::fs::read_dir(&corpus)?.count();
@@ -83,10 +93,26 @@ pub fn run(args: &[&str]) -> Result<()> {
 
 /// libFuzzer's last figures: runs, coverage (edges) and features.
 fn stats(log: &str) -> String {
-    let runs = log.lines().rev().find_map(|l| l.split("Done ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string));
-    let runs = runs.or_else(|| log.lines().rev().find_map(|l| l.split('#').nth(1).and_then(|r| r.split_whitespace().next()).map(|r| r.trim_end_matches(':').to_string())));
-    let field = |name: &str| log.lines().rev().find_map(|l| l.split(&format!("{name}: ")).nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string));
-    format!("{} runs, cov {}, ft {}", runs.unwrap_or_else(|| "?".into()), field("cov").unwrap_or_else(|| "?".into()), field("ft").unwrap_or_else(|| "?".into()))
+    let runs = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split("Done ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string));
+    let runs = runs.or_else(|| {
+        log.lines().rev().find_map(|l| {
+            l.split('#').nth(1).and_then(|r| r.split_whitespace().next()).map(|r| r.trim_end_matches(':').to_string())
+        })
+    });
+    let field = |name: &str| {
+        log.lines().rev().find_map(|l| {
+            l.split(&format!("{name}: ")).nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string)
+        })
+    };
+    format!(
+        "{} runs, cov {}, ft {}",
+        runs.unwrap_or_else(|| "?".into()),
+        field("cov").unwrap_or_else(|| "?".into()),
+        field("ft").unwrap_or_else(|| "?".into())
+    )
 }
 
 fn copy_crashes(artifacts: &Path, corpus: &Path) -> Result<()> {

@@ -74,14 +74,20 @@ fn soak(server: &mut Child, port: u16, minutes: f64) -> Result<()> {
     let capacity = closed_loop(&address, &payload, 8, Duration::from_secs(5))?;
     let rate = 2.0 * capacity;
     let duration = Duration::from_secs_f64(minutes * 60.0);
-    eprintln!("soak: {trips} steps = {:.2} ms a request; capacity {capacity:.0} requests/s; offering {rate:.0}/s for {minutes} min", per_request.as_secs_f64() * 1000.0);
+    eprintln!(
+        "soak: {trips} steps = {:.2} ms a request; capacity {capacity:.0} requests/s; offering {rate:.0}/s for {minutes} min",
+        per_request.as_secs_f64() * 1000.0
+    );
 
     let (jobs, queue) = channel::<Instant>();
     let queue = Arc::new(Mutex::new(queue));
-    let results = Arc::new(Mutex::new(Vec::<(u16, Duration, Instant)>::with_capacity((rate * duration.as_secs_f64()) as usize + 1024)));
+    let results = Arc::new(Mutex::new(Vec::<(u16, Duration, Instant)>::with_capacity(
+        (rate * duration.as_secs_f64()) as usize + 1024,
+    )));
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
-            let (queue, results, payload, address) = (Arc::clone(&queue), Arc::clone(&results), Arc::clone(&payload), address.clone());
+            let (queue, results, payload, address) =
+                (Arc::clone(&queue), Arc::clone(&results), Arc::clone(&payload), address.clone());
             std::thread::spawn(move || worker(&address, &queue, &results, &payload))
         })
         .collect();
@@ -117,7 +123,12 @@ fn soak(server: &mut Child, port: u16, minutes: f64) -> Result<()> {
     Ok(())
 }
 
-fn worker(address: &str, queue: &Mutex<Receiver<Instant>>, results: &Mutex<Vec<(u16, Duration, Instant)>>, payload: &[u8]) {
+fn worker(
+    address: &str,
+    queue: &Mutex<Receiver<Instant>>,
+    results: &Mutex<Vec<(u16, Duration, Instant)>>,
+    payload: &[u8],
+) {
     let mut conn = Conn::new(address);
     loop {
         let due = match queue.lock().map(|q| q.recv()) {
@@ -153,15 +164,28 @@ fn closed_loop(address: &str, payload: &Arc<Vec<u8>>, clients: usize, for_: Dura
     Ok(ok as f64 / start.elapsed().as_secs_f64())
 }
 
-fn report(results: &[(u16, Duration, Instant)], sent: u64, rate: f64, capacity: f64, duration: Duration, rss: &[(Duration, u64)], peak_kib: u64) {
+fn report(
+    results: &[(u16, Duration, Instant)],
+    sent: u64,
+    rate: f64,
+    capacity: f64,
+    duration: Duration,
+    rss: &[(Duration, u64)],
+    peak_kib: u64,
+) {
     let mut admitted: Vec<Duration> = results.iter().filter(|(s, _, _)| *s == 200).map(|(_, d, _)| *d).collect();
     admitted.sort();
     let refused = results.iter().filter(|(s, _, _)| *s == 503).count();
     let other = results.iter().filter(|(s, _, _)| *s != 200 && *s != 503).count();
-    let pct = |p: f64| admitted.get(((admitted.len() as f64 * p) as usize).min(admitted.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let pct = |p: f64| {
+        admitted
+            .get(((admitted.len() as f64 * p) as usize).min(admitted.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
     let mib = |k: u64| k as f64 / 1024.0;
     let window = |from: f64, to: f64| {
-        let xs: Vec<u64> = rss.iter().filter(|(t, _)| t.as_secs_f64() >= from && t.as_secs_f64() < to).map(|(_, k)| *k).collect();
+        let xs: Vec<u64> =
+            rss.iter().filter(|(t, _)| t.as_secs_f64() >= from && t.as_secs_f64() < to).map(|(_, k)| *k).collect();
         xs.iter().sum::<u64>() as f64 / xs.len().max(1) as f64 / 1024.0
     };
     let secs = duration.as_secs_f64();
@@ -171,9 +195,23 @@ fn report(results: &[(u16, Duration, Instant)], sent: u64, rate: f64, capacity: 
     println!("| admitted (200) | {} ({:.0}/s) |", admitted.len(), admitted.len() as f64 / secs);
     println!("| refused (503) | {refused} |");
     println!("| other answers or errors | {other} |");
-    println!("| admitted latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |", pct(0.5), pct(0.99), admitted.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0));
-    println!("| RSS first 30 s / last 30 s (mean) | {:.1} / {:.1} MiB |", window(0.0, 30.0), window(secs - 30.0, secs + 1.0));
-    println!("| RSS min / max over the run | {:.1} / {:.1} MiB; peak (VmHWM) {:.1} MiB |", mib(rss.iter().map(|r| r.1).min().unwrap_or(0)), mib(rss.iter().map(|r| r.1).max().unwrap_or(0)), mib(peak_kib));
+    println!(
+        "| admitted latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
+        pct(0.5),
+        pct(0.99),
+        admitted.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    );
+    println!(
+        "| RSS first 30 s / last 30 s (mean) | {:.1} / {:.1} MiB |",
+        window(0.0, 30.0),
+        window(secs - 30.0, secs + 1.0)
+    );
+    println!(
+        "| RSS min / max over the run | {:.1} / {:.1} MiB; peak (VmHWM) {:.1} MiB |",
+        mib(rss.iter().map(|r| r.1).min().unwrap_or(0)),
+        mib(rss.iter().map(|r| r.1).max().unwrap_or(0)),
+        mib(peak_kib)
+    );
 }
 
 fn body(trips: u64) -> Vec<u8> {
@@ -224,7 +262,10 @@ impl Conn {
             self.stream = Some(BufReader::new(s));
         }
         let reader = self.stream.as_mut().context("connected")?;
-        let head = format!("POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+        let head = format!(
+            "POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
         reader.get_mut().write_all(head.as_bytes())?;
         reader.get_mut().write_all(body)?;
         let mut line = String::new();
@@ -259,6 +300,11 @@ impl Conn {
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }

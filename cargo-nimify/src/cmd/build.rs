@@ -29,7 +29,9 @@ pub fn run(args: &BuildArgs) -> Result<(), CliError> {
     let project = Project::load(&args.project)?;
     let exe = build(&project, &args.profile)?;
     match args.format {
-        crate::Format::Json => println!("{}", serde_json::json!({"package": project.package, "bin": project.bin, "executable": exe})),
+        crate::Format::Json => {
+            println!("{}", serde_json::json!({"package": project.package, "bin": project.bin, "executable": exe}))
+        }
         crate::Format::Text => println!("{}", exe.display()),
     }
     Ok(())
@@ -39,7 +41,18 @@ pub fn run(args: &BuildArgs) -> Result<(), CliError> {
 pub fn build(project: &Project, profile: &str) -> Result<PathBuf, CliError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(&cargo)
-        .args(["build", "--message-format", "json-render-diagnostics", "--profile", profile, "--package", &project.package, "--bin", &project.bin, "--manifest-path"])
+        .args([
+            "build",
+            "--message-format",
+            "json-render-diagnostics",
+            "--profile",
+            profile,
+            "--package",
+            &project.package,
+            "--bin",
+            &project.bin,
+            "--manifest-path",
+        ])
         .arg(&project.manifest_path)
         .stdout(Stdio::piped())
         .spawn()
@@ -57,7 +70,10 @@ pub fn build(project: &Project, profile: &str) -> Result<PathBuf, CliError> {
     }
     let status = child.wait().map_err(|e| CliError::Message(format!("cargo build: {e}")))?;
     if !status.success() {
-        return Err(CliError::Message(format!("`cargo build --profile {profile} --package {} --bin {}` failed ({status}); its errors are above", project.package, project.bin)));
+        return Err(CliError::Message(format!(
+            "`cargo build --profile {profile} --package {} --bin {}` failed ({status}); its errors are above",
+            project.package, project.bin
+        )));
     }
     exe.ok_or_else(|| CliError::Message(format!("cargo build reported no executable for binary `{}`", project.bin)))
 }

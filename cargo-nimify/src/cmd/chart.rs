@@ -34,7 +34,10 @@ pub fn run(args: &ChartArgs) -> Result<(), CliError> {
     let dir = args.output.clone().unwrap_or_else(|| project.state_dir().join("chart"));
     let written = write(&project, &dir)?;
     match args.format {
-        crate::Format::Json => println!("{}", serde_json::json!({"chart": written.dir, "name": written.name, "version": written.version, "image": written.image})),
+        crate::Format::Json => println!(
+            "{}",
+            serde_json::json!({"chart": written.dir, "name": written.name, "version": written.version, "image": written.image})
+        ),
         crate::Format::Text => println!("{}", written.dir.display()),
     }
     Ok(())
@@ -63,11 +66,17 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
     let text = |key: &str| record[key].as_str().unwrap_or_default().to_string();
     let (repository, digest, tag) = (text("repository"), text("digest"), text("tag"));
     if !text("reference").starts_with("docker://") {
-        eprintln!("warning: the recorded image ({}) was not pushed to a registry; push it (`cargo nimify image --output docker://...`) before deploying", text("reference"));
+        eprintln!(
+            "warning: the recorded image ({}) was not pushed to a registry; push it (`cargo nimify image --output docker://...`) before deploying",
+            text("reference")
+        );
     }
     let models = record["models"].as_array().cloned().unwrap_or_default();
     let names: Vec<&str> = models.iter().filter_map(|m| m["name"].as_str()).collect();
-    let sha: Vec<String> = models.iter().map(|m| format!("{}={}", m["name"].as_str().unwrap_or(""), m["sha256"].as_str().unwrap_or(""))).collect();
+    let sha: Vec<String> = models
+        .iter()
+        .map(|m| format!("{}={}", m["name"].as_str().unwrap_or(""), m["sha256"].as_str().unwrap_or("")))
+        .collect();
     let model_bytes: u64 = models.iter().filter_map(|m| m["size"].as_u64()).sum();
     let (request, limit) = memory_for(model_bytes);
     let name = chart_name(&project.package);
@@ -77,7 +86,14 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
         ("image.digest", quote(&digest)),
         ("image.tag", quote(&tag)),
         ("model.name", quote(&names.join(","))),
-        ("model.sha256", quote(&if models.len() == 1 { models[0]["sha256"].as_str().unwrap_or("").to_string() } else { sha.join(",") })),
+        (
+            "model.sha256",
+            quote(&if models.len() == 1 {
+                models[0]["sha256"].as_str().unwrap_or("").to_string()
+            } else {
+                sha.join(",")
+            }),
+        ),
         ("model.sizeBytes", model_bytes.to_string()),
         ("containerPort", record["port"].as_u64().unwrap_or(8000).to_string()),
         ("resources.requests.memory", request),
@@ -92,15 +108,24 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
     if let Some(d) = &project.description {
         chart_yaml = set_value(&chart_yaml, "description", &quote(d))?;
     }
-    let temp = dir.with_file_name(format!(".{}.tmp-{}", dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
+    let temp = dir.with_file_name(format!(
+        ".{}.tmp-{}",
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&temp);
     let result = (|| {
         extract(&CHART, &temp)?;
         std::fs::write(temp.join("values.yaml"), &values).map_err(|e| io(&temp, &e))?;
         std::fs::write(temp.join("Chart.yaml"), &chart_yaml).map_err(|e| io(&temp, &e))?;
         if dir.exists() {
-            if !dir.join("Chart.yaml").is_file() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
-                return Err(CliError::Message(format!("{} exists and is not a chart; pick another --output or remove it", dir.display())));
+            if !dir.join("Chart.yaml").is_file()
+                && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
+            {
+                return Err(CliError::Message(format!(
+                    "{} exists and is not a chart; pick another --output or remove it",
+                    dir.display()
+                )));
             }
             std::fs::remove_dir_all(dir).map_err(|e| io(dir, &e))?;
         }
@@ -119,7 +144,11 @@ fn io(path: &Path, e: &std::io::Error) -> CliError {
 }
 
 fn file_text(name: &str) -> Result<String, CliError> {
-    CHART.get_file(name).and_then(|f| f.contents_utf8()).map(String::from).ok_or_else(|| CliError::Message(format!("the embedded chart has no {name}")))
+    CHART
+        .get_file(name)
+        .and_then(|f| f.contents_utf8())
+        .map(String::from)
+        .ok_or_else(|| CliError::Message(format!("the embedded chart has no {name}")))
 }
 
 fn extract(dir: &Dir<'_>, to: &Path) -> Result<(), CliError> {
@@ -194,7 +223,10 @@ mod tests {
         let text = "# top\nimage:\n  # -- repo\n  repository: \"\"\n  tag: \"\"\nresources:\n  requests:\n    memory: 1Mi\n  limits:\n    memory: 2Mi\n";
         let got = set_value(text, "resources.limits.memory", "9Mi").expect("set");
         let got = set_value(&got, "image.tag", "\"v1\"").expect("set");
-        assert_eq!(got, "# top\nimage:\n  # -- repo\n  repository: \"\"\n  tag: \"v1\"\nresources:\n  requests:\n    memory: 1Mi\n  limits:\n    memory: 9Mi\n");
+        assert_eq!(
+            got,
+            "# top\nimage:\n  # -- repo\n  repository: \"\"\n  tag: \"v1\"\nresources:\n  requests:\n    memory: 1Mi\n  limits:\n    memory: 9Mi\n"
+        );
         assert!(set_value(text, "image.digest", "x").is_err());
     }
 
@@ -210,7 +242,11 @@ mod tests {
             for file in dir.files() {
                 let on_disk = disk.join(file.path().file_name().unwrap_or_default());
                 let want = std::fs::read(&on_disk).unwrap_or_else(|e| panic!("{}: {e}", on_disk.display()));
-                assert!(want == file.contents(), "{} differs from the embedded chart: rebuild cargo-nimify", on_disk.display());
+                assert!(
+                    want == file.contents(),
+                    "{} differs from the embedded chart: rebuild cargo-nimify",
+                    on_disk.display()
+                );
                 *seen += 1;
             }
             for sub in dir.dirs() {
@@ -218,7 +254,11 @@ mod tests {
             }
         }
         fn count(disk: &Path) -> usize {
-            std::fs::read_dir(disk).expect("chart dir").filter_map(Result::ok).map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 }).sum()
+            std::fs::read_dir(disk)
+                .expect("chart dir")
+                .filter_map(Result::ok)
+                .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                .sum()
         }
         let disk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/nimify");
         let mut seen = 0;

@@ -80,7 +80,10 @@ fn target(project: &Project, env: &str) -> Result<Target, CliError> {
         Some(v) => {
             let path = project.dir().join(v);
             if !path.is_file() {
-                return Err(CliError::Message(format!("values file {} of environment `{env}` not found", path.display())));
+                return Err(CliError::Message(format!(
+                    "values file {} of environment `{env}` not found",
+                    path.display()
+                )));
             }
             Some(path)
         }
@@ -109,7 +112,10 @@ fn missing_helm() -> CliError {
 /// The major version of `helm`.
 fn helm_major(sh: &Shell, helm: &Path) -> Result<u8, CliError> {
     let template = "{{.Version}}";
-    let version = cmd!(sh, "{helm} version --template {template}").quiet().read().map_err(|e| CliError::Message(format!("`helm version` failed: {e}")))?;
+    let version = cmd!(sh, "{helm} version --template {template}")
+        .quiet()
+        .read()
+        .map_err(|e| CliError::Message(format!("`helm version` failed: {e}")))?;
     match version.trim().trim_start_matches('v').split('.').next() {
         Some("3") => Ok(3),
         Some("4") => Ok(4),
@@ -137,7 +143,9 @@ fn print_command(argv: &[String]) {
 
 fn run_helm(sh: &Shell, helm: &Path, argv: &[String]) -> Result<(), CliError> {
     eprintln!("     Running helm {}", shell_line(argv));
-    cmd!(sh, "{helm} {argv...}").run().map_err(|e| CliError::Message(format!("{} failed: {e}", argv.first().map(String::as_str).unwrap_or("helm"))))
+    cmd!(sh, "{helm} {argv...}")
+        .run()
+        .map_err(|e| CliError::Message(format!("{} failed: {e}", argv.first().map(String::as_str).unwrap_or("helm"))))
 }
 
 fn common(t: &Target) -> Vec<String> {
@@ -164,7 +172,14 @@ pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
     let sh = Shell::new().map_err(|e| CliError::Message(e.to_string()))?;
     let helm = helm_binary();
     if let Some(dir) = &args.render {
-        let mut argv = vec!["helm".to_string(), "template".into(), t.release.clone(), chart.dir.display().to_string(), "--namespace".into(), t.namespace.clone()];
+        let mut argv = vec![
+            "helm".to_string(),
+            "template".into(),
+            t.release.clone(),
+            chart.dir.display().to_string(),
+            "--namespace".into(),
+            t.namespace.clone(),
+        ];
         argv.extend(values);
         argv.extend(["--output-dir".to_string(), dir.display().to_string()]);
         if args.dry_run {
@@ -182,7 +197,13 @@ pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
         }
         (None, None) => return Err(missing_helm()),
     };
-    let mut argv = vec!["helm".to_string(), "upgrade".into(), "--install".into(), t.release.clone(), chart.dir.display().to_string()];
+    let mut argv = vec![
+        "helm".to_string(),
+        "upgrade".into(),
+        "--install".into(),
+        t.release.clone(),
+        chart.dir.display().to_string(),
+    ];
     argv.extend(common(&t));
     argv.push("--create-namespace".into());
     argv.extend(values);

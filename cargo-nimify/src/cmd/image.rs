@@ -68,7 +68,11 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
     let binary = if args.no_build {
         let exe = super::build::expected_executable(&project, &args.profile);
         if !exe.is_file() {
-            return Err(CliError::Message(format!("binary {} not found; build it with `cargo nimify build --profile {}` or drop --no-build", exe.display(), args.profile)));
+            return Err(CliError::Message(format!(
+                "binary {} not found; build it with `cargo nimify build --profile {}` or drop --no-build",
+                exe.display(),
+                args.profile
+            )));
         }
         exe
     } else {
@@ -77,14 +81,22 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
     };
     let plan = plan(&project, args, binary, &name)?;
     let epoch = plan.epoch;
-    std::fs::create_dir_all(project.state_dir()).map_err(|e| CliError::Message(format!("cannot create {}: {e}", project.state_dir().display())))?;
+    std::fs::create_dir_all(project.state_dir())
+        .map_err(|e| CliError::Message(format!("cannot create {}: {e}", project.state_dir().display())))?;
     let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?;
     let built = img::assemble(&plan, store, &status)?;
     let repo_tag = match &output {
         Output::Registry(r) => format!("{}/{}:{}", r.registry, r.name, r.tag),
         _ => format!("{name}:{tag}"),
     };
-    let image = Image { store: &built.store, manifest: built.manifest.clone(), config: built.config.clone(), layers: &built.layers, repo_tag, epoch };
+    let image = Image {
+        store: &built.store,
+        manifest: built.manifest.clone(),
+        config: built.config.clone(),
+        layers: &built.layers,
+        repo_tag,
+        epoch,
+    };
     status("Writing", &output.reference());
     match &output {
         Output::Oci { dir, tag } => output::write_oci_dir(&image, dir, tag.as_deref())?,
@@ -96,10 +108,13 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
     }
     let record = record(&project, &plan, &output, &built, &name, &tag);
     let path = project.state_dir().join("image.json");
-    std::fs::write(&path, format!("{record:#}\n")).map_err(|e| CliError::Message(format!("cannot write {}: {e}", path.display())))?;
+    std::fs::write(&path, format!("{record:#}\n"))
+        .map_err(|e| CliError::Message(format!("cannot write {}: {e}", path.display())))?;
     report(&record);
     match args.format {
-        crate::Format::Json => println!("{}", json!({"reference": output.reference(), "digest": built.manifest.digest})),
+        crate::Format::Json => {
+            println!("{}", json!({"reference": output.reference(), "digest": built.manifest.digest}))
+        }
         crate::Format::Text => println!("{}", built.manifest.digest),
     }
     Ok(())
@@ -126,7 +141,11 @@ fn status(verb: &str, what: &str) {
 
 fn push_options(args: &ImageArgs) -> Result<PushOptions, CliError> {
     let creds = match &args.creds {
-        Some(c) => Some(c.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())).ok_or_else(|| CliError::Message("--creds must be USER:PASSWORD".into()))?),
+        Some(c) => Some(
+            c.split_once(':')
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .ok_or_else(|| CliError::Message("--creds must be USER:PASSWORD".into()))?,
+        ),
         None => None,
     };
     Ok(PushOptions { insecure: args.insecure, ca_certs: args.ca_cert.clone(), creds })
@@ -142,11 +161,16 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Res
         .map(|a| {
             let relative = a.to_string_lossy().replace('\\', "/");
             if a.is_absolute() || a.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return Err(CliError::Message(format!("asset {relative:?} in [package.metadata.nimify] must be a path inside the crate, without `..`")));
+                return Err(CliError::Message(format!(
+                    "asset {relative:?} in [package.metadata.nimify] must be a path inside the crate, without `..`"
+                )));
             }
             let host = project.dir().join(a);
             if !host.exists() {
-                return Err(CliError::Message(format!("asset {} (declared in [package.metadata.nimify] assets) not found", host.display())));
+                return Err(CliError::Message(format!(
+                    "asset {} (declared in [package.metadata.nimify] assets) not found",
+                    host.display()
+                )));
             }
             Ok((relative.trim_start_matches("./").to_string(), host))
         })
@@ -155,11 +179,24 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Res
     let mut ort = vec![lib.clone()];
     ort.extend(Some(lib.with_file_name("libonnxruntime_providers_shared.so")).filter(|p| p.is_file()));
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v.trim().parse().map_err(|_| CliError::Message(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?,
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| CliError::Message(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?,
         Err(_) => 0,
     };
     let base = args.base.clone().or_else(|| project.settings.base.clone());
-    let mut plan = Plan { bin: project.bin.clone(), binary, models, assets, ort, base, labels: BTreeMap::new(), epoch, port: nimify::DEFAULT_PORT };
+    let mut plan = Plan {
+        bin: project.bin.clone(),
+        binary,
+        models,
+        assets,
+        ort,
+        base,
+        labels: BTreeMap::new(),
+        epoch,
+        port: nimify::DEFAULT_PORT,
+    };
     plan.labels = labels(project, &plan, name);
     Ok(plan)
 }
@@ -183,27 +220,40 @@ fn models_of(binary: &Path, bin: &str) -> Result<Vec<ModelFile>, CliError> {
         let name = m["name"].as_str().unwrap_or_default().to_string();
         let path = PathBuf::from(m["path"].as_str().unwrap_or_default());
         if !path.is_file() {
-            return Err(CliError::Message(format!("model file {} (model `{name}`, compiled into {bin}) not found; restore it, or rebuild after moving it", path.display())));
+            return Err(CliError::Message(format!(
+                "model file {} (model `{name}`, compiled into {bin}) not found; restore it, or rebuild after moving it",
+                path.display()
+            )));
         }
         let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         if let Some(other) = files.insert(file.clone(), name.clone()) {
-            return Err(CliError::Message(format!("models `{other}` and `{name}` are both files named {file}; the image keeps models in one directory, so rename one")));
+            return Err(CliError::Message(format!(
+                "models `{other}` and `{name}` are both files named {file}; the image keeps models in one directory, so rename one"
+            )));
         }
-        let info = nimify_model::read_model(&path).map_err(|e| CliError::Message(format!("model {}: {e}", path.display())))?;
+        let info =
+            nimify_model::read_model(&path).map_err(|e| CliError::Message(format!("model {}: {e}", path.display())))?;
         let mut external: Vec<String> = info.external_data.iter().map(|x| x.location.clone()).collect();
         external.sort();
         external.dedup();
         for x in &external {
             let at = path.parent().unwrap_or(Path::new(".")).join(x);
             if !at.is_file() {
-                return Err(CliError::Message(format!("external data file {} of model {} not found", at.display(), path.display())));
+                return Err(CliError::Message(format!(
+                    "external data file {} of model {} not found",
+                    at.display(),
+                    path.display()
+                )));
             }
         }
-        let sha256 = nimify_model::file_sha256(&path).map_err(|e| CliError::Message(format!("cannot hash {}: {e}", path.display())))?;
+        let sha256 = nimify_model::file_sha256(&path)
+            .map_err(|e| CliError::Message(format!("cannot hash {}: {e}", path.display())))?;
         models.push(ModelFile { name, path, sha256, external });
     }
     if models.is_empty() {
-        return Err(CliError::Message(format!("{bin} serves no model; an image needs at least one `#[nimify(model = ...)]` model")));
+        return Err(CliError::Message(format!(
+            "{bin} serves no model; an image needs at least one `#[nimify(model = ...)]` model"
+        )));
     }
     Ok(models)
 }
@@ -236,7 +286,13 @@ fn labels(project: &Project, plan: &Plan, title: &str) -> BTreeMap<String, Strin
 }
 
 fn git_revision(dir: &Path) -> Option<String> {
-    let out = Command::new("git").arg("-C").arg(dir).args(["rev-parse", "HEAD"]).stderr(std::process::Stdio::null()).output().ok()?;
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
 }
 
@@ -281,10 +337,27 @@ fn report(record: &Value) {
     for l in record["layers"].as_array().into_iter().flatten() {
         let (size, unpacked) = (l["size"].as_u64().unwrap_or(0), l["uncompressed_size"].as_u64().unwrap_or(0));
         raw += unpacked;
-        status("Layer", &format!("{:<12} {:>10} compressed {:>10} on disk", l["role"].as_str().unwrap_or(""), img::human_size(size), img::human_size(unpacked)));
+        status(
+            "Layer",
+            &format!(
+                "{:<12} {:>10} compressed {:>10} on disk",
+                l["role"].as_str().unwrap_or(""),
+                img::human_size(size),
+                img::human_size(unpacked)
+            ),
+        );
     }
     let size = record["size"].as_u64().unwrap_or(0);
-    status("Finished", &format!("{} ({} compressed, {} unpacked) {}", record["reference"].as_str().unwrap_or(""), img::human_size(size), img::human_size(raw), record["digest"].as_str().unwrap_or("")));
+    status(
+        "Finished",
+        &format!(
+            "{} ({} compressed, {} unpacked) {}",
+            record["reference"].as_str().unwrap_or(""),
+            img::human_size(size),
+            img::human_size(raw),
+            record["digest"].as_str().unwrap_or("")
+        ),
+    );
 }
 
 #[cfg(test)]
@@ -319,12 +392,23 @@ mod tests {
         let (name, tag, output) = naming(&project(Default::default()), &args(&[])).expect("defaults");
         assert_eq!((name.as_str(), tag.as_str()), ("svc", "1.2.3"));
         assert_eq!(output.reference(), "oci:/w/target/nimify/svc/oci:1.2.3");
-        let meta = crate::project::Settings { image: Some("acme/svc".into()), tag: Some("stable".into()), registry: Some("ghcr.io/".into()), ..Default::default() };
+        let meta = crate::project::Settings {
+            image: Some("acme/svc".into()),
+            tag: Some("stable".into()),
+            registry: Some("ghcr.io/".into()),
+            ..Default::default()
+        };
         let (_, _, output) = naming(&project(meta.clone()), &args(&[])).expect("metadata");
         assert_eq!(output.reference(), "docker://ghcr.io/acme/svc:stable");
-        let (name, tag, output) = naming(&project(meta.clone()), &args(&["--name", "other", "--tag", "v9", "--registry", "127.0.0.1:5000"])).expect("flags");
-        assert_eq!((name.as_str(), tag.as_str(), output.reference().as_str()), ("other", "v9", "docker://127.0.0.1:5000/other:v9"));
-        let (_, _, output) = naming(&project(meta), &args(&["--output", "oci-archive:x.tar"])).expect("explicit output");
+        let (name, tag, output) =
+            naming(&project(meta.clone()), &args(&["--name", "other", "--tag", "v9", "--registry", "127.0.0.1:5000"]))
+                .expect("flags");
+        assert_eq!(
+            (name.as_str(), tag.as_str(), output.reference().as_str()),
+            ("other", "v9", "docker://127.0.0.1:5000/other:v9")
+        );
+        let (_, _, output) =
+            naming(&project(meta), &args(&["--output", "oci-archive:x.tar"])).expect("explicit output");
         assert_eq!(output.reference(), "oci-archive:x.tar:stable");
     }
 }

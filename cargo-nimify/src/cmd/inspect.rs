@@ -39,8 +39,10 @@ struct Report<'a> {
 
 /// Runs the command.
 pub fn run(args: &InspectArgs) -> Result<(), CliError> {
-    let info = nimify_model::read_model(&args.model).map_err(|e| CliError::Message(format!("model {}: {e}", args.model.display())))?;
-    let sha256 = nimify_model::file_sha256(&args.model).map_err(|e| CliError::Message(format!("cannot hash {}: {e}", args.model.display())))?;
+    let info = nimify_model::read_model(&args.model)
+        .map_err(|e| CliError::Message(format!("model {}: {e}", args.model.display())))?;
+    let sha256 = nimify_model::file_sha256(&args.model)
+        .map_err(|e| CliError::Message(format!("cannot hash {}: {e}", args.model.display())))?;
     let path = args.model.display().to_string();
     match args.format {
         Format::Json => {
@@ -56,7 +58,12 @@ pub fn run(args: &InspectArgs) -> Result<(), CliError> {
 /// The human-readable report.
 pub fn table(path: &str, sha256: &str, info: &ModelInfo) -> String {
     let mut out = String::new();
-    let opsets = info.opsets.iter().map(|o| format!("{} {}", if o.domain.is_empty() { "ai.onnx" } else { &o.domain }, o.version)).collect::<Vec<_>>().join(", ");
+    let opsets = info
+        .opsets
+        .iter()
+        .map(|o| format!("{} {}", if o.domain.is_empty() { "ai.onnx" } else { &o.domain }, o.version))
+        .collect::<Vec<_>>()
+        .join(", ");
     let producer = format!("{} {}", info.producer_name, info.producer_version);
     let rows = [
         ("model", path.to_string()),
@@ -92,7 +99,8 @@ pub fn table(path: &str, sha256: &str, info: &ModelInfo) -> String {
     if !info.external_data.is_empty() {
         let _ = writeln!(out, "\nexternal data");
         for e in &info.external_data {
-            let _ = writeln!(out, "  {} -> {} (offset {}, length {})", e.tensor, e.location, opt(e.offset), opt(e.length));
+            let _ =
+                writeln!(out, "  {} -> {} (offset {}, length {})", e.tensor, e.location, opt(e.offset), opt(e.length));
         }
     }
     out
@@ -104,7 +112,9 @@ fn opt(v: Option<u64>) -> String {
 
 fn row(kind: &str, v: &ValueInfo) -> [String; 4] {
     let ty = match &v.ty {
-        ValueType::Tensor { elem: Some(e), .. } => e.kserve_name().map_or_else(|| v.ty.onnx_type(), |k| format!("{k} ({})", e.onnx_name())),
+        ValueType::Tensor { elem: Some(e), .. } => {
+            e.kserve_name().map_or_else(|| v.ty.onnx_type(), |k| format!("{k} ({})", e.onnx_name()))
+        }
         other => other.onnx_type(),
     };
     let shape = match &v.ty {
@@ -128,7 +138,11 @@ fn dim(d: &Dim) -> String {
 /// Names made only of identifier characters print bare; anything else is quoted so that spaces,
 /// quotes and a dim literally named `?` stay unambiguous.
 fn quote_if_odd(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') { s.to_string() } else { format!("{s:?}") }
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        s.to_string()
+    } else {
+        format!("{s:?}")
+    }
 }
 
 fn human_size(bytes: u64) -> String {

@@ -65,7 +65,10 @@ fn ask(question: &str) -> Result<String, CliError> {
     eprint!("{question}: ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| CliError::Message(format!("cannot read the answer: {e}")))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError::Message(format!("cannot read the answer: {e}")))?;
     Ok(line.trim().to_string())
 }
 
@@ -80,12 +83,15 @@ fn answers(args: &NewArgs) -> Result<Answers, CliError> {
     let model = match (&args.model, interactive) {
         (Some(m), _) => m.clone(),
         (None, true) => PathBuf::from(ask("Path to the ONNX model")?),
-        (None, false) => return Err(CliError::Message("missing --model <path to the .onnx file> (no terminal to ask on)".into())),
+        (None, false) => {
+            return Err(CliError::Message("missing --model <path to the .onnx file> (no terminal to ask on)".into()));
+        }
     };
     nimify_model::read_model(&model).map_err(|e| CliError::Message(format!("model {}: {e}", model.display())))?;
     let template = match (args.template, interactive) {
         (Some(t), _) => t,
-        (None, true) => match ask("Template: plain (typed endpoint) or custom (your own processing) [plain]")?.as_str() {
+        (None, true) => match ask("Template: plain (typed endpoint) or custom (your own processing) [plain]")?.as_str()
+        {
             "" | "plain" => Template::Plain,
             "custom" => Template::Custom,
             other => return Err(CliError::Message(format!("unknown template {other:?}; use plain or custom"))),
@@ -118,7 +124,11 @@ fn render(text: &str, vars: &[(&str, &str)]) -> String {
 /// Writes the crate into `dir` (package `name`); existing files are left alone unless `replace`.
 fn scaffold(dir: &Path, name: &str, a: &Answers, replace_main: bool) -> Result<(), CliError> {
     let io = |what: &Path, e: std::io::Error| CliError::Message(format!("cannot write {}: {e}", what.display()));
-    let model_file = a.model.file_name().map(|f| f.to_string_lossy().into_owned()).ok_or_else(|| CliError::Message("--model has no file name".into()))?;
+    let model_file = a
+        .model
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .ok_or_else(|| CliError::Message("--model has no file name".into()))?;
     let stem = a.model.file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let model_path = format!("models/{model_file}");
     let struct_name = camel(&stem);
@@ -149,7 +159,10 @@ fn scaffold(dir: &Path, name: &str, a: &Answers, replace_main: bool) -> Result<(
 pub fn new(cmd: &NewCommand) -> Result<(), CliError> {
     let dir = PathBuf::from(&cmd.name);
     if dir.exists() {
-        return Err(CliError::Message(format!("{} already exists; pick another name or use `cargo nimify init` inside it", dir.display())));
+        return Err(CliError::Message(format!(
+            "{} already exists; pick another name or use `cargo nimify init` inside it",
+            dir.display()
+        )));
     }
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| cmd.name.clone());
     scaffold(&dir, &name, &answers(&cmd.args)?, false)
@@ -161,12 +174,18 @@ pub fn init(args: &NewArgs) -> Result<(), CliError> {
     let a = answers(args)?;
     let manifest = dir.join("Cargo.toml");
     let main = dir.join("src/main.rs");
-    let default_main = std::fs::read_to_string(&main).is_ok_and(|m| m.trim() == "fn main() {\n    println!(\"Hello, world!\");\n}".trim());
+    let default_main = std::fs::read_to_string(&main)
+        .is_ok_and(|m| m.trim() == "fn main() {\n    println!(\"Hello, world!\");\n}".trim());
     if main.exists() && !default_main {
-        return Err(CliError::Message(format!("{} has your code; move it aside or add `#[nimify::nimify(model = ...)]` by hand", main.display())));
+        return Err(CliError::Message(format!(
+            "{} has your code; move it aside or add `#[nimify::nimify(model = ...)]` by hand",
+            main.display()
+        )));
     }
     if dir.join("build.rs").exists() {
-        return Err(CliError::Message("build.rs exists; add `println!(\"cargo:rerun-if-changed=models/<model>.onnx\");` to it by hand".into()));
+        return Err(CliError::Message(
+            "build.rs exists; add `println!(\"cargo:rerun-if-changed=models/<model>.onnx\");` to it by hand".into(),
+        ));
     }
     if manifest.exists() {
         let text = std::fs::read_to_string(&manifest).map_err(|e| CliError::Message(e.to_string()))?;
@@ -175,7 +194,11 @@ pub fn init(args: &NewArgs) -> Result<(), CliError> {
             if a.template == Template::Custom {
                 deps.push_str("\nserde = { version = \"1\", features = [\"derive\"] }\nutoipa = \"5\"");
             }
-            let text = if text.contains("[dependencies]") { text.replacen("[dependencies]", &format!("[dependencies]\n{deps}"), 1) } else { format!("{text}\n[dependencies]\n{deps}\n") };
+            let text = if text.contains("[dependencies]") {
+                text.replacen("[dependencies]", &format!("[dependencies]\n{deps}"), 1)
+            } else {
+                format!("{text}\n[dependencies]\n{deps}\n")
+            };
             std::fs::write(&manifest, text).map_err(|e| CliError::Message(e.to_string()))?;
         }
     }

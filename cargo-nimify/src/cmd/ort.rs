@@ -67,17 +67,21 @@ pub fn run(args: &OrtArgs) -> Result<(), CliError> {
 }
 
 fn install(wheel: Option<&Path>, force: bool) -> Result<(), CliError> {
-    let dir = ortlib::cache_dir().ok_or_else(|| CliError::Message("no per-user cache directory (set NIMIFY_CACHE_DIR or HOME)".into()))?;
+    let dir = ortlib::cache_dir()
+        .ok_or_else(|| CliError::Message("no per-user cache directory (set NIMIFY_CACHE_DIR or HOME)".into()))?;
     let target = dir.join(LIB_NAME);
     if target.is_file() && !force {
         eprintln!("     Fresh ONNX Runtime {ORT_VERSION} already at {}", target.display());
         println!("{}", target.display());
         return Ok(());
     }
-    let (platform, file_name, sha256) = WHEELS
-        .iter()
-        .find(|(p, _, _)| p.ends_with(std::env::consts::ARCH))
-        .ok_or_else(|| CliError::Message(format!("no pinned ONNX Runtime wheel for {}; set ORT_DYLIB_PATH to a libonnxruntime.so 1.31+", std::env::consts::ARCH)))?;
+    let (platform, file_name, sha256) =
+        WHEELS.iter().find(|(p, _, _)| p.ends_with(std::env::consts::ARCH)).ok_or_else(|| {
+            CliError::Message(format!(
+                "no pinned ONNX Runtime wheel for {}; set ORT_DYLIB_PATH to a libonnxruntime.so 1.31+",
+                std::env::consts::ARCH
+            ))
+        })?;
     let download = tempdir(&dir)?;
     let wheel_path = match wheel {
         Some(w) => w.to_path_buf(),
@@ -87,10 +91,14 @@ fn install(wheel: Option<&Path>, force: bool) -> Result<(), CliError> {
             download.join(file_name)
         }
     };
-    let bytes = std::fs::read(&wheel_path).map_err(|e| CliError::Message(format!("cannot read wheel {}: {e}", wheel_path.display())))?;
+    let bytes = std::fs::read(&wheel_path)
+        .map_err(|e| CliError::Message(format!("cannot read wheel {}: {e}", wheel_path.display())))?;
     let actual = crate::image::layer::hex(&sha2::Sha256::digest(&bytes));
     if actual != *sha256 {
-        return Err(CliError::Message(format!("wheel {} has sha256 {actual}, expected {sha256}; refusing to install it", wheel_path.display())));
+        return Err(CliError::Message(format!(
+            "wheel {} has sha256 {actual}, expected {sha256}; refusing to install it",
+            wheel_path.display()
+        )));
     }
     extract(&bytes, &dir)?;
     let _ = std::fs::remove_dir_all(&download);
@@ -108,14 +116,30 @@ fn tempdir(cache: &Path) -> Result<PathBuf, CliError> {
 fn pip_download(platform: &str, dest: &Path) -> Result<(), CliError> {
     let python = std::env::var("NIMIFY_PYTHON").unwrap_or_else(|_| "python3".into());
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--platform", platform, "--python-version", "3.11"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--platform",
+            platform,
+            "--python-version",
+            "3.11",
+        ])
         .arg(format!("onnxruntime=={ORT_VERSION}"))
         .arg("-d")
         .arg(dest)
         .status()
-        .map_err(|e| CliError::Message(format!("cannot run `{python} -m pip`: {e}; install Python 3 with pip, or pass --wheel")))?;
+        .map_err(|e| {
+            CliError::Message(format!("cannot run `{python} -m pip`: {e}; install Python 3 with pip, or pass --wheel"))
+        })?;
     if !status.success() {
-        return Err(CliError::Message(format!("`{python} -m pip download onnxruntime=={ORT_VERSION}` failed ({status}); check network access to PyPI, or pass --wheel")));
+        return Err(CliError::Message(format!(
+            "`{python} -m pip download onnxruntime=={ORT_VERSION}` failed ({status}); check network access to PyPI, or pass --wheel"
+        )));
     }
     Ok(())
 }
@@ -125,7 +149,8 @@ fn extract(wheel: &[u8], dir: &Path) -> Result<(), CliError> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(wheel)).map_err(|e| bad(e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
     for name in FILES {
-        let mut entry = archive.by_name(&format!("onnxruntime/capi/{name}")).map_err(|e| bad(format!("{name}: {e}")))?;
+        let mut entry =
+            archive.by_name(&format!("onnxruntime/capi/{name}")).map_err(|e| bad(format!("{name}: {e}")))?;
         let mut data = Vec::new();
         entry.read_to_end(&mut data).map_err(|e| bad(e.to_string()))?;
         // Write then rename, so a concurrent reader never sees half a library.

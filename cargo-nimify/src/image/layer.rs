@@ -38,7 +38,8 @@ pub struct Layer {
 impl Layer {
     /// Adds a host file at `path`; executable on the host means mode 0755, else 0644.
     pub fn file(&mut self, path: &str, host: &Path) -> Result<(), CliError> {
-        let meta = std::fs::metadata(host).map_err(|e| CliError::Message(format!("cannot read {}: {e}", host.display())))?;
+        let meta =
+            std::fs::metadata(host).map_err(|e| CliError::Message(format!("cannot read {}: {e}", host.display())))?;
         if !meta.is_file() {
             return Err(CliError::Message(format!("{} is not a regular file", host.display())));
         }
@@ -61,7 +62,8 @@ impl Layer {
 
     /// Adds a host directory's files under `path`, recursively, in sorted order.
     pub fn tree(&mut self, path: &str, host: &Path) -> Result<(), CliError> {
-        let read = |d: &Path| std::fs::read_dir(d).map_err(|e| CliError::Message(format!("cannot list {}: {e}", d.display())));
+        let read =
+            |d: &Path| std::fs::read_dir(d).map_err(|e| CliError::Message(format!("cannot list {}: {e}", d.display())));
         let mut names: Vec<_> = read(host)?.filter_map(Result::ok).map(|e| e.file_name()).collect();
         names.sort();
         for name in names {
@@ -82,7 +84,9 @@ impl Layer {
         if let Some(old) = self.entries.get(&path) {
             let same_dir = matches!((&old.source, &source), (Source::Dir, Source::Dir));
             if !same_dir {
-                return Err(CliError::Message(format!("two files would land at /{path} in the image; rename one of them")));
+                return Err(CliError::Message(format!(
+                    "two files would land at /{path} in the image; rename one of them"
+                )));
             }
         }
         self.entries.insert(path, Entry { source, mode });
@@ -105,7 +109,8 @@ impl Layer {
     /// Writes the layer as `tar+gzip` into `store`, timestamps set to `epoch`.
     pub fn write(&self, store: &BlobStore, epoch: u64) -> Result<Blob, CliError> {
         let (file, temp) = store.temp_file()?;
-        let fail = |e: std::io::Error| CliError::Message(format!("cannot write a layer into {}: {e}", store.dir().display()));
+        let fail =
+            |e: std::io::Error| CliError::Message(format!("cannot write a layer into {}: {e}", store.dir().display()));
         let compressed = Hashing::new(file);
         let gz = flate2::GzBuilder::new().mtime(0).write(compressed, flate2::Compression::default());
         let mut tar = tar::Builder::new(Hashing::new(gz));
@@ -127,7 +132,8 @@ impl Layer {
                     tar.append_data(&mut header, &path, bytes.as_slice()).map_err(fail)?;
                 }
                 Source::File(host) => {
-                    let f = File::open(host).map_err(|e| CliError::Message(format!("cannot read {}: {e}", host.display())))?;
+                    let f = File::open(host)
+                        .map_err(|e| CliError::Message(format!("cannot read {}: {e}", host.display())))?;
                     let len = f.metadata().map_err(fail)?.len();
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_size(len);
@@ -204,7 +210,13 @@ pub(crate) mod tests {
             .map(|e| {
                 let e = e.expect("entry");
                 let h = e.header();
-                (e.path().expect("path").to_string_lossy().into_owned(), h.mode().expect("mode"), h.uid().expect("uid"), h.mtime().expect("mtime"), h.size().expect("size"))
+                (
+                    e.path().expect("path").to_string_lossy().into_owned(),
+                    h.mode().expect("mode"),
+                    h.uid().expect("uid"),
+                    h.mtime().expect("mtime"),
+                    h.size().expect("size"),
+                )
             })
             .collect()
     }

@@ -12,10 +12,12 @@ use crate::CliError;
 pub fn collect(objects: &[&Path]) -> Result<BTreeMap<String, PathBuf>, CliError> {
     let mut libs = BTreeMap::new();
     for object in objects {
-        let out = Command::new("ldd")
-            .arg(object)
-            .output()
-            .map_err(|e| CliError::Message(format!("cannot run `ldd {}` to find the libraries it needs: {e}; install libc-bin, or pass --base", object.display())))?;
+        let out = Command::new("ldd").arg(object).output().map_err(|e| {
+            CliError::Message(format!(
+                "cannot run `ldd {}` to find the libraries it needs: {e}; install libc-bin, or pass --base",
+                object.display()
+            ))
+        })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stdout.contains("statically linked") || stderr.contains("not a dynamic executable") {
@@ -24,7 +26,12 @@ pub fn collect(objects: &[&Path]) -> Result<BTreeMap<String, PathBuf>, CliError>
         if !out.status.success() {
             return Err(CliError::Message(format!("`ldd {}` failed: {}", object.display(), stderr.trim())));
         }
-        for (path, host) in parse(&stdout).map_err(|lib| CliError::Message(format!("{} needs {lib}, which is not installed on this machine; install it or pass --base", object.display())))? {
+        for (path, host) in parse(&stdout).map_err(|lib| {
+            CliError::Message(format!(
+                "{} needs {lib}, which is not installed on this machine; install it or pass --base",
+                object.display()
+            ))
+        })? {
             libs.insert(path, host);
         }
     }
@@ -63,7 +70,10 @@ mod tests {
         let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f6d)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f6d)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f6d)\n";
         let got = parse(out).expect("parse");
         let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(paths, ["/lib/x86_64-linux-gnu/libgcc_s.so.1", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]);
+        assert_eq!(
+            paths,
+            ["/lib/x86_64-linux-gnu/libgcc_s.so.1", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
+        );
         assert_eq!(parse("\tlibfoo.so.3 => not found\n").expect_err("missing"), "libfoo.so.3");
     }
 

@@ -85,7 +85,8 @@ impl Plan {
     }
 
     fn ort_path(&self) -> String {
-        let name = self.ort.first().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name =
+            self.ort.first().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         format!("{ROOT}/lib/{name}")
     }
 }
@@ -113,14 +114,26 @@ pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> R
     let mut layers: Vec<ImageLayer> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
     let mut add = |role: &'static str, created_by: String, content: Layer| -> Result<(), CliError> {
         let blob = content.write(&store, plan.epoch)?;
-        status("Packed", &format!("{role} layer {} ({} compressed, {} uncompressed)", &blob.digest[..19], human_size(blob.size), human_size(blob.uncompressed_size.unwrap_or(0))));
+        status(
+            "Packed",
+            &format!(
+                "{role} layer {} ({} compressed, {} uncompressed)",
+                &blob.digest[..19],
+                human_size(blob.size),
+                human_size(blob.uncompressed_size.unwrap_or(0))
+            ),
+        );
         layers.push(ImageLayer { role, media_type: oci::media::LAYER_GZIP.into(), blob, created_by });
         Ok(())
     };
     if base.is_none() {
         let mut objects = vec![plan.binary.as_path()];
         objects.extend(plan.ort.iter().map(PathBuf::as_path));
-        add("libraries", "nimify: shared libraries from the build host".into(), libraries_layer(&libs::collect(&objects)?)?)?;
+        add(
+            "libraries",
+            "nimify: shared libraries from the build host".into(),
+            libraries_layer(&libs::collect(&objects)?)?,
+        )?;
     }
     let mut ort = Layer::default();
     for lib in &plan.ort {
@@ -157,7 +170,10 @@ fn file_name(path: &std::path::Path) -> String {
 /// The libraries plus the minimal system files a non-root service needs.
 fn libraries_layer(libs: &BTreeMap<String, PathBuf>) -> Result<Layer, CliError> {
     let mut layer = Layer::default();
-    layer.bytes("/etc/passwd", format!("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{USER}:{USER}:nonroot:/home/nonroot:/sbin/nologin\n"))?;
+    layer.bytes(
+        "/etc/passwd",
+        format!("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{USER}:{USER}:nonroot:/home/nonroot:/sbin/nologin\n"),
+    )?;
     layer.bytes("/etc/group", format!("root:x:0:\nnonroot:x:{USER}:\n"))?;
     layer.dir("/tmp", 0o1777)?;
     layer.dir("/home/nonroot", 0o755)?;
@@ -171,7 +187,8 @@ fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
     let ours = ["PATH", "ORT_DYLIB_PATH", "NIMIFY_MODEL_DIR", "NIMIFY_MODEL_SHA256", "NIMIFY_ASSET_DIR"];
     let base_env: Vec<String> = base.map(|b| b.env.clone()).unwrap_or_default();
     let base_path = base_env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/bin:/usr/bin:/bin");
-    let mut env: Vec<String> = base_env.iter().filter(|e| !ours.iter().any(|k| e.split('=').next() == Some(k))).cloned().collect();
+    let mut env: Vec<String> =
+        base_env.iter().filter(|e| !ours.iter().any(|k| e.split('=').next() == Some(k))).cloned().collect();
     env.extend([
         format!("PATH={ROOT}/bin:{base_path}"),
         format!("ORT_DYLIB_PATH={}", plan.ort_path()),
@@ -219,7 +236,12 @@ mod tests {
         let plan = Plan {
             bin: "svc".into(),
             binary: std::env::current_exe().expect("exe"),
-            models: vec![ModelFile { name: "external".into(), path: models.join("external.onnx"), sha256: "ab".repeat(32), external: vec!["external.weights".into()] }],
+            models: vec![ModelFile {
+                name: "external".into(),
+                path: models.join("external.onnx"),
+                sha256: "ab".repeat(32),
+                external: vec!["external.weights".into()],
+            }],
             assets: vec![("labels/names.txt".into(), models.join("make_models.py"))],
             ort: vec![fake_ort],
             base: None,
@@ -227,19 +249,35 @@ mod tests {
             epoch: 0,
             port: 8000,
         };
-        let built = assemble(&plan, BlobStore::create(dir.path().join("store")).expect("store"), &|_, _| ()).expect("assemble");
+        let built =
+            assemble(&plan, BlobStore::create(dir.path().join("store")).expect("store"), &|_, _| ()).expect("assemble");
         let roles: Vec<&str> = built.layers.iter().map(|l| l.role).collect();
         assert_eq!(roles, ["libraries", "onnxruntime", "app", "model"]);
         let libs = entries(&built.layers[0].blob);
         assert!(libs.contains(&"etc/passwd".to_string()) && libs.iter().any(|p| p.contains("libc.so")), "{libs:?}");
         assert!(entries(&built.layers[1].blob).contains(&"opt/nimify/lib/libonnxruntime.so.1.32.0".to_string()));
         let app = entries(&built.layers[2].blob);
-        assert!(app.contains(&"opt/nimify/bin/svc".to_string()) && app.contains(&"opt/nimify/assets/labels/names.txt".to_string()), "{app:?}");
-        assert_eq!(entries(&built.layers[3].blob), ["opt/", "opt/nimify/", "opt/nimify/models/", "opt/nimify/models/external.onnx", "opt/nimify/models/external.weights"]);
-        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&built.config.path).expect("config")).expect("json");
+        assert!(
+            app.contains(&"opt/nimify/bin/svc".to_string())
+                && app.contains(&"opt/nimify/assets/labels/names.txt".to_string()),
+            "{app:?}"
+        );
+        assert_eq!(
+            entries(&built.layers[3].blob),
+            [
+                "opt/",
+                "opt/nimify/",
+                "opt/nimify/models/",
+                "opt/nimify/models/external.onnx",
+                "opt/nimify/models/external.weights"
+            ]
+        );
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&built.config.path).expect("config")).expect("json");
         assert_eq!(config["config"]["Env"][3], format!("NIMIFY_MODEL_SHA256={}", "ab".repeat(32)));
         assert_eq!(config["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(4));
-        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&built.manifest.path).expect("manifest")).expect("json");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&built.manifest.path).expect("manifest")).expect("json");
         assert_eq!(manifest["config"]["digest"], built.config.digest.as_str());
         assert_eq!(manifest["layers"][3]["digest"], built.layers[3].blob.digest.as_str());
     }

@@ -61,7 +61,9 @@ pub struct RunConfig {
 pub fn config_json(run: &RunConfig, layers: &[ImageLayer], base_history: &[Value]) -> Vec<u8> {
     let diff_ids: Vec<&str> = layers.iter().filter_map(|l| l.blob.diff_id.as_deref()).collect();
     let mut history = base_history.to_vec();
-    history.extend(layers.iter().filter(|l| l.role != "base").map(|l| json!({"created": run.created, "created_by": l.created_by})));
+    history.extend(
+        layers.iter().filter(|l| l.role != "base").map(|l| json!({"created": run.created, "created_by": l.created_by})),
+    );
     let ports: BTreeMap<String, Value> = BTreeMap::from([(format!("{}/tcp", run.port), json!({}))]);
     let doc = json!({
         "created": run.created,
@@ -83,7 +85,10 @@ pub fn config_json(run: &RunConfig, layers: &[ImageLayer], base_history: &[Value
 
 /// The manifest document.
 pub fn manifest_json(config: &Blob, layers: &[ImageLayer]) -> Vec<u8> {
-    let layers: Vec<Value> = layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.blob.digest, "size": l.blob.size})).collect();
+    let layers: Vec<Value> = layers
+        .iter()
+        .map(|l| json!({"mediaType": l.media_type, "digest": l.blob.digest, "size": l.blob.size}))
+        .collect();
     json!({
         "schemaVersion": 2,
         "mediaType": media::MANIFEST,
@@ -168,17 +173,26 @@ pub fn load_base(reference: &str, store: &BlobStore) -> Result<BaseImage, CliErr
     let blob = |digest: &str| layout.join("blobs").join(digest.replacen(':', "/", 1));
     let index = read_json(layout.join("index.json"))?;
     let mut descriptor = pick_manifest(&index, tag.as_deref()).map_err(bad)?;
-    if descriptor["mediaType"] == media::INDEX || descriptor["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json" {
+    if descriptor["mediaType"] == media::INDEX
+        || descriptor["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+    {
         let nested = read_json(blob(str_of(&descriptor, "digest")))?;
         descriptor = pick_platform(&nested).map_err(bad)?;
     }
     let digest = str_of(&descriptor, "digest").to_string();
     let manifest = read_json(blob(&digest))?;
     let config = read_json(blob(str_of(&manifest["config"], "digest")))?;
-    let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
     if descriptors.len() != diff_ids.len() {
-        return Err(bad(format!("its manifest lists {} layers but its config {} diff_ids", descriptors.len(), diff_ids.len())));
+        return Err(bad(format!(
+            "its manifest lists {} layers but its config {} diff_ids",
+            descriptors.len(),
+            diff_ids.len()
+        )));
     }
     let mut layers = Vec::new();
     for (d, diff_id) in descriptors.iter().zip(diff_ids) {
@@ -188,10 +202,20 @@ pub fn load_base(reference: &str, store: &BlobStore) -> Result<BaseImage, CliErr
         }
         let layer_digest = str_of(d, "digest");
         let imported = store.import(&blob(layer_digest), layer_digest)?;
-        layers.push(ImageLayer { role: "base", media_type, blob: Blob { diff_id: Some(diff_id.to_string()), ..imported }, created_by: format!("base image {reference}") });
+        layers.push(ImageLayer {
+            role: "base",
+            media_type,
+            blob: Blob { diff_id: Some(diff_id.to_string()), ..imported },
+            created_by: format!("base image {reference}"),
+        });
     }
-    let strings = |v: &Value| -> Vec<String> { v.as_array().map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect()).unwrap_or_default() };
-    let labels = config["config"]["Labels"].as_object().map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()).unwrap_or_default();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array().map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect()).unwrap_or_default()
+    };
+    let labels = config["config"]["Labels"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
     Ok(BaseImage {
         reference: reference.to_string(),
         digest,
@@ -218,7 +242,11 @@ fn pick_manifest(index: &Value, tag: Option<&str>) -> Result<Value, String> {
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     let tags: Vec<&str> = manifests.iter().filter_map(|m| m["annotations"][REF_NAME].as_str()).collect();
     match tag {
-        Some(t) => manifests.iter().find(|m| m["annotations"][REF_NAME] == t).cloned().ok_or_else(|| format!("no image tagged {t:?} (tags: {})", tags.join(", "))),
+        Some(t) => manifests
+            .iter()
+            .find(|m| m["annotations"][REF_NAME] == t)
+            .cloned()
+            .ok_or_else(|| format!("no image tagged {t:?} (tags: {})", tags.join(", "))),
         None if manifests.len() == 1 => Ok(manifests[0].clone()),
         None => Err(format!("holds {} images; name one with :TAG (tags: {})", manifests.len(), tags.join(", "))),
     }

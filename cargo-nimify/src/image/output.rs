@@ -55,7 +55,9 @@ impl Output {
         } else if let Some(rest) = s.strip_prefix("docker://") {
             Ok(Self::Registry(RegistryRef::parse(rest, default_tag)?))
         } else {
-            Err(CliError::Message(format!("--output {s:?} names no known transport; use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or docker://REGISTRY/NAME:TAG")))
+            Err(CliError::Message(format!(
+                "--output {s:?} names no known transport; use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or docker://REGISTRY/NAME:TAG"
+            )))
         }
     }
 
@@ -103,7 +105,10 @@ pub fn write_oci_dir(image: &Image<'_>, dir: &Path, tag: Option<&str>) -> Result
         if !dir.join("oci-layout").is_file() {
             let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
             if !empty {
-                return Err(CliError::Message(format!("{} exists and is not an OCI image layout; pick another directory or remove it", dir.display())));
+                return Err(CliError::Message(format!(
+                    "{} exists and is not an OCI image layout; pick another directory or remove it",
+                    dir.display()
+                )));
             }
             std::fs::remove_dir(dir).map_err(|e| fail(e, dir))?;
         } else {
@@ -118,7 +123,8 @@ pub fn write_oci_dir(image: &Image<'_>, dir: &Path, tag: Option<&str>) -> Result
             place(&blob.path, &temp.join("blobs/sha256").join(blob.hex()))?;
         }
         std::fs::write(temp.join("oci-layout"), layout_marker()).map_err(|e| fail(e, &temp))?;
-        std::fs::write(temp.join("index.json"), index(&[oci::manifest_descriptor(&image.manifest, tag)])).map_err(|e| fail(e, &temp))?;
+        std::fs::write(temp.join("index.json"), index(&[oci::manifest_descriptor(&image.manifest, tag)]))
+            .map_err(|e| fail(e, &temp))?;
         std::fs::rename(&temp, dir).map_err(|e| fail(e, dir))
     })();
     if result.is_err() {
@@ -132,9 +138,13 @@ fn merge_into_layout(image: &Image<'_>, dir: &Path, tag: Option<&str>) -> Result
     for blob in image.blobs() {
         place(&blob.path, &dir.join("blobs/sha256").join(blob.hex()))?;
     }
-    let old = oci::read_layout_json(&dir.join("index.json")).ok_or_else(|| CliError::Message(format!("{} has no readable index.json; remove the directory and build again", dir.display())))?;
+    let old = oci::read_layout_json(&dir.join("index.json")).ok_or_else(|| {
+        CliError::Message(format!("{} has no readable index.json; remove the directory and build again", dir.display()))
+    })?;
     let mut manifests: Vec<Value> = old["manifests"].as_array().cloned().unwrap_or_default();
-    manifests.retain(|m| tag.is_none_or(|t| m["annotations"][REF_NAME] != t) && m["digest"] != image.manifest.digest.as_str());
+    manifests.retain(|m| {
+        tag.is_none_or(|t| m["annotations"][REF_NAME] != t) && m["digest"] != image.manifest.digest.as_str()
+    });
     manifests.push(oci::manifest_descriptor(&image.manifest, tag));
     write_atomic(&dir.join("index.json"), &index(&manifests))
 }
@@ -208,27 +218,35 @@ impl TarOut {
 
     fn bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), CliError> {
         let mut h = self.header(bytes.len() as u64);
-        self.tar.append_data(&mut h, name, bytes).map_err(|e| CliError::Message(format!("cannot write {}: {e}", self.path.display())))
+        self.tar
+            .append_data(&mut h, name, bytes)
+            .map_err(|e| CliError::Message(format!("cannot write {}: {e}", self.path.display())))
     }
 
     fn file(&mut self, name: &str, from: &Path) -> Result<(), CliError> {
         let f = File::open(from).map_err(|e| CliError::Message(format!("cannot read {}: {e}", from.display())))?;
         let len = f.metadata().map_err(|e| CliError::Message(format!("cannot read {}: {e}", from.display())))?.len();
         let mut h = self.header(len);
-        self.tar.append_data(&mut h, name, std::io::Read::take(f, len)).map_err(|e| CliError::Message(format!("cannot write {}: {e}", self.path.display())))
+        self.tar
+            .append_data(&mut h, name, std::io::Read::take(f, len))
+            .map_err(|e| CliError::Message(format!("cannot write {}: {e}", self.path.display())))
     }
 }
 
 fn write_tar(file: &Path, epoch: u64, fill: impl FnOnce(&mut TarOut) -> Result<(), CliError>) -> Result<(), CliError> {
     if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| CliError::Message(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CliError::Message(format!("cannot create {}: {e}", parent.display())))?;
     }
     let temp = temp_sibling(file);
     let out = File::create(&temp).map_err(|e| CliError::Message(format!("cannot create {}: {e}", temp.display())))?;
     let mut tar = TarOut { tar: tar::Builder::new(out), epoch, path: file.to_path_buf() };
     let result = fill(&mut tar).and_then(|()| {
-        let mut f = tar.tar.into_inner().map_err(|e| CliError::Message(format!("cannot write {}: {e}", file.display())))?;
-        f.flush().and_then(|()| f.sync_all()).map_err(|e| CliError::Message(format!("cannot write {}: {e}", file.display())))?;
+        let mut f =
+            tar.tar.into_inner().map_err(|e| CliError::Message(format!("cannot write {}: {e}", file.display())))?;
+        f.flush()
+            .and_then(|()| f.sync_all())
+            .map_err(|e| CliError::Message(format!("cannot write {}: {e}", file.display())))?;
         std::fs::rename(&temp, file).map_err(|e| CliError::Message(format!("cannot write {}: {e}", file.display())))
     });
     if result.is_err() {

@@ -31,7 +31,10 @@ impl RegistryRef {
         let (registry, rest) = s.split_once('/').unwrap_or((s, ""));
         let looks_like_host = registry.contains('.') || registry.contains(':') || registry == "localhost";
         if !looks_like_host || rest.is_empty() {
-            return Err(CliError::Message(format!("docker://{s}: name the registry host and the image, e.g. docker://127.0.0.1:5000/{}", if rest.is_empty() { registry } else { rest })));
+            return Err(CliError::Message(format!(
+                "docker://{s}: name the registry host and the image, e.g. docker://127.0.0.1:5000/{}",
+                if rest.is_empty() { registry } else { rest }
+            )));
         }
         if rest.contains('@') {
             return Err(CliError::Message(format!("docker://{s}: push to a tag, not a digest")));
@@ -42,7 +45,9 @@ impl RegistryRef {
         };
         let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c);
         if name.is_empty() || !name.chars().all(valid) {
-            return Err(CliError::Message(format!("docker://{s}: image name {name:?} may hold only lower-case letters, digits and . _ - /")));
+            return Err(CliError::Message(format!(
+                "docker://{s}: image name {name:?} may hold only lower-case letters, digits and . _ - /"
+            )));
         }
         Ok(Self { registry: registry.to_string(), name: name.to_string(), tag: tag.to_string() })
     }
@@ -65,7 +70,12 @@ pub struct PushOptions {
 }
 
 /// Pushes `image` and returns the manifest digest the registry reports.
-pub fn push(image: &Image<'_>, target: &RegistryRef, options: &PushOptions, status: &dyn Fn(&str, &str)) -> Result<String, CliError> {
+pub fn push(
+    image: &Image<'_>,
+    target: &RegistryRef,
+    options: &PushOptions,
+    status: &dyn Fn(&str, &str),
+) -> Result<String, CliError> {
     let client = Client::connect(target, options)?;
     for layer in image.layers.iter().map(|l| &l.blob).chain([&image.config]) {
         let url = client.url(&format!("blobs/{}", layer.digest));
@@ -91,15 +101,21 @@ pub fn push(image: &Image<'_>, target: &RegistryRef, options: &PushOptions, stat
             return Err(client.refused(&format!("store blob {}", layer.digest), &mut done));
         }
     }
-    let manifest = std::fs::read(&image.manifest.path).map_err(|e| CliError::Message(format!("cannot read the manifest: {e}")))?;
+    let manifest =
+        std::fs::read(&image.manifest.path).map_err(|e| CliError::Message(format!("cannot read the manifest: {e}")))?;
     let url = client.url(&format!("manifests/{}", target.tag));
-    let mut put = client.send(|a, auth| with_auth(a.put(&url), auth).header("Content-Type", media::MANIFEST).send(manifest.as_slice()))?;
+    let mut put = client.send(|a, auth| {
+        with_auth(a.put(&url), auth).header("Content-Type", media::MANIFEST).send(manifest.as_slice())
+    })?;
     if put.status() != 201 {
         return Err(client.refused(&format!("store the manifest as {}", target.display()), &mut put));
     }
     let reported = put.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(String::from);
     if let Some(d) = reported.as_ref().filter(|d| **d != image.manifest.digest) {
-        return Err(CliError::Message(format!("registry {} stored the manifest as {d}, but its digest is {}; the registry rewrote it", target.registry, image.manifest.digest)));
+        return Err(CliError::Message(format!(
+            "registry {} stored the manifest as {d}, but its digest is {}; the registry rewrote it",
+            target.registry, image.manifest.digest
+        )));
     }
     Ok(image.manifest.digest.clone())
 }
@@ -134,20 +150,40 @@ impl Client {
         if !certs.is_empty() {
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         }
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().http_status_as_error(false).tls_config(tls.build()).timeout_connect(Some(Duration::from_secs(10))).build().into();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build()
+            .into();
         let scheme = if options.insecure { "http" } else { "https" };
-        let hint = if options.insecure { "" } else { "; for a self-signed certificate pass --ca-cert FILE, for a plain-HTTP registry pass --insecure" };
-        let mut client = Self { agent, base: format!("{scheme}://{}", target.registry), name: target.name.clone(), registry: target.registry.clone(), auth: None, hint };
+        let hint = if options.insecure {
+            ""
+        } else {
+            "; for a self-signed certificate pass --ca-cert FILE, for a plain-HTTP registry pass --insecure"
+        };
+        let mut client = Self {
+            agent,
+            base: format!("{scheme}://{}", target.registry),
+            name: target.name.clone(),
+            registry: target.registry.clone(),
+            auth: None,
+            hint,
+        };
         let ping = format!("{}/v2/", client.base);
         let first = client.send(|a, _| a.get(&ping).call())?;
         if first.status() == 200 {
             return Ok(client);
         }
         if first.status() != 401 {
-            return Err(CliError::Message(format!("{ping} answered {}; is {} an OCI registry?", first.status(), target.registry)));
+            return Err(CliError::Message(format!(
+                "{ping} answered {}; is {} an OCI registry?",
+                first.status(),
+                target.registry
+            )));
         }
-        let challenge = first.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let challenge =
+            first.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let creds = options.creds.clone().or_else(|| stored_creds(&target.registry));
         client.auth = Some(client.authenticate(&challenge, creds.as_ref())?);
         let mut again = client.send(|a, auth| with_auth(a.get(&ping), auth).call())?;
@@ -159,7 +195,8 @@ impl Client {
     }
 
     fn authenticate(&self, challenge: &str, creds: Option<&(String, String)>) -> Result<String, CliError> {
-        let basic = creds.map(|(u, p)| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))));
+        let basic = creds
+            .map(|(u, p)| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))));
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
             return basic.ok_or_else(|| {
@@ -167,10 +204,21 @@ impl Client {
             });
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(CliError::Message(format!("registry {} asks for authentication scheme {scheme:?}, which nimify does not speak (Basic and Bearer only)", self.registry)));
+            return Err(CliError::Message(format!(
+                "registry {} asks for authentication scheme {scheme:?}, which nimify does not speak (Basic and Bearer only)",
+                self.registry
+            )));
         }
-        let param = |key: &str| params.split(',').filter_map(|kv| kv.trim().split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v.trim_matches('"').to_string());
-        let realm = param("realm").ok_or_else(|| CliError::Message(format!("registry {} sent a bearer challenge without a realm", self.registry)))?;
+        let param = |key: &str| {
+            params
+                .split(',')
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.trim_matches('"').to_string())
+        };
+        let realm = param("realm").ok_or_else(|| {
+            CliError::Message(format!("registry {} sent a bearer challenge without a realm", self.registry))
+        })?;
         let mut url = format!("{realm}?scope=repository:{}:pull,push", self.name);
         if let Some(service) = param("service") {
             url.push_str(&format!("&service={service}"));
@@ -179,8 +227,11 @@ impl Client {
         if resp.status() == 401 || resp.status() == 403 {
             return Err(wrong_creds(&self.registry, creds));
         }
-        let body: Value = resp.body_mut().read_to_string().ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        let token = body["token"].as_str().or(body["access_token"].as_str()).ok_or_else(|| CliError::Message(format!("token service {realm} answered {} without a token", resp.status())))?;
+        let body: Value =
+            resp.body_mut().read_to_string().ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let token = body["token"].as_str().or(body["access_token"].as_str()).ok_or_else(|| {
+            CliError::Message(format!("token service {realm} answered {} without a token", resp.status()))
+        })?;
         Ok(format!("Bearer {token}"))
     }
 
@@ -189,7 +240,10 @@ impl Client {
     }
 
     /// Sends one request; a transport failure becomes an error naming the registry.
-    fn send(&self, request: impl FnOnce(&ureq::Agent, Option<&str>) -> Result<Response, ureq::Error>) -> Result<Response, CliError> {
+    fn send(
+        &self,
+        request: impl FnOnce(&ureq::Agent, Option<&str>) -> Result<Response, ureq::Error>,
+    ) -> Result<Response, CliError> {
         request(&self.agent, self.auth.as_deref()).map_err(|e| {
             let e = e.to_string();
             let hint = if e.contains("CaUsedAsEndEntity") {
@@ -211,15 +265,20 @@ impl Client {
 
 fn wrong_creds(registry: &str, creds: Option<&(String, String)>) -> CliError {
     match creds {
-        Some((user, _)) => CliError::Message(format!("registry {registry} rejected the credentials of user {user:?}; check --creds (or NIMIFY_REGISTRY_CREDS, or `podman login {registry}`)")),
-        None => CliError::Message(format!("registry {registry} requires credentials; pass --creds USER:PASSWORD (or set NIMIFY_REGISTRY_CREDS), or log in with `podman login {registry}`")),
+        Some((user, _)) => CliError::Message(format!(
+            "registry {registry} rejected the credentials of user {user:?}; check --creds (or NIMIFY_REGISTRY_CREDS, or `podman login {registry}`)"
+        )),
+        None => CliError::Message(format!(
+            "registry {registry} requires credentials; pass --creds USER:PASSWORD (or set NIMIFY_REGISTRY_CREDS), or log in with `podman login {registry}`"
+        )),
     }
 }
 
 fn load_certs(paths: &[PathBuf]) -> Result<Vec<ureq::tls::Certificate<'static>>, CliError> {
     let mut certs = Vec::new();
     for path in paths {
-        let pem = std::fs::read(path).map_err(|e| CliError::Message(format!("cannot read CA certificate {}: {e}", path.display())))?;
+        let pem = std::fs::read(path)
+            .map_err(|e| CliError::Message(format!("cannot read CA certificate {}: {e}", path.display())))?;
         let before = certs.len();
         for item in ureq::tls::parse_pem(&pem) {
             if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
@@ -261,8 +320,15 @@ mod tests {
         let r = RegistryRef::parse("127.0.0.1:5000/acme/iris:v1", "0.1.0").expect("full");
         assert_eq!((r.registry.as_str(), r.name.as_str(), r.tag.as_str()), ("127.0.0.1:5000", "acme/iris", "v1"));
         assert_eq!(RegistryRef::parse("localhost/iris", "0.1.0").expect("default tag").tag, "0.1.0");
-        assert!(RegistryRef::parse("iris:v1", "0.1.0").expect_err("no host").to_string().contains("docker://127.0.0.1:5000/"));
-        assert!(RegistryRef::parse("ghcr.io/Acme/Iris", "1").expect_err("upper case").to_string().contains("lower-case"));
+        assert!(
+            RegistryRef::parse("iris:v1", "0.1.0")
+                .expect_err("no host")
+                .to_string()
+                .contains("docker://127.0.0.1:5000/")
+        );
+        assert!(
+            RegistryRef::parse("ghcr.io/Acme/Iris", "1").expect_err("upper case").to_string().contains("lower-case")
+        );
         assert!(RegistryRef::parse("ghcr.io/iris@sha256:00", "1").is_err());
     }
 }

@@ -43,7 +43,8 @@ impl BlobStore {
     /// Creates (or empties) `dir`.
     pub fn create(dir: PathBuf) -> Result<Self, CliError> {
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| CliError::Message(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir.join("blobs/sha256"))
+            .map_err(|e| CliError::Message(format!("cannot create {}: {e}", dir.display())))?;
         Ok(Self { dir, next: AtomicU64::new(0) })
     }
 
@@ -55,14 +56,16 @@ impl BlobStore {
     /// A new temporary file inside the store.
     pub fn temp_file(&self) -> Result<(File, PathBuf), CliError> {
         let path = self.dir.join(format!("tmp-{}", self.next.fetch_add(1, Ordering::Relaxed)));
-        let file = File::create(&path).map_err(|e| CliError::Message(format!("cannot create {}: {e}", path.display())))?;
+        let file =
+            File::create(&path).map_err(|e| CliError::Message(format!("cannot create {}: {e}", path.display())))?;
         Ok((file, path))
     }
 
     /// Moves a finished temporary file to its content address.
     pub fn commit(&self, temp: PathBuf, digest: &str, size: u64) -> Result<Blob, CliError> {
         let path = self.blob_path(digest);
-        std::fs::rename(&temp, &path).map_err(|e| CliError::Message(format!("cannot move {} to {}: {e}", temp.display(), path.display())))?;
+        std::fs::rename(&temp, &path)
+            .map_err(|e| CliError::Message(format!("cannot move {} to {}: {e}", temp.display(), path.display())))?;
         Ok(Blob { digest: digest.to_string(), size, path, diff_id: None, uncompressed_size: None })
     }
 
@@ -77,12 +80,17 @@ impl BlobStore {
     /// Brings in a blob from elsewhere (a base image), checking its digest.
     pub fn import(&self, from: &Path, digest: &str) -> Result<Blob, CliError> {
         let (mut out, temp) = self.temp_file()?;
-        let mut input = File::open(from).map_err(|e| CliError::Message(format!("cannot read blob {}: {e}", from.display())))?;
+        let mut input =
+            File::open(from).map_err(|e| CliError::Message(format!("cannot read blob {}: {e}", from.display())))?;
         let mut hashing = super::layer::Hashing::new(&mut out);
-        std::io::copy(&mut input, &mut hashing).map_err(|e| CliError::Message(format!("cannot copy blob {}: {e}", from.display())))?;
+        std::io::copy(&mut input, &mut hashing)
+            .map_err(|e| CliError::Message(format!("cannot copy blob {}: {e}", from.display())))?;
         let (actual, size, _) = hashing.finish();
         if actual != digest {
-            return Err(CliError::Message(format!("blob {} has digest {actual}, but the base image says {digest}; the base image is corrupt", from.display())));
+            return Err(CliError::Message(format!(
+                "blob {} has digest {actual}, but the base image says {digest}; the base image is corrupt",
+                from.display()
+            )));
         }
         self.commit(temp, digest, size)
     }

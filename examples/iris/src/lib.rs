@@ -50,13 +50,20 @@ impl Process for Iris {
             return Err(ApiError::InvalidTensor("measurements: send at least one flower".into()));
         }
         let out = ctx.infer::<Self>(IrisInput { x: request.measurements }).await?;
-        let name = |class: i64| usize::try_from(class).ok().and_then(|i| self.labels.get(i)).cloned().ok_or_else(|| ApiError::Inference(format!("class {class} has no label")));
+        let name = |class: i64| {
+            usize::try_from(class)
+                .ok()
+                .and_then(|i| self.labels.get(i))
+                .cloned()
+                .ok_or_else(|| ApiError::Inference(format!("class {class} has no label")))
+        };
         let predictions = out
             .output_label
             .iter()
             .zip(out.output_probability)
             .map(|(&label, probs)| {
-                let probabilities = probs.into_iter().map(|(class, p)| name(class).map(|n| (n, p))).collect::<Result<_, _>>()?;
+                let probabilities =
+                    probs.into_iter().map(|(class, p)| name(class).map(|n| (n, p))).collect::<Result<_, _>>()?;
                 Ok(Prediction { species: name(label)?, probabilities })
             })
             .collect::<Result<_, ApiError>>()?;

@@ -17,7 +17,8 @@ impl Sentiment {
     /// Loads the tokenizer asset.
     pub fn new() -> Result<Self, String> {
         let path = nimify::asset!("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| format!("cannot load the tokenizer {}: {e}", path.display()))?;
+        let tokenizer =
+            Tokenizer::from_file(&path).map_err(|e| format!("cannot load the tokenizer {}: {e}", path.display()))?;
         Ok(Self { tokenizer })
     }
 }
@@ -46,14 +47,23 @@ impl Process for Sentiment {
         if request.texts.is_empty() {
             return Err(ApiError::InvalidTensor("texts: send at least one text".into()));
         }
-        let encodings = self.tokenizer.encode_batch(request.texts, false).map_err(|e| ApiError::InvalidTensor(format!("texts: cannot tokenize: {e}")))?;
-        let ids: Vec<Vec<i64>> = encodings.iter().map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect()).collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(request.texts, false)
+            .map_err(|e| ApiError::InvalidTensor(format!("texts: cannot tokenize: {e}")))?;
+        let ids: Vec<Vec<i64>> =
+            encodings.iter().map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect()).collect();
         if ids.iter().any(Vec::is_empty) {
             return Err(ApiError::InvalidTensor("texts: a text has no tokens".into()));
         }
         let seq = ids.iter().map(Vec::len).max().unwrap_or(1);
-        let pad = |row: &Vec<i64>, fill: i64, value: fn(i64) -> i64| row.iter().map(|&t| value(t)).chain(std::iter::repeat(fill)).take(seq).collect::<Vec<_>>();
-        let input = SentimentInput { input_ids: ids.iter().map(|r| pad(r, 0, |t| t)).collect(), attention_mask: ids.iter().map(|r| pad(r, 0, |_| 1)).collect() };
+        let pad = |row: &Vec<i64>, fill: i64, value: fn(i64) -> i64| {
+            row.iter().map(|&t| value(t)).chain(std::iter::repeat(fill)).take(seq).collect::<Vec<_>>()
+        };
+        let input = SentimentInput {
+            input_ids: ids.iter().map(|r| pad(r, 0, |t| t)).collect(),
+            attention_mask: ids.iter().map(|r| pad(r, 0, |_| 1)).collect(),
+        };
         let out = ctx.infer::<Self>(input).await?;
         Ok(TextResponse { positive: out.probs.iter().map(|p| p[1]).collect(), input_ids: ids })
     }

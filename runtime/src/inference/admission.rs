@@ -39,11 +39,13 @@ impl Admission {
     /// cap is 503 (with `Retry-After`).
     pub(crate) fn admit(&self, headers: &HeaderMap) -> Result<Admitted, ApiError> {
         if !self.api_keys.is_empty() && !authorized(&self.api_keys, headers) {
-            return Err(ApiError::Unauthorized("missing or wrong API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`".into()));
+            return Err(ApiError::Unauthorized(
+                "missing or wrong API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`".into(),
+            ));
         }
-        let permit = Arc::clone(&self.in_flight)
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Overloaded(format!("more than {} requests in flight; retry shortly", self.max_in_flight)))?;
+        let permit = Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
+            ApiError::Overloaded(format!("more than {} requests in flight; retry shortly", self.max_in_flight))
+        })?;
         Ok(Admitted { _permit: permit })
     }
 }
@@ -57,7 +59,10 @@ fn bearer(value: &str) -> Option<&str> {
 fn authorized(keys: &[String], headers: &HeaderMap) -> bool {
     let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
     let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    [bearer, api_key].into_iter().flatten().any(|given| keys.iter().any(|k| constant_time_eq(k.as_bytes(), given.trim().as_bytes())))
+    [bearer, api_key]
+        .into_iter()
+        .flatten()
+        .any(|given| keys.iter().any(|k| constant_time_eq(k.as_bytes(), given.trim().as_bytes())))
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much of a key matched.
@@ -80,10 +85,22 @@ mod tests {
     #[test]
     fn keys_from_either_header_with_the_bearer_scheme_in_any_case() {
         let a = Admission::new(vec!["k1".into()], 0);
-        for good in [&[("authorization", "Bearer k1")][..], &[("authorization", "bearer k1")], &[("authorization", "BEARER  k1")], &[("authorization", "Bearer\tk1")], &[("x-api-key", "k1")]] {
+        for good in [
+            &[("authorization", "Bearer k1")][..],
+            &[("authorization", "bearer k1")],
+            &[("authorization", "BEARER  k1")],
+            &[("authorization", "Bearer\tk1")],
+            &[("x-api-key", "k1")],
+        ] {
             assert!(a.admit(&headers(good)).is_ok(), "{good:?}");
         }
-        for bad in [&[][..], &[("authorization", "Bearer k2")], &[("authorization", "Basic k1")], &[("authorization", "Bearerk1")], &[("x-api-key", "k")]] {
+        for bad in [
+            &[][..],
+            &[("authorization", "Bearer k2")],
+            &[("authorization", "Basic k1")],
+            &[("authorization", "Bearerk1")],
+            &[("x-api-key", "k")],
+        ] {
             assert!(matches!(a.admit(&headers(bad)), Err(ApiError::Unauthorized(_))), "{bad:?}");
         }
     }

@@ -11,11 +11,17 @@ use crate::tensor::Tensor;
 /// Orders named tensors by the model's inputs and checks each against its declaration,
 /// including that a named dim has one size across inputs (V2 and typed requests alike). `?` is
 /// how some exporters spell "unknown", so it is not a name that ties dims together.
-pub(crate) fn check_named(inputs: &[TensorSpec], mut tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ApiError> {
+pub(crate) fn check_named(
+    inputs: &[TensorSpec],
+    mut tensors: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>, ApiError> {
     let mut out = Vec::with_capacity(inputs.len());
     let mut sizes: Vec<(&str, usize, &str)> = Vec::new();
     for spec in inputs {
-        let i = tensors.iter().position(|(n, _)| *n == spec.name).ok_or_else(|| ApiError::InvalidTensor(format!("missing input {:?}", spec.name)))?;
+        let i = tensors
+            .iter()
+            .position(|(n, _)| *n == spec.name)
+            .ok_or_else(|| ApiError::InvalidTensor(format!("missing input {:?}", spec.name)))?;
         let (name, tensor) = tensors.swap_remove(i);
         check_against(spec, &tensor)?;
         for (dim, &size) in spec.shape.iter().flatten().zip(&tensor.shape) {
@@ -72,4 +78,3 @@ fn check_against(spec: &TensorSpec, tensor: &Tensor) -> Result<(), ApiError> {
     }
     Ok(())
 }
-

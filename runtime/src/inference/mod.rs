@@ -32,7 +32,11 @@ use crate::tensor::Tensor;
 /// Runs one request for `model`: cut off at the request deadline, and counted in the model's
 /// success/failure counters and latency, decoding and encoding included (a 422 is a failed
 /// request, as in Triton).
-pub(crate) async fn run<T>(state: &AppState, model: &Model, work: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+pub(crate) async fn run<T>(
+    state: &AppState,
+    model: &Model,
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
     let start = Instant::now();
     let result = within_limits(state, work).await;
     let m = model.metrics();
@@ -50,20 +54,34 @@ pub(crate) async fn run<T>(state: &AppState, model: &Model, work: impl Future<Ou
 /// endpoint calling several): each model it calls is counted through [`run`]. Readiness is not
 /// checked: every served model is loaded before the listener opens, and during shutdown's delay
 /// requests must still be served while the probe fails.
-pub(crate) async fn within_limits<T>(state: &AppState, work: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+pub(crate) async fn within_limits<T>(
+    state: &AppState,
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
     match state.config().request_timeout() {
         Some(limit) => crate::cancel::with_deadline(Instant::now() + limit, tokio::time::timeout(limit, work))
             .await
-            .unwrap_or_else(|_| Err(ApiError::Timeout(format!("request took longer than the {} ms limit (request_timeout_ms)", limit.as_millis())))),
+            .unwrap_or_else(|_| {
+                Err(ApiError::Timeout(format!(
+                    "request took longer than the {} ms limit (request_timeout_ms)",
+                    limit.as_millis()
+                )))
+            }),
         None => work.await,
     }
 }
 
 /// Checks named input tensors against `model`, queues them and waits for the `wanted` outputs,
 /// in that order. Dropping the future before the request runs keeps it from running.
-pub(crate) async fn infer(model: &Model, inputs: Vec<(String, Tensor)>, wanted: Vec<String>) -> Result<Outputs, ApiError> {
+pub(crate) async fn infer(
+    model: &Model,
+    inputs: Vec<(String, Tensor)>,
+    wanted: Vec<String>,
+) -> Result<Outputs, ApiError> {
     if let Some((i, name)) = wanted.iter().enumerate().find(|(i, n)| wanted[..*i].contains(n)) {
-        return Err(ApiError::BadRequest(format!("output {name:?} is asked for more than once (at position {i}); name each output once")));
+        return Err(ApiError::BadRequest(format!(
+            "output {name:?} is asked for more than once (at position {i}); name each output once"
+        )));
     }
     let inputs = check_named(model.inputs(), inputs)?;
     let outputs = model.infer(inputs, wanted).await?;

@@ -19,7 +19,11 @@ use crate::typed::{Context, Process, TypedModel};
 
 /// The typed route of `M`, with its OpenAPI path and schemas.
 pub fn router<M: TypedModel>() -> OpenApiRouter<Arc<AppState>> {
-    documented::<M::Input, M::Output>(M::NAME, &format!("Run model `{}` on typed inputs", M::NAME), axum::routing::post(predict::<M>))
+    documented::<M::Input, M::Output>(
+        M::NAME,
+        &format!("Run model `{}` on typed inputs", M::NAME),
+        axum::routing::post(predict::<M>),
+    )
 }
 
 /// The route of a [`Process`] implementation, with its own request and response schemas.
@@ -40,17 +44,35 @@ pub fn process_router<P: Process>(name: &str, service: P) -> OpenApiRouter<Arc<A
     documented::<P::Request, P::Response>(name, &format!("Run `{name}`"), axum::routing::post(handler))
 }
 
-fn documented<I: ToSchema, O: ToSchema>(name: &str, summary: &str, method: axum::routing::MethodRouter<Arc<AppState>>) -> OpenApiRouter<Arc<AppState>> {
+fn documented<I: ToSchema, O: ToSchema>(
+    name: &str,
+    summary: &str,
+    method: axum::routing::MethodRouter<Arc<AppState>>,
+) -> OpenApiRouter<Arc<AppState>> {
     let path = format!("/v1/models/{name}/predict");
     let json = |schema: Ref| Content::new(Some(schema));
-    let error = |d: &str| ResponseBuilder::new().description(d).content("application/json", json(Ref::from_schema_name(ErrorBody::name()))).build();
+    let error = |d: &str| {
+        ResponseBuilder::new()
+            .description(d)
+            .content("application/json", json(Ref::from_schema_name(ErrorBody::name())))
+            .build()
+    };
     let op = OperationBuilder::new()
         .summary(Some(summary.to_string()))
         .tag("typed")
         .request_body(Some(
-            RequestBodyBuilder::new().content("application/json", json(Ref::from_schema_name(I::name()))).required(Some(Required::True)).build(),
+            RequestBodyBuilder::new()
+                .content("application/json", json(Ref::from_schema_name(I::name())))
+                .required(Some(Required::True))
+                .build(),
         ))
-        .response("200", ResponseBuilder::new().description("the model's outputs").content("application/json", json(Ref::from_schema_name(O::name()))).build())
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("the model's outputs")
+                .content("application/json", json(Ref::from_schema_name(O::name())))
+                .build(),
+        )
         .response("400", error("malformed JSON"))
         .response("413", error("body too large"))
         .response("422", error("a tensor of the wrong type or shape (the message names it)"))

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -15,7 +15,8 @@ use crate::model::Model;
 use crate::server::AppState;
 use crate::v2::codec::{self, HEADER_LENGTH};
 use crate::v2::types::{
-    ConfigTensor, DynamicBatching, InferRequest, InferResponse, LiveResponse, MetadataTensor, ModelConfig, ModelMetadata, ReadyResponse, ServerMetadata,
+    ConfigTensor, DynamicBatching, InferRequest, InferResponse, LiveResponse, MetadataTensor, ModelConfig,
+    ModelMetadata, ReadyResponse, ServerMetadata,
 };
 
 /// The V2 routes.
@@ -65,7 +66,10 @@ fn ready_response(ready: bool) -> Response {
 #[utoipa::path(get, path = "/v2/models/{model}", tag = "v2",
     params(("model" = String, Path, description = "model name")),
     responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody)))]
-async fn model_metadata(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Json<ModelMetadata>, ApiError> {
+async fn model_metadata(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Json<ModelMetadata>, ApiError> {
     Ok(Json(metadata(state.model(&model, None)?)))
 }
 
@@ -73,13 +77,19 @@ async fn model_metadata(State(state): State<Arc<AppState>>, Path(model): Path<St
 #[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "v2",
     params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")),
     responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody)))]
-async fn model_version_metadata(State(state): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>) -> Result<Json<ModelMetadata>, ApiError> {
+async fn model_version_metadata(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<ModelMetadata>, ApiError> {
     Ok(Json(metadata(state.model(&model, Some(&version))?)))
 }
 
 fn metadata(model: &Model) -> ModelMetadata {
     let tensors = |specs: &[crate::model::TensorSpec]| {
-        specs.iter().map(|s| MetadataTensor { name: s.name.clone(), datatype: s.datatype().into(), shape: s.metadata_shape() }).collect()
+        specs
+            .iter()
+            .map(|s| MetadataTensor { name: s.name.clone(), datatype: s.datatype().into(), shape: s.metadata_shape() })
+            .collect()
     };
     ModelMetadata {
         name: model.name().into(),
@@ -103,7 +113,10 @@ async fn model_ready(State(state): State<Arc<AppState>>, Path(model): Path<Strin
 #[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "health",
     params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")),
     responses((status = 200, body = ReadyResponse), (status = 404, body = ErrorBody), (status = 503, body = ReadyResponse)))]
-async fn model_version_ready(State(state): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn model_version_ready(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     state.model(&model, Some(&version))?;
     Ok(ready_response(state.is_ready()))
 }
@@ -112,7 +125,10 @@ async fn model_version_ready(State(state): State<Arc<AppState>>, Path((model, ve
 #[utoipa::path(get, path = "/v2/models/{model}/config", tag = "v2",
     params(("model" = String, Path, description = "model name")),
     responses((status = 200, body = ModelConfig), (status = 404, body = ErrorBody)))]
-async fn model_config(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Json<ModelConfig>, ApiError> {
+async fn model_config(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Json<ModelConfig>, ApiError> {
     Ok(Json(config(state.model(&model, None)?)))
 }
 
@@ -120,7 +136,10 @@ async fn model_config(State(state): State<Arc<AppState>>, Path(model): Path<Stri
 #[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/config", tag = "v2",
     params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")),
     responses((status = 200, body = ModelConfig), (status = 404, body = ErrorBody)))]
-async fn model_version_config(State(state): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>) -> Result<Json<ModelConfig>, ApiError> {
+async fn model_version_config(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<ModelConfig>, ApiError> {
     Ok(Json(config(state.model(&model, Some(&version))?)))
 }
 
@@ -163,7 +182,12 @@ fn triton_name(datatype: &str) -> &str {
     request_body(content = InferRequest, description = "JSON inference request; with the binary extension, the JSON header followed by tensor bytes"),
     responses((status = 200, body = InferResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn infer(State(state): State<Arc<AppState>>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn infer(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     run_infer(&state, &model, None, &headers, body).await
 }
 
@@ -183,7 +207,13 @@ async fn infer_version(
     run_infer(&state, &model, Some(&version), &headers, body).await
 }
 
-async fn run_infer(state: &AppState, model: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn run_infer(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let model = Arc::clone(state.model(model, version)?);
     crate::inference::run(state, &model, infer_body(state, &model, headers, body)).await
 }
@@ -192,7 +222,9 @@ async fn infer_body(state: &AppState, model: &Model, headers: &HeaderMap, body: 
     let body = state.read_body(body).await?;
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
-        Some(v) => Some(v.to_str().map_err(|_| ApiError::BadRequest("Inference-Header-Content-Length is not valid text".into()))?),
+        Some(v) => Some(
+            v.to_str().map_err(|_| ApiError::BadRequest("Inference-Header-Content-Length is not valid text".into()))?,
+        ),
     };
     let decoded = codec::decode(model, header_len, &body)?;
     let wanted = decoded.outputs.iter().map(|(n, _)| n.clone()).collect();

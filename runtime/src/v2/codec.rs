@@ -39,13 +39,21 @@ pub fn decode(model: &Model, header_len: Option<&str>, body: &Bytes) -> Result<D
 }
 
 /// [`decode`] for a model known by its name and tensor declarations.
-pub(crate) fn decode_for(model_name: &str, inputs: &[TensorSpec], outputs: &[TensorSpec], header_len: Option<&str>, body: &Bytes) -> Result<Decoded, ApiError> {
+pub(crate) fn decode_for(
+    model_name: &str,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+    header_len: Option<&str>,
+    body: &Bytes,
+) -> Result<Decoded, ApiError> {
     let model = Specs { name: model_name, inputs, outputs };
     let (json, mut binary) = match header_len {
         None => (body.clone(), Bytes::new()),
         Some(raw) => {
             let n: usize = raw.trim().parse().map_err(|_| {
-                ApiError::BadRequest(format!("Inference-Header-Content-Length must be a non-negative integer, got {raw:?}"))
+                ApiError::BadRequest(format!(
+                    "Inference-Header-Content-Length must be a non-negative integer, got {raw:?}"
+                ))
             })?;
             if n > body.len() {
                 return Err(ApiError::BadRequest(format!(
@@ -92,7 +100,12 @@ pub(crate) fn decode_for(model_name: &str, inputs: &[TensorSpec], outputs: &[Ten
     let mut inputs = Vec::with_capacity(tensors.len());
     for (spec, tensor) in model.inputs().iter().zip(tensors) {
         let tensor = tensor.ok_or_else(|| {
-            ApiError::InvalidTensor(format!("missing input {:?}; model {} takes {}", spec.name, model.name(), names(model.inputs())))
+            ApiError::InvalidTensor(format!(
+                "missing input {:?}; model {} takes {}",
+                spec.name,
+                model.name(),
+                names(model.inputs())
+            ))
         })?;
         inputs.push((spec.name.clone(), tensor));
     }
@@ -161,13 +174,12 @@ fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiE
             input.datatype
         ))
     })?;
-    let shape = input
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| ApiError::InvalidTensor(format!("input {name:?}: shape {:?} has a negative dim", input.shape)))?;
-    let count = element_count(&shape).ok_or_else(|| ApiError::InvalidTensor(format!("input {name:?}: shape {shape:?} is too large")))?;
+    let shape =
+        input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>().map_err(|_| {
+            ApiError::InvalidTensor(format!("input {name:?}: shape {:?} has a negative dim", input.shape))
+        })?;
+    let count = element_count(&shape)
+        .ok_or_else(|| ApiError::InvalidTensor(format!("input {name:?}: shape {shape:?} is too large")))?;
 
     let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
         None => None,
@@ -177,7 +189,9 @@ fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiE
     };
     let data = match (binary_size, &input.data) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::BadRequest(format!("input {name:?} has both binary_data_size and JSON data; send one")));
+            return Err(ApiError::BadRequest(format!(
+                "input {name:?} has both binary_data_size and JSON data; send one"
+            )));
         }
         (Some(n), None) => {
             if n > binary.len() {
@@ -193,7 +207,9 @@ fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiE
             check_nesting(name, json, &shape)?;
             from_json(name, elem, json)?
         }
-        (None, None) => return Err(ApiError::BadRequest(format!("input {name:?} has no data (give data or binary_data_size)"))),
+        (None, None) => {
+            return Err(ApiError::BadRequest(format!("input {name:?} has no data (give data or binary_data_size)")));
+        }
     };
     if data.len() != count {
         return Err(ApiError::InvalidTensor(format!(
@@ -219,7 +235,9 @@ fn from_binary(name: &str, elem: ElementType, count: usize, raw: &[u8]) -> Resul
     }
     macro_rules! le {
         ($t:ty, $n:literal, $variant:ident) => {
-            TensorData::$variant(raw.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n]))).collect())
+            TensorData::$variant(
+                raw.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n]))).collect(),
+            )
         };
     }
     Ok(match elem {
@@ -228,15 +246,24 @@ fn from_binary(name: &str, elem: ElementType, count: usize, raw: &[u8]) -> Resul
         ElementType::Int8 => TensorData::I8(raw.iter().map(|&b| b as i8).collect()),
         ElementType::Uint16 => le!(u16, 2, U16),
         ElementType::Int16 => le!(i16, 2, I16),
-        ElementType::Float16 => TensorData::F16(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
-        ElementType::Bfloat16 => TensorData::Bf16(raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
+        ElementType::Float16 => {
+            TensorData::F16(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect())
+        }
+        ElementType::Bfloat16 => {
+            TensorData::Bf16(raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect())
+        }
         ElementType::Uint32 => le!(u32, 4, U32),
         ElementType::Int32 => le!(i32, 4, I32),
         ElementType::Float => le!(f32, 4, F32),
         ElementType::Uint64 => le!(u64, 8, U64),
         ElementType::Int64 => le!(i64, 8, I64),
         ElementType::Double => le!(f64, 8, F64),
-        other => return Err(ApiError::InvalidTensor(format!("input {name:?}: element type {} is not supported", other.onnx_name()))),
+        other => {
+            return Err(ApiError::InvalidTensor(format!(
+                "input {name:?}: element type {} is not supported",
+                other.onnx_name()
+            )));
+        }
     })
 }
 
@@ -245,7 +272,10 @@ fn decode_bytes_elements(name: &str, mut raw: &[u8]) -> Result<Vec<Vec<u8>>, Api
     let mut out = Vec::new();
     while !raw.is_empty() {
         if raw.len() < 4 {
-            return Err(ApiError::BadRequest(format!("input {name:?}: BYTES element {} has a truncated 4-byte length prefix", out.len())));
+            return Err(ApiError::BadRequest(format!(
+                "input {name:?}: BYTES element {} has a truncated 4-byte length prefix",
+                out.len()
+            )));
         }
         let n = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
         raw = &raw[4..];
@@ -277,7 +307,13 @@ fn check_nesting(name: &str, json: &Value, shape: &[usize]) -> Result<(), ApiErr
         return Ok(());
     }
     fn walk(v: &Value, shape: &[usize], at: &mut Vec<usize>) -> Result<(), String> {
-        let place = || if at.is_empty() { "data".to_string() } else { format!("data{}", at.iter().map(|i| format!("[{i}]")).collect::<String>()) };
+        let place = || {
+            if at.is_empty() {
+                "data".to_string()
+            } else {
+                format!("data{}", at.iter().map(|i| format!("[{i}]")).collect::<String>())
+            }
+        };
         match (v, shape.split_first()) {
             (Value::Array(items), Some((&n, inner))) => {
                 if items.len() != n {
@@ -291,11 +327,15 @@ fn check_nesting(name: &str, json: &Value, shape: &[usize]) -> Result<(), ApiErr
                 Ok(())
             }
             (Value::Array(_), None) => Err(format!("{} nests deeper than the shape's {} dims", place(), at.len())),
-            (_, Some(_)) => Err(format!("{} is a single value where the shape needs {} more nested dims", place(), shape.len())),
+            (_, Some(_)) => {
+                Err(format!("{} is a single value where the shape needs {} more nested dims", place(), shape.len()))
+            }
             (_, None) => Ok(()),
         }
     }
-    walk(json, shape, &mut Vec::new()).map_err(|e| ApiError::InvalidTensor(format!("input {name:?}: nested data does not match shape {shape:?}: {e}")))
+    walk(json, shape, &mut Vec::new()).map_err(|e| {
+        ApiError::InvalidTensor(format!("input {name:?}: nested data does not match shape {shape:?}: {e}"))
+    })
 }
 
 fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, ApiError> {
@@ -310,7 +350,11 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
     macro_rules! ints {
         ($t:ty, $variant:ident, $get:ident) => {
             TensorData::$variant(
-                leaves.iter().enumerate().map(|(i, v)| v.$get().and_then(|n| <$t>::try_from(n).ok()).ok_or_else(|| bad(i, v))).collect::<Result<_, _>>()?,
+                leaves
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v.$get().and_then(|n| <$t>::try_from(n).ok()).ok_or_else(|| bad(i, v)))
+                    .collect::<Result<_, _>>()?,
             )
         };
     }
@@ -318,7 +362,10 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
     // values. A number that becomes infinite does not fit the type (3.5e38 as FP32, 70000 as
     // FP16): refused rather than sent to the model as infinity.
     let out_of_range = |i: usize, v: &Value| {
-        ApiError::InvalidTensor(format!("input {name:?}: element {i} is {v}, which is out of range for {}", elem.kserve_name().unwrap_or("?")))
+        ApiError::InvalidTensor(format!(
+            "input {name:?}: element {i} is {v}, which is out of range for {}",
+            elem.kserve_name().unwrap_or("?")
+        ))
     };
     let float = |v: &Value| match v {
         Value::String(s) => NON_FINITE.iter().find(|(n, _)| n == s).map(|&(_, x)| (x, false)),
@@ -340,7 +387,9 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
         };
     }
     Ok(match elem {
-        ElementType::Bool => TensorData::Bool(leaves.iter().enumerate().map(|(i, v)| v.as_bool().ok_or_else(|| bad(i, v))).collect::<Result<_, _>>()?),
+        ElementType::Bool => TensorData::Bool(
+            leaves.iter().enumerate().map(|(i, v)| v.as_bool().ok_or_else(|| bad(i, v))).collect::<Result<_, _>>()?,
+        ),
         ElementType::Uint8 => ints!(u8, U8, as_u64),
         ElementType::Uint16 => ints!(u16, U16, as_u64),
         ElementType::Uint32 => ints!(u32, U32, as_u64),
@@ -353,14 +402,23 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
         ElementType::Float => floats!(F32, |x| x as f32, |x: f32| x.is_finite()),
         ElementType::Double => floats!(F64, |x| x, |x: f64| x.is_finite()),
         ElementType::String => TensorData::Bytes(
-            leaves.iter().enumerate().map(|(i, v)| v.as_str().map(|s| s.as_bytes().to_vec()).ok_or_else(|| bad(i, v))).collect::<Result<_, _>>()?,
+            leaves
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v.as_str().map(|s| s.as_bytes().to_vec()).ok_or_else(|| bad(i, v)))
+                .collect::<Result<_, _>>()?,
         ),
         ElementType::Bfloat16 => {
             return Err(ApiError::InvalidTensor(format!(
                 "input {name:?}: BF16 tensors travel only in binary (set binary_data_size and send the bytes after the JSON header)"
             )));
         }
-        other => return Err(ApiError::InvalidTensor(format!("input {name:?}: element type {} is not supported", other.onnx_name()))),
+        other => {
+            return Err(ApiError::InvalidTensor(format!(
+                "input {name:?}: element type {} is not supported",
+                other.onnx_name()
+            )));
+        }
     })
 }
 
@@ -479,9 +537,15 @@ pub struct Encoded {
 const STREAM_JSON_ABOVE: usize = 1 << 20;
 
 /// Encodes outputs (already in the requested order) with their binary flags.
-pub fn encode(model: &Model, id: Option<String>, outputs: Vec<(String, Tensor)>, binary_flags: &[(String, bool)]) -> Result<Encoded, ApiError> {
+pub fn encode(
+    model: &Model,
+    id: Option<String>,
+    outputs: Vec<(String, Tensor)>,
+    binary_flags: &[(String, bool)],
+) -> Result<Encoded, ApiError> {
     let any_binary = binary_flags.iter().any(|(_, b)| *b);
-    let json_bytes: usize = outputs.iter().zip(binary_flags).filter(|(_, (_, b))| !*b).map(|((_, t), _)| t.data.byte_len()).sum();
+    let json_bytes: usize =
+        outputs.iter().zip(binary_flags).filter(|(_, (_, b))| !*b).map(|((_, t), _)| t.data.byte_len()).sum();
     // Without binary parts the body needs no length up front, so large JSON can be written as
     // it is sent: the skeleton gets empty `data` arrays, filled in by the body.
     let stream = !any_binary && json_bytes > STREAM_JSON_ABOVE;
@@ -495,7 +559,13 @@ pub fn encode(model: &Model, id: Option<String>, outputs: Vec<(String, Tensor)>,
             let mut params = Map::new();
             params.insert("binary_data_size".into(), Value::from(bytes.len()));
             binary.push(bytes);
-            json_outputs.push(ResponseOutput { name, datatype, shape: tensor.shape, parameters: Some(params), data: None });
+            json_outputs.push(ResponseOutput {
+                name,
+                datatype,
+                shape: tensor.shape,
+                parameters: Some(params),
+                data: None,
+            });
         } else {
             if matches!(tensor.data, TensorData::Bf16(_)) {
                 return Err(ApiError::InvalidTensor(format!(
@@ -508,10 +578,21 @@ pub fn encode(model: &Model, id: Option<String>, outputs: Vec<(String, Tensor)>,
             } else {
                 tensor.data
             };
-            json_outputs.push(ResponseOutput { name, datatype, shape: tensor.shape, parameters: None, data: Some(JsonData(data)) });
+            json_outputs.push(ResponseOutput {
+                name,
+                datatype,
+                shape: tensor.shape,
+                parameters: None,
+                data: Some(JsonData(data)),
+            });
         }
     }
-    let response = InferResponse { model_name: model.name().into(), model_version: model.version().into(), id, outputs: json_outputs };
+    let response = InferResponse {
+        model_name: model.name().into(),
+        model_version: model.version().into(),
+        id,
+        outputs: json_outputs,
+    };
     let json = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(format!("encoding response: {e}")))?;
     let mut body = ResponseBody::default();
     if stream {
@@ -519,7 +600,9 @@ pub fn encode(model: &Model, id: Option<String>, outputs: Vec<(String, Tensor)>,
         // output's, in order.
         let mut json = Bytes::from(json);
         for data in streamed {
-            let at = find(&json, br#""data":[]"#).ok_or_else(|| ApiError::Internal("encoding response: a data array is missing".into()))? + br#""data":["#.len();
+            let at = find(&json, br#""data":[]"#)
+                .ok_or_else(|| ApiError::Internal("encoding response: a data array is missing".into()))?
+                + br#""data":["#.len();
             body.push(json.split_to(at));
             body.push_json(data);
         }
