@@ -38,13 +38,18 @@ fn locked_venv(sh: &Shell, venv: &Path, lock: &str) -> Result<PathBuf> {
     if !python.is_file() {
         let system = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         let code = "import sys; print('%d.%d' % sys.version_info[:2])";
-        let version = cmd!(sh, "{system} -c {code}")
-            .read()
-            .with_context(|| format!("running {system} (is Python 3.11 installed? set PYTHON to choose the interpreter)"))?;
+        let version = cmd!(sh, "{system} -c {code}").read().with_context(|| {
+            format!("running {system} (is Python 3.11 installed? set PYTHON to choose the interpreter)")
+        })?;
         if version.trim() != LOCKED_PYTHON {
-            anyhow::bail!("{system} is Python {}, but tests/python/*.lock are resolved for Python {LOCKED_PYTHON}; set PYTHON=python{LOCKED_PYTHON} (or run `cargo xtask lock` for another version)", version.trim());
+            anyhow::bail!(
+                "{system} is Python {}, but tests/python/*.lock are resolved for Python {LOCKED_PYTHON}; set PYTHON=python{LOCKED_PYTHON} (or run `cargo xtask lock` for another version)",
+                version.trim()
+            );
         }
-        cmd!(sh, "{system} -m venv {venv}").run().context("creating a virtualenv (is the Python venv module installed?)")?;
+        cmd!(sh, "{system} -m venv {venv}")
+            .run()
+            .context("creating a virtualenv (is the Python venv module installed?)")?;
     }
     cmd!(sh, "{python} -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r {lock}")
         .run()
@@ -105,15 +110,23 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
 
 /// Installs the missing [`SYSTEM_PACKAGES`] in one apt-get run.
 fn system_packages(sh: &Shell) -> Result<()> {
-    let missing: Vec<&str> = SYSTEM_PACKAGES.iter().map(|(p, _)| *p).filter(|p| cmd!(sh, "dpkg -s {p}").quiet().ignore_stdout().ignore_stderr().run().is_err()).collect();
+    let missing: Vec<&str> = SYSTEM_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| cmd!(sh, "dpkg -s {p}").quiet().ignore_stdout().ignore_stderr().run().is_err())
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let why: Vec<String> = SYSTEM_PACKAGES.iter().filter(|(p, _)| missing.contains(p)).map(|(p, w)| format!("{p} ({w})")).collect();
+    let why: Vec<String> =
+        SYSTEM_PACKAGES.iter().filter(|(p, _)| missing.contains(p)).map(|(p, w)| format!("{p} ({w})")).collect();
     eprintln!("installing {}", why.join(", "));
     cmd!(sh, "apt-get update -qq").run().context("apt-get update")?;
     let list = missing.join(" ");
-    cmd!(sh, "apt-get install -y -qq {missing...}").env("DEBIAN_FRONTEND", "noninteractive").run().with_context(|| format!("installing {list}"))?;
+    cmd!(sh, "apt-get install -y -qq {missing...}")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()
+        .with_context(|| format!("installing {list}"))?;
     Ok(())
 }
 
@@ -133,6 +146,14 @@ pub fn run(rest: &[&str]) -> Result<()> {
     let python = venv_python(&sh)?;
     let pa = perf_analyzer(&sh)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The house rules first: formatting, then every clippy warning as an error.
+    if cmd!(sh, "{cargo} fmt --version").quiet().ignore_stdout().ignore_stderr().run().is_err()
+        || cmd!(sh, "{cargo} clippy --version").quiet().ignore_stdout().ignore_stderr().run().is_err()
+    {
+        cmd!(sh, "rustup component add rustfmt clippy").run().context("installing rustfmt and clippy")?;
+    }
+    cmd!(sh, "{cargo} fmt --all --check").run().context("formatting differs: run `cargo fmt --all`")?;
+    cmd!(sh, "{cargo} clippy --workspace --all-targets -- -D warnings").run().context("clippy warnings are errors")?;
     // One build for everything: `cargo test --workspace` also builds target/debug/cargo-nimify,
     // which the ONNX Runtime install and the Python tests use (a separate `cargo build -p` would
     // resolve features differently and compile the dependencies twice).
@@ -142,7 +163,8 @@ pub fn run(rest: &[&str]) -> Result<()> {
     let nimify = root.join("target/debug/cargo-nimify");
     cmd!(sh, "{nimify} nimify ort install").env("NIMIFY_PYTHON", &python).run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
-    cmd!(sh, "{python} -m pytest -q -p no:cacheprovider tests/python").env("NIMIFY_BIN", &nimify)
+    cmd!(sh, "{python} -m pytest -q -p no:cacheprovider tests/python")
+        .env("NIMIFY_BIN", &nimify)
         .env("PERF_ANALYZER", &pa)
         .env("CONTAINERS_CONF", root.join("tests/containers.conf"))
         .run()?;

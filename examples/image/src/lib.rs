@@ -50,12 +50,18 @@ pub struct ImageResponse {
 /// Decodes, resizes to 32x32 (Triangle filter; an image already that size is used as is) and
 /// lays the pixels out as CHW floats in [0, 1].
 pub fn preprocess(encoded: &[u8]) -> Result<[[[f32; 32]; 32]; 3], ApiError> {
-    let img = image::load_from_memory(encoded).map_err(|e| ApiError::InvalidTensor(format!("image: cannot decode it as PNG or JPEG: {e}")))?.to_rgb8();
-    let img = if img.dimensions() == (SIDE, SIDE) { img } else { image::imageops::resize(&img, SIDE, SIDE, image::imageops::FilterType::Triangle) };
+    let img = image::load_from_memory(encoded)
+        .map_err(|e| ApiError::InvalidTensor(format!("image: cannot decode it as PNG or JPEG: {e}")))?
+        .to_rgb8();
+    let img = if img.dimensions() == (SIDE, SIDE) {
+        img
+    } else {
+        image::imageops::resize(&img, SIDE, SIDE, image::imageops::FilterType::Triangle)
+    };
     let mut chw = [[[0f32; 32]; 32]; 3];
     for (x, y, p) in img.enumerate_pixels() {
-        for c in 0..3 {
-            chw[c][y as usize][x as usize] = f32::from(p.0[c]) / 255.0;
+        for (plane, value) in chw.iter_mut().zip(p.0) {
+            plane[y as usize][x as usize] = f32::from(value) / 255.0;
         }
     }
     Ok(chw)
@@ -66,14 +72,23 @@ impl Process for Classifier {
     type Response = ImageResponse;
 
     async fn process(&self, ctx: &Context, request: ImageRequest) -> Result<ImageResponse, ApiError> {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(request.image.trim()).map_err(|e| ApiError::InvalidTensor(format!("image: not base64: {e}")))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(request.image.trim())
+            .map_err(|e| ApiError::InvalidTensor(format!("image: not base64: {e}")))?;
         let pixels = preprocess(&bytes)?;
         let out = ctx.infer::<Self>(ClassifierInput { pixels: vec![pixels] }).await?;
         let probs = out.probs.into_iter().next().ok_or_else(|| ApiError::Inference("no output row".into()))?;
         let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let k = request.top_k.unwrap_or(3).clamp(1, ranked.len());
-        let labels = ranked.into_iter().take(k).map(|(i, p)| Label { label: self.labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")), probability: p }).collect();
+        let labels = ranked
+            .into_iter()
+            .take(k)
+            .map(|(i, p)| Label {
+                label: self.labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")),
+                probability: p,
+            })
+            .collect();
         Ok(ImageResponse { labels })
     }
 }
