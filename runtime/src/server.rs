@@ -398,7 +398,8 @@ async fn access_log(request: Request, next: Next) -> Response {
 ///
 /// 1. readiness answers 503 at once, while the listener keeps accepting and serving for
 ///    `shutdown_delay_ms` (endpoints take a few seconds to drop a terminating pod; a second
-///    SIGTERM or Ctrl-C skips the rest of the delay);
+///    SIGTERM or Ctrl-C skips the rest of the delay, and a Ctrl-C from [`shutdown_signal`] has
+///    none);
 /// 2. the listener stops accepting, idle kept-alive connections are closed and busy ones are
 ///    closed after their current response (`Connection: close`);
 /// 3. in-flight requests finish within `drain_timeout_ms`; past it the server returns anyway.
@@ -423,8 +424,10 @@ pub async fn serve(
         tokio::spawn(crate::connections::accept_loop(listener, router, limits, state.metrics.clone(), stopped));
     shutdown.await;
     state.begin_shutdown();
+    // The delay is for orchestrators (SIGTERM); someone pressing Ctrl-C wants the server gone.
+    let interactive = INTERRUPTED.load(Ordering::SeqCst);
     let delay = Duration::from_millis(state.config.shutdown_delay_ms);
-    if !delay.is_zero() {
+    if !delay.is_zero() && !interactive {
         tracing::info!(
             shutdown_delay_ms = delay.as_millis() as u64,
             "shutting down: readiness is 503; still serving during the shutdown delay (a second signal skips it)"
@@ -449,10 +452,15 @@ pub async fn serve(
     Ok(())
 }
 
+/// Whether [`shutdown_signal`] was resolved by Ctrl-C (SIGINT) rather than SIGTERM: [`serve`]
+/// skips the shutdown delay for a person at a terminal.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
+        INTERRUPTED.store(true, Ordering::SeqCst);
     };
     #[cfg(unix)]
     let term = async {

@@ -222,6 +222,17 @@ def test_sigterm_under_load_keeps_serving_through_the_delay():
     assert "still serving during the shutdown delay" in log and "draining in-flight requests" in log
 
 
+def test_ctrl_c_stops_without_the_shutdown_delay():
+    """The delay is for orchestrators' SIGTERM: Ctrl-C (SIGINT) at a terminal drains and exits."""
+    server = serve_mlp("--shutdown-delay-ms", "60000")
+    sent = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(timeout=20) == 0
+    assert time.monotonic() - sent < 20
+    log = "".join(server.log)
+    assert "still serving during the shutdown delay" not in log and "draining in-flight requests" in log
+
+
 def test_a_second_signal_skips_the_shutdown_delay():
     server = serve_mlp("--shutdown-delay-ms", "60000")
     server.proc.send_signal(signal.SIGTERM)
