@@ -37,7 +37,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-use crate::metrics::Metrics;
+use crate::metrics::ConnectionMetrics;
 
 /// File descriptors kept back from the connection cap when it is derived from the process's
 /// limit: model files, logs, ONNX Runtime's own, the listener.
@@ -88,7 +88,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     router: Router,
     limits: Limits,
-    metrics: Metrics,
+    metrics: ConnectionMetrics,
     mut stop: watch::Receiver<bool>,
 ) -> Arc<Semaphore> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -161,18 +161,18 @@ pub(crate) async fn accept_loop(
 }
 
 /// Counts a connection in `nimify_open_connections` while it lives.
-struct OpenGauge(Metrics);
+struct OpenGauge(ConnectionMetrics);
 
 impl OpenGauge {
-    fn new(metrics: &Metrics) -> Self {
-        metrics.connection_opened();
+    fn new(metrics: &ConnectionMetrics) -> Self {
+        metrics.opened();
         Self(metrics.clone())
     }
 }
 
 impl Drop for OpenGauge {
     fn drop(&mut self) {
-        self.0.connection_closed();
+        self.0.closed();
     }
 }
 
@@ -224,7 +224,7 @@ async fn serve_connection(
     stream: TcpStream,
     router: Router,
     clock: Arc<Clock>,
-    metrics: &Metrics,
+    metrics: &ConnectionMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let io = TokioIo::new(Guarded { stream, clock: Arc::clone(&clock), replacement: None, first_read: true });
@@ -257,7 +257,7 @@ async fn serve_connection(
             () = changed => {}
             () = sleep_until(deadline) => {
                 if let Some(reason) = clock.expired() {
-                    metrics.connection_timed_out(reason);
+                    metrics.closed_by_server(reason);
                     tracing::debug!(reason, "closing a stalled connection");
                     return;
                 }

@@ -26,24 +26,41 @@ pub struct Metrics {
     request_seconds: HistogramVec,
     queue_seconds: HistogramVec,
     batch_size: HistogramVec,
-    connections: IntGauge,
-    connections_timed_out: IntCounterVec,
+    connections: ConnectionMetrics,
+}
+
+/// The listener's metrics, cheap to clone into every connection's task.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionMetrics {
+    open: IntGauge,
+    closed: IntCounterVec,
     accept_errors: IntCounter,
 }
 
 const LABELS: &[&str] = &["model", "version"];
+const LABELS_WITH_REASON: &[&str] = &["model", "version", "reason"];
+
+/// Registers a metric built from constants (so an error is a bug the first test run shows).
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &str,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.unwrap_or_else(|e| unreachable_metric(name, &e));
+    registry.register(Box::new(metric.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
+    metric
+}
+
+fn counter_by(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, name, IntCounterVec::new(Opts::new(name, help), labels))
+}
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), LABELS).unwrap_or_else(|e| unreachable_metric(name, &e));
-    registry.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
-    c
+    counter_by(registry, name, help, LABELS)
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS)
-        .unwrap_or_else(|e| unreachable_metric(name, &e));
-    registry.register(Box::new(h.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
-    h
+    register(registry, name, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS))
 }
 
 /// Metric definitions are constants: a failure here is a bug caught by the first test run.
@@ -66,48 +83,53 @@ impl Metrics {
     /// Registers every family.
     pub fn new() -> Self {
         let r = Registry::new();
-        let pending = IntGaugeVec::new(
-            Opts::new(
-                "nv_inference_pending_request_count",
-                "Instantaneous number of pending requests awaiting execution per-model.",
+        let pending = register(
+            &r,
+            "nv_inference_pending_request_count",
+            IntGaugeVec::new(
+                Opts::new(
+                    "nv_inference_pending_request_count",
+                    "Instantaneous number of pending requests awaiting execution per-model.",
+                ),
+                LABELS,
             ),
-            LABELS,
-        )
-        .unwrap_or_else(|e| unreachable_metric("nv_inference_pending_request_count", &e));
-        r.register(Box::new(pending.clone())).unwrap_or_else(|e| unreachable_metric("pending", &e));
-        let build = IntGauge::with_opts(
-            Opts::new("nimify_build_info", "Build information; always 1.")
-                .const_label("version", env!("CARGO_PKG_VERSION"))
-                .const_label("onnxruntime", crate::ortlib::ORT_VERSION),
-        )
-        .unwrap_or_else(|e| unreachable_metric("nimify_build_info", &e));
+        );
+        let build = register(
+            &r,
+            "nimify_build_info",
+            IntGauge::with_opts(
+                Opts::new("nimify_build_info", "Build information; always 1.")
+                    .const_label("version", env!("CARGO_PKG_VERSION"))
+                    .const_label("onnxruntime", crate::ortlib::ORT_VERSION),
+            ),
+        );
         build.set(1);
-        r.register(Box::new(build)).unwrap_or_else(|e| unreachable_metric("build", &e));
-        let connections = IntGauge::new("nimify_open_connections", "Client connections open now")
-            .unwrap_or_else(|e| unreachable_metric("nimify_open_connections", &e));
-        r.register(Box::new(connections.clone())).unwrap_or_else(|e| unreachable_metric("nimify_open_connections", &e));
-        let accept_errors = IntCounter::new(
-            "nimify_accept_errors_total",
-            "Failed accepts of new connections (e.g. EMFILE: out of file descriptors), each followed by a back-off",
-        )
-        .unwrap_or_else(|e| unreachable_metric("nimify_accept_errors_total", &e));
-        r.register(Box::new(accept_errors.clone()))
-            .unwrap_or_else(|e| unreachable_metric("nimify_accept_errors_total", &e));
-        let connections_timed_out = {
-            let name = "nimify_connections_closed_total";
-            let help = "Connections the server closed on clients without a request in progress, by reason: header_timeout (header section not sent in time), idle_timeout (kept alive without a request), write_stalled (an answer the client has not read for idle_timeout_ms) or shed (the longest waiting, closed at the connection cap or out of file descriptors)";
-            let c =
-                IntCounterVec::new(Opts::new(name, help), &["reason"]).unwrap_or_else(|e| unreachable_metric(name, &e));
-            r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
-            for reason in ["header_timeout", "idle_timeout", "write_stalled", "shed"] {
-                c.with_label_values(&[reason]);
-            }
-            c
+        let connections = ConnectionMetrics {
+            open: register(
+                &r,
+                "nimify_open_connections",
+                IntGauge::new("nimify_open_connections", "Client connections open now"),
+            ),
+            closed: counter_by(
+                &r,
+                "nimify_connections_closed_total",
+                "Connections the server closed on clients without a request in progress, by reason: header_timeout (header section not sent in time), idle_timeout (kept alive without a request), write_stalled (an answer the client has not read for idle_timeout_ms) or shed (the longest waiting, closed at the connection cap or out of file descriptors)",
+                &["reason"],
+            ),
+            accept_errors: register(
+                &r,
+                "nimify_accept_errors_total",
+                IntCounter::new(
+                    "nimify_accept_errors_total",
+                    "Failed accepts of new connections (e.g. EMFILE: out of file descriptors), each followed by a back-off",
+                ),
+            ),
         };
+        for reason in ["header_timeout", "idle_timeout", "write_stalled", "shed"] {
+            connections.closed.with_label_values(&[reason]);
+        }
         Self {
             connections,
-            connections_timed_out,
-            accept_errors,
             success: counter(
                 &r,
                 "nv_inference_request_success",
@@ -144,30 +166,24 @@ impl Metrics {
                 "Cumulative compute inference duration in microseconds (does not include cached requests)",
             ),
             pending,
-            rejected: {
-                let name = "nimify_requests_rejected_total";
-                let help = "Requests refused with 503, by reason: queue_full (the model's queue) or in_flight (the server's in-flight cap)";
-                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"])
-                    .unwrap_or_else(|e| unreachable_metric(name, &e));
-                r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
-                c
-            },
-            cancelled: {
-                let name = "nimify_requests_cancelled_total";
-                let help = "Queued requests not executed because nobody waited for them any more, by reason: deadline (request_timeout_ms passed) or disconnect (the client went away)";
-                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"])
-                    .unwrap_or_else(|e| unreachable_metric(name, &e));
-                r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
-                c
-            },
-            terminated: {
-                let name = "nimify_runs_terminated_total";
-                let help = "ONNX Runtime runs stopped before their end because no request of the batch still waited, by reason: deadline or disconnect (of the last request to go)";
-                let c = IntCounterVec::new(Opts::new(name, help), &["model", "version", "reason"])
-                    .unwrap_or_else(|e| unreachable_metric(name, &e));
-                r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable_metric(name, &e));
-                c
-            },
+            rejected: counter_by(
+                &r,
+                "nimify_requests_rejected_total",
+                "Requests refused with 503, by reason: queue_full (the model's queue) or in_flight (the server's in-flight cap)",
+                LABELS_WITH_REASON,
+            ),
+            cancelled: counter_by(
+                &r,
+                "nimify_requests_cancelled_total",
+                "Queued requests not executed because nobody waited for them any more, by reason: deadline (request_timeout_ms passed) or disconnect (the client went away)",
+                LABELS_WITH_REASON,
+            ),
+            terminated: counter_by(
+                &r,
+                "nimify_runs_terminated_total",
+                "ONNX Runtime runs stopped before their end because no request of the batch still waited, by reason: deadline or disconnect (of the last request to go)",
+                LABELS_WITH_REASON,
+            ),
             request_seconds: histogram(
                 &r,
                 "nimify_request_duration_seconds",
@@ -221,25 +237,9 @@ impl Metrics {
         self.rejected.with_label_values(&["", "", "in_flight"]).inc();
     }
 
-    /// Counts a connection the listener took.
-    pub(crate) fn connection_opened(&self) {
-        self.connections.inc();
-    }
-
-    /// Counts a connection that ended.
-    pub(crate) fn connection_closed(&self) {
-        self.connections.dec();
-    }
-
-    /// Counts a connection the server closed on a waiting client (`header_timeout`,
-    /// `idle_timeout`, `shed`).
-    pub(crate) fn connection_timed_out(&self, reason: &str) {
-        self.connections_timed_out.with_label_values(&[reason]).inc();
-    }
-
-    /// Counts a failed accept.
-    pub(crate) fn accept_error(&self) {
-        self.accept_errors.inc();
+    /// The listener's metrics.
+    pub(crate) fn connections(&self) -> ConnectionMetrics {
+        self.connections.clone()
     }
 
     /// Prometheus text exposition.
@@ -247,6 +247,29 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl ConnectionMetrics {
+    /// Counts a connection the listener took.
+    pub(crate) fn opened(&self) {
+        self.open.inc();
+    }
+
+    /// Counts a connection that ended.
+    pub(crate) fn closed(&self) {
+        self.open.dec();
+    }
+
+    /// Counts a connection the server closed on a client without a request in progress
+    /// (`header_timeout`, `idle_timeout`, `write_stalled`, `shed`).
+    pub(crate) fn closed_by_server(&self, reason: &str) {
+        self.closed.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a failed accept.
+    pub(crate) fn accept_error(&self) {
+        self.accept_errors.inc();
     }
 }
 

@@ -421,7 +421,7 @@ pub async fn serve(
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let accepting =
-        tokio::spawn(crate::connections::accept_loop(listener, router, limits, state.metrics.clone(), stopped));
+        tokio::spawn(crate::connections::accept_loop(listener, router, limits, state.metrics.connections(), stopped));
     shutdown.await;
     state.begin_shutdown();
     // The delay is for orchestrators (SIGTERM); someone pressing Ctrl-C wants the server gone.
