@@ -341,3 +341,35 @@ def test_answer_bodies_that_look_like_hyper_answers_are_left_alone(serve):
         assert r.status_code == 200
         header_len = int(r.headers["Inference-Header-Content-Length"])
         assert mimic.encode() in r.content[header_len:] and r.content.count(mimic.encode()) == 4
+
+
+def test_a_request_hyper_cannot_parse_after_a_good_one_on_the_same_connection(serve):
+    """Pipelined: the good request's answer, then the JSON 400 for the garbage behind it."""
+    answer = raw(serve("mlp").address, b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n")
+    first, _, rest = answer.partition(b"HTTP/1.1 400 Bad Request\r\n")
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and b'"extensions"' in first, answer[:400]
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in headers and "not valid HTTP/1.1" in json.loads(body)["error"]
+
+
+def test_an_answer_being_streamed_when_sigterm_arrives_is_finished(start):
+    """A 39 MB JSON answer read slowly across SIGTERM: the drain lets it end whole, then the
+    process exits 0."""
+    server = start("big_output", "--max-output-bytes", "0", "--shutdown-delay-ms", "0")
+    host, port = server.address.rsplit(":", 1)
+    body = json.dumps({"inputs": [{"name": "n", "shape": [1], "datatype": "INT64", "data": [3_000_000]}]}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect((host, int(port)))
+    sock.settimeout(30)
+    sock.sendall(b"POST /v2/models/big_output/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    data = sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in data.lower()
+    server.proc.send_signal(signal.SIGTERM)
+    while chunk := sock.recv(65536):
+        data += chunk
+        time.sleep(0.001)
+    sock.close()
+    assert data.endswith(b"\r\n0\r\n\r\n"), f"the chunked answer was cut: it ends with {data[-40:]!r}"
+    assert data.count(b"1.2345679e-7") == 3_000_000
+    assert server.proc.wait(timeout=30) == 0
