@@ -1,13 +1,17 @@
 //! The `cargo nimify` subcommand: argument parsing and dispatch. Each subcommand is a file in
-//! `cmd/`; expected failures are [`CliError`]s printed as one line with a documented exit code.
+//! `cmd/`; expected failures are [`CliError`]s, printed the way cargo prints its own, with a documented
+//! exit code.
 
 pub mod cmd;
+mod error;
 pub mod image;
 pub mod project;
 
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+pub use error::{CliError, IoContext};
 
 /// Exit codes (documented in `--help`).
 pub mod exit {
@@ -73,17 +77,6 @@ pub enum Format {
     Json,
 }
 
-/// An expected failure, shown as one line.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// ONNX Runtime is missing or unusable.
-    #[error(transparent)]
-    OrtLib(#[from] nimify::ortlib::OrtLibError),
-    /// Anything else, already phrased for the user.
-    #[error("{0}")]
-    Message(String),
-}
-
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let Cargo::Nimify(cli) = Cargo::parse();
@@ -102,7 +95,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{}", e.render());
             ExitCode::from(exit::FAILURE)
         }
     }

@@ -103,12 +103,12 @@ impl Project {
         }
         let meta = cmd
             .exec()
-            .map_err(|e| CliError::Message(format!("cannot read the cargo workspace: {}", one_line(&e.to_string()))))?;
+            .map_err(|e| CliError::msg(format!("cannot read the cargo workspace: {}", one_line(&e.to_string()))))?;
         let members: Vec<&cargo_metadata::Package> = meta.workspace_packages();
         let package = match &args.package {
             Some(name) => members.iter().find(|p| p.name.as_str() == name).copied().ok_or_else(|| {
                 let names: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
-                CliError::Message(format!("package `{name}` is not in this workspace (members: {})", names.join(", ")))
+                CliError::msg(format!("package `{name}` is not in this workspace (members: {})", names.join(", ")))
             })?,
             None => current_package(&members, args.manifest_path.as_deref())?,
         };
@@ -152,7 +152,7 @@ fn current_package<'a>(
         Some(m) => std::fs::canonicalize(m).ok().and_then(|p| p.parent().map(Path::to_path_buf)),
         None => std::env::current_dir().ok().and_then(|d| std::fs::canonicalize(d).ok()),
     };
-    let here = here.ok_or_else(|| CliError::Message("cannot tell the current directory".into()))?;
+    let here = here.ok_or_else(|| CliError::msg("cannot tell the current directory"))?;
     members
         .iter()
         .filter_map(|p| {
@@ -163,7 +163,7 @@ fn current_package<'a>(
         .map(|(_, p)| p)
         .ok_or_else(|| {
             let names: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
-            CliError::Message(format!("{} is not inside a package of this workspace; run in the service crate's directory or pass --package (members: {})", here.display(), names.join(", ")))
+            CliError::msg(format!("{} is not inside a package of this workspace; run in the service crate's directory or pass --package (members: {})", here.display(), names.join(", ")))
         })
 }
 
@@ -171,18 +171,16 @@ fn pick_bin(package: &cargo_metadata::Package, wanted: Option<&str>) -> Result<S
     let bins: Vec<&str> = package.targets.iter().filter(|t| t.is_bin()).map(|t| t.name.as_str()).collect();
     match (wanted, bins.as_slice()) {
         (Some(w), _) if bins.contains(&w) => Ok(w.to_string()),
-        (Some(w), _) => Err(CliError::Message(format!(
-            "package `{}` has no binary `{w}` (binaries: {})",
-            package.name,
-            list(&bins)
-        ))),
-        (None, []) => Err(CliError::Message(format!(
+        (Some(w), _) => {
+            Err(CliError::msg(format!("package `{}` has no binary `{w}` (binaries: {})", package.name, list(&bins))))
+        }
+        (None, []) => Err(CliError::msg(format!(
             "package `{}` has no binary target; a nimify service needs a `src/main.rs` calling `nimify::cli::run`",
             package.name
         ))),
         (None, [one]) => Ok((*one).to_string()),
         (None, _) => package.default_run.clone().ok_or_else(|| {
-            CliError::Message(format!(
+            CliError::msg(format!(
                 "package `{}` has several binaries ({}); pick one with --bin",
                 package.name,
                 list(&bins)
@@ -198,8 +196,9 @@ fn list(names: &[&str]) -> String {
 fn settings_from(metadata: &serde_json::Value, table: &str, file: &Path) -> Result<Settings, CliError> {
     match metadata.get("nimify") {
         None | Some(serde_json::Value::Null) => Ok(Settings::default()),
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| CliError::Message(format!("{table} in {}: {e}", file.display()))),
+        Some(v) => {
+            serde_json::from_value(v.clone()).map_err(|e| CliError::msg(format!("{table} in {}: {e}", file.display())))
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use nimify_model::contract::{ImageRecord, ModelRecord, SCHEMA_VERSION};
 
 const DIGEST: &str = "sha256:2c7ad9b926b1b098a63cbbb930828c580d9757b3f5f1f6956f72eaafc9599166";
 
@@ -19,16 +20,28 @@ fn recorded_image() -> tempfile::TempDir {
     let target = tempfile::tempdir().expect("tempdir");
     let state = target.path().join("nimify/example-iris");
     std::fs::create_dir_all(&state).expect("state dir");
-    let record = serde_json::json!({
-        "reference": "docker://registry.example.test/ml/iris:0.1.0",
-        "digest": DIGEST,
-        "repository": "registry.example.test/ml/iris",
-        "tag": "0.1.0",
-        "package": "example-iris",
-        "port": 8000,
-        "models": [{"name": "iris", "file": "iris.onnx", "sha256": "ab".repeat(32), "size": 3_000_000}],
-    });
-    std::fs::write(state.join("image.json"), record.to_string()).expect("image.json");
+    let record = ImageRecord {
+        schema_version: SCHEMA_VERSION,
+        reference: "docker://registry.example.test/ml/iris:0.1.0".into(),
+        digest: DIGEST.into(),
+        repository: "registry.example.test/ml/iris".into(),
+        tag: "0.1.0".into(),
+        package: "example-iris".into(),
+        version: "0.1.0".into(),
+        bin: "example-iris".into(),
+        port: 8000,
+        user: 65532,
+        base: None,
+        models: vec![ModelRecord {
+            name: "iris".into(),
+            file: "iris.onnx".into(),
+            sha256: "ab".repeat(32),
+            size: 3_000_000,
+        }],
+        layers: Vec::new(),
+        size: 0,
+    };
+    std::fs::write(state.join("image.json"), record.to_json()).expect("image.json");
     target
 }
 
@@ -139,6 +152,24 @@ fn missing_image_record_helm_and_environment_are_clear_errors() {
         "{}",
         clean(&out.stderr, empty.path())
     );
+    assert!(clean(&out.stderr, empty.path()).contains("\n\nhelp: run `cargo nimify image` first"));
+    // A record from another nimify (older, unversioned, or cut short) is named, not misread.
+    let state = empty.path().join("nimify/example-iris");
+    std::fs::create_dir_all(&state).expect("state dir");
+    for (text, want) in [
+        (r#"{"reference": "oci:x", "digest": "sha256:00"}"#, "no schema_version"),
+        (
+            r#"{"schema_version": 7}"#,
+            "has schema version 7, but this nimify reads version 1; run `cargo nimify image` again",
+        ),
+        (r#"{"schema_version": 1, "reference": "oci:x""#, "is not valid: EOF while parsing"),
+    ] {
+        std::fs::write(state.join("image.json"), text).expect("record");
+        let out = nimify(empty.path(), &no_helm(), &["chart"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = clean(&out.stderr, empty.path());
+        assert!(err.starts_with("error: [TARGET]/nimify/example-iris/image.json ") && err.contains(want), "{err}");
+    }
     let target = recorded_image();
     let out = nimify(target.path(), &no_helm(), &["deploy", "--env", "qa", "--dry-run"]);
     assert_eq!(out.status.code(), Some(1));

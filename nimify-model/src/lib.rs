@@ -5,6 +5,7 @@
 //! external-data references. Node lists and weight payloads are skipped by seeking, so a
 //! multi-gigabyte model costs about as much as a small one.
 
+pub mod contract;
 #[doc(hidden)]
 pub mod onnx;
 mod types;

@@ -222,14 +222,16 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
     })
 }
 
-/// Prints `{"models": [{"name": ..., "path": ...}]}` without loading anything.
+/// Prints the [`ServiceManifest`](nimify_model::contract::ServiceManifest) (the models and their
+/// files) without loading anything.
 fn manifest(register: impl FnOnce(ServerBuilder) -> ServerBuilder) {
-    let models: Vec<serde_json::Value> = register(ServerBuilder::default())
+    use nimify_model::contract::{PlannedModel, ServiceManifest};
+    let models = register(ServerBuilder::default())
         .planned_models()
         .into_iter()
-        .map(|(name, path)| serde_json::json!({"name": name, "path": path}))
+        .map(|(name, path)| PlannedModel { name, path })
         .collect();
-    println!("{}", serde_json::json!({ "models": models }));
+    println!("{}", ServiceManifest::new(models).to_json());
 }
 
 fn healthcheck(args: &ServiceArgs) -> Result<(), String> {

@@ -56,7 +56,7 @@ pub fn build(project: &Project, profile: &str) -> Result<PathBuf, CliError> {
         .arg(&project.manifest_path)
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| CliError::Message(format!("cannot run cargo: {e}")))?;
+        .map_err(|e| CliError::msg(format!("cannot run cargo: {e}")))?;
     let mut exe = None;
     if let Some(stdout) = child.stdout.take() {
         for message in cargo_metadata::Message::parse_stream(BufReader::new(stdout)).flatten() {
@@ -68,14 +68,14 @@ pub fn build(project: &Project, profile: &str) -> Result<PathBuf, CliError> {
             }
         }
     }
-    let status = child.wait().map_err(|e| CliError::Message(format!("cargo build: {e}")))?;
+    let status = child.wait().map_err(|e| CliError::msg(format!("cargo build: {e}")))?;
     if !status.success() {
-        return Err(CliError::Message(format!(
+        return Err(CliError::msg(format!(
             "`cargo build --profile {profile} --package {} --bin {}` failed ({status}); its errors are above",
             project.package, project.bin
         )));
     }
-    exe.ok_or_else(|| CliError::Message(format!("cargo build reported no executable for binary `{}`", project.bin)))
+    exe.ok_or_else(|| CliError::msg(format!("cargo build reported no executable for binary `{}`", project.bin)))
 }
 
 /// Where `profile`'s build of the binary lives, without building (for `image --no-build`).

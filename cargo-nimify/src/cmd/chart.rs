@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use include_dir::{Dir, include_dir};
-use serde_json::Value;
+use nimify_model::contract::ImageRecord;
 
 use crate::CliError;
 use crate::project::{Project, ProjectArgs};
@@ -59,43 +59,32 @@ pub struct Written {
 /// Writes the filled-in chart to `dir` (replacing a chart already there).
 pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
     let record_path = project.state_dir().join("image.json");
-    let record: Value = std::fs::read(&record_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| CliError::Message(format!("no image recorded for {} ({} is missing); run `cargo nimify image` first, the chart deploys that image by digest", project.package, record_path.display())))?;
-    let text = |key: &str| record[key].as_str().unwrap_or_default().to_string();
-    let (repository, digest, tag) = (text("repository"), text("digest"), text("tag"));
-    if !text("reference").starts_with("docker://") {
+    if !record_path.is_file() {
+        return Err(CliError::with_help(
+            format!("no image recorded for {} ({} is missing)", project.package, record_path.display()),
+            "run `cargo nimify image` first; the chart deploys that image by digest",
+        ));
+    }
+    let record = ImageRecord::read(&record_path)?;
+    if !record.pushed() {
         eprintln!(
             "warning: the recorded image ({}) was not pushed to a registry; push it (`cargo nimify image --output docker://...`) before deploying",
-            text("reference")
+            record.reference
         );
     }
-    let models = record["models"].as_array().cloned().unwrap_or_default();
-    let names: Vec<&str> = models.iter().filter_map(|m| m["name"].as_str()).collect();
-    let sha: Vec<String> = models
-        .iter()
-        .map(|m| format!("{}={}", m["name"].as_str().unwrap_or(""), m["sha256"].as_str().unwrap_or("")))
-        .collect();
-    let model_bytes: u64 = models.iter().filter_map(|m| m["size"].as_u64()).sum();
+    let names: Vec<&str> = record.models.iter().map(|m| m.name.as_str()).collect();
+    let model_bytes: u64 = record.models.iter().map(|m| m.size).sum();
     let (request, limit) = memory_for(model_bytes);
     let name = chart_name(&project.package);
     let mut values = file_text("values.yaml")?;
     for (path, value) in [
-        ("image.repository", quote(&repository)),
-        ("image.digest", quote(&digest)),
-        ("image.tag", quote(&tag)),
+        ("image.repository", quote(&record.repository)),
+        ("image.digest", quote(&record.digest)),
+        ("image.tag", quote(&record.tag)),
         ("model.name", quote(&names.join(","))),
-        (
-            "model.sha256",
-            quote(&if models.len() == 1 {
-                models[0]["sha256"].as_str().unwrap_or("").to_string()
-            } else {
-                sha.join(",")
-            }),
-        ),
+        ("model.sha256", quote(&record.model_digests().to_string())),
         ("model.sizeBytes", model_bytes.to_string()),
-        ("containerPort", record["port"].as_u64().unwrap_or(8000).to_string()),
+        ("containerPort", record.port.to_string()),
         ("resources.requests.memory", request),
         ("resources.limits.memory", limit),
     ] {
@@ -104,7 +93,11 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
     let mut chart_yaml = file_text("Chart.yaml")?;
     chart_yaml = set_value(&chart_yaml, "name", &name)?;
     chart_yaml = set_value(&chart_yaml, "version", &project.version)?;
-    chart_yaml = set_value(&chart_yaml, "appVersion", &quote(if tag.is_empty() { &project.version } else { &tag }))?;
+    chart_yaml = set_value(
+        &chart_yaml,
+        "appVersion",
+        &quote(if record.tag.is_empty() { &project.version } else { &record.tag }),
+    )?;
     if let Some(d) = &project.description {
         chart_yaml = set_value(&chart_yaml, "description", &quote(d))?;
     }
@@ -122,7 +115,7 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
             if !dir.join("Chart.yaml").is_file()
                 && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
             {
-                return Err(CliError::Message(format!(
+                return Err(CliError::msg(format!(
                     "{} exists and is not a chart; pick another --output or remove it",
                     dir.display()
                 )));
@@ -135,12 +128,11 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
         let _ = std::fs::remove_dir_all(&temp);
     }
     result?;
-    let image = if digest.is_empty() { format!("{repository}:{tag}") } else { format!("{repository}@{digest}") };
-    Ok(Written { dir: dir.to_path_buf(), name, version: project.version.clone(), image })
+    Ok(Written { dir: dir.to_path_buf(), name, version: project.version.clone(), image: record.pull_reference() })
 }
 
 fn io(path: &Path, e: &std::io::Error) -> CliError {
-    CliError::Message(format!("cannot write {}: {e}", path.display()))
+    CliError::msg(format!("cannot write {}: {e}", path.display()))
 }
 
 fn file_text(name: &str) -> Result<String, CliError> {
@@ -148,7 +140,7 @@ fn file_text(name: &str) -> Result<String, CliError> {
         .get_file(name)
         .and_then(|f| f.contents_utf8())
         .map(String::from)
-        .ok_or_else(|| CliError::Message(format!("the embedded chart has no {name}")))
+        .ok_or_else(|| CliError::msg(format!("the embedded chart has no {name}")))
 }
 
 fn extract(dir: &Dir<'_>, to: &Path) -> Result<(), CliError> {
@@ -209,7 +201,7 @@ pub fn set_value(text: &str, path: &str, value: &str) -> Result<String, CliError
         }
     }
     if !done {
-        return Err(CliError::Message(format!("the embedded chart has no `{path}` to fill in")));
+        return Err(CliError::msg(format!("the embedded chart has no `{path}` to fill in")));
     }
     Ok(out.join("\n") + "\n")
 }

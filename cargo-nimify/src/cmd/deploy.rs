@@ -69,7 +69,7 @@ struct Target {
 fn target(project: &Project, env: &str) -> Result<Target, CliError> {
     let settings = project.settings.env.get(env).ok_or_else(|| {
         let known: Vec<&str> = project.settings.env.keys().map(String::as_str).collect();
-        CliError::Message(format!(
+        CliError::msg(format!(
             "unknown environment `{env}` for {} (defined: {}); add [package.metadata.nimify.env.{env}] with namespace, release, context or values to {}",
             project.package,
             if known.is_empty() { "none".to_string() } else { known.join(", ") },
@@ -80,10 +80,7 @@ fn target(project: &Project, env: &str) -> Result<Target, CliError> {
         Some(v) => {
             let path = project.dir().join(v);
             if !path.is_file() {
-                return Err(CliError::Message(format!(
-                    "values file {} of environment `{env}` not found",
-                    path.display()
-                )));
+                return Err(CliError::msg(format!("values file {} of environment `{env}` not found", path.display())));
             }
             Some(path)
         }
@@ -106,7 +103,9 @@ fn helm_binary() -> Option<PathBuf> {
 }
 
 fn missing_helm() -> CliError {
-    CliError::Message("helm not found on PATH (or NIMIFY_HELM); install Helm 3.8+ or 4 from https://helm.sh/docs/intro/install/, or use --dry-run to see the commands".into())
+    CliError::msg(
+        "helm not found on PATH (or NIMIFY_HELM); install Helm 3.8+ or 4 from https://helm.sh/docs/intro/install/, or use --dry-run to see the commands",
+    )
 }
 
 /// The major version of `helm`.
@@ -115,11 +114,11 @@ fn helm_major(sh: &Shell, helm: &Path) -> Result<u8, CliError> {
     let version = cmd!(sh, "{helm} version --template {template}")
         .quiet()
         .read()
-        .map_err(|e| CliError::Message(format!("`helm version` failed: {e}")))?;
+        .map_err(|e| CliError::msg(format!("`helm version` failed: {e}")))?;
     match version.trim().trim_start_matches('v').split('.').next() {
         Some("3") => Ok(3),
         Some("4") => Ok(4),
-        _ => Err(CliError::Message(format!("helm reports version {version:?}; nimify needs Helm 3 or 4"))),
+        _ => Err(CliError::msg(format!("helm reports version {version:?}; nimify needs Helm 3 or 4"))),
     }
 }
 
@@ -145,7 +144,7 @@ fn run_helm(sh: &Shell, helm: &Path, argv: &[String]) -> Result<(), CliError> {
     eprintln!("     Running helm {}", shell_line(argv));
     cmd!(sh, "{helm} {argv...}")
         .run()
-        .map_err(|e| CliError::Message(format!("{} failed: {e}", argv.first().map(String::as_str).unwrap_or("helm"))))
+        .map_err(|e| CliError::msg(format!("{} failed: {e}", argv.first().map(String::as_str).unwrap_or("helm"))))
 }
 
 fn common(t: &Target) -> Vec<String> {
@@ -169,7 +168,7 @@ pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
     if let Some(v) = &t.values {
         values.extend(["--values".to_string(), v.display().to_string()]);
     }
-    let sh = Shell::new().map_err(|e| CliError::Message(e.to_string()))?;
+    let sh = Shell::new().map_err(|e| CliError::msg(e.to_string()))?;
     let helm = helm_binary();
     if let Some(dir) = &args.render {
         let mut argv = vec![
@@ -235,7 +234,7 @@ pub fn rollback(args: &RollbackArgs) -> Result<(), CliError> {
         print_command(&argv);
         return Ok(());
     }
-    let sh = Shell::new().map_err(|e| CliError::Message(e.to_string()))?;
+    let sh = Shell::new().map_err(|e| CliError::msg(e.to_string()))?;
     run_helm(&sh, &helm_binary().ok_or_else(missing_helm)?, &argv[1..])
 }
 

@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::Args;
-use serde_json::{Value, json};
+use nimify_model::contract::{
+    BaseRecord, ImageRecord, LayerRecord, ModelRecord, PlannedModel, SCHEMA_VERSION, ServiceManifest,
+};
+use serde_json::json;
 
 use crate::CliError;
-use crate::image::output::{self, Image, Output};
+use crate::image::output::{self, Output};
 use crate::image::registry::{self, PushOptions};
 use crate::image::store::BlobStore;
 use crate::image::{self as img, ModelFile, Plan};
@@ -68,7 +71,7 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
     let binary = if args.no_build {
         let exe = super::build::expected_executable(&project, &args.profile);
         if !exe.is_file() {
-            return Err(CliError::Message(format!(
+            return Err(CliError::msg(format!(
                 "binary {} not found; build it with `cargo nimify build --profile {}` or drop --no-build",
                 exe.display(),
                 args.profile
@@ -80,42 +83,28 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
         super::build::build(&project, &args.profile)?
     };
     let plan = plan(&project, args, binary, &name)?;
-    let epoch = plan.epoch;
     std::fs::create_dir_all(project.state_dir())
-        .map_err(|e| CliError::Message(format!("cannot create {}: {e}", project.state_dir().display())))?;
+        .map_err(|e| CliError::msg(format!("cannot create {}: {e}", project.state_dir().display())))?;
     let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?;
     let built = img::assemble(&plan, store, &status)?;
-    let repo_tag = match &output {
-        Output::Registry(r) => format!("{}/{}:{}", r.registry, r.name, r.tag),
-        _ => format!("{name}:{tag}"),
-    };
-    let image = Image {
-        store: &built.store,
-        manifest: built.manifest.clone(),
-        config: built.config.clone(),
-        layers: &built.layers,
-        repo_tag,
-        epoch,
-    };
     status("Writing", &output.reference());
     match &output {
-        Output::Oci { dir, tag } => output::write_oci_dir(&image, dir, tag.as_deref())?,
-        Output::OciArchive { file, tag } => output::write_oci_archive(&image, file, tag.as_deref())?,
-        Output::DockerArchive { file } => output::write_docker_archive(&image, file)?,
+        Output::Oci { dir, tag } => output::write_oci_dir(&built, dir, tag.as_deref())?,
+        Output::OciArchive { file, tag } => output::write_oci_archive(&built, file, tag.as_deref())?,
+        Output::DockerArchive { file } => output::write_docker_archive(&built, file, &format!("{name}:{tag}"))?,
         Output::Registry(target) => {
-            registry::push(&image, target, &push, &status)?;
+            registry::push(&built, target, &push, &status)?;
         }
     }
     let record = record(&project, &plan, &output, &built, &name, &tag);
     let path = project.state_dir().join("image.json");
-    std::fs::write(&path, format!("{record:#}\n"))
-        .map_err(|e| CliError::Message(format!("cannot write {}: {e}", path.display())))?;
+    output::write_atomic(&path, record.to_json().as_bytes())?;
     report(&record);
     match args.format {
         crate::Format::Json => {
-            println!("{}", json!({"reference": output.reference(), "digest": built.manifest.digest}))
+            println!("{}", json!({"reference": record.reference, "digest": record.digest}))
         }
-        crate::Format::Text => println!("{}", built.manifest.digest),
+        crate::Format::Text => println!("{}", record.digest),
     }
     Ok(())
 }
@@ -144,7 +133,7 @@ fn push_options(args: &ImageArgs) -> Result<PushOptions, CliError> {
         Some(c) => Some(
             c.split_once(':')
                 .map(|(u, p)| (u.to_string(), p.to_string()))
-                .ok_or_else(|| CliError::Message("--creds must be USER:PASSWORD".into()))?,
+                .ok_or_else(|| CliError::msg("--creds must be USER:PASSWORD"))?,
         ),
         None => None,
     };
@@ -161,13 +150,13 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Res
         .map(|a| {
             let relative = a.to_string_lossy().replace('\\', "/");
             if a.is_absolute() || a.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return Err(CliError::Message(format!(
+                return Err(CliError::msg(format!(
                     "asset {relative:?} in [package.metadata.nimify] must be a path inside the crate, without `..`"
                 )));
             }
             let host = project.dir().join(a);
             if !host.exists() {
-                return Err(CliError::Message(format!(
+                return Err(CliError::msg(format!(
                     "asset {} (declared in [package.metadata.nimify] assets) not found",
                     host.display()
                 )));
@@ -182,7 +171,7 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Res
         Ok(v) => v
             .trim()
             .parse()
-            .map_err(|_| CliError::Message(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?,
+            .map_err(|_| CliError::msg(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?,
         Err(_) => 0,
     };
     let base = args.base.clone().or_else(|| project.settings.base.clone());
@@ -207,39 +196,38 @@ fn models_of(binary: &Path, bin: &str) -> Result<Vec<ModelFile>, CliError> {
         .arg("manifest")
         .env_remove("NIMIFY_MODEL_DIR")
         .output()
-        .map_err(|e| CliError::Message(format!("cannot run {} to list its models: {e}", binary.display())))?;
-    let doc: Value = serde_json::from_slice(&out.stdout).map_err(|_| {
-        CliError::Message(format!(
-            "`{bin} manifest` did not list its models ({}); is `{bin}` a nimify service whose main calls `nimify::cli::run`?",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    })?;
+        .map_err(|e| CliError::msg(format!("cannot run {} to list its models: {e}", binary.display())))?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return Err(CliError::with_help(
+            format!("`{bin} manifest` did not list its models ({})", String::from_utf8_lossy(&out.stderr).trim()),
+            format!("is `{bin}` a nimify service? its main must call `nimify::cli::run` (see `cargo nimify new`)"),
+        ));
+    }
+    let manifest = ServiceManifest::parse(&out.stdout, bin)?;
     let mut models = Vec::new();
     let mut files: BTreeMap<String, String> = BTreeMap::new();
-    for m in doc["models"].as_array().cloned().unwrap_or_default() {
-        let name = m["name"].as_str().unwrap_or_default().to_string();
-        let path = PathBuf::from(m["path"].as_str().unwrap_or_default());
+    for PlannedModel { name, path } in manifest.models {
         if !path.is_file() {
-            return Err(CliError::Message(format!(
+            return Err(CliError::msg(format!(
                 "model file {} (model `{name}`, compiled into {bin}) not found; restore it, or rebuild after moving it",
                 path.display()
             )));
         }
         let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         if let Some(other) = files.insert(file.clone(), name.clone()) {
-            return Err(CliError::Message(format!(
+            return Err(CliError::msg(format!(
                 "models `{other}` and `{name}` are both files named {file}; the image keeps models in one directory, so rename one"
             )));
         }
         let info =
-            nimify_model::read_model(&path).map_err(|e| CliError::Message(format!("model {}: {e}", path.display())))?;
+            nimify_model::read_model(&path).map_err(|e| CliError::msg(format!("model {}: {e}", path.display())))?;
         let mut external: Vec<String> = info.external_data.iter().map(|x| x.location.clone()).collect();
         external.sort();
         external.dedup();
         for x in &external {
             let at = path.parent().unwrap_or(Path::new(".")).join(x);
             if !at.is_file() {
-                return Err(CliError::Message(format!(
+                return Err(CliError::msg(format!(
                     "external data file {} of model {} not found",
                     at.display(),
                     path.display()
@@ -247,11 +235,11 @@ fn models_of(binary: &Path, bin: &str) -> Result<Vec<ModelFile>, CliError> {
             }
         }
         let sha256 = nimify_model::file_sha256(&path)
-            .map_err(|e| CliError::Message(format!("cannot hash {}: {e}", path.display())))?;
+            .map_err(|e| CliError::msg(format!("cannot hash {}: {e}", path.display())))?;
         models.push(ModelFile { name, path, sha256, external });
     }
     if models.is_empty() {
-        return Err(CliError::Message(format!(
+        return Err(CliError::msg(format!(
             "{bin} serves no model; an image needs at least one `#[nimify(model = ...)]` model"
         )));
     }
@@ -281,7 +269,7 @@ fn labels(project: &Project, plan: &Plan, title: &str) -> BTreeMap<String, Strin
     put("io.nimify.version", env!("CARGO_PKG_VERSION").to_string());
     put("io.nimify.onnxruntime.version", nimify::ortlib::ORT_VERSION.to_string());
     put("io.nimify.model.name", plan.model_names());
-    put("io.nimify.model.sha256", plan.model_sha256());
+    put("io.nimify.model.sha256", plan.model_digests().to_string());
     labels
 }
 
@@ -297,34 +285,55 @@ fn git_revision(dir: &Path) -> Option<String> {
 }
 
 /// What `image.json` holds.
-fn record(project: &Project, plan: &Plan, output: &Output, built: &img::Assembled, name: &str, tag: &str) -> Value {
+fn record(
+    project: &Project,
+    plan: &Plan,
+    output: &Output,
+    built: &img::Assembled,
+    name: &str,
+    tag: &str,
+) -> ImageRecord {
     let repository = match output {
         Output::Registry(r) => format!("{}/{}", r.registry, r.name),
         _ => name.to_string(),
     };
-    let layers: Vec<Value> =
-        built.layers.iter().map(|l| json!({"role": l.role, "digest": l.blob.digest, "size": l.blob.size, "uncompressed_size": l.blob.uncompressed_size})).collect();
-    let size: u64 = built.layers.iter().map(|l| l.blob.size).sum::<u64>() + built.config.size + built.manifest.size;
-    let models: Vec<Value> = plan
+    let layers = built
+        .layers
+        .iter()
+        .map(|l| LayerRecord {
+            role: l.role.to_string(),
+            digest: l.blob.digest.clone(),
+            size: l.blob.size,
+            uncompressed_size: l.blob.uncompressed_size,
+        })
+        .collect();
+    let size: u64 = built.blobs().map(|b| b.size).sum();
+    let models = plan
         .models
         .iter()
-        .map(|m| json!({"name": m.name, "file": m.path.file_name().map(|f| f.to_string_lossy().into_owned()), "sha256": m.sha256, "size": file_size(&m.path) + m.external.iter().map(|x| file_size(&m.path.with_file_name(x))).sum::<u64>()}))
+        .map(|m| ModelRecord {
+            name: m.name.clone(),
+            file: m.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            sha256: m.sha256.clone(),
+            size: file_size(&m.path) + m.external.iter().map(|x| file_size(&m.path.with_file_name(x))).sum::<u64>(),
+        })
         .collect();
-    json!({
-        "reference": output.reference(),
-        "digest": built.manifest.digest,
-        "repository": repository,
-        "tag": tag,
-        "package": project.package,
-        "version": project.version,
-        "bin": plan.bin,
-        "port": plan.port,
-        "user": img::USER,
-        "base": built.base.as_ref().map(|b| json!({"reference": b.reference, "digest": b.digest})),
-        "models": models,
-        "layers": layers,
-        "size": size,
-    })
+    ImageRecord {
+        schema_version: SCHEMA_VERSION,
+        reference: output.reference(),
+        digest: built.manifest.digest.clone(),
+        repository,
+        tag: tag.to_string(),
+        package: project.package.clone(),
+        version: project.version.clone(),
+        bin: plan.bin.clone(),
+        port: plan.port,
+        user: img::USER,
+        base: built.base.as_ref().map(|b| BaseRecord { reference: b.reference.clone(), digest: b.digest.clone() }),
+        models,
+        layers,
+        size,
+    }
 }
 
 fn file_size(path: &Path) -> u64 {
@@ -332,30 +341,27 @@ fn file_size(path: &Path) -> u64 {
 }
 
 /// The image's size next to its parts, on stderr.
-fn report(record: &Value) {
-    let mut raw = 0;
-    for l in record["layers"].as_array().into_iter().flatten() {
-        let (size, unpacked) = (l["size"].as_u64().unwrap_or(0), l["uncompressed_size"].as_u64().unwrap_or(0));
-        raw += unpacked;
+fn report(record: &ImageRecord) {
+    for l in &record.layers {
         status(
             "Layer",
             &format!(
                 "{:<12} {:>10} compressed {:>10} on disk",
-                l["role"].as_str().unwrap_or(""),
-                img::human_size(size),
-                img::human_size(unpacked)
+                l.role,
+                img::human_size(l.size),
+                img::human_size(l.uncompressed_size.unwrap_or(0))
             ),
         );
     }
-    let size = record["size"].as_u64().unwrap_or(0);
+    let unpacked = record.layers.iter().filter_map(|l| l.uncompressed_size).sum();
     status(
         "Finished",
         &format!(
             "{} ({} compressed, {} unpacked) {}",
-            record["reference"].as_str().unwrap_or(""),
-            img::human_size(size),
-            img::human_size(raw),
-            record["digest"].as_str().unwrap_or("")
+            record.reference,
+            img::human_size(record.size),
+            img::human_size(unpacked),
+            record.digest
         ),
     );
 }
@@ -410,5 +416,16 @@ mod tests {
         let (_, _, output) =
             naming(&project(meta), &args(&["--output", "oci-archive:x.tar"])).expect("explicit output");
         assert_eq!(output.reference(), "oci-archive:x.tar:stable");
+    }
+
+    #[test]
+    fn a_binary_that_is_not_a_service_is_named_with_the_next_step() {
+        let err = models_of(Path::new("/bin/false"), "false").expect_err("fails").render();
+        assert!(err.starts_with("error: `false manifest` did not list its models"), "{err}");
+        assert!(err.contains("\n\nhelp: is `false` a nimify service?"), "{err}");
+        let err = models_of(Path::new("/bin/echo"), "echo").expect_err("prints text").render();
+        assert!(err.starts_with("error: `echo manifest` is not valid: expected value"), "{err}");
+        let err = models_of(Path::new("/nonexistent/svc"), "svc").expect_err("missing").render();
+        assert!(err.starts_with("error: cannot run /nonexistent/svc"), "{err}");
     }
 }

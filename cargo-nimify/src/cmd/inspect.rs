@@ -40,14 +40,14 @@ struct Report<'a> {
 /// Runs the command.
 pub fn run(args: &InspectArgs) -> Result<(), CliError> {
     let info = nimify_model::read_model(&args.model)
-        .map_err(|e| CliError::Message(format!("model {}: {e}", args.model.display())))?;
+        .map_err(|e| CliError::msg(format!("model {}: {e}", args.model.display())))?;
     let sha256 = nimify_model::file_sha256(&args.model)
-        .map_err(|e| CliError::Message(format!("cannot hash {}: {e}", args.model.display())))?;
+        .map_err(|e| CliError::msg(format!("cannot hash {}: {e}", args.model.display())))?;
     let path = args.model.display().to_string();
     match args.format {
         Format::Json => {
             let report = Report { path, sha256, info: &info };
-            let json = serde_json::to_string_pretty(&report).map_err(|e| CliError::Message(e.to_string()))?;
+            let json = serde_json::to_string_pretty(&report).map_err(|e| CliError::msg(e.to_string()))?;
             println!("{json}");
         }
         Format::Table => print!("{}", table(&path, &sha256, &info)),

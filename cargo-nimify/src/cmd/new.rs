@@ -65,10 +65,7 @@ fn ask(question: &str) -> Result<String, CliError> {
     eprint!("{question}: ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| CliError::Message(format!("cannot read the answer: {e}")))?;
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| CliError::msg(format!("cannot read the answer: {e}")))?;
     Ok(line.trim().to_string())
 }
 
@@ -84,17 +81,17 @@ fn answers(args: &NewArgs) -> Result<Answers, CliError> {
         (Some(m), _) => m.clone(),
         (None, true) => PathBuf::from(ask("Path to the ONNX model")?),
         (None, false) => {
-            return Err(CliError::Message("missing --model <path to the .onnx file> (no terminal to ask on)".into()));
+            return Err(CliError::msg("missing --model <path to the .onnx file> (no terminal to ask on)"));
         }
     };
-    nimify_model::read_model(&model).map_err(|e| CliError::Message(format!("model {}: {e}", model.display())))?;
+    nimify_model::read_model(&model).map_err(|e| CliError::msg(format!("model {}: {e}", model.display())))?;
     let template = match (args.template, interactive) {
         (Some(t), _) => t,
         (None, true) => match ask("Template: plain (typed endpoint) or custom (your own processing) [plain]")?.as_str()
         {
             "" | "plain" => Template::Plain,
             "custom" => Template::Custom,
-            other => return Err(CliError::Message(format!("unknown template {other:?}; use plain or custom"))),
+            other => return Err(CliError::msg(format!("unknown template {other:?}; use plain or custom"))),
         },
         (None, false) => Template::Plain,
     };
@@ -123,12 +120,12 @@ fn render(text: &str, vars: &[(&str, &str)]) -> String {
 
 /// Writes the crate into `dir` (package `name`); existing files are left alone unless `replace`.
 fn scaffold(dir: &Path, name: &str, a: &Answers, replace_main: bool) -> Result<(), CliError> {
-    let io = |what: &Path, e: std::io::Error| CliError::Message(format!("cannot write {}: {e}", what.display()));
+    let io = |what: &Path, e: std::io::Error| CliError::msg(format!("cannot write {}: {e}", what.display()));
     let model_file = a
         .model
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
-        .ok_or_else(|| CliError::Message("--model has no file name".into()))?;
+        .ok_or_else(|| CliError::msg("--model has no file name"))?;
     let stem = a.model.file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let model_path = format!("models/{model_file}");
     let struct_name = camel(&stem);
@@ -159,7 +156,7 @@ fn scaffold(dir: &Path, name: &str, a: &Answers, replace_main: bool) -> Result<(
 pub fn new(cmd: &NewCommand) -> Result<(), CliError> {
     let dir = PathBuf::from(&cmd.name);
     if dir.exists() {
-        return Err(CliError::Message(format!(
+        return Err(CliError::msg(format!(
             "{} already exists; pick another name or use `cargo nimify init` inside it",
             dir.display()
         )));
@@ -170,25 +167,25 @@ pub fn new(cmd: &NewCommand) -> Result<(), CliError> {
 
 /// `cargo nimify init`: the current directory, which may already be a crate from `cargo init`.
 pub fn init(args: &NewArgs) -> Result<(), CliError> {
-    let dir = std::env::current_dir().map_err(|e| CliError::Message(e.to_string()))?;
+    let dir = std::env::current_dir().map_err(|e| CliError::msg(e.to_string()))?;
     let a = answers(args)?;
     let manifest = dir.join("Cargo.toml");
     let main = dir.join("src/main.rs");
     let default_main = std::fs::read_to_string(&main)
         .is_ok_and(|m| m.trim() == "fn main() {\n    println!(\"Hello, world!\");\n}".trim());
     if main.exists() && !default_main {
-        return Err(CliError::Message(format!(
+        return Err(CliError::msg(format!(
             "{} has your code; move it aside or add `#[nimify::nimify(model = ...)]` by hand",
             main.display()
         )));
     }
     if dir.join("build.rs").exists() {
-        return Err(CliError::Message(
-            "build.rs exists; add `println!(\"cargo:rerun-if-changed=models/<model>.onnx\");` to it by hand".into(),
+        return Err(CliError::msg(
+            "build.rs exists; add `println!(\"cargo:rerun-if-changed=models/<model>.onnx\");` to it by hand",
         ));
     }
     if manifest.exists() {
-        let text = std::fs::read_to_string(&manifest).map_err(|e| CliError::Message(e.to_string()))?;
+        let text = std::fs::read_to_string(&manifest).map_err(|e| CliError::msg(e.to_string()))?;
         if !text.contains("\nnimify") {
             let mut deps = a.nimify_dep.clone();
             if a.template == Template::Custom {
@@ -199,7 +196,7 @@ pub fn init(args: &NewArgs) -> Result<(), CliError> {
             } else {
                 format!("{text}\n[dependencies]\n{deps}\n")
             };
-            std::fs::write(&manifest, text).map_err(|e| CliError::Message(e.to_string()))?;
+            std::fs::write(&manifest, text).map_err(|e| CliError::msg(e.to_string()))?;
         }
     }
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "service".into());

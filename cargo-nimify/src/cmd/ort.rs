@@ -68,7 +68,7 @@ pub fn run(args: &OrtArgs) -> Result<(), CliError> {
 
 fn install(wheel: Option<&Path>, force: bool) -> Result<(), CliError> {
     let dir = ortlib::cache_dir()
-        .ok_or_else(|| CliError::Message("no per-user cache directory (set NIMIFY_CACHE_DIR or HOME)".into()))?;
+        .ok_or_else(|| CliError::msg("no per-user cache directory (set NIMIFY_CACHE_DIR or HOME)"))?;
     let target = dir.join(LIB_NAME);
     if target.is_file() && !force {
         eprintln!("     Fresh ONNX Runtime {ORT_VERSION} already at {}", target.display());
@@ -77,7 +77,7 @@ fn install(wheel: Option<&Path>, force: bool) -> Result<(), CliError> {
     }
     let (platform, file_name, sha256) =
         WHEELS.iter().find(|(p, _, _)| p.ends_with(std::env::consts::ARCH)).ok_or_else(|| {
-            CliError::Message(format!(
+            CliError::msg(format!(
                 "no pinned ONNX Runtime wheel for {}; set ORT_DYLIB_PATH to a libonnxruntime.so 1.31+",
                 std::env::consts::ARCH
             ))
@@ -92,10 +92,10 @@ fn install(wheel: Option<&Path>, force: bool) -> Result<(), CliError> {
         }
     };
     let bytes = std::fs::read(&wheel_path)
-        .map_err(|e| CliError::Message(format!("cannot read wheel {}: {e}", wheel_path.display())))?;
+        .map_err(|e| CliError::msg(format!("cannot read wheel {}: {e}", wheel_path.display())))?;
     let actual = crate::image::layer::hex(&sha2::Sha256::digest(&bytes));
     if actual != *sha256 {
-        return Err(CliError::Message(format!(
+        return Err(CliError::msg(format!(
             "wheel {} has sha256 {actual}, expected {sha256}; refusing to install it",
             wheel_path.display()
         )));
@@ -109,7 +109,7 @@ fn install(wheel: Option<&Path>, force: bool) -> Result<(), CliError> {
 
 fn tempdir(cache: &Path) -> Result<PathBuf, CliError> {
     let dir = cache.with_file_name(format!("download-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::Message(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))?;
     Ok(dir)
 }
 
@@ -134,10 +134,10 @@ fn pip_download(platform: &str, dest: &Path) -> Result<(), CliError> {
         .arg(dest)
         .status()
         .map_err(|e| {
-            CliError::Message(format!("cannot run `{python} -m pip`: {e}; install Python 3 with pip, or pass --wheel"))
+            CliError::msg(format!("cannot run `{python} -m pip`: {e}; install Python 3 with pip, or pass --wheel"))
         })?;
     if !status.success() {
-        return Err(CliError::Message(format!(
+        return Err(CliError::msg(format!(
             "`{python} -m pip download onnxruntime=={ORT_VERSION}` failed ({status}); check network access to PyPI, or pass --wheel"
         )));
     }
@@ -145,7 +145,7 @@ fn pip_download(platform: &str, dest: &Path) -> Result<(), CliError> {
 }
 
 fn extract(wheel: &[u8], dir: &Path) -> Result<(), CliError> {
-    let bad = |e: String| CliError::Message(format!("cannot unpack the onnxruntime wheel: {e}"));
+    let bad = |e: String| CliError::msg(format!("cannot unpack the onnxruntime wheel: {e}"));
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(wheel)).map_err(|e| bad(e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
     for name in FILES {

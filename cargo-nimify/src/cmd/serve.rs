@@ -26,5 +26,5 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let mut options = ModelOptions::new(&args.model);
     options.name.clone_from(&args.name);
-    nimify::cli::serve(&args.service, |server| server.model(options)).map_err(CliError::Message)
+    nimify::cli::serve(&args.service, |server| server.model(options)).map_err(CliError::msg)
 }

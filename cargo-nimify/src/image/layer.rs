@@ -39,9 +39,9 @@ impl Layer {
     /// Adds a host file at `path`; executable on the host means mode 0755, else 0644.
     pub fn file(&mut self, path: &str, host: &Path) -> Result<(), CliError> {
         let meta =
-            std::fs::metadata(host).map_err(|e| CliError::Message(format!("cannot read {}: {e}", host.display())))?;
+            std::fs::metadata(host).map_err(|e| CliError::msg(format!("cannot read {}: {e}", host.display())))?;
         if !meta.is_file() {
-            return Err(CliError::Message(format!("{} is not a regular file", host.display())));
+            return Err(CliError::msg(format!("{} is not a regular file", host.display())));
         }
         #[cfg(unix)]
         let executable = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
@@ -63,7 +63,7 @@ impl Layer {
     /// Adds a host directory's files under `path`, recursively, in sorted order.
     pub fn tree(&mut self, path: &str, host: &Path) -> Result<(), CliError> {
         let read =
-            |d: &Path| std::fs::read_dir(d).map_err(|e| CliError::Message(format!("cannot list {}: {e}", d.display())));
+            |d: &Path| std::fs::read_dir(d).map_err(|e| CliError::msg(format!("cannot list {}: {e}", d.display())));
         let mut names: Vec<_> = read(host)?.filter_map(Result::ok).map(|e| e.file_name()).collect();
         names.sort();
         for name in names {
@@ -84,9 +84,7 @@ impl Layer {
         if let Some(old) = self.entries.get(&path) {
             let same_dir = matches!((&old.source, &source), (Source::Dir, Source::Dir));
             if !same_dir {
-                return Err(CliError::Message(format!(
-                    "two files would land at /{path} in the image; rename one of them"
-                )));
+                return Err(CliError::msg(format!("two files would land at /{path} in the image; rename one of them")));
             }
         }
         self.entries.insert(path, Entry { source, mode });
@@ -110,7 +108,7 @@ impl Layer {
     pub fn write(&self, store: &BlobStore, epoch: u64) -> Result<Blob, CliError> {
         let (file, temp) = store.temp_file()?;
         let fail =
-            |e: std::io::Error| CliError::Message(format!("cannot write a layer into {}: {e}", store.dir().display()));
+            |e: std::io::Error| CliError::msg(format!("cannot write a layer into {}: {e}", store.dir().display()));
         let compressed = Hashing::new(file);
         let gz = flate2::GzBuilder::new().mtime(0).write(compressed, flate2::Compression::default());
         let mut tar = tar::Builder::new(Hashing::new(gz));
@@ -132,8 +130,8 @@ impl Layer {
                     tar.append_data(&mut header, &path, bytes.as_slice()).map_err(fail)?;
                 }
                 Source::File(host) => {
-                    let f = File::open(host)
-                        .map_err(|e| CliError::Message(format!("cannot read {}: {e}", host.display())))?;
+                    let f =
+                        File::open(host).map_err(|e| CliError::msg(format!("cannot read {}: {e}", host.display())))?;
                     let len = f.metadata().map_err(fail)?.len();
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_size(len);
@@ -155,7 +153,7 @@ impl Layer {
 fn normalise(path: &str) -> Result<String, CliError> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     if parts.is_empty() || parts.contains(&"..") {
-        return Err(CliError::Message(format!("image path {path:?} must be a path below / without `..`")));
+        return Err(CliError::msg(format!("image path {path:?} must be a path below / without `..`")));
     }
     Ok(parts.join("/"))
 }

@@ -13,7 +13,7 @@ pub fn collect(objects: &[&Path]) -> Result<BTreeMap<String, PathBuf>, CliError>
     let mut libs = BTreeMap::new();
     for object in objects {
         let out = Command::new("ldd").arg(object).output().map_err(|e| {
-            CliError::Message(format!(
+            CliError::msg(format!(
                 "cannot run `ldd {}` to find the libraries it needs: {e}; install libc-bin, or pass --base",
                 object.display()
             ))
@@ -24,10 +24,10 @@ pub fn collect(objects: &[&Path]) -> Result<BTreeMap<String, PathBuf>, CliError>
             continue;
         }
         if !out.status.success() {
-            return Err(CliError::Message(format!("`ldd {}` failed: {}", object.display(), stderr.trim())));
+            return Err(CliError::msg(format!("`ldd {}` failed: {}", object.display(), stderr.trim())));
         }
         for (path, host) in parse(&stdout).map_err(|lib| {
-            CliError::Message(format!(
+            CliError::msg(format!(
                 "{} needs {lib}, which is not installed on this machine; install it or pass --base",
                 object.display()
             ))

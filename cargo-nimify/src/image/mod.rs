@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use layer::Layer;
+use nimify_model::contract::ModelDigests;
 use oci::{BaseImage, ImageLayer, RunConfig};
 use store::{Blob, BlobStore};
 
@@ -71,12 +72,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `NIMIFY_MODEL_SHA256`: the digest alone for one model, else `name=digest` pairs.
-    pub fn model_sha256(&self) -> String {
-        match self.models.as_slice() {
-            [one] => one.sha256.clone(),
-            many => many.iter().map(|m| format!("{}={}", m.name, m.sha256)).collect::<Vec<_>>().join(","),
-        }
+    /// The models' digests, for `NIMIFY_MODEL_SHA256` and the `io.nimify.model.sha256` label.
+    pub fn model_digests(&self) -> ModelDigests {
+        ModelDigests(self.models.iter().map(|m| (m.name.clone(), m.sha256.clone())).collect())
     }
 
     /// The model names, comma-separated (a label).
@@ -91,7 +89,7 @@ impl Plan {
     }
 }
 
-/// The image in the staging store.
+/// A built image: its blobs in the staging store, ready to be written to any output.
 pub struct Assembled {
     /// The staging store.
     pub store: BlobStore,
@@ -103,6 +101,15 @@ pub struct Assembled {
     pub manifest: Blob,
     /// The base image, when one was given.
     pub base: Option<BaseImage>,
+    /// Timestamp of every file, the config and archive entries.
+    pub epoch: u64,
+}
+
+impl Assembled {
+    /// Every blob: the layers, then the config and the manifest.
+    pub fn blobs(&self) -> impl Iterator<Item = &Blob> {
+        self.layers.iter().map(|l| &l.blob).chain([&self.config, &self.manifest])
+    }
 }
 
 /// Builds every layer, the config and the manifest into `store`.
@@ -160,7 +167,7 @@ pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> R
     let history = base.as_ref().map(|b| b.history.clone()).unwrap_or_default();
     let config = store.bytes(&oci::config_json(&run, &layers, &history))?;
     let manifest = store.bytes(&oci::manifest_json(&config, &layers))?;
-    Ok(Assembled { store, layers, config, manifest, base })
+    Ok(Assembled { store, layers, config, manifest, base, epoch: plan.epoch })
 }
 
 fn file_name(path: &std::path::Path) -> String {
@@ -193,7 +200,7 @@ fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
         format!("PATH={ROOT}/bin:{base_path}"),
         format!("ORT_DYLIB_PATH={}", plan.ort_path()),
         format!("NIMIFY_MODEL_DIR={ROOT}/models"),
-        format!("NIMIFY_MODEL_SHA256={}", plan.model_sha256()),
+        format!("NIMIFY_MODEL_SHA256={}", plan.model_digests()),
         format!("NIMIFY_ASSET_DIR={ROOT}/assets"),
     ]);
     RunConfig {

@@ -154,7 +154,7 @@ pub struct BaseImage {
 
 /// Reads `oci:DIR[:TAG]` or `oci-archive:FILE[:TAG]` and imports its layers into `store`.
 pub fn load_base(reference: &str, store: &BlobStore) -> Result<BaseImage, CliError> {
-    let bad = |why: String| CliError::Message(format!("base image {reference}: {why}"));
+    let bad = |why: String| CliError::msg(format!("base image {reference}: {why}"));
     let (layout, tag) = if let Some(rest) = reference.strip_prefix("oci-archive:") {
         let (file, tag) = split_tag(rest);
         let dir = store.dir().join("base-archive");

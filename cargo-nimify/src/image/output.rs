@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::oci::{self, ImageLayer, REF_NAME};
+use super::Assembled;
+use super::oci::{self, REF_NAME};
 use super::registry::RegistryRef;
-use super::store::{Blob, BlobStore, place};
+use super::store::place;
 use crate::CliError;
 
 /// A parsed `--output`.
@@ -55,7 +56,7 @@ impl Output {
         } else if let Some(rest) = s.strip_prefix("docker://") {
             Ok(Self::Registry(RegistryRef::parse(rest, default_tag)?))
         } else {
-            Err(CliError::Message(format!(
+            Err(CliError::msg(format!(
                 "--output {s:?} names no known transport; use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or docker://REGISTRY/NAME:TAG"
             )))
         }
@@ -76,36 +77,14 @@ impl Output {
     }
 }
 
-/// A finished image in the staging store.
-pub struct Image<'a> {
-    /// The staging store holding every blob.
-    pub store: &'a BlobStore,
-    /// The manifest blob.
-    pub manifest: Blob,
-    /// The config blob.
-    pub config: Blob,
-    /// The layers, in order.
-    pub layers: &'a [ImageLayer],
-    /// `name:tag` for `docker load`.
-    pub repo_tag: String,
-    /// Timestamp for archive entries.
-    pub epoch: u64,
-}
-
-impl Image<'_> {
-    fn blobs(&self) -> impl Iterator<Item = &Blob> {
-        self.layers.iter().map(|l| &l.blob).chain([&self.config, &self.manifest])
-    }
-}
-
 /// Writes (or adds to) an OCI image layout directory.
-pub fn write_oci_dir(image: &Image<'_>, dir: &Path, tag: Option<&str>) -> Result<(), CliError> {
-    let fail = |e: std::io::Error, p: &Path| CliError::Message(format!("cannot write {}: {e}", p.display()));
+pub fn write_oci_dir(image: &Assembled, dir: &Path, tag: Option<&str>) -> Result<(), CliError> {
+    let fail = |e: std::io::Error, p: &Path| CliError::msg(format!("cannot write {}: {e}", p.display()));
     if dir.exists() {
         if !dir.join("oci-layout").is_file() {
             let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
             if !empty {
-                return Err(CliError::Message(format!(
+                return Err(CliError::msg(format!(
                     "{} exists and is not an OCI image layout; pick another directory or remove it",
                     dir.display()
                 )));
@@ -134,12 +113,12 @@ pub fn write_oci_dir(image: &Image<'_>, dir: &Path, tag: Option<&str>) -> Result
 }
 
 /// Adds the blobs, then swaps in an index where `tag` points at the new manifest.
-fn merge_into_layout(image: &Image<'_>, dir: &Path, tag: Option<&str>) -> Result<(), CliError> {
+fn merge_into_layout(image: &Assembled, dir: &Path, tag: Option<&str>) -> Result<(), CliError> {
     for blob in image.blobs() {
         place(&blob.path, &dir.join("blobs/sha256").join(blob.hex()))?;
     }
     let old = oci::read_layout_json(&dir.join("index.json")).ok_or_else(|| {
-        CliError::Message(format!("{} has no readable index.json; remove the directory and build again", dir.display()))
+        CliError::msg(format!("{} has no readable index.json; remove the directory and build again", dir.display()))
     })?;
     let mut manifests: Vec<Value> = old["manifests"].as_array().cloned().unwrap_or_default();
     manifests.retain(|m| {
@@ -150,7 +129,7 @@ fn merge_into_layout(image: &Image<'_>, dir: &Path, tag: Option<&str>) -> Result
 }
 
 /// Writes a tar of an OCI image layout.
-pub fn write_oci_archive(image: &Image<'_>, file: &Path, tag: Option<&str>) -> Result<(), CliError> {
+pub fn write_oci_archive(image: &Assembled, file: &Path, tag: Option<&str>) -> Result<(), CliError> {
     write_tar(file, image.epoch, |tar| {
         tar.bytes("oci-layout", &layout_marker())?;
         tar.bytes("index.json", &index(&[oci::manifest_descriptor(&image.manifest, tag)]))?;
@@ -161,11 +140,12 @@ pub fn write_oci_archive(image: &Image<'_>, file: &Path, tag: Option<&str>) -> R
     })
 }
 
-/// Writes a `docker save`-style tarball (`manifest.json`, config, gzip-compressed layers).
-pub fn write_docker_archive(image: &Image<'_>, file: &Path) -> Result<(), CliError> {
+/// Writes a `docker save`-style tarball (`manifest.json`, config, gzip-compressed layers) that
+/// `docker load` tags `repo_tag`.
+pub fn write_docker_archive(image: &Assembled, file: &Path, repo_tag: &str) -> Result<(), CliError> {
     let layer_names: Vec<String> = image.layers.iter().map(|l| format!("{}.tar.gz", l.blob.hex())).collect();
     let config_name = format!("{}.json", image.config.hex());
-    let manifest = json!([{"Config": config_name, "RepoTags": [image.repo_tag], "Layers": layer_names}]).to_string();
+    let manifest = json!([{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}]).to_string();
     write_tar(file, image.epoch, |tar| {
         tar.bytes("manifest.json", manifest.as_bytes())?;
         tar.file(&config_name, &image.config.path)?;
@@ -189,11 +169,12 @@ fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+/// Writes `path` whole or not at all (a temporary sibling renamed into place).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     let temp = temp_sibling(path);
     std::fs::write(&temp, bytes).and_then(|()| std::fs::rename(&temp, path)).map_err(|e| {
         let _ = std::fs::remove_file(&temp);
-        CliError::Message(format!("cannot write {}: {e}", path.display()))
+        CliError::msg(format!("cannot write {}: {e}", path.display()))
     })
 }
 
@@ -220,34 +201,33 @@ impl TarOut {
         let mut h = self.header(bytes.len() as u64);
         self.tar
             .append_data(&mut h, name, bytes)
-            .map_err(|e| CliError::Message(format!("cannot write {}: {e}", self.path.display())))
+            .map_err(|e| CliError::msg(format!("cannot write {}: {e}", self.path.display())))
     }
 
     fn file(&mut self, name: &str, from: &Path) -> Result<(), CliError> {
-        let f = File::open(from).map_err(|e| CliError::Message(format!("cannot read {}: {e}", from.display())))?;
-        let len = f.metadata().map_err(|e| CliError::Message(format!("cannot read {}: {e}", from.display())))?.len();
+        let f = File::open(from).map_err(|e| CliError::msg(format!("cannot read {}: {e}", from.display())))?;
+        let len = f.metadata().map_err(|e| CliError::msg(format!("cannot read {}: {e}", from.display())))?.len();
         let mut h = self.header(len);
         self.tar
             .append_data(&mut h, name, std::io::Read::take(f, len))
-            .map_err(|e| CliError::Message(format!("cannot write {}: {e}", self.path.display())))
+            .map_err(|e| CliError::msg(format!("cannot write {}: {e}", self.path.display())))
     }
 }
 
 fn write_tar(file: &Path, epoch: u64, fill: impl FnOnce(&mut TarOut) -> Result<(), CliError>) -> Result<(), CliError> {
     if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
-            .map_err(|e| CliError::Message(format!("cannot create {}: {e}", parent.display())))?;
+            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", parent.display())))?;
     }
     let temp = temp_sibling(file);
-    let out = File::create(&temp).map_err(|e| CliError::Message(format!("cannot create {}: {e}", temp.display())))?;
+    let out = File::create(&temp).map_err(|e| CliError::msg(format!("cannot create {}: {e}", temp.display())))?;
     let mut tar = TarOut { tar: tar::Builder::new(out), epoch, path: file.to_path_buf() };
     let result = fill(&mut tar).and_then(|()| {
-        let mut f =
-            tar.tar.into_inner().map_err(|e| CliError::Message(format!("cannot write {}: {e}", file.display())))?;
+        let mut f = tar.tar.into_inner().map_err(|e| CliError::msg(format!("cannot write {}: {e}", file.display())))?;
         f.flush()
             .and_then(|()| f.sync_all())
-            .map_err(|e| CliError::Message(format!("cannot write {}: {e}", file.display())))?;
-        std::fs::rename(&temp, file).map_err(|e| CliError::Message(format!("cannot write {}: {e}", file.display())))
+            .map_err(|e| CliError::msg(format!("cannot write {}: {e}", file.display())))?;
+        std::fs::rename(&temp, file).map_err(|e| CliError::msg(format!("cannot write {}: {e}", file.display())))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);

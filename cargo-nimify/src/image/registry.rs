@@ -10,8 +10,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::Value;
 
+use super::Assembled;
 use super::oci::media;
-use super::output::Image;
 use crate::CliError;
 
 /// `REGISTRY/NAME:TAG`.
@@ -31,13 +31,13 @@ impl RegistryRef {
         let (registry, rest) = s.split_once('/').unwrap_or((s, ""));
         let looks_like_host = registry.contains('.') || registry.contains(':') || registry == "localhost";
         if !looks_like_host || rest.is_empty() {
-            return Err(CliError::Message(format!(
+            return Err(CliError::msg(format!(
                 "docker://{s}: name the registry host and the image, e.g. docker://127.0.0.1:5000/{}",
                 if rest.is_empty() { registry } else { rest }
             )));
         }
         if rest.contains('@') {
-            return Err(CliError::Message(format!("docker://{s}: push to a tag, not a digest")));
+            return Err(CliError::msg(format!("docker://{s}: push to a tag, not a digest")));
         }
         let (name, tag) = match rest.rsplit_once(':') {
             Some((name, tag)) if !tag.contains('/') => (name, tag),
@@ -45,7 +45,7 @@ impl RegistryRef {
         };
         let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c);
         if name.is_empty() || !name.chars().all(valid) {
-            return Err(CliError::Message(format!(
+            return Err(CliError::msg(format!(
                 "docker://{s}: image name {name:?} may hold only lower-case letters, digits and . _ - /"
             )));
         }
@@ -71,7 +71,7 @@ pub struct PushOptions {
 
 /// Pushes `image` and returns the manifest digest the registry reports.
 pub fn push(
-    image: &Image<'_>,
+    image: &Assembled,
     target: &RegistryRef,
     options: &PushOptions,
     status: &dyn Fn(&str, &str),
@@ -102,7 +102,7 @@ pub fn push(
         }
     }
     let manifest =
-        std::fs::read(&image.manifest.path).map_err(|e| CliError::Message(format!("cannot read the manifest: {e}")))?;
+        std::fs::read(&image.manifest.path).map_err(|e| CliError::msg(format!("cannot read the manifest: {e}")))?;
     let url = client.url(&format!("manifests/{}", target.tag));
     let mut put = client.send(|a, auth| {
         with_auth(a.put(&url), auth).header("Content-Type", media::MANIFEST).send(manifest.as_slice())
@@ -112,7 +112,7 @@ pub fn push(
     }
     let reported = put.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(String::from);
     if let Some(d) = reported.as_ref().filter(|d| **d != image.manifest.digest) {
-        return Err(CliError::Message(format!(
+        return Err(CliError::msg(format!(
             "registry {} stored the manifest as {d}, but its digest is {}; the registry rewrote it",
             target.registry, image.manifest.digest
         )));
@@ -176,7 +176,7 @@ impl Client {
             return Ok(client);
         }
         if first.status() != 401 {
-            return Err(CliError::Message(format!(
+            return Err(CliError::msg(format!(
                 "{ping} answered {}; is {} an OCI registry?",
                 first.status(),
                 target.registry
@@ -200,11 +200,11 @@ impl Client {
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
             return basic.ok_or_else(|| {
-                CliError::Message(format!("registry {} requires credentials; pass --creds USER:PASSWORD (or set NIMIFY_REGISTRY_CREDS), or log in with `podman login {}`", self.registry, self.registry))
+                CliError::msg(format!("registry {} requires credentials; pass --creds USER:PASSWORD (or set NIMIFY_REGISTRY_CREDS), or log in with `podman login {}`", self.registry, self.registry))
             });
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(CliError::Message(format!(
+            return Err(CliError::msg(format!(
                 "registry {} asks for authentication scheme {scheme:?}, which nimify does not speak (Basic and Bearer only)",
                 self.registry
             )));
@@ -217,7 +217,7 @@ impl Client {
                 .map(|(_, v)| v.trim_matches('"').to_string())
         };
         let realm = param("realm").ok_or_else(|| {
-            CliError::Message(format!("registry {} sent a bearer challenge without a realm", self.registry))
+            CliError::msg(format!("registry {} sent a bearer challenge without a realm", self.registry))
         })?;
         let mut url = format!("{realm}?scope=repository:{}:pull,push", self.name);
         if let Some(service) = param("service") {
@@ -230,7 +230,7 @@ impl Client {
         let body: Value =
             resp.body_mut().read_to_string().ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         let token = body["token"].as_str().or(body["access_token"].as_str()).ok_or_else(|| {
-            CliError::Message(format!("token service {realm} answered {} without a token", resp.status()))
+            CliError::msg(format!("token service {realm} answered {} without a token", resp.status()))
         })?;
         Ok(format!("Bearer {token}"))
     }
@@ -251,7 +251,7 @@ impl Client {
             } else {
                 self.hint
             };
-            CliError::Message(format!("cannot reach registry {} ({}): {e}{hint}", self.registry, self.base))
+            CliError::msg(format!("cannot reach registry {} ({}): {e}{hint}", self.registry, self.base))
         })
     }
 
@@ -259,16 +259,16 @@ impl Client {
         let status = resp.status();
         let body = resp.body_mut().read_to_string().unwrap_or_default();
         let body: String = body.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(300).collect();
-        CliError::Message(format!("registry {} did not {what}: {status} {body}", self.registry))
+        CliError::msg(format!("registry {} did not {what}: {status} {body}", self.registry))
     }
 }
 
 fn wrong_creds(registry: &str, creds: Option<&(String, String)>) -> CliError {
     match creds {
-        Some((user, _)) => CliError::Message(format!(
+        Some((user, _)) => CliError::msg(format!(
             "registry {registry} rejected the credentials of user {user:?}; check --creds (or NIMIFY_REGISTRY_CREDS, or `podman login {registry}`)"
         )),
-        None => CliError::Message(format!(
+        None => CliError::msg(format!(
             "registry {registry} requires credentials; pass --creds USER:PASSWORD (or set NIMIFY_REGISTRY_CREDS), or log in with `podman login {registry}`"
         )),
     }
@@ -278,7 +278,7 @@ fn load_certs(paths: &[PathBuf]) -> Result<Vec<ureq::tls::Certificate<'static>>,
     let mut certs = Vec::new();
     for path in paths {
         let pem = std::fs::read(path)
-            .map_err(|e| CliError::Message(format!("cannot read CA certificate {}: {e}", path.display())))?;
+            .map_err(|e| CliError::msg(format!("cannot read CA certificate {}: {e}", path.display())))?;
         let before = certs.len();
         for item in ureq::tls::parse_pem(&pem) {
             if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
@@ -286,7 +286,7 @@ fn load_certs(paths: &[PathBuf]) -> Result<Vec<ureq::tls::Certificate<'static>>,
             }
         }
         if certs.len() == before {
-            return Err(CliError::Message(format!("{} holds no PEM certificate", path.display())));
+            return Err(CliError::msg(format!("{} holds no PEM certificate", path.display())));
         }
     }
     Ok(certs)

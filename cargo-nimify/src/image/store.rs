@@ -44,7 +44,7 @@ impl BlobStore {
     pub fn create(dir: PathBuf) -> Result<Self, CliError> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("blobs/sha256"))
-            .map_err(|e| CliError::Message(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))?;
         Ok(Self { dir, next: AtomicU64::new(0) })
     }
 
@@ -56,8 +56,7 @@ impl BlobStore {
     /// A new temporary file inside the store.
     pub fn temp_file(&self) -> Result<(File, PathBuf), CliError> {
         let path = self.dir.join(format!("tmp-{}", self.next.fetch_add(1, Ordering::Relaxed)));
-        let file =
-            File::create(&path).map_err(|e| CliError::Message(format!("cannot create {}: {e}", path.display())))?;
+        let file = File::create(&path).map_err(|e| CliError::msg(format!("cannot create {}: {e}", path.display())))?;
         Ok((file, path))
     }
 
@@ -65,7 +64,7 @@ impl BlobStore {
     pub fn commit(&self, temp: PathBuf, digest: &str, size: u64) -> Result<Blob, CliError> {
         let path = self.blob_path(digest);
         std::fs::rename(&temp, &path)
-            .map_err(|e| CliError::Message(format!("cannot move {} to {}: {e}", temp.display(), path.display())))?;
+            .map_err(|e| CliError::msg(format!("cannot move {} to {}: {e}", temp.display(), path.display())))?;
         Ok(Blob { digest: digest.to_string(), size, path, diff_id: None, uncompressed_size: None })
     }
 
@@ -73,7 +72,7 @@ impl BlobStore {
     pub fn bytes(&self, bytes: &[u8]) -> Result<Blob, CliError> {
         let digest = format!("sha256:{}", super::layer::hex(&Sha256::digest(bytes)));
         let path = self.blob_path(&digest);
-        std::fs::write(&path, bytes).map_err(|e| CliError::Message(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, bytes).map_err(|e| CliError::msg(format!("cannot write {}: {e}", path.display())))?;
         Ok(Blob { digest, size: bytes.len() as u64, path, diff_id: None, uncompressed_size: None })
     }
 
@@ -81,13 +80,13 @@ impl BlobStore {
     pub fn import(&self, from: &Path, digest: &str) -> Result<Blob, CliError> {
         let (mut out, temp) = self.temp_file()?;
         let mut input =
-            File::open(from).map_err(|e| CliError::Message(format!("cannot read blob {}: {e}", from.display())))?;
+            File::open(from).map_err(|e| CliError::msg(format!("cannot read blob {}: {e}", from.display())))?;
         let mut hashing = super::layer::Hashing::new(&mut out);
         std::io::copy(&mut input, &mut hashing)
-            .map_err(|e| CliError::Message(format!("cannot copy blob {}: {e}", from.display())))?;
+            .map_err(|e| CliError::msg(format!("cannot copy blob {}: {e}", from.display())))?;
         let (actual, size, _) = hashing.finish();
         if actual != digest {
-            return Err(CliError::Message(format!(
+            return Err(CliError::msg(format!(
                 "blob {} has digest {actual}, but the base image says {digest}; the base image is corrupt",
                 from.display()
             )));
@@ -116,7 +115,7 @@ pub fn place(from: &Path, to: &Path) -> Result<(), CliError> {
     let temp = to.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&temp);
     if std::fs::hard_link(from, &temp).is_err() {
-        std::fs::copy(from, &temp).map_err(|e| CliError::Message(format!("cannot write {}: {e}", temp.display())))?;
+        std::fs::copy(from, &temp).map_err(|e| CliError::msg(format!("cannot write {}: {e}", temp.display())))?;
     }
-    std::fs::rename(&temp, to).map_err(|e| CliError::Message(format!("cannot write {}: {e}", to.display())))
+    std::fs::rename(&temp, to).map_err(|e| CliError::msg(format!("cannot write {}: {e}", to.display())))
 }
