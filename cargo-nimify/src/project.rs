@@ -103,7 +103,12 @@ impl Project {
         }
         let meta = cmd
             .exec()
-            .map_err(|e| CliError::msg(format!("cannot read the cargo workspace: {}", one_line(&e.to_string()))))?;
+            .map_err(|e| {
+                CliError::with_help(
+                    format!("cannot read the cargo workspace: {}", one_line(&e.to_string())),
+                    "run in the service crate's directory or pass --manifest-path; `cargo nimify new NAME --model MODEL.onnx` creates a service crate",
+                )
+            })?;
         let members: Vec<&cargo_metadata::Package> = meta.workspace_packages();
         let package = match &args.package {
             Some(name) => members.iter().find(|p| p.name.as_str() == name).copied().ok_or_else(|| {
@@ -163,7 +168,10 @@ fn current_package<'a>(
         .map(|(_, p)| p)
         .ok_or_else(|| {
             let names: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
-            CliError::msg(format!("{} is not inside a package of this workspace; run in the service crate's directory or pass --package (members: {})", here.display(), names.join(", ")))
+            CliError::with_help(
+                format!("{} is not inside a package of this workspace (members: {})", here.display(), names.join(", ")),
+                "run in the service crate's directory, or pass --package or --manifest-path",
+            )
         })
 }
 
@@ -174,17 +182,16 @@ fn pick_bin(package: &cargo_metadata::Package, wanted: Option<&str>) -> Result<S
         (Some(w), _) => {
             Err(CliError::msg(format!("package `{}` has no binary `{w}` (binaries: {})", package.name, list(&bins))))
         }
-        (None, []) => Err(CliError::msg(format!(
-            "package `{}` has no binary target; a nimify service needs a `src/main.rs` calling `nimify::cli::run`",
-            package.name
-        ))),
+        (None, []) => Err(CliError::with_help(
+            format!("package `{}` has no binary target", package.name),
+            "a nimify service needs a `src/main.rs` calling `nimify::cli::run`; `cargo nimify init --model MODEL.onnx` adds one",
+        )),
         (None, [one]) => Ok((*one).to_string()),
         (None, _) => package.default_run.clone().ok_or_else(|| {
-            CliError::msg(format!(
-                "package `{}` has several binaries ({}); pick one with --bin",
-                package.name,
-                list(&bins)
-            ))
+            CliError::with_help(
+                format!("package `{}` has several binaries ({})", package.name, list(&bins)),
+                "pick one with --bin, or set `default-run` in its Cargo.toml",
+            )
         }),
     }
 }

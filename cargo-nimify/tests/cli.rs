@@ -57,15 +57,24 @@ fn help_texts() {
     }
 }
 
-/// Asserts a failed run printed exactly one line on stderr, containing every `needle`.
-fn one_line_error(cmd: &mut Command, needles: &[&str]) {
+/// Asserts a failed run (exit 1) printed one report the way cargo does: `error: ...` on one line,
+/// then nothing or a blank line and `help: ...` on one line, with every `needle` in it. Returns
+/// the help line's text.
+fn one_line_error(cmd: &mut Command, needles: &[&str]) -> Option<String> {
     let out = cmd.assert().failure().code(1).get_output().clone();
     let stderr = String::from_utf8(out.stderr).expect("utf8");
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    let help = match lines.as_slice() {
+        [error] if error.starts_with("error: ") => None,
+        [error, "", help] if error.starts_with("error: ") && help.starts_with("help: ") => {
+            Some(help["help: ".len()..].to_string())
+        }
+        _ => panic!("expected `error: ...` and an optional `help: ...`, got:\n{stderr}"),
+    };
     for n in needles {
-        assert!(lines[0].contains(n), "{n:?} not in {:?}", lines[0]);
+        assert!(stderr.contains(n), "{n:?} not in {stderr:?}");
     }
+    help
 }
 
 #[test]
@@ -153,8 +162,15 @@ fn build_names_the_package_and_binary_it_cannot_find() {
         &["package `nope` is not in this workspace", "example-iris"],
     );
     // The workspace root is no package: say how to pick one.
-    one_line_error(
+    let help = one_line_error(
         nimify().current_dir(&root).args(["image", "--no-build"]),
-        &["is not inside a package of this workspace", "--package"],
+        &["is not inside a package of this workspace"],
     );
+    assert_eq!(help.as_deref(), Some("run in the service crate's directory, or pass --package or --manifest-path"));
+    // Outside any crate: the next steps are --manifest-path or a new service crate.
+    let outside = tempfile::tempdir().expect("tempdir");
+    let help =
+        one_line_error(nimify().current_dir(outside.path()).args(["chart"]), &["cannot read the cargo workspace"])
+            .expect("help");
+    assert!(help.contains("--manifest-path") && help.contains("cargo nimify new"), "{help}");
 }

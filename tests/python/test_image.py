@@ -277,7 +277,7 @@ def test_missing_inputs_are_clear_errors_and_write_nothing(tmp_path):
     bad_output = nimify_image(IRIS, "--no-build", "--output", "containers-storage:iris", check=False)
     assert bad_output.returncode == 1 and "oci:DIR[:TAG]" in bad_output.stderr
     for proc in (missing_bin, missing_model, bad_output):
-        assert len(proc.stderr.strip().splitlines()[-1:]) == 1 and proc.stdout == ""
+        assert proc.stderr.startswith("error: ") and proc.stdout == "", proc.stderr
     assert not out.exists() and os.listdir(tmp_path) == []
     # No staging directory is left behind either.
     state = os.path.join(ROOT, "target", "nimify", "example-iris")

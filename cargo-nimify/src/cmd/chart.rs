@@ -8,8 +8,8 @@ use clap::Args;
 use include_dir::{Dir, include_dir};
 use nimify_model::contract::ImageRecord;
 
-use crate::CliError;
 use crate::project::{Project, ProjectArgs};
+use crate::{CliError, IoContext};
 
 /// The chart, embedded at build time (build.rs reruns when it changes; a test compares).
 pub static CHART: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../charts/nimify");
@@ -109,8 +109,8 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
     let _ = std::fs::remove_dir_all(&temp);
     let result = (|| {
         extract(&CHART, &temp)?;
-        std::fs::write(temp.join("values.yaml"), &values).map_err(|e| io(&temp, &e))?;
-        std::fs::write(temp.join("Chart.yaml"), &chart_yaml).map_err(|e| io(&temp, &e))?;
+        std::fs::write(temp.join("values.yaml"), &values).at("write", &temp)?;
+        std::fs::write(temp.join("Chart.yaml"), &chart_yaml).at("write", &temp)?;
         if dir.exists() {
             if !dir.join("Chart.yaml").is_file()
                 && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
@@ -120,19 +120,15 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
                     dir.display()
                 )));
             }
-            std::fs::remove_dir_all(dir).map_err(|e| io(dir, &e))?;
+            std::fs::remove_dir_all(dir).at("write", dir)?;
         }
-        std::fs::rename(&temp, dir).map_err(|e| io(dir, &e))
+        std::fs::rename(&temp, dir).at("write", dir)
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&temp);
     }
     result?;
     Ok(Written { dir: dir.to_path_buf(), name, version: project.version.clone(), image: record.pull_reference() })
-}
-
-fn io(path: &Path, e: &std::io::Error) -> CliError {
-    CliError::msg(format!("cannot write {}: {e}", path.display()))
 }
 
 fn file_text(name: &str) -> Result<String, CliError> {
@@ -144,10 +140,10 @@ fn file_text(name: &str) -> Result<String, CliError> {
 }
 
 fn extract(dir: &Dir<'_>, to: &Path) -> Result<(), CliError> {
-    std::fs::create_dir_all(to).map_err(|e| io(to, &e))?;
+    std::fs::create_dir_all(to).at("write", to)?;
     for file in dir.files() {
         let path = to.join(file.path().file_name().unwrap_or_default());
-        std::fs::write(&path, file.contents()).map_err(|e| io(&path, &e))?;
+        std::fs::write(&path, file.contents()).at("write", &path)?;
     }
     for sub in dir.dirs() {
         extract(sub, &to.join(sub.path().file_name().unwrap_or_default()))?;

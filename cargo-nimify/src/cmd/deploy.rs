@@ -69,12 +69,17 @@ struct Target {
 fn target(project: &Project, env: &str) -> Result<Target, CliError> {
     let settings = project.settings.env.get(env).ok_or_else(|| {
         let known: Vec<&str> = project.settings.env.keys().map(String::as_str).collect();
-        CliError::msg(format!(
-            "unknown environment `{env}` for {} (defined: {}); add [package.metadata.nimify.env.{env}] with namespace, release, context or values to {}",
-            project.package,
-            if known.is_empty() { "none".to_string() } else { known.join(", ") },
-            project.manifest_path.display()
-        ))
+        CliError::with_help(
+            format!(
+                "unknown environment `{env}` for {} (defined: {})",
+                project.package,
+                if known.is_empty() { "none".to_string() } else { known.join(", ") },
+            ),
+            format!(
+                "add [package.metadata.nimify.env.{env}] with namespace, release, context or values to {}",
+                project.manifest_path.display()
+            ),
+        )
     })?;
     let values = match &settings.values {
         Some(v) => {
@@ -103,8 +108,9 @@ fn helm_binary() -> Option<PathBuf> {
 }
 
 fn missing_helm() -> CliError {
-    CliError::msg(
-        "helm not found on PATH (or NIMIFY_HELM); install Helm 3.8+ or 4 from https://helm.sh/docs/intro/install/, or use --dry-run to see the commands",
+    CliError::with_help(
+        "helm not found on PATH (or NIMIFY_HELM)",
+        "install Helm 3.8+ or 4 from https://helm.sh/docs/intro/install/, or use --dry-run to see the commands",
     )
 }
 

@@ -13,12 +13,12 @@ use nimify_model::contract::{
 };
 use serde_json::json;
 
-use crate::CliError;
 use crate::image::output::{self, Output};
 use crate::image::registry::{self, PushOptions};
 use crate::image::store::BlobStore;
 use crate::image::{self as img, ModelFile, Plan};
 use crate::project::{Project, ProjectArgs};
+use crate::{CliError, IoContext};
 
 /// `image` arguments.
 #[derive(Debug, Clone, Args)]
@@ -83,8 +83,7 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
         super::build::build(&project, &args.profile)?
     };
     let plan = plan(&project, args, binary, &name)?;
-    std::fs::create_dir_all(project.state_dir())
-        .map_err(|e| CliError::msg(format!("cannot create {}: {e}", project.state_dir().display())))?;
+    std::fs::create_dir_all(project.state_dir()).at("create", project.state_dir())?;
     let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?;
     let built = img::assemble(&plan, store, &status)?;
     status("Writing", &output.reference());
@@ -220,7 +219,7 @@ fn models_of(binary: &Path, bin: &str) -> Result<Vec<ModelFile>, CliError> {
             )));
         }
         let info =
-            nimify_model::read_model(&path).map_err(|e| CliError::msg(format!("model {}: {e}", path.display())))?;
+            nimify_model::read_model(&path).map_err(|source| CliError::Model { path: path.to_path_buf(), source })?;
         let mut external: Vec<String> = info.external_data.iter().map(|x| x.location.clone()).collect();
         external.sort();
         external.dedup();
@@ -234,8 +233,7 @@ fn models_of(binary: &Path, bin: &str) -> Result<Vec<ModelFile>, CliError> {
                 )));
             }
         }
-        let sha256 = nimify_model::file_sha256(&path)
-            .map_err(|e| CliError::msg(format!("cannot hash {}: {e}", path.display())))?;
+        let sha256 = nimify_model::file_sha256(&path).at("hash", &path)?;
         models.push(ModelFile { name, path, sha256, external });
     }
     if models.is_empty() {

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use nimify_model::{Dim, ModelInfo, ValueInfo, ValueType};
 use serde::Serialize;
 
-use crate::CliError;
+use crate::{CliError, IoContext};
 
 /// `inspect` arguments.
 #[derive(Debug, Args)]
@@ -40,9 +40,8 @@ struct Report<'a> {
 /// Runs the command.
 pub fn run(args: &InspectArgs) -> Result<(), CliError> {
     let info = nimify_model::read_model(&args.model)
-        .map_err(|e| CliError::msg(format!("model {}: {e}", args.model.display())))?;
-    let sha256 = nimify_model::file_sha256(&args.model)
-        .map_err(|e| CliError::msg(format!("cannot hash {}: {e}", args.model.display())))?;
+        .map_err(|source| CliError::Model { path: args.model.to_path_buf(), source })?;
+    let sha256 = nimify_model::file_sha256(&args.model).at("hash", &args.model)?;
     let path = args.model.display().to_string();
     match args.format {
         Format::Json => {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
-use crate::CliError;
+use crate::{CliError, IoContext};
 
 /// Scaffold templates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,10 +81,13 @@ fn answers(args: &NewArgs) -> Result<Answers, CliError> {
         (Some(m), _) => m.clone(),
         (None, true) => PathBuf::from(ask("Path to the ONNX model")?),
         (None, false) => {
-            return Err(CliError::msg("missing --model <path to the .onnx file> (no terminal to ask on)"));
+            return Err(CliError::with_help(
+                "missing --model (no terminal to ask on)",
+                "pass --model <path to the .onnx file>",
+            ));
         }
     };
-    nimify_model::read_model(&model).map_err(|e| CliError::msg(format!("model {}: {e}", model.display())))?;
+    nimify_model::read_model(&model).map_err(|source| CliError::Model { path: model.to_path_buf(), source })?;
     let template = match (args.template, interactive) {
         (Some(t), _) => t,
         (None, true) => match ask("Template: plain (typed endpoint) or custom (your own processing) [plain]")?.as_str()
@@ -120,7 +123,7 @@ fn render(text: &str, vars: &[(&str, &str)]) -> String {
 
 /// Writes the crate into `dir` (package `name`); existing files are left alone unless `replace`.
 fn scaffold(dir: &Path, name: &str, a: &Answers, replace_main: bool) -> Result<(), CliError> {
-    let io = |what: &Path, e: std::io::Error| CliError::msg(format!("cannot write {}: {e}", what.display()));
+    let io = |what: &Path, e: std::io::Error| CliError::io("write", what)(e);
     let model_file = a
         .model
         .file_name()
@@ -185,7 +188,7 @@ pub fn init(args: &NewArgs) -> Result<(), CliError> {
         ));
     }
     if manifest.exists() {
-        let text = std::fs::read_to_string(&manifest).map_err(|e| CliError::msg(e.to_string()))?;
+        let text = std::fs::read_to_string(&manifest).at("read", &manifest)?;
         if !text.contains("\nnimify") {
             let mut deps = a.nimify_dep.clone();
             if a.template == Template::Custom {
@@ -196,7 +199,7 @@ pub fn init(args: &NewArgs) -> Result<(), CliError> {
             } else {
                 format!("{text}\n[dependencies]\n{deps}\n")
             };
-            std::fs::write(&manifest, text).map_err(|e| CliError::msg(e.to_string()))?;
+            std::fs::write(&manifest, text).at("write", &manifest)?;
         }
     }
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "service".into());

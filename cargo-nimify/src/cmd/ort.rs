@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use nimify::ortlib::{self, LIB_NAME, ORT_VERSION};
 use sha2::Digest as _;
 
-use crate::CliError;
+use crate::{CliError, IoContext};
 
 /// The wheel nimify pins, per platform: (pip platform tag, file name, sha256).
 const WHEELS: &[(&str, &str, &str)] = &[(
@@ -109,7 +109,7 @@ fn install(wheel: Option<&Path>, force: bool) -> Result<(), CliError> {
 
 fn tempdir(cache: &Path) -> Result<PathBuf, CliError> {
     let dir = cache.with_file_name(format!("download-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).at("create", &dir)?;
     Ok(dir)
 }
 

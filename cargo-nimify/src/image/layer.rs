@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::store::{Blob, BlobStore};
-use crate::CliError;
+use crate::{CliError, IoContext};
 
 /// Where an entry's bytes come from.
 #[derive(Debug, Clone)]
@@ -38,8 +38,7 @@ pub struct Layer {
 impl Layer {
     /// Adds a host file at `path`; executable on the host means mode 0755, else 0644.
     pub fn file(&mut self, path: &str, host: &Path) -> Result<(), CliError> {
-        let meta =
-            std::fs::metadata(host).map_err(|e| CliError::msg(format!("cannot read {}: {e}", host.display())))?;
+        let meta = std::fs::metadata(host).at("read", host)?;
         if !meta.is_file() {
             return Err(CliError::msg(format!("{} is not a regular file", host.display())));
         }
@@ -62,8 +61,7 @@ impl Layer {
 
     /// Adds a host directory's files under `path`, recursively, in sorted order.
     pub fn tree(&mut self, path: &str, host: &Path) -> Result<(), CliError> {
-        let read =
-            |d: &Path| std::fs::read_dir(d).map_err(|e| CliError::msg(format!("cannot list {}: {e}", d.display())));
+        let read = |d: &Path| std::fs::read_dir(d).at("list", d);
         let mut names: Vec<_> = read(host)?.filter_map(Result::ok).map(|e| e.file_name()).collect();
         names.sort();
         for name in names {
@@ -130,8 +128,7 @@ impl Layer {
                     tar.append_data(&mut header, &path, bytes.as_slice()).map_err(fail)?;
                 }
                 Source::File(host) => {
-                    let f =
-                        File::open(host).map_err(|e| CliError::msg(format!("cannot read {}: {e}", host.display())))?;
+                    let f = File::open(host).at("read", host)?;
                     let len = f.metadata().map_err(fail)?.len();
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_size(len);

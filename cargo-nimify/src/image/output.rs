@@ -13,7 +13,7 @@ use super::Assembled;
 use super::oci::{self, REF_NAME};
 use super::registry::RegistryRef;
 use super::store::place;
-use crate::CliError;
+use crate::{CliError, IoContext};
 
 /// A parsed `--output`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +79,7 @@ impl Output {
 
 /// Writes (or adds to) an OCI image layout directory.
 pub fn write_oci_dir(image: &Assembled, dir: &Path, tag: Option<&str>) -> Result<(), CliError> {
-    let fail = |e: std::io::Error, p: &Path| CliError::msg(format!("cannot write {}: {e}", p.display()));
+    let fail = |e: std::io::Error, p: &Path| CliError::io("write", p)(e);
     if dir.exists() {
         if !dir.join("oci-layout").is_file() {
             let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
@@ -174,7 +174,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     let temp = temp_sibling(path);
     std::fs::write(&temp, bytes).and_then(|()| std::fs::rename(&temp, path)).map_err(|e| {
         let _ = std::fs::remove_file(&temp);
-        CliError::msg(format!("cannot write {}: {e}", path.display()))
+        CliError::io("write", path)(e)
     })
 }
 
@@ -199,35 +199,28 @@ impl TarOut {
 
     fn bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), CliError> {
         let mut h = self.header(bytes.len() as u64);
-        self.tar
-            .append_data(&mut h, name, bytes)
-            .map_err(|e| CliError::msg(format!("cannot write {}: {e}", self.path.display())))
+        self.tar.append_data(&mut h, name, bytes).at("write", &self.path)
     }
 
     fn file(&mut self, name: &str, from: &Path) -> Result<(), CliError> {
-        let f = File::open(from).map_err(|e| CliError::msg(format!("cannot read {}: {e}", from.display())))?;
-        let len = f.metadata().map_err(|e| CliError::msg(format!("cannot read {}: {e}", from.display())))?.len();
+        let f = File::open(from).at("read", from)?;
+        let len = f.metadata().at("read", from)?.len();
         let mut h = self.header(len);
-        self.tar
-            .append_data(&mut h, name, std::io::Read::take(f, len))
-            .map_err(|e| CliError::msg(format!("cannot write {}: {e}", self.path.display())))
+        self.tar.append_data(&mut h, name, std::io::Read::take(f, len)).at("write", &self.path)
     }
 }
 
 fn write_tar(file: &Path, epoch: u64, fill: impl FnOnce(&mut TarOut) -> Result<(), CliError>) -> Result<(), CliError> {
     if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).at("create", parent)?;
     }
     let temp = temp_sibling(file);
-    let out = File::create(&temp).map_err(|e| CliError::msg(format!("cannot create {}: {e}", temp.display())))?;
+    let out = File::create(&temp).at("create", &temp)?;
     let mut tar = TarOut { tar: tar::Builder::new(out), epoch, path: file.to_path_buf() };
     let result = fill(&mut tar).and_then(|()| {
-        let mut f = tar.tar.into_inner().map_err(|e| CliError::msg(format!("cannot write {}: {e}", file.display())))?;
-        f.flush()
-            .and_then(|()| f.sync_all())
-            .map_err(|e| CliError::msg(format!("cannot write {}: {e}", file.display())))?;
-        std::fs::rename(&temp, file).map_err(|e| CliError::msg(format!("cannot write {}: {e}", file.display())))
+        let mut f = tar.tar.into_inner().at("write", file)?;
+        f.flush().and_then(|()| f.sync_all()).at("write", file)?;
+        std::fs::rename(&temp, file).at("write", file)
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);

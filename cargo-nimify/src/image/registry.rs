@@ -200,7 +200,13 @@ impl Client {
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
             return basic.ok_or_else(|| {
-                CliError::msg(format!("registry {} requires credentials; pass --creds USER:PASSWORD (or set NIMIFY_REGISTRY_CREDS), or log in with `podman login {}`", self.registry, self.registry))
+                CliError::with_help(
+                    format!("registry {} requires credentials", self.registry),
+                    format!(
+                        "pass --creds USER:PASSWORD (or set NIMIFY_REGISTRY_CREDS), or log in with `podman login {}`",
+                        self.registry
+                    ),
+                )
             });
         }
         if !scheme.eq_ignore_ascii_case("bearer") {

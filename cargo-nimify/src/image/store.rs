@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::CliError;
+use crate::{CliError, IoContext};
 
 /// One blob in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +43,7 @@ impl BlobStore {
     /// Creates (or empties) `dir`.
     pub fn create(dir: PathBuf) -> Result<Self, CliError> {
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("blobs/sha256"))
-            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir.join("blobs/sha256")).at("create", &dir)?;
         Ok(Self { dir, next: AtomicU64::new(0) })
     }
 
@@ -56,7 +55,7 @@ impl BlobStore {
     /// A new temporary file inside the store.
     pub fn temp_file(&self) -> Result<(File, PathBuf), CliError> {
         let path = self.dir.join(format!("tmp-{}", self.next.fetch_add(1, Ordering::Relaxed)));
-        let file = File::create(&path).map_err(|e| CliError::msg(format!("cannot create {}: {e}", path.display())))?;
+        let file = File::create(&path).at("create", &path)?;
         Ok((file, path))
     }
 
@@ -72,7 +71,7 @@ impl BlobStore {
     pub fn bytes(&self, bytes: &[u8]) -> Result<Blob, CliError> {
         let digest = format!("sha256:{}", super::layer::hex(&Sha256::digest(bytes)));
         let path = self.blob_path(&digest);
-        std::fs::write(&path, bytes).map_err(|e| CliError::msg(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, bytes).at("write", &path)?;
         Ok(Blob { digest, size: bytes.len() as u64, path, diff_id: None, uncompressed_size: None })
     }
 
@@ -115,7 +114,7 @@ pub fn place(from: &Path, to: &Path) -> Result<(), CliError> {
     let temp = to.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&temp);
     if std::fs::hard_link(from, &temp).is_err() {
-        std::fs::copy(from, &temp).map_err(|e| CliError::msg(format!("cannot write {}: {e}", temp.display())))?;
+        std::fs::copy(from, &temp).at("write", &temp)?;
     }
-    std::fs::rename(&temp, to).map_err(|e| CliError::msg(format!("cannot write {}: {e}", to.display())))
+    std::fs::rename(&temp, to).at("write", to)
 }
