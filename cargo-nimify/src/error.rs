@@ -26,7 +26,7 @@ pub enum CliError {
     },
     /// ONNX Runtime is missing or unusable (the message says how to get it).
     #[error(transparent)]
-    OrtLib(#[from] nimify::ortlib::OrtLibError),
+    OrtLib(#[from] nimify::__private::ortlib::OrtLibError),
     /// A record another command wrote (`image.json`, `<bin> manifest`) could not be read.
     #[error(transparent)]
     Record(#[from] nimify_model::contract::ContractError),

@@ -6,7 +6,9 @@ use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
 use syn::{ItemStruct, Path};
 
-use crate::ir::{Field, Kind, Service};
+use nimify_model::decl::DeclKind;
+
+use crate::ir::{Field, Service};
 
 /// Entry point: parse, lower, generate; on error, the struct unchanged plus `compile_error!`s.
 pub fn nimify(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -18,17 +20,20 @@ pub fn nimify(attr: TokenStream, item: TokenStream) -> TokenStream {
             return quote! { #item #err };
         }
     };
-    let result = crate::args::parse(attr).and_then(|args| {
-        let krate = args.krate.clone().unwrap_or_else(|| syn::parse_quote!(::nimify));
+    let args = crate::args::parse(attr);
+    let krate = args.as_ref().ok().and_then(|a| a.krate.clone()).unwrap_or_else(|| syn::parse_quote!(::nimify));
+    let result = args.and_then(|args| {
         crate::ir::lower(strukt.ident.clone(), &args.model, args.name.as_ref(), &args.dims)
             .map(|svc| generate(&strukt, &svc, &krate))
     });
     match result {
         Ok(tokens) => tokens,
-        // Fallback: keep the struct so the user's other code still resolves; one error, no cascade.
+        // Fallback (as thiserror's): the struct, empty `<Name>Input` / `<Name>Output` structs and
+        // every impl, so user code naming them still resolves and the one error is all there is.
         Err(e) => {
             let err = e.to_compile_error();
-            quote! { #strukt #err }
+            let stub = generate(&strukt, &crate::ir::Service::stub(strukt.ident.clone()), &krate);
+            quote! { #stub #err }
         }
     }
 }
@@ -54,17 +59,17 @@ fn elem_type(krate: &Path, e: ElementType) -> TokenStream {
 
 fn elem_value(krate: &Path, e: ElementType) -> TokenStream {
     let variant = format_ident!("{}", format!("{e:?}"));
-    quote!(#krate::signature::ElementType::#variant)
+    quote!(#krate::__private::ElementType::#variant)
 }
 
 fn dims_value(krate: &Path, dims: &[Dim]) -> TokenStream {
     let items = dims.iter().map(|d| match d {
         Dim::Fixed(n) => {
             let n = Literal::u64_suffixed(*n);
-            quote!(#krate::signature::Dim::Fixed(#n))
+            quote!(#krate::__private::Dim::Fixed(#n))
         }
-        Dim::Symbolic(s) => quote!(#krate::signature::Dim::Symbolic(::std::string::String::from(#s))),
-        Dim::Unknown => quote!(#krate::signature::Dim::Unknown),
+        Dim::Symbolic(s) => quote!(#krate::__private::Dim::Symbolic(::std::string::String::from(#s))),
+        Dim::Unknown => quote!(#krate::__private::Dim::Unknown),
     });
     quote!(::std::vec![#(#items),*])
 }
@@ -73,9 +78,9 @@ fn dims_value(krate: &Path, dims: &[Dim]) -> TokenStream {
 const SERDE_ARRAY_MAX: u64 = 32;
 
 /// The Rust type of a field: fixed dims become arrays, the others `Vec`s.
-fn field_type(krate: &Path, kind: &Kind) -> TokenStream {
+fn field_type(krate: &Path, kind: &DeclKind) -> TokenStream {
     match kind {
-        Kind::Tensor { elem, dims } => dims.iter().rev().fold(elem_type(krate, *elem), |inner, d| match d {
+        DeclKind::Tensor(elem, dims) => dims.iter().rev().fold(elem_type(krate, *elem), |inner, d| match d {
             Dim::Fixed(n) if *n > SERDE_ARRAY_MAX => {
                 let n = Literal::usize_unsuffixed(usize::try_from(*n).unwrap_or(usize::MAX));
                 quote!(#krate::typed::Array<#inner, #n>)
@@ -86,11 +91,11 @@ fn field_type(krate: &Path, kind: &Kind) -> TokenStream {
             }
             _ => quote!(::std::vec::Vec<#inner>),
         }),
-        Kind::AnyRank { elem } => {
+        DeclKind::AnyRank(elem) => {
             let t = elem_type(krate, *elem);
             quote!(#krate::typed::Dyn<#t>)
         }
-        Kind::MapRows { key, value } => {
+        DeclKind::MapRows(key, value) => {
             let (k, v) = (elem_type(krate, *key), elem_type(krate, *value));
             quote!(::std::vec::Vec<::std::collections::BTreeMap<#k, #v>>)
         }
@@ -98,19 +103,19 @@ fn field_type(krate: &Path, kind: &Kind) -> TokenStream {
 }
 
 fn decl(krate: &Path, f: &Field) -> TokenStream {
-    let name = &f.name;
-    match &f.kind {
-        Kind::Tensor { elem, dims } => {
+    let name = &f.decl.name;
+    match &f.decl.kind {
+        DeclKind::Tensor(elem, dims) => {
             let (e, d) = (elem_value(krate, *elem), dims_value(krate, dims));
-            quote!(#krate::typed::TensorDecl::tensor(#name, #e, #d))
+            quote!(#krate::__private::TensorDecl::tensor(#name, #e, #d))
         }
-        Kind::AnyRank { elem } => {
+        DeclKind::AnyRank(elem) => {
             let e = elem_value(krate, *elem);
-            quote!(#krate::typed::TensorDecl::any_rank(#name, #e))
+            quote!(#krate::__private::TensorDecl::any_rank(#name, #e))
         }
-        Kind::MapRows { key, value } => {
+        DeclKind::MapRows(key, value) => {
             let (k, v) = (elem_value(krate, *key), elem_value(krate, *value));
-            quote!(#krate::typed::TensorDecl::map_rows(#name, #k, #v))
+            quote!(#krate::__private::TensorDecl::map_rows(#name, #k, #v))
         }
     }
 }
@@ -119,7 +124,7 @@ fn io_struct(strukt: &ItemStruct, krate: &Path, ident: &syn::Ident, fields: &[Fi
     let vis = &strukt.vis;
     let serde_crate = format!("{}::__private::serde", quote!(#krate).to_string().replace(' ', ""));
     let defs = fields.iter().map(|f| {
-        let (fid, name, ty) = (&f.ident, &f.name, field_type(krate, &f.kind));
+        let (fid, name, ty) = (&f.ident, &f.decl.name, field_type(krate, &f.decl.kind));
         let doc = format!("Tensor `{name}`.");
         quote! {
             #[doc = #doc]
@@ -151,20 +156,20 @@ pub fn generate(strukt: &ItemStruct, svc: &Service, krate: &Path) -> TokenStream
     let input_decls = svc.inputs.iter().map(|f| decl(krate, f));
     let output_decls = svc.outputs.iter().map(|f| decl(krate, f));
     let into = svc.inputs.iter().map(|f| {
-        let (fid, n) = (&f.ident, &f.name);
-        quote!((::std::string::String::from(#n), #krate::typed::TensorField::into_tensor(self.#fid).map_err(|e| ::std::format!("input {:?}: {}", #n, e))?))
+        let (fid, n) = (&f.ident, &f.decl.name);
+        quote!((::std::string::String::from(#n), #krate::__private::TensorField::into_tensor(self.#fid).map_err(|e| ::std::format!("input {:?}: {}", #n, e))?))
     });
     let from = svc.outputs.iter().map(|f| {
-        let (fid, n) = (&f.ident, &f.name);
+        let (fid, n) = (&f.ident, &f.decl.name);
         quote!(#fid: outputs.take(#n)?)
     });
     let in_schema = svc.inputs.iter().map(|f| {
-        let (n, d) = (&f.name, decl(krate, f));
-        quote!((#n, #d.schema()))
+        let (n, d) = (&f.decl.name, decl(krate, f));
+        quote!((#n, #krate::__private::tensor_schema(&#d)))
     });
     let out_schema = svc.outputs.iter().map(|f| {
-        let (n, d) = (&f.name, decl(krate, f));
-        quote!((#n, #d.schema()))
+        let (n, d) = (&f.decl.name, decl(krate, f));
+        quote!((#n, #krate::__private::tensor_schema(&#d)))
     });
     let input_name = input.to_string();
     let output_name = output.to_string();
@@ -177,33 +182,33 @@ pub fn generate(strukt: &ItemStruct, svc: &Service, krate: &Path) -> TokenStream
         #input_struct
         #output_struct
         const _: () = {
-            impl #krate::typed::TypedModel for #ident {
+            impl #krate::__private::TypedModel for #ident {
                 type Input = #input;
                 type Output = #output;
                 const NAME: &'static str = #name;
                 const MODEL_PATH: &'static str = #path;
-                fn signature() -> #krate::typed::Signature {
-                    #krate::typed::Signature {
+                fn signature() -> #krate::__private::Signature {
+                    #krate::__private::Signature {
                         inputs: ::std::vec![#(#input_decls),*],
                         outputs: ::std::vec![#(#output_decls),*],
                         dims_overrides: ::std::vec![#(#overrides),*],
                     }
                 }
             }
-            impl #krate::typed::IntoTensors for #input {
-                fn into_tensors(self) -> ::core::result::Result<::std::vec::Vec<(::std::string::String, #krate::Tensor)>, ::std::string::String> {
+            impl #krate::__private::IntoTensors for #input {
+                fn into_tensors(self) -> ::core::result::Result<::std::vec::Vec<(::std::string::String, #krate::__private::Tensor)>, ::std::string::String> {
                     ::core::result::Result::Ok(::std::vec![#(#into),*])
                 }
             }
-            impl #krate::typed::FromTensors for #output {
-                fn from_tensors(outputs: ::std::vec::Vec<(::std::string::String, #krate::Tensor)>) -> ::core::result::Result<Self, ::std::string::String> {
-                    let mut outputs = #krate::typed::OutputMap::new(outputs);
+            impl #krate::__private::FromTensors for #output {
+                fn from_tensors(outputs: ::std::vec::Vec<(::std::string::String, #krate::__private::Tensor)>) -> ::core::result::Result<Self, ::std::string::String> {
+                    let mut outputs = #krate::__private::OutputMap::new(outputs);
                     ::core::result::Result::Ok(Self { #(#from),* })
                 }
             }
             impl #krate::__private::utoipa::PartialSchema for #input {
                 fn schema() -> #krate::__private::utoipa::openapi::RefOr<#krate::__private::utoipa::openapi::schema::Schema> {
-                    #krate::typed::object_schema(::std::vec![#(#in_schema),*])
+                    #krate::__private::object_schema(::std::vec![#(#in_schema),*])
                 }
             }
             impl #krate::__private::utoipa::ToSchema for #input {
@@ -211,7 +216,7 @@ pub fn generate(strukt: &ItemStruct, svc: &Service, krate: &Path) -> TokenStream
             }
             impl #krate::__private::utoipa::PartialSchema for #output {
                 fn schema() -> #krate::__private::utoipa::openapi::RefOr<#krate::__private::utoipa::openapi::schema::Schema> {
-                    #krate::typed::object_schema(::std::vec![#(#out_schema),*])
+                    #krate::__private::object_schema(::std::vec![#(#out_schema),*])
                 }
             }
             impl #krate::__private::utoipa::ToSchema for #output {
@@ -276,6 +281,7 @@ mod tests {
             ),
         );
         assert!(out.contains("pub struct Gone;"), "{out}");
+        assert!(out.contains("pub struct GoneInput {}") && out.contains("pub struct GoneOutput {}"), "{out}");
         assert!(out.contains("compile_error!"), "{out}");
         assert!(out.contains("model file not found: $WORKSPACE/tests/models/missing.onnx"), "{out}");
     }

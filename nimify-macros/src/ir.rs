@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use nimify_model::{Dim, ElementType, ModelInfo, ValueInfo, ValueType};
+use nimify_model::decl::TensorDecl;
+use nimify_model::{Dim, ModelInfo, ValueInfo, ValueType};
 use syn::{Ident, LitStr};
 
 use crate::args::{DimSpec, DimsOverride};
@@ -24,28 +25,21 @@ pub struct Service {
     pub overrides: Vec<(String, Vec<Dim>)>,
 }
 
-/// How one tensor is typed.
-pub enum Kind {
-    /// A dense tensor with known rank.
-    Tensor { elem: ElementType, dims: Vec<Dim> },
-    /// A dense tensor whose rank the model does not declare: `nimify::typed::Dyn<T>`.
-    AnyRank { elem: ElementType },
-    /// `seq(map(K, V))` (scikit-learn's ZipMap): `Vec<BTreeMap<K, V>>`.
-    MapRows { key: ElementType, value: ElementType },
+impl Service {
+    /// A service without tensors, generated next to a compile error so that code naming its
+    /// types and traits does not fail a second time.
+    pub fn stub(ident: Ident) -> Self {
+        let name = ident.to_string();
+        Self { ident, name, path: PathBuf::new(), inputs: Vec::new(), outputs: Vec::new(), overrides: Vec::new() }
+    }
 }
 
 /// One input or output.
 pub struct Field {
     /// Rust field name.
     pub ident: Ident,
-    /// Exact tensor name.
-    pub name: String,
-    /// Its type.
-    pub kind: Kind,
-}
-
-fn supported(elem: ElementType) -> bool {
-    elem.kserve_name().is_some()
+    /// The tensor's name and kind, by the rule the runtime checks the loaded model with.
+    pub decl: TensorDecl,
 }
 
 /// Reads the model and builds the IR; errors point at `lit` (or at the override they concern).
@@ -63,8 +57,8 @@ pub fn lower(ident: Ident, model: &LitStr, name: Option<&LitStr>, dims: &[DimsOv
         let mut used = Vec::new();
         let mut out = Vec::new();
         for v in values {
-            match kind(v) {
-                Ok(k) => out.push(Field { ident: field_ident(&v.name, &mut used), name: v.name.clone(), kind: k }),
+            match TensorDecl::classify(v) {
+                Ok(decl) => out.push(Field { ident: field_ident(&v.name, &mut used), decl }),
                 Err(msg) => {
                     let e = syn::Error::new_spanned(model, format!("{what} {:?}: {msg}", v.name));
                     match &mut errors {
@@ -136,29 +130,6 @@ fn normalize(path: &std::path::Path) -> PathBuf {
         }
     }
     out
-}
-
-fn kind(v: &ValueInfo) -> Result<Kind, String> {
-    match &v.ty {
-        ValueType::Tensor { elem: Some(e), shape } if supported(*e) => Ok(match shape {
-            Some(dims) => Kind::Tensor { elem: *e, dims: dims.clone() },
-            None => Kind::AnyRank { elem: *e },
-        }),
-        ValueType::Tensor { elem: Some(e), .. } => Err(format!(
-            "element type `{}` is not supported; nimify types bool, (u)int8..64, float16, bfloat16, float, double and string",
-            e.onnx_name()
-        )),
-        ValueType::Sequence { of } => match of.as_ref() {
-            ValueType::Map { key: Some(k), value } => match value.as_ref() {
-                ValueType::Tensor { elem: Some(val), .. } if supported(*k) && supported(*val) => {
-                    Ok(Kind::MapRows { key: *k, value: *val })
-                }
-                _ => Err(format!("type `{}` is not supported", v.ty.onnx_type())),
-            },
-            _ => Err(format!("type `{}` is not supported; export tensors (or a sequence of maps)", v.ty.onnx_type())),
-        },
-        other => Err(format!("type `{}` is not supported", other.onnx_type())),
-    }
 }
 
 /// A snake_case identifier for a tensor name, unique within the struct.

@@ -6,6 +6,7 @@
 //! multi-gigabyte model costs about as much as a small one.
 
 pub mod contract;
+pub mod decl;
 #[doc(hidden)]
 pub mod onnx;
 mod types;

@@ -5,8 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use nimify::Tensor;
-use nimify::config::SessionConfig;
+use nimify::__bench::{SessionConfig, Tensor, environment, open_session, run_session};
 use nimify_model::Dim;
 
 fn main() {
@@ -17,9 +16,9 @@ fn main() {
     let seconds: f64 = std::env::var("NIMIFY_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let threads: usize = std::env::var("NIMIFY_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let info = nimify_model::read_model(&model).expect("read model");
-    let env = nimify::ortlib::environment().expect("ONNX Runtime");
+    let env = environment().expect("ONNX Runtime");
     let config = SessionConfig { intra_threads: threads, inter_threads: threads, ..SessionConfig::default() };
-    let mut session = nimify::model::open_session(env, std::path::Path::new(&model), &config).expect("session");
+    let mut session = open_session(env, std::path::Path::new(&model), &config).expect("session");
     let names: Vec<String> = info.inputs.iter().map(|i| i.name.clone()).collect();
     let inputs: Vec<Tensor> = info
         .inputs
@@ -36,7 +35,7 @@ fn main() {
     let start = Instant::now();
     while Instant::now() < end {
         let t = Instant::now();
-        nimify::batcher::run_session(&mut session, &names, inputs.clone(), None, None).expect("run");
+        run_session(&mut session, &names, inputs.clone(), None, None).expect("run");
         latencies.push(t.elapsed());
     }
     let elapsed = start.elapsed().as_secs_f64();

@@ -11,34 +11,34 @@
 //! # Ok(()) }
 //! ```
 
-pub mod batcher;
+mod batcher;
 mod cancel;
 pub mod cli;
 pub mod config;
 mod connections;
-pub mod digest;
-pub mod error;
+mod digest;
+mod error;
 mod inference;
-pub mod logging;
-pub mod metrics;
-pub mod model;
+mod logging;
+mod metrics;
+mod model;
 mod openapi;
-pub mod ortlib;
+mod ortlib;
 mod request_body;
-pub mod routes;
-pub mod server;
-pub mod tensor;
+mod routes;
+mod server;
+mod tensor;
 pub mod typed;
-pub mod v2;
+mod v2;
 
 pub use config::Config;
 pub use error::ApiError;
-pub use model::{LoadError, Model, ModelOptions, TensorSpec};
+pub use model::{LoadError, ModelOptions};
 
 pub use nimify_macros::nimify;
-pub use nimify_model as signature;
-pub use server::{AppState, ServerBuilder, app, serve, shutdown_signal};
-pub use tensor::{Tensor, TensorData};
+pub use server::{AppState, ServerBuilder, serve, shutdown_signal};
+
+pub(crate) use model::Model;
 
 /// Default listen address.
 pub const DEFAULT_HOST: &str = "0.0.0.0";
@@ -50,12 +50,35 @@ pub const DEFAULT_PORT: u16 = 8000;
 pub mod __fuzz;
 
 #[doc(hidden)]
+pub mod __bench {
+    //! The internals the benchmarks time (`runtime/benches`); not a public API.
+    pub use crate::batcher::run_session;
+    pub use crate::config::SessionConfig;
+    pub use crate::model::open_session;
+    pub use crate::ortlib::environment;
+    pub use crate::tensor::{Tensor, TensorData};
+}
+
+#[doc(hidden)]
 pub mod __private {
-    //! Paths the macro's generated code names; not a public API.
+    //! What the macro's generated code and nimify's own crates (`cargo-nimify`, the tests) name;
+    //! not a public API: it changes without notice.
     pub use half;
+    pub use nimify_model::{Dim, ElementType};
     pub use serde;
     pub use serde_json;
     pub use utoipa;
+
+    pub use crate::cli::ServiceArgs;
+    /// The ONNX Runtime library nimify loads, for `cargo nimify ort` and `image`.
+    pub mod ortlib {
+        pub use crate::ortlib::{
+            INSTALL_HINT, LIB_NAME, ORT_VERSION, OrtLibError, cache_dir, candidates, environment, find,
+        };
+    }
+    pub use crate::tensor::{Tensor, TensorData};
+    pub use crate::typed::generated::*;
+    pub use nimify_model::decl::TensorDecl;
 
     /// Where [`asset!`](crate::asset) finds `relative`: under `NIMIFY_ASSET_DIR` when set (images
     /// set it), else under the crate's own directory.

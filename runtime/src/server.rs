@@ -119,7 +119,7 @@ pub struct ServerBuilder {
     config: Config,
     options: Vec<ModelOptions>,
     extra: Option<OpenApiRouter<Arc<AppState>>>,
-    signatures: Vec<(String, crate::typed::Signature)>,
+    signatures: Vec<(String, crate::typed::generated::Signature)>,
 }
 
 impl ServerBuilder {
@@ -138,7 +138,7 @@ impl ServerBuilder {
     /// Adds a `#[nimify]` model: served over V2 and on `POST /v1/models/{name}/predict`, and
     /// refused at start when the file's signature differs from the one compiled in.
     #[must_use]
-    pub fn typed<M: crate::typed::TypedModel>(mut self) -> Self {
+    pub fn typed<M: crate::typed::generated::TypedModel>(mut self) -> Self {
         let mut options = ModelOptions::new(M::MODEL_PATH);
         options.name = Some(M::NAME.to_string());
         options.dims = M::signature().dims_overrides;
@@ -149,7 +149,7 @@ impl ServerBuilder {
     /// Adds a `#[nimify]` model with custom processing: `instance` (holding your state) answers
     /// `POST /v1/models/{name}/predict` with its own request and response types.
     #[must_use]
-    pub fn service<M: crate::typed::TypedModel + crate::typed::Process>(mut self, instance: M) -> Self {
+    pub fn service<M: crate::typed::generated::TypedModel + crate::typed::Process>(mut self, instance: M) -> Self {
         let mut options = ModelOptions::new(M::MODEL_PATH);
         options.name = Some(M::NAME.to_string());
         options.dims = M::signature().dims_overrides;

@@ -15,6 +15,18 @@ MODELS = os.path.join(ROOT, "tests", "models")
 BIN = os.environ.get("NIMIFY_BIN", os.path.join(ROOT, "target", "debug", "cargo-nimify"))
 
 
+def pytest_collection_modifyitems(items):
+    """`cargo xtask test` runs pytest in parallel (pytest-xdist, `--dist loadgroup`). Tests that
+    build or run images share target/nimify/<package>/ (image.json, staging directories) and
+    podman's storage, so they form one group that runs in one worker, in order; every other test
+    (each server on port 0, each temporary directory its own) runs wherever a worker is free."""
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        runs_binaries_only = spec is not None and spec.params.get("example") == "binary"
+        if item.path.name == "test_image.py" or ("example_image" in item.fixturenames and not runs_binaries_only):
+            item.add_marker(pytest.mark.xdist_group("images"))
+
+
 class Service:
     """A running nimify service process (`cargo nimify serve` or a service binary) and its URL,
     found from the JSON "serving" log line; the rest of the log is kept in `log`."""

@@ -235,6 +235,7 @@ def test_alert_and_dashboard_queries_use_live_metric_and_label_names(serve):
         assert labels <= scraped_labels | TARGET_LABELS, f"{labels - scraped_labels - TARGET_LABELS} not in /metrics (query: {expr})"
 
 
+@pytest.mark.xdist_group("images")
 def test_cargo_nimify_chart_writes_a_chart_for_the_built_image(tmp_path):
     iris = os.path.join(ROOT, "examples", "iris")
     image = nimify_image(iris, "--output", f"oci:{tmp_path / 'image'}:chart").result

@@ -6,7 +6,7 @@
 //! (`multi_io`), BYTES (`strings`), bf16 and a plain batch model (`mlp`).
 
 use nimify::__fuzz::{Declared, check, declared, signature, v2_request};
-use nimify::typed::IntoTensors;
+use nimify::__private::IntoTensors;
 
 /// The models V2 requests are decoded for, with their ONNX bytes.
 const MODELS: [(&str, &[u8]); 6] = [

@@ -6,8 +6,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use nimify::__private::TypedModel;
 use nimify::ServerBuilder;
-use nimify::typed::TypedModel;
 use nimify_tests::{Iris, IrisInput, Mlp, MlpInput, MlpOutput, MultiIo, MultiIoInput, OddNames, OddNamesInput};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -135,7 +135,7 @@ fn a_model_with_another_signature_refuses_to_start() {
         const NAME: &'static str = "swapped";
         // The MLP's compiled-in signature, but the file on disk is another model.
         const MODEL_PATH: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/fixed.onnx");
-        fn signature() -> nimify::typed::Signature {
+        fn signature() -> nimify::__private::Signature {
             Mlp::signature()
         }
     }
@@ -162,7 +162,7 @@ async fn a_model_that_lies_about_an_output_dim_is_served_with_the_override() {
         nimify_tests::Lying::signature().dims_overrides,
         vec![(
             "y".to_string(),
-            vec![nimify::signature::Dim::Symbolic("batch".into()), nimify::signature::Dim::Fixed(3)]
+            vec![nimify::__private::Dim::Symbolic("batch".into()), nimify::__private::Dim::Fixed(3)]
         )]
     );
 }
@@ -185,7 +185,7 @@ fn a_dims_override_for_a_tensor_the_file_lacks_refuses_to_start() {
         const NAME: &'static str = "renamed";
         // Compiled against lying_shape.onnx with an override; the file on disk is the MLP.
         const MODEL_PATH: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mlp.onnx");
-        fn signature() -> nimify::typed::Signature {
+        fn signature() -> nimify::__private::Signature {
             nimify_tests::Lying::signature()
         }
     }

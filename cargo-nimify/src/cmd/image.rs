@@ -163,7 +163,7 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Res
             Ok((relative.trim_start_matches("./").to_string(), host))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let lib = nimify::ortlib::find()?;
+    let lib = nimify::__private::ortlib::find()?;
     let mut ort = vec![lib.clone()];
     ort.extend(Some(lib.with_file_name("libonnxruntime_providers_shared.so")).filter(|p| p.is_file()));
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
@@ -265,7 +265,7 @@ fn labels(project: &Project, plan: &Plan, title: &str) -> BTreeMap<String, Strin
         put("org.opencontainers.image.base.name", b.clone());
     }
     put("io.nimify.version", env!("CARGO_PKG_VERSION").to_string());
-    put("io.nimify.onnxruntime.version", nimify::ortlib::ORT_VERSION.to_string());
+    put("io.nimify.onnxruntime.version", nimify::__private::ortlib::ORT_VERSION.to_string());
     put("io.nimify.model.name", plan.model_names());
     put("io.nimify.model.sha256", plan.model_digests().to_string());
     labels

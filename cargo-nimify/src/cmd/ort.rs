@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::{Args, Subcommand};
-use nimify::ortlib::{self, LIB_NAME, ORT_VERSION};
+use nimify::__private::ortlib::{self, LIB_NAME, ORT_VERSION};
 use sha2::Digest as _;
 
 use crate::{CliError, IoContext};

@@ -146,7 +146,7 @@ pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> R
     for lib in &plan.ort {
         ort.file(&format!("{ROOT}/lib/{}", file_name(lib)), lib)?;
     }
-    add("onnxruntime", format!("nimify: ONNX Runtime {}", nimify::ortlib::ORT_VERSION), ort)?;
+    add("onnxruntime", format!("nimify: ONNX Runtime {}", nimify::__private::ortlib::ORT_VERSION), ort)?;
     let mut app = Layer::default();
     app.file(&format!("{ROOT}/bin/{}", plan.bin), &plan.binary)?;
     for (relative, host) in &plan.assets {

@@ -15,7 +15,8 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::server::AppState;
-use crate::typed::{Context, Process, TypedModel};
+use crate::typed::generated::TypedModel;
+use crate::typed::{Context, Process};
 
 /// The typed route of `M`, with its OpenAPI path and schemas.
 pub fn router<M: TypedModel>() -> OpenApiRouter<Arc<AppState>> {

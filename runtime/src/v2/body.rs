@@ -42,11 +42,6 @@ impl ResponseBody {
     pub(crate) fn push_json(&mut self, data: TensorData) {
         self.parts.push_back(Part::Json { data, next: 0 });
     }
-
-    /// The whole body in one buffer (tests; small bodies).
-    pub async fn collect(self) -> Bytes {
-        http_body_util::BodyExt::collect(self).await.map(http_body_util::Collected::to_bytes).unwrap_or_default()
-    }
 }
 
 impl HttpBody for ResponseBody {

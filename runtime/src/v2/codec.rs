@@ -623,3 +623,23 @@ pub fn encode(
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp64_json_elements_read_back_exactly() {
+        // Without serde_json's `float_roundtrip` its fast parser lands one ulp off on some
+        // decimals (0.9405647163912139 read as 0.940564716391214), which a client comparing
+        // doubles sees as a wrong answer.
+        let decimals =
+            ["0.9405647163912139", "0.750451", "2.2250738585072014e-308", "-1.7976931348623157e308", "5e-324"];
+        let json: Value = serde_json::from_str(&format!("[{}]", decimals.join(","))).expect("json");
+        let TensorData::F64(got) = from_json("x", ElementType::Double, &json).expect("parses") else {
+            panic!("not f64")
+        };
+        let want: Vec<u64> = decimals.iter().map(|d| d.parse::<f64>().expect("decimal").to_bits()).collect();
+        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want);
+    }
+}
