@@ -2,6 +2,10 @@
 //! `cmd/`; expected failures are [`CliError`]s, printed the way cargo prints its own, with a documented
 //! exit code.
 
+// The argument structs' doc comments are the `--help` text clap prints (`[default: ...]`,
+// `<name>`), written for a terminal rather than for rustdoc.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 pub mod cmd;
 mod error;
 pub mod image;

@@ -1,7 +1,7 @@
 //! The `#[nimify(model = "...")]` attribute macro, re-exported by the `nimify` crate.
 //!
-//! This file only parses and delegates: [`args`] reads the attribute, [`ir`] reads the model's
-//! signature (through `nimify-model`, never the weights) into an IR, and [`expand`] generates the
+//! This file only parses and delegates: `args` reads the attribute, `ir` reads the model's
+//! signature (through `nimify-model`, never the weights) into an IR, and `expand` generates the
 //! typed input/output structs and the glue. Every problem is a spanned `compile_error!` next to a
 //! fallback expansion, never a panic.
 

@@ -156,7 +156,7 @@ impl ServiceArgs {
 /// A typed service's command line: serve (the default) or probe a running instance.
 #[derive(Debug, Parser)]
 #[command(version, about = "An ONNX model service built with nimify")]
-pub struct ServiceCli {
+pub(crate) struct ServiceCli {
     /// Serve (default) or run a health check.
     #[command(subcommand)]
     pub command: Option<ServiceCommand>,
@@ -167,7 +167,7 @@ pub struct ServiceCli {
 
 /// Subcommands of a service binary.
 #[derive(Debug, Subcommand)]
-pub enum ServiceCommand {
+pub(crate) enum ServiceCommand {
     /// Serve the models (what runs without a subcommand).
     Serve,
     /// Exit 0 when the service on the configured port answers ready, 1 otherwise (images have no curl).

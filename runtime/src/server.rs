@@ -37,7 +37,7 @@ pub struct AppState {
 
 impl AppState {
     /// Looks a model up by name and, when given, version.
-    pub fn model(&self, name: &str, version: Option<&str>) -> Result<&Arc<Model>, ApiError> {
+    pub(crate) fn model(&self, name: &str, version: Option<&str>) -> Result<&Arc<Model>, ApiError> {
         let model = self.models.get(name).ok_or_else(|| {
             ApiError::NotFound(format!(
                 "unknown model {name:?}; this server has {}",
@@ -55,18 +55,13 @@ impl AppState {
         Ok(model)
     }
 
-    /// All models, by name.
-    pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
-        self.models.values()
-    }
-
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
     /// The metrics registry.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
@@ -77,7 +72,7 @@ impl AppState {
     }
 
     /// Fails the readiness probe from now on: a shutdown has begun.
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
     }
 
@@ -99,7 +94,7 @@ impl AppState {
     }
 
     /// Reads a request body up to the configured limit; larger is 413.
-    pub async fn read_body(&self, body: Body) -> Result<bytes::Bytes, ApiError> {
+    pub(crate) async fn read_body(&self, body: Body) -> Result<bytes::Bytes, ApiError> {
         let limit = self.config.max_body_bytes;
         axum::body::to_bytes(body, limit).await.map_err(|e| {
             let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
@@ -183,7 +178,7 @@ impl ServerBuilder {
 
     /// The models [`build`](Self::build) would load, as (served name, file path), with
     /// `model_dir` applied. `cargo nimify image` asks a service binary for this list.
-    pub fn planned_models(&self) -> Vec<(String, std::path::PathBuf)> {
+    pub(crate) fn planned_models(&self) -> Vec<(String, std::path::PathBuf)> {
         self.options.iter().map(|o| (o.served_name(), o.path.clone())).collect()
     }
 

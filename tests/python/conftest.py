@@ -12,19 +12,35 @@ import requests
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MODELS = os.path.join(ROOT, "tests", "models")
-BIN = os.environ.get("NIMIFY_BIN", os.path.join(ROOT, "target", "debug", "cargo-nimify"))
+# Cargo's target directory: target/, or CARGO_TARGET_DIR (`cargo xtask coverage` builds
+# instrumented binaries into a directory of their own).
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+BIN = os.environ.get("NIMIFY_BIN", os.path.join(TARGET, "debug", "cargo-nimify"))
 
 
-def pytest_collection_modifyitems(items):
-    """`cargo xtask test` runs pytest in parallel (pytest-xdist, `--dist loadgroup`). Tests that
-    build or run images share target/nimify/<package>/ (image.json, staging directories) and
-    podman's storage, so they form one group that runs in one worker, in order; every other test
-    (each server on port 0, each temporary directory its own) runs wherever a worker is free."""
-    for item in items:
-        spec = getattr(item, "callspec", None)
-        runs_binaries_only = spec is not None and spec.params.get("example") == "binary"
-        if item.path.name == "test_image.py" or ("example_image" in item.fixturenames and not runs_binaries_only):
-            item.add_marker(pytest.mark.xdist_group("images"))
+def builds_images(nodeid):
+    """Whether a test builds or runs images of the examples. Those tests share
+    target/nimify/<package>/ (image.json, staging directories) and podman's storage, so they run
+    in one worker, in order."""
+    return (
+        "/test_image.py::" in nodeid
+        or ("/test_examples.py::" in nodeid and nodeid.endswith("[image]"))
+        or nodeid.endswith("/test_chart.py::test_cargo_nimify_chart_writes_a_chart_for_the_built_image")
+    )
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`cargo xtask test` runs pytest in parallel (pytest-xdist). Every test that
+    [`builds_images`] is one unit of work; every other test (each server on port 0, each
+    temporary directory its own) runs wherever a worker is free. (xdist's own `loadgroup` cannot
+    do this on pytest 9: it marks groups by rewriting node ids, which pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ImagesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return "images" if builds_images(nodeid) else nodeid
+
+    return ImagesTogether(config, log)
 
 
 class Service:

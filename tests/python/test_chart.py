@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import BIN, ROOT, Service, nimify_image, sha256_of
+from conftest import BIN, ROOT, Service, TARGET, nimify_image, sha256_of
 
 CHART = os.path.join(ROOT, "charts", "nimify")
 SNAPSHOTS = os.path.join(os.path.dirname(__file__), "snapshots")
@@ -171,7 +171,7 @@ def test_the_rendered_config_is_accepted_by_the_service(tmp_path):
     cm = next(d for d in docs(render("all")) if d["kind"] == "ConfigMap" and "config.toml" in d["data"])
     config = tmp_path / "config.toml"
     config.write_text(cm["data"]["config.toml"])
-    binary = os.path.join(ROOT, "target", "debug", "example-iris")
+    binary = os.path.join(TARGET, "debug", "example-iris")
     service = Service([binary, "--config", str(config), "--host", "127.0.0.1", "--port", "0"])
     assert service.stop() == 0
 
@@ -235,7 +235,6 @@ def test_alert_and_dashboard_queries_use_live_metric_and_label_names(serve):
         assert labels <= scraped_labels | TARGET_LABELS, f"{labels - scraped_labels - TARGET_LABELS} not in /metrics (query: {expr})"
 
 
-@pytest.mark.xdist_group("images")
 def test_cargo_nimify_chart_writes_a_chart_for_the_built_image(tmp_path):
     iris = os.path.join(ROOT, "examples", "iris")
     image = nimify_image(iris, "--output", f"oci:{tmp_path / 'image'}:chart").result

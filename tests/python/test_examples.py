@@ -12,7 +12,7 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
-from conftest import MODELS, ROOT, Container, Service
+from conftest import Container, MODELS, ROOT, Service, TARGET
 
 EXAMPLES = os.path.join(ROOT, "examples")
 
@@ -28,7 +28,7 @@ def example(request, example_image):
     def start(name):
         if name not in services:
             if request.param == "binary":
-                binary = os.path.join(ROOT, "target", "debug", f"example-{name}")
+                binary = os.path.join(TARGET, "debug", f"example-{name}")
                 assert os.path.exists(binary), f"{binary} missing: `cargo xtask test` builds the examples"
                 services[name] = Service([binary, "--host", "127.0.0.1", "--port", "0"])
             else:

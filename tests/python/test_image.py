@@ -14,7 +14,7 @@ import onnx
 import pytest
 import requests
 
-from conftest import BIN, PODMAN_IMAGES, ROOT, Container, free_port, nimify_image, podman, sha256_of, skopeo_inspect
+from conftest import BIN, Container, PODMAN_IMAGES, ROOT, TARGET, free_port, nimify_image, podman, sha256_of, skopeo_inspect
 
 EXAMPLES = os.path.join(ROOT, "examples")
 IRIS = os.path.join(EXAMPLES, "iris")
@@ -51,7 +51,7 @@ def test_config_labels_user_and_layers(example_image):
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert labels["org.opencontainers.image.revision"] == head
     # One layer per part, the model last; image.json records the same for chart and deploy.
-    record = json.load(open(os.path.join(ROOT, "target", "nimify", "example-iris", "image.json")))
+    record = json.load(open(os.path.join(TARGET, "nimify", "example-iris", "image.json")))
     assert [l["role"] for l in record["layers"]] == ["libraries", "onnxruntime", "app", "model"]
     assert [l["digest"] for l in record["layers"]] == info["Layers"]
     assert record["models"][0]["sha256"] == model_sha and record["port"] == 8000 and record["user"] == 65532
@@ -81,7 +81,7 @@ def test_same_digest_twice_with_every_input_touched(tmp_path):
     for top, _, files in os.walk(TEXT):
         for f in files:
             os.utime(os.path.join(top, f))
-    os.utime(os.path.join(ROOT, "target", "debug", "example-text"))
+    os.utime(os.path.join(TARGET, "debug", "example-text"))
     ort = subprocess.run([BIN, "nimify", "ort", "path"], capture_output=True, text=True).stdout.strip()
     os.utime(ort)
     second = nimify_image(TEXT, "--output", f"oci:{tmp_path / 'b'}:test").result
@@ -238,7 +238,7 @@ def test_push_to_a_plain_http_registry(registry):
     # Pushing again uploads nothing new and gives the same digest.
     again = nimify_image(IRIS, "--output", target, "--insecure")
     assert again.result["digest"] == pushed["digest"] and "Exists" in again.stderr
-    record = json.load(open(os.path.join(ROOT, "target", "nimify", "example-iris", "image.json")))
+    record = json.load(open(os.path.join(TARGET, "nimify", "example-iris", "image.json")))
     assert record["repository"] == f"127.0.0.1:{reg.port}/nimify/iris" and record["digest"] == pushed["digest"]
 
 
@@ -280,7 +280,7 @@ def test_missing_inputs_are_clear_errors_and_write_nothing(tmp_path):
         assert proc.stderr.startswith("error: ") and proc.stdout == "", proc.stderr
     assert not out.exists() and os.listdir(tmp_path) == []
     # No staging directory is left behind either.
-    state = os.path.join(ROOT, "target", "nimify", "example-iris")
+    state = os.path.join(TARGET, "nimify", "example-iris")
     assert not [d for d in os.listdir(state) if d.startswith("staging-")]
 
 
@@ -288,4 +288,4 @@ def test_build_reports_the_executable():
     proc = subprocess.run([BIN, "nimify", "build", "--profile", "dev", "--format", "json"], cwd=IRIS, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["package"] == "example-iris" and out["executable"] == os.path.join(ROOT, "target", "debug", "example-iris")
+    assert out["package"] == "example-iris" and out["executable"] == os.path.join(TARGET, "debug", "example-iris")

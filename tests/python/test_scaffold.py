@@ -8,10 +8,10 @@ import subprocess
 
 import requests
 
-from conftest import BIN, MODELS, ROOT, Service
+from conftest import BIN, MODELS, ROOT, Service, TARGET
 
 CARGO = os.environ.get("CARGO", "cargo")
-ENV = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target"), CARGO_TERM_COLOR="never")
+ENV = dict(os.environ, CARGO_TARGET_DIR=TARGET, CARGO_TERM_COLOR="never")
 
 
 def nimify(*args, cwd):
@@ -23,7 +23,7 @@ def build(crate):
     shutil.copy(os.path.join(ROOT, "Cargo.lock"), os.path.join(crate, "Cargo.lock"))
     r = subprocess.run([CARGO, "build", "-q"], cwd=crate, env=ENV, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr
-    return os.path.join(ROOT, "target", "debug", os.path.basename(crate))
+    return os.path.join(TARGET, "debug", os.path.basename(crate))
 
 
 def running(binary, *args):

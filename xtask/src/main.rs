@@ -3,7 +3,9 @@
 mod bench;
 mod bench_image;
 mod codegen;
+mod coverage;
 mod fuzz;
+mod public_api;
 mod soak;
 mod test;
 mod tidy;
@@ -18,6 +20,9 @@ tasks:
   models          regenerate the committed test and example models (needs the Python tools)
   lock            recompile tests/python/*.lock (hash-pinned Python environments) from their .in files
   test            install what the tests need (ONNX Runtime, Python tools) and run every test
+  public-api [--bless]
+                  compare each library's public API (from rustdoc JSON) with its public-api.txt
+  coverage        line coverage of the Rust code over the Rust and Python tests (cargo-llvm-cov); HTML in target/llvm-cov
   fuzz [--minutes N] [--target NAME]
                   fuzz the decoders (cargo-fuzz, nightly) and minimize tests/fuzz-corpus
   soak [--minutes N]
@@ -33,6 +38,8 @@ fn main() -> Result<()> {
         ["models"] => test::models(),
         ["lock"] => test::lock(),
         ["test", rest @ ..] => test::run(rest),
+        ["public-api", rest @ ..] => public_api::run(rest),
+        ["coverage", rest @ ..] => coverage::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
         ["soak", rest @ ..] => soak::run(rest),
         ["bench", rest @ ..] => bench::run(rest),

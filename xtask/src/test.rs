@@ -9,15 +9,18 @@
 //!    docker-registry, htpasswd, openssl) plus perf_analyzer's `libb64-0d`, installed with
 //!    apt-get when missing; podman reads `tests/containers.conf` (runc, explicit ulimits);
 //! 2. the pinned ONNX Runtime library in the per-user cache (`cargo nimify ort install`);
-//! 3. `cargo test --workspace` (Rust unit, snapshot, CLI and in-process server tests);
-//! 4. `pytest tests/python` against real `cargo nimify serve` processes, images run by podman
-//!    and pushed to a loopback registry.
+//! 3. the house rules: `cargo fmt --check`, clippy with every warning an error, `cargo doc` with
+//!    every warning an error, and the public API listings (`cargo xtask public-api`);
+//! 4. `cargo test --workspace` (Rust unit, snapshot, CLI and in-process server tests);
+//! 5. `pytest tests/python` in parallel (pytest-xdist) against real `cargo nimify serve`
+//!    processes, images run by podman and pushed to a loopback registry.
 //!
 //! `cargo xtask models` regenerates the committed test models with the same virtualenv;
 //! `cargo xtask lock` recompiles the two lock files from their `.in` files (with `uv`, installed
 //! into `.venv-lock`).
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use xshell::{Shell, cmd};
@@ -132,7 +135,7 @@ fn system_packages(sh: &Shell) -> Result<()> {
 
 /// Triton's perf_analyzer: the binary ships in the tritonclient 2.41.0 wheel and needs libb64 and
 /// libcudart (even for HTTP).
-fn perf_analyzer(sh: &Shell) -> Result<PathBuf> {
+pub fn perf_analyzer(sh: &Shell) -> Result<PathBuf> {
     let venv = crate::root().join(".venv-pa");
     locked_venv(sh, &venv, "perf-analyzer.lock").context("installing perf_analyzer")?;
     Ok(venv.join("bin/perf_analyzer"))
@@ -142,6 +145,13 @@ pub fn run(rest: &[&str]) -> Result<()> {
     let sh = Shell::new()?;
     let root = crate::root();
     sh.change_dir(&root);
+    let started = Instant::now();
+    let mut times = Vec::new();
+    let mut lap = |what: &str, since: &mut Instant| {
+        times.push(format!("{what:<34} {:>6.0} s", since.elapsed().as_secs_f64()));
+        *since = Instant::now();
+    };
+    let mut t = Instant::now();
     system_packages(&sh)?;
     let python = venv_python(&sh)?;
     let pa = perf_analyzer(&sh)?;
@@ -152,22 +162,44 @@ pub fn run(rest: &[&str]) -> Result<()> {
     {
         cmd!(sh, "rustup component add rustfmt clippy").run().context("installing rustfmt and clippy")?;
     }
+    lap("setup (apt, Python environments)", &mut t);
     cmd!(sh, "{cargo} fmt --all --check").run().context("formatting differs: run `cargo fmt --all`")?;
     cmd!(sh, "{cargo} clippy --workspace --all-targets -- -D warnings").run().context("clippy warnings are errors")?;
+    lap("fmt + clippy", &mut t);
+    // Every public item documented, every intra-doc link resolving; then the public API as listed
+    // from rustdoc JSON must match the committed listings (see public_api.rs).
+    cmd!(sh, "{cargo} doc --workspace --no-deps --lib")
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", crate::public_api::doc_target_dir())
+        .run()
+        .context("rustdoc warnings are errors")?;
+    crate::public_api::run(&[])?;
+    lap("doc + public API", &mut t);
     // One build for everything: `cargo test --workspace` also builds target/debug/cargo-nimify,
     // which the ONNX Runtime install and the Python tests use (a separate `cargo build -p` would
     // resolve features differently and compile the dependencies twice).
     cmd!(sh, "{cargo} test --workspace --no-run {rest...}").run()?;
     // The example services' binaries, for their end-to-end tests.
     cmd!(sh, "{cargo} build --workspace --bins").run()?;
+    lap("build (tests and binaries)", &mut t);
     let nimify = root.join("target/debug/cargo-nimify");
     cmd!(sh, "{nimify} nimify ort install").env("NIMIFY_PYTHON", &python).run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
-    cmd!(sh, "{python} -m pytest -q -p no:cacheprovider tests/python")
+    lap("cargo test", &mut t);
+    // In parallel: the tests that build images form one unit of work (tests/python/conftest.py),
+    // every other test goes to whichever worker is free.
+    let jobs = std::env::var("NIMIFY_TEST_JOBS").unwrap_or_else(|_| "3".into());
+    cmd!(sh, "{python} -m pytest -q -p no:cacheprovider -n {jobs} tests/python")
         .env("NIMIFY_BIN", &nimify)
         .env("PERF_ANALYZER", &pa)
         .env("CONTAINERS_CONF", root.join("tests/containers.conf"))
         .run()?;
+    lap("pytest", &mut t);
+    eprintln!("\ntime by step (total {:.0} s):", started.elapsed().as_secs_f64());
+    for line in &times {
+        eprintln!("  {line}");
+    }
     Ok(())
 }
 

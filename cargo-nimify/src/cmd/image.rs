@@ -175,8 +175,8 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Res
     };
     let base = args.base.clone().or_else(|| project.settings.base.clone());
     let mut plan = Plan {
-        bin: project.bin.clone(),
-        binary,
+        bin_name: project.bin.clone(),
+        bin_path: binary,
         models,
         assets,
         ort,
@@ -324,7 +324,7 @@ fn record(
         tag: tag.to_string(),
         package: project.package.clone(),
         version: project.version.clone(),
-        bin: plan.bin.clone(),
+        bin: plan.bin_name.clone(),
         port: plan.port,
         user: img::USER,
         base: built.base.as_ref().map(|b| BaseRecord { reference: b.reference.clone(), digest: b.digest.clone() }),

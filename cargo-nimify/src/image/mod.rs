@@ -52,9 +52,9 @@ pub struct ModelFile {
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Binary name.
-    pub bin: String,
+    pub bin_name: String,
     /// Host path of the binary.
-    pub binary: PathBuf,
+    pub bin_path: PathBuf,
     /// Model files.
     pub models: Vec<ModelFile>,
     /// Assets: (path relative to the asset directory, host path of a file or directory).
@@ -134,7 +134,7 @@ pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> R
         Ok(())
     };
     if base.is_none() {
-        let mut objects = vec![plan.binary.as_path()];
+        let mut objects = vec![plan.bin_path.as_path()];
         objects.extend(plan.ort.iter().map(PathBuf::as_path));
         add(
             "libraries",
@@ -148,12 +148,12 @@ pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> R
     }
     add("onnxruntime", format!("nimify: ONNX Runtime {}", nimify::__private::ortlib::ORT_VERSION), ort)?;
     let mut app = Layer::default();
-    app.file(&format!("{ROOT}/bin/{}", plan.bin), &plan.binary)?;
+    app.file(&format!("{ROOT}/bin/{}", plan.bin_name), &plan.bin_path)?;
     for (relative, host) in &plan.assets {
         let at = format!("{ROOT}/assets/{relative}");
         if host.is_dir() { app.tree(&at, host)? } else { app.file(&at, host)? }
     }
-    add("app", format!("nimify: {} and its assets", plan.bin), app)?;
+    add("app", format!("nimify: {} and its assets", plan.bin_name), app)?;
     let mut model = Layer::default();
     for m in &plan.models {
         model.file(&format!("{ROOT}/models/{}", file_name(&m.path)), &m.path)?;
@@ -204,7 +204,7 @@ fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
         format!("NIMIFY_ASSET_DIR={ROOT}/assets"),
     ]);
     RunConfig {
-        entrypoint: vec![format!("{ROOT}/bin/{}", plan.bin)],
+        entrypoint: vec![format!("{ROOT}/bin/{}", plan.bin_name)],
         env,
         labels: plan.labels.clone(),
         user: format!("{USER}:{USER}"),
@@ -241,8 +241,8 @@ mod tests {
         let fake_ort = dir.path().join("libonnxruntime.so.1.32.0");
         std::fs::write(&fake_ort, b"not really a library").expect("ort");
         let plan = Plan {
-            bin: "svc".into(),
-            binary: std::env::current_exe().expect("exe"),
+            bin_name: "svc".into(),
+            bin_path: std::env::current_exe().expect("exe"),
             models: vec![ModelFile {
                 name: "external".into(),
                 path: models.join("external.onnx"),

@@ -227,7 +227,7 @@ async fn infer_body(state: &AppState, model: &Model, headers: &HeaderMap, body: 
         ),
     };
     let decoded = codec::decode(model, header_len, &body)?;
-    let wanted = decoded.outputs.iter().map(|(n, _)| n.clone()).collect();
+    let wanted = decoded.outputs.iter().map(|o| o.name.clone()).collect();
     let outputs = crate::inference::infer(model, decoded.inputs, wanted).await?;
     let encoded = codec::encode(model, decoded.id, outputs, &decoded.outputs)?;
     let mut response = Response::new(Body::new(encoded.body));

@@ -28,8 +28,17 @@ pub struct Decoded {
     pub id: Option<String>,
     /// Inputs in the model's input order.
     pub inputs: Vec<(String, Tensor)>,
-    /// Outputs to return, in order, each with whether it goes binary.
-    pub outputs: Vec<(String, bool)>,
+    /// Outputs to return, in order.
+    pub outputs: Vec<WantedOutput>,
+}
+
+/// An output the request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedOutput {
+    /// Its name.
+    pub name: String,
+    /// Whether it is sent as raw bytes after the JSON (`binary_data`) rather than in it.
+    pub binary: bool,
 }
 
 /// Splits and parses a request body into `model`'s inputs (each present once, none unknown) and
@@ -112,7 +121,7 @@ pub(crate) fn decode_for(
 
     let default_binary = flag(request.parameters.as_ref(), "binary_data_output")?;
     let outputs = match &request.outputs {
-        None => model.outputs().iter().map(|s| (s.name.clone(), default_binary)).collect(),
+        None => model.outputs().iter().map(|s| WantedOutput { name: s.name.clone(), binary: default_binary }).collect(),
         Some(wanted) => wanted
             .iter()
             .map(|o| {
@@ -128,7 +137,7 @@ pub(crate) fn decode_for(
                     Some(_) => flag(o.parameters.as_ref(), "binary_data")?,
                     None => default_binary,
                 };
-                Ok((o.name.clone(), binary))
+                Ok(WantedOutput { name: o.name.clone(), binary })
             })
             .collect::<Result<_, _>>()?,
     };
@@ -536,25 +545,25 @@ pub struct Encoded {
 /// JSON outputs above this many bytes of tensor data are written as they are sent.
 const STREAM_JSON_ABOVE: usize = 1 << 20;
 
-/// Encodes outputs (already in the requested order) with their binary flags.
+/// Encodes outputs (already in the requested order), each binary or JSON as `wanted` says.
 pub fn encode(
     model: &Model,
     id: Option<String>,
     outputs: Vec<(String, Tensor)>,
-    binary_flags: &[(String, bool)],
+    wanted: &[WantedOutput],
 ) -> Result<Encoded, ApiError> {
-    let any_binary = binary_flags.iter().any(|(_, b)| *b);
+    let any_binary = wanted.iter().any(|w| w.binary);
     let json_bytes: usize =
-        outputs.iter().zip(binary_flags).filter(|(_, (_, b))| !*b).map(|((_, t), _)| t.data.byte_len()).sum();
+        outputs.iter().zip(wanted).filter(|(_, w)| !w.binary).map(|((_, t), _)| t.data.byte_len()).sum();
     // Without binary parts the body needs no length up front, so large JSON can be written as
     // it is sent: the skeleton gets empty `data` arrays, filled in by the body.
     let stream = !any_binary && json_bytes > STREAM_JSON_ABOVE;
     let mut binary = Vec::new();
     let mut streamed = Vec::new();
     let mut json_outputs = Vec::with_capacity(outputs.len());
-    for ((name, tensor), (_, as_binary)) in outputs.into_iter().zip(binary_flags) {
+    for ((name, tensor), w) in outputs.into_iter().zip(wanted) {
         let datatype = tensor.data.element_type().kserve_name().unwrap_or("BYTES");
-        if *as_binary {
+        if w.binary {
             let bytes = super::body::binary_bytes(tensor.data);
             let mut params = Map::new();
             params.insert("binary_data_size".into(), Value::from(bytes.len()));
