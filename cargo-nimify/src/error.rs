@@ -5,7 +5,7 @@
 //! ```text
 //! error: cannot write target/nimify/svc/image.json: No space left on device (os error 28)
 //!
-//! help: free some space and run `cargo nimify image` again
+//! help: free some space and run the command again
 //! ```
 
 use std::error::Error as _;

@@ -60,7 +60,7 @@ fn help_texts() {
 /// Asserts a failed run (exit 1) printed one report the way cargo does: `error: ...` on one line,
 /// then nothing or a blank line and `help: ...` on one line, with every `needle` in it. Returns
 /// the help line's text.
-fn one_line_error(cmd: &mut Command, needles: &[&str]) -> Option<String> {
+fn cargo_style_error(cmd: &mut Command, needles: &[&str]) -> Option<String> {
     let out = cmd.assert().failure().code(1).get_output().clone();
     let stderr = String::from_utf8(out.stderr).expect("utf8");
     let lines: Vec<&str> = stderr.lines().collect();
@@ -79,9 +79,9 @@ fn one_line_error(cmd: &mut Command, needles: &[&str]) -> Option<String> {
 
 #[test]
 fn inspect_refuses_broken_models() {
-    one_line_error(nimify().args(["inspect", &model("not_onnx.onnx")]), &["not_onnx.onnx", "not an ONNX model"]);
-    one_line_error(nimify().args(["inspect", &model("truncated.onnx")]), &["truncated.onnx", "truncated ONNX file"]);
-    one_line_error(nimify().args(["inspect", &model("missing.onnx")]), &["missing.onnx", "No such file"]);
+    cargo_style_error(nimify().args(["inspect", &model("not_onnx.onnx")]), &["not_onnx.onnx", "not an ONNX model"]);
+    cargo_style_error(nimify().args(["inspect", &model("truncated.onnx")]), &["truncated.onnx", "truncated ONNX file"]);
+    cargo_style_error(nimify().args(["inspect", &model("missing.onnx")]), &["missing.onnx", "No such file"]);
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn serve_refuses_broken_models() {
         ("truncated.onnx", "truncated ONNX file"),
         ("missing.onnx", "No such file"),
     ] {
-        one_line_error(
+        cargo_style_error(
             nimify().args(["serve", &model(name), "--port", "0"]).timeout(std::time::Duration::from_secs(60)),
             &[name, needle],
         );
@@ -101,7 +101,7 @@ fn serve_refuses_broken_models() {
 #[test]
 fn serve_without_onnx_runtime_says_how_to_fix_it() {
     let empty = tempfile::tempdir().expect("tempdir");
-    one_line_error(
+    cargo_style_error(
         nimify()
             .args(["serve", &model("mlp.onnx"), "--port", "0"])
             .env_remove("ORT_DYLIB_PATH")
@@ -112,7 +112,7 @@ fn serve_without_onnx_runtime_says_how_to_fix_it() {
     // A path that exists but is not a library: named, with the fix.
     let bogus = empty.path().join("libonnxruntime.so.1.32.0");
     std::fs::write(&bogus, b"not a library").expect("write");
-    one_line_error(
+    cargo_style_error(
         nimify()
             .args(["serve", &model("mlp.onnx"), "--port", "0"])
             .env("ORT_DYLIB_PATH", &bogus)
@@ -153,16 +153,16 @@ fn scaffolds_match_snapshots() {
 fn build_names_the_package_and_binary_it_cannot_find() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let iris = root.join("examples/iris");
-    one_line_error(
+    cargo_style_error(
         nimify().current_dir(&iris).args(["build", "--bin", "nope"]),
         &["package `example-iris` has no binary `nope`", "(binaries: example-iris)"],
     );
-    one_line_error(
+    cargo_style_error(
         nimify().current_dir(&iris).args(["build", "--package", "nope"]),
         &["package `nope` is not in this workspace", "example-iris"],
     );
     // The workspace root is no package: say how to pick one.
-    let help = one_line_error(
+    let help = cargo_style_error(
         nimify().current_dir(&root).args(["image", "--no-build"]),
         &["is not inside a package of this workspace"],
     );
@@ -170,7 +170,7 @@ fn build_names_the_package_and_binary_it_cannot_find() {
     // Outside any crate: the next steps are --manifest-path or a new service crate.
     let outside = tempfile::tempdir().expect("tempdir");
     let help =
-        one_line_error(nimify().current_dir(outside.path()).args(["chart"]), &["cannot read the cargo workspace"])
+        cargo_style_error(nimify().current_dir(outside.path()).args(["chart"]), &["cannot read the cargo workspace"])
             .expect("help");
     assert!(help.contains("--manifest-path") && help.contains("cargo nimify new"), "{help}");
 }

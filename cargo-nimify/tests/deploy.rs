@@ -41,7 +41,7 @@ fn recorded_image() -> tempfile::TempDir {
         layers: Vec::new(),
         size: 0,
     };
-    std::fs::write(state.join("image.json"), record.to_json()).expect("image.json");
+    std::fs::write(state.join("image.json"), record.to_json().expect("json")).expect("image.json");
     target
 }
 

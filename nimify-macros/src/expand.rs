@@ -10,7 +10,8 @@ use nimify_model::decl::DeclKind;
 
 use crate::ir::{Field, Service};
 
-/// Entry point: parse, lower, generate; on error, the struct unchanged plus `compile_error!`s.
+/// Entry point: parse, lower, generate; on error, the struct unchanged, stub `<Name>Input` /
+/// `<Name>Output` types with every impl, and the `compile_error!`s.
 pub fn nimify(attr: TokenStream, item: TokenStream) -> TokenStream {
     let strukt: ItemStruct = match syn::parse2(item.clone()) {
         Ok(s) => s,

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Version of every record in this module. Bump it when a field changes meaning or goes away.
+/// Version of every record in this module. Bump it on any change to a record: readers refuse
+/// unknown fields, so even an added field needs a new version.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Why a record could not be read.
@@ -100,9 +101,9 @@ impl ServiceManifest {
         parse(stdout, &format!("`{bin} manifest`"), "rebuild the service with this nimify")
     }
 
-    /// One line of JSON.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+    /// One line of JSON; fails only for a path that is not UTF-8.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
     }
 }
 
@@ -187,13 +188,13 @@ impl ImageRecord {
     }
 
     /// Pretty JSON, as written to `image.json`.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        Ok(serde_json::to_string_pretty(self)? + "\n")
     }
 
     /// The models' digests, as the image's label spells them.
     pub fn model_digests(&self) -> ModelDigests {
-        ModelDigests(self.models.iter().map(|m| (m.name.clone(), m.sha256.clone())).collect())
+        ModelDigests::new(self.models.iter().map(|m| (m.name.as_str(), m.sha256.as_str())))
     }
 
     /// True when the image went to a registry a cluster can pull from.
@@ -215,7 +216,10 @@ impl ImageRecord {
 /// chart's `model.sha256`. One model is its bare digest; several are `name=digest` pairs joined
 /// by commas, in the service's order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ModelDigests(pub Vec<(String, String)>);
+pub struct ModelDigests(
+    /// `(model name, sha256 hex)`, in the service's order.
+    pub Vec<(String, String)>,
+);
 
 impl std::fmt::Display for ModelDigests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,6 +236,11 @@ impl std::fmt::Display for ModelDigests {
 }
 
 impl ModelDigests {
+    /// From `(model name, sha256 hex)` pairs, in the service's order.
+    pub fn new<'a>(models: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self(models.into_iter().map(|(name, hex)| (name.to_string(), hex.to_string())).collect())
+    }
+
     /// Reads the spelling back for a service whose models are `names`: one digest (only valid for
     /// a single model) or `name=digest` pairs, each digest 64 hex digits, optionally `sha256:`
     /// prefixed, any case. The error says what is wrong, for the caller to prefix with the
@@ -266,7 +275,16 @@ impl ModelDigests {
                     names.join(", ")
                 ));
             }
-            expected.insert(name.trim().to_string(), hex(digest)?);
+            if expected.insert(name.trim().to_string(), hex(digest)?).is_some() {
+                return Err(format!("names model {:?} twice", name.trim()));
+            }
+        }
+        let missing: Vec<&str> = names.iter().copied().filter(|n| !expected.contains_key(*n)).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "has no digest for model {} (give one `name=digest` pair per model)",
+                missing.join(", ")
+            ));
         }
         Ok(expected)
     }
@@ -307,7 +325,7 @@ mod tests {
     fn an_image_record_round_trips_through_its_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("image.json");
-        std::fs::write(&path, record().to_json()).expect("write");
+        std::fs::write(&path, record().to_json().expect("json")).expect("write");
         assert_eq!(ImageRecord::read(&path).expect("read"), record());
         assert_eq!(record().pull_reference(), format!("127.0.0.1:5000/ml/iris@sha256:{A}"));
         assert!(record().pushed());
@@ -317,7 +335,7 @@ mod tests {
     fn records_of_another_version_or_shape_are_refused_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("image.json");
-        let mut json: serde_json::Value = serde_json::from_str(&record().to_json()).expect("json");
+        let mut json: serde_json::Value = serde_json::from_str(&record().to_json().expect("json")).expect("json");
         json["schema_version"] = 2.into();
         std::fs::write(&path, json.to_string()).expect("write");
         let err = ImageRecord::read(&path).expect_err("version 2").to_string();
@@ -340,7 +358,7 @@ mod tests {
     #[test]
     fn the_manifest_round_trips() {
         let m = ServiceManifest::new(vec![PlannedModel { name: "iris".into(), path: "/m/iris.onnx".into() }]);
-        assert_eq!(ServiceManifest::parse(m.to_json().as_bytes(), "svc").expect("parse"), m);
+        assert_eq!(ServiceManifest::parse(m.to_json().expect("json").as_bytes(), "svc").expect("parse"), m);
     }
 
     #[test]
@@ -363,6 +381,8 @@ mod tests {
             (A, &["a", "b"][..], "is one digest but the service has 2 models (a, b)"),
             (&format!("c={A}") as &str, &["a", "b"][..], "names model \"c\""),
             ("a", &["a"][..], "not a 64-digit"),
+            (&format!("a={A}") as &str, &["a", "b"][..], "has no digest for model b"),
+            (&format!("a={A},a={B}") as &str, &["a"][..], "names model \"a\" twice"),
             (&format!("a={A},junk") as &str, &["a"][..], "entry \"junk\" is not `name=digest`"),
         ] {
             let err = ModelDigests::parse(spec, names).expect_err(spec);

@@ -1,6 +1,6 @@
 //! What kind of tensor an ONNX input or output is, as typed code sees it: the one rule the
-//! `#[nimify]` macro generates Rust types from and the runtime checks a loaded model against (as
-//! serde_derive and its runtime share `serde_derive_internals`).
+//! `#[nimify]` macro generates Rust types from at compile time and the runtime checks a loaded
+//! model against at start, so the two cannot disagree.
 
 use crate::{Dim, ElementType, ValueInfo, ValueType};
 

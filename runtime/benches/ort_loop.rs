@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use nimify::__bench::{SessionConfig, Tensor, environment, open_session, run_session};
+use nimify::__bench::{Tensor, environment, open_session, run_session};
+use nimify::config::SessionConfig;
 use nimify_model::Dim;
 
 fn main() {

@@ -189,10 +189,7 @@ pub fn run(register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> ExitCode {
     let cli = ServiceCli::parse();
     let result = match cli.command {
         Some(ServiceCommand::Healthcheck) => healthcheck(&cli.args),
-        Some(ServiceCommand::Manifest) => {
-            manifest(register);
-            Ok(())
-        }
+        Some(ServiceCommand::Manifest) => manifest(register),
         Some(ServiceCommand::Serve) | None => serve(&cli.args, register),
     };
     match result {
@@ -224,14 +221,16 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
 
 /// Prints the [`ServiceManifest`](nimify_model::contract::ServiceManifest) (the models and their
 /// files) without loading anything.
-fn manifest(register: impl FnOnce(ServerBuilder) -> ServerBuilder) {
+fn manifest(register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Result<(), String> {
     use nimify_model::contract::{PlannedModel, ServiceManifest};
     let models = register(ServerBuilder::default())
         .planned_models()
         .into_iter()
         .map(|(name, path)| PlannedModel { name, path })
         .collect();
-    println!("{}", ServiceManifest::new(models).to_json());
+    let json = ServiceManifest::new(models).to_json().map_err(|e| format!("cannot list the models: {e}"))?;
+    println!("{json}");
+    Ok(())
 }
 
 fn healthcheck(args: &ServiceArgs) -> Result<(), String> {

@@ -34,6 +34,8 @@ mod v2;
 pub use config::Config;
 pub use error::ApiError;
 pub use model::{LoadError, ModelOptions};
+pub use nimify_model::Dim;
+pub use ortlib::OrtLibError;
 
 pub use nimify_macros::nimify;
 pub use server::{AppState, ServerBuilder, serve, shutdown_signal};
@@ -53,10 +55,9 @@ pub mod __fuzz;
 pub mod __bench {
     //! The internals the benchmarks time (`runtime/benches`); not a public API.
     pub use crate::batcher::run_session;
-    pub use crate::config::SessionConfig;
     pub use crate::model::open_session;
     pub use crate::ortlib::environment;
-    pub use crate::tensor::{Tensor, TensorData};
+    pub use crate::tensor::Tensor;
 }
 
 #[doc(hidden)]
@@ -69,14 +70,13 @@ pub mod __private {
     pub use serde_json;
     pub use utoipa;
 
-    pub use crate::cli::ServiceArgs;
     /// The ONNX Runtime library nimify loads, for `cargo nimify ort` and `image`.
     pub mod ortlib {
         pub use crate::ortlib::{
             INSTALL_HINT, LIB_NAME, ORT_VERSION, OrtLibError, cache_dir, candidates, environment, find,
         };
     }
-    pub use crate::tensor::{Tensor, TensorData};
+    pub use crate::tensor::Tensor;
     pub use crate::typed::generated::*;
     pub use nimify_model::decl::TensorDecl;
 

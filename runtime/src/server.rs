@@ -55,6 +55,24 @@ impl AppState {
         Ok(model)
     }
 
+    /// What a handler added with [`ServerBuilder::routes`] runs models through: the same queue,
+    /// batcher, limits and metrics as every other route.
+    ///
+    /// ```no_run
+    /// # #[nimify::nimify(model = "../examples/iris/iris.onnx")]
+    /// # pub struct Iris;
+    /// use std::sync::Arc;
+    /// use axum::extract::State;
+    ///
+    /// async fn first_label(State(state): State<Arc<nimify::AppState>>) -> Result<String, nimify::ApiError> {
+    ///     let out = state.context().infer::<Iris>(IrisInput { x: vec![[5.1, 3.5, 1.4, 0.2]] }).await?;
+    ///     Ok(out.output_label.first().map(ToString::to_string).unwrap_or_default())
+    /// }
+    /// ```
+    pub fn context(self: &Arc<Self>) -> crate::typed::Context {
+        crate::typed::Context::new(Arc::clone(self))
+    }
+
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
         &self.config
@@ -406,6 +424,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let limits = crate::connections::Limits::from_config(&state.config);
+    // Poll the shutdown future once before announcing the server: signal handlers (tokio's and
+    // [`shutdown_signal`]'s) are installed on the first poll, and a SIGTERM or Ctrl-C that came
+    // before them would end the process at once instead of gracefully.
+    let mut shutdown = Box::pin(shutdown);
+    let signalled = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     tracing::info!(
         address = %local,
         models = state.models.len(),
@@ -417,7 +440,9 @@ pub async fn serve(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let accepting =
         tokio::spawn(crate::connections::accept_loop(listener, router, limits, state.metrics.connections(), stopped));
-    shutdown.await;
+    if !signalled {
+        shutdown.await;
+    }
     state.begin_shutdown();
     // The delay is for orchestrators (SIGTERM); someone pressing Ctrl-C wants the server gone.
     let interactive = INTERRUPTED.load(Ordering::SeqCst);

@@ -14,33 +14,45 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MODELS = os.path.join(ROOT, "tests", "models")
 # Cargo's target directory: target/, or CARGO_TARGET_DIR (`cargo xtask coverage` builds
 # instrumented binaries into a directory of their own).
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+TARGET = os.path.abspath(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
 BIN = os.environ.get("NIMIFY_BIN", os.path.join(TARGET, "debug", "cargo-nimify"))
 
 
-def builds_images(nodeid):
-    """Whether a test builds or runs images of the examples. Those tests share
-    target/nimify/<package>/ (image.json, staging directories) and podman's storage, so they run
-    in one worker, in order."""
-    return (
-        "/test_image.py::" in nodeid
-        or ("/test_examples.py::" in nodeid and nodeid.endswith("[image]"))
-        or nodeid.endswith("/test_chart.py::test_cargo_nimify_chart_writes_a_chart_for_the_built_image")
-    )
+# Test files whose tests build or run the examples' images, or read or change what those change:
+# target/nimify/<package>/ (image.json, staging directories), podman's storage, the examples'
+# model files (test_image.py swaps and deletes examples/iris/iris.onnx) and their debug binaries
+# (relinked when their inputs are touched). Their tests run in one worker, in order.
+SHARES_EXAMPLES = {"test_image.py", "test_examples.py", "test_chart.py", "test_models_fresh.py"}
 
 
+def shares_examples(nodeid):
+    """Whether a test (by pytest node id) is one of [`SHARES_EXAMPLES`]."""
+    return os.path.basename(nodeid.split("::", 1)[0]) in SHARES_EXAMPLES
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`cargo xtask test` runs pytest in parallel (pytest-xdist). Every test that
-    [`builds_images`] is one unit of work; every other test (each server on port 0, each
+    """`cargo xtask test` runs pytest in parallel (pytest-xdist). The tests that
+    [`shares_examples`] are one unit of work; every other test (each server on port 0, each
     temporary directory its own) runs wherever a worker is free. (xdist's own `loadgroup` cannot
     do this on pytest 9: it marks groups by rewriting node ids, which pytest 9 no longer reads.)"""
     from xdist.scheduler import LoadScopeScheduling
 
-    class ImagesTogether(LoadScopeScheduling):
+    class ExamplesTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            return "images" if builds_images(nodeid) else nodeid
+            return "examples" if shares_examples(nodeid) else nodeid
 
-    return ImagesTogether(config, log)
+    return ExamplesTogether(config, log)
+
+
+def pytest_collection_finish(session):
+    """The grouping above must keep finding its tests: a renamed file would otherwise silently
+    run them in parallel with the ones they race."""
+    found = {os.path.basename(item.nodeid.split("::", 1)[0]) for item in session.items}
+    if session.config.getoption("keyword", None) or session.config.getoption("markexpr", None):
+        return
+    if len(session.items) > 20 and not SHARES_EXAMPLES <= found:
+        raise pytest.UsageError(f"conftest.SHARES_EXAMPLES names files with no tests: {sorted(SHARES_EXAMPLES - found)}")
 
 
 class Service:

@@ -22,7 +22,7 @@ tasks:
   test            install what the tests need (ONNX Runtime, Python tools) and run every test
   public-api [--bless]
                   compare each library's public API (from rustdoc JSON) with its public-api.txt
-  coverage        line coverage of the Rust code over the Rust and Python tests (cargo-llvm-cov); HTML in target/llvm-cov
+  coverage        line coverage of the Rust code over the Rust and Python tests (cargo-llvm-cov); HTML in target/coverage/llvm-cov/html
   fuzz [--minutes N] [--target NAME]
                   fuzz the decoders (cargo-fuzz, nightly) and minimize tests/fuzz-corpus
   soak [--minutes N]

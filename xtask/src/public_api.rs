@@ -4,13 +4,17 @@
 //! writes the new listing, to commit when the change is on purpose.
 //!
 //! rustdoc's JSON output is unstable. It is made by the toolchain `rust-toolchain.toml` pins,
-//! with `RUSTC_BOOTSTRAP=1` for the one rustdoc run, so the format cannot drift under the
-//! `public-api` version in xtask's lock file (a floating nightly would).
+//! with `RUSTC_BOOTSTRAP` naming only our crates ([`BOOTSTRAP`]: every dependency and build
+//! script still sees a stable compiler), so the format cannot drift under the `public-api`
+//! version in xtask's lock file (a floating nightly would).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
+
+/// `RUSTC_BOOTSTRAP` for the rustdoc runs: unstable options for these crates only.
+pub const BOOTSTRAP: &str = "nimify,nimify_model,nimify_macros,nimify_tests,cargo_nimify,xtask,example_iris,example_image,example_text,example_pipeline,example_recurrent";
 
 /// The library crates whose API is kept: (package, directory).
 const CRATES: &[(&str, &str)] =
@@ -21,14 +25,14 @@ fn listing(sh: &Shell, package: &str) -> Result<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = doc_target_dir();
     cmd!(sh, "{cargo} rustdoc -q -p {package} --lib -- -Z unstable-options --output-format json")
-        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTC_BOOTSTRAP", BOOTSTRAP)
         .env("CARGO_TARGET_DIR", &target)
         .run()
         .with_context(|| format!("rustdoc JSON for {package}"))?;
     let json = target.join("doc").join(format!("{}.json", package.replace('-', "_")));
     let api = public_api::Builder::from_rustdoc_json(&json)
         .omit_blanket_impls(true)
-        .omit_auto_trait_impls(true)
+        .omit_auto_trait_impls(false)
         .omit_auto_derived_impls(true)
         .build()
         .with_context(|| format!("reading {}", json.display()))?;
@@ -36,7 +40,7 @@ fn listing(sh: &Shell, package: &str) -> Result<String> {
 }
 
 /// Where every rustdoc run goes (this listing and `cargo xtask test`'s `cargo doc`, both with
-/// `RUSTC_BOOTSTRAP=1` so they share the dependencies' metadata). A directory of its own:
+/// the same [`BOOTSTRAP`] so they share the dependencies' metadata). A directory of its own:
 /// RUSTC_BOOTSTRAP is part of every artifact's fingerprint, so sharing target/debug would
 /// rebuild the dependencies here and again in the next plain build.
 pub fn doc_target_dir() -> PathBuf {

@@ -8,9 +8,10 @@
 //!    and the Debian packages the image tests run for real (podman, runc, skopeo,
 //!    docker-registry, htpasswd, openssl) plus perf_analyzer's `libb64-0d`, installed with
 //!    apt-get when missing; podman reads `tests/containers.conf` (runc, explicit ulimits);
-//! 2. the pinned ONNX Runtime library in the per-user cache (`cargo nimify ort install`);
-//! 3. the house rules: `cargo fmt --check`, clippy with every warning an error, `cargo doc` with
+//! 2. the house rules: `cargo fmt --check`, clippy with every warning an error, `cargo doc` with
 //!    every warning an error, and the public API listings (`cargo xtask public-api`);
+//! 3. one build of the tests and binaries, then the pinned ONNX Runtime library in the per-user
+//!    cache (`cargo nimify ort install`);
 //! 4. `cargo test --workspace` (Rust unit, snapshot, CLI and in-process server tests);
 //! 5. `pytest tests/python` in parallel (pytest-xdist) against real `cargo nimify serve`
 //!    processes, images run by podman and pushed to a loopback registry.
@@ -170,7 +171,7 @@ pub fn run(rest: &[&str]) -> Result<()> {
     // from rustdoc JSON must match the committed listings (see public_api.rs).
     cmd!(sh, "{cargo} doc --workspace --no-deps --lib")
         .env("RUSTDOCFLAGS", "-D warnings")
-        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTC_BOOTSTRAP", crate::public_api::BOOTSTRAP)
         .env("CARGO_TARGET_DIR", crate::public_api::doc_target_dir())
         .run()
         .context("rustdoc warnings are errors")?;
@@ -183,13 +184,17 @@ pub fn run(rest: &[&str]) -> Result<()> {
     // The example services' binaries, for their end-to-end tests.
     cmd!(sh, "{cargo} build --workspace --bins").run()?;
     lap("build (tests and binaries)", &mut t);
-    let nimify = root.join("target/debug/cargo-nimify");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t));
+    let nimify = target.join("debug/cargo-nimify");
     cmd!(sh, "{nimify} nimify ort install").env("NIMIFY_PYTHON", &python).run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
     lap("cargo test", &mut t);
-    // In parallel: the tests that build images form one unit of work (tests/python/conftest.py),
-    // every other test goes to whichever worker is free.
-    let jobs = std::env::var("NIMIFY_TEST_JOBS").unwrap_or_else(|_| "3".into());
+    // In parallel: the tests that build images or share the examples' files form one unit of
+    // work (tests/python/conftest.py), every other test goes to whichever worker is free.
+    // One worker per core (at least two, so the examples' group runs beside everything else):
+    // more would only add contention to the tests that measure time.
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let jobs = std::env::var("NIMIFY_TEST_JOBS").unwrap_or_else(|_| cores.clamp(2, 4).to_string());
     cmd!(sh, "{python} -m pytest -q -p no:cacheprovider -n {jobs} tests/python")
         .env("NIMIFY_BIN", &nimify)
         .env("PERF_ANALYZER", &pa)

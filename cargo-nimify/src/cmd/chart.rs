@@ -120,7 +120,7 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
                     dir.display()
                 )));
             }
-            std::fs::remove_dir_all(dir).at("write", dir)?;
+            std::fs::remove_dir_all(dir).at("replace", dir)?;
         }
         std::fs::rename(&temp, dir).at("write", dir)
     })();

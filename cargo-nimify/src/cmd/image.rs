@@ -84,7 +84,8 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
     };
     let plan = plan(&project, args, binary, &name)?;
     std::fs::create_dir_all(project.state_dir()).at("create", project.state_dir())?;
-    let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?;
+    let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?
+        .with_layer_cache(project.target_dir.join("nimify/layer-cache"));
     let built = img::assemble(&plan, store, &status)?;
     status("Writing", &output.reference());
     match &output {
@@ -97,7 +98,9 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
     }
     let record = record(&project, &plan, &output, &built, &name, &tag);
     let path = project.state_dir().join("image.json");
-    output::write_atomic(&path, record.to_json().as_bytes())?;
+    let json =
+        record.to_json().map_err(|e| CliError::msg(format!("cannot record the image in {}: {e}", path.display())))?;
+    output::write_atomic(&path, json.as_bytes())?;
     report(&record);
     match args.format {
         crate::Format::Json => {

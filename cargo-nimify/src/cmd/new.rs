@@ -170,7 +170,7 @@ pub fn new(cmd: &NewCommand) -> Result<(), CliError> {
 
 /// `cargo nimify init`: the current directory, which may already be a crate from `cargo init`.
 pub fn init(args: &NewArgs) -> Result<(), CliError> {
-    let dir = std::env::current_dir().map_err(|e| CliError::msg(e.to_string()))?;
+    let dir = std::env::current_dir().at("read the current directory", ".")?;
     let a = answers(args)?;
     let manifest = dir.join("Cargo.toml");
     let main = dir.join("src/main.rs");

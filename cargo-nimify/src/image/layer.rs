@@ -102,14 +102,29 @@ impl Layer {
         all
     }
 
-    /// Writes the layer as `tar+gzip` into `store`, timestamps set to `epoch`.
-    pub fn write(&self, store: &BlobStore, epoch: u64) -> Result<Blob, CliError> {
-        let (file, temp) = store.temp_file()?;
+    /// Writes the layer as `tar+gzip` into `store`, timestamps set to `epoch`. The uncompressed
+    /// tar is hashed first: when the store's layer cache holds a compressed blob of that exact
+    /// tar (gzip is deterministic, so it is the blob this call would make), it is reused instead
+    /// of compressing again. Returns the blob and whether it came from the cache.
+    pub fn write(&self, store: &BlobStore, epoch: u64) -> Result<(Blob, bool), CliError> {
         let fail =
             |e: std::io::Error| CliError::msg(format!("cannot write a layer into {}: {e}", store.dir().display()));
-        let compressed = Hashing::new(file);
-        let gz = flate2::GzBuilder::new().mtime(0).write(compressed, flate2::Compression::default());
-        let mut tar = tar::Builder::new(Hashing::new(gz));
+        let (diff_id, uncompressed_size, _) = self.tar(Hashing::new(std::io::sink()), epoch, &fail)?.finish();
+        if let Some(blob) = store.cached_layer(&diff_id)? {
+            return Ok((Blob { diff_id: Some(diff_id), uncompressed_size: Some(uncompressed_size), ..blob }, true));
+        }
+        let (file, temp) = store.temp_file()?;
+        let gz = flate2::GzBuilder::new().mtime(0).write(Hashing::new(file), flate2::Compression::default());
+        let (digest, size, mut file) = self.tar(gz, epoch, &fail)?.finish().map_err(fail)?.finish();
+        file.flush().map_err(fail)?;
+        let blob = store.commit(temp, &digest, size)?;
+        store.cache_layer(&diff_id, &blob);
+        Ok((Blob { diff_id: Some(diff_id), uncompressed_size: Some(uncompressed_size), ..blob }, false))
+    }
+
+    /// Writes the tar of every entry (parents first, sorted) into `out` and returns it.
+    fn tar<W: Write>(&self, out: W, epoch: u64, fail: &dyn Fn(std::io::Error) -> CliError) -> Result<W, CliError> {
+        let mut tar = tar::Builder::new(out);
         for (path, entry) in self.with_parents() {
             let mut header = tar::Header::new_gnu();
             header.set_uid(0);
@@ -136,13 +151,7 @@ impl Layer {
                 }
             }
         }
-        let uncompressed = tar.into_inner().map_err(fail)?;
-        let (diff_id, uncompressed_size, gz) = uncompressed.finish();
-        let compressed = gz.finish().map_err(fail)?;
-        let (digest, size, mut file) = compressed.finish();
-        file.flush().map_err(fail)?;
-        let blob = store.commit(temp, &digest, size)?;
-        Ok(Blob { diff_id: Some(diff_id), uncompressed_size: Some(uncompressed_size), ..blob })
+        tar.into_inner().map_err(fail)
     }
 }
 
@@ -227,13 +236,13 @@ pub(crate) mod tests {
         one.file("/opt/m/a.bin", &a).expect("a");
         one.bytes("/etc/passwd", "root:x:0:0::/:/sbin/nologin\n").expect("passwd");
         one.file("/opt/m/b.txt", &b).expect("b");
-        let first = one.write(&store, 42).expect("write");
+        let (first, _) = one.write(&store, 42).expect("write");
         std::fs::write(&a, b"weights").expect("touch");
         let mut two = Layer::default();
         two.file("opt/m/b.txt", &b).expect("b");
         two.bytes("/etc/passwd", "root:x:0:0::/:/sbin/nologin\n").expect("passwd");
         two.file("/opt//m/a.bin", &a).expect("a");
-        let second = two.write(&store, 42).expect("write");
+        let (second, _) = two.write(&store, 42).expect("write");
         assert_eq!(first.digest, second.digest);
         assert_eq!(first.diff_id, second.diff_id);
         let got = entries(&first);
@@ -242,8 +251,36 @@ pub(crate) mod tests {
         assert!(got.iter().all(|e| e.2 == 0 && e.3 == 42), "{got:?}");
         assert_eq!(got[4].1, 0o644);
         assert_eq!(got[4].4, 7);
-        let later = one.write(&store, 43).expect("other epoch");
+        let (later, _) = one.write(&store, 43).expect("other epoch");
         assert_ne!(later.digest, first.digest);
+    }
+
+    #[test]
+    fn an_unchanged_layer_comes_from_the_cache_and_a_damaged_entry_is_remade() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("cache");
+        let store = |n: &str| BlobStore::create(dir.path().join(n)).expect("store").with_layer_cache(cache.clone());
+        let a = dir.path().join("a.bin");
+        std::fs::write(&a, vec![7u8; 100_000]).expect("a");
+        let mut layer = Layer::default();
+        layer.file("/opt/m/a.bin", &a).expect("a");
+        let (one, two) = (store("one"), store("two"));
+        let (first, reused) = layer.write(&one, 0).expect("first");
+        assert!(!reused);
+        let (again, reused) = layer.write(&two, 0).expect("again");
+        assert!(reused);
+        assert_eq!((&again.digest, again.size, &again.diff_id), (&first.digest, first.size, &first.diff_id));
+        assert_eq!(entries(&again), entries(&first));
+        // A cached blob changed on disk is not trusted: the layer is compressed again, same digest.
+        let hex = first.diff_id.as_deref().expect("diff id").trim_start_matches("sha256:").to_string();
+        std::fs::write(cache.join(format!("{hex}.tar.gz")), b"not the layer").expect("damage");
+        let (remade, reused) = layer.write(&store("three"), 0).expect("remade");
+        assert!(!reused);
+        assert_eq!(remade.digest, first.digest);
+        // Other content is another entry.
+        std::fs::write(&a, vec![8u8; 100_000]).expect("change");
+        let (changed, reused) = layer.write(&store("four"), 0).expect("changed");
+        assert!(!reused && changed.digest != first.digest);
     }
 
     #[test]

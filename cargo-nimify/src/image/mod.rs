@@ -74,7 +74,7 @@ pub struct Plan {
 impl Plan {
     /// The models' digests, for `NIMIFY_MODEL_SHA256` and the `io.nimify.model.sha256` label.
     pub fn model_digests(&self) -> ModelDigests {
-        ModelDigests(self.models.iter().map(|m| (m.name.clone(), m.sha256.clone())).collect())
+        ModelDigests::new(self.models.iter().map(|m| (m.name.as_str(), m.sha256.as_str())))
     }
 
     /// The model names, comma-separated (a label).
@@ -120,9 +120,9 @@ pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> R
     };
     let mut layers: Vec<ImageLayer> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
     let mut add = |role: &'static str, created_by: String, content: Layer| -> Result<(), CliError> {
-        let blob = content.write(&store, plan.epoch)?;
+        let (blob, reused) = content.write(&store, plan.epoch)?;
         status(
-            "Packed",
+            if reused { "Reused" } else { "Packed" },
             &format!(
                 "{role} layer {} ({} compressed, {} uncompressed)",
                 &blob.digest[..19],

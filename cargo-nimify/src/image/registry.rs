@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::Assembled;
 use super::oci::media;
-use crate::CliError;
+use crate::{CliError, IoContext};
 
 /// `REGISTRY/NAME:TAG`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,8 +101,7 @@ pub fn push(
             return Err(client.refused(&format!("store blob {}", layer.digest), &mut done));
         }
     }
-    let manifest =
-        std::fs::read(&image.manifest.path).map_err(|e| CliError::msg(format!("cannot read the manifest: {e}")))?;
+    let manifest = std::fs::read(&image.manifest.path).at("read the manifest", &image.manifest.path)?;
     let url = client.url(&format!("manifests/{}", target.tag));
     let mut put = client.send(|a, auth| {
         with_auth(a.put(&url), auth).header("Content-Type", media::MANIFEST).send(manifest.as_slice())

@@ -37,14 +37,77 @@ impl Blob {
 pub struct BlobStore {
     dir: PathBuf,
     next: AtomicU64,
+    cache: Option<PathBuf>,
 }
+
+/// Compressed layers the layer cache keeps (the newest by use); older ones are removed.
+const CACHED_LAYERS: usize = 16;
 
 impl BlobStore {
     /// Creates (or empties) `dir`.
     pub fn create(dir: PathBuf) -> Result<Self, CliError> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("blobs/sha256")).at("create", &dir)?;
-        Ok(Self { dir, next: AtomicU64::new(0) })
+        Ok(Self { dir, next: AtomicU64::new(0), cache: None })
+    }
+
+    /// Keeps compressed layers in `cache` (`<diff id hex>.tar.gz` with its digest in
+    /// `<diff id hex>.digest`), so a layer whose tar is unchanged since an earlier build (ONNX
+    /// Runtime, the libraries, an unchanged binary) is not compressed again.
+    pub fn with_layer_cache(mut self, cache: PathBuf) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The cached compressed blob of the layer whose tar has `diff_id`, copied into the store
+    /// and checked against its recorded digest; `None` when absent or damaged (then dropped).
+    pub fn cached_layer(&self, diff_id: &str) -> Result<Option<Blob>, CliError> {
+        let Some(cache) = &self.cache else { return Ok(None) };
+        let hex = diff_id.trim_start_matches("sha256:");
+        let (blob, record) = (cache.join(format!("{hex}.tar.gz")), cache.join(format!("{hex}.digest")));
+        let (Ok(digest), Ok(mut input)) = (std::fs::read_to_string(&record), File::open(&blob)) else {
+            return Ok(None);
+        };
+        let (mut out, temp) = self.temp_file()?;
+        let mut hashing = super::layer::Hashing::new(&mut out);
+        std::io::copy(&mut input, &mut hashing).at("copy a cached layer into", &temp)?;
+        let (actual, size, _) = hashing.finish();
+        if actual != digest.trim() {
+            let _ = std::fs::remove_file(&temp);
+            let _ = std::fs::remove_file(&blob);
+            let _ = std::fs::remove_file(&record);
+            return Ok(None);
+        }
+        let _ = File::open(&blob).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        self.commit(temp, &actual, size).map(Some)
+    }
+
+    /// Adds a freshly compressed layer to the cache (best effort: a cache that cannot be
+    /// written only costs the next build its compression), keeping the newest `CACHED_LAYERS`.
+    pub fn cache_layer(&self, diff_id: &str, blob: &Blob) {
+        let Some(cache) = &self.cache else { return };
+        let hex = diff_id.trim_start_matches("sha256:");
+        let _ = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(cache)?;
+            let temp = cache.join(format!(".{hex}.{}", std::process::id()));
+            if std::fs::hard_link(&blob.path, &temp).is_err() {
+                std::fs::copy(&blob.path, &temp)?;
+            }
+            std::fs::rename(&temp, cache.join(format!("{hex}.tar.gz")))?;
+            std::fs::write(&temp, &blob.digest)?;
+            std::fs::rename(&temp, cache.join(format!("{hex}.digest")))?;
+            let mut layers: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(cache)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "gz"))
+                .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+                .collect();
+            layers.sort();
+            for (_, old) in layers.iter().rev().skip(CACHED_LAYERS) {
+                let _ = std::fs::remove_file(old.with_extension("").with_extension("digest"));
+                let _ = std::fs::remove_file(old);
+            }
+            Ok(())
+        })();
     }
 
     /// The staging directory.
