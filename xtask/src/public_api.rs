@@ -23,7 +23,7 @@ const CRATES: &[(&str, &str)] =
 /// The listing of `package`'s public API, one item per line, sorted.
 fn listing(sh: &Shell, package: &str) -> Result<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = doc_target_dir();
+    let target = check_target_dir();
     cmd!(sh, "{cargo} rustdoc -q -p {package} --lib -- -Z unstable-options --output-format json")
         .env("RUSTC_BOOTSTRAP", BOOTSTRAP)
         .env("CARGO_TARGET_DIR", &target)
@@ -39,15 +39,15 @@ fn listing(sh: &Shell, package: &str) -> Result<String> {
     Ok(api.items().map(|item| format!("{item}\n")).collect())
 }
 
-/// Where every rustdoc run goes (this listing and `cargo xtask test`'s `cargo doc`, both with
-/// the same [`BOOTSTRAP`] so they share the dependencies' metadata). A directory of its own:
-/// RUSTC_BOOTSTRAP is part of every artifact's fingerprint, so sharing target/debug would
-/// rebuild the dependencies here and again in the next plain build.
-pub fn doc_target_dir() -> PathBuf {
+/// Where the checking builds go: `cargo xtask test`'s clippy and `cargo doc` and this listing,
+/// all with the same [`BOOTSTRAP`], so the dependencies' metadata is built once for the three. A
+/// directory of its own: RUSTC_BOOTSTRAP is part of every artifact's fingerprint, so sharing
+/// target/debug would rebuild the dependencies here and again in the next plain build.
+pub fn check_target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::root().join("target"))
-        .join("rustdoc")
+        .join("check")
 }
 
 /// Lines only in `old` (`-`) and only in `new` (`+`).

@@ -165,14 +165,22 @@ pub fn run(rest: &[&str]) -> Result<()> {
     }
     lap("setup (apt, Python environments)", &mut t);
     cmd!(sh, "{cargo} fmt --all --check").run().context("formatting differs: run `cargo fmt --all`")?;
-    cmd!(sh, "{cargo} clippy --workspace --all-targets -- -D warnings").run().context("clippy warnings are errors")?;
+    // clippy, rustdoc and the API listing share one target directory and environment (see
+    // `public_api::check_target_dir`): the dependencies are checked once for all three.
+    let check_target = crate::public_api::check_target_dir();
+    let bootstrap = crate::public_api::BOOTSTRAP;
+    cmd!(sh, "{cargo} clippy --workspace --all-targets -- -D warnings")
+        .env("RUSTC_BOOTSTRAP", bootstrap)
+        .env("CARGO_TARGET_DIR", &check_target)
+        .run()
+        .context("clippy warnings are errors")?;
     lap("fmt + clippy", &mut t);
     // Every public item documented, every intra-doc link resolving; then the public API as listed
     // from rustdoc JSON must match the committed listings (see public_api.rs).
     cmd!(sh, "{cargo} doc --workspace --no-deps --lib")
         .env("RUSTDOCFLAGS", "-D warnings")
-        .env("RUSTC_BOOTSTRAP", crate::public_api::BOOTSTRAP)
-        .env("CARGO_TARGET_DIR", crate::public_api::doc_target_dir())
+        .env("RUSTC_BOOTSTRAP", bootstrap)
+        .env("CARGO_TARGET_DIR", &check_target)
         .run()
         .context("rustdoc warnings are errors")?;
     crate::public_api::run(&[])?;
