@@ -121,12 +121,14 @@ impl Worker {
         for job in &jobs {
             let waited = start.duration_since(job.enqueued);
             self.metrics.queue_us.inc_by(micros(waited));
+            self.metrics.stats.dequeued(waited);
             self.metrics.queue_seconds.observe(waited.as_secs_f64());
         }
         if jobs.len() > 1 {
             match self.run_batched(session, options, &jobs) {
                 Batched::Done(results) => {
                     let total: usize = jobs.iter().map(|j| j.items).sum();
+                    self.metrics.stats.executed(total, jobs.len(), start.elapsed());
                     self.metrics.count.inc_by(total as u64);
                     self.metrics.batch_size.observe(total as f64);
                     for (job, result) in jobs.into_iter().zip(results) {
@@ -143,8 +145,10 @@ impl Worker {
                 continue;
             }
             let wanted: Vec<&str> = job.wanted.iter().map(String::as_str).collect();
+            let began = Instant::now();
             let result = self.run_one(session, options, &[&job.link], job.inputs, &wanted);
             if result.is_ok() {
+                self.metrics.stats.executed(job.items, 1, began.elapsed());
                 self.metrics.count.inc_by(job.items as u64);
                 self.metrics.batch_size.observe(job.items as f64);
             }

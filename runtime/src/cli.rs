@@ -24,6 +24,27 @@ pub struct ServiceArgs {
     /// Port to listen on; 0 picks a free one and logs it [default: 8000].
     #[arg(long, global = true, env = "NIMIFY_PORT")]
     pub port: Option<u16>,
+    /// gRPC port (Triton's and KServe's gRPC clients); 0 picks a free one and logs it [default: 8001].
+    #[arg(long, global = true, env = "NIMIFY_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+    /// Do not serve gRPC (HTTP only).
+    #[arg(long, global = true, env = "NIMIFY_NO_GRPC", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_grpc: bool,
+    /// Largest gRPC request message in bytes; 0: the same as --max-body-bytes [default: 0].
+    #[arg(long, global = true, env = "NIMIFY_GRPC_MAX_MESSAGE_BYTES")]
+    pub grpc_max_message_bytes: Option<usize>,
+    /// HTTP/2 keep-alive ping interval on gRPC connections in milliseconds; 0 disables [default: 60000].
+    #[arg(long, global = true, env = "NIMIFY_GRPC_KEEPALIVE_INTERVAL_MS")]
+    pub grpc_keepalive_interval_ms: Option<u64>,
+    /// TLS certificate chain (PEM) for both ports; needs --tls-key.
+    #[arg(long, global = true, env = "NIMIFY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, global = true, env = "NIMIFY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: mutual TLS, clients without one are refused.
+    #[arg(long, global = true, env = "NIMIFY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Largest request body in bytes; larger gets 413 [default: 67108864].
     #[arg(long, global = true, env = "NIMIFY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -118,6 +139,12 @@ impl ServiceArgs {
         layer! {
             c.host => self.host.clone(),
             c.port => self.port,
+            c.grpc_port => self.grpc_port,
+            c.grpc_max_message_bytes => self.grpc_max_message_bytes,
+            c.grpc_keepalive_interval_ms => self.grpc_keepalive_interval_ms,
+            c.tls_cert => self.tls_cert.clone().map(Some),
+            c.tls_key => self.tls_key.clone().map(Some),
+            c.tls_client_ca => self.tls_client_ca.clone().map(Some),
             c.max_body_bytes => self.max_body_bytes,
             c.max_output_bytes => self.max_output_bytes,
             c.request_timeout_ms => self.request_timeout_ms,
@@ -139,6 +166,9 @@ impl ServiceArgs {
             c.batching.max_queue_delay_us => self.max_queue_delay_us,
             c.batching.queue_capacity => self.queue_capacity,
             c.warmup.enabled => self.warmup,
+        }
+        if self.no_grpc {
+            c.grpc = false;
         }
         if self.api_keys_file.is_some() {
             c.api_keys_file.clone_from(&self.api_keys_file);
@@ -206,16 +236,25 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
     crate::logging::init();
     let config = args.config().map_err(|e| e.to_string())?;
     let address = format!("{}:{}", config.host, config.port);
+    let grpc_address = config.grpc.then(|| format!("{}:{}", config.host, config.grpc_port));
     let (state, router) = register(ServerBuilder::new(config)).build().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&address)
+        let http = tokio::net::TcpListener::bind(&address)
             .await
             .map_err(|e| format!("cannot listen on {address}: {e}; pick another --port or stop what uses it"))?;
-        crate::serve(listener, state, router, crate::shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))
+        let grpc = match grpc_address {
+            None => None,
+            Some(a) => Some(tokio::net::TcpListener::bind(&a).await.map_err(|e| {
+                format!("cannot listen for gRPC on {a}: {e}; pick another --grpc-port, or --no-grpc to serve HTTP only")
+            })?),
+        };
+        crate::serve(crate::Listeners { http, grpc }, state, router, crate::shutdown_signal())
+            .await
+            .map_err(|e| format!("server failed: {e}"))
     })
 }
 

@@ -22,8 +22,28 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/nimify/config.toml";
 pub struct Config {
     /// Listen address.
     pub host: String,
-    /// Listen port.
+    /// Listen port (HTTP).
     pub port: u16,
+    /// Serve the Open Inference Protocol over gRPC too, on `grpc_port`.
+    pub grpc: bool,
+    /// gRPC listen port (0: a free one, logged).
+    pub grpc_port: u16,
+    /// Largest gRPC request message in bytes (0: the same as `max_body_bytes`; gRPC's usual 4 MiB
+    /// is too small for real tensors).
+    pub grpc_max_message_bytes: usize,
+    /// HTTP/2 keep-alive pings on gRPC connections every this many milliseconds of silence, so
+    /// load balancers keep long-lived channels open and dead peers are noticed (0: none).
+    pub grpc_keepalive_interval_ms: u64,
+    /// How long a keep-alive ping may go unanswered before the connection is closed, in
+    /// milliseconds.
+    pub grpc_keepalive_timeout_ms: u64,
+    /// TLS certificate chain (PEM) for both ports; with `tls_key`, the server speaks only TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to: mutual TLS, clients without
+    /// a valid certificate are refused during the handshake.
+    pub tls_client_ca: Option<PathBuf>,
     /// Largest request body in bytes (413 above).
     pub max_body_bytes: usize,
     /// Most bytes of output tensors one request may get (binary size; JSON text is not counted);
@@ -71,6 +91,14 @@ impl Default for Config {
         Self {
             host: crate::DEFAULT_HOST.into(),
             port: crate::DEFAULT_PORT,
+            grpc: true,
+            grpc_port: crate::DEFAULT_GRPC_PORT,
+            grpc_max_message_bytes: 0,
+            grpc_keepalive_interval_ms: 60_000,
+            grpc_keepalive_timeout_ms: 20_000,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_output_bytes: 256 * 1024 * 1024,
             request_timeout_ms: 60_000,
@@ -267,6 +295,25 @@ impl Config {
                 self.header_read_timeout_ms, self.idle_timeout_ms
             )));
         }
+        match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert and tls_key go together: give both (--tls-cert and --tls-key) or neither".into(),
+                ));
+            }
+            (None, None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "tls_client_ca needs tls_cert and tls_key: mutual TLS is TLS with client certificates".into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.grpc && self.grpc_port != 0 && self.grpc_port == self.port {
+            return Err(ConfigError::Invalid(format!(
+                "port and grpc_port are both {}: give gRPC its own port (--grpc-port) or turn it off (--no-grpc)",
+                self.port
+            )));
+        }
         if self.batching.queue_capacity == 0 {
             return Err(ConfigError::Invalid("batching.queue_capacity must be at least 1, got 0".into()));
         }
@@ -281,6 +328,14 @@ impl Config {
             }
         }
         Ok(keys)
+    }
+
+    /// The largest gRPC message accepted.
+    pub fn grpc_max_message_bytes(&self) -> usize {
+        match self.grpc_max_message_bytes {
+            0 => self.max_body_bytes,
+            n => n,
+        }
     }
 
     /// Request timeout, `None` when disabled.

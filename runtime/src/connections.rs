@@ -32,7 +32,7 @@ use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
@@ -81,12 +81,23 @@ fn open_file_limit() -> Option<u64> {
     line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// What one listener serves, and how.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    /// The routes (HTTP's or gRPC's).
+    pub router: Router,
+    /// TLS, when configured: the handshake must finish within `header_read_timeout_ms`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// HTTP/2 keep-alive pings (interval, timeout) for long-lived gRPC channels.
+    pub keepalive: Option<(Duration, Duration)>,
+}
+
 /// Accepts connections until `stop` turns true, then returns; the connections already open get
 /// `stop` too and close once their current request is answered. Returns the cap's semaphore so
 /// the caller can wait for every connection to end.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    router: Router,
+    endpoint: Endpoint,
     limits: Limits,
     metrics: ConnectionMetrics,
     mut stop: watch::Receiver<bool>,
@@ -147,14 +158,23 @@ pub(crate) async fn accept_loop(
             warned_full = false;
         }
         let _ = stream.set_nodelay(true);
-        let (router, metrics, stop) = (router.clone(), metrics.clone(), stop.clone());
+        let (endpoint, metrics, stop) = (endpoint.clone(), metrics.clone(), stop.clone());
         let clock = Arc::new(Clock::new(limits));
         let registered = open.register(Arc::clone(&clock));
         tokio::spawn(async move {
             // Dropped when the task ends, even by a panic: the gauge, the registry and the
             // cap's slot always come back.
             let _open = (OpenGauge::new(&metrics), registered, permit);
-            serve_connection(stream, router, clock, &metrics, stop).await;
+            let Some(acceptor) = &endpoint.tls else {
+                return serve_connection(stream, &endpoint, clock, &metrics, stop).await;
+            };
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(tls, &endpoint, clock, &metrics, stop).await,
+                // A client that does not trust the certificate, speaks plain HTTP, or (with mutual
+                // TLS) has no valid certificate of its own.
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => metrics.closed_by_server("header_timeout"),
+            }
         });
     }
     slots
@@ -220,15 +240,16 @@ impl Drop for Registered {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    router: Router,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    endpoint: &Endpoint,
     clock: Arc<Clock>,
     metrics: &ConnectionMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let io = TokioIo::new(Guarded { stream, clock: Arc::clone(&clock), replacement: None, first_read: true });
     let service_clock = Arc::clone(&clock);
+    let router = endpoint.router.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let busy = Busy::start(Arc::clone(&service_clock));
         let router = router.clone();
@@ -241,6 +262,13 @@ async fn serve_connection(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // The connection clock times header reads; hyper's own timer would also fire while idle.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
+    if let Some((interval, timeout)) = endpoint.keepalive {
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(timeout);
+    }
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let mut stopping = false;
@@ -480,8 +508,8 @@ impl HttpBody for Tracked {
 
 /// The socket as hyper sees it: reads move the clock; hyper's bodiless answers to unparsable
 /// requests are replaced by JSON ones.
-struct Guarded {
-    stream: TcpStream,
+struct Guarded<S> {
+    stream: S,
     clock: Arc<Clock>,
     /// A replacement answer and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
@@ -489,7 +517,7 @@ struct Guarded {
     first_read: bool,
 }
 
-impl Guarded {
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
     /// Writes what is left of a replacement answer.
     fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while let Some((bytes, written)) = &mut self.replacement {
@@ -522,7 +550,7 @@ impl Guarded {
     }
 }
 
-impl Guarded {
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
     fn note_write(&self, result: &Poll<std::io::Result<usize>>) {
         match result {
             Poll::Pending => self.clock.on_write(true),
@@ -532,7 +560,7 @@ impl Guarded {
     }
 }
 
-impl AsyncRead for Guarded {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.stream).poll_read(cx, buf);
@@ -544,7 +572,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         std::task::ready!(self.poll_replacement(cx))?;
         if let Some(result) = self.replace(buf, cx) {

@@ -1,18 +1,18 @@
 //! One error type for every handler, mapped to a status code and a JSON `{"error": "..."}` body.
 //!
-//! | variant | status |
-//! |---|---|
-//! | `BadRequest` (malformed JSON or binary framing) | 400 |
-//! | `NotFound` (unknown model or version) | 404 |
-//! | `MethodNotAllowed` (with `Allow`) | 405 |
-//! | `TooLarge` | 413 |
-//! | `UnsupportedEncoding` (a `Content-Encoding` other than gzip, deflate, zstd) | 415 |
-//! | `InvalidTensor` (well-formed, but wrong for the model) | 422 |
-//! | `OutputTooLarge` (outputs above `max_output_bytes`) | 422 |
-//! | `Unauthorized` | 401 |
-//! | `NotReady`, `Overloaded` (with `Retry-After`) | 503 |
-//! | `Timeout` | 504 |
-//! | `Inference`, `Internal` | 500 |
+//! | variant | HTTP status | gRPC code |
+//! |---|---|---|
+//! | `BadRequest` (malformed JSON, binary framing or message) | 400 | INVALID_ARGUMENT |
+//! | `NotFound` (unknown model or version) | 404 | NOT_FOUND |
+//! | `MethodNotAllowed` (with `Allow`) | 405 | UNIMPLEMENTED |
+//! | `TooLarge` | 413 | RESOURCE_EXHAUSTED |
+//! | `UnsupportedEncoding` (a `Content-Encoding` other than gzip, deflate, zstd) | 415 | UNIMPLEMENTED |
+//! | `InvalidTensor` (well-formed, but wrong for the model) | 422 | INVALID_ARGUMENT |
+//! | `OutputTooLarge` (outputs above `max_output_bytes`) | 422 | RESOURCE_EXHAUSTED |
+//! | `Unauthorized` | 401 | UNAUTHENTICATED |
+//! | `NotReady`, `Overloaded` (with `Retry-After`; on gRPC retry info) | 503 | UNAVAILABLE |
+//! | `Timeout` | 504 | DEADLINE_EXCEEDED |
+//! | `Inference`, `Internal` | 500 | INTERNAL |
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -69,6 +69,21 @@ impl ApiError {
             ApiError::Inference(detail) => format!("inference failed: {detail}"),
             ApiError::Internal(detail) => format!("internal error: {detail}"),
             other => other.to_string(),
+        }
+    }
+
+    /// The gRPC status code for this error (the table above).
+    pub(crate) fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ApiError::BadRequest(_) | ApiError::InvalidTensor(_) => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::MethodNotAllowed(_) | ApiError::UnsupportedEncoding(_) => Code::Unimplemented,
+            ApiError::TooLarge(_) | ApiError::OutputTooLarge(_) => Code::ResourceExhausted,
+            ApiError::NotReady(_) | ApiError::Overloaded(_) => Code::Unavailable,
+            ApiError::Unauthorized(_) => Code::Unauthenticated,
+            ApiError::Timeout(_) => Code::DeadlineExceeded,
+            ApiError::Inference(_) | ApiError::Internal(_) => Code::Internal,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod config;
 mod connections;
 mod digest;
 mod error;
+mod grpc;
 mod inference;
 mod logging;
 mod metrics;
@@ -28,6 +29,7 @@ mod request_body;
 mod routes;
 mod server;
 mod tensor;
+mod tls;
 pub mod typed;
 mod v2;
 
@@ -38,7 +40,7 @@ pub use nimify_model::Dim;
 pub use ortlib::OrtLibError;
 
 pub use nimify_macros::nimify;
-pub use server::{AppState, ServerBuilder, serve, shutdown_signal};
+pub use server::{AppState, Listeners, ServerBuilder, serve, shutdown_signal};
 
 pub(crate) use model::Model;
 
@@ -46,6 +48,8 @@ pub(crate) use model::Model;
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 /// Default listen port.
 pub const DEFAULT_PORT: u16 = 8000;
+/// Default gRPC listen port (Triton's).
+pub const DEFAULT_GRPC_PORT: u16 = 8001;
 
 #[doc(hidden)]
 #[path = "fuzz_door.rs"]

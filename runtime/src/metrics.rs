@@ -3,6 +3,8 @@
 //!
 //! One registry per server (not the global one), so several servers in one process stay apart.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -227,6 +229,7 @@ impl Metrics {
             request_seconds: self.request_seconds.with_label_values(&l),
             queue_seconds: self.queue_seconds.with_label_values(&l),
             batch_size: self.batch_size.with_label_values(&l),
+            stats: std::sync::Arc::default(),
         }
     }
 
@@ -294,6 +297,84 @@ pub struct ModelMetrics {
     pub request_seconds: Histogram,
     pub queue_seconds: Histogram,
     pub batch_size: Histogram,
+    /// What Triton's statistics extension reports beyond the counters above.
+    pub stats: std::sync::Arc<ModelStats>,
+}
+
+/// Durations for Triton's statistics extension (`ModelStatistics`, `GET /v2/models/{m}/stats`),
+/// in nanoseconds, kept beside the Prometheus counters that hold the counts.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    success_ns: AtomicU64,
+    fail_ns: AtomicU64,
+    queue_count: AtomicU64,
+    queue_ns: AtomicU64,
+    compute_count: AtomicU64,
+    compute_ns: AtomicU64,
+    last_inference_ms: AtomicU64,
+    /// Executions by batch size (items): how many and their summed compute time.
+    batches: std::sync::Mutex<std::collections::BTreeMap<u64, (u64, u64)>>,
+}
+
+/// A snapshot of [`ModelStats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatsSnapshot {
+    pub success_ns: u64,
+    pub fail_ns: u64,
+    pub queue_count: u64,
+    pub queue_ns: u64,
+    pub compute_count: u64,
+    pub compute_ns: u64,
+    pub last_inference_ms: u64,
+    /// (batch size, executions, compute ns), by batch size.
+    pub batches: Vec<(u64, u64, u64)>,
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl ModelStats {
+    /// A request ended, successfully or not, after `took`.
+    pub(crate) fn request(&self, ok: bool, took: std::time::Duration) {
+        let ns = if ok { &self.success_ns } else { &self.fail_ns };
+        ns.fetch_add(nanos(took), Ordering::Relaxed);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.last_inference_ms.store(u64::try_from(now.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A request left the queue after waiting `waited`.
+    pub(crate) fn dequeued(&self, waited: std::time::Duration) {
+        self.queue_count.fetch_add(1, Ordering::Relaxed);
+        self.queue_ns.fetch_add(nanos(waited), Ordering::Relaxed);
+    }
+
+    /// One execution of `items` items for `requests` requests took `took` (each request is
+    /// counted with the whole execution's time, as Triton counts compute per request).
+    pub(crate) fn executed(&self, items: usize, requests: usize, took: std::time::Duration) {
+        let ns = nanos(took);
+        self.compute_count.fetch_add(requests as u64, Ordering::Relaxed);
+        self.compute_ns.fetch_add(ns.saturating_mul(requests as u64), Ordering::Relaxed);
+        let mut batches = self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = batches.entry(items as u64).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.saturating_add(ns);
+    }
+
+    /// The durations now.
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let batches = self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        StatsSnapshot {
+            success_ns: self.success_ns.load(Ordering::Relaxed),
+            fail_ns: self.fail_ns.load(Ordering::Relaxed),
+            queue_count: self.queue_count.load(Ordering::Relaxed),
+            queue_ns: self.queue_ns.load(Ordering::Relaxed),
+            compute_count: self.compute_count.load(Ordering::Relaxed),
+            compute_ns: self.compute_ns.load(Ordering::Relaxed),
+            last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
+            batches: batches.iter().map(|(&size, &(count, ns))| (size, count, ns)).collect(),
+        }
+    }
 }
 
 impl ModelMetrics {

@@ -192,6 +192,8 @@ pub struct Model {
     max_output_bytes: Option<usize>,
     /// Outputs whose declared fixed dims warm-up contradicted, described.
     shape_lie: Option<String>,
+    /// Session instances, each with its worker thread.
+    instances: usize,
 }
 
 impl std::fmt::Debug for Model {
@@ -275,7 +277,13 @@ impl Model {
             metrics,
             max_output_bytes,
             shape_lie,
+            instances: settings.session.instances.max(1),
         })
+    }
+
+    /// Session instances serving the model.
+    pub fn instances(&self) -> usize {
+        self.instances
     }
 
     /// Served name.

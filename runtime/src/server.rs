@@ -29,10 +29,13 @@ use crate::model::{LoadError, LoadSettings, Model, ModelOptions};
 #[derive(Debug)]
 pub struct AppState {
     models: BTreeMap<String, Arc<Model>>,
-    ready: AtomicBool,
+    /// Readiness, watched by the gRPC health service.
+    ready: tokio::sync::watch::Sender<bool>,
     config: Config,
     admission: Admission,
     metrics: Metrics,
+    /// TLS for both listeners, when configured.
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl AppState {
@@ -86,12 +89,22 @@ impl AppState {
     /// Whether the readiness probe passes: every model loaded and no shutdown begun. Inference
     /// is served while shutting down (see [`serve`]), only the probe fails.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        *self.ready.borrow()
+    }
+
+    /// Readiness as it changes.
+    pub(crate) fn readiness(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Every served model, by name.
+    pub(crate) fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.models.values()
     }
 
     /// Fails the readiness probe from now on: a shutdown has begun.
     pub(crate) fn begin_shutdown(&self) {
-        self.ready.store(false, Ordering::SeqCst);
+        self.ready.send_replace(false);
     }
 
     /// Admits a request (API key, in-flight cap) for any front end; a refusal by the cap is
@@ -216,6 +229,7 @@ impl ServerBuilder {
     /// the router serving it.
     pub fn build(mut self) -> Result<(Arc<AppState>, Router), LoadError> {
         let api_keys = self.config.validate()?;
+        let tls = crate::tls::server_config(&self.config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
         self.relocate_models();
         if let Some(spec) = &self.config.model_sha256 {
             let planned = self.planned_models();
@@ -261,7 +275,14 @@ impl ServerBuilder {
         }
         let admission = Admission::new(api_keys, self.config.max_in_flight);
         let state =
-            Arc::new(AppState { models, ready: AtomicBool::new(true), config: self.config, admission, metrics });
+            Arc::new(AppState {
+            models,
+            ready: tokio::sync::watch::Sender::new(true),
+            config: self.config,
+            admission,
+            metrics,
+            tls,
+        });
         let router = app(Arc::clone(&state), self.extra);
         Ok((state, router))
     }
@@ -407,22 +428,41 @@ async fn access_log(request: Request, next: Next) -> Response {
     response
 }
 
+/// The sockets a server listens on: HTTP, and gRPC when it is served.
+#[derive(Debug)]
+pub struct Listeners {
+    /// KServe V2 over HTTP/1.1 and HTTP/2, the docs, metrics and typed routes.
+    pub http: tokio::net::TcpListener,
+    /// `inference.GRPCInferenceService`, health and reflection over gRPC.
+    pub grpc: Option<tokio::net::TcpListener>,
+}
+
+impl From<tokio::net::TcpListener> for Listeners {
+    fn from(http: tokio::net::TcpListener) -> Self {
+        Self { http, grpc: None }
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops the way a Kubernetes pod should:
 ///
-/// 1. readiness answers 503 at once, while the listener keeps accepting and serving for
-///    `shutdown_delay_ms` (endpoints take a few seconds to drop a terminating pod; a second
-///    SIGTERM or Ctrl-C skips the rest of the delay, and a Ctrl-C from [`shutdown_signal`] has
-///    none);
-/// 2. the listener stops accepting, idle kept-alive connections are closed and busy ones are
-///    closed after their current response (`Connection: close`);
+/// 1. readiness answers 503 (gRPC health NOT_SERVING) at once, while the listeners keep accepting
+///    and serving for `shutdown_delay_ms` (endpoints take a few seconds to drop a terminating
+///    pod; a second SIGTERM or Ctrl-C skips the rest of the delay, and a Ctrl-C from
+///    [`shutdown_signal`] has none);
+/// 2. the listeners stop accepting, idle kept-alive connections are closed and busy ones are
+///    closed after their current response (`Connection: close`, HTTP/2 GOAWAY);
 /// 3. in-flight requests finish within `drain_timeout_ms`; past it the server returns anyway.
+///
+/// `listeners` is one HTTP listener, or [`Listeners`] with a gRPC one too.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: impl Into<Listeners>,
     state: Arc<AppState>,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let local = listener.local_addr()?;
+    let Listeners { http, grpc } = listeners.into();
+    let local = http.local_addr()?;
+    let grpc_local = grpc.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
     let limits = crate::connections::Limits::from_config(&state.config);
     // Poll the shutdown future once before announcing the server: signal handlers (tokio's and
     // [`shutdown_signal`]'s) are installed on the first poll, and a SIGTERM or Ctrl-C that came
@@ -431,6 +471,8 @@ pub async fn serve(
     let signalled = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     tracing::info!(
         address = %local,
+        grpc_address = grpc_local.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        tls = state.tls.is_some(),
         models = state.models.len(),
         max_connections = limits.max_connections,
         header_read_timeout_ms = limits.header_read_timeout.as_millis() as u64,
@@ -438,8 +480,29 @@ pub async fn serve(
         "serving"
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let accepting =
-        tokio::spawn(crate::connections::accept_loop(listener, router, limits, state.metrics.connections(), stopped));
+    let http_endpoint = crate::connections::Endpoint { router, tls: state.tls.clone().map(tokio_rustls::TlsAcceptor::from), keepalive: None };
+    let mut accepting = vec![tokio::spawn(crate::connections::accept_loop(
+        http,
+        http_endpoint,
+        limits,
+        state.metrics.connections(),
+        stopped.clone(),
+    ))];
+    if let Some(grpc) = grpc {
+        let c = &state.config;
+        let keepalive = (c.grpc_keepalive_interval_ms > 0).then(|| {
+            (Duration::from_millis(c.grpc_keepalive_interval_ms), Duration::from_millis(c.grpc_keepalive_timeout_ms))
+        });
+        let endpoint =
+            crate::connections::Endpoint { router: crate::grpc::router(Arc::clone(&state)), tls: state.tls.clone().map(tokio_rustls::TlsAcceptor::from), keepalive };
+        accepting.push(tokio::spawn(crate::connections::accept_loop(
+            grpc,
+            endpoint,
+            limits,
+            state.metrics.connections(),
+            stopped,
+        )));
+    }
     if !signalled {
         shutdown.await;
     }
@@ -463,10 +526,18 @@ pub async fn serve(
         "shutting down: not accepting connections, draining in-flight requests"
     );
     let _ = stop.send(true);
-    let slots = accepting.await.map_err(std::io::Error::other)?;
+    let mut slots = Vec::new();
+    for task in accepting {
+        slots.push(task.await.map_err(std::io::Error::other)?);
+    }
     let every = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    match tokio::time::timeout(drain, slots.acquire_many(every)).await {
-        Ok(_) => tracing::info!("drained; exiting"),
+    let drained = async {
+        for s in &slots {
+            let _ = s.acquire_many(every).await;
+        }
+    };
+    match tokio::time::timeout(drain, drained).await {
+        Ok(()) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!("drain timeout reached; exiting with requests still in flight"),
     }
     Ok(())

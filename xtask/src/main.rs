@@ -15,8 +15,9 @@ use anyhow::{Result, bail};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  codegen         regenerate nimify-model/src/onnx.rs from nimify-model/proto/onnx.proto (our schema of what is read)
-  codegen --check fail when the committed file is stale
+  codegen         regenerate nimify-model/src/onnx.rs (from nimify-model/proto/onnx.proto, our schema of
+                  what is read) and runtime/src/grpc/ (from runtime/proto/inference.proto)
+  codegen --check fail when a committed generated file is stale
   models          regenerate the committed test and example models (needs the Python tools)
   lock            recompile tests/python/*.lock (hash-pinned Python environments) from their .in files
   test            install what the tests need (ONNX Runtime, Python tools) and run every test

@@ -37,8 +37,18 @@ pub(crate) async fn run<T>(
     model: &Model,
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
+    run_until(state, model, None, work).await
+}
+
+/// [`run`] with the client's own deadline too (gRPC's `grpc-timeout`): the earlier one applies.
+pub(crate) async fn run_until<T>(
+    state: &AppState,
+    model: &Model,
+    client_deadline: Option<Instant>,
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
     let start = Instant::now();
-    let result = within_limits(state, work).await;
+    let result = within(state, client_deadline, work).await;
     let m = model.metrics();
     let took = start.elapsed();
     match &result {
@@ -46,6 +56,7 @@ pub(crate) async fn run<T>(
         Err(_) => m.failure.inc(),
     }
     m.request_us.inc_by(crate::metrics::micros(took));
+    m.stats.request(result.is_ok(), took);
     m.request_seconds.observe(took.as_secs_f64());
     result
 }
@@ -58,17 +69,28 @@ pub(crate) async fn within_limits<T>(
     state: &AppState,
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    match state.config().request_timeout() {
-        Some(limit) => crate::cancel::with_deadline(Instant::now() + limit, tokio::time::timeout(limit, work))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ApiError::Timeout(format!(
-                    "request took longer than the {} ms limit (request_timeout_ms)",
-                    limit.as_millis()
-                )))
-            }),
-        None => work.await,
-    }
+    within(state, None, work).await
+}
+
+/// `work` cut off at the earlier of the configured request deadline and `client_deadline`.
+async fn within<T>(
+    state: &AppState,
+    client_deadline: Option<Instant>,
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let configured = state.config().request_timeout().map(|limit| (Instant::now() + limit, limit));
+    let (deadline, message) = match (configured, client_deadline) {
+        (None, None) => return work.await,
+        (Some((at, limit)), Some(client)) if at <= client => (at, configured_message(limit)),
+        (Some((at, limit)), None) => (at, configured_message(limit)),
+        (_, Some(client)) => (client, "request took longer than the client's deadline (grpc-timeout)".to_string()),
+    };
+    let limited = tokio::time::timeout_at(deadline.into(), work);
+    crate::cancel::with_deadline(deadline, limited).await.unwrap_or_else(|_| Err(ApiError::Timeout(message)))
+}
+
+fn configured_message(limit: std::time::Duration) -> String {
+    format!("request took longer than the {} ms limit (request_timeout_ms)", limit.as_millis())
 }
 
 /// Checks named input tensors against `model`, queues them and waits for the `wanted` outputs,

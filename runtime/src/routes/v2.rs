@@ -31,6 +31,9 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(model_version_ready))
         .routes(routes!(model_config))
         .routes(routes!(model_version_config))
+        .routes(routes!(all_stats))
+        .routes(routes!(model_stats))
+        .routes(routes!(model_version_stats))
         .routes(routes!(infer))
         .routes(routes!(infer_version))
 }
@@ -38,11 +41,16 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
 /// Server name, version and supported protocol extensions.
 #[utoipa::path(get, path = "/v2", tag = "v2", responses((status = 200, body = ServerMetadata)))]
 async fn server_metadata() -> Json<ServerMetadata> {
-    Json(ServerMetadata {
+    Json(server_metadata_body())
+}
+
+/// The server's name, version and protocol extensions, the same over HTTP and gRPC.
+pub(crate) fn server_metadata_body() -> ServerMetadata {
+    ServerMetadata {
         name: "nimify".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        extensions: vec!["binary_tensor_data".into(), "model_configuration".into()],
-    })
+        extensions: vec!["binary_tensor_data".into(), "model_configuration".into(), "statistics".into()],
+    }
 }
 
 /// Liveness: 200 while the process answers.
@@ -84,7 +92,7 @@ async fn model_version_metadata(
     Ok(Json(metadata(state.model(&model, Some(&version))?)))
 }
 
-fn metadata(model: &Model) -> ModelMetadata {
+pub(crate) fn metadata(model: &Model) -> ModelMetadata {
     let tensors = |specs: &[crate::model::TensorSpec]| {
         specs
             .iter()
@@ -143,9 +151,41 @@ async fn model_version_config(
     Ok(Json(config(state.model(&model, Some(&version))?)))
 }
 
+/// Triton's statistics extension for every model: request, queue and compute counts and times.
+#[utoipa::path(get, path = "/v2/models/stats", tag = "v2",
+    responses((status = 200, description = "`{\"model_stats\": [...]}` as Triton's statistics extension", body = Object)))]
+async fn all_stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let stats: Vec<_> = state.models().map(|m| crate::grpc::stats::model_statistics(m)).collect();
+    Json(crate::grpc::stats::statistics_json(&stats))
+}
+
+/// Triton's statistics extension for one model (the same counters as `/metrics`).
+#[utoipa::path(get, path = "/v2/models/{model}/stats", tag = "v2",
+    params(("model" = String, Path, description = "model name")),
+    responses((status = 200, description = "`{\"model_stats\": [...]}` as Triton's statistics extension", body = Object), (status = 404, body = ErrorBody)))]
+async fn model_stats(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let stats = crate::grpc::stats::model_statistics(state.model(&model, None)?);
+    Ok(Json(crate::grpc::stats::statistics_json(&[stats])))
+}
+
+/// Statistics of one version of a model.
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/stats", tag = "v2",
+    params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")),
+    responses((status = 200, description = "`{\"model_stats\": [...]}` as Triton's statistics extension", body = Object), (status = 404, body = ErrorBody)))]
+async fn model_version_stats(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let stats = crate::grpc::stats::model_statistics(state.model(&model, Some(&version))?);
+    Ok(Json(crate::grpc::stats::statistics_json(&[stats])))
+}
+
 /// With batching on, `max_batch_size` is what the batcher uses and dims leave out the batch dim
 /// (Triton's convention); otherwise `max_batch_size` is 0 and dims are the full shape.
-fn config(model: &Model) -> ModelConfig {
+pub(crate) fn config(model: &Model) -> ModelConfig {
     let batching = model.batching();
     let skip = usize::from(batching.is_some());
     let tensors = |specs: &[crate::model::TensorSpec]| {

@@ -229,7 +229,10 @@ fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiE
     Ok(Tensor { shape, data })
 }
 
-fn from_binary(name: &str, elem: ElementType, count: usize, raw: &[u8]) -> Result<TensorData, ApiError> {
+/// Elements of type `elem` from the binary tensor format (little-endian; BYTES length-prefixed),
+/// checked to be `count` of them. Numeric elements are copied once, straight into the tensor's
+/// buffer.
+pub(crate) fn from_binary(name: &str, elem: ElementType, count: usize, raw: &[u8]) -> Result<TensorData, ApiError> {
     if elem == ElementType::String {
         return decode_bytes_elements(name, raw).map(TensorData::Bytes);
     }
@@ -242,6 +245,15 @@ fn from_binary(name: &str, elem: ElementType, count: usize, raw: &[u8]) -> Resul
             elem.kserve_name().unwrap_or("?")
         )));
     }
+    // On little-endian targets the wire layout is the memory layout: one copy into a vector of
+    // the element type (aligned, whatever the alignment of `raw`).
+    #[cfg(target_endian = "little")]
+    macro_rules! le {
+        ($t:ty, $n:literal, $variant:ident) => {
+            TensorData::$variant(bytemuck::pod_collect_to_vec::<u8, $t>(raw))
+        };
+    }
+    #[cfg(not(target_endian = "little"))]
     macro_rules! le {
         ($t:ty, $n:literal, $variant:ident) => {
             TensorData::$variant(
@@ -252,15 +264,11 @@ fn from_binary(name: &str, elem: ElementType, count: usize, raw: &[u8]) -> Resul
     Ok(match elem {
         ElementType::Bool => TensorData::Bool(raw.iter().map(|&b| b != 0).collect()),
         ElementType::Uint8 => TensorData::U8(raw.to_vec()),
-        ElementType::Int8 => TensorData::I8(raw.iter().map(|&b| b as i8).collect()),
+        ElementType::Int8 => le!(i8, 1, I8),
         ElementType::Uint16 => le!(u16, 2, U16),
         ElementType::Int16 => le!(i16, 2, I16),
-        ElementType::Float16 => {
-            TensorData::F16(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect())
-        }
-        ElementType::Bfloat16 => {
-            TensorData::Bf16(raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect())
-        }
+        ElementType::Float16 => le!(f16, 2, F16),
+        ElementType::Bfloat16 => le!(bf16, 2, Bf16),
         ElementType::Uint32 => le!(u32, 4, U32),
         ElementType::Int32 => le!(i32, 4, I32),
         ElementType::Float => le!(f32, 4, F32),

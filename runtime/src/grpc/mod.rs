@@ -1,0 +1,181 @@
+//! The gRPC front end: `inference.GRPCInferenceService` (Triton's and KServe's clients),
+//! `grpc.health.v1.Health` reflecting readiness, and server reflection, on their own port.
+//!
+//! It is a router like the HTTP one, served by the same listener code (connection cap, timeouts,
+//! TLS, draining), with the same admission (API keys from `authorization: Bearer` or `x-api-key`
+//! metadata, the in-flight cap), request ids and access log. Health, reflection and the
+//! liveness/readiness RPCs stay open, as the HTTP probes do.
+
+pub(crate) mod generated;
+mod service;
+pub(crate) mod stats;
+mod status;
+mod tensors;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::HttpBody;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use tonic_health::ServingStatus;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::server::AppState;
+use generated::grpc_inference_service_server::{GrpcInferenceServiceServer, SERVICE_NAME};
+
+/// The encoded descriptors of `inference.proto`, for server reflection.
+const DESCRIPTOR: &[u8] = include_bytes!("inference.bin");
+
+/// The gRPC router over `state`. Must be called inside the runtime: it starts the task that
+/// keeps the health service in step with readiness.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let config = state.config();
+    let inference = GrpcInferenceServiceServer::new(service::Inference { state: Arc::clone(&state) })
+        .max_decoding_message_size(config.grpc_max_message_bytes())
+        .max_encoding_message_size(usize::MAX);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(follow_readiness(reporter, state.readiness()));
+    let mut routes = tonic::service::Routes::new(inference).add_service(health);
+    // The descriptors are generated with the code (a freshness test checks both), so they decode.
+    if let Ok(reflection) = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTOR)
+        .build_v1()
+    {
+        routes = routes.add_service(reflection);
+    }
+    if let Ok(reflection) = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTOR)
+        .build_v1alpha()
+    {
+        routes = routes.add_service(reflection);
+    }
+    routes
+        .prepare()
+        .into_axum_router()
+        .fallback(unknown_service)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(axum::middleware::from_fn(access_log))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Reports SERVING for the server ("") and the inference service while the server is ready,
+/// NOT_SERVING otherwise (warm-up, shutdown), as readiness changes.
+async fn follow_readiness(reporter: tonic_health::server::HealthReporter, mut ready: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let status = if *ready.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        reporter.set_service_status("", status).await;
+        reporter.set_service_status(SERVICE_NAME, status).await;
+        if ready.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A call to a service or method this server does not have.
+async fn unknown_service(uri: axum::http::Uri) -> Response {
+    tonic::Status::unimplemented(format!("this server has no gRPC method {}", uri.path())).into_http()
+}
+
+/// RPCs that stay open without an API key and outside the in-flight cap: health, reflection,
+/// liveness and readiness.
+fn is_open(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.")
+        || matches!(
+            path.strip_prefix("/inference.GRPCInferenceService/"),
+            Some("ServerLive" | "ServerReady" | "ModelReady")
+        )
+}
+
+/// Admission, as HTTP's: a refused call ends with UNAUTHENTICATED or UNAVAILABLE before its
+/// message is read. The call holds its in-flight slot until its response (or stream) ends.
+async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if is_open(request.uri().path()) {
+        return next.run(request).await;
+    }
+    match state.admit(request.headers(), None) {
+        Ok(admitted) => {
+            let response = next.run(request).await;
+            response.map(|body| axum::body::Body::new(Holding { body, _admitted: admitted }))
+        }
+        Err(e) => status::to_status(&e).into_http(),
+    }
+}
+
+/// A response body that keeps its call's in-flight slot until it ends (a stream's answers are
+/// written after the handler returns).
+struct Holding {
+    body: axum::body::Body,
+    _admitted: crate::inference::admission::Admitted,
+}
+
+impl HttpBody for Holding {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// One log line per call, as HTTP's access log: failures (a `grpc-status` other than 0 in the
+/// response headers, which is how a call that fails before answering ends) at info, the rest at
+/// debug, with the request id; everything logged during the call carries it.
+async fn access_log(request: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let path = request.uri().path().to_string();
+    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let span = tracing::error_span!("request", request_id = %id);
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
+    let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string();
+    let micros = start.elapsed().as_micros() as u64;
+    if code != "0" {
+        tracing::info!(request_id = %id, protocol = "grpc", %path, grpc_status = %code, micros, "request failed");
+    } else {
+        tracing::debug!(request_id = %id, protocol = "grpc", %path, grpc_status = %code, micros, "request");
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_open;
+
+    #[test]
+    fn probes_and_reflection_are_open_and_the_rest_is_not() {
+        for open in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            "/inference.GRPCInferenceService/ServerLive",
+            "/inference.GRPCInferenceService/ServerReady",
+            "/inference.GRPCInferenceService/ModelReady",
+        ] {
+            assert!(is_open(open), "{open}");
+        }
+        for closed in [
+            "/inference.GRPCInferenceService/ModelInfer",
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            "/inference.GRPCInferenceService/ModelMetadata",
+            "/inference.GRPCInferenceService/ServerReadyX",
+            "/other.Service/ServerLive",
+        ] {
+            assert!(!is_open(closed), "{closed}");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! `inference.GRPCInferenceService`: each RPC translates its message and calls what the HTTP
+//! routes call (model lookup, metadata, configuration, statistics, the inference path), so both
+//! protocols answer the same and count in the same metrics.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::generated::grpc_inference_service_server::GrpcInferenceService;
+use super::generated::*;
+use super::status::{parse_timeout, to_status};
+use crate::error::ApiError;
+use crate::model::Model;
+use crate::server::AppState;
+
+/// Requests of one `ModelStreamInfer` call running at once; their answers still go out in
+/// request order.
+const STREAM_CONCURRENCY: usize = 64;
+
+/// The service, over the server's shared state.
+#[derive(Debug, Clone)]
+pub(crate) struct Inference {
+    pub state: Arc<AppState>,
+}
+
+/// A model named by a request; an empty version is the served one.
+fn lookup<'a>(state: &'a AppState, name: &str, version: &str) -> Result<&'a Arc<Model>, Status> {
+    let version = (!version.is_empty()).then_some(version);
+    state.model(name, version).map_err(|e| to_status(&e))
+}
+
+/// The call's deadline from `grpc-timeout`, if it sent one (a malformed one is refused).
+fn call_timeout<T>(request: &Request<T>) -> Result<Option<Duration>, Status> {
+    match request.metadata().get("grpc-timeout") {
+        None => Ok(None),
+        Some(v) => {
+            let text = v.to_str().map_err(|_| to_status(&ApiError::BadRequest("grpc-timeout is not ASCII".into())))?;
+            parse_timeout(text).map(Some).map_err(|e| to_status(&e))
+        }
+    }
+}
+
+/// One inference, as HTTP runs it: counted for the model, bounded by the request deadline and
+/// (when shorter) the call's own.
+async fn infer_one(
+    state: &AppState,
+    request: ModelInferRequest,
+    deadline: Option<Instant>,
+) -> Result<ModelInferResponse, ApiError> {
+    let version = (!request.model_version.is_empty()).then(|| request.model_version.clone());
+    let model = Arc::clone(state.model(&request.model_name, version.as_deref())?);
+    let work = async {
+        let decoded = super::tensors::decode(&model, request)?;
+        let outputs = crate::inference::infer(&model, decoded.inputs, decoded.outputs).await?;
+        Ok(super::tensors::encode(&model, decoded.id, outputs))
+    };
+    crate::inference::run_until(state, &model, deadline, work).await
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: self.state.is_ready() }))
+    }
+
+    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = r.into_inner();
+        lookup(&self.state, &r.name, &r.version)?;
+        Ok(Response::new(ModelReadyResponse { ready: self.state.is_ready() }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        let m = crate::routes::v2::server_metadata_body();
+        Ok(Response::new(ServerMetadataResponse { name: m.name, version: m.version, extensions: m.extensions }))
+    }
+
+    async fn model_metadata(
+        &self,
+        r: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = r.into_inner();
+        let m = crate::routes::v2::metadata(lookup(&self.state, &r.name, &r.version)?);
+        let tensors = |ts: Vec<crate::v2::types::MetadataTensor>| {
+            ts.into_iter()
+                .map(|t| model_metadata_response::TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: m.name,
+            versions: m.versions,
+            platform: m.platform,
+            inputs: tensors(m.inputs),
+            outputs: tensors(m.outputs),
+        }))
+    }
+
+    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let deadline = call_timeout(&r)?.map(|t| Instant::now() + t);
+        infer_one(&self.state, r.into_inner(), deadline).await.map(Response::new).map_err(|e| to_status(&e))
+    }
+
+    type ModelStreamInferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+    /// Each request on the stream is its own inference (deadline, metrics, queue); up to
+    /// [`STREAM_CONCURRENCY`] run at once and the answers keep request order. A failed request
+    /// is an answer with `error_message`, and the stream goes on; a broken stream (a message
+    /// that does not decode) ends the call with its status.
+    async fn model_stream_infer(
+        &self,
+        r: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let call_deadline = call_timeout(&r)?.map(|t| Instant::now() + t);
+        let state = Arc::clone(&self.state);
+        let answers = r.into_inner().map(move |message| {
+            let state = Arc::clone(&state);
+            async move {
+                let request = message?;
+                Ok(match infer_one(&state, request, call_deadline).await {
+                    Ok(response) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) },
+                    Err(e) => {
+                        let status = to_status(&e);
+                        ModelStreamInferResponse { error_message: status.message().to_string(), infer_response: None }
+                    }
+                })
+            }
+        });
+        let ordered = futures_util::StreamExt::buffered(answers, STREAM_CONCURRENCY);
+        Ok(Response::new(Box::pin(ordered)))
+    }
+
+    async fn model_config(&self, r: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = r.into_inner();
+        let model = lookup(&self.state, &r.name, &r.version)?;
+        Ok(Response::new(ModelConfigResponse { config: Some(super::stats::model_config(model)) }))
+    }
+
+    async fn model_statistics(
+        &self,
+        r: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = r.into_inner();
+        let model_stats = if r.name.is_empty() {
+            self.state.models().map(|m| super::stats::model_statistics(m)).collect()
+        } else {
+            vec![super::stats::model_statistics(lookup(&self.state, &r.name, &r.version)?)]
+        };
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(
+        &self,
+        _: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        Err(unsupported("repository control (RepositoryIndex)", "its models are fixed when it starts; see ModelMetadata"))
+    }
+
+    async fn repository_model_load(
+        &self,
+        _: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        Err(unsupported("repository control (RepositoryModelLoad)", "its models are fixed when it starts"))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        _: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        Err(unsupported("repository control (RepositoryModelUnload)", "its models are fixed when it starts"))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
+        Err(shared_memory())
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
+        Err(shared_memory())
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
+        Err(shared_memory())
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<CudaSharedMemoryStatusResponse>, Status> {
+        Err(shared_memory())
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<CudaSharedMemoryRegisterResponse>, Status> {
+        Err(shared_memory())
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<CudaSharedMemoryUnregisterResponse>, Status> {
+        Err(shared_memory())
+    }
+
+    async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Result<Response<TraceSettingResponse>, Status> {
+        Err(unsupported("trace settings", "tracing is configured when it starts"))
+    }
+
+    async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Result<Response<LogSettingsResponse>, Status> {
+        Err(unsupported("log settings", "its log level is set by RUST_LOG when it starts"))
+    }
+}
+
+fn unsupported(what: &str, why: &str) -> Status {
+    Status::unimplemented(format!("nimify does not support {what}: {why}"))
+}
+
+fn shared_memory() -> Status {
+    unsupported(
+        "shared-memory regions",
+        "send tensors in the request (raw_input_contents) and read them from the response",
+    )
+}

@@ -1,0 +1,227 @@
+//! `ModelInferRequest` to named tensors and outputs back to `ModelInferResponse`: the gRPC front
+//! end's only translation; the checks against the model and the run are the inference path's.
+//!
+//! Inputs come either all raw (`raw_input_contents`, one entry per input in input order, what
+//! tritonclient sends) or all typed (`contents`), as Triton requires. Raw bytes are the binary
+//! tensor format of the HTTP extension and decode through the same code. Outputs always go out
+//! raw (`raw_output_contents`), as Triton answers, sharing the output buffers' memory.
+
+use bytes::Bytes;
+use nimify_model::ElementType;
+
+use super::generated::model_infer_response::InferOutputTensor;
+use super::generated::{InferTensorContents, ModelInferRequest, ModelInferResponse};
+use crate::error::ApiError;
+use crate::model::{Model, TensorSpec};
+use crate::tensor::{Tensor, TensorData, element_count};
+
+/// A request taken apart: the model's inputs in its order, and the outputs wanted.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub id: String,
+    pub inputs: Vec<(String, Tensor)>,
+    pub outputs: Vec<String>,
+}
+
+/// Decodes `request`'s tensors for `model` (each input once, none unknown) and the outputs it
+/// asks for (all when it names none). Framing problems are INVALID_ARGUMENT through
+/// [`ApiError::BadRequest`]; tensors that do not fit are [`ApiError::InvalidTensor`].
+pub(crate) fn decode(model: &Model, request: ModelInferRequest) -> Result<Decoded, ApiError> {
+    let ModelInferRequest { id, inputs, outputs, raw_input_contents, .. } = request;
+    let raw = !raw_input_contents.is_empty();
+    if raw && raw_input_contents.len() != inputs.len() {
+        return Err(ApiError::BadRequest(format!(
+            "raw_input_contents has {} entries but the request has {} inputs; send one entry per input, in input order",
+            raw_input_contents.len(),
+            inputs.len()
+        )));
+    }
+    let specs = model.inputs();
+    let mut tensors: Vec<Option<Tensor>> = vec![None; specs.len()];
+    let mut raw_contents = raw_input_contents.into_iter();
+    for input in inputs {
+        let Some(index) = specs.iter().position(|s| s.name == input.name) else {
+            return Err(ApiError::InvalidTensor(format!(
+                "unknown input {:?}; model {} takes {}",
+                input.name,
+                model.name(),
+                names(specs)
+            )));
+        };
+        if tensors[index].is_some() {
+            return Err(ApiError::BadRequest(format!("input {:?} is given more than once", input.name)));
+        }
+        let name = &input.name;
+        let elem = ElementType::from_kserve_name(&input.datatype).ok_or_else(|| {
+            ApiError::InvalidTensor(format!(
+                "input {name:?}: unknown datatype {:?}; use one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES",
+                input.datatype
+            ))
+        })?;
+        let shape = input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>().map_err(|_| {
+            ApiError::InvalidTensor(format!("input {name:?}: shape {:?} has a negative dim", input.shape))
+        })?;
+        let count = element_count(&shape)
+            .ok_or_else(|| ApiError::InvalidTensor(format!("input {name:?}: shape {shape:?} is too large")))?;
+        let data = match (raw_contents.next(), input.contents) {
+            (Some(_), Some(contents)) if !is_empty(&contents) => {
+                return Err(ApiError::BadRequest(format!(
+                    "input {name:?} has contents while the request uses raw_input_contents; send every input one way"
+                )));
+            }
+            (Some(bytes), _) => crate::v2::codec::from_binary(name, elem, count, &bytes)?,
+            (None, Some(contents)) => from_contents(name, elem, contents)?,
+            (None, None) => {
+                return Err(ApiError::BadRequest(format!(
+                    "input {name:?} has no data: set its contents or raw_input_contents"
+                )));
+            }
+        };
+        if data.len() != count {
+            return Err(ApiError::InvalidTensor(format!(
+                "input {name:?}: shape {shape:?} needs {count} elements but {} were sent",
+                data.len()
+            )));
+        }
+        tensors[index] = Some(Tensor { shape, data });
+    }
+    let mut named = Vec::with_capacity(specs.len());
+    for (spec, tensor) in specs.iter().zip(tensors) {
+        let tensor = tensor.ok_or_else(|| {
+            ApiError::InvalidTensor(format!(
+                "missing input {:?}; model {} takes {}",
+                spec.name,
+                model.name(),
+                names(specs)
+            ))
+        })?;
+        named.push((spec.name.clone(), tensor));
+    }
+    let wanted = if outputs.is_empty() {
+        model.outputs().iter().map(|s| s.name.clone()).collect()
+    } else {
+        outputs
+            .into_iter()
+            .map(|o| {
+                if model.outputs().iter().any(|s| s.name == o.name) {
+                    Ok(o.name)
+                } else {
+                    Err(ApiError::InvalidTensor(format!(
+                        "unknown output {:?}; model {} returns {}",
+                        o.name,
+                        model.name(),
+                        names(model.outputs())
+                    )))
+                }
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok(Decoded { id, inputs: named, outputs: wanted })
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs.iter().map(|s| format!("{:?}", s.name)).collect::<Vec<_>>().join(", ")
+}
+
+fn is_empty(c: &InferTensorContents) -> bool {
+    c.bool_contents.is_empty()
+        && c.int_contents.is_empty()
+        && c.int64_contents.is_empty()
+        && c.uint_contents.is_empty()
+        && c.uint64_contents.is_empty()
+        && c.fp32_contents.is_empty()
+        && c.fp64_contents.is_empty()
+        && c.bytes_contents.is_empty()
+}
+
+/// Elements from the typed field of `elem`. Narrow integers travel widened (`int_contents`,
+/// `uint_contents`) and are refused when out of range; elements in any other field are an error
+/// that names the right one.
+fn from_contents(name: &str, elem: ElementType, c: InferTensorContents) -> Result<TensorData, ApiError> {
+    let field = match elem {
+        ElementType::Bool => "bool_contents",
+        ElementType::Int8 | ElementType::Int16 | ElementType::Int32 => "int_contents",
+        ElementType::Int64 => "int64_contents",
+        ElementType::Uint8 | ElementType::Uint16 | ElementType::Uint32 => "uint_contents",
+        ElementType::Uint64 => "uint64_contents",
+        ElementType::Float => "fp32_contents",
+        ElementType::Double => "fp64_contents",
+        ElementType::String => "bytes_contents",
+        ElementType::Float16 | ElementType::Bfloat16 => {
+            return Err(ApiError::InvalidTensor(format!(
+                "input {name:?}: {} has no typed contents field; send it in raw_input_contents",
+                elem.kserve_name().unwrap_or("?")
+            )));
+        }
+        other => {
+            return Err(ApiError::InvalidTensor(format!(
+                "input {name:?}: element type {} is not supported",
+                other.onnx_name()
+            )));
+        }
+    };
+    let used = [
+        ("bool_contents", c.bool_contents.len()),
+        ("int_contents", c.int_contents.len()),
+        ("int64_contents", c.int64_contents.len()),
+        ("uint_contents", c.uint_contents.len()),
+        ("uint64_contents", c.uint64_contents.len()),
+        ("fp32_contents", c.fp32_contents.len()),
+        ("fp64_contents", c.fp64_contents.len()),
+        ("bytes_contents", c.bytes_contents.len()),
+    ];
+    if let Some((other, _)) = used.iter().find(|(f, n)| *n > 0 && *f != field) {
+        return Err(ApiError::InvalidTensor(format!(
+            "input {name:?}: a {} tensor's elements go in {field}, not {other}",
+            elem.kserve_name().unwrap_or("?")
+        )));
+    }
+    fn narrow<W: Copy + std::fmt::Display, T: TryFrom<W>>(name: &str, ty: &str, wide: Vec<W>) -> Result<Vec<T>, ApiError> {
+        wide.into_iter()
+            .enumerate()
+            .map(|(i, x)| {
+                T::try_from(x).map_err(|_| {
+                    ApiError::InvalidTensor(format!("input {name:?}: element {i} is {x}, which is out of range for {ty}"))
+                })
+            })
+            .collect()
+    }
+    Ok(match elem {
+        ElementType::Bool => TensorData::Bool(c.bool_contents),
+        ElementType::Int8 => TensorData::I8(narrow(name, "INT8", c.int_contents)?),
+        ElementType::Int16 => TensorData::I16(narrow(name, "INT16", c.int_contents)?),
+        ElementType::Int32 => TensorData::I32(c.int_contents),
+        ElementType::Int64 => TensorData::I64(c.int64_contents),
+        ElementType::Uint8 => TensorData::U8(narrow(name, "UINT8", c.uint_contents)?),
+        ElementType::Uint16 => TensorData::U16(narrow(name, "UINT16", c.uint_contents)?),
+        ElementType::Uint32 => TensorData::U32(c.uint_contents),
+        ElementType::Uint64 => TensorData::U64(c.uint64_contents),
+        ElementType::Float => TensorData::F32(c.fp32_contents),
+        ElementType::Double => TensorData::F64(c.fp64_contents),
+        _ => TensorData::Bytes(c.bytes_contents.into_iter().map(Vec::from).collect()),
+    })
+}
+
+/// The response for `outputs` (in the order asked for), raw, with the request's id.
+pub(crate) fn encode(model: &Model, id: String, outputs: Vec<(String, Tensor)>) -> ModelInferResponse {
+    let mut tensors = Vec::with_capacity(outputs.len());
+    let mut raw: Vec<Bytes> = Vec::with_capacity(outputs.len());
+    for (name, tensor) in outputs {
+        tensors.push(InferOutputTensor {
+            name,
+            datatype: tensor.data.element_type().kserve_name().unwrap_or("BYTES").to_string(),
+            shape: tensor.shape.iter().map(|&d| i64::try_from(d).unwrap_or(i64::MAX)).collect(),
+            parameters: Default::default(),
+            contents: None,
+        });
+        raw.push(crate::v2::body::binary_bytes(tensor.data));
+    }
+    ModelInferResponse {
+        model_name: model.name().to_string(),
+        model_version: model.version().to_string(),
+        id,
+        parameters: Default::default(),
+        outputs: tensors,
+        raw_output_contents: raw,
+    }
+}
