@@ -57,11 +57,13 @@ def pytest_collection_finish(session):
 
 class Service:
     """A running nimify service process (`cargo nimify serve` or a service binary) and its URL,
-    found from the JSON "serving" log line; the rest of the log is kept in `log`."""
+    found from the JSON "serving" log line (with `grpc_address`, "off" without gRPC); the rest of
+    the log is kept in `log`."""
 
-    def __init__(self, argv, env=None):
-        # Tests that do not test shutdown stop at once (the default delay is for Kubernetes).
-        env = {"NIMIFY_SHUTDOWN_DELAY_MS": "0", **(os.environ if env is None else env)}
+    def __init__(self, argv, env=None, scheme="http", verify=None, cert=None):
+        # Tests that do not test shutdown stop at once (the default delay is for Kubernetes), and
+        # gRPC listens on a free port (tests run in parallel).
+        env = {"NIMIFY_SHUTDOWN_DELAY_MS": "0", "NIMIFY_GRPC_PORT": "0", **(os.environ if env is None else env)}
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.log = []
         self.address = None
@@ -77,14 +79,15 @@ class Service:
                 continue
             if event.get("message") == "serving":
                 self.address = event["address"]
+                self.grpc_address = event.get("grpc_address")
                 break
         if self.address is None:
             self.proc.kill()
             raise RuntimeError(f"{argv} did not start: {''.join(self.log)}{self.proc.stderr.read()}")
         # Keep draining the log so a chatty server never blocks on a full pipe.
         threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
-        self.url = f"http://{self.address}"
-        r = requests.get(f"{self.url}/v2/health/ready", timeout=5)
+        self.url = f"{scheme}://{self.address}"
+        r = requests.get(f"{self.url}/v2/health/ready", timeout=5, verify=verify, cert=cert)
         assert r.status_code == 200, r.text
 
     def stop(self):
@@ -102,8 +105,14 @@ class Service:
 class Server(Service):
     """`cargo nimify serve MODEL` on a free loopback port, with extra flags."""
 
-    def __init__(self, model_path, *extra, env=None):
-        super().__init__([BIN, "nimify", "serve", model_path, "--host", "127.0.0.1", "--port", "0", *extra], env=env)
+    def __init__(self, model_path, *extra, env=None, scheme="http", verify=None, cert=None):
+        super().__init__([*self.argv_for(model_path), *extra], env=env, scheme=scheme, verify=verify, cert=cert)
+
+    @staticmethod
+    def argv_for(model_path):
+        """The command line of a server for `model_path` on free loopback ports (with the
+        environment NIMIFY_GRPC_PORT=0 that `Service` sets)."""
+        return [BIN, "nimify", "serve", model_path, "--host", "127.0.0.1", "--port", "0"]
 
 
 @pytest.fixture(scope="session")
@@ -126,8 +135,8 @@ def start():
     """`start(name, *flags)`: a server of its own for tests/models/<name>.onnx, stopped after the test."""
     servers = []
 
-    def go(model, *args):
-        s = Server(os.path.join(MODELS, f"{model}.onnx"), *args)
+    def go(model, *args, env=None):
+        s = Server(os.path.join(MODELS, f"{model}.onnx"), *args, env=env)
         servers.append(s)
         return s
 
@@ -220,7 +229,8 @@ class Container:
 
     def __init__(self, ref, *args, env=None):
         self.port = free_port()
-        flags = ["--read-only", "--user", "65532", "--cap-drop", "ALL", "--network", "host", "-e", "NIMIFY_HOST=127.0.0.1", "-e", f"NIMIFY_PORT={self.port}"]
+        self.grpc_port = free_port()
+        flags = ["--read-only", "--user", "65532", "--cap-drop", "ALL", "--network", "host", "-e", "NIMIFY_HOST=127.0.0.1", "-e", f"NIMIFY_PORT={self.port}", "-e", f"NIMIFY_GRPC_PORT={self.grpc_port}"]
         for k, v in {"NIMIFY_SHUTDOWN_DELAY_MS": "0", **(env or {})}.items():
             flags += ["-e", f"{k}={v}"]
         self.id = podman("run", "-d", *flags, ref, *args).stdout.strip().splitlines()[-1]

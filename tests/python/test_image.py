@@ -68,7 +68,7 @@ def test_several_models_carry_one_digest_each(example_image):
 def test_a_changed_model_file_refuses_to_start_naming_both_digests(example_image):
     ref, _ = example_image("iris")
     wrong = "0" * 64
-    proc = podman("run", "--rm", "--read-only", "--user", "65532", "--network", "host", "-e", f"NIMIFY_PORT={free_port()}", "-e", f"NIMIFY_MODEL_SHA256={wrong}", ref, check=False)
+    proc = podman("run", "--rm", "--read-only", "--user", "65532", "--network", "host", "-e", f"NIMIFY_PORT={free_port()}", "-e", f"NIMIFY_GRPC_PORT={free_port()}", "-e", f"NIMIFY_MODEL_SHA256={wrong}", ref, check=False)
     assert proc.returncode == 1
     error = proc.stderr.strip().splitlines()[-1]
     assert wrong in error and sha256_of(os.path.join(IRIS, "iris.onnx")) in error and "rebuild the image" in error

@@ -1,5 +1,6 @@
-"""The official `tritonclient[http]` against a real `cargo nimify serve`, in binary and JSON
-modes, compared with ONNX Runtime run in Python on the same inputs."""
+"""The official `tritonclient` against a real `cargo nimify serve`: over HTTP in binary and JSON
+modes and over gRPC (`tritonclient.grpc`, raw tensors), compared with ONNX Runtime run in Python
+on the same inputs."""
 
 import json
 import os
@@ -8,11 +9,12 @@ import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from conftest import MODELS
 
-MODES = [pytest.param(True, id="binary"), pytest.param(False, id="json")]
+MODES = ["binary", "json", "grpc"]
 RNG = np.random.default_rng(42)
 
 
@@ -63,7 +65,10 @@ def triton_datatype(arr):
     return httpclient.np_to_triton_dtype(arr.dtype)
 
 
-def infer(server, model, feeds, binary, outputs=None):
+def infer(server, model, feeds, mode, outputs=None):
+    if mode == "grpc":
+        return infer_grpc(server, model, feeds, outputs)
+    binary = mode == "binary"
     inputs = []
     for name, arr in feeds.items():
         i = httpclient.InferInput(name, list(arr.shape), triton_datatype(arr))
@@ -77,6 +82,22 @@ def infer(server, model, feeds, binary, outputs=None):
         requested.append(httpclient.InferRequestedOutput(n, binary_data=binary or is_bf16))
     result = client(server).infer(model, inputs, outputs=requested, request_id="req-7")
     assert result.get_response()["id"] == "req-7"
+    return {n: result.as_numpy(n) for n in names}
+
+
+def infer_grpc(server, model, feeds, outputs=None):
+    """The same call through `tritonclient.grpc` (raw_input_contents; outputs raw)."""
+    c = grpcclient.InferenceServerClient(server.grpc_address)
+    inputs = []
+    for name, arr in feeds.items():
+        i = grpcclient.InferInput(name, list(arr.shape), triton_datatype(arr))
+        i.set_data_from_numpy(arr)
+        inputs.append(i)
+    names = outputs or [o.name for o in c.get_model_metadata(model).outputs]
+    requested = [grpcclient.InferRequestedOutput(n) for n in names] if outputs else None
+    result = c.infer(model, inputs, outputs=requested, request_id="req-7")
+    assert result.get_response().id == "req-7"
+    assert [o.name for o in result.get_response().outputs] == names
     return {n: result.as_numpy(n) for n in names}
 
 
@@ -109,61 +130,61 @@ def dtype_feeds(batch):
     return feeds
 
 
-@pytest.mark.parametrize("binary", MODES)
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_every_element_type(serve, binary, batch):
+def test_every_element_type(serve, mode, batch):
     server = serve("dtypes")
     feeds = dtype_feeds(batch)
-    got = infer(server, "dtypes", feeds, binary)
+    got = infer(server, "dtypes", feeds, mode)
     want = reference("dtypes", feeds)
     for name, w in want.items():
         assert_same(got[name], w, name)
 
 
-@pytest.mark.parametrize("binary", MODES)
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch", [1, 4])
-def test_bf16_in_binary(serve, binary, batch):
+def test_bf16_in_binary(serve, mode, batch):
     server = serve("bf16")
     feeds = {"in_bf16": RNG.standard_normal((batch, 2)).astype(ml_dtypes.bfloat16)}
-    got = infer(server, "bf16", feeds, binary)
+    got = infer(server, "bf16", feeds, mode)
     want = reference("bf16", feeds)
     assert got["out_bf16"].dtype == ml_dtypes.bfloat16
     assert_same(got["out_bf16"], want["out_bf16"], "out_bf16")
     assert_same(got["as_fp32"], want["as_fp32"], "as_fp32")
 
 
-@pytest.mark.parametrize("binary", MODES)
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch", [0, 1, 5])
-def test_dynamic_batch_including_empty(serve, binary, batch):
+def test_dynamic_batch_including_empty(serve, mode, batch):
     server = serve("mlp")
     feeds = {"x": RNG.standard_normal((batch, 4)).astype(np.float32)}
-    got = infer(server, "mlp", feeds, binary)
+    got = infer(server, "mlp", feeds, mode)
     want = reference("mlp", feeds)
     for name in ("probs", "logits"):
         assert got[name].shape == (batch, 3)
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("binary", MODES)
-def test_fixed_dims(serve, binary):
+@pytest.mark.parametrize("mode", MODES)
+def test_fixed_dims(serve, mode):
     server = serve("fixed")
     feeds = {"image": RNG.standard_normal((1, 2, 3)).astype(np.float32)}
-    assert_same(infer(server, "fixed", feeds, binary)["doubled"], reference("fixed", feeds)["doubled"], "doubled")
+    assert_same(infer(server, "fixed", feeds, mode)["doubled"], reference("fixed", feeds)["doubled"], "doubled")
 
 
-@pytest.mark.parametrize("binary", MODES)
-def test_scalars(serve, binary):
+@pytest.mark.parametrize("mode", MODES)
+def test_scalars(serve, mode):
     server = serve("scalar")
     feeds = {"a": np.array(1.5, dtype=np.float32), "b": np.array(41, dtype=np.int64)}
-    got = infer(server, "scalar", feeds, binary)
+    got = infer(server, "scalar", feeds, mode)
     want = reference("scalar", feeds)
     for name in ("sum", "b_plus_one"):
         assert got[name].shape == ()
         assert_same(got[name], want[name], name)
 
 
-@pytest.mark.parametrize("binary", MODES)
-def test_several_inputs_and_outputs_with_selection(serve, binary):
+@pytest.mark.parametrize("mode", MODES)
+def test_several_inputs_and_outputs_with_selection(serve, mode):
     server = serve("multi_io")
     feeds = {
         "features": RNG.standard_normal((4, 3)).astype(np.float32),
@@ -171,55 +192,55 @@ def test_several_inputs_and_outputs_with_selection(serve, binary):
         "threshold": np.array(0.5, dtype=np.float32),
     }
     want = reference("multi_io", feeds)
-    got = infer(server, "multi_io", feeds, binary)
+    got = infer(server, "multi_io", feeds, mode)
     for name, w in want.items():
         assert_same(got[name], w, name)
     # Only the outputs asked for, in the order asked for.
-    subset = infer(server, "multi_io", feeds, binary, outputs=["above", "total"])
+    subset = infer(server, "multi_io", feeds, mode, outputs=["above", "total"])
     assert list(subset) == ["above", "total"]
     assert_same(subset["above"], want["above"], "above")
 
 
-@pytest.mark.parametrize("binary", MODES)
-def test_string_tensors(serve, binary):
+@pytest.mark.parametrize("mode", MODES)
+def test_string_tensors(serve, mode):
     server = serve("strings")
     feeds = {"text": np.array([b"hello", "gr\u00fc\u00dfe".encode(), b"", b"MiXeD 123"], dtype=object)}
-    got = infer(server, "strings", feeds, binary)
+    got = infer(server, "strings", feeds, mode)
     want = reference("strings", feeds)
     for name in ("tagged", "is_word", "echo"):
         assert_same(got[name], want[name], name)
 
 
-@pytest.mark.parametrize("binary", MODES)
-def test_output_shape_comes_from_onnx_runtime(serve, binary):
+@pytest.mark.parametrize("mode", MODES)
+def test_output_shape_comes_from_onnx_runtime(serve, mode):
     server = serve("wrong_shape")
     feeds = {"x": RNG.standard_normal((3, 2)).astype(np.float32)}
-    got = infer(server, "wrong_shape", feeds, binary)
+    got = infer(server, "wrong_shape", feeds, mode)
     assert got["y"].shape == (3, 2)
     assert_same(got["y"], reference("wrong_shape", feeds)["y"], "y")
 
 
-@pytest.mark.parametrize("binary", MODES)
-def test_odd_tensor_names(serve, binary):
+@pytest.mark.parametrize("mode", MODES)
+def test_odd_tensor_names(serve, mode):
     server = serve("odd_names")
     feeds = {
         "input/0:x.y": RNG.standard_normal((2, 5, 3)).astype(np.float32),
         "it's \"quoted\"": np.arange(6, dtype=np.int64).reshape(2, 3),
     }
-    got = infer(server, "odd_names", feeds, binary)
+    got = infer(server, "odd_names", feeds, mode)
     want = reference("odd_names", feeds)
     for name, w in want.items():
         assert_same(got[name], w, name)
 
 
-@pytest.mark.parametrize("binary", MODES)
-def test_zipmap_classifier(serve, binary):
+@pytest.mark.parametrize("mode", MODES)
+def test_zipmap_classifier(serve, mode):
     server = serve("zipmap")
     meta = client(server).get_model_metadata("zipmap")
     outputs = {o["name"]: o for o in meta["outputs"]}
     assert outputs["output_probability"]["datatype"] == "BYTES"
     x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], dtype=np.float32)
-    got = infer(server, "zipmap", {"X": x}, binary)
+    got = infer(server, "zipmap", {"X": x}, mode)
     sess = ort.InferenceSession(os.path.join(MODELS, "zipmap.onnx"))
     labels, probs = sess.run(None, {"X": x})
     np.testing.assert_array_equal(got["output_label"], labels)
@@ -229,21 +250,21 @@ def test_zipmap_classifier(serve, binary):
         assert {int(k): v for k, v in row.items()} == pytest.approx(want, abs=0)
 
 
-@pytest.mark.parametrize("binary", MODES)
-def test_an_operator_only_the_pinned_onnx_runtime_has(serve, binary):
+@pytest.mark.parametrize("mode", MODES)
+def test_an_operator_only_the_pinned_onnx_runtime_has(serve, mode):
     """BitShift on uint16 exists from ONNX Runtime 1.32 on: the server runs the pinned library."""
     feeds = {"x": np.array([1, 3, 65535, 7], np.uint16), "shift": np.array([2, 4, 1, 0], np.uint16)}
-    got = infer(serve("bitshift"), "bitshift", feeds, binary)
+    got = infer(serve("bitshift"), "bitshift", feeds, mode)
     np.testing.assert_array_equal(got["y"], np.array([4, 48, 65534, 7], np.uint16))
     np.testing.assert_array_equal(got["y"], reference("bitshift", feeds)["y"])
 
 
-@pytest.mark.parametrize("binary", MODES)
-def test_non_finite_outputs_reach_the_client(serve, binary):
+@pytest.mark.parametrize("mode", MODES)
+def test_non_finite_outputs_reach_the_client(serve, mode):
     """In JSON, NaN and infinities travel as the strings "NaN", "Infinity", "-Infinity";
     tritonclient turns them back into floats either way."""
     feeds = {"x": np.array([0.0, -1.0, 1.0], np.float32), "h": np.array([1.5, 0.0, -2.0], np.float16)}
-    got = infer(serve("nonfinite"), "nonfinite", feeds, binary)
+    got = infer(serve("nonfinite"), "nonfinite", feeds, mode)
     for name, want in reference("nonfinite", feeds).items():
         np.testing.assert_array_equal(got[name], want, err_msg=name)
         assert got[name].dtype == want.dtype, name

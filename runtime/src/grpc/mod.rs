@@ -39,22 +39,22 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     tokio::spawn(follow_readiness(reporter, state.readiness()));
     let mut routes = tonic::service::Routes::new(inference).add_service(health);
     // The descriptors are generated with the code (a freshness test checks both), so they decode.
-    if let Ok(reflection) = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(DESCRIPTOR)
-        .build_v1()
-    {
-        routes = routes.add_service(reflection);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(DESCRIPTOR)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    if let Ok(v1) = reflection().build_v1() {
+        routes = routes.add_service(v1);
     }
-    if let Ok(reflection) = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(DESCRIPTOR)
-        .build_v1alpha()
-    {
-        routes = routes.add_service(reflection);
+    if let Ok(v1alpha) = reflection().build_v1alpha() {
+        routes = routes.add_service(v1alpha);
     }
     routes
         .prepare()
         .into_axum_router()
         .fallback(unknown_service)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), message_limit))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn(access_log))
@@ -130,6 +130,23 @@ impl HttpBody for Holding {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
     }
+}
+
+/// A request message over `grpc_max_message_bytes` ends with RESOURCE_EXHAUSTED naming the
+/// setting, as gRPC's other implementations answer, instead of tonic's OUT_OF_RANGE.
+async fn message_limit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+    let too_large = header("grpc-status") == Some("11")
+        && header("grpc-message").is_some_and(|m| m.contains("message%20length%20too%20large"));
+    if !too_large {
+        return response;
+    }
+    let limit = state.config().grpc_max_message_bytes();
+    let error = crate::error::ApiError::TooLarge(format!(
+        "request message exceeds the {limit} byte limit; raise grpc_max_message_bytes (--grpc-max-message-bytes) or send a smaller batch"
+    ));
+    status::to_status(&error).into_http()
 }
 
 /// One log line per call, as HTTP's access log: failures (a `grpc-status` other than 0 in the
