@@ -30,6 +30,7 @@ fn recorded_image() -> tempfile::TempDir {
         version: "0.1.0".into(),
         bin: "example-iris".into(),
         port: 8000,
+        grpc_port: Some(8001),
         user: 65532,
         base: None,
         models: vec![ModelRecord {

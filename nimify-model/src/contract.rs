@@ -130,6 +130,9 @@ pub struct ImageRecord {
     pub bin: String,
     /// The port the service listens on.
     pub port: u16,
+    /// The gRPC port it listens on; records written before nimify served gRPC have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_port: Option<u16>,
     /// The numeric user it runs as.
     pub user: u32,
     /// The base image, when one replaced the host's libraries.
@@ -308,6 +311,7 @@ mod tests {
             version: "0.1.0".into(),
             bin: "example-iris".into(),
             port: 8000,
+            grpc_port: Some(8001),
             user: 65532,
             base: None,
             models: vec![ModelRecord { name: "iris".into(), file: "iris.onnx".into(), sha256: B.into(), size: 9 }],

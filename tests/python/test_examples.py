@@ -35,6 +35,12 @@ def example(request, example_image):
                 services[name] = Container(example_image(name)[0])
         return services[name].url
 
+    def grpc(name):
+        """The gRPC address of an example started with `start`."""
+        service = services[name]
+        return service.grpc_address if isinstance(service, Service) else f"127.0.0.1:{service.grpc_port}"
+
+    start.grpc = grpc
     yield start
     for name, service in services.items():
         if isinstance(service, Container):
@@ -110,6 +116,19 @@ def test_iris_matches_onnx_runtime_and_the_stored_coefficients(example):
     assert out["output_label"]["data"] == labels.tolist()
     r = requests.post(f"{url}/v1/models/iris/predict", json={"measurements": [[1, 2, 3]]}, timeout=10)
     assert r.status_code == 422 and "measurements" in r.json()["error"]
+    # The typed model is reachable over gRPC like any model, through the same queue.
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(example.grpc("iris"))
+    x = grpcclient.InferInput("X", list(rows.shape), "FP32")
+    x.set_data_from_numpy(rows)
+    before = requests.get(f"{url}/v2/models/iris/stats", timeout=5).json()["model_stats"][0]["inference_stats"]["success"]["count"]
+    result = client.infer("iris", [x])
+    assert result.as_numpy("output_label").tolist() == labels.tolist()
+    got = [json.loads(row) for row in result.as_numpy("output_probability")]
+    np.testing.assert_allclose([[row[str(k)] for k in range(3)] for row in got], want, rtol=SAME_MODEL_RTOL)
+    after = requests.get(f"{url}/v2/models/iris/stats", timeout=5).json()["model_stats"][0]["inference_stats"]["success"]["count"]
+    assert after == before + 1
 
 
 def test_pipeline_matches_both_models_chained_in_onnx_runtime(example):

@@ -85,6 +85,7 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
         ("model.sha256", quote(&record.model_digests().to_string())),
         ("model.sizeBytes", model_bytes.to_string()),
         ("containerPort", record.port.to_string()),
+        ("grpc.containerPort", record.grpc_port.unwrap_or(nimify::DEFAULT_GRPC_PORT).to_string()),
         ("resources.requests.memory", request),
         ("resources.limits.memory", limit),
     ] {

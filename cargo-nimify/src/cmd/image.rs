@@ -187,6 +187,7 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Res
         labels: BTreeMap::new(),
         epoch,
         port: nimify::DEFAULT_PORT,
+        grpc_port: nimify::DEFAULT_GRPC_PORT,
     };
     plan.labels = labels(project, &plan, name);
     Ok(plan)
@@ -329,6 +330,7 @@ fn record(
         version: project.version.clone(),
         bin: plan.bin_name.clone(),
         port: plan.port,
+        grpc_port: Some(plan.grpc_port),
         user: img::USER,
         base: built.base.as_ref().map(|b| BaseRecord { reference: b.reference.clone(), digest: b.digest.clone() }),
         models,

@@ -69,6 +69,8 @@ pub struct Plan {
     pub epoch: u64,
     /// Exposed port.
     pub port: u16,
+    /// Exposed gRPC port.
+    pub grpc_port: u16,
 }
 
 impl Plan {
@@ -209,6 +211,7 @@ fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
         labels: plan.labels.clone(),
         user: format!("{USER}:{USER}"),
         port: plan.port,
+        grpc_port: plan.grpc_port,
         working_dir: "/".into(),
         created: oci::rfc3339(plan.epoch),
     }
@@ -255,6 +258,7 @@ mod tests {
             labels: BTreeMap::from([("a".to_string(), "b".to_string())]),
             epoch: 0,
             port: 8000,
+            grpc_port: 8001,
         };
         let built =
             assemble(&plan, BlobStore::create(dir.path().join("store")).expect("store"), &|_, _| ()).expect("assemble");

@@ -49,8 +49,10 @@ pub struct RunConfig {
     pub labels: BTreeMap<String, String>,
     /// `uid:gid`.
     pub user: String,
-    /// Exposed TCP port.
+    /// Exposed TCP port (HTTP).
     pub port: u16,
+    /// Exposed TCP port (gRPC).
+    pub grpc_port: u16,
     /// Working directory.
     pub working_dir: String,
     /// RFC 3339 creation time.
@@ -64,7 +66,8 @@ pub fn config_json(run: &RunConfig, layers: &[ImageLayer], base_history: &[Value
     history.extend(
         layers.iter().filter(|l| l.role != "base").map(|l| json!({"created": run.created, "created_by": l.created_by})),
     );
-    let ports: BTreeMap<String, Value> = BTreeMap::from([(format!("{}/tcp", run.port), json!({}))]);
+    let ports: BTreeMap<String, Value> =
+        [run.port, run.grpc_port].iter().map(|p| (format!("{p}/tcp"), json!({}))).collect();
     let doc = json!({
         "created": run.created,
         "architecture": architecture(),
