@@ -118,6 +118,9 @@ pub struct ServiceArgs {
     /// Run one inference per session before reporting ready [default: true].
     #[arg(long, global = true, env = "NIMIFY_WARMUP")]
     pub warmup: Option<bool>,
+    /// Warm up with the inputs of this V2 JSON inference request instead of zeros.
+    #[arg(long, global = true, env = "NIMIFY_WARMUP_REQUEST")]
+    pub warmup_request: Option<PathBuf>,
     /// Load the service's models from this directory (by file name) instead of the compiled-in paths.
     #[arg(long, global = true, env = "NIMIFY_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
@@ -172,6 +175,9 @@ impl ServiceArgs {
         }
         if self.api_keys_file.is_some() {
             c.api_keys_file.clone_from(&self.api_keys_file);
+        }
+        if self.warmup_request.is_some() {
+            c.warmup.request.clone_from(&self.warmup_request);
         }
         if self.model_dir.is_some() {
             c.model_dir.clone_from(&self.model_dir);
@@ -237,12 +243,13 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
     let config = args.config().map_err(|e| e.to_string())?;
     let address = format!("{}:{}", config.host, config.port);
     let grpc_address = config.grpc.then(|| format!("{}:{}", config.host, config.grpc_port));
-    let (state, router) = register(ServerBuilder::new(config)).build().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
+        // The ports open first: while the models load and warm up, probes get "not ready"
+        // (HTTP 503, gRPC health NOT_SERVING) instead of a refused connection.
         let http = tokio::net::TcpListener::bind(&address)
             .await
             .map_err(|e| format!("cannot listen on {address}: {e}; pick another --port or stop what uses it"))?;
@@ -252,8 +259,10 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
                 format!("cannot listen for gRPC on {a}: {e}; pick another --grpc-port, or --no-grpc to serve HTTP only")
             })?),
         };
-        crate::serve(crate::Listeners { http, grpc }, state, router, crate::shutdown_signal())
-            .await
+        let builder = register(ServerBuilder::new(config.clone()));
+        let load = move || builder.build().map_err(|e| e.to_string());
+        crate::serving::serve_after_loading(crate::Listeners { http, grpc }, &config, load, crate::shutdown_signal())
+            .await?
             .map_err(|e| format!("server failed: {e}"))
     })
 }

@@ -222,11 +222,15 @@ pub struct WarmupConfig {
     pub enabled: bool,
     /// Sizes for named symbolic dims (others are 1).
     pub dims: BTreeMap<String, usize>,
+    /// A V2 JSON inference request (the body of `POST /v2/models/{m}/infer`) whose inputs the
+    /// warm-up runs instead of zeros, as Triton's `model_warmup` with an input data file: real
+    /// values reach the code paths zeros skip. It must fit every model it warms up.
+    pub request: Option<PathBuf>,
 }
 
 impl Default for WarmupConfig {
     fn default() -> Self {
-        Self { enabled: true, dims: BTreeMap::new() }
+        Self { enabled: true, dims: BTreeMap::new(), request: None }
     }
 }
 

@@ -96,7 +96,7 @@ pub(crate) struct Endpoint {
 /// `stop` too and close once their current request is answered. Returns the cap's semaphore so
 /// the caller can wait for every connection to end.
 pub(crate) async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     endpoint: Endpoint,
     limits: Limits,
     metrics: ConnectionMetrics,

@@ -28,6 +28,7 @@ mod ortlib;
 mod request_body;
 mod routes;
 mod server;
+mod serving;
 mod tensor;
 mod tls;
 pub mod typed;
@@ -40,7 +41,8 @@ pub use nimify_model::Dim;
 pub use ortlib::OrtLibError;
 
 pub use nimify_macros::nimify;
-pub use server::{AppState, Listeners, ServerBuilder, serve, shutdown_signal};
+pub use server::{AppState, ServerBuilder};
+pub use serving::{Listeners, serve, shutdown_signal};
 
 pub(crate) use model::Model;
 

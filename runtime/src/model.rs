@@ -130,6 +130,16 @@ pub enum LoadError {
         /// Declared and produced shapes, and the fix.
         detail: String,
     },
+    /// The warm-up request (`warmup.request`) cannot be read or does not fit the model.
+    #[error("model {model}: warm-up request {path}: {reason}")]
+    WarmupRequest {
+        /// Served name.
+        model: String,
+        /// The request file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// The model takes an input type the protocol cannot carry.
     #[error(
         "model {path}: input {input:?} has type {ty}, which nimify cannot accept over the inference protocol; export the model with tensor inputs of a supported element type"
@@ -234,11 +244,15 @@ impl Model {
         let (queue, rx) = std::sync::mpsc::sync_channel(settings.batching.queue_capacity);
         let shared = Arc::new(Mutex::new((rx, None)));
         let mut shape_lie = None;
+        let warmup = match settings.warmup.enabled {
+            true => Some(warmup_inputs(&name, &inputs, &outputs, settings.warmup)?),
+            false => None,
+        };
         for instance in 0..settings.session.instances.max(1) {
             let mut session = open_session(env, &path, settings.session)
                 .map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
-            if settings.warmup.enabled
-                && let Some(produced) = warm_up(&mut session, &name, &inputs, &input_names, settings.warmup)
+            if let Some(tensors) = &warmup
+                && let Some(produced) = warm_up(&mut session, &name, &input_names, tensors.clone())
                 && instance == 0
             {
                 shape_lie = declared_vs_produced(&outputs, &produced);
@@ -462,17 +476,23 @@ fn declared_vs_produced(outputs: &[TensorSpec], produced: &[(String, Vec<usize>)
     (!lies.is_empty()).then(|| format!("the model declares output shapes it does not produce: {}", lies.join("; ")))
 }
 
-/// Runs the session once on zeros (declared fixed dims, configured or 1 for the others) and
-/// returns the shapes produced. A failure is logged and does not block readiness.
-fn warm_up(
-    session: &mut Session,
+/// The inputs warm-up runs: the configured request's (decoded and checked as a client's would
+/// be), or zeros (declared fixed dims, configured or 1 for the others).
+fn warmup_inputs(
     model: &str,
     inputs: &[TensorSpec],
-    names: &[String],
+    outputs: &[TensorSpec],
     config: &WarmupConfig,
-) -> Option<Vec<(String, Vec<usize>)>> {
-    let start = Instant::now();
-    let tensors: Option<Vec<Tensor>> = inputs
+) -> Result<Vec<Tensor>, LoadError> {
+    if let Some(path) = &config.request {
+        let fail = |reason: String| LoadError::WarmupRequest { model: model.into(), path: path.clone(), reason };
+        let body = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let decoded = crate::v2::codec::decode_for(model, inputs, outputs, None, &bytes::Bytes::from(body))
+            .map_err(|e| fail(e.to_string()))?;
+        let checked = crate::inference::checks::check_named(inputs, decoded.inputs).map_err(|e| fail(e.to_string()))?;
+        return Ok(checked.into_iter().map(|(_, t)| t).collect());
+    }
+    inputs
         .iter()
         .map(|spec| {
             let shape = match &spec.shape {
@@ -486,14 +506,25 @@ fn warm_up(
                     .collect(),
                 None => vec![1],
             };
-            Tensor::zeros(spec.elem, shape)
+            Tensor::zeros(spec.elem, shape.clone()).ok_or_else(|| LoadError::WarmupRequest {
+                model: model.into(),
+                path: PathBuf::from("(zeros)"),
+                reason: format!("input {:?}: warm-up shape {shape:?} is too large (warmup.dims)", spec.name),
+            })
         })
-        .collect();
-    let result = match tensors {
-        Some(t) => run_session(session, names, t, None, None),
-        None => Err(ApiError::Internal("an input type has no zero value".into())),
-    };
-    match result {
+        .collect()
+}
+
+/// Runs the session once on `tensors` and returns the shapes produced. A failure is logged and
+/// does not block readiness.
+fn warm_up(
+    session: &mut Session,
+    model: &str,
+    names: &[String],
+    tensors: Vec<Tensor>,
+) -> Option<Vec<(String, Vec<usize>)>> {
+    let start = Instant::now();
+    match run_session(session, names, tensors, None, None) {
         Ok(outputs) => {
             tracing::info!(model, took_ms = start.elapsed().as_millis() as u64, "warm-up done");
             Some(outputs.into_iter().map(|(name, t)| (name, t.shape)).collect())

@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -36,11 +34,16 @@ pub struct AppState {
     metrics: Metrics,
     /// TLS for both listeners, when configured.
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// A stand-in served while the models load: every model lookup is "starting".
+    starting: bool,
 }
 
 impl AppState {
     /// Looks a model up by name and, when given, version.
     pub(crate) fn model(&self, name: &str, version: Option<&str>) -> Result<&Arc<Model>, ApiError> {
+        if self.starting {
+            return Err(starting());
+        }
         let model = self.models.get(name).ok_or_else(|| {
             ApiError::NotFound(format!(
                 "unknown model {name:?}; this server has {}",
@@ -79,6 +82,16 @@ impl AppState {
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// TLS for the listeners, when configured.
+    pub(crate) fn tls(&self) -> Option<Arc<tokio_rustls::rustls::ServerConfig>> {
+        self.tls.clone()
+    }
+
+    /// Whether this is the stand-in served while the models load.
+    pub(crate) fn is_starting(&self) -> bool {
+        self.starting
     }
 
     /// The metrics registry.
@@ -282,8 +295,36 @@ impl ServerBuilder {
             admission,
             metrics,
             tls,
+            starting: false,
         });
         let router = app(Arc::clone(&state), self.extra);
+        Ok((state, router))
+    }
+}
+
+/// What a starting server answers to anything but its probes.
+fn starting() -> ApiError {
+    ApiError::NotReady("the server is starting: its models are loading and warming up; retry shortly".into())
+}
+
+impl ServerBuilder {
+    /// The stand-in state and router served while the models load (see
+    /// `serving::serve_after_loading`): the same configuration, TLS and probes, no models,
+    /// readiness false.
+    pub(crate) fn build_starting(self) -> Result<(Arc<AppState>, Router), LoadError> {
+        let api_keys = self.config.validate()?;
+        let tls = crate::tls::server_config(&self.config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        let admission = Admission::new(api_keys, self.config.max_in_flight);
+        let state = Arc::new(AppState {
+            models: BTreeMap::new(),
+            ready: tokio::sync::watch::Sender::new(false),
+            config: self.config,
+            admission,
+            metrics: Metrics::new(),
+            tls,
+            starting: true,
+        });
+        let router = app(Arc::clone(&state), None);
         Ok((state, router))
     }
 }
@@ -371,7 +412,10 @@ async fn json_errors(request: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(serde_json::json!({ "error": message }).to_string()))
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiError {
+async fn not_found(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> ApiError {
+    if state.is_starting() {
+        return starting();
+    }
     ApiError::NotFound(format!("no route for {}", uri.path()))
 }
 
@@ -426,148 +470,6 @@ async fn access_log(request: Request, next: Next) -> Response {
         tracing::debug!(request_id = %id, %method, %path, status, micros, "request");
     }
     response
-}
-
-/// The sockets a server listens on: HTTP, and gRPC when it is served.
-#[derive(Debug)]
-pub struct Listeners {
-    /// KServe V2 over HTTP/1.1 and HTTP/2, the docs, metrics and typed routes.
-    pub http: tokio::net::TcpListener,
-    /// `inference.GRPCInferenceService`, health and reflection over gRPC.
-    pub grpc: Option<tokio::net::TcpListener>,
-}
-
-impl From<tokio::net::TcpListener> for Listeners {
-    fn from(http: tokio::net::TcpListener) -> Self {
-        Self { http, grpc: None }
-    }
-}
-
-/// Serves until `shutdown` resolves, then stops the way a Kubernetes pod should:
-///
-/// 1. readiness answers 503 (gRPC health NOT_SERVING) at once, while the listeners keep accepting
-///    and serving for `shutdown_delay_ms` (endpoints take a few seconds to drop a terminating
-///    pod; a second SIGTERM or Ctrl-C skips the rest of the delay, and a Ctrl-C from
-///    [`shutdown_signal`] has none);
-/// 2. the listeners stop accepting, idle kept-alive connections are closed and busy ones are
-///    closed after their current response (`Connection: close`, HTTP/2 GOAWAY);
-/// 3. in-flight requests finish within `drain_timeout_ms`; past it the server returns anyway.
-///
-/// `listeners` is one HTTP listener, or [`Listeners`] with a gRPC one too.
-pub async fn serve(
-    listeners: impl Into<Listeners>,
-    state: Arc<AppState>,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let Listeners { http, grpc } = listeners.into();
-    let local = http.local_addr()?;
-    let grpc_local = grpc.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
-    let limits = crate::connections::Limits::from_config(&state.config);
-    // Poll the shutdown future once before announcing the server: signal handlers (tokio's and
-    // [`shutdown_signal`]'s) are installed on the first poll, and a SIGTERM or Ctrl-C that came
-    // before them would end the process at once instead of gracefully.
-    let mut shutdown = Box::pin(shutdown);
-    let signalled = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
-    tracing::info!(
-        address = %local,
-        grpc_address = grpc_local.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-        tls = state.tls.is_some(),
-        models = state.models.len(),
-        max_connections = limits.max_connections,
-        header_read_timeout_ms = limits.header_read_timeout.as_millis() as u64,
-        idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
-        "serving"
-    );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let http_endpoint = crate::connections::Endpoint { router, tls: state.tls.clone().map(tokio_rustls::TlsAcceptor::from), keepalive: None };
-    let mut accepting = vec![tokio::spawn(crate::connections::accept_loop(
-        http,
-        http_endpoint,
-        limits,
-        state.metrics.connections(),
-        stopped.clone(),
-    ))];
-    if let Some(grpc) = grpc {
-        let c = &state.config;
-        let keepalive = (c.grpc_keepalive_interval_ms > 0).then(|| {
-            (Duration::from_millis(c.grpc_keepalive_interval_ms), Duration::from_millis(c.grpc_keepalive_timeout_ms))
-        });
-        let endpoint =
-            crate::connections::Endpoint { router: crate::grpc::router(Arc::clone(&state)), tls: state.tls.clone().map(tokio_rustls::TlsAcceptor::from), keepalive };
-        accepting.push(tokio::spawn(crate::connections::accept_loop(
-            grpc,
-            endpoint,
-            limits,
-            state.metrics.connections(),
-            stopped,
-        )));
-    }
-    if !signalled {
-        shutdown.await;
-    }
-    state.begin_shutdown();
-    // The delay is for orchestrators (SIGTERM); someone pressing Ctrl-C wants the server gone.
-    let interactive = INTERRUPTED.load(Ordering::SeqCst);
-    let delay = Duration::from_millis(state.config.shutdown_delay_ms);
-    if !delay.is_zero() && !interactive {
-        tracing::info!(
-            shutdown_delay_ms = delay.as_millis() as u64,
-            "shutting down: readiness is 503; still serving during the shutdown delay (a second signal skips it)"
-        );
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown_signal() => tracing::info!("second signal: skipping the rest of the shutdown delay"),
-        }
-    }
-    let drain = Duration::from_millis(state.config.drain_timeout_ms);
-    tracing::info!(
-        drain_timeout_ms = drain.as_millis() as u64,
-        "shutting down: not accepting connections, draining in-flight requests"
-    );
-    let _ = stop.send(true);
-    let mut slots = Vec::new();
-    for task in accepting {
-        slots.push(task.await.map_err(std::io::Error::other)?);
-    }
-    let every = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let drained = async {
-        for s in &slots {
-            let _ = s.acquire_many(every).await;
-        }
-    };
-    match tokio::time::timeout(drain, drained).await {
-        Ok(()) => tracing::info!("drained; exiting"),
-        Err(_) => tracing::warn!("drain timeout reached; exiting with requests still in flight"),
-    }
-    Ok(())
-}
-
-/// Whether [`shutdown_signal`] was resolved by Ctrl-C (SIGINT) rather than SIGTERM: [`serve`]
-/// skips the shutdown delay for a person at a terminal.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-        INTERRUPTED.store(true, Ordering::SeqCst);
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ statistics and metrics shared with HTTP, health, reflection, API keys, limits an
 
 (The element-type matrix over gRPC is in test_triton_matrix.py, mode "grpc".)"""
 
+import json
 import os
 import queue
 import signal
@@ -510,3 +511,66 @@ def test_tls_settings_errors_are_clear(tmp_path, pki):
     for flags, words in cases:
         r = subprocess.run([*Server.argv_for(os.path.join(MODELS, "mlp.onnx")), *flags], capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and words in r.stderr, (flags, r.stderr)
+
+
+# ---- warm-up --------------------------------------------------------------------------------
+
+def test_health_is_not_serving_while_the_models_warm_up(start, tmp_path):
+    """The ports open before the models load: during a warm-up made long on purpose (a warm-up
+    request for the slow model, sized by measurement against this client's health check), gRPC
+    health is NOT_SERVING, HTTP readiness 503 and inference UNAVAILABLE "starting"; then the
+    same process serves."""
+    from test_timed_work import MARGIN, NO_LIMITS, size_work, work_body
+
+    control = start("slow", *NO_LIMITS)
+    began = time.monotonic()
+    for _ in range(5):
+        assert health(control) == SERVING
+        requests.get(f"{control.url}/v2/health/ready", timeout=5)
+    probing = (time.monotonic() - began) / 5
+    work = size_work(control, max(MARGIN * probing, 1.0), f"{MARGIN} x a health check ({probing * 1000:.0f} ms)")
+    warmup = tmp_path / "warmup.json"
+    warmup.write_text(json.dumps(work_body(work.trips)))
+
+    argv = [*Server.argv_for(os.path.join(MODELS, "slow.onnx")), *NO_LIMITS, "--warmup-request", str(warmup)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env={**os.environ, "NIMIFY_GRPC_PORT": "0", "NIMIFY_SHUTDOWN_DELAY_MS": "0"})
+    try:
+        line = json.loads(proc.stderr.readline())
+        assert line["message"].startswith("listening; loading"), line
+        loading = type("Loading", (), {"grpc_address": line["grpc_address"], "url": f"http://{line['address']}"})()
+        assert health(loading) == NOT_SERVING
+        assert requests.get(f"{loading.url}/v2/health/ready", timeout=5).status_code == 503
+        assert requests.get(f"{loading.url}/v2/health/live", timeout=5).status_code == 200
+        code, message = code_of(lambda: stub(loading).ModelInfer(service_pb2.ModelInferRequest(model_name="slow"), timeout=5))
+        assert code == grpc.StatusCode.UNAVAILABLE and "starting" in message, message
+        log = []
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            text = proc.stderr.readline()
+            assert text, "".join(log)
+            log.append(text)
+            if '"message":"serving"' in text:
+                break
+        assert any('"warm-up done"' in l for l in log), "".join(log)
+        serving = json.loads(log[-1])
+        assert serving["grpc_address"] == line["grpc_address"] and serving["address"] == line["address"]
+        assert health(loading) == SERVING
+        assert requests.get(f"{loading.url}/v2/health/ready", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+
+
+def test_a_warmup_request_that_does_not_fit_is_refused_at_start(tmp_path):
+    bad = tmp_path / "warmup.json"
+    for body, words in (
+        ("{not json", "malformed inference request JSON"),
+        (json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}), "dim 1 is 3"),
+    ):
+        bad.write_text(body)
+        r = subprocess.run([*Server.argv_for(os.path.join(MODELS, "mlp.onnx")), "--warmup-request", str(bad)],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "NIMIFY_GRPC_PORT": "0"})
+        assert r.returncode == 1 and "warm-up request" in r.stderr and words in r.stderr, r.stderr
+    r = subprocess.run([*Server.argv_for(os.path.join(MODELS, "mlp.onnx")), "--warmup-request", str(tmp_path / "missing.json")],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "NIMIFY_GRPC_PORT": "0"})
+    assert r.returncode == 1 and "missing.json: cannot read it" in r.stderr, r.stderr

@@ -1,0 +1,224 @@
+//! Serving on the listeners: both protocols' accept loops, the loading phase before the models
+//! are ready, and the shutdown a Kubernetes pod needs.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::connections::{Endpoint, Limits, accept_loop};
+use crate::server::AppState;
+
+/// The sockets a server listens on: HTTP, and gRPC when it is served.
+#[derive(Debug)]
+pub struct Listeners {
+    /// KServe V2 over HTTP/1.1 and HTTP/2, the docs, metrics and typed routes.
+    pub http: TcpListener,
+    /// `inference.GRPCInferenceService`, health and reflection over gRPC.
+    pub grpc: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(http: TcpListener) -> Self {
+        Self { http, grpc: None }
+    }
+}
+
+/// Accept loops running on shared listeners until told to stop.
+struct Running {
+    stop: watch::Sender<bool>,
+    loops: Vec<JoinHandle<Arc<Semaphore>>>,
+    limits: Limits,
+}
+
+impl Running {
+    /// Starts accepting on `http` (with `router`) and, when given, `grpc` (with the gRPC router
+    /// over `state`), both with the state's TLS and limits.
+    fn start(http: &Arc<TcpListener>, grpc: Option<&Arc<TcpListener>>, state: &Arc<AppState>, router: Router) -> Self {
+        let limits = Limits::from_config(state.config());
+        let (stop, stopped) = watch::channel(false);
+        let tls = state.tls().map(tokio_rustls::TlsAcceptor::from);
+        let metrics = state.metrics().connections();
+        let http_endpoint = Endpoint { router, tls: tls.clone(), keepalive: None };
+        let mut loops =
+            vec![tokio::spawn(accept_loop(Arc::clone(http), http_endpoint, limits, metrics.clone(), stopped.clone()))];
+        if let Some(grpc) = grpc {
+            let c = state.config();
+            let keepalive = (c.grpc_keepalive_interval_ms > 0).then(|| {
+                (Duration::from_millis(c.grpc_keepalive_interval_ms), Duration::from_millis(c.grpc_keepalive_timeout_ms))
+            });
+            let endpoint = Endpoint { router: crate::grpc::router(Arc::clone(state)), tls, keepalive };
+            loops.push(tokio::spawn(accept_loop(Arc::clone(grpc), endpoint, limits, metrics, stopped)));
+        }
+        Self { stop, loops, limits }
+    }
+
+    /// Stops accepting, tells open connections to close after their current request, and waits
+    /// up to `drain` for them to end. Returns whether they all did.
+    async fn stop(self, drain: Duration) -> std::io::Result<bool> {
+        let _ = self.stop.send(true);
+        let mut slots = Vec::new();
+        for task in self.loops {
+            slots.push(task.await.map_err(std::io::Error::other)?);
+        }
+        let every = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
+        let drained = async {
+            for s in &slots {
+                let _ = s.acquire_many(every).await;
+            }
+        };
+        Ok(tokio::time::timeout(drain, drained).await.is_ok())
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops the way a Kubernetes pod should:
+///
+/// 1. readiness answers 503 (gRPC health NOT_SERVING) at once, while the listeners keep accepting
+///    and serving for `shutdown_delay_ms` (endpoints take a few seconds to drop a terminating
+///    pod; a second SIGTERM or Ctrl-C skips the rest of the delay, and a Ctrl-C from
+///    [`shutdown_signal`] has none);
+/// 2. the listeners stop accepting, idle kept-alive connections are closed and busy ones are
+///    closed after their current response (`Connection: close`, HTTP/2 GOAWAY);
+/// 3. in-flight requests finish within `drain_timeout_ms`; past it the server returns anyway.
+///
+/// `listeners` is one HTTP listener, or [`Listeners`] with a gRPC one too.
+pub async fn serve(
+    listeners: impl Into<Listeners>,
+    state: Arc<AppState>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Listeners { http, grpc } = listeners.into();
+    serve_shared(Arc::new(http), grpc.map(Arc::new), state, router, shutdown).await
+}
+
+async fn serve_shared(
+    http: Arc<TcpListener>,
+    grpc: Option<Arc<TcpListener>>,
+    state: Arc<AppState>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local = http.local_addr()?;
+    let grpc_local = grpc.as_ref().map(|g| g.local_addr()).transpose()?;
+    // Poll the shutdown future once before announcing the server: signal handlers (tokio's and
+    // [`shutdown_signal`]'s) are installed on the first poll, and a SIGTERM or Ctrl-C that came
+    // before them would end the process at once instead of gracefully.
+    let mut shutdown = Box::pin(shutdown);
+    let signalled = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
+    let running = Running::start(&http, grpc.as_ref(), &state, router);
+    tracing::info!(
+        address = %local,
+        grpc_address = grpc_local.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        tls = state.tls().is_some(),
+        models = state.models().count(),
+        max_connections = running.limits.max_connections,
+        header_read_timeout_ms = running.limits.header_read_timeout.as_millis() as u64,
+        idle_timeout_ms = running.limits.idle_timeout.as_millis() as u64,
+        "serving"
+    );
+    if !signalled {
+        shutdown.await;
+    }
+    state.begin_shutdown();
+    // The delay is for orchestrators (SIGTERM); someone pressing Ctrl-C wants the server gone.
+    let interactive = INTERRUPTED.load(Ordering::SeqCst);
+    let delay = Duration::from_millis(state.config().shutdown_delay_ms);
+    if !delay.is_zero() && !interactive {
+        tracing::info!(
+            shutdown_delay_ms = delay.as_millis() as u64,
+            "shutting down: readiness is 503; still serving during the shutdown delay (a second signal skips it)"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown_signal() => tracing::info!("second signal: skipping the rest of the shutdown delay"),
+        }
+    }
+    let drain = Duration::from_millis(state.config().drain_timeout_ms);
+    tracing::info!(
+        drain_timeout_ms = drain.as_millis() as u64,
+        "shutting down: not accepting connections, draining in-flight requests"
+    );
+    if running.stop(drain).await? {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("drain timeout reached; exiting with requests still in flight");
+    }
+    Ok(())
+}
+
+/// Longest the loading phase's connections get to finish when the models are ready (they are
+/// answered at once: health, or 503 while starting).
+const LOADING_DRAIN: Duration = Duration::from_secs(2);
+
+/// Serves `listeners` while `load` builds the server on a blocking thread, then serves what it
+/// built until `shutdown`. While loading, liveness passes and readiness fails on both protocols
+/// (HTTP 503, gRPC health NOT_SERVING), and everything else answers 503 / UNAVAILABLE "starting",
+/// so probes and clients see a starting server rather than a refused connection.
+pub(crate) async fn serve_after_loading<E: Send + 'static>(
+    listeners: Listeners,
+    config: &crate::Config,
+    load: impl FnOnce() -> Result<(Arc<AppState>, Router), E> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<std::io::Result<()>, E> {
+    let http = Arc::new(listeners.http);
+    let grpc = listeners.grpc.map(Arc::new);
+    let Ok((starting, starting_router)) = crate::server::ServerBuilder::new(config.clone()).build_starting() else {
+        // An invalid configuration: the real build reports it, in its own words.
+        return match tokio::task::spawn_blocking(load).await {
+            Ok(Ok((state, router))) => Ok(serve_shared(http, grpc, state, router, shutdown).await),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Ok(Err(std::io::Error::other(e))),
+        };
+    };
+    let loading = Running::start(&http, grpc.as_ref(), &starting, starting_router);
+    tracing::info!(
+        address = %http.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        grpc_address = grpc.as_ref().and_then(|g| g.local_addr().ok()).map_or_else(|| "off".to_string(), |a| a.to_string()),
+        "listening; loading and warming up the models (readiness fails until they are ready)"
+    );
+    let built = tokio::task::spawn_blocking(load).await.map_err(std::io::Error::other);
+    let stopped = loading.stop(LOADING_DRAIN).await;
+    let (state, router) = match built {
+        Ok(Ok(built)) => built,
+        Ok(Err(e)) => return Err(e),
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Err(e) = stopped {
+        return Ok(Err(e));
+    }
+    Ok(serve_shared(http, grpc, state, router, shutdown).await)
+}
+
+/// Whether [`shutdown_signal`] was resolved by Ctrl-C (SIGINT) rather than SIGTERM: [`serve`]
+/// skips the shutdown delay for a person at a terminal.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
