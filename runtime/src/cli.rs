@@ -243,6 +243,8 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
     let config = args.config().map_err(|e| e.to_string())?;
     let address = format!("{}:{}", config.host, config.port);
     let grpc_address = config.grpc.then(|| format!("{}:{}", config.host, config.grpc_port));
+    let mut builder = register(ServerBuilder::new(config.clone()));
+    builder.precheck().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -259,7 +261,6 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
                 format!("cannot listen for gRPC on {a}: {e}; pick another --grpc-port, or --no-grpc to serve HTTP only")
             })?),
         };
-        let builder = register(ServerBuilder::new(config.clone()));
         let load = move || builder.build().map_err(|e| e.to_string());
         crate::serving::serve_after_loading(crate::Listeners { http, grpc }, &config, load, crate::shutdown_signal())
             .await?

@@ -186,11 +186,17 @@ impl Metrics {
                 "ONNX Runtime runs stopped before their end because no request of the batch still waited, by reason: deadline or disconnect (of the last request to go)",
                 LABELS_WITH_REASON,
             ),
-            request_seconds: histogram(
+            request_seconds: register(
                 &r,
                 "nimify_request_duration_seconds",
-                "Inference request latency, queueing included",
-                latency_buckets(),
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "nimify_request_duration_seconds",
+                        "Inference request latency, queueing included, by protocol (http or grpc)",
+                    )
+                    .buckets(latency_buckets()),
+                    &["model", "version", "protocol"],
+                ),
             ),
             queue_seconds: histogram(
                 &r,
@@ -226,7 +232,8 @@ impl Metrics {
             cancelled_disconnect: self.cancelled.with_label_values(&[model, version, "disconnect"]),
             terminated_deadline: self.terminated.with_label_values(&[model, version, "deadline"]),
             terminated_disconnect: self.terminated.with_label_values(&[model, version, "disconnect"]),
-            request_seconds: self.request_seconds.with_label_values(&l),
+            request_seconds_http: self.request_seconds.with_label_values(&[model, version, "http"]),
+            request_seconds_grpc: self.request_seconds.with_label_values(&[model, version, "grpc"]),
             queue_seconds: self.queue_seconds.with_label_values(&l),
             batch_size: self.batch_size.with_label_values(&l),
             stats: std::sync::Arc::default(),
@@ -294,7 +301,8 @@ pub struct ModelMetrics {
     pub cancelled_disconnect: IntCounter,
     pub terminated_deadline: IntCounter,
     pub terminated_disconnect: IntCounter,
-    pub request_seconds: Histogram,
+    pub request_seconds_http: Histogram,
+    pub request_seconds_grpc: Histogram,
     pub queue_seconds: Histogram,
     pub batch_size: Histogram,
     /// What Triton's statistics extension reports beyond the counters above.

@@ -238,6 +238,22 @@ impl ServerBuilder {
         }
     }
 
+    /// The checks that take no time, made before the ports open so that the common mistakes
+    /// (a bad setting, a missing or broken model file, no ONNX Runtime) are one error and no
+    /// listening: the configuration, TLS files, the ONNX Runtime library and each model's
+    /// signature. [`build`](Self::build) makes them again.
+    pub(crate) fn precheck(&mut self) -> Result<(), LoadError> {
+        self.config.validate()?;
+        crate::tls::server_config(&self.config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        self.relocate_models();
+        crate::ortlib::environment()?;
+        for options in &self.options {
+            nimify_model::read_model(&options.path)
+                .map_err(|source| LoadError::Signature { path: options.path.clone(), source })?;
+        }
+        Ok(())
+    }
+
     /// Validates the configuration, loads and warms every model, and returns the ready state and
     /// the router serving it.
     pub fn build(mut self) -> Result<(Arc<AppState>, Router), LoadError> {

@@ -280,6 +280,8 @@ def test_metadata_config_and_statistics_match_http(serve):
     assert e.value.status() == "StatusCode.NOT_FOUND"
 
     before = c.get_inference_statistics("mlp", as_json=True)["model_stats"][0]
+    grpc_seconds = metric(server, "nimify_request_duration_seconds_count", "mlp", protocol="grpc")
+    http_seconds = metric(server, "nimify_request_duration_seconds_count", "mlp", protocol="http")
     req, _ = mlp_request(rows=3)
     for _ in range(3):
         stub(server).ModelInfer(req)
@@ -287,6 +289,9 @@ def test_metadata_config_and_statistics_match_http(serve):
     success = lambda s: int(s["inference_stats"]["success"].get("count", 0))
     assert success(after) - success(before) == 3
     assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 9
+    # The latency histogram tells the protocols apart; Triton's counters do not.
+    assert metric(server, "nimify_request_duration_seconds_count", "mlp", protocol="grpc") == grpc_seconds + 3
+    assert metric(server, "nimify_request_duration_seconds_count", "mlp", protocol="http") == http_seconds
     # The same counters as /metrics and as Triton's HTTP statistics extension.
     http = requests.get(f"{server.url}/v2/models/mlp/stats", timeout=5).json()["model_stats"][0]
     assert http["inference_stats"]["success"]["count"] == metric(server, "nv_inference_request_success", "mlp")

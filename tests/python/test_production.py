@@ -91,7 +91,8 @@ def test_metrics_are_exact(start):
     for name in ("nv_inference_request_duration_us", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us"):
         assert m[(name, labels)] > 0, name
     assert m[("nv_inference_pending_request_count", labels)] == 0
-    assert m[("nimify_request_duration_seconds_count", labels)] == 7
+    assert m[("nimify_request_duration_seconds_count", '{model="mlp",protocol="http",version="1"}')] == 7
+    assert m[("nimify_request_duration_seconds_count", '{model="mlp",protocol="grpc",version="1"}')] == 0
 
 
 def test_api_keys(start, tmp_path):

@@ -57,7 +57,7 @@ async fn infer_one(
         let outputs = crate::inference::infer(&model, decoded.inputs, decoded.outputs).await?;
         Ok(super::tensors::encode(&model, decoded.id, outputs))
     };
-    crate::inference::run_until(state, &model, deadline, work).await
+    crate::inference::run_until(state, &model, crate::inference::Protocol::Grpc, deadline, work).await
 }
 
 #[tonic::async_trait]

@@ -37,13 +37,21 @@ pub(crate) async fn run<T>(
     model: &Model,
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    run_until(state, model, None, work).await
+    run_until(state, model, Protocol::Http, None, work).await
+}
+
+/// The protocol a request came in on, for `nimify_request_duration_seconds{protocol}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http,
+    Grpc,
 }
 
 /// [`run`] with the client's own deadline too (gRPC's `grpc-timeout`): the earlier one applies.
 pub(crate) async fn run_until<T>(
     state: &AppState,
     model: &Model,
+    protocol: Protocol,
     client_deadline: Option<Instant>,
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
@@ -57,7 +65,11 @@ pub(crate) async fn run_until<T>(
     }
     m.request_us.inc_by(crate::metrics::micros(took));
     m.stats.request(result.is_ok(), took);
-    m.request_seconds.observe(took.as_secs_f64());
+    let seconds = match protocol {
+        Protocol::Http => &m.request_seconds_http,
+        Protocol::Grpc => &m.request_seconds_grpc,
+    };
+    seconds.observe(took.as_secs_f64());
     result
 }
 
