@@ -52,7 +52,9 @@ def test_perf_analyzer_over_grpc_runs_clean(mode):
         env = dict(os.environ, LD_LIBRARY_PATH=cuda_runtime_dir())
         r = subprocess.run(
             [PERF_ANALYZER, "-m", "mlp", "-u", server.grpc_address, "-i", "grpc", *mode, "--concurrency-range", "1:8:3",
-             "--measurement-interval", "1000", "--stability-percentage", "100", "--max-trials", "3"],
+             # Latency on a 2-core machine shared with other tests varies a lot between windows:
+             # stability is not what this test measures, errors are.
+             "--measurement-interval", "1000", "--stability-percentage", "1000", "--max-trials", "5"],
             capture_output=True, text=True, timeout=180, env=env,
         )
         assert r.returncode == 0, r.stdout + r.stderr

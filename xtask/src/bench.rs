@@ -7,7 +7,9 @@
 //!   to core 1, over the V2 binary protocol at concurrency 1, 8 and 32, for a small MLP and a
 //!   ResNet-18-shaped CNN generated into `target/bench-models/` (never committed). Prints
 //!   requests/s, p50, p99, resident memory, start-to-ready time, and the ratio to an in-process
-//!   ONNX Runtime loop with the same threads (`runtime/benches/ort_loop.rs`).
+//!   ONNX Runtime loop with the same threads (`runtime/benches/ort_loop.rs`). Then the same
+//!   servers under Triton's perf_analyzer (pinned to core 1) over HTTP (binary tensors) and over
+//!   gRPC at the same concurrencies: one client for both protocols, so the rows compare them.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -85,7 +87,7 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
         std::fs::write(&script, LUA)?;
         for concurrency in [1, 8, 32] {
             let port = free_port()?;
-            let (mut child, ready) = start_server(&server_bin, &path, port)?;
+            let (mut child, ready) = start_server(&server_bin, &path, port, free_port()?)?;
             let url = format!("http://127.0.0.1:{port}/v2/models/{}/infer", m.name);
             let (c, d) = (format!("-c{concurrency}"), format!("-d{seconds}s"));
             let out = cmd!(sh, "taskset -c 1 wrk -t1 {c} {d} --latency -s {script} {url}")
@@ -116,7 +118,72 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
     for r in rows {
         println!("{r}");
     }
+    let protocols = protocol_rows(sh, &server_bin, &models, seconds)?;
+    println!("\nperf_analyzer (one client, both protocols):\n");
+    println!("| model | protocol | concurrency | requests/s | p50 | p99 |");
+    println!("|---|---|---|---|---|---|");
+    for r in protocols {
+        println!("{r}");
+    }
     Ok(())
+}
+
+/// perf_analyzer against a fresh server per model, protocol and concurrency: requests/s and the
+/// p50 / p99 latency it measured, in ms.
+fn protocol_rows(sh: &Shell, server_bin: &Path, models: &Path, seconds: u64) -> Result<Vec<String>> {
+    let pa = crate::test::perf_analyzer(sh)?;
+    let cudart = cuda_runtime_dir(&crate::root().join(".venv-pa/lib"))?;
+    let csv = crate::root().join("target/bench-models/perf.csv");
+    let interval = (seconds * 1000).to_string();
+    let mut rows = Vec::new();
+    for m in MODELS {
+        let path = models.join(format!("{}.onnx", m.name));
+        for protocol in ["http", "grpc"] {
+            for concurrency in [1, 8, 32] {
+                let (port, grpc_port) = (free_port()?, free_port()?);
+                let (mut child, _) = start_server(server_bin, &path, port, grpc_port)?;
+                let url = format!("127.0.0.1:{}", if protocol == "grpc" { grpc_port } else { port });
+                let (name, c) = (m.name, concurrency.to_string());
+                let result = cmd!(sh, "taskset -c 1 {pa} -m {name} -u {url} -i {protocol} --concurrency-range {c} --measurement-interval {interval} --stability-percentage 100 --max-trials 3 -f {csv}")
+                    .env("LD_LIBRARY_PATH", &cudart)
+                    .quiet()
+                    .ignore_stdout()
+                    .run();
+                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+                let _ = child.wait();
+                result.with_context(|| format!("perf_analyzer -i {protocol} on {name}"))?;
+                let text = std::fs::read_to_string(&csv)?;
+                let (rps, p50, p99) = parse_perf_csv(&text).with_context(|| format!("parsing perf_analyzer's CSV:\n{text}"))?;
+                rows.push(format!("| {name} | {protocol} | {concurrency} | {rps:.0} | {:.3} ms | {:.3} ms |", p50 / 1000.0, p99 / 1000.0));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// (inferences/s, p50 µs, p99 µs) from perf_analyzer's `-f` CSV.
+fn parse_perf_csv(text: &str) -> Option<(f64, f64, f64)> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next()?.split(',').collect();
+    let row: Vec<&str> = lines.next()?.split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).and_then(|i| row.get(i)?.parse::<f64>().ok());
+    Some((col("Inferences/Second")?, col("p50 latency")?, col("p99 latency")?))
+}
+
+/// The directory holding libcudart, which perf_analyzer links even for CPU-only servers.
+fn cuda_runtime_dir(base: &Path) -> Result<PathBuf> {
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libcudart.so")) {
+                return Ok(dir);
+            }
+        }
+    }
+    bail!("libcudart not found under {}; `cargo xtask test` installs perf_analyzer's environment", base.display())
 }
 
 const LUA: &str = r#"-- POST a V2 binary request read from $BODY, header length from $HLEN.
@@ -147,14 +214,15 @@ fn free_port() -> Result<u16> {
 }
 
 /// Starts the server pinned to core 0 and returns it with the time from spawn to ready.
-fn start_server(bin: &Path, model: &PathBuf, port: u16) -> Result<(Child, Duration)> {
+fn start_server(bin: &Path, model: &Path, port: u16, grpc_port: u16) -> Result<(Child, Duration)> {
     let start = Instant::now();
     let child = Command::new("taskset")
         .args(["-c", "0"])
         .arg(bin)
         .args(["nimify", "serve"])
         .arg(model)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--intra-threads", "1", "--inter-threads", "1"])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--grpc-port", &grpc_port.to_string()])
+        .args(["--intra-threads", "1", "--inter-threads", "1"])
         .env("RUST_LOG", "warn")
         .env("NIMIFY_SHUTDOWN_DELAY_MS", "0")
         .stdout(Stdio::null())
