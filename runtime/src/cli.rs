@@ -249,7 +249,7 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         // The ports open first: while the models load and warm up, probes get "not ready"
         // (HTTP 503, gRPC health NOT_SERVING) instead of a refused connection.
         let http = tokio::net::TcpListener::bind(&address)
@@ -265,7 +265,10 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
         crate::serving::serve_after_loading(crate::Listeners { http, grpc }, &config, load, crate::shutdown_signal())
             .await?
             .map_err(|e| format!("server failed: {e}"))
-    })
+    });
+    // A load still running after a shutdown signal is abandoned, not waited for.
+    runtime.shutdown_background();
+    result
 }
 
 /// Prints the [`ServiceManifest`](nimify_model::contract::ServiceManifest) (the models and their

@@ -168,12 +168,27 @@ pub(crate) async fn accept_loop(
             let Some(acceptor) = &endpoint.tls else {
                 return serve_connection(stream, &endpoint, clock, &metrics, stop).await;
             };
-            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_connection(tls, &endpoint, clock, &metrics, stop).await,
+            // The handshake is part of waiting for the first request: bounded by the header
+            // timeout, and the connection can be shed meanwhile.
+            let handshake = acceptor.accept(stream);
+            tokio::pin!(handshake);
+            let tls = loop {
+                let changed = clock.changed.notified();
+                tokio::select! {
+                    result = &mut handshake => break result,
+                    () = changed => {}
+                    () = sleep_until(clock.deadline()) => {}
+                }
+                if let Some(reason) = clock.expired() {
+                    metrics.closed_by_server(reason);
+                    return;
+                }
+            };
+            match tls {
+                Ok(tls) => serve_connection(tls, &endpoint, clock, &metrics, stop).await,
                 // A client that does not trust the certificate, speaks plain HTTP, or (with mutual
                 // TLS) has no valid certificate of its own.
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => metrics.closed_by_server("header_timeout"),
+                Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
             }
         });
     }
@@ -256,23 +271,20 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         async move {
             let response =
                 router.oneshot(request.map(Body::new)).await.unwrap_or_else(|never: Infallible| match never {});
-            Ok::<_, Infallible>(response.map(|body| Body::new(Tracked { body, _busy: busy })))
+            Ok::<_, Infallible>(response.map(|body| Body::new(Held::new(body, busy))))
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // The connection clock times header reads; hyper's own timer would also fire while idle.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
     if let Some((interval, timeout)) = endpoint.keepalive {
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(interval)
-            .keep_alive_timeout(timeout);
+        builder.http2().timer(TokioTimer::new()).keep_alive_interval(interval).keep_alive_timeout(timeout);
     }
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let mut stopping = false;
     loop {
+        let mut expired = None;
         let changed = clock.changed.notified();
         let deadline = clock.deadline();
         tokio::select! {
@@ -283,17 +295,22 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 return;
             }
             () = changed => {}
-            () = sleep_until(deadline) => {
-                if let Some(reason) = clock.expired() {
-                    metrics.closed_by_server(reason);
-                    tracing::debug!(reason, "closing a stalled connection");
-                    return;
-                }
-            }
+            () = sleep_until(deadline) => expired = clock.expired(),
             _ = stop.wait_for(|s| *s), if !stopping => {
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
+        }
+        if let Some(reason) = expired {
+            metrics.closed_by_server(reason);
+            tracing::debug!(reason, "closing a stalled connection");
+            // An idle HTTP/2 connection gets a GOAWAY first, so a gRPC channel knows to reconnect
+            // rather than fail the call it was about to send.
+            if reason == "idle_timeout" && clock.with(|s| s.http2) {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(1), connection.as_mut()).await;
+            }
+            return;
         }
     }
 }
@@ -405,6 +422,12 @@ impl Clock {
         let began = self.with(|s| {
             if let Some(bytes) = first {
                 s.http2 = bytes.starts_with(b"PRI * HTTP/2.0");
+                // An HTTP/2 client (a gRPC channel) may open its connection well before its
+                // first call: from the preface on it is idle, not sending a header section.
+                if s.http2 && matches!(s.phase, Phase::Head(_)) {
+                    s.phase = Phase::Idle(Instant::now());
+                    return true;
+                }
             }
             match s.phase {
                 Phase::Idle(_) if !s.http2 => {
@@ -480,13 +503,20 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its connection marked busy until it is dropped.
-struct Tracked {
+/// A response body holding `G` (a busy mark, an in-flight place) until the body is dropped.
+pub(crate) struct Held<G> {
     body: Body,
-    _busy: Busy,
+    _guard: G,
 }
 
-impl HttpBody for Tracked {
+impl<G> Held<G> {
+    /// `body`, holding `guard` as long as it lives.
+    pub(crate) fn new(body: Body, guard: G) -> Self {
+        Self { body, _guard: guard }
+    }
+}
+
+impl<G: Unpin + Send + 'static> HttpBody for Held<G> {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 

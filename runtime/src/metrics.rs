@@ -343,10 +343,14 @@ fn nanos(d: std::time::Duration) -> u64 {
 }
 
 impl ModelStats {
-    /// A request ended, successfully or not, after `took`.
+    /// A request ended, successfully or not, after `took` (the last inference's time is a
+    /// successful one's, as Triton's).
     pub(crate) fn request(&self, ok: bool, took: std::time::Duration) {
         let ns = if ok { &self.success_ns } else { &self.fail_ns };
         ns.fetch_add(nanos(took), Ordering::Relaxed);
+        if !ok {
+            return;
+        }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         self.last_inference_ms.store(u64::try_from(now.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }

@@ -36,6 +36,8 @@ pub struct AppState {
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// A stand-in served while the models load: every model lookup is "starting".
     starting: bool,
+    /// Set when the listeners stop accepting.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -135,6 +137,30 @@ impl AppState {
                 }
             }
         })
+    }
+
+    /// API keys only, for a gRPC stream whose messages each take an in-flight place (see
+    /// [`admit_slot`](Self::admit_slot)).
+    pub(crate) fn authorize(&self, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+        self.admission.authorize(headers)
+    }
+
+    /// An in-flight place for one message of a stream, counted as refused for `model` when full.
+    pub(crate) fn admit_slot(&self, model: &str) -> Result<crate::inference::admission::Admitted, ApiError> {
+        self.admission.slot().inspect_err(|_| match self.models.get(model) {
+            Some(m) => m.metrics().rejected_in_flight.inc(),
+            None => self.metrics.rejected_in_flight_without_model(),
+        })
+    }
+
+    /// Whether the listeners are closing: streams end after the messages they have.
+    pub(crate) fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// The listeners stop: open streams take no new messages.
+    pub(crate) fn begin_drain(&self) {
+        self.draining.send_replace(true);
     }
 
     /// Reads a request body up to the configured limit; larger is 413.
@@ -258,7 +284,8 @@ impl ServerBuilder {
     /// the router serving it.
     pub fn build(mut self) -> Result<(Arc<AppState>, Router), LoadError> {
         let api_keys = self.config.validate()?;
-        let tls = crate::tls::server_config(&self.config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        let tls =
+            crate::tls::server_config(&self.config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
         self.relocate_models();
         if let Some(spec) = &self.config.model_sha256 {
             let planned = self.planned_models();
@@ -303,8 +330,7 @@ impl ServerBuilder {
             }
         }
         let admission = Admission::new(api_keys, self.config.max_in_flight);
-        let state =
-            Arc::new(AppState {
+        let state = Arc::new(AppState {
             models,
             ready: tokio::sync::watch::Sender::new(true),
             config: self.config,
@@ -312,6 +338,7 @@ impl ServerBuilder {
             metrics,
             tls,
             starting: false,
+            draining: tokio::sync::watch::Sender::new(false),
         });
         let router = app(Arc::clone(&state), self.extra);
         Ok((state, router))
@@ -329,7 +356,8 @@ impl ServerBuilder {
     /// readiness false.
     pub(crate) fn build_starting(self) -> Result<(Arc<AppState>, Router), LoadError> {
         let api_keys = self.config.validate()?;
-        let tls = crate::tls::server_config(&self.config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        let tls =
+            crate::tls::server_config(&self.config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
         let admission = Admission::new(api_keys, self.config.max_in_flight);
         let state = Arc::new(AppState {
             models: BTreeMap::new(),
@@ -339,6 +367,7 @@ impl ServerBuilder {
             metrics: Metrics::new(),
             tls,
             starting: true,
+            draining: tokio::sync::watch::Sender::new(false),
         });
         let router = app(Arc::clone(&state), None);
         Ok((state, router))

@@ -50,7 +50,10 @@ impl Running {
         if let Some(grpc) = grpc {
             let c = state.config();
             let keepalive = (c.grpc_keepalive_interval_ms > 0).then(|| {
-                (Duration::from_millis(c.grpc_keepalive_interval_ms), Duration::from_millis(c.grpc_keepalive_timeout_ms))
+                (
+                    Duration::from_millis(c.grpc_keepalive_interval_ms),
+                    Duration::from_millis(c.grpc_keepalive_timeout_ms),
+                )
             });
             let endpoint = Endpoint { router: crate::grpc::router(Arc::clone(state)), tls, keepalive };
             loops.push(tokio::spawn(accept_loop(Arc::clone(grpc), endpoint, limits, metrics, stopped)));
@@ -61,18 +64,37 @@ impl Running {
     /// Stops accepting, tells open connections to close after their current request, and waits
     /// up to `drain` for them to end. Returns whether they all did.
     async fn stop(self, drain: Duration) -> std::io::Result<bool> {
+        Ok(self.stop_accepting().await?.wait(drain).await)
+    }
+
+    /// Stops accepting (the listeners are free for another server at once) and tells open
+    /// connections to close after their current request.
+    async fn stop_accepting(self) -> std::io::Result<Closing> {
         let _ = self.stop.send(true);
         let mut slots = Vec::new();
         for task in self.loops {
             slots.push(task.await.map_err(std::io::Error::other)?);
         }
+        Ok(Closing { slots, limits: self.limits })
+    }
+}
+
+/// Connections of stopped accept loops, closing.
+struct Closing {
+    slots: Vec<Arc<Semaphore>>,
+    limits: Limits,
+}
+
+impl Closing {
+    /// Waits up to `drain` for every connection to end; whether they all did.
+    async fn wait(self, drain: Duration) -> bool {
         let every = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
         let drained = async {
-            for s in &slots {
+            for s in &self.slots {
                 let _ = s.acquire_many(every).await;
             }
         };
-        Ok(tokio::time::timeout(drain, drained).await.is_ok())
+        tokio::time::timeout(drain, drained).await.is_ok()
     }
 }
 
@@ -144,6 +166,7 @@ async fn serve_shared(
         drain_timeout_ms = drain.as_millis() as u64,
         "shutting down: not accepting connections, draining in-flight requests"
     );
+    state.begin_drain();
     if running.stop(drain).await? {
         tracing::info!("drained; exiting");
     } else {
@@ -152,14 +175,15 @@ async fn serve_shared(
     Ok(())
 }
 
-/// Longest the loading phase's connections get to finish when the models are ready (they are
-/// answered at once: health, or 503 while starting).
-const LOADING_DRAIN: Duration = Duration::from_secs(2);
+/// Longest the loading phase's connections get to finish once the models are ready (each is
+/// answered at once: probes, or 503 "starting"; streams are refused while loading).
+const LOADING_DRAIN: Duration = Duration::from_secs(5);
 
 /// Serves `listeners` while `load` builds the server on a blocking thread, then serves what it
 /// built until `shutdown`. While loading, liveness passes and readiness fails on both protocols
 /// (HTTP 503, gRPC health NOT_SERVING), and everything else answers 503 / UNAVAILABLE "starting",
-/// so probes and clients see a starting server rather than a refused connection.
+/// so probes and clients see a starting server rather than a refused connection. A shutdown
+/// signal while loading ends it at once (`Ok(Ok(()))`; the load is left to the process's exit).
 pub(crate) async fn serve_after_loading<E: Send + 'static>(
     listeners: Listeners,
     config: &crate::Config,
@@ -168,9 +192,13 @@ pub(crate) async fn serve_after_loading<E: Send + 'static>(
 ) -> Result<std::io::Result<()>, E> {
     let http = Arc::new(listeners.http);
     let grpc = listeners.grpc.map(Arc::new);
+    let mut shutdown = Box::pin(shutdown);
+    // Installs the signal handlers (see `serve_shared`).
+    let signalled = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
+    let mut load = tokio::task::spawn_blocking(load);
     let Ok((starting, starting_router)) = crate::server::ServerBuilder::new(config.clone()).build_starting() else {
         // An invalid configuration: the real build reports it, in its own words.
-        return match tokio::task::spawn_blocking(load).await {
+        return match load.await {
             Ok(Ok((state, router))) => Ok(serve_shared(http, grpc, state, router, shutdown).await),
             Ok(Err(e)) => Err(e),
             Err(e) => Ok(Err(std::io::Error::other(e))),
@@ -182,16 +210,30 @@ pub(crate) async fn serve_after_loading<E: Send + 'static>(
         grpc_address = grpc.as_ref().and_then(|g| g.local_addr().ok()).map_or_else(|| "off".to_string(), |a| a.to_string()),
         "listening; loading and warming up the models (readiness fails until they are ready)"
     );
-    let built = tokio::task::spawn_blocking(load).await.map_err(std::io::Error::other);
-    let stopped = loading.stop(LOADING_DRAIN).await;
+    let built = if signalled {
+        None
+    } else {
+        tokio::select! {
+            built = &mut load => Some(built),
+            () = shutdown.as_mut() => None,
+        }
+    };
+    let Some(built) = built else {
+        tracing::info!("shutdown signal while loading: exiting without serving");
+        return Ok(loading.stop(Duration::ZERO).await.map(|_| ()));
+    };
+    let closing = match loading.stop_accepting().await {
+        Ok(closing) => closing,
+        Err(e) => return Ok(Err(e)),
+    };
     let (state, router) = match built {
         Ok(Ok(built)) => built,
         Ok(Err(e)) => return Err(e),
-        Err(e) => return Ok(Err(e)),
+        Err(e) => return Ok(Err(std::io::Error::other(e))),
     };
-    if let Err(e) = stopped {
-        return Ok(Err(e));
-    }
+    // The loading phase's last connections close on their own (GOAWAY, `Connection: close`)
+    // while the real server already accepts.
+    tokio::spawn(closing.wait(LOADING_DRAIN));
     Ok(serve_shared(http, grpc, state, router, shutdown).await)
 }
 
@@ -221,4 +263,3 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
 }
-

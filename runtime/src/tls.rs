@@ -41,9 +41,9 @@ pub(crate) fn server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         TlsError(format!("tls_key {}: no PEM private key (PKCS#8, PKCS#1 or SEC1) could be read: {e}", key.display()))
     })?;
-    let mut server = builder.with_single_cert(chain, key).map_err(|e| {
-        TlsError(format!("tls_cert {} and tls_key do not make a usable pair: {e}", cert.display()))
-    })?;
+    let mut server = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError(format!("tls_cert {} and tls_key do not make a usable pair: {e}", cert.display())))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(Arc::new(server)))
 }

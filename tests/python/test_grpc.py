@@ -376,47 +376,80 @@ def test_api_keys_on_grpc(start, tmp_path):
     assert s.ServerReady(service_pb2.ServerReadyRequest()).ready
 
 
-def test_in_flight_cap_is_unavailable_with_retry_advice(start):
-    """An open stream holds its slot: with a cap of one, a second call is refused at once."""
-    server = start("mlp", "--max-in-flight", "1")
+def slow_request(trips):
+    req = service_pb2.ModelInferRequest(model_name="slow")
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 8]).contents.fp32_contents.extend([1.0] * 8)
+    req.inputs.add(name="trips", datatype="INT64", shape=[1, 1]).contents.int64_contents.append(int(trips))
+    return req
+
+
+def test_in_flight_cap_counts_each_stream_message_and_advises_retry(start):
+    """With a cap of one, a stream message that is running holds the place: a unary call and a
+    second message are refused at once (the second as an answer on the stream, with its id),
+    with gRPC's retry advice. Work is sized by measurement to outlast those calls."""
+    from test_timed_work import MARGIN, NO_LIMITS, size_work
+
+    server = start("slow", "--max-in-flight", "1", *NO_LIMITS)
     s = stub(server)
-    requests_in = queue.Queue()
-    stream = s.ModelStreamInfer(iter(requests_in.get, None))
-    req, _ = mlp_request()
-    requests_in.put(req)
-    first = next(stream)
-    assert first.error_message == "" and first.infer_response.outputs
+    began = time.monotonic()
+    for _ in range(3):
+        s.ModelInfer(slow_request(0))
+    call = (time.monotonic() - began) / 3
+    work = size_work(server, max(MARGIN * call, 0.5), f"{MARGIN} x a unary call ({call * 1000:.0f} ms)")
+    messages = queue.Queue()
+    stream = s.ModelStreamInfer(iter(messages.get, None))
+    long = slow_request(work.trips)
+    long.id = "long"
+    messages.put(long)
+    time.sleep(call)  # let the long message take the place; the work lasts MARGIN times longer
+    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
-        s.ModelInfer(req)
+        s.ModelInfer(slow_request(0))
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "in flight" in e.value.details()
+    refused_within = time.monotonic() - started
     trailers = dict(e.value.trailing_metadata())
     assert trailers.get("grpc-retry-pushback-ms") == "1000" and "grpc-status-details-bin" in trailers
-    requests_in.put(None)
+    second = slow_request(0)
+    second.id = "second"
+    messages.put(second)
+    # (Answers keep request order: the second's refusal is delivered after the long one.)
+    first_answer, second_answer = next(stream), next(stream)
+    assert refused_within + call < work.seconds, f"the refusal took {refused_within:.2f} s against {work}"
+    assert first_answer.infer_response.id == "long" and first_answer.error_message == ""
+    assert second_answer.infer_response.id == "second" and "in flight" in second_answer.error_message
+    messages.put(None)
     assert list(stream) == []
-    assert s.ModelInfer(req).outputs
+    assert s.ModelInfer(slow_request(0)).outputs
+    assert metric(server, "nimify_requests_rejected_total", "slow", reason="in_flight") == 1
 
 
 def test_message_size_limit_and_deadlines(start):
-    server = start("slow", "--grpc-max-message-bytes", "4096", "--batching", "false", "--request-timeout-ms", "0")
+    server = start("slow", "--grpc-max-message-bytes", "4096", "--batching", "false", "--request-timeout-ms", "300")
     s = stub(server)
     req = service_pb2.ModelInferRequest(model_name="slow")
     req.inputs.add(name="x", datatype="FP32", shape=[1, 2048]).contents.fp32_contents.extend([1.0] * 2048)
     code, message = code_of(lambda: s.ModelInfer(req))
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
-    # grpc-timeout is the request's deadline on the server too: the long run is cut off and
-    # counted as a failure there, not only abandoned by the client.
-    req = service_pb2.ModelInferRequest(model_name="slow")
-    req.inputs.add(name="x", datatype="FP32", shape=[1, 8]).contents.fp32_contents.extend([1.0] * 8)
-    req.inputs.add(name="trips", datatype="INT64", shape=[1, 1]).contents.int64_contents.append(10**9)
-    code, _ = code_of(lambda: s.ModelInfer(req, timeout=0.5))
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    deadline = time.time() + 10
-    while time.time() < deadline and metric(server, "nv_inference_request_failure", "slow") < 1:
-        time.sleep(0.05)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "grpc_max_message_bytes" in message, message
+    # The server's request deadline: the run is stopped, answered DEADLINE_EXCEEDED and counted.
+    code, message = code_of(lambda: s.ModelInfer(slow_request(10**9), timeout=60))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "300 ms" in message, message
     assert metric(server, "nv_inference_request_failure", "slow") == 1
-    # The server is free again: a short request is answered at once.
-    req.inputs[1].contents.int64_contents[0] = 1
-    assert s.ModelInfer(req, timeout=30).outputs
+    assert s.ModelInfer(slow_request(1), timeout=30).outputs
+
+
+def test_the_clients_grpc_timeout_stops_the_work(start):
+    """A client deadline shorter than the server's: the work stops whichever side notices first
+    (the server's copy of the deadline, or the client's cancel), and the server is free again."""
+    server = start("slow", "--batching", "false", "--request-timeout-ms", "0")
+    s = stub(server)
+    code, _ = code_of(lambda: s.ModelInfer(slow_request(10**9), timeout=0.5))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    stopped = lambda: sum(metric(server, "nimify_runs_terminated_total", "slow", reason=r) for r in ("deadline", "disconnect"))
+    deadline = time.time() + 20
+    while time.time() < deadline and stopped() < 1:
+        time.sleep(0.05)
+    assert stopped() == 1
+    assert s.ModelInfer(slow_request(1), timeout=30).outputs
 
 
 def test_grpc_off_and_port_clash_are_clear(start):
@@ -548,6 +581,9 @@ def test_health_is_not_serving_while_the_models_warm_up(start, tmp_path):
         assert requests.get(f"{loading.url}/v2/health/live", timeout=5).status_code == 200
         code, message = code_of(lambda: stub(loading).ModelInfer(service_pb2.ModelInferRequest(model_name="slow"), timeout=5))
         assert code == grpc.StatusCode.UNAVAILABLE and "starting" in message, message
+        assert stub(loading).ModelReady(service_pb2.ModelReadyRequest(name="slow"), timeout=5).ready is False
+        code, message = code_of(lambda: list(stub(loading).ModelStreamInfer(iter([]), timeout=5)))
+        assert code == grpc.StatusCode.UNAVAILABLE and "starting" in message, message
         log = []
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -579,3 +615,14 @@ def test_a_warmup_request_that_does_not_fit_is_refused_at_start(tmp_path):
     r = subprocess.run([*Server.argv_for(os.path.join(MODELS, "mlp.onnx")), "--warmup-request", str(tmp_path / "missing.json")],
                        capture_output=True, text=True, timeout=60, env={**os.environ, "NIMIFY_GRPC_PORT": "0"})
     assert r.returncode == 1 and "missing.json: cannot read it" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(serve, algorithm):
+    server = serve("mlp")
+    c = grpcclient.InferenceServerClient(server.grpc_address)
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    i = grpcclient.InferInput("x", [3, 4], "FP32")
+    i.set_data_from_numpy(x)
+    got = c.infer("mlp", [i], compression_algorithm=algorithm).as_numpy("probs")
+    np.testing.assert_array_equal(got, reference("mlp", {"x": x})["probs"])

@@ -153,8 +153,13 @@ fn protocol_rows(sh: &Shell, server_bin: &Path, models: &Path, seconds: u64) -> 
                 let _ = child.wait();
                 result.with_context(|| format!("perf_analyzer -i {protocol} on {name}"))?;
                 let text = std::fs::read_to_string(&csv)?;
-                let (rps, p50, p99) = parse_perf_csv(&text).with_context(|| format!("parsing perf_analyzer's CSV:\n{text}"))?;
-                rows.push(format!("| {name} | {protocol} | {concurrency} | {rps:.0} | {:.3} ms | {:.3} ms |", p50 / 1000.0, p99 / 1000.0));
+                let (rps, p50, p99) =
+                    parse_perf_csv(&text).with_context(|| format!("parsing perf_analyzer's CSV:\n{text}"))?;
+                rows.push(format!(
+                    "| {name} | {protocol} | {concurrency} | {rps:.0} | {:.3} ms | {:.3} ms |",
+                    p50 / 1000.0,
+                    p99 / 1000.0
+                ));
             }
         }
     }

@@ -50,6 +50,8 @@ fn generate_grpc() -> Result<(String, Vec<u8>)> {
         .build_transport(false)
         // Tensor bytes stay slices of the received message instead of copies.
         .bytes(".inference")
+        // prost's codec behind a bound on what a message may cost once decoded.
+        .codec_path("crate::grpc::codec::BoundedCodec")
         .out_dir(&out)
         .compile_fds(fds.clone())
         .context("running tonic-prost-build")?;

@@ -6,6 +6,7 @@
 //! metadata, the in-flight cap), request ids and access log. Health, reflection and the
 //! liveness/readiness RPCs stay open, as the HTTP probes do.
 
+mod codec;
 pub(crate) mod generated;
 mod service;
 pub(crate) mod stats;
@@ -15,10 +16,10 @@ mod tensors;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::HttpBody;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use tonic::codec::CompressionEncoding;
 use tonic_health::ServingStatus;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
@@ -34,7 +35,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let config = state.config();
     let inference = GrpcInferenceServiceServer::new(service::Inference { state: Arc::clone(&state) })
         .max_decoding_message_size(config.grpc_max_message_bytes())
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(usize::MAX)
+        // Compressed requests, as tritonclient's `compression_algorithm` sends them (the limit
+        // counts decompressed bytes); answers go out uncompressed.
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
+        .accept_compressed(CompressionEncoding::Zstd);
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(follow_readiness(reporter, state.readiness()));
     let mut routes = tonic::service::Routes::new(inference).add_service(health);
@@ -63,7 +69,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 
 /// Reports SERVING for the server ("") and the inference service while the server is ready,
 /// NOT_SERVING otherwise (warm-up, shutdown), as readiness changes.
-async fn follow_readiness(reporter: tonic_health::server::HealthReporter, mut ready: tokio::sync::watch::Receiver<bool>) {
+async fn follow_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    mut ready: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let status = if *ready.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
         reporter.set_service_status("", status).await;
@@ -90,46 +99,79 @@ fn is_open(path: &str) -> bool {
         )
 }
 
-/// Admission, as HTTP's: a refused call ends with UNAUTHENTICATED or UNAVAILABLE before its
-/// message is read. The call holds its in-flight slot until its response (or stream) ends.
-async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if is_open(request.uri().path()) {
+/// The RPCs whose calls are streams: they live as long as the client keeps them, so the
+/// request deadline bounds each message, not the call, and each message takes its own
+/// in-flight place.
+fn is_stream(path: &str) -> bool {
+    path == "/inference.GRPCInferenceService/ModelStreamInfer"
+        || path == "/grpc.health.v1.Health/Watch"
+        || path.starts_with("/grpc.reflection.")
+}
+
+/// The deadline of a call, from its start: the client's `grpc-timeout` (`None` without one).
+/// Handlers read it from the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallDeadline(pub Option<std::time::Instant>);
+
+/// Admission, as HTTP's, and the call's deadline: a refused call ends with UNAUTHENTICATED or
+/// UNAVAILABLE before its message is read; a unary call (message upload included) is cut off
+/// with DEADLINE_EXCEEDED at the earlier of `request_timeout_ms` and `grpc-timeout`, and holds
+/// its in-flight place until its response is written. A stream is checked for its API key here
+/// and takes a place per message (see the service).
+async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let path = request.uri().path().to_string();
+    let client = match request.headers().get("grpc-timeout").map(|v| v.to_str().unwrap_or("?")) {
+        None => None,
+        Some(text) => match status::parse_timeout(text) {
+            Ok(t) => Some(start + t),
+            Err(e) => return status::to_status(&e).into_http(),
+        },
+    };
+    request.extensions_mut().insert(CallDeadline(client));
+    // While the models load, calls that would stay open (streams, health watches) are refused:
+    // the loading phase's connections must close when the real server takes over.
+    if state.is_starting() && is_stream(&path) && !path.starts_with("/grpc.reflection.") {
+        let e = crate::error::ApiError::NotReady(
+            "the server is starting: its models are loading and warming up; retry shortly".into(),
+        );
+        return status::to_status(&e).into_http();
+    }
+    if is_open(&path) {
         return next.run(request).await;
     }
-    match state.admit(request.headers(), None) {
-        Ok(admitted) => {
-            let response = next.run(request).await;
-            response.map(|body| axum::body::Body::new(Holding { body, _admitted: admitted }))
-        }
-        Err(e) => status::to_status(&e).into_http(),
+    if is_stream(&path) {
+        return match state.authorize(request.headers()) {
+            Ok(()) => next.run(request).await,
+            Err(e) => status::to_status(&e).into_http(),
+        };
     }
-}
-
-/// A response body that keeps its call's in-flight slot until it ends (a stream's answers are
-/// written after the handler returns).
-struct Holding {
-    body: axum::body::Body,
-    _admitted: crate::inference::admission::Admitted,
-}
-
-impl HttpBody for Holding {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
+    let admitted = match state.admit(request.headers(), None) {
+        Ok(admitted) => admitted,
+        Err(e) => return status::to_status(&e).into_http(),
+    };
+    let configured = state.config().request_timeout().map(|t| start + t);
+    let deadline = match (configured, client) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let call = next.run(request);
+    let response = match deadline {
+        // The handler's own deadline is the same instant and is polled first, so a request the
+        // inference path was running ends (and is counted) there; this one ends the rest, a
+        // message still being uploaded included.
+        Some(at) => match tokio::time::timeout_at(at.into(), call).await {
+            Ok(response) => response,
+            Err(_) => {
+                let e = crate::error::ApiError::Timeout(
+                    "the call took longer than its deadline (request_timeout_ms or grpc-timeout)".into(),
+                );
+                return status::to_status(&e).into_http();
+            }
+        },
+        None => call.await,
+    };
+    response.map(|body| axum::body::Body::new(crate::connections::Held::new(body, admitted)))
 }
 
 /// A request message over `grpc_max_message_bytes` ends with RESOURCE_EXHAUSTED naming the

@@ -4,14 +4,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio_stream::{Stream, StreamExt as _};
+use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::generated::grpc_inference_service_server::GrpcInferenceService;
 use super::generated::*;
-use super::status::{parse_timeout, to_status};
+use super::status::to_status;
 use crate::error::ApiError;
 use crate::model::Model;
 use crate::server::AppState;
@@ -32,15 +32,10 @@ fn lookup<'a>(state: &'a AppState, name: &str, version: &str) -> Result<&'a Arc<
     state.model(name, version).map_err(|e| to_status(&e))
 }
 
-/// The call's deadline from `grpc-timeout`, if it sent one (a malformed one is refused).
-fn call_timeout<T>(request: &Request<T>) -> Result<Option<Duration>, Status> {
-    match request.metadata().get("grpc-timeout") {
-        None => Ok(None),
-        Some(v) => {
-            let text = v.to_str().map_err(|_| to_status(&ApiError::BadRequest("grpc-timeout is not ASCII".into())))?;
-            parse_timeout(text).map(Some).map_err(|e| to_status(&e))
-        }
-    }
+/// The call's deadline from `grpc-timeout`, measured from the call's start (see
+/// [`super::CallDeadline`]).
+fn call_deadline<T>(request: &Request<T>) -> Option<Instant> {
+    request.extensions().get::<super::CallDeadline>().and_then(|d| d.0)
 }
 
 /// One inference, as HTTP runs it: counted for the model, bounded by the request deadline and
@@ -72,6 +67,10 @@ impl GrpcInferenceService for Inference {
 
     async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let r = r.into_inner();
+        // While the models load, no model is ready (rather than unknown).
+        if self.state.is_starting() {
+            return Ok(Response::new(ModelReadyResponse { ready: false }));
+        }
         lookup(&self.state, &r.name, &r.version)?;
         Ok(Response::new(ModelReadyResponse { ready: self.state.is_ready() }))
     }
@@ -105,32 +104,47 @@ impl GrpcInferenceService for Inference {
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        let deadline = call_timeout(&r)?.map(|t| Instant::now() + t);
+        let deadline = call_deadline(&r);
         infer_one(&self.state, r.into_inner(), deadline).await.map(Response::new).map_err(|e| to_status(&e))
     }
 
     type ModelStreamInferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
 
-    /// Each request on the stream is its own inference (deadline, metrics, queue); up to
-    /// [`STREAM_CONCURRENCY`] run at once and the answers keep request order. A failed request
-    /// is an answer with `error_message`, and the stream goes on; a broken stream (a message
-    /// that does not decode) ends the call with its status.
+    /// Each request on the stream is its own inference (in-flight place, deadline, metrics,
+    /// queue); up to [`STREAM_CONCURRENCY`] run at once and the answers keep request order. A
+    /// failed request is an answer with `error_message` (and the request's id, as Triton sends
+    /// it), and the stream goes on; a message that does not decode ends the call with its
+    /// status. When the server drains, the stream takes no new message and ends once the ones
+    /// it has are answered.
     async fn model_stream_infer(
         &self,
         r: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let call_deadline = call_timeout(&r)?.map(|t| Instant::now() + t);
+        let call_deadline = call_deadline(&r);
         let state = Arc::clone(&self.state);
-        let answers = r.into_inner().map(move |message| {
+        let mut draining = state.draining();
+        let drained = async move {
+            let _ = draining.wait_for(|d| *d).await;
+        };
+        let messages = futures_util::StreamExt::take_until(r.into_inner(), Box::pin(drained));
+        let answers = futures_util::StreamExt::map(messages, move |message| {
             let state = Arc::clone(&state);
             async move {
                 let request = message?;
-                Ok(match infer_one(&state, request, call_deadline).await {
-                    Ok(response) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) },
-                    Err(e) => {
-                        let status = to_status(&e);
-                        ModelStreamInferResponse { error_message: status.message().to_string(), infer_response: None }
+                let id = request.id.clone();
+                let model = request.model_name.clone();
+                let answer = match state.admit_slot(&model) {
+                    Ok(_admitted) => infer_one(&state, request, call_deadline).await,
+                    Err(e) => Err(e),
+                };
+                Ok(match answer {
+                    Ok(response) => {
+                        ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
                     }
+                    Err(e) => ModelStreamInferResponse {
+                        error_message: to_status(&e).message().to_string(),
+                        infer_response: Some(ModelInferResponse { model_name: model, id, ..Default::default() }),
+                    },
                 })
             }
         });
@@ -161,7 +175,10 @@ impl GrpcInferenceService for Inference {
         &self,
         _: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
-        Err(unsupported("repository control (RepositoryIndex)", "its models are fixed when it starts; see ModelMetadata"))
+        Err(unsupported(
+            "repository control (RepositoryIndex)",
+            "its models are fixed when it starts; see ModelMetadata",
+        ))
     }
 
     async fn repository_model_load(

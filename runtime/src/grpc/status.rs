@@ -63,9 +63,8 @@ pub(crate) fn to_status(error: &ApiError) -> Status {
     let mut status = match error {
         ApiError::Overloaded(_) => {
             use prost::Message as _;
-            let retry = RetryInfo {
-                retry_delay: Some(ProtoDuration { seconds: RETRY_AFTER.as_secs() as i64, nanos: 0 }),
-            };
+            let retry =
+                RetryInfo { retry_delay: Some(ProtoDuration { seconds: RETRY_AFTER.as_secs() as i64, nanos: 0 }) };
             let details = RichStatus {
                 code: code as i32,
                 message: message.clone(),

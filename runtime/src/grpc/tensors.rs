@@ -71,6 +71,8 @@ pub(crate) fn decode(model: &Model, request: ModelInferRequest) -> Result<Decode
             }
             (Some(bytes), _) => crate::v2::codec::from_binary(name, elem, count, &bytes)?,
             (None, Some(contents)) => from_contents(name, elem, contents)?,
+            // An empty `contents` is not sent at all in proto3.
+            (None, None) if count == 0 => from_contents(name, elem, InferTensorContents::default())?,
             (None, None) => {
                 return Err(ApiError::BadRequest(format!(
                     "input {name:?} has no data: set its contents or raw_input_contents"
@@ -176,12 +178,18 @@ fn from_contents(name: &str, elem: ElementType, c: InferTensorContents) -> Resul
             elem.kserve_name().unwrap_or("?")
         )));
     }
-    fn narrow<W: Copy + std::fmt::Display, T: TryFrom<W>>(name: &str, ty: &str, wide: Vec<W>) -> Result<Vec<T>, ApiError> {
+    fn narrow<W: Copy + std::fmt::Display, T: TryFrom<W>>(
+        name: &str,
+        ty: &str,
+        wide: Vec<W>,
+    ) -> Result<Vec<T>, ApiError> {
         wide.into_iter()
             .enumerate()
             .map(|(i, x)| {
                 T::try_from(x).map_err(|_| {
-                    ApiError::InvalidTensor(format!("input {name:?}: element {i} is {x}, which is out of range for {ty}"))
+                    ApiError::InvalidTensor(format!(
+                        "input {name:?}: element {i} is {x}, which is out of range for {ty}"
+                    ))
                 })
             })
             .collect()
@@ -239,15 +247,36 @@ mod tests {
     #[test]
     fn every_typed_field_decodes_and_narrow_integers_are_range_checked() {
         let ok = |elem, c| from_contents("t", elem, c).expect("decodes");
-        assert_eq!(ok(ElementType::Bool, contents(|c| c.bool_contents = vec![true, false])), TensorData::Bool(vec![true, false]));
-        assert_eq!(ok(ElementType::Int8, contents(|c| c.int_contents = vec![-128, 127])), TensorData::I8(vec![-128, 127]));
-        assert_eq!(ok(ElementType::Int16, contents(|c| c.int_contents = vec![-32768, 5])), TensorData::I16(vec![-32768, 5]));
-        assert_eq!(ok(ElementType::Int32, contents(|c| c.int_contents = vec![i32::MIN])), TensorData::I32(vec![i32::MIN]));
-        assert_eq!(ok(ElementType::Int64, contents(|c| c.int64_contents = vec![i64::MAX])), TensorData::I64(vec![i64::MAX]));
+        assert_eq!(
+            ok(ElementType::Bool, contents(|c| c.bool_contents = vec![true, false])),
+            TensorData::Bool(vec![true, false])
+        );
+        assert_eq!(
+            ok(ElementType::Int8, contents(|c| c.int_contents = vec![-128, 127])),
+            TensorData::I8(vec![-128, 127])
+        );
+        assert_eq!(
+            ok(ElementType::Int16, contents(|c| c.int_contents = vec![-32768, 5])),
+            TensorData::I16(vec![-32768, 5])
+        );
+        assert_eq!(
+            ok(ElementType::Int32, contents(|c| c.int_contents = vec![i32::MIN])),
+            TensorData::I32(vec![i32::MIN])
+        );
+        assert_eq!(
+            ok(ElementType::Int64, contents(|c| c.int64_contents = vec![i64::MAX])),
+            TensorData::I64(vec![i64::MAX])
+        );
         assert_eq!(ok(ElementType::Uint8, contents(|c| c.uint_contents = vec![255])), TensorData::U8(vec![255]));
         assert_eq!(ok(ElementType::Uint16, contents(|c| c.uint_contents = vec![65535])), TensorData::U16(vec![65535]));
-        assert_eq!(ok(ElementType::Uint32, contents(|c| c.uint_contents = vec![u32::MAX])), TensorData::U32(vec![u32::MAX]));
-        assert_eq!(ok(ElementType::Uint64, contents(|c| c.uint64_contents = vec![u64::MAX])), TensorData::U64(vec![u64::MAX]));
+        assert_eq!(
+            ok(ElementType::Uint32, contents(|c| c.uint_contents = vec![u32::MAX])),
+            TensorData::U32(vec![u32::MAX])
+        );
+        assert_eq!(
+            ok(ElementType::Uint64, contents(|c| c.uint64_contents = vec![u64::MAX])),
+            TensorData::U64(vec![u64::MAX])
+        );
         assert_eq!(ok(ElementType::Float, contents(|c| c.fp32_contents = vec![1.5])), TensorData::F32(vec![1.5]));
         assert_eq!(ok(ElementType::Double, contents(|c| c.fp64_contents = vec![0.1])), TensorData::F64(vec![0.1]));
         assert_eq!(
@@ -258,12 +287,25 @@ mod tests {
         assert_eq!(ok(ElementType::Float, InferTensorContents::default()), TensorData::F32(Vec::new()));
 
         let err = |elem, c| from_contents("t", elem, c).expect_err("refused").to_string();
-        assert!(err(ElementType::Int8, contents(|c| c.int_contents = vec![0, 128])).contains("element 1 is 128, which is out of range for INT8"));
+        assert!(
+            err(ElementType::Int8, contents(|c| c.int_contents = vec![0, 128]))
+                .contains("element 1 is 128, which is out of range for INT8")
+        );
         assert!(err(ElementType::Uint8, contents(|c| c.uint_contents = vec![256])).contains("out of range for UINT8"));
         assert!(err(ElementType::Int16, contents(|c| c.int_contents = vec![40000])).contains("out of range for INT16"));
-        assert!(err(ElementType::Uint16, contents(|c| c.uint_contents = vec![70000])).contains("out of range for UINT16"));
-        assert!(err(ElementType::Float, contents(|c| c.fp64_contents = vec![1.0])).contains("go in fp32_contents, not fp64_contents"));
-        assert!(err(ElementType::Float16, contents(|c| c.fp32_contents = vec![1.0])).contains("send it in raw_input_contents"));
-        assert!(err(ElementType::Bfloat16, InferTensorContents::default()).contains("BF16 has no typed contents field"));
+        assert!(
+            err(ElementType::Uint16, contents(|c| c.uint_contents = vec![70000])).contains("out of range for UINT16")
+        );
+        assert!(
+            err(ElementType::Float, contents(|c| c.fp64_contents = vec![1.0]))
+                .contains("go in fp32_contents, not fp64_contents")
+        );
+        assert!(
+            err(ElementType::Float16, contents(|c| c.fp32_contents = vec![1.0]))
+                .contains("send it in raw_input_contents")
+        );
+        assert!(
+            err(ElementType::Bfloat16, InferTensorContents::default()).contains("BF16 has no typed contents field")
+        );
     }
 }

@@ -38,11 +38,22 @@ impl Admission {
     /// Admits a request carrying `headers`: a missing or wrong API key is 401, a full in-flight
     /// cap is 503 (with `Retry-After`).
     pub(crate) fn admit(&self, headers: &HeaderMap) -> Result<Admitted, ApiError> {
+        self.authorize(headers)?;
+        self.slot()
+    }
+
+    /// The API-key half of [`admit`](Self::admit): a missing or wrong key is 401.
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         if !self.api_keys.is_empty() && !authorized(&self.api_keys, headers) {
             return Err(ApiError::Unauthorized(
                 "missing or wrong API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// The in-flight half of [`admit`](Self::admit): a place, or 503 when the cap is full.
+    pub(crate) fn slot(&self) -> Result<Admitted, ApiError> {
         let permit = Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
             ApiError::Overloaded(format!("more than {} requests in flight; retry shortly", self.max_in_flight))
         })?;
