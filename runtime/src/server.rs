@@ -102,7 +102,7 @@ impl AppState {
     }
 
     /// Whether the readiness probe passes: every model loaded and no shutdown begun. Inference
-    /// is served while shutting down (see [`serve`]), only the probe fails.
+    /// is served while shutting down (see [`serve`](crate::serve)), only the probe fails.
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }

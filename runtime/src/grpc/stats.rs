@@ -96,13 +96,13 @@ pub(crate) fn model_statistics(model: &Model) -> ModelStatistics {
 /// Statistics as Triton's HTTP statistics extension spells them.
 pub(crate) fn statistics_json(stats: &[ModelStatistics]) -> Value {
     fn duration(d: Option<&StatisticDuration>) -> Value {
-        let d = d.cloned().unwrap_or_default();
+        let d = d.copied().unwrap_or_default();
         json!({ "count": d.count, "ns": d.ns })
     }
     let models: Vec<Value> = stats
         .iter()
         .map(|s| {
-            let i = s.inference_stats.clone().unwrap_or_default();
+            let i = s.inference_stats.unwrap_or_default();
             json!({
                 "name": s.name,
                 "version": s.version,
