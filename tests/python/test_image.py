@@ -36,7 +36,7 @@ def test_config_labels_user_and_layers(example_image):
     assert info["Digest"] == result["digest"]
     config = skopeo_inspect(ref, config=True)["config"]
     assert config["User"] == "65532:65532"
-    assert config["ExposedPorts"] == {"8000/tcp": {}}
+    assert config["ExposedPorts"] == {"8000/tcp": {}, "8001/tcp": {}}
     assert config["Entrypoint"] == ["/opt/nimify/bin/example-iris"]
     env = dict(e.split("=", 1) for e in config["Env"])
     model_sha = sha256_of(os.path.join(IRIS, "iris.onnx"))
@@ -54,7 +54,7 @@ def test_config_labels_user_and_layers(example_image):
     record = json.load(open(os.path.join(TARGET, "nimify", "example-iris", "image.json")))
     assert [l["role"] for l in record["layers"]] == ["libraries", "onnxruntime", "app", "model"]
     assert [l["digest"] for l in record["layers"]] == info["Layers"]
-    assert record["models"][0]["sha256"] == model_sha and record["port"] == 8000 and record["user"] == 65532
+    assert record["models"][0]["sha256"] == model_sha and record["port"] == 8000 and record["grpc_port"] == 8001 and record["user"] == 65532
 
 
 def test_several_models_carry_one_digest_each(example_image):

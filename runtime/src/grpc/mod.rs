@@ -108,10 +108,12 @@ fn is_stream(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.")
 }
 
-/// The deadline of a call, from its start: the client's `grpc-timeout` (`None` without one).
-/// Handlers read it from the request's extensions.
+/// The deadline of a call, counted from its start: for a unary call the earlier of
+/// `request_timeout_ms` and the client's `grpc-timeout`, for a stream the client's alone (each
+/// message also gets `request_timeout_ms` from its own start). Handlers read it from the
+/// request's extensions.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CallDeadline(pub Option<std::time::Instant>);
+pub(crate) struct CallDeadline(pub Option<crate::inference::Deadline>);
 
 /// Admission, as HTTP's, and the call's deadline: a refused call ends with UNAUTHENTICATED or
 /// UNAVAILABLE before its message is read; a unary call (message upload included) is cut off
@@ -124,11 +126,17 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
     let client = match request.headers().get("grpc-timeout").map(|v| v.to_str().unwrap_or("?")) {
         None => None,
         Some(text) => match status::parse_timeout(text) {
-            Ok(t) => Some(start + t),
+            Ok(t) => Some(crate::inference::Deadline::client(start + t)),
             Err(e) => return status::to_status(&e).into_http(),
         },
     };
-    request.extensions_mut().insert(CallDeadline(client));
+    let configured = state.config().request_timeout().map(|t| crate::inference::Deadline::configured(start, t));
+    let unary = !is_stream(&path);
+    let deadline = match (unary.then_some(configured).flatten(), client) {
+        (Some(a), Some(b)) => Some(if a.at <= b.at { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    request.extensions_mut().insert(CallDeadline(deadline));
     // While the models load, calls that would stay open (streams, health watches) are refused:
     // the loading phase's connections must close when the real server takes over.
     if state.is_starting() && is_stream(&path) && !path.starts_with("/grpc.reflection.") {
@@ -150,17 +158,12 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
         Ok(admitted) => admitted,
         Err(e) => return status::to_status(&e).into_http(),
     };
-    let configured = state.config().request_timeout().map(|t| start + t);
-    let deadline = match (configured, client) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
     let call = next.run(request);
     let response = match deadline {
-        // The handler's own deadline is the same instant and is polled first, so a request the
+        // The handler's deadline is this one (same instant, polled first), so a request the
         // inference path was running ends (and is counted) there; this one ends the rest, a
         // message still being uploaded included.
-        Some(at) => match tokio::time::timeout_at(at.into(), call).await {
+        Some(d) => match tokio::time::timeout_at(d.at.into(), call).await {
             Ok(response) => response,
             Err(_) => {
                 let e = crate::error::ApiError::Timeout(

@@ -4,7 +4,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -34,7 +33,7 @@ fn lookup<'a>(state: &'a AppState, name: &str, version: &str) -> Result<&'a Arc<
 
 /// The call's deadline from `grpc-timeout`, measured from the call's start (see
 /// [`super::CallDeadline`]).
-fn call_deadline<T>(request: &Request<T>) -> Option<Instant> {
+fn call_deadline<T>(request: &Request<T>) -> Option<crate::inference::Deadline> {
     request.extensions().get::<super::CallDeadline>().and_then(|d| d.0)
 }
 
@@ -43,7 +42,7 @@ fn call_deadline<T>(request: &Request<T>) -> Option<Instant> {
 async fn infer_one(
     state: &AppState,
     request: ModelInferRequest,
-    deadline: Option<Instant>,
+    deadline: Option<crate::inference::Deadline>,
 ) -> Result<ModelInferResponse, ApiError> {
     let version = (!request.model_version.is_empty()).then(|| request.model_version.clone());
     let model = Arc::clone(state.model(&request.model_name, version.as_deref())?);

@@ -47,12 +47,40 @@ pub(crate) enum Protocol {
     Grpc,
 }
 
-/// [`run`] with the client's own deadline too (gRPC's `grpc-timeout`): the earlier one applies.
+/// A deadline and what set it, for the message of the error it ends with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    pub at: Instant,
+    /// `request_timeout_ms` from the call's start (this long), or else the client's.
+    configured: Option<std::time::Duration>,
+}
+
+impl Deadline {
+    /// `request_timeout_ms` counted from `start`.
+    pub(crate) fn configured(start: Instant, limit: std::time::Duration) -> Self {
+        Self { at: start + limit, configured: Some(limit) }
+    }
+
+    /// The client's own (gRPC's `grpc-timeout`).
+    pub(crate) fn client(at: Instant) -> Self {
+        Self { at, configured: None }
+    }
+
+    fn message(&self) -> String {
+        match self.configured {
+            Some(limit) => configured_message(limit),
+            None => "request took longer than the client's deadline (grpc-timeout)".to_string(),
+        }
+    }
+}
+
+/// [`run`] with a deadline set earlier (gRPC's, counted from the call's start): the earlier of it
+/// and `request_timeout_ms` from now applies.
 pub(crate) async fn run_until<T>(
     state: &AppState,
     model: &Model,
     protocol: Protocol,
-    client_deadline: Option<Instant>,
+    client_deadline: Option<Deadline>,
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
     let start = Instant::now();
@@ -87,18 +115,25 @@ pub(crate) async fn within_limits<T>(
 /// `work` cut off at the earlier of the configured request deadline and `client_deadline`.
 async fn within<T>(
     state: &AppState,
-    client_deadline: Option<Instant>,
+    earlier: Option<Deadline>,
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    let configured = state.config().request_timeout().map(|limit| (Instant::now() + limit, limit));
-    let (deadline, message) = match (configured, client_deadline) {
+    let configured = state.config().request_timeout().map(|limit| Deadline::configured(Instant::now(), limit));
+    let deadline = match (configured, earlier) {
         (None, None) => return work.await,
-        (Some((at, limit)), Some(client)) if at <= client => (at, configured_message(limit)),
-        (Some((at, limit)), None) => (at, configured_message(limit)),
-        (_, Some(client)) => (client, "request took longer than the client's deadline (grpc-timeout)".to_string()),
+        (Some(a), Some(b)) => {
+            if a.at < b.at {
+                a
+            } else {
+                b
+            }
+        }
+        (Some(d), None) | (None, Some(d)) => d,
     };
-    let limited = tokio::time::timeout_at(deadline.into(), work);
-    crate::cancel::with_deadline(deadline, limited).await.unwrap_or_else(|_| Err(ApiError::Timeout(message)))
+    let limited = tokio::time::timeout_at(deadline.at.into(), work);
+    crate::cancel::with_deadline(deadline.at, limited)
+        .await
+        .unwrap_or_else(|_| Err(ApiError::Timeout(deadline.message())))
 }
 
 fn configured_message(limit: std::time::Duration) -> String {
