@@ -87,8 +87,14 @@ class Service:
         # Keep draining the log so a chatty server never blocks on a full pipe.
         threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
         self.url = f"{scheme}://{self.address}"
-        r = requests.get(f"{self.url}/v2/health/ready", timeout=5, verify=verify, cert=cert)
-        assert r.status_code == 200, r.text
+        try:
+            r = requests.get(f"{self.url}/v2/health/ready", timeout=5, verify=verify, cert=cert)
+            assert r.status_code == 200, r.text
+        except BaseException:
+            # A server that started but does not answer as expected is not left running.
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def stop(self):
         """SIGTERM, then the exit code (killed after 10 s)."""

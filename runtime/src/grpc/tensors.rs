@@ -12,8 +12,9 @@ use nimify_model::ElementType;
 use super::generated::model_infer_response::InferOutputTensor;
 use super::generated::{InferTensorContents, ModelInferRequest, ModelInferResponse};
 use crate::error::ApiError;
-use crate::model::{Model, TensorSpec};
-use crate::tensor::{Tensor, TensorData, element_count};
+use crate::inference::wire::{self, Inputs};
+use crate::model::Model;
+use crate::tensor::{Tensor, TensorData};
 
 /// A request taken apart: the model's inputs in its order, and the outputs wanted.
 #[derive(Debug)]
@@ -36,33 +37,13 @@ pub(crate) fn decode(model: &Model, request: ModelInferRequest) -> Result<Decode
             inputs.len()
         )));
     }
-    let specs = model.inputs();
-    let mut tensors: Vec<Option<Tensor>> = vec![None; specs.len()];
+    let mut slots = Inputs::new(model.name(), model.inputs());
     let mut raw_contents = raw_input_contents.into_iter();
     for input in inputs {
-        let Some(index) = specs.iter().position(|s| s.name == input.name) else {
-            return Err(ApiError::InvalidTensor(format!(
-                "unknown input {:?}; model {} takes {}",
-                input.name,
-                model.name(),
-                names(specs)
-            )));
-        };
-        if tensors[index].is_some() {
-            return Err(ApiError::BadRequest(format!("input {:?} is given more than once", input.name)));
-        }
+        let slot = slots.slot(&input.name)?;
         let name = &input.name;
-        let elem = ElementType::from_kserve_name(&input.datatype).ok_or_else(|| {
-            ApiError::InvalidTensor(format!(
-                "input {name:?}: unknown datatype {:?}; use one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES",
-                input.datatype
-            ))
-        })?;
-        let shape = input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>().map_err(|_| {
-            ApiError::InvalidTensor(format!("input {name:?}: shape {:?} has a negative dim", input.shape))
-        })?;
-        let count = element_count(&shape)
-            .ok_or_else(|| ApiError::InvalidTensor(format!("input {name:?}: shape {shape:?} is too large")))?;
+        let elem = wire::datatype(name, &input.datatype)?;
+        let (shape, count) = wire::shape(name, &input.shape)?;
         let data = match (raw_contents.next(), input.contents) {
             (Some(_), Some(contents)) if !is_empty(&contents) => {
                 return Err(ApiError::BadRequest(format!(
@@ -79,50 +60,18 @@ pub(crate) fn decode(model: &Model, request: ModelInferRequest) -> Result<Decode
                 )));
             }
         };
-        if data.len() != count {
-            return Err(ApiError::InvalidTensor(format!(
-                "input {name:?}: shape {shape:?} needs {count} elements but {} were sent",
-                data.len()
-            )));
-        }
-        tensors[index] = Some(Tensor { shape, data });
+        slots.fill(slot, wire::tensor(name, shape, count, data)?);
     }
-    let mut named = Vec::with_capacity(specs.len());
-    for (spec, tensor) in specs.iter().zip(tensors) {
-        let tensor = tensor.ok_or_else(|| {
-            ApiError::InvalidTensor(format!(
-                "missing input {:?}; model {} takes {}",
-                spec.name,
-                model.name(),
-                names(specs)
-            ))
-        })?;
-        named.push((spec.name.clone(), tensor));
-    }
+    let named = slots.finish()?;
     let wanted = if outputs.is_empty() {
         model.outputs().iter().map(|s| s.name.clone()).collect()
     } else {
         outputs
             .into_iter()
-            .map(|o| {
-                if model.outputs().iter().any(|s| s.name == o.name) {
-                    Ok(o.name)
-                } else {
-                    Err(ApiError::InvalidTensor(format!(
-                        "unknown output {:?}; model {} returns {}",
-                        o.name,
-                        model.name(),
-                        names(model.outputs())
-                    )))
-                }
-            })
+            .map(|o| wire::output(model.name(), model.outputs(), &o.name).map(|()| o.name))
             .collect::<Result<_, _>>()?
     };
     Ok(Decoded { id, inputs: named, outputs: wanted })
-}
-
-fn names(specs: &[TensorSpec]) -> String {
-    specs.iter().map(|s| format!("{:?}", s.name)).collect::<Vec<_>>().join(", ")
 }
 
 fn is_empty(c: &InferTensorContents) -> bool {

@@ -17,6 +17,7 @@
 
 pub mod admission;
 pub(crate) mod checks;
+pub(crate) mod wire;
 
 use std::future::Future;
 use std::time::Instant;

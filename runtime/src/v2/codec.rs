@@ -15,8 +15,9 @@ use serde_json::{Map, Value};
 use super::body::ResponseBody;
 use super::types::{InferRequest, InferResponse, RequestInput, ResponseOutput};
 use crate::error::ApiError;
+use crate::inference::wire::{self, Inputs};
 use crate::model::{Model, TensorSpec};
-use crate::tensor::{Tensor, TensorData, element_count, for_each_numeric};
+use crate::tensor::{Tensor, TensorData, for_each_numeric};
 
 /// The header naming the length of the JSON part of a binary request or response.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -85,20 +86,10 @@ pub(crate) fn decode_for(
         )
     })?;
 
-    let mut tensors: Vec<Option<Tensor>> = vec![None; model.inputs().len()];
+    let mut inputs = Inputs::new(model.name(), model.inputs());
     for input in &request.inputs {
-        let Some(index) = model.inputs().iter().position(|s| s.name == input.name) else {
-            return Err(ApiError::InvalidTensor(format!(
-                "unknown input {:?}; model {} takes {}",
-                input.name,
-                model.name(),
-                names(model.inputs())
-            )));
-        };
-        if tensors[index].is_some() {
-            return Err(ApiError::BadRequest(format!("input {:?} is given more than once", input.name)));
-        }
-        tensors[index] = Some(decode_input(input, &mut binary)?);
+        let slot = inputs.slot(&input.name)?;
+        inputs.fill(slot, decode_input(input, &mut binary)?);
     }
     if !binary.is_empty() {
         return Err(ApiError::BadRequest(format!(
@@ -106,18 +97,7 @@ pub(crate) fn decode_for(
             binary.len()
         )));
     }
-    let mut inputs = Vec::with_capacity(tensors.len());
-    for (spec, tensor) in model.inputs().iter().zip(tensors) {
-        let tensor = tensor.ok_or_else(|| {
-            ApiError::InvalidTensor(format!(
-                "missing input {:?}; model {} takes {}",
-                spec.name,
-                model.name(),
-                names(model.inputs())
-            ))
-        })?;
-        inputs.push((spec.name.clone(), tensor));
-    }
+    let inputs = inputs.finish()?;
 
     let default_binary = flag(request.parameters.as_ref(), "binary_data_output")?;
     let outputs = match &request.outputs {
@@ -125,14 +105,7 @@ pub(crate) fn decode_for(
         Some(wanted) => wanted
             .iter()
             .map(|o| {
-                if !model.outputs().iter().any(|s| s.name == o.name) {
-                    return Err(ApiError::InvalidTensor(format!(
-                        "unknown output {:?}; model {} returns {}",
-                        o.name,
-                        model.name(),
-                        names(model.outputs())
-                    )));
-                }
+                wire::output(model.name(), model.outputs(), &o.name)?;
                 let binary = match o.parameters.as_ref().and_then(|p| p.get("binary_data")) {
                     Some(_) => flag(o.parameters.as_ref(), "binary_data")?,
                     None => default_binary,
@@ -163,10 +136,6 @@ impl Specs<'_> {
     }
 }
 
-fn names(specs: &[TensorSpec]) -> String {
-    specs.iter().map(|s| format!("{:?}", s.name)).collect::<Vec<_>>().join(", ")
-}
-
 fn flag(params: Option<&Map<String, Value>>, key: &str) -> Result<bool, ApiError> {
     match params.and_then(|p| p.get(key)) {
         None => Ok(false),
@@ -177,18 +146,8 @@ fn flag(params: Option<&Map<String, Value>>, key: &str) -> Result<bool, ApiError
 
 fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiError> {
     let name = &input.name;
-    let elem = ElementType::from_kserve_name(&input.datatype).ok_or_else(|| {
-        ApiError::InvalidTensor(format!(
-            "input {name:?}: unknown datatype {:?}; use one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES",
-            input.datatype
-        ))
-    })?;
-    let shape =
-        input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>().map_err(|_| {
-            ApiError::InvalidTensor(format!("input {name:?}: shape {:?} has a negative dim", input.shape))
-        })?;
-    let count = element_count(&shape)
-        .ok_or_else(|| ApiError::InvalidTensor(format!("input {name:?}: shape {shape:?} is too large")))?;
+    let elem = wire::datatype(name, &input.datatype)?;
+    let (shape, count) = wire::shape(name, &input.shape)?;
 
     let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
         None => None,
@@ -220,13 +179,7 @@ fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiE
             return Err(ApiError::BadRequest(format!("input {name:?} has no data (give data or binary_data_size)")));
         }
     };
-    if data.len() != count {
-        return Err(ApiError::InvalidTensor(format!(
-            "input {name:?}: shape {shape:?} needs {count} elements but {} were sent",
-            data.len()
-        )));
-    }
-    Ok(Tensor { shape, data })
+    wire::tensor(name, shape, count, data)
 }
 
 /// Elements of type `elem` from the binary tensor format (little-endian; BYTES length-prefixed),
