@@ -22,6 +22,15 @@ def cuda_runtime_dir():
     raise AssertionError(f"libcudart not found under {base}; run `cargo xtask test` to install the perf_analyzer tools")
 
 
+def assert_served_without_failures(server):
+    """The server counted no failed request and many successful ones for the MLP."""
+    metrics = requests.get(f"{server.url}/metrics", timeout=5).text
+    failures = re.search(r'nv_inference_request_failure\{model="mlp",version="1"\} (\S+)', metrics).group(1)
+    successes = re.search(r'nv_inference_request_success\{model="mlp",version="1"\} (\S+)', metrics).group(1)
+    assert float(failures) == 0
+    assert float(successes) > 100
+
+
 def test_perf_analyzer_runs_clean():
     assert os.path.exists(PERF_ANALYZER), f"{PERF_ANALYZER} missing; run `cargo xtask test`"
     server = Server(os.path.join(MODELS, "mlp.onnx"))
@@ -35,11 +44,7 @@ def test_perf_analyzer_runs_clean():
         assert r.returncode == 0, r.stdout + r.stderr
         throughput = float(re.search(r"Throughput: ([0-9.]+) infer/sec", r.stdout).group(1))
         assert throughput > 0, r.stdout
-        metrics = requests.get(f"{server.url}/metrics", timeout=5).text
-        failures = re.search(r'nv_inference_request_failure\{model="mlp",version="1"\} (\S+)', metrics).group(1)
-        successes = re.search(r'nv_inference_request_success\{model="mlp",version="1"\} (\S+)', metrics).group(1)
-        assert float(failures) == 0
-        assert float(successes) > 100
+        assert_served_without_failures(server)
     finally:
         server.stop()
 
@@ -61,10 +66,6 @@ def test_perf_analyzer_over_grpc_runs_clean(mode):
         rows = re.findall(r"Concurrency: (\d+), throughput: ([0-9.]+) infer/sec", r.stdout)
         assert [int(c) for c, _ in rows] == [1, 4, 7], r.stdout
         assert all(float(t) > 0 for _, t in rows), r.stdout
-        metrics = requests.get(f"{server.url}/metrics", timeout=5).text
-        failures = re.search(r'nv_inference_request_failure\{model="mlp",version="1"\} (\S+)', metrics).group(1)
-        successes = re.search(r'nv_inference_request_success\{model="mlp",version="1"\} (\S+)', metrics).group(1)
-        assert float(failures) == 0
-        assert float(successes) > 100
+        assert_served_without_failures(server)
     finally:
         server.stop()
