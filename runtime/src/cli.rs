@@ -243,8 +243,8 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
     let config = args.config().map_err(|e| e.to_string())?;
     let address = format!("{}:{}", config.host, config.port);
     let grpc_address = config.grpc.then(|| format!("{}:{}", config.host, config.grpc_port));
-    let mut builder = register(ServerBuilder::new(config.clone()));
-    builder.precheck().map_err(|e| e.to_string())?;
+    let mut builder = register(ServerBuilder::new(config));
+    let loading = builder.prepare_loading().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -262,7 +262,7 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
             })?),
         };
         let load = move || builder.build().map_err(|e| e.to_string());
-        crate::serving::serve_after_loading(crate::Listeners { http, grpc }, &config, load, crate::shutdown_signal())
+        crate::serving::serve_after_loading(crate::Listeners { http, grpc }, loading, load, crate::shutdown_signal())
             .await?
             .map_err(|e| format!("server failed: {e}"))
     });

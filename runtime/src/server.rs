@@ -264,28 +264,28 @@ impl ServerBuilder {
         }
     }
 
-    /// The checks that take no time, made before the ports open so that the common mistakes
-    /// (a bad setting, a missing or broken model file, no ONNX Runtime) are one error and no
-    /// listening: the configuration, TLS files, the ONNX Runtime library and each model's
-    /// signature. [`build`](Self::build) makes them again.
-    pub(crate) fn precheck(&mut self) -> Result<(), LoadError> {
-        self.config.validate()?;
-        crate::tls::server_config(&self.config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+    /// What `cli::serve` does before the ports open: the checks that take no time (the
+    /// configuration and the files it names, the ONNX Runtime library, each model's signature),
+    /// so the common mistakes are one error and no listening, then the stand-in state and router
+    /// served while [`build`](Self::build) loads the models (same configuration, TLS and probes,
+    /// no models, not ready; every model lookup answers "starting").
+    pub(crate) fn prepare_loading(&mut self) -> Result<(Arc<AppState>, Router), LoadError> {
+        let settings = Settings::read(&self.config)?;
         self.relocate_models();
         crate::ortlib::environment()?;
         for options in &self.options {
             nimify_model::read_model(&options.path)
                 .map_err(|source| LoadError::Signature { path: options.path.clone(), source })?;
         }
-        Ok(())
+        let state = Arc::new(AppState::new(self.config.clone(), settings, BTreeMap::new(), Metrics::new(), true));
+        let router = app(Arc::clone(&state), None);
+        Ok((state, router))
     }
 
     /// Validates the configuration, loads and warms every model, and returns the ready state and
     /// the router serving it.
     pub fn build(mut self) -> Result<(Arc<AppState>, Router), LoadError> {
-        let api_keys = self.config.validate()?;
-        let tls =
-            crate::tls::server_config(&self.config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        let settings = Settings::read(&self.config)?;
         self.relocate_models();
         if let Some(spec) = &self.config.model_sha256 {
             let planned = self.planned_models();
@@ -329,49 +329,54 @@ impl ServerBuilder {
                 }
             }
         }
-        let admission = Admission::new(api_keys, self.config.max_in_flight);
-        let state = Arc::new(AppState {
-            models,
-            ready: tokio::sync::watch::Sender::new(true),
-            config: self.config,
-            admission,
-            metrics,
-            tls,
-            starting: false,
-            draining: tokio::sync::watch::Sender::new(false),
-        });
+        let state = Arc::new(AppState::new(self.config, settings, models, metrics, false));
         let router = app(Arc::clone(&state), self.extra);
         Ok((state, router))
+    }
+}
+
+/// What the configuration names beyond itself, read once: the API keys (from the key file too)
+/// and the TLS certificates.
+struct Settings {
+    api_keys: Vec<String>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+impl Settings {
+    /// Validates `config` and reads the files it names.
+    fn read(config: &Config) -> Result<Self, LoadError> {
+        let api_keys = config.validate()?;
+        let tls = crate::tls::server_config(config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        Ok(Self { api_keys, tls })
+    }
+}
+
+impl AppState {
+    /// The state over loaded `models`, ready; or, `starting`, the stand-in served while they
+    /// load (no models, not ready).
+    fn new(
+        config: Config,
+        settings: Settings,
+        models: BTreeMap<String, Arc<Model>>,
+        metrics: Metrics,
+        starting: bool,
+    ) -> Self {
+        Self {
+            models,
+            ready: tokio::sync::watch::Sender::new(!starting),
+            admission: Admission::new(settings.api_keys, config.max_in_flight),
+            config,
+            metrics,
+            tls: settings.tls,
+            starting,
+            draining: tokio::sync::watch::Sender::new(false),
+        }
     }
 }
 
 /// What a starting server answers to anything but its probes.
 fn starting() -> ApiError {
     ApiError::NotReady("the server is starting: its models are loading and warming up; retry shortly".into())
-}
-
-impl ServerBuilder {
-    /// The stand-in state and router served while the models load (see
-    /// `serving::serve_after_loading`): the same configuration, TLS and probes, no models,
-    /// readiness false.
-    pub(crate) fn build_starting(self) -> Result<(Arc<AppState>, Router), LoadError> {
-        let api_keys = self.config.validate()?;
-        let tls =
-            crate::tls::server_config(&self.config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
-        let admission = Admission::new(api_keys, self.config.max_in_flight);
-        let state = Arc::new(AppState {
-            models: BTreeMap::new(),
-            ready: tokio::sync::watch::Sender::new(false),
-            config: self.config,
-            admission,
-            metrics: Metrics::new(),
-            tls,
-            starting: true,
-            draining: tokio::sync::watch::Sender::new(false),
-        });
-        let router = app(Arc::clone(&state), None);
-        Ok((state, router))
-    }
 }
 
 /// The OpenAPI document's fixed parts.

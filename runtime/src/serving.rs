@@ -179,14 +179,14 @@ async fn serve_shared(
 /// answered at once: probes, or 503 "starting"; streams are refused while loading).
 const LOADING_DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves `listeners` while `load` builds the server on a blocking thread, then serves what it
-/// built until `shutdown`. While loading, liveness passes and readiness fails on both protocols
+/// Serves `listeners` with the `starting` stand-in (see `ServerBuilder::prepare_loading`) while
+/// `load` builds the server on a blocking thread, then serves what it built until `shutdown`. While loading, liveness passes and readiness fails on both protocols
 /// (HTTP 503, gRPC health NOT_SERVING), and everything else answers 503 / UNAVAILABLE "starting",
 /// so probes and clients see a starting server rather than a refused connection. A shutdown
 /// signal while loading ends it at once (`Ok(Ok(()))`; the load is left to the process's exit).
 pub(crate) async fn serve_after_loading<E: Send + 'static>(
     listeners: Listeners,
-    config: &crate::Config,
+    (starting, starting_router): (Arc<AppState>, Router),
     load: impl FnOnce() -> Result<(Arc<AppState>, Router), E> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<std::io::Result<()>, E> {
@@ -196,14 +196,6 @@ pub(crate) async fn serve_after_loading<E: Send + 'static>(
     // Installs the signal handlers (see `serve_shared`).
     let signalled = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     let mut load = tokio::task::spawn_blocking(load);
-    let Ok((starting, starting_router)) = crate::server::ServerBuilder::new(config.clone()).build_starting() else {
-        // An invalid configuration: the real build reports it, in its own words.
-        return match load.await {
-            Ok(Ok((state, router))) => Ok(serve_shared(http, grpc, state, router, shutdown).await),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Ok(Err(std::io::Error::other(e))),
-        };
-    };
     let loading = Running::start(&http, grpc.as_ref(), &starting, starting_router);
     tracing::info!(
         address = %http.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
