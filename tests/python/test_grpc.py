@@ -113,41 +113,24 @@ def bad_requests():
     def req(model="mlp", **kw):
         return service_pb2.ModelInferRequest(model_name=model, **kw)
 
+    def raw(name="x", datatype="FP32", shape=(2, 4), data=x.tobytes(), model="mlp", **kw):
+        """A request with one raw input."""
+        r = req(model, **kw)
+        r.inputs.add(name=name, datatype=datatype, shape=list(shape))
+        r.raw_input_contents.append(data)
+        return r
+
     cases = []
-    r = req("nope")
-    r.inputs.add(name="x", datatype="FP32", shape=[2, 4])
-    r.raw_input_contents.append(x.tobytes())
-    cases.append(("unknown model", r, grpc.StatusCode.NOT_FOUND, ["unknown model", "nope", "mlp"]))
-    r = req(model_version="7")
-    r.inputs.add(name="x", datatype="FP32", shape=[2, 4])
-    r.raw_input_contents.append(x.tobytes())
-    cases.append(("unknown version", r, grpc.StatusCode.NOT_FOUND, ["version", "7"]))
-    r = req()
-    r.inputs.add(name="y", datatype="FP32", shape=[2, 4])
-    r.raw_input_contents.append(x.tobytes())
-    cases.append(("unknown input", r, grpc.StatusCode.INVALID_ARGUMENT, ["unknown input", '"y"']))
+    cases.append(("unknown model", raw(model="nope"), grpc.StatusCode.NOT_FOUND, ["unknown model", "nope", "mlp"]))
+    cases.append(("unknown version", raw(model_version="7"), grpc.StatusCode.NOT_FOUND, ["version", "7"]))
+    cases.append(("unknown input", raw(name="y"), grpc.StatusCode.INVALID_ARGUMENT, ["unknown input", '"y"']))
     r = req()
     cases.append(("missing input", r, grpc.StatusCode.INVALID_ARGUMENT, ["missing input", '"x"']))
-    r = req()
-    r.inputs.add(name="x", datatype="INT32", shape=[2, 4])
-    r.raw_input_contents.append(x.astype(np.int32).tobytes())
-    cases.append(("wrong datatype", r, grpc.StatusCode.INVALID_ARGUMENT, ["datatype", "INT32", "FP32"]))
-    r = req()
-    r.inputs.add(name="x", datatype="FP32", shape=[2, 5])
-    r.raw_input_contents.append(np.zeros((2, 5), np.float32).tobytes())
-    cases.append(("wrong fixed dim", r, grpc.StatusCode.INVALID_ARGUMENT, ["dim 1", "5", "4"]))
-    r = req()
-    r.inputs.add(name="x", datatype="FP32", shape=[3, 4])
-    r.raw_input_contents.append(x.tobytes())
-    cases.append(("shape and raw size disagree", r, grpc.StatusCode.INVALID_ARGUMENT, ["32 binary bytes", "needs 12"]))
-    r = req()
-    r.inputs.add(name="x", datatype="FP32", shape=[2, -4])
-    r.raw_input_contents.append(x.tobytes())
-    cases.append(("negative dim", r, grpc.StatusCode.INVALID_ARGUMENT, ["negative dim"]))
-    r = req()
-    r.inputs.add(name="x", datatype="FP32", shape=[2**40, 2**40])
-    r.raw_input_contents.append(x.tobytes())
-    cases.append(("lying huge shape", r, grpc.StatusCode.INVALID_ARGUMENT, ["too large"]))
+    cases.append(("wrong datatype", raw(datatype="INT32", data=x.astype(np.int32).tobytes()), grpc.StatusCode.INVALID_ARGUMENT, ["datatype", "INT32", "FP32"]))
+    cases.append(("wrong fixed dim", raw(shape=(2, 5), data=np.zeros((2, 5), np.float32).tobytes()), grpc.StatusCode.INVALID_ARGUMENT, ["dim 1", "5", "4"]))
+    cases.append(("shape and raw size disagree", raw(shape=(3, 4)), grpc.StatusCode.INVALID_ARGUMENT, ["32 binary bytes", "needs 12"]))
+    cases.append(("negative dim", raw(shape=(2, -4)), grpc.StatusCode.INVALID_ARGUMENT, ["negative dim"]))
+    cases.append(("lying huge shape", raw(shape=(2**40, 2**40)), grpc.StatusCode.INVALID_ARGUMENT, ["too large"]))
     r = req()
     r.inputs.add(name="x", datatype="FP32", shape=[2, 4])
     r.raw_input_contents.extend([x.tobytes(), x.tobytes()])
@@ -161,18 +144,11 @@ def bad_requests():
     r = req()
     r.inputs.add(name="x", datatype="FP32", shape=[2, 4]).contents.fp32_contents.extend([1.0] * 7)
     cases.append(("too few typed elements", r, grpc.StatusCode.INVALID_ARGUMENT, ["needs 8 elements", "7"]))
-    r = req()
-    r.inputs.add(name="x", datatype="FLOAT", shape=[2, 4])
-    r.raw_input_contents.append(x.tobytes())
-    cases.append(("unknown datatype", r, grpc.StatusCode.INVALID_ARGUMENT, ["unknown datatype", "FLOAT"]))
-    r = req()
-    r.inputs.add(name="x", datatype="FP32", shape=[2, 4])
-    r.raw_input_contents.append(x.tobytes())
+    cases.append(("unknown datatype", raw(datatype="FLOAT"), grpc.StatusCode.INVALID_ARGUMENT, ["unknown datatype", "FLOAT"]))
+    r = raw()
     r.outputs.add(name="nope")
     cases.append(("unknown output", r, grpc.StatusCode.INVALID_ARGUMENT, ["unknown output", "nope", "probs"]))
-    r = req()
-    r.inputs.add(name="x", datatype="FP32", shape=[2, 4])
-    r.raw_input_contents.append(x.tobytes())
+    r = raw()
     r.outputs.add(name="probs")
     r.outputs.add(name="probs")
     cases.append(("output asked twice", r, grpc.StatusCode.INVALID_ARGUMENT, ["more than once"]))
@@ -626,3 +602,31 @@ def test_compressed_requests(serve, algorithm):
     i.set_data_from_numpy(x)
     got = c.infer("mlp", [i], compression_algorithm=algorithm).as_numpy("probs")
     np.testing.assert_array_equal(got, reference("mlp", {"x": x})["probs"])
+
+
+def test_sigterm_mid_stream_answers_the_running_message_and_ends_every_stream(start):
+    """SIGTERM while one stream runs a long message and another sits idle: the running message
+    is answered, both streams end with OK (no new messages are taken while draining), and the
+    process exits 0 as soon as the work is done, not at the drain timeout."""
+    from test_timed_work import NO_LIMITS, size_work
+
+    server = start("slow", *NO_LIMITS)
+    work = size_work(server, 1.0, "the SIGTERM sent 0.3 s into it")
+    s = stub(server)
+    idle_messages, busy_messages = queue.Queue(), queue.Queue()
+    idle = s.ModelStreamInfer(iter(idle_messages.get, None))
+    busy = s.ModelStreamInfer(iter(busy_messages.get, None))
+    long = slow_request(work.trips)
+    long.id = "long"
+    busy_messages.put(long)
+    time.sleep(0.3)
+    signalled = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    answer = next(busy)
+    assert answer.infer_response.id == "long" and answer.error_message == "", answer.error_message
+    assert list(busy) == [] and list(idle) == []
+    assert server.proc.wait(timeout=60) == 0
+    took = time.monotonic() - signalled
+    # The drain timeout is 300 s (NO_LIMITS): exiting within the work's own time shows the
+    # streams ended instead of holding the drain open.
+    assert took < work.seconds + 10, f"exited {took:.1f} s after SIGTERM against {work}"
