@@ -8,8 +8,11 @@
 
 pub mod cmd;
 mod error;
+mod http;
 pub mod image;
+pub mod ort;
 pub mod project;
+mod term;
 
 use std::process::ExitCode;
 

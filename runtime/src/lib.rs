@@ -79,7 +79,8 @@ pub mod __private {
     /// The ONNX Runtime library nimify loads, for `cargo nimify ort` and `image`.
     pub mod ortlib {
         pub use crate::ortlib::{
-            INSTALL_HINT, LIB_NAME, ORT_VERSION, OrtLibError, cache_dir, candidates, environment, find,
+            INSTALL_HINT, LIB_NAME, ORT_VERSION, OrtLibError, cache_dir, candidates, environment, find, host_platform,
+            platform_cache_dir, platform_name,
         };
     }
     pub use crate::tensor::Tensor;

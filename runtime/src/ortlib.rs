@@ -15,12 +15,19 @@ use std::sync::OnceLock;
 /// The ONNX Runtime release nimify is built and tested against.
 pub const ORT_VERSION: &str = "1.32.0";
 
-/// File name of the library on this platform.
+/// File name of the library on this platform (as the official builds name it).
+#[cfg(not(any(target_os = "macos", windows)))]
 pub const LIB_NAME: &str = "libonnxruntime.so.1.32.0";
+/// File name of the library on this platform (as the official builds name it).
+#[cfg(target_os = "macos")]
+pub const LIB_NAME: &str = "libonnxruntime.1.32.0.dylib";
+/// File name of the library on this platform (as the official builds name it).
+#[cfg(windows)]
+pub const LIB_NAME: &str = "onnxruntime.dll";
 
 /// The command that installs the library into the per-user cache.
 pub const INSTALL_HINT: &str =
-    "run `cargo nimify ort install` (or set ORT_DYLIB_PATH to a libonnxruntime.so of version 1.31 or newer)";
+    "run `cargo nimify ort install` (or set ORT_DYLIB_PATH to an ONNX Runtime library of version 1.31 or newer)";
 
 /// Why ONNX Runtime could not be loaded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -41,13 +48,40 @@ pub enum OrtLibError {
     },
 }
 
-/// The per-user cache directory for a given ONNX Runtime version
-/// (`$XDG_CACHE_HOME/nimify/onnxruntime/<version>`, usually `~/.cache/...`).
-pub fn cache_dir() -> Option<PathBuf> {
+/// The platform this process runs on, as OCI images name platforms: `linux/amd64`,
+/// `linux/arm64`, `darwin/arm64`, `windows/amd64`.
+pub fn host_platform() -> String {
+    platform_name(std::env::consts::OS, std::env::consts::ARCH)
+}
+
+/// The OCI platform of a Rust OS and architecture name: `macos` + `aarch64` -> `darwin/arm64`
+/// (names OCI already uses pass through).
+pub fn platform_name(os: &str, arch: &str) -> String {
+    let os = match os {
+        "macos" => "darwin",
+        other => other,
+    };
+    let arch = match arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!("{os}/{arch}")
+}
+
+/// The per-user cache directory of the pinned ONNX Runtime for `platform` (`linux/arm64`):
+/// `$NIMIFY_CACHE_DIR/onnxruntime/<version>/linux-arm64`, by default under the user's cache
+/// directory (`~/.cache/nimify/...` on Linux).
+pub fn platform_cache_dir(platform: &str) -> Option<PathBuf> {
     let base = std::env::var_os("NIMIFY_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| dirs::cache_dir().map(|d| d.join("nimify")))?;
-    Some(base.join("onnxruntime").join(ORT_VERSION))
+    Some(base.join("onnxruntime").join(ORT_VERSION).join(platform.replace('/', "-")))
+}
+
+/// The per-user cache directory of this platform's library (see [`platform_cache_dir`]).
+pub fn cache_dir() -> Option<PathBuf> {
+    platform_cache_dir(&host_platform())
 }
 
 /// Every path the lookup tries, in order.

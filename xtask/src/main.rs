@@ -4,7 +4,9 @@ mod bench;
 mod bench_image;
 mod codegen;
 mod coverage;
+mod cross_check;
 mod fuzz;
+mod ort_listings;
 mod public_api;
 mod soak;
 mod test;
@@ -18,6 +20,9 @@ tasks:
   codegen         regenerate nimify-model/src/onnx.rs (from nimify-model/proto/onnx.proto, our schema of
                   what is read) and runtime/src/grpc/ (from runtime/proto/inference.proto)
   codegen --check fail when a committed generated file is stale
+  cross-check     clippy of cargo-nimify for Windows x86_64 and macOS arm64 (Rust only: C is stubbed)
+  ort-listings    list the onnxruntime wheels `cargo nimify ort install` pins (names, sizes, sha256) into
+                  cargo-nimify/src/ort/listings/, which the pins' unit test reads
   models          regenerate the committed test and example models (needs the Python tools)
   lock            recompile tests/python/*.lock (hash-pinned Python environments) from their .in files
   test            install what the tests need (ONNX Runtime, Python tools) and run every test
@@ -37,6 +42,8 @@ fn main() -> Result<()> {
         ["codegen"] => codegen::run(false),
         ["codegen", "--check"] => codegen::run(true),
         ["models"] => test::models(),
+        ["ort-listings"] => ort_listings::run(),
+        ["cross-check"] => cross_check::run(),
         ["lock"] => test::lock(),
         ["test", rest @ ..] => test::run(rest),
         ["public-api", rest @ ..] => public_api::run(rest),

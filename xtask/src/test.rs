@@ -8,7 +8,8 @@
 //!    and the Debian packages the image tests run for real (podman, runc, skopeo,
 //!    docker-registry, htpasswd, openssl) plus perf_analyzer's `libb64-0d`, installed with
 //!    apt-get when missing; podman reads `tests/containers.conf` (runc, explicit ulimits);
-//! 2. the house rules: `cargo fmt --check`, clippy with every warning an error, `cargo doc` with
+//! 2. the house rules: `cargo fmt --check`, clippy with every warning an error (on Linux, and
+//!    for `cargo-nimify` on Windows and macOS: `cargo xtask cross-check`), `cargo doc` with
 //!    every warning an error, and the public API listings (`cargo xtask public-api`);
 //! 3. one build of the tests and binaries, then the pinned ONNX Runtime library in the per-user
 //!    cache (`cargo nimify ort install`);
@@ -55,9 +56,12 @@ fn locked_venv(sh: &Shell, venv: &Path, lock: &str) -> Result<PathBuf> {
             .run()
             .context("creating a virtualenv (is the Python venv module installed?)")?;
     }
-    cmd!(sh, "{python} -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r {lock}")
-        .run()
-        .with_context(|| format!("installing {}", lock.display()))?;
+    cmd!(
+        sh,
+        "{python} -m pip install -q --disable-pip-version-check --no-cache-dir --require-hashes --no-deps -r {lock}"
+    )
+    .run()
+    .with_context(|| format!("installing {}", lock.display()))?;
     sh.write_file(&stamp, wanted)?;
     Ok(python)
 }
@@ -142,11 +146,34 @@ pub fn perf_analyzer(sh: &Shell) -> Result<PathBuf> {
     Ok(venv.join("bin/perf_analyzer"))
 }
 
+/// About what a run from a clean clone writes: the two target directories, both virtualenvs and
+/// the apt packages (measured at 75515dc with the dev profile's reduced debug info; see README).
+const DISK_NEEDED_GB: u64 = 16;
+
+/// Warns (without stopping: the estimate may be off) when the file system of the checkout has less
+/// room than a run needs, so that a later "No space left on device" has its explanation up front.
+fn warn_if_disk_short(sh: &Shell, root: &Path) {
+    let Ok(out) = cmd!(sh, "df -Pk {root}").quiet().read() else { return };
+    let Some(free_kb) =
+        out.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let free_gb = free_kb / (1024 * 1024);
+    if free_gb < DISK_NEEDED_GB {
+        eprintln!(
+            "warning: {free_gb} GB free on the file system of {}; a full test run writes about {DISK_NEEDED_GB} GB (build, virtualenvs, packages)",
+            root.display()
+        );
+    }
+}
+
 pub fn run(rest: &[&str]) -> Result<()> {
     let sh = Shell::new()?;
     let root = crate::root();
     sh.change_dir(&root);
     let started = Instant::now();
+    warn_if_disk_short(&sh, &root);
     let mut times = Vec::new();
     let mut lap = |what: &str, since: &mut Instant| {
         times.push(format!("{what:<34} {:>6.0} s", since.elapsed().as_secs_f64()));
@@ -174,7 +201,9 @@ pub fn run(rest: &[&str]) -> Result<()> {
         .env("CARGO_TARGET_DIR", &check_target)
         .run()
         .context("clippy warnings are errors")?;
-    lap("fmt + clippy", &mut t);
+    // The same for the other platforms ONNX Runtime is pinned for (Windows, macOS).
+    crate::cross_check::run()?;
+    lap("fmt + clippy (Linux, Windows, macOS)", &mut t);
     // Every public item documented, every intra-doc link resolving; then the public API as listed
     // from rustdoc JSON must match the committed listings (see public_api.rs).
     cmd!(sh, "{cargo} doc --workspace --no-deps --lib")
@@ -194,7 +223,7 @@ pub fn run(rest: &[&str]) -> Result<()> {
     lap("build (tests and binaries)", &mut t);
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t));
     let nimify = target.join("debug/cargo-nimify");
-    cmd!(sh, "{nimify} nimify ort install").env("NIMIFY_PYTHON", &python).run().context("installing ONNX Runtime")?;
+    cmd!(sh, "{nimify} nimify ort install").run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
     lap("cargo test", &mut t);
     // In parallel: the tests that build images or share the examples' files form one unit of

@@ -147,7 +147,7 @@ fn print_command(argv: &[String]) {
 }
 
 fn run_helm(sh: &Shell, helm: &Path, argv: &[String]) -> Result<(), CliError> {
-    eprintln!("     Running helm {}", shell_line(argv));
+    crate::term::status("Running", format!("helm {}", shell_line(argv)));
     cmd!(sh, "{helm} {argv...}")
         .run()
         .map_err(|e| CliError::msg(format!("{} failed: {e}", argv.first().map(String::as_str).unwrap_or("helm"))))
@@ -224,7 +224,10 @@ pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
     let helm = helm.ok_or_else(missing_helm)?;
     run_helm(&sh, &helm, &argv[1..])?;
     run_helm(&sh, &helm, &test[1..])?;
-    eprintln!("    Deployed {} ({}) to {} as release {}", project.package, chart.image, t.namespace, t.release);
+    crate::term::status(
+        "Deployed",
+        format!("{} ({}) to {} as release {}", project.package, chart.image, t.namespace, t.release),
+    );
     Ok(())
 }
 

@@ -79,21 +79,21 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
         }
         exe
     } else {
-        status("Building", &format!("{} (profile {})", project.package, args.profile));
+        crate::term::status("Building", format!("{} (profile {})", project.package, args.profile));
         super::build::build(&project, &args.profile)?
     };
     let plan = plan(&project, args, binary, &name)?;
     std::fs::create_dir_all(project.state_dir()).at("create", project.state_dir())?;
     let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?
         .with_layer_cache(project.target_dir.join("nimify/layer-cache"));
-    let built = img::assemble(&plan, store, &status)?;
-    status("Writing", &output.reference());
+    let built = img::assemble(&plan, store, &|verb: &str, what: &str| crate::term::status(verb, what))?;
+    crate::term::status("Writing", output.reference());
     match &output {
         Output::Oci { dir, tag } => output::write_oci_dir(&built, dir, tag.as_deref())?,
         Output::OciArchive { file, tag } => output::write_oci_archive(&built, file, tag.as_deref())?,
         Output::DockerArchive { file } => output::write_docker_archive(&built, file, &format!("{name}:{tag}"))?,
         Output::Registry(target) => {
-            registry::push(&built, target, &push, &status)?;
+            registry::push(&built, target, &push, &|verb: &str, what: &str| crate::term::status(verb, what))?;
         }
     }
     let record = record(&project, &plan, &output, &built, &name, &tag);
@@ -124,10 +124,6 @@ fn naming(project: &Project, args: &ImageArgs) -> Result<(String, String, Output
         (None, None) => Output::parse(&format!("oci:{}:{tag}", project.state_dir().join("oci").display()), &tag)?,
     };
     Ok((name, tag, output))
-}
-
-fn status(verb: &str, what: &str) {
-    eprintln!("{verb:>12} {what}");
 }
 
 fn push_options(args: &ImageArgs) -> Result<PushOptions, CliError> {
@@ -346,9 +342,9 @@ fn file_size(path: &Path) -> u64 {
 /// The image's size next to its parts, on stderr.
 fn report(record: &ImageRecord) {
     for l in &record.layers {
-        status(
+        crate::term::status(
             "Layer",
-            &format!(
+            format!(
                 "{:<12} {:>10} compressed {:>10} on disk",
                 l.role,
                 img::human_size(l.size),
@@ -357,9 +353,9 @@ fn report(record: &ImageRecord) {
         );
     }
     let unpacked = record.layers.iter().filter_map(|l| l.uncompressed_size).sum();
-    status(
+    crate::term::status(
         "Finished",
-        &format!(
+        format!(
             "{} ({} compressed, {} unpacked) {}",
             record.reference,
             img::human_size(record.size),

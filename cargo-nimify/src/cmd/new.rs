@@ -150,7 +150,7 @@ fn scaffold(dir: &Path, name: &str, a: &Answers, replace_main: bool) -> Result<(
         }
         std::fs::write(&path, render(file(a.template, key), &vars)).map_err(|e| io(&path, e))?;
     }
-    eprintln!("     Created nimify service `{name}` serving {model_file} ({:?} template)", a.template);
+    crate::term::status("Created", format!("nimify service `{name}` serving {model_file} ({:?} template)", a.template));
     eprintln!("        Next: cd {} && cargo run   (then POST /v1/models/{stem}/predict)", dir.display());
     Ok(())
 }

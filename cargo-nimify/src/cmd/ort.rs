@@ -1,26 +1,13 @@
 //! `cargo nimify ort install|path`: puts the pinned ONNX Runtime library in the per-user cache
-//! (from the official `onnxruntime` wheel on PyPI, fetched with `pip download` and checked
-//! against a pinned sha256), or shows which library the lookup finds.
+//! (see [`crate::ort`]), or shows which library the lookup finds.
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use nimify::__private::ortlib::{self, LIB_NAME, ORT_VERSION};
-use sha2::Digest as _;
+use nimify::__private::ortlib;
 
-use crate::{CliError, IoContext};
-
-/// The wheel nimify pins, per platform: (pip platform tag, file name, sha256).
-const WHEELS: &[(&str, &str, &str)] = &[(
-    "manylinux_2_28_x86_64",
-    "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl",
-    "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d",
-)];
-
-/// Files taken from the wheel's `onnxruntime/capi/`.
-const FILES: &[&str] = &[LIB_NAME, "libonnxruntime_providers_shared.so"];
+use crate::CliError;
+use crate::ort::{Install, pins};
 
 /// `ort` arguments.
 #[derive(Debug, Args)]
@@ -33,19 +20,30 @@ pub struct OrtArgs {
 /// `ort` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum OrtCommand {
-    /// Download ONNX Runtime 1.32.0 into the per-user cache (needs python3 with pip, or --wheel).
+    /// Download ONNX Runtime 1.32.0 (the official wheel from the Python package index, sha256
+    /// checked) into the per-user cache. No Python needed.
     Install {
-        /// Use this already-downloaded wheel instead of running pip.
+        /// Install from this wheel or .tar.gz archive already on disk instead of downloading
+        /// (its libraries must be the pinned ones).
+        #[arg(long, value_name = "FILE", alias = "wheel")]
+        from: Option<PathBuf>,
+        /// Install for another platform: linux/amd64, linux/arm64, darwin/arm64, windows/amd64
+        /// (or a Rust target triple), e.g. for a multi-platform image. [default: this machine's]
         #[arg(long)]
-        wheel: Option<PathBuf>,
+        platform: Option<String>,
+        /// The package index to download from (a "simple" API root, like pip's --index-url).
+        /// [default: $NIMIFY_INDEX_URL, then $PIP_INDEX_URL, then PyPI]
+        #[arg(long, value_name = "URL")]
+        index_url: Option<String>,
         /// Install again even when the library is already there.
         #[arg(long)]
         force: bool,
     },
-    /// Print the library the lookup finds (and every path it tries, with --verbose).
+    /// Print the library the lookup finds (with --verbose: the platform, the library's file name
+    /// and every path tried).
     Path {
-        /// List every candidate path.
-        #[arg(long)]
+        /// Also list the platform, the file name and every candidate path.
+        #[arg(long, short)]
         verbose: bool,
     },
 }
@@ -53,9 +51,18 @@ pub enum OrtCommand {
 /// Runs the command.
 pub fn run(args: &OrtArgs) -> Result<(), CliError> {
     match &args.command {
-        OrtCommand::Install { wheel, force } => install(wheel.as_deref(), *force),
+        OrtCommand::Install { from, platform, index_url, force } => {
+            let request =
+                Install { platform: platform.clone(), from: from.clone(), index_url: index_url.clone(), force: *force };
+            let library = crate::ort::install(&request)?;
+            println!("{}", library.display());
+            Ok(())
+        }
         OrtCommand::Path { verbose } => {
             if *verbose {
+                let host = ortlib::host_platform();
+                let pinned = pins::find(&host).map_or_else(|e| e, |p| format!("pinned wheel {}", p.wheel));
+                eprintln!("platform {host}: {} ({pinned})", ortlib::LIB_NAME);
                 for c in ortlib::candidates() {
                     eprintln!("{} {}", if c.is_file() { "found  " } else { "missing" }, c.display());
                 }
@@ -64,99 +71,4 @@ pub fn run(args: &OrtArgs) -> Result<(), CliError> {
             Ok(())
         }
     }
-}
-
-fn install(wheel: Option<&Path>, force: bool) -> Result<(), CliError> {
-    let dir = ortlib::cache_dir()
-        .ok_or_else(|| CliError::msg("no per-user cache directory (set NIMIFY_CACHE_DIR or HOME)"))?;
-    let target = dir.join(LIB_NAME);
-    if target.is_file() && !force {
-        eprintln!("     Fresh ONNX Runtime {ORT_VERSION} already at {}", target.display());
-        println!("{}", target.display());
-        return Ok(());
-    }
-    let (platform, file_name, sha256) =
-        WHEELS.iter().find(|(p, _, _)| p.ends_with(std::env::consts::ARCH)).ok_or_else(|| {
-            CliError::msg(format!(
-                "no pinned ONNX Runtime wheel for {}; set ORT_DYLIB_PATH to a libonnxruntime.so 1.31+",
-                std::env::consts::ARCH
-            ))
-        })?;
-    let download = tempdir(&dir)?;
-    let wheel_path = match wheel {
-        Some(w) => w.to_path_buf(),
-        None => {
-            eprintln!(" Downloading onnxruntime=={ORT_VERSION} ({platform}) with pip");
-            pip_download(platform, &download)?;
-            download.join(file_name)
-        }
-    };
-    let bytes = std::fs::read(&wheel_path)
-        .map_err(|e| CliError::msg(format!("cannot read wheel {}: {e}", wheel_path.display())))?;
-    let actual = crate::image::layer::hex(&sha2::Sha256::digest(&bytes));
-    if actual != *sha256 {
-        return Err(CliError::msg(format!(
-            "wheel {} has sha256 {actual}, expected {sha256}; refusing to install it",
-            wheel_path.display()
-        )));
-    }
-    extract(&bytes, &dir)?;
-    let _ = std::fs::remove_dir_all(&download);
-    eprintln!("   Installed ONNX Runtime {ORT_VERSION} to {}", dir.display());
-    println!("{}", target.display());
-    Ok(())
-}
-
-fn tempdir(cache: &Path) -> Result<PathBuf, CliError> {
-    let dir = cache.with_file_name(format!("download-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).at("create", &dir)?;
-    Ok(dir)
-}
-
-fn pip_download(platform: &str, dest: &Path) -> Result<(), CliError> {
-    let python = std::env::var("NIMIFY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--platform",
-            platform,
-            "--python-version",
-            "3.11",
-        ])
-        .arg(format!("onnxruntime=={ORT_VERSION}"))
-        .arg("-d")
-        .arg(dest)
-        .status()
-        .map_err(|e| {
-            CliError::msg(format!("cannot run `{python} -m pip`: {e}; install Python 3 with pip, or pass --wheel"))
-        })?;
-    if !status.success() {
-        return Err(CliError::msg(format!(
-            "`{python} -m pip download onnxruntime=={ORT_VERSION}` failed ({status}); check network access to PyPI, or pass --wheel"
-        )));
-    }
-    Ok(())
-}
-
-fn extract(wheel: &[u8], dir: &Path) -> Result<(), CliError> {
-    let bad = |e: String| CliError::msg(format!("cannot unpack the onnxruntime wheel: {e}"));
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(wheel)).map_err(|e| bad(e.to_string()))?;
-    std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
-    for name in FILES {
-        let mut entry =
-            archive.by_name(&format!("onnxruntime/capi/{name}")).map_err(|e| bad(format!("{name}: {e}")))?;
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).map_err(|e| bad(e.to_string()))?;
-        // Write then rename, so a concurrent reader never sees half a library.
-        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-        std::fs::write(&tmp, &data).map_err(|e| bad(e.to_string()))?;
-        std::fs::rename(&tmp, dir.join(name)).map_err(|e| bad(e.to_string()))?;
-    }
-    Ok(())
 }

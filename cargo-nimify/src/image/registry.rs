@@ -5,7 +5,6 @@
 //! `--insecure`. (oci-client was considered: its blob push takes the whole blob in memory.)
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -144,17 +143,7 @@ struct Client {
 impl Client {
     /// Checks the registry answers (`GET /v2/`) and settles authentication before any upload.
     fn connect(target: &RegistryRef, options: &PushOptions) -> Result<Self, CliError> {
-        let mut tls = ureq::tls::TlsConfig::builder();
-        let certs = load_certs(&options.ca_certs)?;
-        if !certs.is_empty() {
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
-        }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .tls_config(tls.build())
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .build()
-            .into();
+        let agent = crate::http::agent(&load_certs(&options.ca_certs)?);
         let scheme = if options.insecure { "http" } else { "https" };
         let hint = if options.insecure {
             ""
