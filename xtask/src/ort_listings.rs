@@ -72,7 +72,7 @@ pub fn run() -> Result<()> {
             .next()
             .with_context(|| format!("pip left nothing in {}", dest.display()))?;
         let out = listings.join(format!("{}.txt", platform.replace('/', "-")));
-        cmd!(sh, "{python} -c {LIST} {wheel} {platform} {out}").run()?;
+        cmd!(sh, "{python} -c {LIST} {wheel} {platform} {out}").quiet().run()?;
         eprintln!("listed {}", out.display());
     }
     Ok(())
