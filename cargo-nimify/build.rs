@@ -1,6 +1,6 @@
-//! Rebuild when the embedded Helm chart (`charts/nimify`) changes: `include_dir!` alone does not
+//! Rebuild when the embedded Helm chart (`chart/`) changes: `include_dir!` alone does not
 //! tell cargo about the files it reads.
 
 fn main() {
-    println!("cargo:rerun-if-changed=../charts/nimify");
+    println!("cargo:rerun-if-changed=chart");
 }

@@ -79,10 +79,10 @@ impl CliError {
         }
     }
 
-    /// The whole report, as printed on stderr.
-    pub fn render(&self) -> String {
-        let mut out = format!("error: {self}");
-        let mut shown = self.to_string();
+    /// The message, the causes not already in it (outermost first) and the next step.
+    fn parts(&self) -> (String, Vec<String>, Option<String>) {
+        let message = self.to_string();
+        let mut shown = message.clone();
         let mut causes = Vec::new();
         let mut next = self.source();
         while let Some(cause) = next {
@@ -93,6 +93,26 @@ impl CliError {
             }
             next = cause.source();
         }
+        (message, causes, self.help())
+    }
+
+    /// A short name for the kind of failure, for programs reading `--format json`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Io { .. } => "io",
+            Self::OrtLib(_) => "onnxruntime",
+            Self::Record(_) => "record",
+            Self::Model { .. } => "model",
+            Self::Failed { .. } => "failed",
+        }
+    }
+
+    /// The whole report with cargo's colours (`error:` bold red, `help:` bold cyan), for
+    /// [`anstream`] to print or strip.
+    pub fn styled(&self) -> String {
+        use crate::term::{ERROR, HELP};
+        let (message, causes, help) = self.parts();
+        let mut out = format!("{ERROR}error{ERROR:#}: {message}");
         if !causes.is_empty() {
             out.push_str("\n\nCaused by:");
             for c in causes {
@@ -100,11 +120,22 @@ impl CliError {
                 out.push_str(&c);
             }
         }
-        if let Some(help) = self.help() {
-            out.push_str("\n\nhelp: ");
-            out.push_str(&help);
+        if let Some(help) = help {
+            out.push_str(&format!("\n\n{HELP}help{HELP:#}: {help}"));
         }
         out
+    }
+
+    /// The whole report, as printed on stderr without colour.
+    pub fn render(&self) -> String {
+        anstream::adapter::strip_str(&self.styled()).to_string()
+    }
+
+    /// The report as `--format json` prints it on stdout:
+    /// `{"error": {"kind", "message", "causes": [...], "help": "..." | null}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (message, causes, help) = self.parts();
+        serde_json::json!({"error": {"kind": self.kind(), "message": message, "causes": causes, "help": help}})
     }
 }
 
@@ -150,5 +181,13 @@ mod tests {
         assert_eq!(err.render(), "error: cannot push /x: cannot push\n\nCaused by:\n  the registry said no");
         let err = CliError::with_help("no package here", "pass --manifest-path");
         assert_eq!(err.render(), "error: no package here\n\nhelp: pass --manifest-path");
+        assert_eq!(
+            err.styled(),
+            "\x1b[1m\x1b[31merror\x1b[0m: no package here\n\n\x1b[1m\x1b[36mhelp\x1b[0m: pass --manifest-path"
+        );
+        assert_eq!(
+            err.to_json(),
+            serde_json::json!({"error": {"kind": "failed", "message": "no package here", "causes": [], "help": "pass --manifest-path"}})
+        );
     }
 }

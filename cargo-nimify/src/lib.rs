@@ -12,7 +12,7 @@ mod http;
 pub mod image;
 pub mod ort;
 pub mod project;
-mod term;
+pub mod term;
 
 use std::process::ExitCode;
 
@@ -30,9 +30,17 @@ pub mod exit {
     pub const USAGE: u8 = 2;
 }
 
-/// `cargo` passes the subcommand name as the first argument: `cargo-nimify nimify ...`.
+// `cargo` runs `cargo-nimify nimify ...`: the binary is named `cargo` for clap so its usage
+// lines read `cargo nimify ...`, and `nimify` is the one subcommand.
+#[allow(missing_docs)]
 #[derive(Debug, Parser)]
-#[command(name = "cargo", bin_name = "cargo", styles = clap::builder::styling::Styles::styled())]
+#[command(
+    name = "cargo",
+    bin_name = "cargo",
+    about = "Turn ONNX models into production inference services.",
+    long_about = None,
+    styles = clap::builder::styling::Styles::styled()
+)]
 pub enum Cargo {
     /// Turn ONNX models into production inference services.
     Nimify(Cli),
@@ -48,6 +56,33 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Output: text, or json (one JSON document on stdout, errors included).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Format::Text,
+        env = "NIMIFY_FORMAT",
+        hide_possible_values = true,
+        help_heading = "Global options"
+    )]
+    pub format: Format,
+    /// Colour: auto, always or never [default: $CARGO_TERM_COLOR, else auto].
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "WHEN",
+        hide_possible_values = true,
+        help_heading = "Global options"
+    )]
+    pub color: Option<term::ColorWhen>,
+    /// Print only errors (and the result).
+    #[arg(long, short, global = true, conflicts_with = "verbose", help_heading = "Global options")]
+    pub quiet: bool,
+    /// Also print the commands run and the paths tried.
+    #[arg(long, short, global = true, help_heading = "Global options")]
+    pub verbose: bool,
 }
 
 /// The subcommands.
@@ -73,37 +108,107 @@ pub enum Command {
     Deploy(cmd::deploy::DeployArgs),
     /// Roll an environment back to an earlier Helm revision.
     Rollback(cmd::deploy::RollbackArgs),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    Completions(cmd::completions::CompletionsArgs),
 }
 
-/// Output formats of `build` and `image`.
+/// Output formats, the same for every command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Human status on stderr, the essential value on stdout.
+    /// Human status on stderr, the essential value (a path, a digest, a table) on stdout.
+    #[value(alias = "table")]
     Text,
-    /// JSON on stdout.
+    /// One JSON document on stdout: the result, or `{"error": {...}}` on failure.
     Json,
 }
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
-    let Cargo::Nimify(cli) = Cargo::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let color = term::ColorWhen::from_args_and_env(&args, std::env::var("CARGO_TERM_COLOR").ok());
+    let command = <Cargo as clap::CommandFactory>::command().color(color.for_clap());
+    let parsed =
+        command.try_get_matches_from(&args).and_then(|m| <Cargo as clap::FromArgMatches>::from_arg_matches(&m));
+    let Cargo::Nimify(cli) = match parsed {
+        Ok(cli) => cli,
+        Err(e) => usage_error(&args, e),
+    };
+    let verbosity = match (cli.quiet, cli.verbose) {
+        (true, _) => term::Verbosity::Quiet,
+        (_, true) => term::Verbosity::Verbose,
+        _ => term::Verbosity::Normal,
+    };
+    term::configure(cli.color.unwrap_or(color), verbosity);
+    let out = Out { format: cli.format };
     let result = match cli.command {
-        Command::Inspect(args) => cmd::inspect::run(&args),
+        Command::Inspect(args) => cmd::inspect::run(&args, out),
         Command::Serve(args) => cmd::serve::run(*args),
-        Command::Ort(args) => cmd::ort::run(&args),
-        Command::New(args) => cmd::new::new(&args),
-        Command::Init(args) => cmd::new::init(&args),
-        Command::Build(args) => cmd::build::run(&args),
-        Command::Image(args) => cmd::image::run(&args),
-        Command::Chart(args) => cmd::chart::run(&args),
-        Command::Deploy(args) => cmd::deploy::deploy(&args),
-        Command::Rollback(args) => cmd::deploy::rollback(&args),
+        Command::Ort(args) => cmd::ort::run(&args, out),
+        Command::New(args) => cmd::new::new(&args, out),
+        Command::Init(args) => cmd::new::init(&args, out),
+        Command::Build(args) => cmd::build::run(&args, out),
+        Command::Image(args) => cmd::image::run(&args, out),
+        Command::Chart(args) => cmd::chart::run(&args, out),
+        Command::Deploy(args) => cmd::deploy::deploy(&args, out),
+        Command::Rollback(args) => cmd::deploy::rollback(&args, out),
+        Command::Completions(args) => cmd::completions::run(&args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
-            eprintln!("{}", e.render());
+            if out.format == Format::Json {
+                println!("{}", e.to_json());
+            }
+            anstream::eprintln!("{}", e.styled());
             ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+/// Prints clap's error (help and version requests too) and exits; with `--format json` a usage
+/// error is also a JSON object on stdout, `kind` `usage`, like every other failure.
+fn usage_error(args: &[std::ffi::OsString], e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let json = term::flag_value(args, "--format")
+        .or_else(|| std::env::var("NIMIFY_FORMAT").ok())
+        .is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+    if json && !informational {
+        let text = e.render().to_string();
+        let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+        let help = format!("run `cargo nimify {}--help`", subcommand_hint(args));
+        println!("{}", serde_json::json!({"error": {"kind": "usage", "message": message, "causes": [], "help": help}}));
+    }
+    e.exit()
+}
+
+/// `image ` when the arguments name a subcommand, for pointing at the right `--help`.
+fn subcommand_hint(args: &[std::ffi::OsString]) -> String {
+    let names: Vec<String> = <Cargo as clap::CommandFactory>::command()
+        .find_subcommand("nimify")
+        .map(|n| n.get_subcommands().map(|c| c.get_name().to_string()).collect())
+        .unwrap_or_default();
+    args.iter()
+        .skip(2)
+        .map(|a| a.to_string_lossy())
+        .find(|a| names.iter().any(|n| n == a))
+        .map_or_else(String::new, |a| format!("{a} "))
+}
+
+/// Where a command's result goes: text for people or one JSON document for programs.
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    /// `--format`.
+    pub format: Format,
+}
+
+impl Out {
+    /// Prints the result: `text` as it is, or `json` as one line.
+    pub fn result(self, text: impl std::fmt::Display, json: impl FnOnce() -> serde_json::Value) {
+        match self.format {
+            Format::Text => println!("{text}"),
+            Format::Json => println!("{}", json()),
         }
     }
 }

@@ -16,10 +16,10 @@ pub struct ProjectArgs {
     /// Path to the service's Cargo.toml [default: the one for the current directory].
     #[arg(long, value_name = "PATH")]
     pub manifest_path: Option<PathBuf>,
-    /// Package to build [default: the package in the current directory].
+    /// Package of the service [default: the package in the current directory].
     #[arg(long, short = 'p', value_name = "SPEC")]
     pub package: Option<String>,
-    /// Binary to package [default: the package's only binary, or its default-run].
+    /// Binary of the service [default: the package's only binary, or its default-run].
     #[arg(long, value_name = "NAME")]
     pub bin: Option<String>,
 }
@@ -105,7 +105,7 @@ impl Project {
             .exec()
             .map_err(|e| {
                 CliError::with_help(
-                    format!("cannot read the cargo workspace: {}", one_line(&e.to_string())),
+                    format!("cannot read the cargo workspace: {}", metadata_error(&e)),
                     "run in the service crate's directory or pass --manifest-path; `cargo nimify new NAME --model MODEL.onnx` creates a service crate",
                 )
             })?;
@@ -144,8 +144,13 @@ impl Project {
     }
 }
 
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// cargo's own complaint, on one line and without its `error: ` (ours leads the line).
+fn metadata_error(e: &cargo_metadata::Error) -> String {
+    let text = match e {
+        cargo_metadata::Error::CargoMetadata { stderr } => stderr.replace("error: ", ""),
+        other => other.to_string(),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The member whose directory holds the current directory (or the given manifest).

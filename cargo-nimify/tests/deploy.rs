@@ -116,8 +116,8 @@ fn chart_is_filled_in_from_the_image_record() {
     assert_eq!(result["image"], format!("registry.example.test/ml/iris@{DIGEST}"));
     let chart = target.path().join("nimify/example-iris/chart");
     let values = std::fs::read_to_string(chart.join("values.yaml")).expect("values");
-    // Only the filled-in lines differ from charts/nimify/values.yaml.
-    let pristine = std::fs::read_to_string(root().join("charts/nimify/values.yaml")).expect("pristine values");
+    // Only the filled-in lines differ from cargo-nimify/chart/values.yaml.
+    let pristine = std::fs::read_to_string(root().join("cargo-nimify/chart/values.yaml")).expect("pristine values");
     assert_eq!(values.lines().count(), pristine.lines().count());
     let changed: Vec<String> = values
         .lines()

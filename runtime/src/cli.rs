@@ -127,6 +127,18 @@ pub struct ServiceArgs {
     /// Refuse to start unless the model file has this sha256 (`name=digest,...` for several models).
     #[arg(long, global = true, env = "NIMIFY_MODEL_SHA256")]
     pub model_sha256: Option<String>,
+    /// Log lines as text or json [default: text on a terminal, json otherwise].
+    #[arg(long, global = true, env = "NIMIFY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written (on stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines, for people at a terminal.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 macro_rules! layer {
@@ -239,7 +251,7 @@ pub fn run(register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> ExitCode {
 
 /// Builds and serves with the given settings.
 pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Result<(), String> {
-    crate::logging::init();
+    crate::logging::init(args.log_format);
     let config = args.config().map_err(|e| e.to_string())?;
     let address = format!("{}:{}", config.host, config.port);
     let grpc_address = config.grpc.then(|| format!("{}:{}", config.host, config.grpc_port));

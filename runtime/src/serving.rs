@@ -134,8 +134,11 @@ async fn serve_shared(
     let mut shutdown = Box::pin(shutdown);
     let signalled = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     let running = Running::start(&http, grpc.as_ref(), &state, router);
+    let base = base_url(local, state.tls().is_some());
     tracing::info!(
         address = %local,
+        docs = %format!("{base}/docs"),
+        metrics = %format!("{base}/metrics"),
         grpc_address = grpc_local.map_or_else(|| "off".to_string(), |a| a.to_string()),
         tls = state.tls().is_some(),
         models = state.models().count(),
@@ -173,6 +176,19 @@ async fn serve_shared(
         tracing::warn!("drain timeout reached; exiting with requests still in flight");
     }
     Ok(())
+}
+
+/// `http(s)://host:port` to reach a listener at `local` from this machine: an unspecified
+/// address (`0.0.0.0`, `::`) is shown as loopback, which is where someone reading the log can
+/// open it.
+fn base_url(local: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let ip = match local.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("{scheme}://{}", std::net::SocketAddr::new(ip, local.port()))
 }
 
 /// Longest the loading phase's connections get to finish once the models are ready (each is
@@ -253,5 +269,17 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_url;
+
+    #[test]
+    fn log_urls_point_at_loopback_for_unspecified_addresses() {
+        assert_eq!(base_url("0.0.0.0:8000".parse().expect("addr"), false), "http://127.0.0.1:8000");
+        assert_eq!(base_url("[::]:8443".parse().expect("addr"), true), "https://[::1]:8443");
+        assert_eq!(base_url("10.1.2.3:80".parse().expect("addr"), false), "http://10.1.2.3:80");
     }
 }

@@ -17,7 +17,7 @@ import yaml
 
 from conftest import BIN, ROOT, Service, TARGET, nimify_image, sha256_of
 
-CHART = os.path.join(ROOT, "charts", "nimify")
+CHART = os.path.join(ROOT, "cargo-nimify", "chart")
 SNAPSHOTS = os.path.join(os.path.dirname(__file__), "snapshots")
 ENVS = ["dev", "staging", "prod"]
 # What `cargo nimify chart` fills in; fixed here so renders are comparable.

@@ -327,5 +327,52 @@ def test_platforms(tmp_path, wheel):
     assert r.returncode == 1 and "pinned: linux/amd64, linux/arm64, darwin/arm64, windows/amd64" in r.stderr
     verbose = subprocess.run([BIN, "nimify", "ort", "path", "-v"], env=env, capture_output=True, text=True, timeout=60)
     assert verbose.returncode == 1
-    assert "platform linux/amd64: libonnxruntime.so.1.32.0 (pinned wheel onnxruntime-1.32.0-cp311" in verbose.stderr
-    assert "missing " + os.path.join(platform_dir(env), LIBS[0]) in verbose.stderr
+    assert "Platform linux/amd64: libonnxruntime.so.1.32.0 (pinned wheel onnxruntime-1.32.0-cp311" in verbose.stderr
+    assert "Missing " + os.path.join(platform_dir(env), LIBS[0]) in verbose.stderr
+    # --format json: the error as an object on stdout.
+    r = subprocess.run([BIN, "nimify", "ort", "path", "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and json.loads(r.stdout)["error"]["kind"] == "onnxruntime", r.stdout
+
+
+def run_on_a_terminal(argv, env):
+    """Runs argv with stderr on a pseudo-terminal (stdout piped); returns (code, stdout, terminal bytes)."""
+    import pty
+    master, slave = pty.openpty()
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    out = p.stdout.read().decode()
+    return p.wait(timeout=300), out, seen
+
+
+def test_the_download_bar_draws_on_a_terminal_only(tmp_path, index, wheel, wheel_bytes):
+    name = os.path.basename(wheel)
+    serve_wheel(index, name, wheel_bytes)
+    # Piped: status lines only, no bar, no cursor movement, no colour.
+    env = no_python_env(tmp_path / "piped")
+    r = install(env, "--index-url", f"{index.url}/simple")
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "\x1b" not in r.stderr and "[=" not in r.stderr, repr(r.stderr)
+    assert "Downloading" in r.stderr
+    # On a terminal: the byte bar (with its total) and coloured status verbs.
+    env = no_python_env(tmp_path / "tty")
+    env["TERM"] = "xterm"
+    code, out, seen = run_on_a_terminal([BIN, "nimify", "ort", "install", "--index-url", f"{index.url}/simple"], env)
+    assert code == 0, seen
+    assert out.strip() == os.path.join(platform_dir(env), LIBS[0])
+    text = seen.decode(errors="replace")
+    assert "MiB" in text and "Downloading" in text, repr(text)
+    assert "\x1b[1m\x1b[32m" in text, "status verbs are bold green on a terminal"
+    # -q on a terminal: nothing at all on stderr.
+    env = no_python_env(tmp_path / "quiet")
+    code, out, seen = run_on_a_terminal([BIN, "nimify", "-q", "ort", "install", "--index-url", f"{index.url}/simple"], env)
+    assert code == 0 and seen == b"", seen

@@ -114,6 +114,8 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "a loopback registry to push to"),
     ("apache2-utils", "htpasswd for the registry's basic auth"),
     ("openssl", "the registry's self-signed certificate"),
+    ("zsh", "checking the zsh completion script"),
+    ("fish", "running the fish completion script"),
 ];
 
 /// Installs the missing [`SYSTEM_PACKAGES`] in one apt-get run.
@@ -226,6 +228,15 @@ pub fn run(rest: &[&str]) -> Result<()> {
     cmd!(sh, "{nimify} nimify ort install").run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
     lap("cargo test", &mut t);
+    // The four published crates package and build from their packaged sources alone (a file
+    // outside a crate's directory, a sibling not yet on crates.io, would fail here). Packaged
+    // crates form their own workspaces, so the workspace's profile does not apply: no debug
+    // info keeps the throw-away build small.
+    cmd!(sh, "{cargo} publish --workspace --dry-run --allow-dirty --quiet")
+        .env("CARGO_PROFILE_DEV_DEBUG", "false")
+        .run()
+        .context("`cargo publish --workspace --dry-run` failed")?;
+    lap("cargo publish --dry-run", &mut t);
     // In parallel: the tests that build images or share the examples' files form one unit of
     // work (tests/python/conftest.py), every other test goes to whichever worker is free.
     // One worker per core (at least two, so the examples' group runs beside everything else):

@@ -1,4 +1,4 @@
-//! `cargo nimify chart`: writes the Helm chart for the service from the copy of `charts/nimify`
+//! `cargo nimify chart`: writes the Helm chart for the service from the copy of `cargo-nimify/chart`
 //! embedded in this binary, filled in from `target/nimify/<package>/image.json` (image by digest,
 //! port, model name, digest and size) with memory sized from the model file.
 
@@ -9,10 +9,10 @@ use include_dir::{Dir, include_dir};
 use nimify_model::contract::ImageRecord;
 
 use crate::project::{Project, ProjectArgs};
-use crate::{CliError, IoContext};
+use crate::{CliError, IoContext, Out};
 
 /// The chart, embedded at build time (build.rs reruns when it changes; a test compares).
-pub static CHART: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../charts/nimify");
+pub static CHART: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/chart");
 
 /// `chart` arguments.
 #[derive(Debug, Clone, Args)]
@@ -23,23 +23,16 @@ pub struct ChartArgs {
     /// Directory to write the chart to [default: target/nimify/<package>/chart].
     #[arg(long, short = 'o', value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = crate::Format::Text, env = "NIMIFY_FORMAT")]
-    pub format: crate::Format,
 }
 
 /// Runs the command.
-pub fn run(args: &ChartArgs) -> Result<(), CliError> {
+pub fn run(args: &ChartArgs, out: Out) -> Result<(), CliError> {
     let project = Project::load(&args.project)?;
     let dir = args.output.clone().unwrap_or_else(|| project.state_dir().join("chart"));
     let written = write(&project, &dir)?;
-    match args.format {
-        crate::Format::Json => println!(
-            "{}",
-            serde_json::json!({"chart": written.dir, "name": written.name, "version": written.version, "image": written.image})
-        ),
-        crate::Format::Text => println!("{}", written.dir.display()),
-    }
+    out.result(written.dir.display(), || {
+        serde_json::json!({"chart": written.dir, "name": written.name, "version": written.version, "image": written.image})
+    });
     Ok(())
 }
 
@@ -67,10 +60,10 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
     }
     let record = ImageRecord::read(&record_path)?;
     if !record.pushed() {
-        eprintln!(
-            "warning: the recorded image ({}) was not pushed to a registry; push it (`cargo nimify image --output docker://...`) before deploying",
+        crate::term::warn(format!(
+            "the recorded image ({}) was not pushed to a registry; push it (`cargo nimify image --output docker://...`) before deploying",
             record.reference
-        );
+        ));
     }
     let names: Vec<&str> = record.models.iter().map(|m| m.name.as_str()).collect();
     let model_bytes: u64 = record.models.iter().map(|m| m.size).sum();
@@ -249,9 +242,9 @@ mod tests {
                 .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
                 .sum()
         }
-        let disk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/nimify");
+        let disk = Path::new(env!("CARGO_MANIFEST_DIR")).join("chart");
         let mut seen = 0;
         compare(&CHART, &disk, &mut seen);
-        assert_eq!(seen, count(&disk), "charts/nimify has files the embedded chart lacks: rebuild cargo-nimify");
+        assert_eq!(seen, count(&disk), "cargo-nimify/chart has files the embedded chart lacks: rebuild cargo-nimify");
     }
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use xshell::{Shell, cmd};
 
-use crate::CliError;
 use crate::project::{Project, ProjectArgs};
+use crate::{CliError, Out, term};
 
 /// `deploy` arguments.
 #[derive(Debug, Clone, Args)]
@@ -142,12 +142,14 @@ fn shell_line(argv: &[String]) -> String {
     argv.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" ")
 }
 
-fn print_command(argv: &[String]) {
-    println!("{}", shell_line(argv));
+/// `--dry-run`: the commands, one shell line each, or `{"commands": [[argv...], ...]}`.
+fn print_commands(out: Out, commands: &[&[String]]) {
+    let text: Vec<String> = commands.iter().map(|argv| shell_line(argv)).collect();
+    out.result(text.join("\n"), || serde_json::json!({ "commands": commands }));
 }
 
 fn run_helm(sh: &Shell, helm: &Path, argv: &[String]) -> Result<(), CliError> {
-    crate::term::status("Running", format!("helm {}", shell_line(argv)));
+    term::status("Running", format!("helm {}", shell_line(argv)));
     cmd!(sh, "{helm} {argv...}")
         .run()
         .map_err(|e| CliError::msg(format!("{} failed: {e}", argv.first().map(String::as_str).unwrap_or("helm"))))
@@ -162,7 +164,7 @@ fn common(t: &Target) -> Vec<String> {
 }
 
 /// Runs `deploy`.
-pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
+pub fn deploy(args: &DeployArgs, out: Out) -> Result<(), CliError> {
     let project = Project::load(&args.project)?;
     let t = target(&project, &args.env)?;
     let chart = super::chart::write(&project, &project.state_dir().join("chart"))?;
@@ -188,16 +190,21 @@ pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
         argv.extend(values);
         argv.extend(["--output-dir".to_string(), dir.display().to_string()]);
         if args.dry_run {
-            print_command(&argv);
+            print_commands(out, &[&argv]);
             return Ok(());
         }
-        return run_helm(&sh, &helm.ok_or_else(missing_helm)?, &argv[1..]);
+        run_helm(&sh, &helm.ok_or_else(missing_helm)?, &argv[1..])?;
+        out.result(
+            dir.display(),
+            || serde_json::json!({"rendered": dir, "release": t.release, "namespace": t.namespace}),
+        );
+        return Ok(());
     }
     let major = match (args.helm_version, &helm) {
         (Some(v), _) => v,
         (None, Some(h)) => helm_major(&sh, h)?,
         (None, None) if args.dry_run => {
-            eprintln!("note: helm not found; showing Helm 4 flags (pass --helm-version 3 for Helm 3)");
+            term::note("helm not found; showing Helm 4 flags (pass --helm-version 3 for Helm 3)");
             4
         }
         (None, None) => return Err(missing_helm()),
@@ -217,22 +224,24 @@ pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
     let mut test = vec!["helm".to_string(), "test".into(), t.release.clone()];
     test.extend(common(&t));
     if args.dry_run {
-        print_command(&argv);
-        print_command(&test);
+        print_commands(out, &[&argv, &test]);
         return Ok(());
     }
     let helm = helm.ok_or_else(missing_helm)?;
     run_helm(&sh, &helm, &argv[1..])?;
     run_helm(&sh, &helm, &test[1..])?;
-    crate::term::status(
+    term::status(
         "Deployed",
         format!("{} ({}) to {} as release {}", project.package, chart.image, t.namespace, t.release),
     );
+    if out.format == crate::Format::Json {
+        out.result("", || serde_json::json!({"release": t.release, "namespace": t.namespace, "image": chart.image}));
+    }
     Ok(())
 }
 
 /// Runs `rollback`.
-pub fn rollback(args: &RollbackArgs) -> Result<(), CliError> {
+pub fn rollback(args: &RollbackArgs, out: Out) -> Result<(), CliError> {
     let project = Project::load(&args.project)?;
     let t = target(&project, &args.env)?;
     let mut argv = vec!["helm".to_string(), "rollback".into(), t.release.clone()];
@@ -240,11 +249,18 @@ pub fn rollback(args: &RollbackArgs) -> Result<(), CliError> {
     argv.extend(common(&t));
     argv.extend(["--wait".to_string(), "--timeout".into(), args.timeout.clone()]);
     if args.dry_run {
-        print_command(&argv);
+        print_commands(out, &[&argv]);
         return Ok(());
     }
     let sh = Shell::new().map_err(|e| CliError::msg(e.to_string()))?;
-    run_helm(&sh, &helm_binary().ok_or_else(missing_helm)?, &argv[1..])
+    run_helm(&sh, &helm_binary().ok_or_else(missing_helm)?, &argv[1..])?;
+    if out.format == crate::Format::Json {
+        out.result(
+            "",
+            || serde_json::json!({"release": t.release, "namespace": t.namespace, "revision": args.revision}),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

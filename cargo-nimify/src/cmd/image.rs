@@ -18,7 +18,7 @@ use crate::image::registry::{self, PushOptions};
 use crate::image::store::BlobStore;
 use crate::image::{self as img, ModelFile, Plan};
 use crate::project::{Project, ProjectArgs};
-use crate::{CliError, IoContext};
+use crate::{CliError, IoContext, Out};
 
 /// `image` arguments.
 #[derive(Debug, Clone, Args)]
@@ -26,10 +26,7 @@ pub struct ImageArgs {
     /// Which package and binary.
     #[command(flatten)]
     pub project: ProjectArgs,
-    /// Cargo profile to build with (`dev` reuses the debug build).
-    #[arg(long, default_value = "release", value_name = "NAME", env = "NIMIFY_PROFILE")]
-    pub profile: String,
-    /// Use the binary already built with --profile instead of running cargo build.
+    /// Use the binary already built with --profile (and --target) instead of running cargo build.
     #[arg(long)]
     pub no_build: bool,
     /// Where the image goes: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or
@@ -58,29 +55,30 @@ pub struct ImageArgs {
     /// Trust this CA certificate (PEM) for the registry, e.g. a self-signed one; repeatable.
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Vec<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = crate::Format::Text, env = "NIMIFY_FORMAT")]
-    pub format: crate::Format,
+    /// How cargo builds it.
+    #[command(flatten)]
+    pub cargo: super::build::CargoArgs,
 }
 
 /// Runs the command.
-pub fn run(args: &ImageArgs) -> Result<(), CliError> {
+pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     let project = Project::load(&args.project)?;
+    host_target_only(args.cargo.target.as_deref())?;
     let (name, tag, output) = naming(&project, args)?;
     let push = push_options(args)?;
     let binary = if args.no_build {
-        let exe = super::build::expected_executable(&project, &args.profile);
+        let exe = super::build::expected_executable(&project, &args.cargo);
         if !exe.is_file() {
             return Err(CliError::msg(format!(
                 "binary {} not found; build it with `cargo nimify build --profile {}` or drop --no-build",
                 exe.display(),
-                args.profile
+                args.cargo.profile
             )));
         }
         exe
     } else {
-        crate::term::status("Building", format!("{} (profile {})", project.package, args.profile));
-        super::build::build(&project, &args.profile)?
+        crate::term::status("Building", format!("{} (profile {})", project.package, args.cargo.profile));
+        super::build::build(&project, &args.cargo)?
     };
     let plan = plan(&project, args, binary, &name)?;
     std::fs::create_dir_all(project.state_dir()).at("create", project.state_dir())?;
@@ -102,13 +100,21 @@ pub fn run(args: &ImageArgs) -> Result<(), CliError> {
         record.to_json().map_err(|e| CliError::msg(format!("cannot record the image in {}: {e}", path.display())))?;
     output::write_atomic(&path, json.as_bytes())?;
     report(&record);
-    match args.format {
-        crate::Format::Json => {
-            println!("{}", json!({"reference": record.reference, "digest": record.digest}))
-        }
-        crate::Format::Text => println!("{}", record.digest),
-    }
+    out.result(&record.digest, || json!({"reference": record.reference, "digest": record.digest}));
     Ok(())
+}
+
+/// Images hold the build host's libraries and ONNX Runtime, so `--target` may name only the
+/// host's own platform for now.
+fn host_target_only(target: Option<&str>) -> Result<(), CliError> {
+    let host = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    match target {
+        Some(t) if t != host => Err(CliError::with_help(
+            format!("cannot build an image for target {t}: images pack the build host's libraries ({host})"),
+            "build the image on a machine of that platform; `cargo nimify build --target` cross-compiles the binary alone",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Image name, tag and output: flags, then `[package.metadata.nimify]`, then the package's own
@@ -189,6 +195,14 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Res
     Ok(plan)
 }
 
+/// A child's stderr for quoting inside our own `error:` line: one line, without its own `error: `.
+fn child_error(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> =
+        text.lines().map(|l| l.trim().trim_start_matches("error: ")).filter(|l| !l.is_empty()).collect();
+    if lines.is_empty() { "it printed nothing".into() } else { lines.join("; ") }
+}
+
 /// Runs `<bin> manifest` to learn the models it serves, then checks and hashes each file.
 fn models_of(binary: &Path, bin: &str) -> Result<Vec<ModelFile>, CliError> {
     let out = Command::new(binary)
@@ -198,7 +212,7 @@ fn models_of(binary: &Path, bin: &str) -> Result<Vec<ModelFile>, CliError> {
         .map_err(|e| CliError::msg(format!("cannot run {} to list its models: {e}", binary.display())))?;
     if !out.status.success() || out.stdout.is_empty() {
         return Err(CliError::with_help(
-            format!("`{bin} manifest` did not list its models ({})", String::from_utf8_lossy(&out.stderr).trim()),
+            format!("`{bin} manifest` did not list its models ({})", child_error(&out.stderr)),
             format!("is `{bin}` a nimify service? its main must call `nimify::cli::run` (see `cargo nimify new`)"),
         ));
     }
@@ -426,5 +440,16 @@ mod tests {
         assert!(err.starts_with("error: `echo manifest` is not valid: expected value"), "{err}");
         let err = models_of(Path::new("/nonexistent/svc"), "svc").expect_err("missing").render();
         assert!(err.starts_with("error: cannot run /nonexistent/svc"), "{err}");
+        // A service that fails says `error: ...` itself: quoted without a second `error:`.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let svc = dir.path().join("svc");
+        std::fs::write(&svc, "#!/bin/sh\necho 'error: ONNX Runtime library not found' >&2\nexit 1\n").expect("write");
+        std::fs::set_permissions(&svc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let err = models_of(&svc, "svc").expect_err("fails").render();
+        assert!(
+            err.starts_with("error: `svc manifest` did not list its models (ONNX Runtime library not found)"),
+            "{err}"
+        );
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
     }
 }

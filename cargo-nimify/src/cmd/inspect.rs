@@ -4,29 +4,17 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use nimify_model::{Dim, ModelInfo, ValueInfo, ValueType};
 use serde::Serialize;
 
-use crate::{CliError, IoContext};
+use crate::{CliError, Format, IoContext, Out};
 
 /// `inspect` arguments.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The ONNX model file.
     pub model: PathBuf,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table, env = "NIMIFY_FORMAT")]
-    pub format: Format,
-}
-
-/// Output formats.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    /// Human-readable table.
-    Table,
-    /// JSON on stdout.
-    Json,
 }
 
 #[derive(Serialize)]
@@ -38,18 +26,18 @@ struct Report<'a> {
 }
 
 /// Runs the command.
-pub fn run(args: &InspectArgs) -> Result<(), CliError> {
+pub fn run(args: &InspectArgs, out: Out) -> Result<(), CliError> {
     let info = nimify_model::read_model(&args.model)
         .map_err(|source| CliError::Model { path: args.model.to_path_buf(), source })?;
     let sha256 = nimify_model::file_sha256(&args.model).at("hash", &args.model)?;
     let path = args.model.display().to_string();
-    match args.format {
+    match out.format {
         Format::Json => {
             let report = Report { path, sha256, info: &info };
             let json = serde_json::to_string_pretty(&report).map_err(|e| CliError::msg(e.to_string()))?;
             println!("{json}");
         }
-        Format::Table => print!("{}", table(&path, &sha256, &info)),
+        Format::Text => print!("{}", table(&path, &sha256, &info)),
     }
     Ok(())
 }

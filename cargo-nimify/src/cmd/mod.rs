@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod chart;
+pub mod completions;
 pub mod deploy;
 pub mod image;
 pub mod inspect;

@@ -5,8 +5,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use serde_json::json;
 
-use crate::{CliError, IoContext};
+use crate::{CliError, IoContext, Out, term};
 
 /// Scaffold templates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -32,6 +33,18 @@ pub struct NewArgs {
     /// Depend on nimify by this path instead of the published crate.
     #[arg(long)]
     pub nimify_path: Option<PathBuf>,
+    /// Initialise a git repository (`new` outside a repository only, as `cargo new`), or none.
+    #[arg(long, value_enum, default_value_t = Vcs::Git)]
+    pub vcs: Vcs,
+}
+
+/// Version control for a new crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Vcs {
+    /// `git init` and a `.gitignore`.
+    Git,
+    /// Neither.
+    None,
 }
 
 /// `new` arguments.
@@ -73,6 +86,9 @@ struct Answers {
     model: PathBuf,
     template: Template,
     nimify_dep: String,
+    /// Why that dependency: said after the crate is written.
+    dep_reason: String,
+    vcs: Vcs,
 }
 
 fn answers(args: &NewArgs) -> Result<Answers, CliError> {
@@ -98,11 +114,25 @@ fn answers(args: &NewArgs) -> Result<Answers, CliError> {
         },
         (None, false) => Template::Plain,
     };
-    let nimify_dep = match args.nimify_path.clone().or_else(workspace_runtime) {
-        Some(p) => format!("nimify = {{ path = {:?} }}", p.display().to_string()),
-        None => format!("nimify = \"{}\"", env!("CARGO_PKG_VERSION")),
+    let (nimify_dep, dep_reason) = match (&args.nimify_path, workspace_runtime()) {
+        (Some(p), _) => (path_dep(p), format!("nimify from {} (--nimify-path)", p.display())),
+        (None, Some(p)) => (
+            path_dep(&p),
+            format!(
+                "nimify from {}: this cargo-nimify was built from that checkout (pass --nimify-path to choose another)",
+                p.display()
+            ),
+        ),
+        (None, None) => (
+            format!("nimify = \"{}\"", env!("CARGO_PKG_VERSION")),
+            format!("nimify {} from crates.io, the version of this cargo-nimify", env!("CARGO_PKG_VERSION")),
+        ),
     };
-    Ok(Answers { model, template, nimify_dep })
+    Ok(Answers { model, template, nimify_dep, dep_reason, vcs: args.vcs })
+}
+
+fn path_dep(p: &Path) -> String {
+    format!("nimify = {{ path = {:?} }}", p.display().to_string())
 }
 
 fn camel(stem: &str) -> String {
@@ -122,7 +152,7 @@ fn render(text: &str, vars: &[(&str, &str)]) -> String {
 }
 
 /// Writes the crate into `dir` (package `name`); existing files are left alone unless `replace`.
-fn scaffold(dir: &Path, name: &str, a: &Answers, replace_main: bool) -> Result<(), CliError> {
+fn scaffold(dir: &Path, name: &str, a: &Answers, replace_main: bool, out: Out) -> Result<(), CliError> {
     let io = |what: &Path, e: std::io::Error| CliError::io("write", what)(e);
     let model_file = a
         .model
@@ -150,13 +180,66 @@ fn scaffold(dir: &Path, name: &str, a: &Answers, replace_main: bool) -> Result<(
         }
         std::fs::write(&path, render(file(a.template, key), &vars)).map_err(|e| io(&path, e))?;
     }
-    crate::term::status("Created", format!("nimify service `{name}` serving {model_file} ({:?} template)", a.template));
-    eprintln!("        Next: cd {} && cargo run   (then POST /v1/models/{stem}/predict)", dir.display());
+    let git = a.vcs == Vcs::Git && git_init(dir)?;
+    if a.vcs == Vcs::Git {
+        ignore_target(dir)?;
+    }
+    let template = format!("{:?}", a.template).to_lowercase();
+    term::status("Created", format!("nimify service `{name}` serving {model_file} ({template} template)"));
+    term::note(format!("the crate depends on {}", a.dep_reason));
+    term::note(format!("next: cd {} && cargo run   (then POST /v1/models/{stem}/predict)", dir.display()));
+    out.result(dir.display(), || {
+        json!({"dir": dir, "package": name, "model": model_path, "template": template, "dependency": a.nimify_dep, "git": git})
+    });
     Ok(())
 }
 
+/// `git init` unless `dir` is already inside a work tree (as `cargo new`); whether it ran.
+/// Without git on PATH it says so and goes on: the crate is complete without a repository.
+fn git_init(dir: &Path) -> Result<bool, CliError> {
+    let inside = std::process::Command::new("git")
+        .args(["rev-parse", "--is-inside-work-tree"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match inside {
+        Err(_) => {
+            term::warn("git not found on PATH; no repository initialised (pass --vcs none to skip this)");
+            Ok(false)
+        }
+        Ok(s) if s.success() => Ok(false),
+        Ok(_) => {
+            let done = std::process::Command::new("git")
+                .args(["init", "--quiet"])
+                .current_dir(dir)
+                .status()
+                .map_err(|e| CliError::msg(format!("cannot run git init in {}: {e}", dir.display())))?;
+            if !done.success() {
+                return Err(CliError::msg(format!("`git init` in {} failed ({done})", dir.display())));
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// `/target` in the crate's `.gitignore`, added to one that is there already.
+fn ignore_target(dir: &Path) -> Result<(), CliError> {
+    let path = dir.join(".gitignore");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(CliError::io("read", &path)(e)),
+    };
+    if text.lines().any(|l| matches!(l.trim(), "/target" | "target" | "target/" | "/target/")) {
+        return Ok(());
+    }
+    let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+    std::fs::write(&path, format!("{text}{sep}/target\n")).at("write", &path)
+}
+
 /// `cargo nimify new`.
-pub fn new(cmd: &NewCommand) -> Result<(), CliError> {
+pub fn new(cmd: &NewCommand, out: Out) -> Result<(), CliError> {
     let dir = PathBuf::from(&cmd.name);
     if dir.exists() {
         return Err(CliError::msg(format!(
@@ -165,11 +248,11 @@ pub fn new(cmd: &NewCommand) -> Result<(), CliError> {
         )));
     }
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| cmd.name.clone());
-    scaffold(&dir, &name, &answers(&cmd.args)?, false)
+    scaffold(&dir, &name, &answers(&cmd.args)?, false, out)
 }
 
 /// `cargo nimify init`: the current directory, which may already be a crate from `cargo init`.
-pub fn init(args: &NewArgs) -> Result<(), CliError> {
+pub fn init(args: &NewArgs, out: Out) -> Result<(), CliError> {
     let dir = std::env::current_dir().at("read the current directory", ".")?;
     let a = answers(args)?;
     let manifest = dir.join("Cargo.toml");
@@ -203,5 +286,5 @@ pub fn init(args: &NewArgs) -> Result<(), CliError> {
         }
     }
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "service".into());
-    scaffold(&dir, &name, &a, default_main)
+    scaffold(&dir, &name, &a, default_main, out)
 }

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use nimify::__private::ortlib;
+use serde_json::json;
 
-use crate::CliError;
 use crate::ort::{Install, pins};
-
+use crate::{CliError, Out, term};
 /// `ort` arguments.
 #[derive(Debug, Args)]
 pub struct OrtArgs {
@@ -41,33 +41,31 @@ pub enum OrtCommand {
     },
     /// Print the library the lookup finds (with --verbose: the platform, the library's file name
     /// and every path tried).
-    Path {
-        /// Also list the platform, the file name and every candidate path.
-        #[arg(long, short)]
-        verbose: bool,
-    },
+    Path,
 }
 
 /// Runs the command.
-pub fn run(args: &OrtArgs) -> Result<(), CliError> {
+pub fn run(args: &OrtArgs, out: Out) -> Result<(), CliError> {
     match &args.command {
         OrtCommand::Install { from, platform, index_url, force } => {
             let request =
                 Install { platform: platform.clone(), from: from.clone(), index_url: index_url.clone(), force: *force };
             let library = crate::ort::install(&request)?;
-            println!("{}", library.display());
+            out.result(library.display(), || json!({"library": library, "version": ortlib::ORT_VERSION}));
             Ok(())
         }
-        OrtCommand::Path { verbose } => {
-            if *verbose {
-                let host = ortlib::host_platform();
-                let pinned = pins::find(&host).map_or_else(|e| e, |p| format!("pinned wheel {}", p.wheel));
-                eprintln!("platform {host}: {} ({pinned})", ortlib::LIB_NAME);
-                for c in ortlib::candidates() {
-                    eprintln!("{} {}", if c.is_file() { "found  " } else { "missing" }, c.display());
-                }
+        OrtCommand::Path => {
+            let host = ortlib::host_platform();
+            let pinned = pins::find(&host).map_or_else(|e| e, |p| format!("pinned wheel {}", p.wheel));
+            term::verbose("Platform", format!("{host}: {} ({pinned})", ortlib::LIB_NAME));
+            let candidates = ortlib::candidates();
+            for c in &candidates {
+                term::verbose(if c.is_file() { "Found" } else { "Missing" }, c.display());
             }
-            println!("{}", ortlib::find()?.display());
+            let library = ortlib::find()?;
+            out.result(library.display(), || {
+                json!({"library": library, "platform": host, "file_name": ortlib::LIB_NAME, "candidates": candidates})
+            });
             Ok(())
         }
     }

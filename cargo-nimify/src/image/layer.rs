@@ -115,7 +115,9 @@ impl Layer {
         }
         let (file, temp) = store.temp_file()?;
         let gz = flate2::GzBuilder::new().mtime(0).write(Hashing::new(file), flate2::Compression::default());
-        let (digest, size, mut file) = self.tar(gz, epoch, &fail)?.finish().map_err(fail)?.finish();
+        let counted = crate::term::Counted::new(gz, crate::term::bytes_bar("Compressing", uncompressed_size));
+        let gz = self.tar(counted, epoch, &fail)?.into_inner();
+        let (digest, size, mut file) = gz.finish().map_err(fail)?.finish();
         file.flush().map_err(fail)?;
         let blob = store.commit(temp, &digest, size)?;
         store.cache_layer(&diff_id, &blob);

@@ -92,10 +92,18 @@ pub fn push(
         let location = begun.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let location = if location.starts_with("http") { location } else { format!("{}{location}", client.base) };
         let put = format!("{location}{}digest={}", if location.contains('?') { '&' } else { '?' }, layer.digest);
-        let mut done = client.send(|a, auth| {
+        let bar = crate::term::bytes_bar("Uploading", layer.size);
+        let done = client.send(|a, auth| {
             let file = std::fs::File::open(&layer.path).map_err(ureq::Error::from)?;
-            with_auth(a.put(&put), auth).header("Content-Type", "application/octet-stream").send(file)
-        })?;
+            bar.set_position(0);
+            let body = ureq::SendBody::from_owned_reader(bar.wrap_read(file));
+            with_auth(a.put(&put), auth)
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Length", layer.size.to_string())
+                .send(body)
+        });
+        bar.finish_and_clear();
+        let mut done = done?;
         if done.status() != 201 {
             return Err(client.refused(&format!("store blob {}", layer.digest), &mut done));
         }

@@ -132,6 +132,8 @@ fn download(pin: &'static Pin, index: &str, dir: &Path) -> Result<PathBuf, CliEr
     let url =
         retry(|| find_wheel(&agent, &page, pin.wheel)).map_err(|e| CliError::with_help(e.to_string(), &elsewhere))?;
     let temp = dir.join(format!(".{}.{}.partial", pin.wheel, std::process::id()));
+    crate::term::status("Downloading", format!("{} ({})", pin.wheel, crate::image::human_size(pin.wheel_size)));
+    crate::term::verbose("From", &url);
     let result = retry(|| fetch(&agent, &url, pin, &temp));
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
