@@ -34,7 +34,8 @@ pub struct Settings {
     pub tag: Option<String>,
     /// Registry to push to, e.g. `ghcr.io/acme` or `127.0.0.1:5000`.
     pub registry: Option<String>,
-    /// Base image (`oci:DIR[:TAG]` or `oci-archive:FILE[:TAG]`) instead of the host's libraries.
+    /// Base image (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or `docker://REGISTRY/NAME[:TAG|@DIGEST]`)
+    /// instead of the host's libraries.
     pub base: Option<String>,
     /// Files or directories (relative to the crate) the service reads at run time via
     /// `nimify::asset!`; packed next to the binary.

@@ -4,6 +4,7 @@ self-signed certificate). Reproducibility, the weights-only layer change, and ev
 leaving no half-written output."""
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -260,6 +261,180 @@ def test_push_with_basic_auth_over_tls_with_a_self_signed_certificate(registry):
     assert reg.tags("iris", auth=("nimify", "s3cret")) == ["secure"]
 
 
+def image_with(env, *args):
+    """`cargo nimify image --no-build` of the iris example with its own environment."""
+    full = {**os.environ, **env}
+    for k in [k for k, v in env.items() if v is None]:
+        full.pop(k)
+    return subprocess.run([BIN, "nimify", "image", "--profile", "dev", "--no-build", "--format", "json", *args],
+                          cwd=IRIS, env=full, capture_output=True, text=True, timeout=600)
+
+
+def test_a_loopback_registry_needs_no_insecure_flag_and_big_blobs_go_in_chunks(registry):
+    reg = registry()
+    target = f"docker://127.0.0.1:{reg.port}/nimify/iris:chunked"
+    # 1 MiB chunks: every layer but the model's goes up in several PATCH requests.
+    r = image_with({"NIMIFY_UPLOAD_CHUNK_BYTES": str(1 << 20)}, "--output", target)
+    assert r.returncode == 0, r.stderr
+    pushed = json.loads(r.stdout)
+    assert skopeo_inspect(target, "--tls-verify=false")["Digest"] == pushed["digest"]
+    # skopeo can copy every blob back out, byte for byte (it checks each digest).
+    out = reg.root / "copy"
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", target, f"oci:{out}:x"], check=True, capture_output=True)
+    # Another host than loopback is never tried over plain HTTP without --insecure.
+    r = image_with({}, "--output", f"docker://nimify-test.invalid:{reg.port}/iris:x")
+    assert r.returncode == 1 and "cannot reach registry nimify-test.invalid" in r.stderr and "--insecure" in r.stderr, r.stderr
+
+
+class CutOnce:
+    """A loopback TCP proxy to `port` that breaks the connection carrying byte `at` (counted
+    over everything clients send), once; later connections pass untouched."""
+
+    def __init__(self, port, at):
+        import socket
+        import threading
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.sent, self.cut, self.lock = 0, False, threading.Lock()
+
+        def pipe(src, dst, upstream):
+            try:
+                while data := src.recv(65536):
+                    if upstream:
+                        with self.lock:
+                            self.sent += len(data)
+                            cut_now = not self.cut and self.sent >= at
+                            self.cut = self.cut or cut_now
+                        if cut_now:
+                            break
+                    dst.sendall(data)
+            except OSError:
+                pass
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+        def accept():
+            while True:
+                try:
+                    client, _ = self.listener.accept()
+                except OSError:
+                    return
+                server = socket.create_connection(("127.0.0.1", port))
+                threading.Thread(target=pipe, args=(client, server, True), daemon=True).start()
+                threading.Thread(target=pipe, args=(server, client, False), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_connection_broken_mid_upload_resumes_where_the_registry_stands(registry):
+    reg = registry()
+    proxy = CutOnce(reg.port, at=3 << 20)
+    try:
+        target = f"docker://127.0.0.1:{proxy.port}/nimify/iris:resumed"
+        r = image_with({"NIMIFY_UPLOAD_CHUNK_BYTES": str(1 << 20)}, "--output", target)
+    finally:
+        proxy.close()
+    assert proxy.cut, "the proxy broke a connection"
+    assert r.returncode == 0, r.stderr
+    assert "Retrying" in r.stderr, r.stderr
+    pushed = json.loads(r.stdout)
+    direct = f"docker://127.0.0.1:{reg.port}/nimify/iris:resumed"
+    assert skopeo_inspect(direct, "--tls-verify=false")["Digest"] == pushed["digest"]
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", direct, f"oci:{reg.root / 'copy'}:x"], check=True, capture_output=True)
+
+
+def test_a_base_image_from_a_registry_by_tag_digest_or_platform_index(registry, tmp_path):
+    reg = registry()
+    host = f"127.0.0.1:{reg.port}"
+    # Two different images to serve as bases (SOURCE_DATE_EPOCH changes every layer).
+    for tag, epoch in (("amd", "0"), ("other", "86400")):
+        r = image_with({"SOURCE_DATE_EPOCH": epoch}, "--output", f"oci:{tmp_path / 'bases'}:{tag}")
+        assert r.returncode == 0, r.stderr
+        subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'bases'}:{tag}", f"docker://{host}/base:{tag}"],
+                       check=True, capture_output=True)
+    amd = skopeo_inspect(f"docker://{host}/base:amd", "--tls-verify=false")
+    other = skopeo_inspect(f"docker://{host}/base:other", "--tls-verify=false")
+    assert amd["Layers"] != other["Layers"]
+    # An index naming the other image for linux/arm64 and ours for this machine (linux/amd64).
+    def descriptor(tag, arch):
+        raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{host}/base:{tag}"], check=True, capture_output=True).stdout
+        return {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
+                "size": len(raw), "platform": {"os": "linux", "architecture": arch}}
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [descriptor("other", "arm64"), descriptor("amd", "amd64")]}
+    put = requests.put(f"{reg.url}/v2/base/manifests/multi", data=json.dumps(index),
+                       headers={"Content-Type": "application/vnd.oci.image.index.v1+json"}, timeout=10)
+    assert put.status_code == 201, put.text
+    for base in (f"docker://{host}/base:amd", f"docker://{host}/base@{amd['Digest']}", f"docker://{host}/base:multi"):
+        out = tmp_path / "on-base"
+        r = image_with({}, "--base", base, "--output", f"oci:{out}:x")
+        assert r.returncode == 0, (base, r.stderr)
+        layers = skopeo_inspect(f"oci:{out}:x")["Layers"]
+        assert layers[:4] == amd["Layers"] and len(layers) == 7, base
+        assert skopeo_inspect(f"oci:{out}:x", config=True)["config"]["Labels"]["org.opencontainers.image.base.name"] == base
+    # Clear errors: a tag the registry lacks, an index without this platform, a registry not there.
+    r = image_with({}, "--base", f"docker://{host}/base:nope", "--output", f"oci:{tmp_path / 'x'}:x")
+    assert r.returncode == 1 and "did not give manifest base:nope: 404" in r.stderr, r.stderr
+    only_arm = {**index, "manifests": index["manifests"][:1]}
+    requests.put(f"{reg.url}/v2/base/manifests/armonly", data=json.dumps(only_arm),
+                 headers={"Content-Type": "application/vnd.oci.image.index.v1+json"}, timeout=10).raise_for_status()
+    r = image_with({}, "--base", f"docker://{host}/base:armonly", "--output", f"oci:{tmp_path / 'x'}:x")
+    assert r.returncode == 1 and "has no linux/amd64 image" in r.stderr, r.stderr
+    r = image_with({}, "--base", f"docker://127.0.0.1:{free_port()}/base:amd", "--output", f"oci:{tmp_path / 'x'}:x")
+    assert r.returncode == 1 and "cannot reach registry" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def credential_helper(bin_dir, name, port, answer="ok"):
+    """A `docker-credential-NAME` program that knows one registry, as the real helpers answer."""
+    bin_dir.mkdir(exist_ok=True)
+    body = {
+        "ok": f"""case "$host" in 127.0.0.1:{port}) echo '{{"ServerURL":"'$host'","Username":"nimify","Secret":"s3cret"}}';;
+  *) echo "credentials not found in native keychain"; exit 1;; esac""",
+        "broken": 'echo "error getting credentials - err: exit status 1, out: keyring is locked" >&2; exit 1',
+    }[answer]
+    helper = bin_dir / f"docker-credential-{name}"
+    helper.write_text(f"#!/bin/sh\nread host\n{body}\n")
+    helper.chmod(0o755)
+
+
+def test_credentials_come_from_docker_credential_helpers(registry, tmp_path):
+    reg = registry(user="nimify", password="s3cret")
+    target = f"docker://127.0.0.1:{reg.port}/iris:helped"
+    config = tmp_path / "docker"
+    config.mkdir()
+    bin_dir = tmp_path / "bin"
+    env = {"DOCKER_CONFIG": str(config), "REGISTRY_AUTH_FILE": None, "XDG_RUNTIME_DIR": None,
+           "PATH": f"{bin_dir}:{os.environ['PATH']}", "NIMIFY_REGISTRY_CREDS": None}
+    credential_helper(bin_dir, "nimifytest", reg.port)
+    credential_helper(bin_dir, "locked", reg.port, answer="broken")
+    cases = [
+        ({"credHelpers": {f"127.0.0.1:{reg.port}": "nimifytest"}}, None),
+        ({"credsStore": "nimifytest"}, None),
+        ({"credsStore": "locked"}, "keyring is locked"),
+        ({"credHelpers": {f"127.0.0.1:{reg.port}": "absent"}}, "docker-credential-absent"),
+        ({"credHelpers": {"127.0.0.1:1": "nimifytest"}}, "requires credentials"),
+    ]
+    for doc, error in cases:
+        (config / "config.json").write_text(json.dumps(doc))
+        r = image_with(env, "--output", target)
+        if error is None:
+            assert r.returncode == 0, (doc, r.stderr)
+            assert skopeo_inspect(target, "--tls-verify=false", "--creds", "nimify:s3cret")["Digest"] == json.loads(r.stdout)["digest"]
+        else:
+            assert r.returncode == 1 and error in r.stderr, (doc, r.stderr)
+            assert "--creds" in r.stderr, r.stderr
+    # Checked before building or packing: a refused login costs no image work.
+    assert "Packed" not in r.stderr and "Reused" not in r.stderr
+
+
 def test_an_unreachable_registry_is_a_clear_error():
     port = free_port()
     proc = nimify_image(IRIS, "--output", f"docker://127.0.0.1:{port}/iris:x", "--insecure", check=False)
@@ -277,7 +452,8 @@ def test_missing_inputs_are_clear_errors_and_write_nothing(tmp_path):
     bad_output = nimify_image(IRIS, "--no-build", "--output", "containers-storage:iris", check=False)
     assert bad_output.returncode == 1 and "oci:DIR[:TAG]" in bad_output.stderr
     for proc in (missing_bin, missing_model, bad_output):
-        assert proc.stderr.startswith("error: ") and proc.stdout == "", proc.stderr
+        # --format json: the report on stderr for people, the error object on stdout for programs.
+        assert proc.stderr.startswith("error: ") and json.loads(proc.stdout)["error"]["message"] in proc.stderr, proc.stderr
     assert not out.exists() and os.listdir(tmp_path) == []
     # No staging directory is left behind either.
     state = os.path.join(TARGET, "nimify", "example-iris")

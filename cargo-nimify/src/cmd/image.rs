@@ -43,13 +43,14 @@ pub struct ImageArgs {
     /// Registry for the default output, e.g. ghcr.io/acme [default: `registry` from the metadata].
     #[arg(long, value_name = "HOST[/PATH]", env = "NIMIFY_REGISTRY")]
     pub registry: Option<String>,
-    /// Base image (oci:DIR[:TAG] or oci-archive:FILE[:TAG]) instead of the host's libraries.
+    /// Base image (oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://REGISTRY/NAME[:TAG|@DIGEST])
+    /// instead of the host's libraries.
     #[arg(long, value_name = "REF")]
     pub base: Option<String>,
     /// Registry credentials [default: the podman/docker auth files].
     #[arg(long, value_name = "USER:PASSWORD", env = "NIMIFY_REGISTRY_CREDS", hide_env_values = true)]
     pub creds: Option<String>,
-    /// Talk plain HTTP to the registry (loopback test registries).
+    /// Talk plain HTTP to the registry (loopback registries are tried over HTTP after HTTPS anyway).
     #[arg(long)]
     pub insecure: bool,
     /// Trust this CA certificate (PEM) for the registry, e.g. a self-signed one; repeatable.
@@ -66,6 +67,12 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     host_target_only(args.cargo.target.as_deref())?;
     let (name, tag, output) = naming(&project, args)?;
     let push = push_options(args)?;
+    // Reachability and credentials first: a typo in the address or the password should not
+    // cost a release build.
+    if let Output::Registry(target) = &output {
+        crate::term::verbose("Checking", format!("registry {} (reachable, credentials accepted)", target.registry));
+        registry::check(target, &push)?;
+    }
     let binary = if args.no_build {
         let exe = super::build::expected_executable(&project, &args.cargo);
         if !exe.is_file() {
@@ -80,7 +87,8 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
         crate::term::status("Building", format!("{} (profile {})", project.package, args.cargo.profile));
         super::build::build(&project, &args.cargo)?
     };
-    let plan = plan(&project, args, binary, &name)?;
+    let mut plan = plan(&project, args, binary, &name)?;
+    plan.base_access = base_access(plan.base.as_deref(), &output, &push);
     std::fs::create_dir_all(project.state_dir()).at("create", project.state_dir())?;
     let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?
         .with_layer_cache(project.target_dir.join("nimify/layer-cache"));
@@ -102,6 +110,15 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     report(&record);
     out.result(&record.digest, || json!({"reference": record.reference, "digest": record.digest}));
     Ok(())
+}
+
+/// TLS and plain-HTTP settings for a `docker://` base are the push's; `--creds` go to the base's
+/// registry only when it is the one pushed to (else its stored credentials are used), so a
+/// password for one registry is never sent to another.
+fn base_access(base: Option<&str>, output: &Output, push: &PushOptions) -> PushOptions {
+    let base_host = base.and_then(|b| b.strip_prefix("docker://")).and_then(|r| r.split('/').next());
+    let same = matches!(output, Output::Registry(t) if Some(t.registry.as_str()) == base_host);
+    PushOptions { creds: push.creds.clone().filter(|_| same), ..push.clone() }
 }
 
 /// Images hold the build host's libraries and ONNX Runtime, so `--target` may name only the
@@ -186,6 +203,7 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Res
         assets,
         ort,
         base,
+        base_access: PushOptions::default(),
         labels: BTreeMap::new(),
         epoch,
         port: nimify::DEFAULT_PORT,

@@ -13,6 +13,7 @@
 //! /opt/nimify/models/               model files and external data (NIMIFY_MODEL_DIR)
 //! ```
 
+mod creds;
 pub mod layer;
 pub mod libs;
 pub mod oci;
@@ -63,6 +64,8 @@ pub struct Plan {
     pub ort: Vec<PathBuf>,
     /// Base image reference, or `None` for the host's libraries.
     pub base: Option<String>,
+    /// How to reach a `docker://` base's registry.
+    pub base_access: registry::PushOptions,
     /// Labels (the base's, then ours on top).
     pub labels: BTreeMap<String, String>,
     /// Timestamp for every file and the config.
@@ -117,7 +120,7 @@ impl Assembled {
 /// Builds every layer, the config and the manifest into `store`.
 pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> Result<Assembled, CliError> {
     let base = match &plan.base {
-        Some(reference) => Some(oci::load_base(reference, &store)?),
+        Some(reference) => Some(oci::load_base(reference, &store, &plan.base_access)?),
         None => None,
     };
     let mut layers: Vec<ImageLayer> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
@@ -255,6 +258,7 @@ mod tests {
             assets: vec![("labels/names.txt".into(), models.join("make_models.py"))],
             ort: vec![fake_ort],
             base: None,
+            base_access: registry::PushOptions::default(),
             labels: BTreeMap::from([("a".to_string(), "b".to_string())]),
             epoch: 0,
             port: 8000,

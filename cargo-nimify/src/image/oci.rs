@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use super::registry::{Puller, PushOptions};
 use super::store::{Blob, BlobStore};
 use crate::CliError;
 
@@ -156,35 +157,16 @@ pub struct BaseImage {
 }
 
 /// Reads `oci:DIR[:TAG]` or `oci-archive:FILE[:TAG]` and imports its layers into `store`.
-pub fn load_base(reference: &str, store: &BlobStore) -> Result<BaseImage, CliError> {
+pub fn load_base(reference: &str, store: &BlobStore, access: &PushOptions) -> Result<BaseImage, CliError> {
     let bad = |why: String| CliError::msg(format!("base image {reference}: {why}"));
-    let (layout, tag) = if let Some(rest) = reference.strip_prefix("oci-archive:") {
-        let (file, tag) = split_tag(rest);
-        let dir = store.dir().join("base-archive");
-        let f = std::fs::File::open(&file).map_err(|e| bad(format!("cannot open {}: {e}", file.display())))?;
-        tar::Archive::new(f).unpack(&dir).map_err(|e| bad(format!("cannot unpack {}: {e}", file.display())))?;
-        (dir, tag)
-    } else if let Some(rest) = reference.strip_prefix("oci:") {
-        split_tag(rest)
-    } else {
-        return Err(bad("unsupported transport; use oci:DIR[:TAG] or oci-archive:FILE[:TAG]".into()));
-    };
-    let read_json = |path: PathBuf| -> Result<Value, CliError> {
-        let text = std::fs::read(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-        serde_json::from_slice(&text).map_err(|e| bad(format!("{} is not valid JSON: {e}", path.display())))
-    };
-    let blob = |digest: &str| layout.join("blobs").join(digest.replacen(':', "/", 1));
-    let index = read_json(layout.join("index.json"))?;
-    let mut descriptor = pick_manifest(&index, tag.as_deref()).map_err(bad)?;
-    if descriptor["mediaType"] == media::INDEX
-        || descriptor["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
-    {
-        let nested = read_json(blob(str_of(&descriptor, "digest")))?;
-        descriptor = pick_platform(&nested).map_err(bad)?;
+    let source = Source::open(reference, store, access)?;
+    let (mut manifest, mut digest) = source.top().map_err(|e| bad(e.to_string()))?;
+    if manifest["manifests"].is_array() {
+        let chosen = pick_platform(&manifest).map_err(bad)?;
+        digest = str_of(&chosen, "digest").to_string();
+        manifest = source.manifest(&digest)?;
     }
-    let digest = str_of(&descriptor, "digest").to_string();
-    let manifest = read_json(blob(&digest))?;
-    let config = read_json(blob(str_of(&manifest["config"], "digest")))?;
+    let config = source.blob_json(str_of(&manifest["config"], "digest"))?;
     let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -199,12 +181,15 @@ pub fn load_base(reference: &str, store: &BlobStore) -> Result<BaseImage, CliErr
     }
     let mut layers = Vec::new();
     for (d, diff_id) in descriptors.iter().zip(diff_ids) {
-        let media_type = str_of(d, "mediaType").to_string();
+        // Docker's gzip layer type names the same bytes as OCI's; the image is an OCI one.
+        let media_type = match str_of(d, "mediaType") {
+            "application/vnd.docker.image.rootfs.diff.tar.gzip" => media::LAYER_GZIP.to_string(),
+            other => other.to_string(),
+        };
         if !media_type.contains("tar") {
             return Err(bad(format!("layer media type {media_type:?} is not a tar layer")));
         }
-        let layer_digest = str_of(d, "digest");
-        let imported = store.import(&blob(layer_digest), layer_digest)?;
+        let imported = source.import(str_of(d, "digest"), store)?;
         layers.push(ImageLayer {
             role: "base",
             media_type,
@@ -227,6 +212,90 @@ pub fn load_base(reference: &str, store: &BlobStore) -> Result<BaseImage, CliErr
         labels,
         history: config["history"].as_array().cloned().unwrap_or_default(),
     })
+}
+
+/// Where a base image's documents and blobs come from.
+enum Source {
+    /// An OCI layout directory (an `oci-archive:` unpacked into one), and the tag asked for.
+    Layout { dir: PathBuf, tag: Option<String>, reference: String },
+    /// A registry.
+    Registry(Puller, String),
+}
+
+impl Source {
+    fn open(reference: &str, store: &BlobStore, access: &PushOptions) -> Result<Self, CliError> {
+        let bad = |why: String| CliError::msg(format!("base image {reference}: {why}"));
+        if let Some(rest) = reference.strip_prefix("oci-archive:") {
+            let (file, tag) = split_tag(rest);
+            let dir = store.dir().join("base-archive");
+            let f = std::fs::File::open(&file).map_err(|e| bad(format!("cannot open {}: {e}", file.display())))?;
+            tar::Archive::new(f).unpack(&dir).map_err(|e| bad(format!("cannot unpack {}: {e}", file.display())))?;
+            Ok(Self::Layout { dir, tag, reference: reference.into() })
+        } else if let Some(rest) = reference.strip_prefix("oci:") {
+            let (dir, tag) = split_tag(rest);
+            Ok(Self::Layout { dir, tag, reference: reference.into() })
+        } else if let Some(rest) = reference.strip_prefix("docker://") {
+            Ok(Self::Registry(Puller::open(rest, access)?, reference.into()))
+        } else {
+            Err(bad("unsupported transport; use oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://REGISTRY/NAME[:TAG|@DIGEST]".into()))
+        }
+    }
+
+    fn bad(&self, why: String) -> CliError {
+        let reference = match self {
+            Self::Layout { reference, .. } | Self::Registry(_, reference) => reference,
+        };
+        CliError::msg(format!("base image {reference}: {why}"))
+    }
+
+    /// The document the reference names (an index or a manifest) and its digest.
+    fn top(&self) -> Result<(Value, String), CliError> {
+        match self {
+            Self::Layout { dir, tag, .. } => {
+                let index = self.read(&dir.join("index.json"))?;
+                let descriptor = pick_manifest(&index, tag.as_deref()).map_err(|e| self.bad(e))?;
+                let digest = str_of(&descriptor, "digest").to_string();
+                Ok((self.manifest(&digest)?, digest))
+            }
+            Self::Registry(puller, _) => puller.manifest(puller.reference()),
+        }
+    }
+
+    /// A manifest by digest (a registry serves those apart from blobs).
+    fn manifest(&self, digest: &str) -> Result<Value, CliError> {
+        match self {
+            Self::Layout { .. } => self.blob_json(digest),
+            Self::Registry(puller, _) => puller.manifest(digest).map(|(doc, _)| doc),
+        }
+    }
+
+    /// A JSON blob (the config) by digest.
+    fn blob_json(&self, digest: &str) -> Result<Value, CliError> {
+        match self {
+            Self::Layout { dir, .. } => self.read(&dir.join("blobs").join(digest.replacen(':', "/", 1))),
+            Self::Registry(puller, _) => {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::Read::take(puller.blob(digest)?, 16 << 20), &mut text)
+                    .map_err(|e| self.bad(format!("cannot read {digest}: {e}")))?;
+                serde_json::from_str(&text).map_err(|e| self.bad(format!("{digest} is not valid JSON: {e}")))
+            }
+        }
+    }
+
+    fn read(&self, path: &Path) -> Result<Value, CliError> {
+        let text = std::fs::read(path).map_err(|e| self.bad(format!("cannot read {}: {e}", path.display())))?;
+        serde_json::from_slice(&text).map_err(|e| self.bad(format!("{} is not valid JSON: {e}", path.display())))
+    }
+
+    /// Copies a layer into `store`, checking its digest.
+    fn import(&self, digest: &str, store: &BlobStore) -> Result<Blob, CliError> {
+        match self {
+            Self::Layout { dir, .. } => store.import(&dir.join("blobs").join(digest.replacen(':', "/", 1)), digest),
+            Self::Registry(puller, reference) => {
+                store.import_from(puller.blob(digest)?, digest, &format!("{digest} of {reference}"))
+            }
+        }
+    }
 }
 
 /// `path[:tag]`, where a final `:tag` holds no `/`.

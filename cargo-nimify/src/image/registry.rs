@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use serde_json::Value;
+use sha2::Digest as _;
 
 use super::Assembled;
 use super::oci::media;
@@ -75,7 +76,8 @@ pub fn push(
     options: &PushOptions,
     status: &dyn Fn(&str, &str),
 ) -> Result<String, CliError> {
-    let client = Client::connect(target, options)?;
+    let client = Client::connect(target, options, "pull,push")?;
+    let chunk = chunk_size();
     for layer in image.layers.iter().map(|l| &l.blob).chain([&image.config]) {
         let url = client.url(&format!("blobs/{}", layer.digest));
         let head = client.send(|a, auth| with_auth(a.head(&url), auth).call())?;
@@ -84,29 +86,7 @@ pub fn push(
             continue;
         }
         status("Pushing", &format!("{} ({})", short(&layer.digest), super::human_size(layer.size)));
-        let start = client.url("blobs/uploads/");
-        let mut begun = client.send(|a, auth| with_auth(a.post(&start), auth).send_empty())?;
-        if begun.status() != 202 {
-            return Err(client.refused("start a blob upload", &mut begun));
-        }
-        let location = begun.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let location = if location.starts_with("http") { location } else { format!("{}{location}", client.base) };
-        let put = format!("{location}{}digest={}", if location.contains('?') { '&' } else { '?' }, layer.digest);
-        let bar = crate::term::bytes_bar("Uploading", layer.size);
-        let done = client.send(|a, auth| {
-            let file = std::fs::File::open(&layer.path).map_err(ureq::Error::from)?;
-            bar.set_position(0);
-            let body = ureq::SendBody::from_owned_reader(bar.wrap_read(file));
-            with_auth(a.put(&put), auth)
-                .header("Content-Type", "application/octet-stream")
-                .header("Content-Length", layer.size.to_string())
-                .send(body)
-        });
-        bar.finish_and_clear();
-        let mut done = done?;
-        if done.status() != 201 {
-            return Err(client.refused(&format!("store blob {}", layer.digest), &mut done));
-        }
+        client.upload(layer, chunk, status)?;
     }
     let manifest = std::fs::read(&image.manifest.path).at("read the manifest", &image.manifest.path)?;
     let url = client.url(&format!("manifests/{}", target.tag));
@@ -126,6 +106,30 @@ pub fn push(
     Ok(image.manifest.digest.clone())
 }
 
+/// Blobs up to this size go up in one `PUT`; larger ones in `PATCH` chunks of this size, each
+/// retried from what the registry holds. `NIMIFY_UPLOAD_CHUNK_BYTES` changes it (at least 1 MiB
+/// is sensible; registries may refuse tiny chunks).
+fn chunk_size() -> u64 {
+    std::env::var("NIMIFY_UPLOAD_CHUNK_BYTES").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(16 << 20)
+}
+
+/// Failed attempts allowed per blob before giving up (each resumes where the registry stands).
+const UPLOAD_RETRIES: u32 = 3;
+
+/// How one upload attempt failed.
+enum Upload {
+    /// The connection broke or the registry answered 5xx: worth another try.
+    Transient(String),
+    /// The registry said no.
+    Refused(CliError),
+}
+
+/// An upload session: its URL and how many bytes the registry has.
+struct Session {
+    location: String,
+    offset: u64,
+}
+
 fn short(digest: &str) -> &str {
     &digest[..digest.len().min(19)]
 }
@@ -139,6 +143,105 @@ fn with_auth<B>(request: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::R
 
 type Response = ureq::http::Response<ureq::Body>;
 
+/// Why a `GET /v2/` did not give a client.
+enum Ping {
+    /// Nothing answered over this scheme (refused, TLS handshake failed, timed out).
+    Unreachable(CliError),
+    /// Something answered that is not a registry.
+    NotRegistry(CliError),
+    /// The registry answered, and said no.
+    Failed(CliError),
+}
+
+/// A base image in a registry: `REGISTRY/NAME[:TAG|@DIGEST]`, read with the same client (TLS,
+/// credentials, loopback over plain HTTP) that pushes.
+pub struct Puller {
+    client: Client,
+    reference: String,
+}
+
+/// Manifest types a base may be, newest first, for `Accept`.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+impl Puller {
+    /// Connects to the registry of `spec` (what follows `docker://`) for reading.
+    pub fn open(spec: &str, options: &PushOptions) -> Result<Self, CliError> {
+        let (name_part, reference) = match spec.split_once('@') {
+            Some((name, digest)) => (name.to_string(), digest.to_string()),
+            None => match spec.rsplit_once(':') {
+                Some((name, tag)) if !tag.contains('/') && name.contains('/') => (name.to_string(), tag.to_string()),
+                _ => (spec.to_string(), "latest".to_string()),
+            },
+        };
+        let target = RegistryRef::parse(&name_part, "latest")?;
+        let client = Client::connect(&target, options, "pull")?;
+        Ok(Self { client, reference })
+    }
+
+    /// The tag or digest asked for.
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+
+    /// A manifest or index by tag or digest, with its digest (checked when asked by digest).
+    pub fn manifest(&self, reference: &str) -> Result<(Value, String), CliError> {
+        let url = self.client.url(&format!("manifests/{reference}"));
+        let mut answer =
+            self.client.send(|a, auth| with_auth(a.get(&url), auth).header("Accept", MANIFEST_TYPES).call())?;
+        if answer.status() != 200 {
+            return Err(self.client.refused(&format!("give manifest {}:{reference}", self.client.name), &mut answer));
+        }
+        let bytes =
+            answer.body_mut().with_config().limit(4 << 20).read_to_vec().map_err(|e| {
+                CliError::msg(format!("reading manifest {reference} from {}: {e}", self.client.registry))
+            })?;
+        let digest = format!("sha256:{}", super::layer::hex(&sha2::Sha256::digest(&bytes)));
+        if reference.starts_with("sha256:") && digest != reference {
+            return Err(CliError::msg(format!(
+                "registry {} sent a manifest with digest {digest} for {reference}",
+                self.client.registry
+            )));
+        }
+        let doc = serde_json::from_slice(&bytes).map_err(|e| {
+            CliError::msg(format!("manifest {reference} from {} is not JSON: {e}", self.client.registry))
+        })?;
+        Ok((doc, digest))
+    }
+
+    /// A blob's bytes, streamed (the store checks the digest).
+    pub fn blob(&self, digest: &str) -> Result<impl std::io::Read + use<>, CliError> {
+        let url = self.client.url(&format!("blobs/{digest}"));
+        let mut answer = self.client.send(|a, auth| with_auth(a.get(&url), auth).call())?;
+        if answer.status() != 200 {
+            return Err(self.client.refused(&format!("give blob {digest}"), &mut answer));
+        }
+        Ok(answer.into_body().into_with_config().limit(u64::MAX).reader())
+    }
+}
+
+/// One past the last byte of `Range: 0-N`, the registry's count of what it holds.
+fn range_end(answer: &Response) -> Option<u64> {
+    let range = answer.headers().get("range")?.to_str().ok()?;
+    let last: u64 = range.trim_start_matches("bytes=").split_once('-')?.1.parse().ok()?;
+    Some(last + 1)
+}
+
+/// `localhost[:port]`, `127.x.y.z[:port]` or `[::1][:port]`.
+fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Contacts the registry and settles authentication, without sending anything: `image` calls
+/// it before building, so a wrong address or password fails in seconds, not after the build.
+pub fn check(target: &RegistryRef, options: &PushOptions) -> Result<(), CliError> {
+    Client::connect(target, options, "pull,push").map(drop)
+}
+
 struct Client {
     agent: ureq::Agent,
     base: String,
@@ -146,15 +249,44 @@ struct Client {
     registry: String,
     auth: Option<String>,
     hint: &'static str,
+    /// What a bearer token is asked for: `pull,push` to push, `pull` to read a base image.
+    actions: &'static str,
 }
 
 impl Client {
     /// Checks the registry answers (`GET /v2/`) and settles authentication before any upload.
-    fn connect(target: &RegistryRef, options: &PushOptions) -> Result<Self, CliError> {
-        let agent = crate::http::agent(&load_certs(&options.ca_certs)?);
-        let scheme = if options.insecure { "http" } else { "https" };
-        let hint = if options.insecure {
+    /// A loopback registry (`localhost`, `127.0.0.0/8`, `::1`) is tried over HTTPS, then plain
+    /// HTTP, as docker does; `--insecure` goes straight to plain HTTP for any host.
+    fn connect(target: &RegistryRef, options: &PushOptions, actions: &'static str) -> Result<Self, CliError> {
+        let schemes: &[&str] = if options.insecure {
+            &["http"]
+        } else if is_loopback(&target.registry) {
+            &["https", "http"]
+        } else {
+            &["https"]
+        };
+        let mut first_error = None;
+        for scheme in schemes {
+            match Self::ping(target, options, scheme, actions) {
+                Ok(client) => return Ok(client),
+                Err(Ping::Unreachable(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                // Something that is no registry over HTTP (a TLS port's 400) would hide the real
+                // HTTPS problem; a registry refusing the credentials is the problem.
+                Err(Ping::NotRegistry(e)) => return Err(first_error.unwrap_or(e)),
+                Err(Ping::Failed(e)) => return Err(e),
+            }
+        }
+        Err(first_error.unwrap_or_else(|| CliError::msg(format!("cannot reach registry {}", target.registry))))
+    }
+
+    fn ping(target: &RegistryRef, options: &PushOptions, scheme: &str, actions: &'static str) -> Result<Self, Ping> {
+        let agent = crate::http::agent(&load_certs(&options.ca_certs).map_err(Ping::Failed)?);
+        let hint = if scheme == "http" {
             ""
+        } else if is_loopback(&target.registry) {
+            "; for a self-signed certificate pass --ca-cert FILE"
         } else {
             "; for a self-signed certificate pass --ca-cert FILE, for a plain-HTTP registry pass --insecure"
         };
@@ -165,28 +297,39 @@ impl Client {
             registry: target.registry.clone(),
             auth: None,
             hint,
+            actions,
         };
         let ping = format!("{}/v2/", client.base);
-        let first = client.send(|a, _| a.get(&ping).call())?;
+        let first = client.send(|a, _| a.get(&ping).call()).map_err(Ping::Unreachable)?;
         if first.status() == 200 {
             return Ok(client);
         }
         if first.status() != 401 {
-            return Err(CliError::msg(format!(
+            return Err(Ping::NotRegistry(CliError::msg(format!(
                 "{ping} answered {}; is {} an OCI registry?",
                 first.status(),
                 target.registry
-            )));
+            ))));
         }
+        client.login(target, options, &first).map_err(Ping::Failed)?;
+        Ok(client)
+    }
+
+    /// Answers a 401 on `GET /v2/` with credentials: `--creds`, else the stored ones.
+    fn login(&mut self, target: &RegistryRef, options: &PushOptions, first: &Response) -> Result<(), CliError> {
+        let ping = format!("{}/v2/", self.base);
         let challenge =
             first.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let creds = options.creds.clone().or_else(|| stored_creds(&target.registry));
-        client.auth = Some(client.authenticate(&challenge, creds.as_ref())?);
-        let mut again = client.send(|a, auth| with_auth(a.get(&ping), auth).call())?;
+        let creds = match &options.creds {
+            Some(c) => Some(c.clone()),
+            None => super::creds::stored(&target.registry)?,
+        };
+        self.auth = Some(self.authenticate(&challenge, creds.as_ref())?);
+        let mut again = self.send(|a, auth| with_auth(a.get(&ping), auth).call())?;
         match again.status().as_u16() {
-            200 => Ok(client),
+            200 => Ok(()),
             401 | 403 => Err(wrong_creds(&target.registry, creds.as_ref())),
-            _ => Err(client.refused("accept the credentials", &mut again)),
+            _ => Err(self.refused("accept the credentials", &mut again)),
         }
     }
 
@@ -221,7 +364,7 @@ impl Client {
         let realm = param("realm").ok_or_else(|| {
             CliError::msg(format!("registry {} sent a bearer challenge without a realm", self.registry))
         })?;
-        let mut url = format!("{realm}?scope=repository:{}:pull,push", self.name);
+        let mut url = format!("{realm}?scope=repository:{}:{}", self.name, self.actions);
         if let Some(service) = param("service") {
             url.push_str(&format!("&service={service}"));
         }
@@ -235,6 +378,159 @@ impl Client {
             CliError::msg(format!("token service {realm} answered {} without a token", resp.status()))
         })?;
         Ok(format!("Bearer {token}"))
+    }
+
+    /// Uploads `blob`: one `PUT` when it fits in a chunk, else `PATCH` chunks then a closing
+    /// `PUT`. A broken connection or a 5xx is retried: a chunked upload asks the registry how
+    /// much it holds (`GET` on the session) and goes on from there; otherwise it starts again.
+    fn upload(&self, blob: &super::store::Blob, chunk: u64, status: &dyn Fn(&str, &str)) -> Result<(), CliError> {
+        let bar = crate::term::bytes_bar("Uploading", blob.size);
+        let mut failures = 0;
+        let mut session: Option<Session> = None;
+        let result = loop {
+            let attempt = match session.take() {
+                Some(s) => self.resume(s),
+                None => self.start().map(|location| Session { location, offset: 0 }),
+            };
+            let attempt = attempt.and_then(|s| self.send_blob(blob, s, chunk, &bar, &mut session));
+            match attempt {
+                Ok(()) => break Ok(()),
+                Err(Upload::Transient(e)) if failures < UPLOAD_RETRIES => {
+                    failures += 1;
+                    status("Retrying", &format!("{} after: {e}", short(&blob.digest)));
+                    std::thread::sleep(std::time::Duration::from_millis(250 << failures));
+                }
+                Err(Upload::Transient(e)) => {
+                    break Err(CliError::with_help(
+                        format!(
+                            "cannot upload blob {} to registry {}: {} attempts failed, the last with: {e}",
+                            short(&blob.digest),
+                            self.registry,
+                            UPLOAD_RETRIES + 1
+                        ),
+                        "check the network and the registry's health, then run the command again: blobs already stored are not sent again",
+                    ));
+                }
+                Err(Upload::Refused(e)) => break Err(e),
+            }
+        };
+        bar.finish_and_clear();
+        result
+    }
+
+    /// `POST blobs/uploads/`: a new session's URL.
+    fn start(&self) -> Result<String, Upload> {
+        let url = self.url("blobs/uploads/");
+        let mut begun = self
+            .send(|a, auth| with_auth(a.post(&url), auth).send_empty())
+            .map_err(|e| Upload::Transient(e.to_string()))?;
+        match begun.status().as_u16() {
+            202 => self
+                .location(&begun)
+                .ok_or_else(|| Upload::Refused(self.refused("give an upload location", &mut begun))),
+            500.. => Err(Upload::Transient(format!("starting an upload: {}", begun.status()))),
+            _ => Err(Upload::Refused(self.refused("start a blob upload", &mut begun))),
+        }
+    }
+
+    /// Where an interrupted session stands (`GET` answers `Range: 0-N`); a session the registry
+    /// no longer knows is replaced by a new one.
+    fn resume(&self, s: Session) -> Result<Session, Upload> {
+        let Ok(answer) = self.send(|a, auth| with_auth(a.get(&s.location), auth).call()) else {
+            return self.start().map(|location| Session { location, offset: 0 });
+        };
+        if answer.status() != 204 {
+            return self.start().map(|location| Session { location, offset: 0 });
+        }
+        // `0-0` is both "nothing" and "one byte" in distribution's answers: start afresh then.
+        match range_end(&answer) {
+            Some(offset) if offset > 1 => {
+                Ok(Session { offset, location: self.location(&answer).unwrap_or(s.location) })
+            }
+            _ => self.start().map(|location| Session { location, offset: 0 }),
+        }
+    }
+
+    /// Sends the rest of `blob` from `s.offset`, recording progress in `progress`.
+    fn send_blob(
+        &self,
+        blob: &super::store::Blob,
+        mut s: Session,
+        chunk: u64,
+        bar: &indicatif::ProgressBar,
+        progress: &mut Option<Session>,
+    ) -> Result<(), Upload> {
+        let transient = |e: CliError| Upload::Transient(e.to_string());
+        let close = |location: &str| {
+            format!("{location}{}digest={}", if location.contains('?') { '&' } else { '?' }, blob.digest)
+        };
+        if s.offset == 0 && blob.size <= chunk {
+            bar.set_position(0);
+            let put = close(&s.location);
+            let mut done = self
+                .send(|a, auth| {
+                    let file = std::fs::File::open(&blob.path).map_err(ureq::Error::from)?;
+                    let body = ureq::SendBody::from_owned_reader(bar.wrap_read(file));
+                    with_auth(a.put(&put), auth)
+                        .header("Content-Type", "application/octet-stream")
+                        .header("Content-Length", blob.size.to_string())
+                        .send(body)
+                })
+                .map_err(transient)?;
+            return match done.status().as_u16() {
+                201 => Ok(()),
+                500.. => Err(Upload::Transient(format!("storing the blob: {}", done.status()))),
+                _ => Err(Upload::Refused(self.refused(&format!("store blob {}", blob.digest), &mut done))),
+            };
+        }
+        let mut file = std::fs::File::open(&blob.path)
+            .map_err(|e| Upload::Refused(CliError::io("read the blob", &blob.path)(e)))?;
+        while s.offset < blob.size {
+            let end = blob.size.min(s.offset + chunk);
+            let mut bytes = vec![0u8; (end - s.offset) as usize];
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(s.offset))
+                .and_then(|_| std::io::Read::read_exact(&mut file, &mut bytes))
+                .map_err(|e| Upload::Refused(CliError::io("read the blob", &blob.path)(e)))?;
+            bar.set_position(s.offset);
+            let range = format!("{}-{}", s.offset, end - 1);
+            let mut sent = self
+                .send(|a, auth| {
+                    let body = ureq::SendBody::from_owned_reader(bar.wrap_read(std::io::Cursor::new(bytes)));
+                    with_auth(a.patch(&s.location), auth)
+                        .header("Content-Type", "application/octet-stream")
+                        .header("Content-Range", &range)
+                        .header("Content-Length", (end - s.offset).to_string())
+                        .send(body)
+                })
+                .map_err(transient)?;
+            match sent.status().as_u16() {
+                202 => {}
+                416 | 500.. => return Err(Upload::Transient(format!("bytes {range}: {}", sent.status()))),
+                _ => {
+                    return Err(Upload::Refused(
+                        self.refused(&format!("take bytes {range} of blob {}", blob.digest), &mut sent),
+                    ));
+                }
+            }
+            s.location = self.location(&sent).unwrap_or(s.location);
+            s.offset = range_end(&sent).unwrap_or(end);
+            *progress = Some(Session { location: s.location.clone(), offset: s.offset });
+        }
+        let put = close(&s.location);
+        let mut done = self
+            .send(|a, auth| with_auth(a.put(&put), auth).header("Content-Length", "0").send_empty())
+            .map_err(transient)?;
+        match done.status().as_u16() {
+            201 => Ok(()),
+            500.. => Err(Upload::Transient(format!("closing the upload: {}", done.status()))),
+            _ => Err(Upload::Refused(self.refused(&format!("store blob {}", blob.digest), &mut done))),
+        }
+    }
+
+    /// The `Location` an upload answer points at, made absolute.
+    fn location(&self, answer: &Response) -> Option<String> {
+        let location = answer.headers().get("location")?.to_str().ok()?;
+        Some(if location.starts_with("http") { location.to_string() } else { format!("{}{location}", self.base) })
     }
 
     fn url(&self, tail: &str) -> String {
@@ -292,25 +588,6 @@ fn load_certs(paths: &[PathBuf]) -> Result<Vec<ureq::tls::Certificate<'static>>,
         }
     }
     Ok(certs)
-}
-
-/// Credentials `podman login` / `docker login` stored for `registry`: `$REGISTRY_AUTH_FILE`,
-/// `$XDG_RUNTIME_DIR/containers/auth.json`, `~/.config/containers/auth.json`, `~/.docker/config.json`.
-fn stored_creds(registry: &str) -> Option<(String, String)> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    files.extend(std::env::var_os("REGISTRY_AUTH_FILE").map(PathBuf::from));
-    files.extend(std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("containers/auth.json")));
-    if let Some(home) = dirs::home_dir() {
-        files.push(home.join(".config/containers/auth.json"));
-        files.push(home.join(".docker/config.json"));
-    }
-    files.iter().find_map(|f| {
-        let doc: Value = serde_json::from_slice(&std::fs::read(f).ok()?).ok()?;
-        let encoded = doc["auths"][registry]["auth"].as_str()?;
-        let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).ok()?).ok()?;
-        let (user, pass) = decoded.split_once(':')?;
-        Some((user.to_string(), pass.to_string()))
-    })
 }
 
 #[cfg(test)]

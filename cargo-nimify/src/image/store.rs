@@ -140,17 +140,24 @@ impl BlobStore {
 
     /// Brings in a blob from elsewhere (a base image), checking its digest.
     pub fn import(&self, from: &Path, digest: &str) -> Result<Blob, CliError> {
+        let input = File::open(from).map_err(|e| CliError::msg(format!("cannot read blob {}: {e}", from.display())))?;
+        self.import_from(input, digest, &from.display().to_string())
+    }
+
+    /// Stores what `input` reads (`what` names it in errors), checking it has `digest`.
+    pub fn import_from(&self, mut input: impl std::io::Read, digest: &str, what: &str) -> Result<Blob, CliError> {
         let (mut out, temp) = self.temp_file()?;
-        let mut input =
-            File::open(from).map_err(|e| CliError::msg(format!("cannot read blob {}: {e}", from.display())))?;
         let mut hashing = super::layer::Hashing::new(&mut out);
-        std::io::copy(&mut input, &mut hashing)
-            .map_err(|e| CliError::msg(format!("cannot copy blob {}: {e}", from.display())))?;
+        let copied = std::io::copy(&mut input, &mut hashing);
         let (actual, size, _) = hashing.finish();
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&temp);
+            return Err(CliError::msg(format!("cannot copy blob {what}: {e}")));
+        }
         if actual != digest {
+            let _ = std::fs::remove_file(&temp);
             return Err(CliError::msg(format!(
-                "blob {} has digest {actual}, but the base image says {digest}; the base image is corrupt",
-                from.display()
+                "blob {what} has digest {actual}, but the base image says {digest}; the base image is corrupt"
             )));
         }
         self.commit(temp, digest, size)
