@@ -22,6 +22,10 @@ pub struct ProjectArgs {
     /// Binary of the service [default: the package's only binary, or its default-run].
     #[arg(long, value_name = "NAME")]
     pub bin: Option<String>,
+    /// No crate: an ONNX model served by the generic server (`cargo nimify serve`), named after
+    /// the file; its image, chart and deployment work as a service crate's do.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["manifest_path", "package", "bin"])]
+    pub model: Option<PathBuf>,
 }
 
 /// `[package.metadata.nimify]` (and `[workspace.metadata.nimify]`), kebab-case.
@@ -92,11 +96,16 @@ pub struct Project {
     pub target_dir: PathBuf,
     /// Layered `[*.metadata.nimify]` settings.
     pub settings: Settings,
+    /// Zero-code: the model the generic server serves (`--model`); no crate, nothing to build.
+    pub model: Option<PathBuf>,
 }
 
 impl Project {
-    /// Finds the package and binary with cargo metadata.
+    /// Finds the package and binary with cargo metadata, or stands in for one with `--model`.
     pub fn load(args: &ProjectArgs) -> Result<Self, CliError> {
+        if let Some(model) = &args.model {
+            return Self::for_model(model);
+        }
         let mut cmd = cargo_metadata::MetadataCommand::new();
         cmd.no_deps();
         if let Some(path) = &args.manifest_path {
@@ -131,6 +140,37 @@ impl Project {
             bin,
             target_dir: meta.target_directory.clone().into_std_path_buf(),
             settings: workspace.layered(own),
+            model: None,
+        })
+    }
+
+    /// A zero-code service: the package is named after the model file (lower case, as image
+    /// names must be), state goes to `./target/nimify/<name>/`, and the tag defaults to
+    /// `sha-` and the model's first 12 sha256 digits, so each model file gets its own tag.
+    fn for_model(model: &Path) -> Result<Self, CliError> {
+        if !model.is_file() {
+            return Err(CliError::msg(format!("model file {} not found", model.display())));
+        }
+        let stem = model.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let name: String =
+            stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+        let name = name.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+        if name.is_empty() {
+            return Err(CliError::msg(format!("cannot name a service after {}; rename the file", model.display())));
+        }
+        let sha = nimify_model::file_sha256(model).map_err(CliError::io("hash", model))?;
+        let cwd = std::env::current_dir().map_err(CliError::io("read the current directory", "."))?;
+        let model = std::fs::canonicalize(model).map_err(CliError::io("find", model))?;
+        Ok(Self {
+            package: name,
+            version: "0.1.0".into(),
+            repository: None,
+            description: Some(format!("{} served by nimify", model.file_name().unwrap_or_default().to_string_lossy())),
+            manifest_path: model.clone(),
+            bin: "cargo-nimify".into(),
+            target_dir: cwd.join("target"),
+            settings: Settings { tag: Some(format!("sha-{}", &sha[..12])), ..Settings::default() },
+            model: Some(model),
         })
     }
 

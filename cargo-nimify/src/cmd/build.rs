@@ -79,6 +79,12 @@ impl CargoArgs {
 
 /// Runs the command.
 pub fn run(args: &BuildArgs, out: Out) -> Result<(), CliError> {
+    if let Some(model) = &args.project.model {
+        return Err(CliError::with_help(
+            format!("nothing to build for --model {}: the generic server serves it as it is", model.display()),
+            "`cargo nimify serve MODEL` runs it here, `cargo nimify image --model MODEL` packs it",
+        ));
+    }
     let project = Project::load(&args.project)?;
     let exe = build(&project, &args.cargo)?;
     out.result(exe.display(), || json!({"package": project.package, "bin": project.bin, "executable": exe}));

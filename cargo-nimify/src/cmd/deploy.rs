@@ -67,7 +67,11 @@ struct Target {
 }
 
 fn target(project: &Project, env: &str) -> Result<Target, CliError> {
-    let settings = project.settings.env.get(env).ok_or_else(|| {
+    // A zero-code service (`--model`) has no Cargo.toml to declare environments in: each one is
+    // its namespace, the release is the model's name.
+    let zero_code = crate::project::Environment::default();
+    let declared = project.settings.env.get(env);
+    let settings = declared.or(project.model.as_ref().map(|_| &zero_code)).ok_or_else(|| {
         let known: Vec<&str> = project.settings.env.keys().map(String::as_str).collect();
         CliError::with_help(
             format!(

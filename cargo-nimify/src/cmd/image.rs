@@ -73,7 +73,10 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
         crate::term::verbose("Checking", format!("registry {} (reachable, credentials accepted)", target.registry));
         registry::check(target, &push)?;
     }
-    let binary = if args.no_build {
+    let binary = if project.model.is_some() {
+        // The image runs this very program: `cargo nimify serve` is the generic server.
+        std::env::current_exe().at("find this program's executable", "cargo-nimify")?
+    } else if args.no_build {
         let exe = super::build::expected_executable(&project, &args.cargo);
         if !exe.is_file() {
             return Err(CliError::msg(format!(
@@ -163,7 +166,19 @@ fn push_options(args: &ImageArgs) -> Result<PushOptions, CliError> {
 
 /// Collects every input and fails, before anything is written, when one is missing.
 fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Result<Plan, CliError> {
-    let models = models_of(&binary, &project.bin)?;
+    let (models, entry_args) = match &project.model {
+        // Zero-code: the generic server, `cargo nimify serve` of the one model.
+        Some(model) => {
+            // Named as `serve` names it: the file stem, as it is.
+            let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let planned = PlannedModel { name: stem, path: model.clone() };
+            let models = model_files(vec![planned], &project.bin)?;
+            let file = models[0].path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let serve = vec!["nimify".into(), "serve".into(), format!("{}/models/{file}", img::ROOT)];
+            (models, serve)
+        }
+        None => (models_of(&binary, &project.bin)?, Vec::new()),
+    };
     let assets = project
         .settings
         .assets
@@ -199,6 +214,7 @@ fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Res
     let mut plan = Plan {
         bin_name: project.bin.clone(),
         bin_path: binary,
+        entry_args,
         models,
         assets,
         ort,
@@ -235,9 +251,14 @@ fn models_of(binary: &Path, bin: &str) -> Result<Vec<ModelFile>, CliError> {
         ));
     }
     let manifest = ServiceManifest::parse(&out.stdout, bin)?;
+    model_files(manifest.models, bin)
+}
+
+/// Checks and hashes each model file (and its external data).
+fn model_files(planned: Vec<PlannedModel>, bin: &str) -> Result<Vec<ModelFile>, CliError> {
     let mut models = Vec::new();
     let mut files: BTreeMap<String, String> = BTreeMap::new();
-    for PlannedModel { name, path } in manifest.models {
+    for PlannedModel { name, path } in planned {
         if !path.is_file() {
             return Err(CliError::msg(format!(
                 "model file {} (model `{name}`, compiled into {bin}) not found; restore it, or rebuild after moving it",
@@ -412,6 +433,7 @@ mod tests {
             bin: "svc".into(),
             target_dir: PathBuf::from("/w/target"),
             settings,
+            model: None,
         }
     }
 

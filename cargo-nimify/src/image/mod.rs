@@ -56,6 +56,8 @@ pub struct Plan {
     pub bin_name: String,
     /// Host path of the binary.
     pub bin_path: PathBuf,
+    /// Arguments after the binary in the entrypoint (zero-code images: `nimify serve MODEL`).
+    pub entry_args: Vec<String>,
     /// Model files.
     pub models: Vec<ModelFile>,
     /// Assets: (path relative to the asset directory, host path of a file or directory).
@@ -209,7 +211,9 @@ fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
         format!("NIMIFY_ASSET_DIR={ROOT}/assets"),
     ]);
     RunConfig {
-        entrypoint: vec![format!("{ROOT}/bin/{}", plan.bin_name)],
+        entrypoint: std::iter::once(format!("{ROOT}/bin/{}", plan.bin_name))
+            .chain(plan.entry_args.iter().cloned())
+            .collect(),
         env,
         labels: plan.labels.clone(),
         user: format!("{USER}:{USER}"),
@@ -249,6 +253,7 @@ mod tests {
         let plan = Plan {
             bin_name: "svc".into(),
             bin_path: std::env::current_exe().expect("exe"),
+            entry_args: Vec::new(),
             models: vec![ModelFile {
                 name: "external".into(),
                 path: models.join("external.onnx"),
