@@ -14,6 +14,7 @@
 //! ```
 
 mod creds;
+pub mod elf;
 pub mod layer;
 pub mod libs;
 pub mod oci;
