@@ -155,41 +155,28 @@ mod tests {
         cargo: CargoArgs,
     }
 
+    /// `cargo build` flags for `nimify build` flags.
+    fn passed(flags: &[&str]) -> Vec<String> {
+        let parsed = Probe::parse_from([&["probe"][..], flags].concat());
+        parsed.cargo.to_cargo().iter().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
     #[test]
     fn cargo_flags_pass_through_in_cargo_spelling() {
-        let parsed = Probe::parse_from([
-            "probe",
-            "--profile",
-            "dev",
-            "-F",
-            "a,b",
-            "--features",
-            "c",
-            "--no-default-features",
-            "--locked",
-            "--offline",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ]);
-        let argv: Vec<String> = parsed.cargo.to_cargo().iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert_eq!(
-            argv,
-            [
-                "--profile",
-                "dev",
-                "--features",
-                "a,b",
-                "--features",
-                "c",
-                "--no-default-features",
-                "--locked",
-                "--offline",
-                "--target",
-                "x86_64-unknown-linux-gnu"
-            ]
-        );
-        let all = Probe::parse_from(["probe", "--all-features", "--frozen"]);
-        let argv: Vec<String> = all.cargo.to_cargo().iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert_eq!(argv, ["--profile", "release", "--all-features", "--frozen"]);
+        let target = ["--target", "x86_64-unknown-linux-gnu"];
+        let flags = [
+            &["--profile", "dev", "-F", "a,b", "--features", "c"][..],
+            &["--no-default-features", "--locked", "--offline"],
+            &target,
+        ]
+        .concat();
+        let expected = [
+            &["--profile", "dev", "--features", "a,b", "--features", "c"][..],
+            &["--no-default-features", "--locked", "--offline"],
+            &target,
+        ]
+        .concat();
+        assert_eq!(passed(&flags), expected);
+        assert_eq!(passed(&["--all-features", "--frozen"]), ["--profile", "release", "--all-features", "--frozen"]);
     }
 }
