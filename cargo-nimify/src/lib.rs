@@ -172,8 +172,8 @@ fn usage_error(args: &[std::ffi::OsString], e: clap::Error) -> ! {
     let json = term::flag_value(args, "--format")
         .or_else(|| std::env::var("NIMIFY_FORMAT").ok())
         .is_some_and(|f| f.eq_ignore_ascii_case("json"));
-    let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
-        || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+    // Help asked for is no error; help shown for a missing subcommand is (exit 2).
+    let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
     if json && !informational {
         let text = e.render().to_string();
         let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();

@@ -107,7 +107,8 @@ impl Project {
             return Self::for_model(model);
         }
         let mut cmd = cargo_metadata::MetadataCommand::new();
-        cmd.no_deps();
+        // Its complaint is quoted inside ours: plain text, whatever CARGO_TERM_COLOR says.
+        cmd.no_deps().env("CARGO_TERM_COLOR", "never");
         if let Some(path) = &args.manifest_path {
             cmd.manifest_path(path);
         }

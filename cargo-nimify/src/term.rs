@@ -133,11 +133,13 @@ pub fn note(message: impl std::fmt::Display) {
 }
 
 fn bar(total: Option<u64>) -> indicatif::ProgressBar {
-    if verbosity() >= Verbosity::Normal && std::io::stderr().is_terminal() {
+    let bar = if verbosity() >= Verbosity::Normal && std::io::stderr().is_terminal() {
         indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr())
     } else {
         indicatif::ProgressBar::hidden()
-    }
+    };
+    // An error that ends a transfer is printed on a clean line, not under a stale bar.
+    bar.with_finish(indicatif::ProgressFinish::AndClear)
 }
 
 /// A byte counter for a transfer or a compression of `total` bytes (0: unknown), labelled like a

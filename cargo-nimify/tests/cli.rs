@@ -235,7 +235,7 @@ fn json_format_reports_errors_as_json_objects() {
         (
             "image_target",
             root.join("examples/iris"),
-            vec!["image".into(), "--target".into(), "aarch64-unknown-linux-gnu".into()],
+            vec!["image".into(), "--target".into(), "riscv64gc-unknown-linux-gnu".into()],
             1,
         ),
         ("usage", root.clone(), vec!["image".into(), "--colr".into()], 2),
@@ -279,11 +279,14 @@ fn completions_for_each_shell_complete_cargo_nimify() {
     };
     // bash: `cargo nimify ...` is completed, and other `cargo` commands still reach the handler
     // that was registered before.
-    let bash = write("cargo-nimify.bash", script("bash"));
+    let bash_text = script("bash");
+    assert_eq!(bash_text.lines().filter(|l| l.starts_with("complete -F")).count(), 1, "one registration: {bash_text}");
+    let bash = write("cargo-nimify.bash", bash_text);
     let probe = format!(
         r#"_earlier() {{ COMPREPLY=(earlier-handler); }}
 complete -F _earlier cargo
-source {}
+source {0}
+source {0}
 complete_words() {{ COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); __cargo_nimify_dispatch cargo "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"; echo "${{COMPREPLY[*]}}"; }}
 complete_words cargo nimify ima
 complete_words cargo nimify image --no-default-f
@@ -362,20 +365,25 @@ fn new_initialises_git_as_cargo_new_does() {
     assert!(!inner.join("nested/.git").exists() && inner.join("nested/.gitignore").is_file());
 }
 
-/// Reads `serve`'s stderr until its `serving` line and returns that line.
+/// Reads `serve`'s stderr until its `serving` line (a minute at most) and returns that line.
 fn serving_line(log_format: &str) -> String {
     use std::io::BufRead as _;
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cargo-nimify"))
         .args(["nimify", "serve", &model("mlp.onnx"), "--port", "0", "--grpc-port", "0", "--log-format", log_format])
+        .env_remove("RUST_LOG")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("serve");
     let stderr = child.stderr.take().expect("stderr");
-    let line = std::io::BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.contains("serving") && l.contains("docs"))
-        .unwrap_or_default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let line = std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("serving") && l.contains("docs"));
+        let _ = tx.send(line.unwrap_or_default());
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
     line

@@ -27,18 +27,18 @@ pub struct CompletionsArgs {
 /// Prints the script.
 pub fn run(args: &CompletionsArgs) -> Result<(), CliError> {
     std::io::stdout()
-        .write_all(script(args.shell).as_bytes())
+        .write_all(script(args.shell)?.as_bytes())
         .map_err(|e| CliError::msg(format!("cannot write the completion script to stdout: {e}")))
 }
 
 /// The script for `shell`.
-pub fn script(shell: Shell) -> String {
-    match shell {
+pub fn script(shell: Shell) -> Result<String, CliError> {
+    Ok(match shell {
         Shell::Zsh => {
             // The root is `nimify` itself, named as the function cargo's completion looks for;
             // cargo hands it the words from `nimify` on.
             let Some(nimify) = crate::Cargo::command().find_subcommand("nimify").cloned() else {
-                return String::new();
+                return Err(CliError::msg("no `nimify` subcommand to complete"));
             };
             generate(shell, nimify.name("cargo-nimify"), "cargo-nimify")
         }
@@ -48,11 +48,15 @@ pub fn script(shell: Shell) -> String {
             // `if [[ "${BASH_VERSINFO[0]}" ... fi` block at column 0: rename the function and put
             // a dispatcher in place of that block, instead of replacing what completes `cargo`.
             let own = own.replace("_cargo()", "_cargo_nimify()");
-            let body = own.find("\nif [[ \"${BASH_VERSINFO[0]}\" -eq 4").map_or(own.as_str(), |at| &own[..=at]);
-            format!("{body}{BASH_DISPATCH}")
+            let at = own.find("\nif [[ \"${BASH_VERSINFO[0]}\" -eq 4").ok_or_else(|| {
+                CliError::msg(
+                    "clap's bash script no longer ends with its registration block; cannot make it chain to cargo's",
+                )
+            })?;
+            format!("{}{BASH_DISPATCH}", &own[..=at])
         }
         _ => generate(shell, crate::Cargo::command(), "cargo"),
-    }
+    })
 }
 
 fn generate(shell: Shell, mut command: clap::Command, bin: &str) -> String {
@@ -63,8 +67,18 @@ fn generate(shell: Shell, mut command: clap::Command, bin: &str) -> String {
 
 const BASH_DISPATCH: &str = r#"
 # `cargo nimify ...` is completed here; any other `cargo` command goes to the handler that
-# completed `cargo` before this script was sourced (rustup's), if there was one.
-__cargo_nimify_previous=$(complete -p cargo 2>/dev/null | sed -n 's/.*-F \([^ ]*\).*/\1/p')
+# completed `cargo` before this script was sourced (rustup's), if there was one. bash-completion
+# loads that one on first use: load it now, or registering ours would keep it from ever loading.
+if ! complete -p cargo >/dev/null 2>&1; then
+    if declare -F __load_completion >/dev/null; then __load_completion cargo
+    elif declare -F _completion_loader >/dev/null; then _completion_loader cargo
+    fi
+fi
+__cargo_nimify_handler=$(complete -p cargo 2>/dev/null | sed -n 's/.*-F \([^ ]*\).*/\1/p')
+# Sourced twice, the handler found is our own: keep the one found the first time.
+if [[ $__cargo_nimify_handler != __cargo_nimify_dispatch ]]; then
+    __cargo_nimify_previous=$__cargo_nimify_handler
+fi
 __cargo_nimify_dispatch() {
     if [[ ${COMP_WORDS[1]} == nimify ]]; then
         _cargo_nimify "$@"

@@ -152,11 +152,20 @@ fn print_commands(out: Out, commands: &[&[String]]) {
     out.result(text.join("\n"), || serde_json::json!({ "commands": commands }));
 }
 
-fn run_helm(sh: &Shell, helm: &Path, argv: &[String]) -> Result<(), CliError> {
+/// Runs helm with its output on stderr: stdout holds only our result (`--format json`).
+fn run_helm(helm: &Path, argv: &[String]) -> Result<(), CliError> {
     term::status("Running", format!("helm {}", shell_line(argv)));
-    cmd!(sh, "{helm} {argv...}")
-        .run()
-        .map_err(|e| CliError::msg(format!("{} failed: {e}", argv.first().map(String::as_str).unwrap_or("helm"))))
+    let what = argv.first().map(String::as_str).unwrap_or("helm");
+    let status = std::process::Command::new(helm)
+        .args(argv)
+        .stdout(std::io::stderr())
+        .status()
+        .map_err(|e| CliError::msg(format!("cannot run {}: {e}", helm.display())))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(CliError::msg(format!("helm {what} failed ({status}); its output is above")))
+    }
 }
 
 fn common(t: &Target) -> Vec<String> {
@@ -197,7 +206,7 @@ pub fn deploy(args: &DeployArgs, out: Out) -> Result<(), CliError> {
             print_commands(out, &[&argv]);
             return Ok(());
         }
-        run_helm(&sh, &helm.ok_or_else(missing_helm)?, &argv[1..])?;
+        run_helm(&helm.ok_or_else(missing_helm)?, &argv[1..])?;
         out.result(
             dir.display(),
             || serde_json::json!({"rendered": dir, "release": t.release, "namespace": t.namespace}),
@@ -232,8 +241,8 @@ pub fn deploy(args: &DeployArgs, out: Out) -> Result<(), CliError> {
         return Ok(());
     }
     let helm = helm.ok_or_else(missing_helm)?;
-    run_helm(&sh, &helm, &argv[1..])?;
-    run_helm(&sh, &helm, &test[1..])?;
+    run_helm(&helm, &argv[1..])?;
+    run_helm(&helm, &test[1..])?;
     term::status(
         "Deployed",
         format!("{} ({}) to {} as release {}", project.package, chart.image, t.namespace, t.release),
@@ -256,8 +265,7 @@ pub fn rollback(args: &RollbackArgs, out: Out) -> Result<(), CliError> {
         print_commands(out, &[&argv]);
         return Ok(());
     }
-    let sh = Shell::new().map_err(|e| CliError::msg(e.to_string()))?;
-    run_helm(&sh, &helm_binary().ok_or_else(missing_helm)?, &argv[1..])?;
+    run_helm(&helm_binary().ok_or_else(missing_helm)?, &argv[1..])?;
     if out.format == crate::Format::Json {
         out.result(
             "",

@@ -115,13 +115,22 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     Ok(())
 }
 
-/// TLS and plain-HTTP settings for a `docker://` base are the push's; `--creds` go to the base's
-/// registry only when it is the one pushed to (else its stored credentials are used), so a
-/// password for one registry is never sent to another.
+/// `--creds`, `--insecure` and `--ca-cert` are for the registry pushed to: a `docker://` base on
+/// that same registry gets them, a base elsewhere is read over verified HTTPS with its own stored
+/// credentials, so a password, or plain HTTP, meant for one registry never reaches another.
 fn base_access(base: Option<&str>, output: &Output, push: &PushOptions) -> PushOptions {
-    let base_host = base.and_then(|b| b.strip_prefix("docker://")).and_then(|r| r.split('/').next());
-    let same = matches!(output, Output::Registry(t) if Some(t.registry.as_str()) == base_host);
-    PushOptions { creds: push.creds.clone().filter(|_| same), ..push.clone() }
+    let Some(base_host) = base.and_then(|b| b.strip_prefix("docker://")).and_then(|r| r.split('/').next()) else {
+        return PushOptions::default();
+    };
+    if matches!(output, Output::Registry(t) if t.registry == base_host) {
+        return push.clone();
+    }
+    if push.creds.is_some() || push.insecure || !push.ca_certs.is_empty() {
+        crate::term::note(format!(
+            "--creds, --insecure and --ca-cert apply to the registry pushed to, not to the base's {base_host}"
+        ));
+    }
+    PushOptions::default()
 }
 
 /// Images hold the build host's libraries and ONNX Runtime, so `--target` may name only the

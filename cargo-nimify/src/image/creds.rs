@@ -41,10 +41,16 @@ pub fn stored(registry: &str) -> Result<Option<Creds>, CliError> {
                 "fix or remove it, or pass --creds USER:PASSWORD",
             )
         })?;
-        if let Some(helper) = doc["credHelpers"][registry].as_str() {
-            return helper_get(helper, registry, &file);
+        // Docker Hub's credentials are stored under its old index name.
+        let names: &[&str] = if registry == "registry-1.docker.io" {
+            &["index.docker.io", "docker.io", "registry-1.docker.io"]
+        } else {
+            &[registry]
+        };
+        if let Some((name, helper)) = names.iter().find_map(|n| Some((*n, doc["credHelpers"][*n].as_str()?))) {
+            return helper_get(helper, name, &file);
         }
-        if let Some(found) = from_auths(&doc, registry) {
+        if let Some(found) = names.iter().find_map(|n| from_auths(&doc, n)) {
             return Ok(Some(found));
         }
         if let Some(helper) = doc["credsStore"].as_str().filter(|h| !h.is_empty())

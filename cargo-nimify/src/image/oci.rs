@@ -160,7 +160,7 @@ pub struct BaseImage {
 pub fn load_base(reference: &str, store: &BlobStore, access: &PushOptions) -> Result<BaseImage, CliError> {
     let bad = |why: String| CliError::msg(format!("base image {reference}: {why}"));
     let source = Source::open(reference, store, access)?;
-    let (mut manifest, mut digest) = source.top().map_err(|e| bad(e.to_string()))?;
+    let (mut manifest, mut digest) = source.top()?;
     if manifest["manifests"].is_array() {
         let chosen = pick_platform(&manifest).map_err(bad)?;
         digest = str_of(&chosen, "digest").to_string();
@@ -274,10 +274,14 @@ impl Source {
         match self {
             Self::Layout { dir, .. } => self.read(&dir.join("blobs").join(digest.replacen(':', "/", 1))),
             Self::Registry(puller, _) => {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut std::io::Read::take(puller.blob(digest)?, 16 << 20), &mut text)
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::Read::take(puller.blob(digest)?, 16 << 20), &mut bytes)
                     .map_err(|e| self.bad(format!("cannot read {digest}: {e}")))?;
-                serde_json::from_str(&text).map_err(|e| self.bad(format!("{digest} is not valid JSON: {e}")))
+                let actual = format!("sha256:{}", super::layer::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
+                if actual != digest {
+                    return Err(self.bad(format!("the registry sent {actual} for {digest}")));
+                }
+                serde_json::from_slice(&bytes).map_err(|e| self.bad(format!("{digest} is not valid JSON: {e}")))
             }
         }
     }

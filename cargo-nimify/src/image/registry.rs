@@ -120,11 +120,14 @@ const UPLOAD_RETRIES: u32 = 3;
 enum Upload {
     /// The connection broke or the registry answered 5xx: worth another try.
     Transient(String),
+    /// The registry answered 401: the token expired; ask for a new one and try again.
+    Expired,
     /// The registry said no.
     Refused(CliError),
 }
 
 /// An upload session: its URL and how many bytes the registry has.
+#[derive(Clone)]
 struct Session {
     location: String,
     offset: u64,
@@ -174,7 +177,14 @@ impl Puller {
                 _ => (spec.to_string(), "latest".to_string()),
             },
         };
-        let target = RegistryRef::parse(&name_part, "latest")?;
+        let mut target = RegistryRef::parse(&name_part, "latest")?;
+        // Docker Hub's names: `docker.io/alpine` is `library/alpine` on registry-1.docker.io.
+        if matches!(target.registry.as_str(), "docker.io" | "index.docker.io") {
+            target.registry = "registry-1.docker.io".into();
+            if !target.name.contains('/') {
+                target.name = format!("library/{}", target.name);
+            }
+        }
         let client = Client::connect(&target, options, "pull")?;
         Ok(Self { client, reference })
     }
@@ -247,7 +257,10 @@ struct Client {
     base: String,
     name: String,
     registry: String,
-    auth: Option<String>,
+    /// The `Authorization` value; replaced when a bearer token expires mid-push.
+    auth: std::sync::Mutex<Option<String>>,
+    /// The challenge and credentials that gave `auth`, to ask again.
+    login: Option<(String, Option<super::creds::Creds>)>,
     hint: &'static str,
     /// What a bearer token is asked for: `pull,push` to push, `pull` to read a base image.
     actions: &'static str,
@@ -295,7 +308,8 @@ impl Client {
             base: format!("{scheme}://{}", target.registry),
             name: target.name.clone(),
             registry: target.registry.clone(),
-            auth: None,
+            auth: std::sync::Mutex::new(None),
+            login: None,
             hint,
             actions,
         };
@@ -324,7 +338,9 @@ impl Client {
             Some(c) => Some(c.clone()),
             None => super::creds::stored(&target.registry)?,
         };
-        self.auth = Some(self.authenticate(&challenge, creds.as_ref())?);
+        let auth = self.authenticate(&challenge, creds.as_ref())?;
+        *self.auth.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(auth);
+        self.login = Some((challenge, creds.clone()));
         let mut again = self.send(|a, auth| with_auth(a.get(&ping), auth).call())?;
         match again.status().as_u16() {
             200 => Ok(()),
@@ -395,9 +411,23 @@ impl Client {
             let attempt = attempt.and_then(|s| self.send_blob(blob, s, chunk, &bar, &mut session));
             match attempt {
                 Ok(()) => break Ok(()),
+                Err(Upload::Expired) if failures < UPLOAD_RETRIES => {
+                    failures += 1;
+                    bar.suspend(|| status("Renewing", &format!("the registry token for {}", self.registry)));
+                    if let Err(e) = self.relogin() {
+                        break Err(e);
+                    }
+                }
+                Err(Upload::Expired) => {
+                    break Err(CliError::msg(format!(
+                        "registry {} kept refusing the upload of blob {} with 401 after new tokens",
+                        self.registry,
+                        short(&blob.digest)
+                    )));
+                }
                 Err(Upload::Transient(e)) if failures < UPLOAD_RETRIES => {
                     failures += 1;
-                    status("Retrying", &format!("{} after: {e}", short(&blob.digest)));
+                    bar.suspend(|| status("Retrying", &format!("{} after: {e}", short(&blob.digest))));
                     std::thread::sleep(std::time::Duration::from_millis(250 << failures));
                 }
                 Err(Upload::Transient(e)) => {
@@ -428,6 +458,7 @@ impl Client {
             202 => self
                 .location(&begun)
                 .ok_or_else(|| Upload::Refused(self.refused("give an upload location", &mut begun))),
+            401 => Err(Upload::Expired),
             500.. => Err(Upload::Transient(format!("starting an upload: {}", begun.status()))),
             _ => Err(Upload::Refused(self.refused("start a blob upload", &mut begun))),
         }
@@ -436,7 +467,8 @@ impl Client {
     /// Where an interrupted session stands (`GET` answers `Range: 0-N`); a session the registry
     /// no longer knows is replaced by a new one.
     fn resume(&self, s: Session) -> Result<Session, Upload> {
-        let Ok(answer) = self.send(|a, auth| with_auth(a.get(&s.location), auth).call()) else {
+        let mine = self.owns(&s.location);
+        let Ok(answer) = self.send(|a, auth| with_auth(a.get(&s.location), auth.filter(|_| mine)).call()) else {
             return self.start().map(|location| Session { location, offset: 0 });
         };
         if answer.status() != 204 {
@@ -464,6 +496,7 @@ impl Client {
         let close = |location: &str| {
             format!("{location}{}digest={}", if location.contains('?') { '&' } else { '?' }, blob.digest)
         };
+        let mine = self.owns(&s.location);
         if s.offset == 0 && blob.size <= chunk {
             bar.set_position(0);
             let put = close(&s.location);
@@ -471,7 +504,7 @@ impl Client {
                 .send(|a, auth| {
                     let file = std::fs::File::open(&blob.path).map_err(ureq::Error::from)?;
                     let body = ureq::SendBody::from_owned_reader(bar.wrap_read(file));
-                    with_auth(a.put(&put), auth)
+                    with_auth(a.put(&put), auth.filter(|_| mine))
                         .header("Content-Type", "application/octet-stream")
                         .header("Content-Length", blob.size.to_string())
                         .send(body)
@@ -479,13 +512,21 @@ impl Client {
                 .map_err(transient)?;
             return match done.status().as_u16() {
                 201 => Ok(()),
+                401 => Err(Upload::Expired),
                 500.. => Err(Upload::Transient(format!("storing the blob: {}", done.status()))),
                 _ => Err(Upload::Refused(self.refused(&format!("store blob {}", blob.digest), &mut done))),
             };
         }
         let mut file = std::fs::File::open(&blob.path)
             .map_err(|e| Upload::Refused(CliError::io("read the blob", &blob.path)(e)))?;
+        // Kept from the start, so that a failure on this attempt's first chunk resumes this
+        // session rather than starting again from byte 0.
+        *progress = Some(s.clone());
+        if s.offset > 0 {
+            bar.suspend(|| crate::term::verbose("Resuming", format!("{} at byte {}", short(&blob.digest), s.offset)));
+        }
         while s.offset < blob.size {
+            let mine = self.owns(&s.location);
             let end = blob.size.min(s.offset + chunk);
             let mut bytes = vec![0u8; (end - s.offset) as usize];
             std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(s.offset))
@@ -496,7 +537,7 @@ impl Client {
             let mut sent = self
                 .send(|a, auth| {
                     let body = ureq::SendBody::from_owned_reader(bar.wrap_read(std::io::Cursor::new(bytes)));
-                    with_auth(a.patch(&s.location), auth)
+                    with_auth(a.patch(&s.location), auth.filter(|_| mine))
                         .header("Content-Type", "application/octet-stream")
                         .header("Content-Range", &range)
                         .header("Content-Length", (end - s.offset).to_string())
@@ -505,6 +546,7 @@ impl Client {
                 .map_err(transient)?;
             match sent.status().as_u16() {
                 202 => {}
+                401 => return Err(Upload::Expired),
                 416 | 500.. => return Err(Upload::Transient(format!("bytes {range}: {}", sent.status()))),
                 _ => {
                     return Err(Upload::Refused(
@@ -512,16 +554,22 @@ impl Client {
                     ));
                 }
             }
+            let offset = range_end(&sent).unwrap_or(end);
+            if offset <= s.offset {
+                return Err(Upload::Transient(format!("the registry took bytes {range} but reports holding {offset}")));
+            }
             s.location = self.location(&sent).unwrap_or(s.location);
-            s.offset = range_end(&sent).unwrap_or(end);
-            *progress = Some(Session { location: s.location.clone(), offset: s.offset });
+            s.offset = offset;
+            *progress = Some(s.clone());
         }
         let put = close(&s.location);
+        let mine = self.owns(&put);
         let mut done = self
-            .send(|a, auth| with_auth(a.put(&put), auth).header("Content-Length", "0").send_empty())
+            .send(|a, auth| with_auth(a.put(&put), auth.filter(|_| mine)).header("Content-Length", "0").send_empty())
             .map_err(transient)?;
         match done.status().as_u16() {
             201 => Ok(()),
+            401 => Err(Upload::Expired),
             500.. => Err(Upload::Transient(format!("closing the upload: {}", done.status()))),
             _ => Err(Upload::Refused(self.refused(&format!("store blob {}", blob.digest), &mut done))),
         }
@@ -533,6 +581,21 @@ impl Client {
         Some(if location.starts_with("http") { location.to_string() } else { format!("{}{location}", self.base) })
     }
 
+    /// Asks for a new token with the first login's challenge and credentials (bearer tokens
+    /// last minutes; a large push outlives them). A registry without login has nothing to renew.
+    fn relogin(&self) -> Result<(), CliError> {
+        let Some((challenge, creds)) = &self.login else { return Ok(()) };
+        let auth = self.authenticate(challenge, creds.as_ref())?;
+        *self.auth.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(auth);
+        Ok(())
+    }
+
+    /// Whether `url` is on this registry (scheme, host and port): credentials go nowhere else,
+    /// whatever `Location` a registry answers with.
+    fn owns(&self, url: &str) -> bool {
+        url.strip_prefix(&self.base).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
     fn url(&self, tail: &str) -> String {
         format!("{}/v2/{}/{tail}", self.base, self.name)
     }
@@ -542,7 +605,8 @@ impl Client {
         &self,
         request: impl FnOnce(&ureq::Agent, Option<&str>) -> Result<Response, ureq::Error>,
     ) -> Result<Response, CliError> {
-        request(&self.agent, self.auth.as_deref()).map_err(|e| {
+        let auth = self.auth.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        request(&self.agent, auth.as_deref()).map_err(|e| {
             let e = e.to_string();
             let hint = if e.contains("CaUsedAsEndEntity") {
                 "; the registry's certificate is marked as a CA (openssl req -x509's default): issue it with `-addext basicConstraints=critical,CA:FALSE`, or sign it with a separate CA and pass that with --ca-cert"
