@@ -219,7 +219,7 @@ enum Source {
     /// An OCI layout directory (an `oci-archive:` unpacked into one), and the tag asked for.
     Layout { dir: PathBuf, tag: Option<String>, reference: String },
     /// A registry.
-    Registry(Puller, String),
+    Registry(Box<Puller>, String),
 }
 
 impl Source {
@@ -235,7 +235,7 @@ impl Source {
             let (dir, tag) = split_tag(rest);
             Ok(Self::Layout { dir, tag, reference: reference.into() })
         } else if let Some(rest) = reference.strip_prefix("docker://") {
-            Ok(Self::Registry(Puller::open(rest, access)?, reference.into()))
+            Ok(Self::Registry(Box::new(Puller::open(rest, access)?), reference.into()))
         } else {
             Err(bad("unsupported transport; use oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://REGISTRY/NAME[:TAG|@DIGEST]".into()))
         }
