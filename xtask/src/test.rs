@@ -170,6 +170,11 @@ fn warn_if_disk_short(sh: &Shell, root: &Path) {
     }
 }
 
+/// The workspace's target directory (`CARGO_TARGET_DIR`, relative to the root, or `target`).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t))
+}
+
 pub fn run(rest: &[&str]) -> Result<()> {
     let sh = Shell::new()?;
     let root = crate::root();
@@ -223,19 +228,23 @@ pub fn run(rest: &[&str]) -> Result<()> {
     // The example services' binaries, for their end-to-end tests.
     cmd!(sh, "{cargo} build --workspace --bins").run()?;
     lap("build (tests and binaries)", &mut t);
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t));
-    let nimify = target.join("debug/cargo-nimify");
+    let nimify = target_dir(&root).join("debug/cargo-nimify");
     cmd!(sh, "{nimify} nimify ort install").run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
     lap("cargo test", &mut t);
     // The four published crates package and build from their packaged sources alone (a file
     // outside a crate's directory, a sibling not yet on crates.io, would fail here). Packaged
-    // crates form their own workspaces, so the workspace's profile does not apply: no debug
-    // info keeps the throw-away build small.
+    // crates form their own workspaces, so nothing of the build above is reused, and their
+    // build goes to its own target directory: in the shared one it would replace
+    // target/debug/cargo-nimify with a binary built outside this checkout. No debug info keeps
+    // the throw-away build small; it is removed afterwards.
+    let publish_target = target_dir(&root).join("publish-check");
     cmd!(sh, "{cargo} publish --workspace --dry-run --allow-dirty --quiet")
         .env("CARGO_PROFILE_DEV_DEBUG", "false")
+        .env("CARGO_TARGET_DIR", &publish_target)
         .run()
         .context("`cargo publish --workspace --dry-run` failed")?;
+    let _ = std::fs::remove_dir_all(&publish_target);
     lap("cargo publish --dry-run", &mut t);
     // In parallel: the tests that build images or share the examples' files form one unit of
     // work (tests/python/conftest.py), every other test goes to whichever worker is free.
