@@ -211,4 +211,11 @@ impl Out {
             Format::Json => println!("{}", json()),
         }
     }
+
+    /// For commands whose text output is their status lines alone: the JSON document, if asked for.
+    pub fn json_only(self, json: impl FnOnce() -> serde_json::Value) {
+        if self.format == Format::Json {
+            println!("{}", json());
+        }
+    }
 }

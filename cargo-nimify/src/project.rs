@@ -146,8 +146,8 @@ impl Project {
     }
 
     /// A zero-code service: the package is named after the model file (lower case, as image
-    /// names must be), state goes to `./target/nimify/<name>/`, and the tag defaults to
-    /// `sha-` and the model's first 12 sha256 digits, so each model file gets its own tag.
+    /// names must be) and state goes to `./target/nimify/<name>/`. `image` tags it by the
+    /// model's digest; `chart` and `deploy` read the model only through `image.json`.
     fn for_model(model: &Path) -> Result<Self, CliError> {
         if !model.is_file() {
             return Err(CliError::msg(format!("model file {} not found", model.display())));
@@ -159,7 +159,6 @@ impl Project {
         if name.is_empty() {
             return Err(CliError::msg(format!("cannot name a service after {}; rename the file", model.display())));
         }
-        let sha = nimify_model::file_sha256(model).map_err(CliError::io("hash", model))?;
         let cwd = std::env::current_dir().map_err(CliError::io("read the current directory", "."))?;
         let model = std::fs::canonicalize(model).map_err(CliError::io("find", model))?;
         Ok(Self {
@@ -170,7 +169,7 @@ impl Project {
             manifest_path: model.clone(),
             bin: "cargo-nimify".into(),
             target_dir: cwd.join("target"),
-            settings: Settings { tag: Some(format!("sha-{}", &sha[..12])), ..Settings::default() },
+            settings: Settings::default(),
             model: Some(model),
         })
     }

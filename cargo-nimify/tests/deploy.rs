@@ -194,11 +194,12 @@ fn missing_image_record_helm_and_environment_are_clear_errors() {
 }
 
 /// A stand-in `helm` (no helm binary can be installed here): answers `helm version` with the
-/// version given, records every other invocation's argv, and fails `upgrade` when asked to.
+/// version given, records every other invocation's argv, talks on stdout as helm does, and
+/// fails `upgrade` when asked to.
 fn stand_in_helm(dir: &Path, version: &str, fail_upgrade: bool) -> PathBuf {
     let log = dir.join("helm.log");
     let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = version ]; then echo {version}; exit 0; fi\necho \"$*\" >> {log}\nif [ \"$1\" = upgrade ] && [ {fail} = 1 ]; then echo 'Error: context deadline exceeded' >&2; exit 1; fi\nexit 0\n",
+        "#!/bin/sh\nif [ \"$1\" = version ]; then echo {version}; exit 0; fi\necho \"$*\" >> {log}\necho \"Release \\\"$3\\\" has been upgraded. Happy Helming!\"\nif [ \"$1\" = upgrade ] && [ {fail} = 1 ]; then echo 'Error: context deadline exceeded' >&2; exit 1; fi\nexit 0\n",
         log = log.display(),
         fail = u8::from(fail_upgrade)
     );
@@ -232,6 +233,15 @@ fn deploy_runs_helm_with_the_flags_its_version_takes() {
             "rollback example-iris 2 --namespace iris-staging --kube-context staging --wait --timeout 10m\n"
         ));
     }
+    // --format json: one JSON document on stdout; helm's own chatter goes to stderr.
+    let bin = tempfile::tempdir().expect("bin dir");
+    stand_in_helm(bin.path(), "v4.0.1", false);
+    let out =
+        nimify(target.path(), &bin.path().display().to_string(), &["deploy", "--env", "staging", "--format", "json"]);
+    assert!(out.status.success(), "{}", clean(&out.stderr, target.path()));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!((doc["release"].as_str(), doc["namespace"].as_str()), (Some("example-iris"), Some("iris-staging")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Happy Helming"));
     // A failed upgrade (helm rolls back itself) is exit 1, and no `helm test` runs after it.
     let bin = tempfile::tempdir().expect("bin dir");
     let log = stand_in_helm(bin.path(), "v4.0.1", true);

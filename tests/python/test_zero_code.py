@@ -22,8 +22,16 @@ def nimify(cwd, *args):
 def test_an_image_from_a_model_file_alone_serves_it_and_deploys(tmp_path):
     shutil.copy(os.path.join(MODELS, "mlp.onnx"), tmp_path / "Iris Net.onnx")
     model = "Iris Net.onnx"
+    # What an interrupted run (Ctrl-C, SIGKILL) left behind is removed; a live process's is kept.
+    state = tmp_path / "target/nimify/iris-net"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for leftover in (f"staging-{dead.pid}", f".oci.tmp-{dead.pid}", f"staging-{os.getpid()}"):
+        (state / leftover / "blobs").mkdir(parents=True)
+        (state / leftover / "blobs" / "partial").write_bytes(b"x" * 1000)
     r = nimify(tmp_path, "image", "--model", model, "--format", "json")
     assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in state.iterdir() if "staging" in p.name or ".tmp-" in p.name) == [f"staging-{os.getpid()}"]
     result = json.loads(r.stdout)
     sha = subprocess.run(["sha256sum", str(tmp_path / model)], capture_output=True, text=True, check=True).stdout.split()[0]
     # Named after the file (lower case, as image names must be), tagged by the model's digest.

@@ -247,9 +247,7 @@ pub fn deploy(args: &DeployArgs, out: Out) -> Result<(), CliError> {
         "Deployed",
         format!("{} ({}) to {} as release {}", project.package, chart.image, t.namespace, t.release),
     );
-    if out.format == crate::Format::Json {
-        out.result("", || serde_json::json!({"release": t.release, "namespace": t.namespace, "image": chart.image}));
-    }
+    out.json_only(|| serde_json::json!({"release": t.release, "namespace": t.namespace, "image": chart.image}));
     Ok(())
 }
 
@@ -266,12 +264,7 @@ pub fn rollback(args: &RollbackArgs, out: Out) -> Result<(), CliError> {
         return Ok(());
     }
     run_helm(&helm_binary().ok_or_else(missing_helm)?, &argv[1..])?;
-    if out.format == crate::Format::Json {
-        out.result(
-            "",
-            || serde_json::json!({"release": t.release, "namespace": t.namespace, "revision": args.revision}),
-        );
-    }
+    out.json_only(|| serde_json::json!({"release": t.release, "namespace": t.namespace, "revision": args.revision}));
     Ok(())
 }
 

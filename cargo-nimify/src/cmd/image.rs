@@ -63,8 +63,14 @@ pub struct ImageArgs {
 
 /// Runs the command.
 pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
-    let project = Project::load(&args.project)?;
+    let mut project = Project::load(&args.project)?;
     host_target_only(args.cargo.target.as_deref())?;
+    // Zero-code: the one model is read and hashed here, once (it may be gigabytes); its digest
+    // is the default tag, `sha-` and its first 12 digits, so each model file gets its own.
+    let zero_code = project.model.as_deref().map(|m| zero_code_model(m, &project.bin)).transpose()?;
+    if let Some(model) = &zero_code {
+        project.settings.tag.get_or_insert_with(|| format!("sha-{}", &model.sha256[..12]));
+    }
     let (name, tag, output) = naming(&project, args)?;
     let push = push_options(args)?;
     // Reachability and credentials first: a typo in the address or the password should not
@@ -90,9 +96,10 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
         crate::term::status("Building", format!("{} (profile {})", project.package, args.cargo.profile));
         super::build::build(&project, &args.cargo)?
     };
-    let mut plan = plan(&project, args, binary, &name)?;
+    let mut plan = plan(&project, args, binary, &name, zero_code)?;
     plan.base_access = base_access(plan.base.as_deref(), &output, &push);
     std::fs::create_dir_all(project.state_dir()).at("create", project.state_dir())?;
+    crate::image::store::sweep_abandoned(&project.state_dir(), "staging-");
     let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?
         .with_layer_cache(project.target_dir.join("nimify/layer-cache"));
     let built = img::assemble(&plan, store, &|verb: &str, what: &str| crate::term::status(verb, what))?;
@@ -173,18 +180,27 @@ fn push_options(args: &ImageArgs) -> Result<PushOptions, CliError> {
     Ok(PushOptions { insecure: args.insecure, ca_certs: args.ca_cert.clone(), creds })
 }
 
+/// The model of a zero-code image, checked and hashed, named as `serve` names it (the file stem).
+fn zero_code_model(model: &Path, bin: &str) -> Result<ModelFile, CliError> {
+    let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut files = model_files(vec![PlannedModel { name: stem, path: model.to_path_buf() }], bin)?;
+    files.pop().ok_or_else(|| CliError::msg(format!("no model in {}", model.display())))
+}
+
 /// Collects every input and fails, before anything is written, when one is missing.
-fn plan(project: &Project, args: &ImageArgs, binary: PathBuf, name: &str) -> Result<Plan, CliError> {
-    let (models, entry_args) = match &project.model {
-        // Zero-code: the generic server, `cargo nimify serve` of the one model.
+/// `zero_code` is the model of a `--model` image, served by the generic server.
+fn plan(
+    project: &Project,
+    args: &ImageArgs,
+    binary: PathBuf,
+    name: &str,
+    zero_code: Option<ModelFile>,
+) -> Result<Plan, CliError> {
+    let (models, entry_args) = match zero_code {
         Some(model) => {
-            // Named as `serve` names it: the file stem, as it is.
-            let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let planned = PlannedModel { name: stem, path: model.clone() };
-            let models = model_files(vec![planned], &project.bin)?;
-            let file = models[0].path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let file = model.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let serve = vec!["nimify".into(), "serve".into(), format!("{}/models/{file}", img::ROOT)];
-            (models, serve)
+            (vec![model], serve)
         }
         None => (models_of(&binary, &project.bin)?, Vec::new()),
     };

@@ -164,9 +164,14 @@ fn index(manifests: &[Value]) -> Vec<u8> {
     json!({"schemaVersion": 2, "mediaType": oci::media::INDEX, "manifests": manifests}).to_string().into_bytes()
 }
 
+/// `.<name>.tmp-<pid>` beside `path`; what interrupted runs left under such names goes first.
 fn temp_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let prefix = format!(".{name}.tmp-");
+    if let Some(parent) = path.parent() {
+        super::store::sweep_abandoned(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }, &prefix);
+    }
+    path.with_file_name(format!("{prefix}{}", std::process::id()))
 }
 
 /// Writes `path` whole or not at all (a temporary sibling renamed into place).

@@ -230,6 +230,12 @@ impl Puller {
     }
 }
 
+/// Whether `url` is at `base` (`scheme://host[:port]`) itself: `http://reg:5000/v2/...` is,
+/// `http://reg:50001/...`, `https://reg:5000/...` and `http://reg:5000.evil/...` are not.
+fn same_origin(base: &str, url: &str) -> bool {
+    url.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+}
+
 /// One past the last byte of `Range: 0-N`, the registry's count of what it holds.
 fn range_end(answer: &Response) -> Option<u64> {
     let range = answer.headers().get("range")?.to_str().ok()?;
@@ -593,7 +599,7 @@ impl Client {
     /// Whether `url` is on this registry (scheme, host and port): credentials go nowhere else,
     /// whatever `Location` a registry answers with.
     fn owns(&self, url: &str) -> bool {
-        url.strip_prefix(&self.base).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        same_origin(&self.base, url)
     }
 
     fn url(&self, tail: &str) -> String {
@@ -657,6 +663,22 @@ fn load_certs(paths: &[PathBuf]) -> Result<Vec<ureq::tls::Certificate<'static>>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_follow_only_locations_on_the_registry_itself() {
+        let base = "http://127.0.0.1:5000";
+        assert!(same_origin(base, "http://127.0.0.1:5000/v2/x/blobs/uploads/1?_state=a"));
+        assert!(same_origin(base, base));
+        for other in [
+            "http://127.0.0.1:50001/v2/",
+            "https://127.0.0.1:5000/v2/",
+            "http://127.0.0.1:5000.evil.example/v2/",
+            "http://127.0.0.1:5000@evil.example/v2/",
+            "http://storage.example/bucket/blob",
+        ] {
+            assert!(!same_origin(base, other), "{other}");
+        }
+    }
 
     #[test]
     fn references_need_a_registry_host() {

@@ -175,6 +175,26 @@ impl Drop for BlobStore {
     }
 }
 
+/// Removes what interrupted runs left in `parent`: entries named `<prefix><pid>` whose process
+/// is gone (a Ctrl-C or SIGKILL skips the cleanup on drop). Entries of live processes, a
+/// concurrent build's, stay; without `/proc` to tell, nothing is removed.
+pub fn sweep_abandoned(parent: &Path, prefix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let path = entry.path();
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
+    }
+}
+
 /// Copies `from` to `to` through a temporary name in `to`'s directory (hard link when possible),
 /// so `to` is either absent or complete.
 pub fn place(from: &Path, to: &Path) -> Result<(), CliError> {
