@@ -24,6 +24,7 @@ fn recorded_image() -> tempfile::TempDir {
         schema_version: SCHEMA_VERSION,
         reference: "docker://registry.example.test/ml/iris:0.1.0".into(),
         digest: DIGEST.into(),
+        platforms: Vec::new(),
         repository: "registry.example.test/ml/iris".into(),
         tag: "0.1.0".into(),
         package: "example-iris".into(),

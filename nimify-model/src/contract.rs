@@ -116,8 +116,12 @@ pub struct ImageRecord {
     pub schema_version: u32,
     /// Where the image was written, as skopeo spells it (`docker://...`, `oci:DIR:TAG`, ...).
     pub reference: String,
-    /// The manifest's digest, `sha256:<hex>`.
+    /// The digest, `sha256:<hex>`, of what the tag names: the manifest, or the image index of a
+    /// multi-platform image.
     pub digest: String,
+    /// Each platform's manifest of a multi-platform image (empty for a single-platform one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformRecord>,
     /// The repository a chart pulls from (`registry/name` after a push, else the name).
     pub repository: String,
     /// The tag.
@@ -153,6 +157,18 @@ pub struct BaseRecord {
     pub reference: String,
     /// Its manifest digest.
     pub digest: String,
+}
+
+/// One platform's image in a multi-platform [`ImageRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformRecord {
+    /// `linux/amd64`, `linux/arm64`.
+    pub platform: String,
+    /// Its manifest's digest.
+    pub digest: String,
+    /// Compressed size of its layers, config and manifest, in bytes.
+    pub size: u64,
 }
 
 /// A model in an [`ImageRecord`].
@@ -305,6 +321,7 @@ mod tests {
             schema_version: SCHEMA_VERSION,
             reference: "docker://127.0.0.1:5000/ml/iris:0.1.0".into(),
             digest: format!("sha256:{A}"),
+            platforms: Vec::new(),
             repository: "127.0.0.1:5000/ml/iris".into(),
             tag: "0.1.0".into(),
             package: "example-iris".into(),

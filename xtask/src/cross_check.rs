@@ -13,14 +13,20 @@ use xshell::{Shell, cmd};
 /// code as MSVC, and the cc crate does not need `cl.exe` for it).
 pub const TARGETS: &[&str] = &["x86_64-pc-windows-gnu", "aarch64-apple-darwin"];
 
-pub fn run() -> Result<()> {
-    let sh = Shell::new()?;
-    sh.change_dir(crate::root());
+/// `rustup target add` of those of `targets` not installed yet.
+pub fn add_targets(sh: &Shell, targets: &[&str]) -> Result<()> {
     let installed = cmd!(sh, "rustup target list --installed").read().context("rustup lists targets")?;
-    let missing: Vec<&str> = TARGETS.iter().copied().filter(|t| !installed.lines().any(|l| l == *t)).collect();
+    let missing: Vec<&str> = targets.iter().copied().filter(|t| !installed.lines().any(|l| l == *t)).collect();
     if !missing.is_empty() {
         cmd!(sh, "rustup target add {missing...}").run().context("installing the targets' standard libraries")?;
     }
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
+    let sh = Shell::new()?;
+    sh.change_dir(crate::root());
+    add_targets(&sh, TARGETS)?;
     let stub = crate::root().join("xtask/no-c-compiler.sh");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut check = cmd!(sh, "{cargo} clippy -p cargo-nimify")

@@ -116,11 +116,32 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "the registry's self-signed certificate"),
     ("zsh", "checking the zsh completion script"),
     ("fish", "running the fish completion script"),
+    ("qemu-user", "running the other platform's image (tests/python/test_multiarch.py)"),
 ];
+
+/// The other image platform, which `image --platform` cross-compiles for: its Rust target, and
+/// the Debian packages of its cross linker and libraries.
+pub fn other_platform() -> (&'static str, &'static str, &'static [&'static str]) {
+    if std::env::consts::ARCH == "aarch64" {
+        (
+            "linux/amd64",
+            "x86_64-unknown-linux-gnu",
+            &["gcc-x86-64-linux-gnu", "libc6-dev-amd64-cross", "libstdc++6-amd64-cross"],
+        )
+    } else {
+        (
+            "linux/arm64",
+            "aarch64-unknown-linux-gnu",
+            &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "libstdc++6-arm64-cross"],
+        )
+    }
+}
 
 /// Installs the missing [`SYSTEM_PACKAGES`] in one apt-get run.
 fn system_packages(sh: &Shell) -> Result<()> {
-    let missing: Vec<&str> = SYSTEM_PACKAGES
+    let cross = other_platform().2.iter().map(|p| (*p, "cross-compiling the multi-platform image"));
+    let wanted: Vec<(&str, &str)> = SYSTEM_PACKAGES.iter().copied().chain(cross).collect();
+    let missing: Vec<&str> = wanted
         .iter()
         .map(|(p, _)| *p)
         .filter(|p| cmd!(sh, "dpkg -s {p}").quiet().ignore_stdout().ignore_stderr().run().is_err())
@@ -129,7 +150,7 @@ fn system_packages(sh: &Shell) -> Result<()> {
         return Ok(());
     }
     let why: Vec<String> =
-        SYSTEM_PACKAGES.iter().filter(|(p, _)| missing.contains(p)).map(|(p, w)| format!("{p} ({w})")).collect();
+        wanted.iter().filter(|(p, _)| missing.contains(p)).map(|(p, w)| format!("{p} ({w})")).collect();
     eprintln!("installing {}", why.join(", "));
     cmd!(sh, "apt-get update -qq").run().context("apt-get update")?;
     let list = missing.join(" ");
@@ -232,6 +253,18 @@ pub fn run(rest: &[&str]) -> Result<()> {
     cmd!(sh, "{nimify} nimify ort install").run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
     lap("cargo test", &mut t);
+    // The other platform's build of example-iris and its ONNX Runtime, for the multi-platform
+    // image test: built here, with the very command `image --platform` runs, so that test finds
+    // it fresh (the cross build is most of that test's time, and would stall its worker).
+    let (other, triple, _) = other_platform();
+    crate::cross_check::add_targets(&sh, &[triple])?;
+    cmd!(sh, "{nimify} nimify ort install --platform {other}")
+        .run()
+        .with_context(|| format!("installing ONNX Runtime for {other}"))?;
+    cmd!(sh, "{nimify} nimify build -p example-iris --profile dev --target {triple}")
+        .run()
+        .with_context(|| format!("cross-compiling example-iris for {other}"))?;
+    lap("cross build (example-iris)", &mut t);
     // The four published crates package and build from their packaged sources alone (a file
     // outside a crate's directory, a sibling not yet on crates.io, would fail here). Packaged
     // crates form their own workspaces, so nothing of the build above is reused, and their

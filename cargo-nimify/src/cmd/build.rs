@@ -1,6 +1,8 @@
 //! `cargo nimify build`: `cargo build --release` of the service crate's binary (the package and
 //! binary found by [`crate::project`]), reporting the executable cargo produced. The usual cargo
-//! flags (`--features`, `--target`, `--locked`, ...) pass through.
+//! flags (`--features`, `--target`, `--locked`, ...) pass through; `--target` of the other image
+//! platform (`aarch64-unknown-linux-gnu` on x86_64) uses Debian's cross linker unless
+//! `CARGO_TARGET_<TRIPLE>_LINKER` names one.
 
 use std::ffi::OsString;
 use std::io::BufReader;
@@ -10,6 +12,7 @@ use std::process::{Command, Stdio};
 use clap::Args;
 use serde_json::json;
 
+use crate::image::platform::Platform;
 use crate::project::{Project, ProjectArgs};
 use crate::term::{self, Verbosity};
 use crate::{CliError, Out};
@@ -86,13 +89,23 @@ pub fn run(args: &BuildArgs, out: Out) -> Result<(), CliError> {
         ));
     }
     let project = Project::load(&args.project)?;
-    let exe = build(&project, &args.cargo)?;
+    // A cross build for the other image platform gets Debian's cross linker when none is set.
+    let env = match args.cargo.target.as_deref().and_then(|t| Platform::parse(t).ok()) {
+        Some(p) if !p.is_host() => p.check_cross(true)?.into_iter().collect(),
+        _ => Vec::new(),
+    };
+    let exe = build_with(&project, &args.cargo, &env)?;
     out.result(exe.display(), || json!({"package": project.package, "bin": project.bin, "executable": exe}));
     Ok(())
 }
 
 /// Builds the project's binary and returns the executable cargo reports.
 pub fn build(project: &Project, flags: &CargoArgs) -> Result<PathBuf, CliError> {
+    build_with(project, flags, &[])
+}
+
+/// [`build`], with `env` set for cargo (a cross linker).
+pub fn build_with(project: &Project, flags: &CargoArgs, env: &[(String, String)]) -> Result<PathBuf, CliError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut argv: Vec<OsString> = vec!["build".into(), "--message-format".into(), "json-render-diagnostics".into()];
     argv.extend(flags.to_cargo());
@@ -105,8 +118,10 @@ pub fn build(project: &Project, flags: &CargoArgs) -> Result<PathBuf, CliError> 
     }
     let color = if anstream::ColorChoice::global() == anstream::ColorChoice::Never { "never" } else { "auto" };
     let shown = argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
-    term::verbose("Running", format!("`cargo {shown}`"));
+    let env_shown: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    term::verbose("Running", format!("`{env_shown}cargo {shown}`"));
     let mut child = Command::new(&cargo)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(&argv)
         .args(["--color", color])
         .stdout(Stdio::piped())

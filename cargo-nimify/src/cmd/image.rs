@@ -9,14 +9,15 @@ use std::process::Command;
 
 use clap::Args;
 use nimify_model::contract::{
-    BaseRecord, ImageRecord, LayerRecord, ModelRecord, PlannedModel, SCHEMA_VERSION, ServiceManifest,
+    BaseRecord, ImageRecord, LayerRecord, ModelRecord, PlannedModel, PlatformRecord, SCHEMA_VERSION, ServiceManifest,
 };
 use serde_json::json;
 
 use crate::image::output::{self, Output};
+use crate::image::platform::Platform;
 use crate::image::registry::{self, PushOptions};
 use crate::image::store::BlobStore;
-use crate::image::{self as img, ModelFile, Plan};
+use crate::image::{self as img, Image, ModelFile, Plan};
 use crate::project::{Project, ProjectArgs};
 use crate::{CliError, IoContext, Out};
 
@@ -56,6 +57,11 @@ pub struct ImageArgs {
     /// Trust this CA certificate (PEM) for the registry, e.g. a self-signed one; repeatable.
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Vec<PathBuf>,
+    /// Build for these platforms, comma-separated (linux/amd64, linux/arm64): each is
+    /// cross-compiled as needed, and several make one multi-platform image (an OCI image index)
+    /// [default: this machine's, or that of --target].
+    #[arg(long, value_name = "OS/ARCH[,...]", env = "NIMIFY_PLATFORM")]
+    pub platform: Option<String>,
     /// How cargo builds it.
     #[command(flatten)]
     pub cargo: super::build::CargoArgs,
@@ -64,14 +70,25 @@ pub struct ImageArgs {
 /// Runs the command.
 pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     let mut project = Project::load(&args.project)?;
-    host_target_only(args.cargo.target.as_deref())?;
+    let platforms = platforms(args)?;
     // Zero-code: the one model is read and hashed here, once (it may be gigabytes); its digest
     // is the default tag, `sha-` and its first 12 digits, so each model file gets its own.
     let zero_code = project.model.as_deref().map(|m| zero_code_model(m, &project.bin)).transpose()?;
     if let Some(model) = &zero_code {
         project.settings.tag.get_or_insert_with(|| format!("sha-{}", &model.sha256[..12]));
+        if let Some(p) = platforms.iter().find(|p| !p.is_host()) {
+            return Err(CliError::with_help(
+                format!("a zero-code image runs this very cargo-nimify, which is built for this machine, not {p}"),
+                format!(
+                    "run `cargo nimify image --model` on a {p} machine, or make a crate of it (`cargo nimify new`) and build that for {p}"
+                ),
+            ));
+        }
     }
     let (name, tag, output) = naming(&project, args)?;
+    if platforms.len() > 1 && matches!(output, Output::DockerArchive { .. }) {
+        return Err(output::multi_platform_docker_archive());
+    }
     let push = push_options(args)?;
     // Reachability and credentials first: a typo in the address or the password should not
     // cost a release build.
@@ -79,40 +96,50 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
         crate::term::verbose("Checking", format!("registry {} (reachable, credentials accepted)", target.registry));
         registry::check(target, &push)?;
     }
-    let binary = if project.model.is_some() {
-        // The image runs this very program: `cargo nimify serve` is the generic server.
-        std::env::current_exe().at("find this program's executable", "cargo-nimify")?
-    } else if args.no_build {
-        let exe = super::build::expected_executable(&project, &args.cargo);
-        if !exe.is_file() {
-            return Err(CliError::msg(format!(
-                "binary {} not found; build it with `cargo nimify build --profile {}` or drop --no-build",
-                exe.display(),
-                args.cargo.profile
-            )));
-        }
-        exe
-    } else {
-        crate::term::status("Building", format!("{} (profile {})", project.package, args.cargo.profile));
-        super::build::build(&project, &args.cargo)?
+    // Every cross build's tools, before the first build starts.
+    let mut linkers = BTreeMap::new();
+    for p in platforms.iter().filter(|p| !p.is_host()) {
+        linkers.insert(p.triple, p.check_cross(!args.no_build)?);
+    }
+    let ort = platforms.iter().map(|p| onnx_runtime(p)).collect::<Result<Vec<_>, _>>()?;
+    let mut binaries = Vec::new();
+    for p in &platforms {
+        let linker = linkers.get(p.triple).cloned().flatten();
+        binaries.push(binary(&project, args, p, linker, platforms.len() > 1)?);
+    }
+    // The models a service serves are listed by a binary this machine can run: built for it as
+    // well when --platform leaves it out.
+    let served = match (&zero_code, platforms.iter().position(|p| p.is_host())) {
+        (Some(_), _) => Vec::new(),
+        (None, Some(i)) => models_of(&binaries[i], &project.bin)?,
+        (None, None) => models_of(&binary(&project, args, Platform::host()?, None, true)?, &project.bin)?,
     };
-    let mut plan = plan(&project, args, binary, &name, zero_code)?;
-    plan.base_access = base_access(plan.base.as_deref(), &output, &push);
     std::fs::create_dir_all(project.state_dir()).at("create", project.state_dir())?;
     crate::image::store::sweep_abandoned(&project.state_dir(), "staging-");
     let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?
         .with_layer_cache(project.target_dir.join("nimify/layer-cache"));
-    let built = img::assemble(&plan, store, &|verb: &str, what: &str| crate::term::status(verb, what))?;
+    let mut built = Vec::new();
+    let mut plans = Vec::new();
+    for ((p, binary), ort) in platforms.iter().zip(binaries).zip(ort) {
+        let parts = Parts { platform: p, binary, ort, zero_code: zero_code.clone(), served: served.clone() };
+        let mut plan = plan(&project, args, parts, &name)?;
+        plan.base_access = base_access(plan.base.as_deref(), &output, &push);
+        let prefix = if platforms.len() > 1 { format!("{p}: ") } else { String::new() };
+        let status = |verb: &str, what: &str| crate::term::status(verb, format!("{prefix}{what}"));
+        built.push(img::assemble(&plan, &store, &status)?);
+        plans.push(plan);
+    }
+    let image = Image::new(store, built)?;
     crate::term::status("Writing", output.reference());
     match &output {
-        Output::Oci { dir, tag } => output::write_oci_dir(&built, dir, tag.as_deref())?,
-        Output::OciArchive { file, tag } => output::write_oci_archive(&built, file, tag.as_deref())?,
-        Output::DockerArchive { file } => output::write_docker_archive(&built, file, &format!("{name}:{tag}"))?,
+        Output::Oci { dir, tag } => output::write_oci_dir(&image, dir, tag.as_deref())?,
+        Output::OciArchive { file, tag } => output::write_oci_archive(&image, file, tag.as_deref())?,
+        Output::DockerArchive { file } => output::write_docker_archive(&image, file, &format!("{name}:{tag}"))?,
         Output::Registry(target) => {
-            registry::push(&built, target, &push, &|verb: &str, what: &str| crate::term::status(verb, what))?;
+            registry::push(&image, target, &push, &|verb: &str, what: &str| crate::term::status(verb, what))?;
         }
     }
-    let record = record(&project, &plan, &output, &built, &name, &tag);
+    let record = record(&project, &plans[0], &output, &image, &name, &tag);
     let path = project.state_dir().join("image.json");
     let json =
         record.to_json().map_err(|e| CliError::msg(format!("cannot record the image in {}: {e}", path.display())))?;
@@ -120,6 +147,78 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     report(&record);
     out.result(&record.digest, || json!({"reference": record.reference, "digest": record.digest}));
     Ok(())
+}
+
+/// `--platform`, else the platform of `--target`, else this machine's.
+fn platforms(args: &ImageArgs) -> Result<Vec<&'static Platform>, CliError> {
+    match (&args.platform, &args.cargo.target) {
+        (Some(_), Some(_)) => Err(CliError::with_help(
+            "--platform and --target both name what to build for",
+            "give --platform alone: it builds each platform with its own --target",
+        )),
+        (Some(list), None) => Platform::parse_list(list),
+        (None, Some(triple)) => {
+            let p = Platform::parse(triple).map_err(|_| {
+                let known: Vec<String> =
+                    img::platform::PLATFORMS.iter().map(|p| format!("{p} ({})", p.triple)).collect();
+                CliError::with_help(
+                    format!("cannot build an image for target {triple}: images are built for {}", known.join(" and ")),
+                    format!("`cargo nimify build --target {triple}` cross-compiles the binary alone"),
+                )
+            })?;
+            Ok(vec![p])
+        }
+        (None, None) => Ok(vec![Platform::host()?]),
+    }
+}
+
+/// The ONNX Runtime files for `platform`: this machine's as the runtime finds them (respecting
+/// `ORT_DYLIB_PATH`), or another platform's pinned build from the cache, installed when missing.
+fn onnx_runtime(platform: &Platform) -> Result<Vec<PathBuf>, CliError> {
+    if platform.is_host() {
+        let lib = nimify::__private::ortlib::find()?;
+        let mut files = vec![lib.clone()];
+        files.extend(Some(lib.with_file_name("libonnxruntime_providers_shared.so")).filter(|p| p.is_file()));
+        return Ok(files);
+    }
+    let request = crate::ort::Install { platform: Some(platform.to_string()), ..Default::default() };
+    let lib = crate::ort::install(&request)?;
+    let pin = crate::ort::pins::find(&platform.to_string()).map_err(CliError::msg)?;
+    Ok(pin.files.iter().map(|f| lib.with_file_name(f.name())).collect())
+}
+
+/// The service binary for `platform`: built (cross-compiled for another platform), or with
+/// `--no-build` the one cargo built before; for a zero-code image, this program.
+fn binary(
+    project: &Project,
+    args: &ImageArgs,
+    platform: &Platform,
+    linker: Option<(String, String)>,
+    say_platform: bool,
+) -> Result<PathBuf, CliError> {
+    if project.model.is_some() {
+        // The image runs this very program: `cargo nimify serve` is the generic server.
+        return std::env::current_exe().at("find this program's executable", "cargo-nimify");
+    }
+    let mut cargo = args.cargo.clone();
+    if !platform.is_host() {
+        cargo.target = Some(platform.triple.to_string());
+    }
+    if args.no_build {
+        let exe = super::build::expected_executable(project, &cargo);
+        if !exe.is_file() {
+            let target = cargo.target.as_ref().map(|t| format!(" --target {t}")).unwrap_or_default();
+            return Err(CliError::msg(format!(
+                "binary {} not found; build it with `cargo nimify build --profile {}{target}` or drop --no-build",
+                exe.display(),
+                cargo.profile
+            )));
+        }
+        return Ok(exe);
+    }
+    let on = if say_platform { format!(", {platform}") } else { String::new() };
+    crate::term::status("Building", format!("{} (profile {}{on})", project.package, cargo.profile));
+    super::build::build_with(project, &cargo, linker.as_slice())
 }
 
 /// `--creds`, `--insecure` and `--ca-cert` are for the registry pushed to: a `docker://` base on
@@ -138,19 +237,6 @@ fn base_access(base: Option<&str>, output: &Output, push: &PushOptions) -> PushO
         ));
     }
     PushOptions::default()
-}
-
-/// Images hold the build host's libraries and ONNX Runtime, so `--target` may name only the
-/// host's own platform for now.
-fn host_target_only(target: Option<&str>) -> Result<(), CliError> {
-    let host = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-    match target {
-        Some(t) if t != host => Err(CliError::with_help(
-            format!("cannot build an image for target {t}: images pack the build host's libraries ({host})"),
-            "build the image on a machine of that platform; `cargo nimify build --target` cross-compiles the binary alone",
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Image name, tag and output: flags, then `[package.metadata.nimify]`, then the package's own
@@ -187,22 +273,29 @@ fn zero_code_model(model: &Path, bin: &str) -> Result<ModelFile, CliError> {
     files.pop().ok_or_else(|| CliError::msg(format!("no model in {}", model.display())))
 }
 
-/// Collects every input and fails, before anything is written, when one is missing.
-/// `zero_code` is the model of a `--model` image, served by the generic server.
-fn plan(
-    project: &Project,
-    args: &ImageArgs,
+/// What one platform's image is made of, found before it is planned.
+struct Parts {
+    platform: &'static Platform,
+    /// The service binary built for it.
     binary: PathBuf,
-    name: &str,
+    /// Its ONNX Runtime files.
+    ort: Vec<PathBuf>,
+    /// The model of a `--model` image, served by the generic server.
     zero_code: Option<ModelFile>,
-) -> Result<Plan, CliError> {
+    /// Otherwise, the models the service serves (checked and hashed).
+    served: Vec<ModelFile>,
+}
+
+/// Collects every input and fails, before anything is written, when one is missing.
+fn plan(project: &Project, args: &ImageArgs, parts: Parts, name: &str) -> Result<Plan, CliError> {
+    let Parts { platform, binary, ort, zero_code, served } = parts;
     let (models, entry_args) = match zero_code {
         Some(model) => {
             let file = model.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let serve = vec!["nimify".into(), "serve".into(), format!("{}/models/{file}", img::ROOT)];
             (vec![model], serve)
         }
-        None => (models_of(&binary, &project.bin)?, Vec::new()),
+        None => (served, Vec::new()),
     };
     let assets = project
         .settings
@@ -225,9 +318,6 @@ fn plan(
             Ok((relative.trim_start_matches("./").to_string(), host))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let lib = nimify::__private::ortlib::find()?;
-    let mut ort = vec![lib.clone()];
-    ort.extend(Some(lib.with_file_name("libonnxruntime_providers_shared.so")).filter(|p| p.is_file()));
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v
             .trim()
@@ -237,6 +327,7 @@ fn plan(
     };
     let base = args.base.clone().or_else(|| project.settings.base.clone());
     let mut plan = Plan {
+        platform,
         bin_name: project.bin.clone(),
         bin_path: binary,
         entry_args,
@@ -361,14 +452,10 @@ fn git_revision(dir: &Path) -> Option<String> {
 }
 
 /// What `image.json` holds.
-fn record(
-    project: &Project,
-    plan: &Plan,
-    output: &Output,
-    built: &img::Assembled,
-    name: &str,
-    tag: &str,
-) -> ImageRecord {
+fn record(project: &Project, plan: &Plan, output: &Output, image: &Image, name: &str, tag: &str) -> ImageRecord {
+    // The layers (and base) recorded are the first platform's; the others differ only in the
+    // libraries, ONNX Runtime and the binary.
+    let built = &image.platforms[0];
     let repository = match output {
         Output::Registry(r) => format!("{}/{}", r.registry, r.name),
         _ => name.to_string(),
@@ -383,7 +470,20 @@ fn record(
             uncompressed_size: l.blob.uncompressed_size,
         })
         .collect();
-    let size: u64 = built.blobs().map(|b| b.size).sum();
+    let size: u64 = image.blobs().iter().map(|b| b.size).sum();
+    let platforms = if image.index.is_some() {
+        image
+            .platforms
+            .iter()
+            .map(|a| PlatformRecord {
+                platform: a.platform.to_string(),
+                digest: a.manifest.digest.clone(),
+                size: a.blobs().map(|b| b.size).sum(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let models = plan
         .models
         .iter()
@@ -397,7 +497,8 @@ fn record(
     ImageRecord {
         schema_version: SCHEMA_VERSION,
         reference: output.reference(),
-        digest: built.manifest.digest.clone(),
+        digest: image.top().0.digest.clone(),
+        platforms,
         repository,
         tag: tag.to_string(),
         package: project.package.clone(),
@@ -419,6 +520,22 @@ fn file_size(path: &Path) -> u64 {
 
 /// The image's size next to its parts, on stderr.
 fn report(record: &ImageRecord) {
+    if !record.platforms.is_empty() {
+        for p in &record.platforms {
+            crate::term::status("Platform", format!("{:<12} {:>10} {}", p.platform, img::human_size(p.size), p.digest));
+        }
+        crate::term::status(
+            "Finished",
+            format!(
+                "{} ({} platforms, {} compressed) {}",
+                record.reference,
+                record.platforms.len(),
+                img::human_size(record.size),
+                record.digest
+            ),
+        );
+        return;
+    }
     for l in &record.layers {
         crate::term::status(
             "Layer",

@@ -1,11 +1,15 @@
 //! The default base: the shared libraries the binary and ONNX Runtime need, as `ldd` lists them on
 //! the build host (libc, libm, libstdc++, libgcc_s, the dynamic loader, ...), placed at the same
-//! paths in the image. No registry is needed, and the image holds nothing else.
+//! paths in the image. No registry is needed, and the image holds nothing else. For another
+//! platform (`image --platform`), `ldd` cannot load the binary: [`foreign`] follows the ELF
+//! headers into the platform's cross sysroot instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::elf;
+use super::platform::Platform;
 use crate::CliError;
 
 /// Image path -> host path of every library `objects` load, the dynamic loader included.
@@ -34,6 +38,43 @@ pub fn collect(objects: &[&Path]) -> Result<BTreeMap<String, PathBuf>, CliError>
         })? {
             libs.insert(path, host);
         }
+    }
+    Ok(libs)
+}
+
+/// Image path -> host path of every library `objects` (built for `platform`, not this machine)
+/// load, found in the platform's library directories ([`Platform::library_dirs`]): each library
+/// goes to `/lib/<multiarch>/` (where the platform's own loader looks), and the loader itself to
+/// the path the first object's `PT_INTERP` names.
+pub fn foreign(platform: &Platform, objects: &[&Path]) -> Result<BTreeMap<String, PathBuf>, CliError> {
+    let dirs = platform.library_dirs();
+    let help = || format!("on Debian or Ubuntu: apt-get install {}", platform.cross_packages);
+    for object in objects {
+        let info = elf::read(object).map_err(|e| CliError::msg(e.to_string()))?;
+        if info.machine != platform.machine {
+            return Err(CliError::with_help(
+                format!("{} is not built for {platform} (ELF machine {})", object.display(), info.machine),
+                format!("build it with --target {}, or leave {platform} out of --platform", platform.triple),
+            ));
+        }
+    }
+    let found = elf::closure(objects, &dirs)
+        .map_err(|e| CliError::with_help(format!("cannot pack the libraries for {platform}: {e}"), help()))?;
+    let mut libs: BTreeMap<String, PathBuf> =
+        found.into_iter().map(|(soname, host)| (format!("/lib/{}/{soname}", platform.multiarch), host)).collect();
+    let Some(first) = objects.first() else { return Ok(libs) };
+    if let Some(loader) = elf::read(first).map_err(|e| CliError::msg(e.to_string()))?.interpreter {
+        let name = Path::new(&loader).file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let host = dirs.iter().map(|d| d.join(&name)).find(|p| p.is_file()).ok_or_else(|| {
+            CliError::with_help(
+                format!(
+                    "{} needs the dynamic loader {loader}, which none of the {platform} library directories holds",
+                    first.display()
+                ),
+                help(),
+            )
+        })?;
+        libs.insert(loader, host);
     }
     Ok(libs)
 }

@@ -5,13 +5,19 @@
 //! Image filesystem:
 //!
 //! ```text
-//! /lib/..., /lib64/ld-linux-...     libraries ldd lists for the binary and ONNX Runtime
+//! /lib/..., /lib64/ld-linux-...     libraries ldd lists for the binary and ONNX Runtime (for
+//!                                   another platform: read from ELF headers, taken from its
+//!                                   cross sysroot)
 //! /etc/passwd, /etc/group           root and nonroot (65532)
 //! /opt/nimify/lib/                  libonnxruntime.so.1.32.0 (ORT_DYLIB_PATH)
 //! /opt/nimify/bin/<bin>             the service (entrypoint; `healthcheck` subcommand)
 //! /opt/nimify/assets/               declared assets (NIMIFY_ASSET_DIR)
 //! /opt/nimify/models/               model files and external data (NIMIFY_MODEL_DIR)
 //! ```
+//!
+//! An image for several platforms (`--platform linux/amd64,linux/arm64`) is one such image per
+//! platform, sharing the blobs they have in common (the model layer), and an OCI image index
+//! naming each with its platform.
 
 mod creds;
 pub mod elf;
@@ -19,6 +25,7 @@ pub mod layer;
 pub mod libs;
 pub mod oci;
 pub mod output;
+pub mod platform;
 pub mod registry;
 pub mod store;
 
@@ -28,6 +35,7 @@ use std::path::PathBuf;
 use layer::Layer;
 use nimify_model::contract::ModelDigests;
 use oci::{BaseImage, ImageLayer, RunConfig};
+use platform::Platform;
 use store::{Blob, BlobStore};
 
 use crate::CliError;
@@ -53,6 +61,8 @@ pub struct ModelFile {
 /// What goes into the image.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The platform the binary and the libraries are for.
+    pub platform: &'static Platform,
     /// Binary name.
     pub bin_name: String,
     /// Host path of the binary.
@@ -97,10 +107,10 @@ impl Plan {
     }
 }
 
-/// A built image: its blobs in the staging store, ready to be written to any output.
+/// The image of one platform: its blobs in the staging store.
 pub struct Assembled {
-    /// The staging store.
-    pub store: BlobStore,
+    /// Its platform.
+    pub platform: &'static Platform,
     /// Layers in order.
     pub layers: Vec<ImageLayer>,
     /// Config blob.
@@ -120,15 +130,64 @@ impl Assembled {
     }
 }
 
-/// Builds every layer, the config and the manifest into `store`.
-pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> Result<Assembled, CliError> {
+/// A built image, ready to be written to any output: one platform's, or several and the index
+/// that names them.
+pub struct Image {
+    /// The staging store holding every blob.
+    pub store: BlobStore,
+    /// Each platform's image, in the order asked for.
+    pub platforms: Vec<Assembled>,
+    /// The image index, when there is more than one platform.
+    pub index: Option<Blob>,
+    /// Timestamp of archive entries.
+    pub epoch: u64,
+}
+
+impl Image {
+    /// Wraps the images built into `store` (at least one); several get an index.
+    pub fn new(store: BlobStore, platforms: Vec<Assembled>) -> Result<Self, CliError> {
+        if platforms.is_empty() {
+            return Err(CliError::msg("an image needs at least one platform"));
+        }
+        let epoch = platforms.first().map_or(0, |a| a.epoch);
+        let index = if platforms.len() > 1 {
+            let entries: Vec<(&Blob, &Platform)> = platforms.iter().map(|a| (&a.manifest, a.platform)).collect();
+            Some(store.bytes(&oci::index_json(&entries))?)
+        } else {
+            None
+        };
+        Ok(Self { store, platforms, index, epoch })
+    }
+
+    /// What a tag names: the index, or the one manifest; with its media type.
+    pub fn top(&self) -> (&Blob, &'static str) {
+        match &self.index {
+            Some(index) => (index, oci::media::INDEX),
+            None => (&self.platforms[0].manifest, oci::media::MANIFEST),
+        }
+    }
+
+    /// Every blob once: each platform's layers, config and manifest, then the index.
+    pub fn blobs(&self) -> Vec<&Blob> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.platforms
+            .iter()
+            .flat_map(Assembled::blobs)
+            .chain(self.index.as_ref())
+            .filter(|b| seen.insert(b.digest.clone()))
+            .collect()
+    }
+}
+
+/// Builds every layer, the config and the manifest of one platform's image into `store`.
+pub fn assemble(plan: &Plan, store: &BlobStore, status: &dyn Fn(&str, &str)) -> Result<Assembled, CliError> {
     let base = match &plan.base {
-        Some(reference) => Some(oci::load_base(reference, &store, &plan.base_access)?),
+        Some(reference) => Some(oci::load_base(reference, store, &plan.base_access, plan.platform)?),
         None => None,
     };
     let mut layers: Vec<ImageLayer> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
     let mut add = |role: &'static str, created_by: String, content: Layer| -> Result<(), CliError> {
-        let (blob, reused) = content.write(&store, plan.epoch)?;
+        let (blob, reused) = content.write(store, plan.epoch)?;
         status(
             if reused { "Reused" } else { "Packed" },
             &format!(
@@ -141,14 +200,23 @@ pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> R
         layers.push(ImageLayer { role, media_type: oci::media::LAYER_GZIP.into(), blob, created_by });
         Ok(())
     };
-    if base.is_none() {
-        let mut objects = vec![plan.bin_path.as_path()];
-        objects.extend(plan.ort.iter().map(PathBuf::as_path));
+    let mut objects = vec![plan.bin_path.as_path()];
+    objects.extend(plan.ort.iter().map(PathBuf::as_path));
+    if base.is_none() && plan.platform.is_host() {
+        check_machine(plan.platform, &objects)?;
         add(
             "libraries",
             "nimify: shared libraries from the build host".into(),
             libraries_layer(&libs::collect(&objects)?)?,
         )?;
+    } else if base.is_none() {
+        add(
+            "libraries",
+            format!("nimify: shared libraries for {} from the cross sysroot", plan.platform),
+            libraries_layer(&libs::foreign(plan.platform, &objects)?)?,
+        )?;
+    } else {
+        check_machine(plan.platform, &objects)?;
     }
     let mut ort = Layer::default();
     for lib in &plan.ort {
@@ -175,7 +243,24 @@ pub fn assemble(plan: &Plan, store: BlobStore, status: &dyn Fn(&str, &str)) -> R
     let history = base.as_ref().map(|b| b.history.clone()).unwrap_or_default();
     let config = store.bytes(&oci::config_json(&run, &layers, &history))?;
     let manifest = store.bytes(&oci::manifest_json(&config, &layers))?;
-    Ok(Assembled { store, layers, config, manifest, base, epoch: plan.epoch })
+    Ok(Assembled { platform: plan.platform, layers, config, manifest, base, epoch: plan.epoch })
+}
+
+/// Refuses a binary or library built for another machine than `platform` (a stray
+/// `ORT_DYLIB_PATH`, a `--target` build packed as the host's): it could never start there.
+fn check_machine(platform: &Platform, objects: &[&std::path::Path]) -> Result<(), CliError> {
+    for object in objects {
+        let info = elf::read(object).map_err(|e| CliError::msg(format!("cannot pack {}: {e}", object.display())))?;
+        if info.machine != platform.machine {
+            let what = platform::PLATFORMS.iter().find(|p| p.machine == info.machine);
+            return Err(CliError::msg(format!(
+                "{} is built for {}, not {platform}; an image for {platform} needs its {platform} build",
+                object.display(),
+                what.map_or_else(|| format!("ELF machine {}", info.machine), ToString::to_string),
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn file_name(path: &std::path::Path) -> String {
@@ -212,6 +297,8 @@ fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
         format!("NIMIFY_ASSET_DIR={ROOT}/assets"),
     ]);
     RunConfig {
+        architecture: plan.platform.architecture.into(),
+        variant: plan.platform.variant.map(String::from),
         entrypoint: std::iter::once(format!("{ROOT}/bin/{}", plan.bin_name))
             .chain(plan.entry_args.iter().cloned())
             .collect(),
@@ -250,8 +337,10 @@ mod tests {
         let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models");
         let dir = tempfile::tempdir().expect("tempdir");
         let fake_ort = dir.path().join("libonnxruntime.so.1.32.0");
-        std::fs::write(&fake_ort, b"not really a library").expect("ort");
+        // Any small ELF object of this machine stands in for the library.
+        std::fs::copy("/bin/true", &fake_ort).expect("ort");
         let plan = Plan {
+            platform: Platform::host().expect("host"),
             bin_name: "svc".into(),
             bin_path: std::env::current_exe().expect("exe"),
             entry_args: Vec::new(),
@@ -270,8 +359,8 @@ mod tests {
             port: 8000,
             grpc_port: 8001,
         };
-        let built =
-            assemble(&plan, BlobStore::create(dir.path().join("store")).expect("store"), &|_, _| ()).expect("assemble");
+        let store = BlobStore::create(dir.path().join("store")).expect("store");
+        let built = assemble(&plan, &store, &|_, _| ()).expect("assemble");
         let roles: Vec<&str> = built.layers.iter().map(|l| l.role).collect();
         assert_eq!(roles, ["libraries", "onnxruntime", "app", "model"]);
         let libs = entries(&built.layers[0].blob);

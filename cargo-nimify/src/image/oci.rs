@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use super::platform::Platform;
 use super::registry::{Puller, PushOptions};
 use super::store::{Blob, BlobStore};
 use crate::CliError;
@@ -42,6 +43,10 @@ pub struct ImageLayer {
 /// The runtime settings of the image config.
 #[derive(Debug, Clone, Default)]
 pub struct RunConfig {
+    /// OCI architecture (`amd64`, `arm64`).
+    pub architecture: String,
+    /// OCI architecture variant (`v8`).
+    pub variant: Option<String>,
     /// Entrypoint argv.
     pub entrypoint: Vec<String>,
     /// `KEY=value` pairs.
@@ -69,9 +74,9 @@ pub fn config_json(run: &RunConfig, layers: &[ImageLayer], base_history: &[Value
     );
     let ports: BTreeMap<String, Value> =
         [run.port, run.grpc_port].iter().map(|p| (format!("{p}/tcp"), json!({}))).collect();
-    let doc = json!({
+    let mut doc = json!({
         "created": run.created,
-        "architecture": architecture(),
+        "architecture": run.architecture,
         "os": "linux",
         "config": {
             "User": run.user,
@@ -84,6 +89,9 @@ pub fn config_json(run: &RunConfig, layers: &[ImageLayer], base_history: &[Value
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": history,
     });
+    if let Some(v) = &run.variant {
+        doc["variant"] = json!(v);
+    }
     doc.to_string().into_bytes()
 }
 
@@ -103,23 +111,35 @@ pub fn manifest_json(config: &Blob, layers: &[ImageLayer]) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A descriptor of a manifest for an index, tagged when `tag` is given.
-pub fn manifest_descriptor(manifest: &Blob, tag: Option<&str>) -> Value {
-    let mut d = json!({"mediaType": media::MANIFEST, "digest": manifest.digest, "size": manifest.size});
+/// A descriptor of a manifest or index (`media_type`) for an index, tagged when `tag` is given.
+pub fn descriptor(media_type: &str, blob: &Blob, tag: Option<&str>) -> Value {
+    let mut d = json!({"mediaType": media_type, "digest": blob.digest, "size": blob.size});
     if let Some(tag) = tag {
         d["annotations"] = json!({ REF_NAME: tag });
     }
     d
 }
 
-/// The image architecture in OCI's spelling.
-pub fn architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "powerpc64" => "ppc64le",
-        other => other,
+/// The OCI `platform` object of a descriptor.
+pub fn platform_json(platform: &Platform) -> Value {
+    let mut p = json!({"architecture": platform.architecture, "os": "linux"});
+    if let Some(v) = platform.variant {
+        p["variant"] = json!(v);
     }
+    p
+}
+
+/// The image index of a multi-platform image: each platform's manifest.
+pub fn index_json(manifests: &[(&Blob, &Platform)]) -> Vec<u8> {
+    let manifests: Vec<Value> = manifests
+        .iter()
+        .map(|(m, p)| {
+            let mut d = descriptor(media::MANIFEST, m, None);
+            d["platform"] = platform_json(p);
+            d
+        })
+        .collect();
+    json!({"schemaVersion": 2, "mediaType": media::INDEX, "manifests": manifests}).to_string().into_bytes()
 }
 
 /// RFC 3339 UTC time for seconds since the epoch.
@@ -156,17 +176,30 @@ pub struct BaseImage {
     pub history: Vec<Value>,
 }
 
-/// Reads `oci:DIR[:TAG]` or `oci-archive:FILE[:TAG]` and imports its layers into `store`.
-pub fn load_base(reference: &str, store: &BlobStore, access: &PushOptions) -> Result<BaseImage, CliError> {
+/// Reads `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or `docker://...` and imports the layers of
+/// its `platform` image into `store` (the one image of a single-platform base must be for it).
+pub fn load_base(
+    reference: &str,
+    store: &BlobStore,
+    access: &PushOptions,
+    platform: &Platform,
+) -> Result<BaseImage, CliError> {
     let bad = |why: String| CliError::msg(format!("base image {reference}: {why}"));
     let source = Source::open(reference, store, access)?;
     let (mut manifest, mut digest) = source.top()?;
     if manifest["manifests"].is_array() {
-        let chosen = pick_platform(&manifest).map_err(bad)?;
+        let chosen = pick_platform(&manifest, platform).map_err(bad)?;
         digest = str_of(&chosen, "digest").to_string();
         manifest = source.manifest(&digest)?;
     }
     let config = source.blob_json(str_of(&manifest["config"], "digest"))?;
+    // A config without an architecture says nothing to check against.
+    if let Some(arch) = config["architecture"].as_str().filter(|a| *a != platform.architecture) {
+        return Err(CliError::with_help(
+            format!("base image {reference}: it is a linux/{arch} image, and this one is for {platform}"),
+            format!("use a {platform} base, or an image index holding one"),
+        ));
+    }
     let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -328,13 +361,18 @@ fn pick_manifest(index: &Value, tag: Option<&str>) -> Result<Value, String> {
     }
 }
 
-fn pick_platform(index: &Value) -> Result<Value, String> {
-    let arch = architecture();
-    index["manifests"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch))
+fn pick_platform(index: &Value, platform: &Platform) -> Result<Value, String> {
+    let arch = platform.architecture;
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    let name = |m: &Value| format!("{}/{}", str_of(&m["platform"], "os"), str_of(&m["platform"], "architecture"));
+    manifests
+        .iter()
+        .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch)
         .cloned()
-        .ok_or_else(|| format!("has no linux/{arch} image"))
+        .ok_or_else(|| {
+            let has: Vec<String> = manifests.iter().map(name).collect();
+            format!("has no {platform} image (it has: {})", has.join(", "))
+        })
 }
 
 /// Reads a layout file as JSON (an existing layout's index, when an output merges into it).

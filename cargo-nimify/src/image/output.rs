@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::Assembled;
+use super::Image;
 use super::oci::{self, REF_NAME};
 use super::registry::RegistryRef;
 use super::store::place;
@@ -78,7 +78,7 @@ impl Output {
 }
 
 /// Writes (or adds to) an OCI image layout directory.
-pub fn write_oci_dir(image: &Assembled, dir: &Path, tag: Option<&str>) -> Result<(), CliError> {
+pub fn write_oci_dir(image: &Image, dir: &Path, tag: Option<&str>) -> Result<(), CliError> {
     let fail = |e: std::io::Error, p: &Path| CliError::io("write", p)(e);
     if dir.exists() {
         if !dir.join("oci-layout").is_file() {
@@ -102,8 +102,7 @@ pub fn write_oci_dir(image: &Assembled, dir: &Path, tag: Option<&str>) -> Result
             place(&blob.path, &temp.join("blobs/sha256").join(blob.hex()))?;
         }
         std::fs::write(temp.join("oci-layout"), layout_marker()).map_err(|e| fail(e, &temp))?;
-        std::fs::write(temp.join("index.json"), index(&[oci::manifest_descriptor(&image.manifest, tag)]))
-            .map_err(|e| fail(e, &temp))?;
+        std::fs::write(temp.join("index.json"), index(&[top_descriptor(image, tag)])).map_err(|e| fail(e, &temp))?;
         std::fs::rename(&temp, dir).map_err(|e| fail(e, dir))
     })();
     if result.is_err() {
@@ -113,7 +112,7 @@ pub fn write_oci_dir(image: &Assembled, dir: &Path, tag: Option<&str>) -> Result
 }
 
 /// Adds the blobs, then swaps in an index where `tag` points at the new manifest.
-fn merge_into_layout(image: &Assembled, dir: &Path, tag: Option<&str>) -> Result<(), CliError> {
+fn merge_into_layout(image: &Image, dir: &Path, tag: Option<&str>) -> Result<(), CliError> {
     for blob in image.blobs() {
         place(&blob.path, &dir.join("blobs/sha256").join(blob.hex()))?;
     }
@@ -121,18 +120,17 @@ fn merge_into_layout(image: &Assembled, dir: &Path, tag: Option<&str>) -> Result
         CliError::msg(format!("{} has no readable index.json; remove the directory and build again", dir.display()))
     })?;
     let mut manifests: Vec<Value> = old["manifests"].as_array().cloned().unwrap_or_default();
-    manifests.retain(|m| {
-        tag.is_none_or(|t| m["annotations"][REF_NAME] != t) && m["digest"] != image.manifest.digest.as_str()
-    });
-    manifests.push(oci::manifest_descriptor(&image.manifest, tag));
+    let top = image.top().0;
+    manifests.retain(|m| tag.is_none_or(|t| m["annotations"][REF_NAME] != t) && m["digest"] != top.digest.as_str());
+    manifests.push(top_descriptor(image, tag));
     write_atomic(&dir.join("index.json"), &index(&manifests))
 }
 
 /// Writes a tar of an OCI image layout.
-pub fn write_oci_archive(image: &Assembled, file: &Path, tag: Option<&str>) -> Result<(), CliError> {
+pub fn write_oci_archive(image: &Image, file: &Path, tag: Option<&str>) -> Result<(), CliError> {
     write_tar(file, image.epoch, |tar| {
         tar.bytes("oci-layout", &layout_marker())?;
-        tar.bytes("index.json", &index(&[oci::manifest_descriptor(&image.manifest, tag)]))?;
+        tar.bytes("index.json", &index(&[top_descriptor(image, tag)]))?;
         for blob in image.blobs() {
             tar.file(&format!("blobs/sha256/{}", blob.hex()), &blob.path)?;
         }
@@ -141,8 +139,11 @@ pub fn write_oci_archive(image: &Assembled, file: &Path, tag: Option<&str>) -> R
 }
 
 /// Writes a `docker save`-style tarball (`manifest.json`, config, gzip-compressed layers) that
-/// `docker load` tags `repo_tag`.
-pub fn write_docker_archive(image: &Assembled, file: &Path, repo_tag: &str) -> Result<(), CliError> {
+/// `docker load` tags `repo_tag`. The format holds one platform's image.
+pub fn write_docker_archive(image: &Image, file: &Path, repo_tag: &str) -> Result<(), CliError> {
+    let [image] = image.platforms.as_slice() else {
+        return Err(multi_platform_docker_archive());
+    };
     let layer_names: Vec<String> = image.layers.iter().map(|l| format!("{}.tar.gz", l.blob.hex())).collect();
     let config_name = format!("{}.json", image.config.hex());
     let manifest = json!([{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}]).to_string();
@@ -154,6 +155,20 @@ pub fn write_docker_archive(image: &Assembled, file: &Path, repo_tag: &str) -> R
         }
         Ok(())
     })
+}
+
+/// Why a multi-platform image cannot be a `docker-archive:`.
+pub fn multi_platform_docker_archive() -> CliError {
+    CliError::with_help(
+        "a docker-archive holds one platform's image, and --platform names several",
+        "write the multi-platform image to oci:DIR, oci-archive:FILE or docker://REGISTRY/NAME:TAG, or build one docker-archive per platform",
+    )
+}
+
+/// The index entry of what the tag names.
+fn top_descriptor(image: &Image, tag: Option<&str>) -> Value {
+    let (blob, media_type) = image.top();
+    oci::descriptor(media_type, blob, tag)
 }
 
 fn layout_marker() -> Vec<u8> {

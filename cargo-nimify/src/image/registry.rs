@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use sha2::Digest as _;
 
-use super::Assembled;
+use super::Image;
 use super::oci::media;
 use crate::{CliError, IoContext};
 
@@ -69,16 +69,19 @@ pub struct PushOptions {
     pub creds: Option<(String, String)>,
 }
 
-/// Pushes `image` and returns the manifest digest the registry reports.
+/// Pushes `image` and returns the digest of what the tag names: the manifest, or the index of a
+/// multi-platform image (each platform's manifest is stored by its digest first).
 pub fn push(
-    image: &Assembled,
+    image: &Image,
     target: &RegistryRef,
     options: &PushOptions,
     status: &dyn Fn(&str, &str),
 ) -> Result<String, CliError> {
     let client = Client::connect(target, options, "pull,push")?;
     let chunk = chunk_size();
-    for layer in image.layers.iter().map(|l| &l.blob).chain([&image.config]) {
+    let mut pushed = std::collections::BTreeSet::new();
+    let layers = image.platforms.iter().flat_map(|a| a.layers.iter().map(|l| &l.blob).chain([&a.config]));
+    for layer in layers.filter(|b| pushed.insert(b.digest.clone())) {
         let url = client.url(&format!("blobs/{}", layer.digest));
         let head = client.send(|a, auth| with_auth(a.head(&url), auth).call())?;
         if head.status() == 200 {
@@ -88,22 +91,46 @@ pub fn push(
         status("Pushing", &format!("{} ({})", short(&layer.digest), super::human_size(layer.size)));
         client.upload(layer, chunk, status)?;
     }
-    let manifest = std::fs::read(&image.manifest.path).at("read the manifest", &image.manifest.path)?;
-    let url = client.url(&format!("manifests/{}", target.tag));
-    let mut put = client.send(|a, auth| {
-        with_auth(a.put(&url), auth).header("Content-Type", media::MANIFEST).send(manifest.as_slice())
-    })?;
+    if image.index.is_some() {
+        for one in &image.platforms {
+            put_manifest(&client, target, &one.manifest, media::MANIFEST, &one.manifest.digest)?;
+        }
+    }
+    let (top, media_type) = image.top();
+    put_manifest(&client, target, top, media_type, &target.tag)?;
+    Ok(top.digest.clone())
+}
+
+/// Stores a manifest or index under `reference` (a tag, or its own digest) and checks the digest
+/// the registry reports.
+fn put_manifest(
+    client: &Client,
+    target: &RegistryRef,
+    blob: &super::store::Blob,
+    media_type: &str,
+    reference: &str,
+) -> Result<(), CliError> {
+    let bytes = std::fs::read(&blob.path).at("read the manifest", &blob.path)?;
+    let url = client.url(&format!("manifests/{reference}"));
+    let mut put = client
+        .send(|a, auth| with_auth(a.put(&url), auth).header("Content-Type", media_type).send(bytes.as_slice()))?;
     if put.status() != 201 {
-        return Err(client.refused(&format!("store the manifest as {}", target.display()), &mut put));
+        let what = if media_type == media::INDEX { "image index" } else { "manifest" };
+        let at = if reference == target.tag {
+            target.display()
+        } else {
+            format!("{}/{}@{reference}", target.registry, target.name)
+        };
+        return Err(client.refused(&format!("store the {what} as {at}"), &mut put));
     }
     let reported = put.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(String::from);
-    if let Some(d) = reported.as_ref().filter(|d| **d != image.manifest.digest) {
+    if let Some(d) = reported.as_ref().filter(|d| **d != blob.digest) {
         return Err(CliError::msg(format!(
             "registry {} stored the manifest as {d}, but its digest is {}; the registry rewrote it",
-            target.registry, image.manifest.digest
+            target.registry, blob.digest
         )));
     }
-    Ok(image.manifest.digest.clone())
+    Ok(())
 }
 
 /// Blobs up to this size go up in one `PUT`; larger ones in `PATCH` chunks of this size, each
