@@ -177,6 +177,19 @@ def test_a_multi_platform_image_runs_on_both_platforms_with_the_same_answer(tmp_
     for (_, p), (_, q) in zip(got, expected):
         assert p == pytest.approx(q, abs=1e-5), (got, expected)
 
+    # On a multi-platform base, each platform's image is built on that platform's base.
+    on_base = tmp_path / "on-base"
+    nimify_image(IRIS, "--platform", BOTH, "--base", f"oci:{layout}:multi", "--output", f"oci:{on_base}:x")
+    for arch in (HERE, OTHER):
+        layers = skopeo_inspect(f"oci:{on_base}:x", "--override-arch", arch)["Layers"]
+        assert layers[:4] == seen[arch]["Layers"] and len(layers) == 7, arch
+    # A single-platform base of the wrong platform is refused, naming both.
+    single = tmp_path / "single"
+    subprocess.run(["skopeo", "copy", "--override-arch", HERE, f"oci:{layout}:multi", f"oci:{single}:here"], check=True, capture_output=True)
+    r = nimify_image(IRIS, "--platform", f"linux/{OTHER}", "--base", f"oci:{single}:here", "--output", f"oci:{tmp_path / 'x'}:x", check=False)
+    assert r.returncode == 1 and f"it is a linux/{HERE} image, and this one is for linux/{OTHER}" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+
     # Pushed, the registry holds the same index (same digest) and each platform's manifest.
     reg = registry()
     target = f"docker://127.0.0.1:{reg.port}/nimify/iris:multi"
