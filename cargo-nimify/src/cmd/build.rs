@@ -91,7 +91,9 @@ pub fn run(args: &BuildArgs, out: Out) -> Result<(), CliError> {
     let project = Project::load(&args.project)?;
     // A cross build for the other image platform gets Debian's cross linker when none is set.
     let env = match args.cargo.target.as_deref().and_then(|t| Platform::parse(t).ok()) {
-        Some(p) if !p.is_host() => p.check_cross(true)?.into_iter().collect(),
+        Some(p) if !p.is_host() && p.triple == args.cargo.target.as_deref().unwrap_or_default() => {
+            p.check_build(project.dir())?
+        }
         _ => Vec::new(),
     };
     let exe = build_with(&project, &args.cargo, &env)?;

@@ -108,7 +108,7 @@ fn helm_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("NIMIFY_HELM").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join("helm")).find(|p| p.is_file())
+    crate::find_on_path("helm")
 }
 
 fn missing_helm() -> CliError {

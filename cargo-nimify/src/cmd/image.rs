@@ -71,19 +71,20 @@ pub struct ImageArgs {
 pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     let mut project = Project::load(&args.project)?;
     let platforms = platforms(args)?;
+    let foreign: Vec<&'static Platform> = platforms.iter().copied().filter(|p| !p.is_host()).collect();
+    if let (Some(_), Some(p)) = (&project.model, foreign.first()) {
+        return Err(CliError::with_help(
+            format!("a zero-code image runs this very cargo-nimify, which is built for this machine, not {p}"),
+            format!(
+                "run `cargo nimify image --model` on a {p} machine, or make a crate of it (`cargo nimify new`) and build that for {p}"
+            ),
+        ));
+    }
     // Zero-code: the one model is read and hashed here, once (it may be gigabytes); its digest
     // is the default tag, `sha-` and its first 12 digits, so each model file gets its own.
     let zero_code = project.model.as_deref().map(|m| zero_code_model(m, &project.bin)).transpose()?;
     if let Some(model) = &zero_code {
         project.settings.tag.get_or_insert_with(|| format!("sha-{}", &model.sha256[..12]));
-        if let Some(p) = platforms.iter().find(|p| !p.is_host()) {
-            return Err(CliError::with_help(
-                format!("a zero-code image runs this very cargo-nimify, which is built for this machine, not {p}"),
-                format!(
-                    "run `cargo nimify image --model` on a {p} machine, or make a crate of it (`cargo nimify new`) and build that for {p}"
-                ),
-            ));
-        }
     }
     let (name, tag, output) = naming(&project, args)?;
     if platforms.len() > 1 && matches!(output, Output::DockerArchive { .. }) {
@@ -96,37 +97,52 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
         crate::term::verbose("Checking", format!("registry {} (reachable, credentials accepted)", target.registry));
         registry::check(target, &push)?;
     }
-    // Every cross build's tools, before the first build starts.
-    let mut linkers = BTreeMap::new();
-    for p in platforms.iter().filter(|p| !p.is_host()) {
-        linkers.insert(p.triple, p.check_cross(!args.no_build)?);
+    let base_ref = args.base.clone().or_else(|| project.settings.base.clone());
+    // Every cross build's tools and sysroot, before the first build starts.
+    let mut cross_env = BTreeMap::new();
+    for p in &foreign {
+        if base_ref.is_none() {
+            p.check_sysroot()?;
+        }
+        if !args.no_build {
+            cross_env.insert(p.triple, p.check_build(project.dir())?);
+        }
     }
     let ort = platforms.iter().map(|p| onnx_runtime(p)).collect::<Result<Vec<_>, _>>()?;
+    std::fs::create_dir_all(project.state_dir()).at("create", project.state_dir())?;
+    crate::image::store::sweep_abandoned(&project.state_dir(), "staging-");
+    let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?
+        .with_layer_cache(project.target_dir.join("nimify/layer-cache"));
+    // Each platform's base (a wrong one is refused here, not after the builds).
+    let access = base_access(base_ref.as_deref(), &output, &push);
+    let bases = platforms
+        .iter()
+        .map(|p| base_ref.as_deref().map(|r| img::oci::load_base(r, &store, &access, p)).transpose())
+        .collect::<Result<Vec<_>, _>>()?;
     let mut binaries = Vec::new();
     for p in &platforms {
-        let linker = linkers.get(p.triple).cloned().flatten();
-        binaries.push(binary(&project, args, p, linker, platforms.len() > 1)?);
+        let env = cross_env.get(p.triple).cloned().unwrap_or_default();
+        binaries.push(binary(&project, args, p, &env, platforms.len() > 1 || !p.is_host())?);
     }
     // The models a service serves are listed by a binary this machine can run: built for it as
     // well when --platform leaves it out.
     let served = match (&zero_code, platforms.iter().position(|p| p.is_host())) {
         (Some(_), _) => Vec::new(),
         (None, Some(i)) => models_of(&binaries[i], &project.bin)?,
-        (None, None) => models_of(&binary(&project, args, Platform::host()?, None, true)?, &project.bin)?,
+        (None, None) => {
+            crate::term::status("Listing", format!("the models of {} with a build for this machine", project.bin));
+            models_of(&binary(&project, args, Platform::host()?, &[], true)?, &project.bin)?
+        }
     };
-    std::fs::create_dir_all(project.state_dir()).at("create", project.state_dir())?;
-    crate::image::store::sweep_abandoned(&project.state_dir(), "staging-");
-    let store = BlobStore::create(project.state_dir().join(format!("staging-{}", std::process::id())))?
-        .with_layer_cache(project.target_dir.join("nimify/layer-cache"));
     let mut built = Vec::new();
     let mut plans = Vec::new();
-    for ((p, binary), ort) in platforms.iter().zip(binaries).zip(ort) {
+    let mut shared = img::Shared::default();
+    for (((p, binary), ort), base) in platforms.iter().zip(binaries).zip(ort).zip(bases) {
         let parts = Parts { platform: p, binary, ort, zero_code: zero_code.clone(), served: served.clone() };
-        let mut plan = plan(&project, args, parts, &name)?;
-        plan.base_access = base_access(plan.base.as_deref(), &output, &push);
+        let plan = plan(&project, parts, base_ref.clone(), &name)?;
         let prefix = if platforms.len() > 1 { format!("{p}: ") } else { String::new() };
         let status = |verb: &str, what: &str| crate::term::status(verb, format!("{prefix}{what}"));
-        built.push(img::assemble(&plan, &store, &status)?);
+        built.push(img::assemble(&plan, &store, base, &mut shared, &status)?);
         plans.push(plan);
     }
     let image = Image::new(store, built)?;
@@ -153,17 +169,17 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
 fn platforms(args: &ImageArgs) -> Result<Vec<&'static Platform>, CliError> {
     match (&args.platform, &args.cargo.target) {
         (Some(_), Some(_)) => Err(CliError::with_help(
-            "--platform and --target both name what to build for",
+            "--platform (or NIMIFY_PLATFORM) and --target both name what to build for",
             "give --platform alone: it builds each platform with its own --target",
         )),
         (Some(list), None) => Platform::parse_list(list),
         (None, Some(triple)) => {
-            let p = Platform::parse(triple).map_err(|_| {
+            let p = Platform::parse(triple).ok().filter(|p| p.triple == triple).ok_or_else(|| {
                 let known: Vec<String> =
                     img::platform::PLATFORMS.iter().map(|p| format!("{p} ({})", p.triple)).collect();
                 CliError::with_help(
                     format!("cannot build an image for target {triple}: images are built for {}", known.join(" and ")),
-                    format!("`cargo nimify build --target {triple}` cross-compiles the binary alone"),
+                    format!("`cargo nimify build --target {triple}` cross-compiles the binary alone; --platform takes OS/ARCH names"),
                 )
             })?;
             Ok(vec![p])
@@ -179,6 +195,7 @@ fn onnx_runtime(platform: &Platform) -> Result<Vec<PathBuf>, CliError> {
         let lib = nimify::__private::ortlib::find()?;
         let mut files = vec![lib.clone()];
         files.extend(Some(lib.with_file_name("libonnxruntime_providers_shared.so")).filter(|p| p.is_file()));
+        img::check_machine(platform, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
         return Ok(files);
     }
     let request = crate::ort::Install { platform: Some(platform.to_string()), ..Default::default() };
@@ -193,7 +210,7 @@ fn binary(
     project: &Project,
     args: &ImageArgs,
     platform: &Platform,
-    linker: Option<(String, String)>,
+    env: &[(String, String)],
     say_platform: bool,
 ) -> Result<PathBuf, CliError> {
     if project.model.is_some() {
@@ -218,7 +235,7 @@ fn binary(
     }
     let on = if say_platform { format!(", {platform}") } else { String::new() };
     crate::term::status("Building", format!("{} (profile {}{on})", project.package, cargo.profile));
-    super::build::build_with(project, &cargo, linker.as_slice())
+    super::build::build_with(project, &cargo, env)
 }
 
 /// `--creds`, `--insecure` and `--ca-cert` are for the registry pushed to: a `docker://` base on
@@ -287,7 +304,7 @@ struct Parts {
 }
 
 /// Collects every input and fails, before anything is written, when one is missing.
-fn plan(project: &Project, args: &ImageArgs, parts: Parts, name: &str) -> Result<Plan, CliError> {
+fn plan(project: &Project, parts: Parts, base: Option<String>, name: &str) -> Result<Plan, CliError> {
     let Parts { platform, binary, ort, zero_code, served } = parts;
     let (models, entry_args) = match zero_code {
         Some(model) => {
@@ -325,7 +342,6 @@ fn plan(project: &Project, args: &ImageArgs, parts: Parts, name: &str) -> Result
             .map_err(|_| CliError::msg(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?,
         Err(_) => 0,
     };
-    let base = args.base.clone().or_else(|| project.settings.base.clone());
     let mut plan = Plan {
         platform,
         bin_name: project.bin.clone(),
@@ -335,7 +351,6 @@ fn plan(project: &Project, args: &ImageArgs, parts: Parts, name: &str) -> Result
         assets,
         ort,
         base,
-        base_access: PushOptions::default(),
         labels: BTreeMap::new(),
         epoch,
         port: nimify::DEFAULT_PORT,

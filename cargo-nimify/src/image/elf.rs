@@ -147,6 +147,13 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<Dynamic, ElfError> {
     Ok(Dynamic { machine, interpreter, needed, runpath: runpath.unwrap_or_default() })
 }
 
+/// `e_machine` of a 64-bit little-endian ELF file, from its header alone.
+pub fn machine(path: &Path) -> Option<u16> {
+    let mut head = [0u8; 20];
+    std::io::Read::read_exact(&mut std::fs::File::open(path).ok()?, &mut head).ok()?;
+    (head[..4] == *b"\x7fELF" && head[4] == 2 && head[5] == 1).then(|| u16_at(&head, 18)).flatten()
+}
+
 /// Reads `path`'s dynamic information.
 pub fn read(path: &Path) -> Result<Dynamic, ElfError> {
     let bytes = std::fs::read(path).map_err(|e| ElfError::Io(path.display().to_string(), e))?;
@@ -154,7 +161,7 @@ pub fn read(path: &Path) -> Result<Dynamic, ElfError> {
 }
 
 /// Every library `objects` load, transitively, found in `dirs` (after each object's own
-/// runpath, `$ORIGIN` expanded): soname -> file. The loaders named by `PT_INTERP` are not
+/// runpath, `$ORIGIN` expanded) and built for the same machine: soname -> file. The loaders named by `PT_INTERP` are not
 /// included (they are paths, not sonames); see [`Dynamic::interpreter`].
 pub fn closure(objects: &[&Path], dirs: &[PathBuf]) -> Result<BTreeMap<String, PathBuf>, ElfError> {
     let mut found: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -168,7 +175,9 @@ pub fn closure(objects: &[&Path], dirs: &[PathBuf]) -> Result<BTreeMap<String, P
             if found.contains_key(&soname) {
                 continue;
             }
-            let hit = own.iter().chain(dirs).map(|d| d.join(&soname)).find(|p| p.is_file());
+            // As the loader does, a library of another machine (a runpath into the host's
+            // directories) is passed over.
+            let hit = own.iter().chain(dirs).map(|d| d.join(&soname)).find(|p| machine(p) == Some(info.machine));
             let Some(path) = hit else {
                 let all: Vec<String> = own.iter().chain(dirs).map(|d| d.display().to_string()).collect();
                 return Err(ElfError::Missing { object: object.display().to_string(), soname, dirs: all.join(", ") });
@@ -216,6 +225,32 @@ mod tests {
             let expected: Vec<String> = ldd_names(object).into_iter().filter(|n| !n.starts_with("ld-linux")).collect();
             assert_eq!(ours, expected, "{}", object.display());
         }
+    }
+
+    #[test]
+    fn a_library_of_another_machine_is_passed_over() {
+        let exe = std::env::current_exe().expect("exe");
+        let host = read(&exe).expect("elf");
+        let libc = closure(&[&exe], &[PathBuf::from("/lib"), PathBuf::from("/usr/lib")])
+            .ok()
+            .and_then(|found| found.get("libc.so.6").cloned())
+            .or_else(|| {
+                let triple = if cfg!(target_arch = "x86_64") { "x86_64-linux-gnu" } else { "aarch64-linux-gnu" };
+                Some(PathBuf::from(format!("/lib/{triple}/libc.so.6")))
+            })
+            .expect("libc");
+        // The same library, its header saying another machine, in a directory searched first.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut bytes = std::fs::read(&libc).expect("libc");
+        let other = if host.machine == EM_X86_64 { EM_AARCH64 } else { EM_X86_64 };
+        bytes[18..20].copy_from_slice(&other.to_le_bytes());
+        std::fs::write(dir.path().join("libc.so.6"), &bytes).expect("write");
+        assert_eq!(machine(&dir.path().join("libc.so.6")), Some(other));
+        let dirs = [dir.path().to_path_buf(), libc.parent().expect("dir").to_path_buf()];
+        let found = closure(&[&exe], &dirs).expect("found");
+        assert_eq!(found.get("libc.so.6"), Some(&libc));
+        let err = closure(&[&exe], &dirs[..1]).expect_err("only the foreign one");
+        assert!(err.to_string().contains("needs libc.so.6") || err.to_string().contains("needs lib"), "{err}");
     }
 
     #[test]

@@ -49,15 +49,7 @@ pub fn collect(objects: &[&Path]) -> Result<BTreeMap<String, PathBuf>, CliError>
 pub fn foreign(platform: &Platform, objects: &[&Path]) -> Result<BTreeMap<String, PathBuf>, CliError> {
     let dirs = platform.library_dirs();
     let help = || format!("on Debian or Ubuntu: apt-get install {}", platform.cross_packages);
-    for object in objects {
-        let info = elf::read(object).map_err(|e| CliError::msg(e.to_string()))?;
-        if info.machine != platform.machine {
-            return Err(CliError::with_help(
-                format!("{} is not built for {platform} (ELF machine {})", object.display(), info.machine),
-                format!("build it with --target {}, or leave {platform} out of --platform", platform.triple),
-            ));
-        }
-    }
+    super::check_machine(platform, objects)?;
     let found = elf::closure(objects, &dirs)
         .map_err(|e| CliError::with_help(format!("cannot pack the libraries for {platform}: {e}"), help()))?;
     let mut libs: BTreeMap<String, PathBuf> =

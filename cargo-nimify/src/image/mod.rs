@@ -77,8 +77,6 @@ pub struct Plan {
     pub ort: Vec<PathBuf>,
     /// Base image reference, or `None` for the host's libraries.
     pub base: Option<String>,
-    /// How to reach a `docker://` base's registry.
-    pub base_access: registry::PushOptions,
     /// Labels (the base's, then ours on top).
     pub labels: BTreeMap<String, String>,
     /// Timestamp for every file and the config.
@@ -179,14 +177,24 @@ impl Image {
     }
 }
 
-/// Builds every layer, the config and the manifest of one platform's image into `store`.
-pub fn assemble(plan: &Plan, store: &BlobStore, status: &dyn Fn(&str, &str)) -> Result<Assembled, CliError> {
-    let base = match &plan.base {
-        Some(reference) => Some(oci::load_base(reference, store, &plan.base_access, plan.platform)?),
-        None => None,
-    };
+/// Layers the platforms of one image have in common, packed once (the models: reading and
+/// hashing gigabytes of weights once per platform would be waste).
+#[derive(Default)]
+pub struct Shared {
+    model: Option<ImageLayer>,
+}
+
+/// Builds every layer, the config and the manifest of one platform's image into `store`, on
+/// `base` (loaded for this platform, see [`oci::load_base`]) or on libraries of its own.
+pub fn assemble(
+    plan: &Plan,
+    store: &BlobStore,
+    base: Option<BaseImage>,
+    shared: &mut Shared,
+    status: &dyn Fn(&str, &str),
+) -> Result<Assembled, CliError> {
     let mut layers: Vec<ImageLayer> = base.as_ref().map(|b| b.layers.clone()).unwrap_or_default();
-    let mut add = |role: &'static str, created_by: String, content: Layer| -> Result<(), CliError> {
+    let pack = |role: &'static str, created_by: String, content: Layer| -> Result<ImageLayer, CliError> {
         let (blob, reused) = content.write(store, plan.epoch)?;
         status(
             if reused { "Reused" } else { "Packed" },
@@ -197,24 +205,23 @@ pub fn assemble(plan: &Plan, store: &BlobStore, status: &dyn Fn(&str, &str)) -> 
                 human_size(blob.uncompressed_size.unwrap_or(0))
             ),
         );
-        layers.push(ImageLayer { role, media_type: oci::media::LAYER_GZIP.into(), blob, created_by });
-        Ok(())
+        Ok(ImageLayer { role, media_type: oci::media::LAYER_GZIP.into(), blob, created_by })
     };
     let mut objects = vec![plan.bin_path.as_path()];
     objects.extend(plan.ort.iter().map(PathBuf::as_path));
     if base.is_none() && plan.platform.is_host() {
         check_machine(plan.platform, &objects)?;
-        add(
+        layers.push(pack(
             "libraries",
             "nimify: shared libraries from the build host".into(),
             libraries_layer(&libs::collect(&objects)?)?,
-        )?;
+        )?);
     } else if base.is_none() {
-        add(
+        layers.push(pack(
             "libraries",
             format!("nimify: shared libraries for {} from the cross sysroot", plan.platform),
             libraries_layer(&libs::foreign(plan.platform, &objects)?)?,
-        )?;
+        )?);
     } else {
         check_machine(plan.platform, &objects)?;
     }
@@ -222,23 +229,29 @@ pub fn assemble(plan: &Plan, store: &BlobStore, status: &dyn Fn(&str, &str)) -> 
     for lib in &plan.ort {
         ort.file(&format!("{ROOT}/lib/{}", file_name(lib)), lib)?;
     }
-    add("onnxruntime", format!("nimify: ONNX Runtime {}", nimify::__private::ortlib::ORT_VERSION), ort)?;
+    layers.push(pack("onnxruntime", format!("nimify: ONNX Runtime {}", nimify::__private::ortlib::ORT_VERSION), ort)?);
     let mut app = Layer::default();
     app.file(&format!("{ROOT}/bin/{}", plan.bin_name), &plan.bin_path)?;
     for (relative, host) in &plan.assets {
         let at = format!("{ROOT}/assets/{relative}");
         if host.is_dir() { app.tree(&at, host)? } else { app.file(&at, host)? }
     }
-    add("app", format!("nimify: {} and its assets", plan.bin_name), app)?;
-    let mut model = Layer::default();
-    for m in &plan.models {
-        model.file(&format!("{ROOT}/models/{}", file_name(&m.path)), &m.path)?;
-        let dir = m.path.parent().unwrap_or(std::path::Path::new("."));
-        for ext in &m.external {
-            model.file(&format!("{ROOT}/models/{ext}"), &dir.join(ext))?;
+    layers.push(pack("app", format!("nimify: {} and its assets", plan.bin_name), app)?);
+    if let Some(model) = &shared.model {
+        status("Shared", &format!("model layer {} with the platforms before", &model.blob.digest[..19]));
+        layers.push(model.clone());
+    } else {
+        let mut model = Layer::default();
+        for m in &plan.models {
+            model.file(&format!("{ROOT}/models/{}", file_name(&m.path)), &m.path)?;
+            let dir = m.path.parent().unwrap_or(std::path::Path::new("."));
+            for ext in &m.external {
+                model.file(&format!("{ROOT}/models/{ext}"), &dir.join(ext))?;
+            }
         }
+        layers.push(pack("model", format!("nimify: model {}", plan.model_names()), model)?);
+        shared.model = layers.last().cloned();
     }
-    add("model", format!("nimify: model {}", plan.model_names()), model)?;
     let run = run_config(plan, base.as_ref());
     let history = base.as_ref().map(|b| b.history.clone()).unwrap_or_default();
     let config = store.bytes(&oci::config_json(&run, &layers, &history))?;
@@ -248,7 +261,7 @@ pub fn assemble(plan: &Plan, store: &BlobStore, status: &dyn Fn(&str, &str)) -> 
 
 /// Refuses a binary or library built for another machine than `platform` (a stray
 /// `ORT_DYLIB_PATH`, a `--target` build packed as the host's): it could never start there.
-fn check_machine(platform: &Platform, objects: &[&std::path::Path]) -> Result<(), CliError> {
+pub fn check_machine(platform: &Platform, objects: &[&std::path::Path]) -> Result<(), CliError> {
     for object in objects {
         let info = elf::read(object).map_err(|e| CliError::msg(format!("cannot pack {}: {e}", object.display())))?;
         if info.machine != platform.machine {
@@ -353,14 +366,13 @@ mod tests {
             assets: vec![("labels/names.txt".into(), models.join("make_models.py"))],
             ort: vec![fake_ort],
             base: None,
-            base_access: registry::PushOptions::default(),
             labels: BTreeMap::from([("a".to_string(), "b".to_string())]),
             epoch: 0,
             port: 8000,
             grpc_port: 8001,
         };
         let store = BlobStore::create(dir.path().join("store")).expect("store");
-        let built = assemble(&plan, &store, &|_, _| ()).expect("assemble");
+        let built = assemble(&plan, &store, None, &mut Shared::default(), &|_, _| ()).expect("assemble");
         let roles: Vec<&str> = built.layers.iter().map(|l| l.role).collect();
         assert_eq!(roles, ["libraries", "onnxruntime", "app", "model"]);
         let libs = entries(&built.layers[0].blob);

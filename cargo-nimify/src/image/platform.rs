@@ -124,43 +124,64 @@ impl Platform {
         format!("CARGO_TARGET_{}_LINKER", self.triple.to_uppercase().replace('-', "_"))
     }
 
-    /// Checks that a build for this (foreign) platform can run (when `build`) and be packed,
-    /// before any of it starts: the Rust target installed, a linker, the sysroot's C library.
-    /// Returns the linker to set for cargo, when none is set already.
-    pub fn check_cross(&self, build: bool) -> Result<Option<(String, String)>, CliError> {
-        let help_apt = format!("on Debian or Ubuntu: apt-get install {}", self.cross_packages);
-        if !self.library_dirs().iter().any(|d| d.join("libc.so.6").is_file()) {
-            let dirs: Vec<String> = self.library_dirs().iter().map(|d| d.display().to_string()).collect();
-            return Err(CliError::with_help(
-                format!("cannot pack an image for {self}: none of {} holds its C library", dirs.join(", ")),
-                help_apt,
-            ));
-        }
-        if !build {
-            return Ok(None);
-        }
+    /// Checks, before any build starts, that cargo can build for this (foreign) platform from
+    /// `dir` (the service crate's directory): the Rust target installed and a linker. Returns
+    /// the environment that names Debian's cross linker to cargo, or nothing when
+    /// `CARGO_TARGET_<TRIPLE>_LINKER` or a cargo config file already names one.
+    pub fn check_build(&self, dir: &Path) -> Result<Vec<(String, String)>, CliError> {
         if !rust_target_installed(self.triple) {
             return Err(CliError::with_help(
                 format!("cannot build for {self}: the Rust target {} is not installed", self.triple),
                 format!("rustup target add {}", self.triple),
             ));
         }
-        let linker = if std::env::var_os(self.linker_env()).is_some() {
-            None
-        } else if on_path(&self.cross_linker()) {
-            Some((self.linker_env(), self.cross_linker()))
-        } else {
-            return Err(CliError::with_help(
-                format!(
-                    "cannot build for {self}: no linker for {} ({} is not on PATH)",
-                    self.triple,
-                    self.cross_linker()
-                ),
-                format!("{help_apt}; or name another linker in {}", self.linker_env()),
-            ));
-        };
-        Ok(linker)
+        if std::env::var_os(self.linker_env()).is_some() || config_names_linker(dir, self.triple) {
+            return Ok(Vec::new());
+        }
+        if crate::find_on_path(&self.cross_linker()).is_some() {
+            return Ok(vec![(self.linker_env(), self.cross_linker())]);
+        }
+        Err(CliError::with_help(
+            format!("cannot build for {self}: no linker for {} ({} is not on PATH)", self.triple, self.cross_linker()),
+            format!(
+                "on Debian or Ubuntu: apt-get install {}; or name another linker in {} or in [target.{}] of .cargo/config.toml",
+                self.cross_packages,
+                self.linker_env(),
+                self.triple
+            ),
+        ))
     }
+
+    /// Checks that the libraries of an image for this (foreign) platform can be packed: its C
+    /// library is in one of [`Self::library_dirs`].
+    pub fn check_sysroot(&self) -> Result<(), CliError> {
+        if self.library_dirs().iter().any(|d| d.join("libc.so.6").is_file()) {
+            return Ok(());
+        }
+        let dirs: Vec<String> = self.library_dirs().iter().map(|d| d.display().to_string()).collect();
+        Err(CliError::with_help(
+            format!(
+                "cannot pack the libraries of an image for {self}: none of {} holds its C library",
+                dirs.join(", ")
+            ),
+            format!("on Debian or Ubuntu: apt-get install {}; or pass --base with a {self} image", self.cross_packages),
+        ))
+    }
+}
+
+/// Whether a cargo config file cargo reads for `dir` (`.cargo/config.toml` or `.cargo/config` in
+/// it and every parent, then `$CARGO_HOME`) sets `target.<triple>.linker`.
+fn config_names_linker(dir: &Path, triple: &str) -> bool {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let dirs = dir.ancestors().map(|d| d.join(".cargo")).chain(cargo_home);
+    dirs.flat_map(|d| [d.join("config.toml"), d.join("config")]).any(|file| {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .is_some_and(|t| t.get("target").and_then(|t| t.get(triple)).and_then(|t| t.get("linker")).is_some())
+    })
 }
 
 /// Whether `rustup` (or a toolchain without it) has the standard library of `triple`.
@@ -172,21 +193,6 @@ fn rust_target_installed(triple: &str) -> bool {
     };
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     !out.status.success() || sysroot.join("lib/rustlib").join(triple).join("lib").is_dir()
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| is_executable(&d.join(program))))
-}
-
-#[cfg(unix)]
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-#[cfg(not(unix))]
-fn is_executable(path: &Path) -> bool {
-    path.with_extension("exe").is_file()
 }
 
 #[cfg(test)]
@@ -219,5 +225,20 @@ mod tests {
             Platform::parse("linux/arm64").expect("arm64").linker_env(),
             "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER"
         );
+    }
+
+    #[test]
+    fn a_linker_named_in_a_cargo_config_file_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let crate_dir = dir.path().join("ws/svc");
+        std::fs::create_dir_all(crate_dir.join(".cargo")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("ws/.cargo")).expect("mkdir");
+        assert!(!config_names_linker(&crate_dir, "riscv64gc-unknown-linux-gnu"));
+        let config = "[target.riscv64gc-unknown-linux-gnu]\nlinker = \"cc-rv\"\n";
+        std::fs::write(dir.path().join("ws/.cargo/config.toml"), config).expect("write");
+        // A broken file nearer the crate does not hide the one above it.
+        std::fs::write(crate_dir.join(".cargo/config"), "not toml [").expect("write");
+        assert!(config_names_linker(&crate_dir, "riscv64gc-unknown-linux-gnu"));
+        assert!(!config_names_linker(&crate_dir, "aarch64-unknown-linux-gnu"));
     }
 }
