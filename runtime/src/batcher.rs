@@ -37,6 +37,8 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Outputs, ApiError>>,
     /// Whether anybody still waits for it.
     pub(crate) link: Link,
+    /// Its spans, with tracing on.
+    pub(crate) trace: Option<crate::telemetry::JobTrace>,
 }
 
 /// What a worker needs besides its session.
@@ -116,8 +118,11 @@ impl Worker {
         Some(jobs)
     }
 
-    fn execute(&self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, jobs: Vec<Job>) {
+    fn execute(&self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, mut jobs: Vec<Job>) {
         let start = Instant::now();
+        for trace in jobs.iter_mut().filter_map(|j| j.trace.as_mut()) {
+            trace.dequeued();
+        }
         for job in &jobs {
             let waited = start.duration_since(job.enqueued);
             self.metrics.queue_us.inc_by(micros(waited));
@@ -125,7 +130,11 @@ impl Worker {
             self.metrics.queue_seconds.observe(waited.as_secs_f64());
         }
         if jobs.len() > 1 {
-            match self.run_batched(session, options, &jobs) {
+            let items = jobs.iter().map(|j| j.items).sum();
+            let span = crate::telemetry::run_span(jobs.iter().filter_map(|j| j.trace.as_ref()), items);
+            let batched = span.in_scope(|| self.run_batched(session, options, &jobs));
+            drop(span);
+            match batched {
                 Batched::Done(results) => {
                     let total: usize = jobs.iter().map(|j| j.items).sum();
                     self.metrics.stats.executed(total, jobs.len(), start.elapsed());
@@ -146,7 +155,9 @@ impl Worker {
             }
             let wanted: Vec<&str> = job.wanted.iter().map(String::as_str).collect();
             let began = Instant::now();
-            let result = self.run_one(session, options, &[&job.link], job.inputs, &wanted);
+            let span = crate::telemetry::run_span(job.trace.as_ref(), job.items);
+            let result = span.in_scope(|| self.run_one(session, options, &[&job.link], job.inputs, &wanted));
+            drop(span);
             if result.is_ok() {
                 self.metrics.stats.executed(job.items, 1, began.elapsed());
                 self.metrics.count.inc_by(job.items as u64);

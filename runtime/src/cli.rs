@@ -251,16 +251,28 @@ pub fn run(register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> ExitCode {
 
 /// Builds and serves with the given settings.
 pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Result<(), String> {
-    crate::logging::init(args.log_format);
+    let tracing_settings = crate::telemetry::settings(|k| std::env::var(k).ok())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    // The exporter sends its batches from a task on the server's runtime.
+    let tracing = match &tracing_settings {
+        Some(settings) => {
+            let _runtime = runtime.enter();
+            Some(crate::telemetry::Tracing::start(settings, &service_name())?)
+        }
+        None => None,
+    };
+    crate::logging::init(args.log_format, tracing.as_ref());
+    if let Some(s) = &tracing_settings {
+        tracing::info!(endpoint = %s.endpoint, protocol = ?s.protocol, "exporting traces over OTLP");
+    }
     let config = args.config().map_err(|e| e.to_string())?;
     let address = format!("{}:{}", config.host, config.port);
     let grpc_address = config.grpc.then(|| format!("{}:{}", config.host, config.grpc_port));
     let mut builder = register(ServerBuilder::new(config));
     let loading = builder.prepare_loading().map_err(|e| e.to_string())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let result = runtime.block_on(async move {
         // The ports open first: while the models load and warm up, probes get "not ready"
         // (HTTP 503, gRPC health NOT_SERVING) instead of a refused connection.
@@ -278,9 +290,23 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
             .await?
             .map_err(|e| format!("server failed: {e}"))
     });
+    // The spans still queued go out before the runtime that sends them stops.
+    if let Some(tracing) = tracing {
+        tracing.shutdown();
+    }
     // A load still running after a shutdown signal is abandoned, not waited for.
     runtime.shutdown_background();
     result
+}
+
+/// The service's name in traces when `OTEL_SERVICE_NAME` gives none: the binary's name
+/// (`nimify` for the generic server, `cargo nimify serve`).
+fn service_name() -> String {
+    let exe = std::env::current_exe().ok().and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
+    match exe.as_deref() {
+        None | Some("cargo-nimify") => "nimify".into(),
+        Some(name) => name.to_string(),
+    }
 }
 
 /// Prints the [`ServiceManifest`](nimify_model::contract::ServiceManifest) (the models and their

@@ -29,6 +29,7 @@ mod request_body;
 mod routes;
 mod server;
 mod serving;
+mod telemetry;
 mod tensor;
 mod tls;
 pub mod typed;
@@ -68,8 +69,14 @@ pub mod __bench {
 
 #[doc(hidden)]
 pub mod __private {
+
     //! What the macro's generated code and nimify's own crates (`cargo-nimify`, the tests) name;
     //! not a public API: it changes without notice.
+
+    /// Whether spans are exported (for [`__trace_span`](crate::__trace_span)).
+    pub fn telemetry_enabled() -> bool {
+        crate::telemetry::enabled()
+    }
     pub use half;
     pub use nimify_model::{Dim, ElementType};
     pub use serde;

@@ -370,6 +370,7 @@ impl Model {
             enqueued: Instant::now(),
             reply,
             link,
+            trace: crate::telemetry::queued(&self.name),
         };
         self.metrics.pending.inc();
         if let Err(e) = self.queue.try_send(job) {

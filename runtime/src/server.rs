@@ -509,15 +509,25 @@ async fn access_log(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     // Everything logged while handling the request carries its id (an error-level span, so that
-    // it exists whatever level RUST_LOG lets through).
-    let span = tracing::error_span!("request", request_id = %id);
-    let response = tracing::Instrument::instrument(next.run(request), span).await;
+    // it exists whatever level RUST_LOG lets through); with tracing on, it is the request's
+    // OpenTelemetry server span too.
+    let span = if crate::telemetry::enabled() {
+        crate::telemetry::http_span(&request, &id)
+    } else {
+        tracing::error_span!("request", request_id = %id)
+    };
+    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     let status = response.status().as_u16();
     let micros = start.elapsed().as_micros() as u64;
+    let ids = crate::telemetry::ids(&span);
+    if ids.is_some() {
+        crate::telemetry::end_http_span(&span, &mut response);
+    }
+    let (trace_id, span_id) = (ids.as_ref().map(|i| i.0.as_str()), ids.as_ref().map(|i| i.1.as_str()));
     if status >= 400 {
-        tracing::info!(request_id = %id, %method, %path, status, micros, "request failed");
+        tracing::info!(request_id = %id, %method, %path, status, micros, trace_id, span_id, "request failed");
     } else {
-        tracing::debug!(request_id = %id, %method, %path, status, micros, "request");
+        tracing::debug!(request_id = %id, %method, %path, status, micros, trace_id, span_id, "request");
     }
     response
 }

@@ -201,14 +201,25 @@ async fn access_log(request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     let path = request.uri().path().to_string();
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let span = tracing::error_span!("request", request_id = %id);
-    let response = tracing::Instrument::instrument(next.run(request), span).await;
+    let span = if crate::telemetry::enabled() {
+        crate::telemetry::grpc_span(&request, &id)
+    } else {
+        tracing::error_span!("request", request_id = %id)
+    };
+    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string();
     let micros = start.elapsed().as_micros() as u64;
+    // A call that answers has its status in the trailers, sent after this middleware is done:
+    // the span records the status known now (0 until the body says otherwise).
+    let ids = crate::telemetry::ids(&span);
+    if ids.is_some() {
+        crate::telemetry::end_grpc_span(&span, code.parse().unwrap_or(2), response.headers_mut());
+    }
+    let (trace_id, span_id) = (ids.as_ref().map(|i| i.0.as_str()), ids.as_ref().map(|i| i.1.as_str()));
     if code != "0" {
-        tracing::info!(request_id = %id, protocol = "grpc", %path, grpc_status = %code, micros, "request failed");
+        tracing::info!(request_id = %id, protocol = "grpc", %path, grpc_status = %code, micros, trace_id, span_id, "request failed");
     } else {
-        tracing::debug!(request_id = %id, protocol = "grpc", %path, grpc_status = %code, micros, "request");
+        tracing::debug!(request_id = %id, protocol = "grpc", %path, grpc_status = %code, micros, trace_id, span_id, "request");
     }
     response
 }

@@ -47,9 +47,9 @@ async fn infer_one(
     let version = (!request.model_version.is_empty()).then(|| request.model_version.clone());
     let model = Arc::clone(state.model(&request.model_name, version.as_deref())?);
     let work = async {
-        let decoded = super::tensors::decode(&model, request)?;
+        let decoded = crate::__trace_span!("decode").in_scope(|| super::tensors::decode(&model, request))?;
         let outputs = crate::inference::infer(&model, decoded.inputs, decoded.outputs).await?;
-        Ok(super::tensors::encode(&model, decoded.id, outputs))
+        Ok(crate::__trace_span!("encode").in_scope(|| super::tensors::encode(&model, decoded.id, outputs)))
     };
     crate::inference::run_until(state, &model, crate::inference::Protocol::Grpc, deadline, work).await
 }

@@ -30,14 +30,18 @@ pub fn router<M: TypedModel>() -> OpenApiRouter<Arc<AppState>> {
 /// The route of a [`Process`] implementation, with its own request and response schemas.
 pub fn process_router<P: Process>(name: &str, service: P) -> OpenApiRouter<Arc<AppState>> {
     let service = Arc::new(service);
+    let endpoint: Arc<str> = name.into();
     let handler = move |State(state): State<Arc<AppState>>, body: Body| {
         let service = Arc::clone(&service);
+        let endpoint = Arc::clone(&endpoint);
         async move {
             crate::inference::within_limits(&state, async {
                 let bytes = state.read_body(body).await?;
                 let request: P::Request = parse_json(&bytes)?;
                 let ctx = Context::new(Arc::clone(&state));
-                service.process(&ctx, request).await.map(Json)
+                // The user's code, and each model it calls, show in the request's trace.
+                let span = crate::__trace_span!("process", nimify.endpoint = %endpoint);
+                tracing::Instrument::instrument(service.process(&ctx, request), span).await.map(Json)
             })
             .await
         }

@@ -266,10 +266,12 @@ async fn infer_body(state: &AppState, model: &Model, headers: &HeaderMap, body: 
             v.to_str().map_err(|_| ApiError::BadRequest("Inference-Header-Content-Length is not valid text".into()))?,
         ),
     };
-    let decoded = codec::decode(model, header_len, &body)?;
+    let decoded = crate::__trace_span!("decode", nimify.body.binary = header_len.is_some())
+        .in_scope(|| codec::decode(model, header_len, &body))?;
     let wanted = decoded.outputs.iter().map(|o| o.name.clone()).collect();
     let outputs = crate::inference::infer(model, decoded.inputs, wanted).await?;
-    let encoded = codec::encode(model, decoded.id, outputs, &decoded.outputs)?;
+    let encoded =
+        crate::__trace_span!("encode").in_scope(|| codec::encode(model, decoded.id, outputs, &decoded.outputs))?;
     let mut response = Response::new(Body::new(encoded.body));
     let h = response.headers_mut();
     match encoded.header_len {

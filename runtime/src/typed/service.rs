@@ -21,7 +21,9 @@ impl Context {
     /// [`crate::ServerBuilder::service`]) on a typed input.
     pub async fn infer<M: TypedModel>(&self, input: M::Input) -> Result<M::Output, crate::ApiError> {
         let model = std::sync::Arc::clone(self.state.model(M::NAME, None)?);
-        crate::inference::run(&self.state, &model, run_typed::<M>(&model, input)).await
+        let span = crate::__trace_span!("infer", nimify.model.name = M::NAME);
+        tracing::Instrument::instrument(crate::inference::run(&self.state, &model, run_typed::<M>(&model, input)), span)
+            .await
     }
 }
 

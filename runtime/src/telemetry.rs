@@ -1,0 +1,433 @@
+//! OpenTelemetry traces, configured from the standard `OTEL_*` environment as every OpenTelemetry
+//! SDK is: on when an OTLP endpoint is named (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`), off otherwise or with `OTEL_SDK_DISABLED=true` /
+//! `OTEL_TRACES_EXPORTER=none`. `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` picks `http/protobuf`
+//! (the default, as the specification says) or `grpc`; `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` / `_ARG` and `OTEL_BSP_*` are read by the SDK
+//! itself (the default sampler, `parentbased_always_on`, follows a caller's sampling decision).
+//!
+//! Each HTTP request and gRPC call is a server span (the `request` span of the access log, see
+//! [`request_span`]): its parent is the W3C `traceparent` / `tracestate` the client sent, and the
+//! answer carries the span's own `traceparent`. Spans are exported in batches from a task on the
+//! server's runtime, never on the request's path; an exporter that cannot reach its collector
+//! drops spans (the SDK logs it) and costs requests nothing. With tracing off, nothing is
+//! extracted, recorded or exported.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue};
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/HTTP with protobuf bodies (`http/protobuf`).
+    HttpProtobuf,
+    /// OTLP/gRPC (`grpc`).
+    Grpc,
+}
+
+/// Tracing as the environment asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The endpoint, as given (the exporter reads it from the environment itself).
+    pub endpoint: String,
+    /// The transport.
+    pub protocol: Protocol,
+}
+
+/// Whether tracing is on, set once at start-up: with it off the request path skips every step.
+static TRACING: OnceLock<bool> = OnceLock::new();
+
+/// Whether spans are exported.
+pub fn enabled() -> bool {
+    TRACING.get().copied().unwrap_or(false)
+}
+
+/// Reads the standard variables through `var`; `Ok(None)` when tracing is off, an error naming
+/// the variable for a value nimify cannot honour.
+pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>, String> {
+    let get = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    match get("OTEL_TRACES_EXPORTER").as_deref() {
+        None | Some("otlp") => {}
+        Some("none") => return Ok(None),
+        Some(other) => {
+            return Err(format!(
+                "OTEL_TRACES_EXPORTER={other} is not supported: nimify exports traces over OTLP (`otlp`, or `none` for no traces)"
+            ));
+        }
+    }
+    let Some((endpoint_var, endpoint)) = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+        .into_iter()
+        .find_map(|name| get(name).map(|value| (name, value)))
+    else {
+        return Ok(None);
+    };
+    if endpoint.starts_with("https://") {
+        return Err(format!(
+            "{endpoint_var}={endpoint}: nimify sends traces over plain HTTP only for now; point it at a collector on \
+             the same host or pod (e.g. http://127.0.0.1:4318), which forwards them over TLS"
+        ));
+    }
+    if !endpoint.starts_with("http://") {
+        return Err(format!(
+            "{endpoint_var}={endpoint} is not a URL; e.g. http://127.0.0.1:4318 (http/protobuf) or http://127.0.0.1:4317 (grpc)"
+        ));
+    }
+    let (protocol_var, protocol) = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .into_iter()
+        .find_map(|name| get(name).map(|value| (name, value)))
+        .unwrap_or(("", "http/protobuf".into()));
+    let protocol = match protocol.as_str() {
+        "http/protobuf" => Protocol::HttpProtobuf,
+        "grpc" => Protocol::Grpc,
+        other => {
+            return Err(format!("{protocol_var}={other} is not supported; use http/protobuf (the default) or grpc"));
+        }
+    };
+    Ok(Some(Settings { endpoint, protocol }))
+}
+
+/// The tracer provider while tracing is on; shut down (flushing what is queued) at exit.
+pub struct Tracing {
+    provider: SdkTracerProvider,
+}
+
+impl Tracing {
+    /// Builds the exporter and the batch processor; must run inside the server's Tokio runtime
+    /// (the batches are sent from a task on it). `service` names the service when
+    /// `OTEL_SERVICE_NAME` does not.
+    pub fn start(settings: &Settings, service: &str) -> Result<Self, String> {
+        use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+        let timeout = Duration::from_secs(10);
+        let exporter = match settings.protocol {
+            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().with_timeout(timeout).build(),
+            Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_http_client(opentelemetry_http::hyper::HyperClient::with_default_connector(timeout, None))
+                .with_timeout(timeout)
+                .build(),
+        }
+        .map_err(|e| format!("cannot set up the OTLP exporter for {}: {e}", settings.endpoint))?;
+        let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
+            resource = resource.with_service_name(service.to_string());
+        }
+        let provider =
+            SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource.build()).build();
+        Ok(Self { provider })
+    }
+
+    /// The `tracing` layer that turns spans into OpenTelemetry spans, and marks tracing on.
+    pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        let _ = TRACING.set(true);
+        tracing_opentelemetry::layer().with_tracer(self.provider.tracer("nimify")).with_tracked_inactivity(false)
+    }
+
+    /// Exports what is queued and stops the exporter.
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!("traces not all exported at shutdown: {e}");
+        }
+    }
+}
+
+/// The server span of an HTTP request, named and attributed as the OpenTelemetry semantic
+/// conventions for HTTP servers say (`POST /v2/models/{model}/infer`), its parent the
+/// caller's `traceparent`. Call only with tracing on ([`enabled`]); otherwise the access log's
+/// plain span is cheaper.
+pub fn http_span(request: &axum::extract::Request, request_id: &str) -> tracing::Span {
+    use tracing::field::Empty;
+    let method = request.method().as_str();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string());
+    let name = match &route {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_string(),
+    };
+    let (model, version) = model_and_version(request.uri().path());
+    let span = tracing::error_span!(
+        "request",
+        request_id = %request_id,
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = route,
+        url.path = %request.uri().path(),
+        url.scheme = "http",
+        network.protocol.name = "http",
+        network.protocol.version = version_of(request.version()),
+        user_agent.original = header(request.headers(), "user-agent"),
+        http.request.body.size = header(request.headers(), "content-length").and_then(|v| v.parse::<i64>().ok()),
+        http.response.status_code = Empty,
+        http.response.body.size = Empty,
+        error.type = Empty,
+        nimify.model.name = model,
+        nimify.model.version = version,
+    );
+    adopt_parent(&span, request.headers());
+    span
+}
+
+/// Records the answer on an HTTP server span and adds its `traceparent` to the answer.
+pub fn end_http_span(span: &tracing::Span, response: &mut axum::response::Response) {
+    // Integers as i64: the OpenTelemetry layer has no u64 attribute and would write text.
+    let status = i64::from(response.status().as_u16());
+    span.record("http.response.status_code", status);
+    if let Some(size) = header(response.headers(), "content-length").and_then(|v| v.parse::<i64>().ok()) {
+        span.record("http.response.body.size", size);
+    }
+    // Server spans: 5xx is an error, 4xx is the client's.
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+        span.record("error.type", status.to_string());
+    }
+    answer_with(span, response.headers_mut());
+}
+
+/// The server span of a gRPC call (`inference.GRPCInferenceService/ModelInfer`), as the
+/// semantic conventions for RPC say, its parent the caller's `traceparent` metadata.
+pub fn grpc_span(request: &axum::extract::Request, request_id: &str) -> tracing::Span {
+    use tracing::field::Empty;
+    let path = request.uri().path();
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let span = tracing::error_span!(
+        "request",
+        request_id = %request_id,
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = Empty,
+        network.protocol.name = "http",
+        network.protocol.version = "2",
+        user_agent.original = header(request.headers(), "user-agent"),
+        error.type = Empty,
+    );
+    adopt_parent(&span, request.headers());
+    span
+}
+
+/// Records a call's gRPC status on its span (codes the RPC conventions count as server errors
+/// mark it failed) and adds its `traceparent` to the answer's headers.
+pub fn end_grpc_span(span: &tracing::Span, code: i64, headers: &mut HeaderMap) {
+    span.record("rpc.grpc.status_code", code);
+    // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+    if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+        span.record("otel.status_code", "error");
+        span.record("error.type", code);
+    }
+    answer_with(span, headers);
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn version_of(v: axum::http::Version) -> &'static str {
+    match v {
+        axum::http::Version::HTTP_10 => "1.0",
+        axum::http::Version::HTTP_2 => "2",
+        axum::http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// The model and version a V2 or typed path names.
+fn model_and_version(path: &str) -> (Option<&str>, Option<&str>) {
+    let Some(rest) = path.strip_prefix("/v2/models/").or_else(|| path.strip_prefix("/v1/models/")) else {
+        return (None, None);
+    };
+    let mut parts = rest.split('/');
+    let model = parts.next().filter(|m| !m.is_empty());
+    let version = match (parts.next(), parts.next()) {
+        (Some("versions"), Some(v)) if !v.is_empty() => Some(v),
+        _ => None,
+    };
+    (model, version)
+}
+
+/// A span inside a request (`decode`, `encode`, a typed service's `process`): a child of the
+/// current span with tracing on, else [`tracing::Span::none`], which costs nothing to enter.
+/// Error level, as the request span, so that `RUST_LOG` does not decide what is traced.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __trace_span {
+    ($name:literal $(, $($fields:tt)*)?) => {
+        if $crate::__private::telemetry_enabled() {
+            ::tracing::error_span!($name $(, $($fields)*)?)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+
+/// What a queued request carries for its spans (tracing on only): the request's span (the
+/// parent of the run that serves it, when it comes first) and its context (linked from that
+/// run), and its `queue` span, which ends when a worker takes the request.
+pub(crate) struct JobTrace {
+    request: tracing::Span,
+    context: opentelemetry::trace::SpanContext,
+    queue: tracing::Span,
+}
+
+/// The trace of a request being queued for `model`, a child of the current span.
+pub(crate) fn queued(model: &str) -> Option<JobTrace> {
+    if !enabled() {
+        return None;
+    }
+    let request = tracing::Span::current();
+    let context = request.context().span().span_context().clone();
+    let queue = tracing::error_span!("queue", nimify.model.name = %model);
+    Some(JobTrace { request, context, queue })
+}
+
+impl JobTrace {
+    /// A worker took the request: its `queue` span ends.
+    pub(crate) fn dequeued(&mut self) {
+        self.queue = tracing::Span::none();
+    }
+}
+
+/// The span of one ONNX Runtime run serving `requests` (`items` along dim 0): a child of the
+/// first request's span, linked to every request's, with the batch size.
+pub(crate) fn run_span<'a>(requests: impl IntoIterator<Item = &'a JobTrace>, items: usize) -> tracing::Span {
+    let requests: Vec<&JobTrace> = requests.into_iter().collect();
+    let Some(first) = requests.first() else { return tracing::Span::none() };
+    let span = tracing::error_span!(
+        parent: &first.request,
+        "execute",
+        nimify.batch.size = items as i64,
+        nimify.batch.requests = requests.len() as i64,
+    );
+    for r in &requests {
+        span.add_link(r.context.clone());
+    }
+    span
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Makes the caller's `traceparent` (and `tracestate`) in `headers` the parent of `span`.
+pub fn adopt_parent(span: &tracing::Span, headers: &HeaderMap) {
+    if !enabled() || !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&Headers(headers));
+    let _ = span.set_parent(parent);
+}
+
+/// The trace and span ids of `span` (hex), when tracing is on.
+pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
+    if !enabled() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
+/// Adds `span`'s own `traceparent` (and the caller's `tracestate`) to an answer's headers.
+pub fn answer_with(span: &tracing::Span, headers: &mut HeaderMap) {
+    if !enabled() {
+        return;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if !sc.is_valid() {
+        return;
+    }
+    let flags = if sc.is_sampled() { "01" } else { "00" };
+    if let Ok(v) = HeaderValue::from_str(&format!("00-{}-{}-{flags}", sc.trace_id(), sc.span_id())) {
+        headers.insert("traceparent", v);
+    }
+    let state = sc.trace_state().header();
+    if let Some(v) = Some(state).filter(|s| !s.is_empty()).and_then(|s| HeaderValue::from_str(&s).ok()) {
+        headers.insert("tracestate", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_their_model_and_version() {
+        assert_eq!(model_and_version("/v2/models/mlp/infer"), (Some("mlp"), None));
+        assert_eq!(model_and_version("/v2/models/mlp/versions/3/infer"), (Some("mlp"), Some("3")));
+        assert_eq!(model_and_version("/v1/models/iris/predict"), (Some("iris"), None));
+        assert_eq!(model_and_version("/v2/health/ready"), (None, None));
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn tracing_is_off_unless_an_endpoint_is_named() {
+        assert_eq!(settings(env(&[])), Ok(None));
+        assert_eq!(settings(env(&[("OTEL_SERVICE_NAME", "svc"), ("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])), Ok(None));
+        let on = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")];
+        assert_eq!(
+            settings(env(&on)),
+            Ok(Some(Settings { endpoint: "http://127.0.0.1:4318".into(), protocol: Protocol::HttpProtobuf }))
+        );
+        for off in [("OTEL_SDK_DISABLED", "TRUE"), ("OTEL_TRACES_EXPORTER", "none")] {
+            assert_eq!(settings(env(&[on[0], off])), Ok(None), "{off:?}");
+        }
+        assert_eq!(settings(env(&[on[0], ("OTEL_SDK_DISABLED", "false")])).map(|s| s.is_some()), Ok(true));
+    }
+
+    #[test]
+    fn the_signal_specific_variables_win_and_bad_values_are_named() {
+        let s = settings(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ]))
+        .expect("valid")
+        .expect("on");
+        assert_eq!((s.endpoint.as_str(), s.protocol), ("http://b:4317", Protocol::Grpc));
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318");
+        let err = settings(env(&[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])).expect_err("json");
+        assert!(err.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported"), "{err}");
+        let err = settings(env(&[base, ("OTEL_TRACES_EXPORTER", "zipkin")])).expect_err("zipkin");
+        assert!(err.contains("OTEL_TRACES_EXPORTER=zipkin is not supported"), "{err}");
+        let err = settings(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otel.example:4318")])).expect_err("tls");
+        assert!(err.contains("plain HTTP only") && err.contains("collector"), "{err}");
+        let err = settings(env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4317")])).expect_err("no scheme");
+        assert!(err.starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=collector:4317 is not a URL"), "{err}");
+    }
+}
