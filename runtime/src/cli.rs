@@ -75,6 +75,9 @@ pub struct ServiceArgs {
     /// File with one API key per line; requests then need `Authorization: Bearer` or `x-api-key`.
     #[arg(long, global = true, env = "NIMIFY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// Audit log: one JSON line per inference request appended to this file (`-`: stderr).
+    #[arg(long, global = true, env = "NIMIFY_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
     /// Comma-separated API keys (environment only, so they stay out of `ps`).
     #[arg(
         long = "api-keys-from-env-only",
@@ -187,6 +190,9 @@ impl ServiceArgs {
         }
         if self.api_keys_file.is_some() {
             c.api_keys_file.clone_from(&self.api_keys_file);
+        }
+        if self.audit_log.is_some() {
+            c.audit_log.clone_from(&self.audit_log);
         }
         if self.warmup_request.is_some() {
             c.warmup.request.clone_from(&self.warmup_request);

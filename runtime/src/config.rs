@@ -69,8 +69,13 @@ pub struct Config {
     pub max_connections: usize,
     /// Accepted API keys (prefer `api_keys_file` or `NIMIFY_API_KEYS`); empty with no file: no auth.
     pub api_keys: Vec<String>,
-    /// File with one API key per line (e.g. a mounted Secret).
+    /// File with one API key per line (e.g. a mounted Secret), each optionally `name:key`: the
+    /// name (letters, digits, `_`, `-`, `.`) is what the audit log records.
     pub api_keys_file: Option<PathBuf>,
+    /// Audit log: one JSON line per inference request (time, request and trace ids, API key
+    /// name, client, model, outcome, status, duration) appended to this file, or `-` for stderr.
+    /// Off when unset. Rotating the file is the operator's job (logrotate's `copytruncate`).
+    pub audit_log: Option<PathBuf>,
     /// ONNX Runtime session options.
     pub session: SessionConfig,
     /// Dynamic batching.
@@ -84,6 +89,33 @@ pub struct Config {
     /// `name=digest` pairs separated by commas. The service refuses to start on a mismatch
     /// (images set it through `NIMIFY_MODEL_SHA256`).
     pub model_sha256: Option<String>,
+}
+
+/// An accepted API key, with the name the audit log records for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The name before the first `:` of a `name:key` entry.
+    pub name: Option<String>,
+    /// The key itself (never logged).
+    pub key: String,
+}
+
+impl ApiKey {
+    /// `name:key` (a name of letters, digits, `_`, `-` and `.`), else the whole entry is the key
+    /// (so a key that holds a `:` after other characters still works unnamed).
+    pub fn parse(entry: &str) -> Self {
+        let entry = entry.trim();
+        match entry.split_once(':') {
+            Some((name, key))
+                if !name.is_empty()
+                    && !key.trim().is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
+            {
+                Self { name: Some(name.to_string()), key: key.trim().to_string() }
+            }
+            _ => Self { name: None, key: entry.to_string() },
+        }
+    }
 }
 
 impl Default for Config {
@@ -110,6 +142,7 @@ impl Default for Config {
             max_connections: 0,
             api_keys: Vec::new(),
             api_keys_file: None,
+            audit_log: None,
             session: SessionConfig::default(),
             batching: BatchingConfig::default(),
             warmup: WarmupConfig::default(),
@@ -286,7 +319,7 @@ impl Config {
     }
 
     /// Checks ranges and reads the API key file; returns every accepted key.
-    pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
+    pub fn validate(&self) -> Result<Vec<ApiKey>, ConfigError> {
         if self.session.instances == 0 {
             return Err(ConfigError::Invalid("session.instances must be at least 1, got 0".into()));
         }
@@ -321,12 +354,14 @@ impl Config {
         if self.batching.queue_capacity == 0 {
             return Err(ConfigError::Invalid("batching.queue_capacity must be at least 1, got 0".into()));
         }
-        let mut keys: Vec<String> =
-            self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        let mut keys: Vec<ApiKey> =
+            self.api_keys.iter().map(|k| ApiKey::parse(k)).filter(|k| !k.key.is_empty()).collect();
         if let Some(file) = &self.api_keys_file {
             let text =
                 std::fs::read_to_string(file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
-            keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+            keys.extend(
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(ApiKey::parse),
+            );
             if keys.is_empty() {
                 return Err(ConfigError::Invalid(format!("api key file {} holds no key", file.display())));
             }

@@ -112,10 +112,10 @@ pub(crate) async fn accept_loop(
             _ = stop.wait_for(|s| *s) => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => {
+        let (stream, peer) = match accepted {
+            Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
-                stream
+                (stream, peer)
             }
             Err(e) if is_per_connection(&e) => continue,
             Err(e) => {
@@ -166,7 +166,7 @@ pub(crate) async fn accept_loop(
             // cap's slot always come back.
             let _open = (OpenGauge::new(&metrics), registered, permit);
             let Some(acceptor) = &endpoint.tls else {
-                return serve_connection(stream, &endpoint, clock, &metrics, stop).await;
+                return serve_connection(stream, peer, &endpoint, clock, &metrics, stop).await;
             };
             // The handshake is part of waiting for the first request: bounded by the header
             // timeout, and the connection can be shed meanwhile.
@@ -185,7 +185,7 @@ pub(crate) async fn accept_loop(
                 }
             };
             match tls {
-                Ok(tls) => serve_connection(tls, &endpoint, clock, &metrics, stop).await,
+                Ok(tls) => serve_connection(tls, peer, &endpoint, clock, &metrics, stop).await,
                 // A client that does not trust the certificate, speaks plain HTTP, or (with mutual
                 // TLS) has no valid certificate of its own.
                 Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -257,6 +257,7 @@ impl Drop for Registered {
 
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
+    peer: std::net::SocketAddr,
     endpoint: &Endpoint,
     clock: Arc<Clock>,
     metrics: &ConnectionMetrics,
@@ -269,8 +270,10 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let busy = Busy::start(Arc::clone(&service_clock));
         let router = router.clone();
         async move {
-            let response =
-                router.oneshot(request.map(Body::new)).await.unwrap_or_else(|never: Infallible| match never {});
+            // The client's address, for the audit log (axum's `ConnectInfo`).
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            let response = router.oneshot(request).await.unwrap_or_else(|never: Infallible| match never {});
             Ok::<_, Infallible>(response.map(|body| Body::new(Held::new(body, busy))))
         }
     });

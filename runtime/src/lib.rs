@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+mod audit;
 mod batcher;
 mod cancel;
 pub mod cli;

@@ -82,6 +82,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds a family kept elsewhere (the audit log's error counter).
+    pub(crate) fn register_extra(&self, collector: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(collector) {
+            tracing::warn!(error = %e, "a metric could not be registered");
+        }
+    }
+
     /// Registers every family.
     pub fn new() -> Self {
         let r = Registry::new();

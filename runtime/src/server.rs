@@ -34,6 +34,8 @@ pub struct AppState {
     metrics: Metrics,
     /// TLS for both listeners, when configured.
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The audit log, when configured.
+    audit: Option<Arc<crate::audit::Audit>>,
     /// A stand-in served while the models load: every model lookup is "starting".
     starting: bool,
     /// Set when the listeners stop accepting.
@@ -141,8 +143,16 @@ impl AppState {
 
     /// API keys only, for a gRPC stream whose messages each take an in-flight place (see
     /// [`admit_slot`](Self::admit_slot)).
-    pub(crate) fn authorize(&self, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn authorize(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Option<crate::inference::admission::KeyName>, ApiError> {
         self.admission.authorize(headers)
+    }
+
+    /// The audit log, when one is configured.
+    pub(crate) fn audit(&self) -> Option<&crate::audit::Audit> {
+        self.audit.as_deref()
     }
 
     /// An in-flight place for one message of a stream, counted as refused for `model` when full.
@@ -338,8 +348,9 @@ impl ServerBuilder {
 /// What the configuration names beyond itself, read once: the API keys (from the key file too)
 /// and the TLS certificates.
 struct Settings {
-    api_keys: Vec<String>,
+    api_keys: Vec<crate::config::ApiKey>,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl Settings {
@@ -347,7 +358,11 @@ impl Settings {
     fn read(config: &Config) -> Result<Self, LoadError> {
         let api_keys = config.validate()?;
         let tls = crate::tls::server_config(config).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
-        Ok(Self { api_keys, tls })
+        let audit = match &config.audit_log {
+            Some(path) => Some(Arc::new(crate::audit::Audit::open(path).map_err(crate::config::ConfigError::Invalid)?)),
+            None => None,
+        };
+        Ok(Self { api_keys, tls, audit })
     }
 }
 
@@ -361,6 +376,9 @@ impl AppState {
         metrics: Metrics,
         starting: bool,
     ) -> Self {
+        if let Some(audit) = &settings.audit {
+            metrics.register_extra(Box::new(audit.errors().clone()));
+        }
         Self {
             models,
             ready: tokio::sync::watch::Sender::new(!starting),
@@ -368,6 +386,7 @@ impl AppState {
             config,
             metrics,
             tls: settings.tls,
+            audit: settings.audit,
             starting,
             draining: tokio::sync::watch::Sender::new(false),
         }
@@ -430,7 +449,7 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
             crate::request_body::read_rest_before_answering,
         ))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(axum::middleware::from_fn(access_log))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), access_log))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -491,7 +510,13 @@ async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next)
         return next.run(request).await;
     }
     match state.admit(request.headers(), model_of_path(request.uri().path())) {
-        Ok(_admitted) => next.run(request).await,
+        Ok(admitted) => {
+            let mut response = next.run(request).await;
+            if let Some(name) = admitted.key_name.clone() {
+                response.extensions_mut().insert(name);
+            }
+            response
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -503,10 +528,11 @@ fn model_of_path(path: &str) -> Option<&str> {
 }
 
 /// One log line per request: failures at info level, successes at debug, with the request id.
-async fn access_log(request: Request, next: Next) -> Response {
+async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let client = crate::audit::client_of(&request);
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     // Everything logged while handling the request carries its id (an error-level span, so that
     // it exists whatever level RUST_LOG lets through); with tracing on, it is the request's
@@ -528,6 +554,22 @@ async fn access_log(request: Request, next: Next) -> Response {
         tracing::info!(request_id = %id, %method, %path, status, micros, trace_id, span_id, "request failed");
     } else {
         tracing::debug!(request_id = %id, %method, %path, status, micros, trace_id, span_id, "request");
+    }
+    if let Some(audit) = state.audit().filter(|_| !is_open_path(&path)) {
+        let (model, version) = crate::audit::model_and_version(&path);
+        audit.record(&crate::audit::Entry {
+            request_id: &id,
+            trace_id,
+            api_key: response.extensions().get::<crate::inference::admission::KeyName>().map(|k| &*k.0),
+            client: client.as_deref(),
+            protocol: "http",
+            operation: &format!("{method} {path}"),
+            model,
+            version,
+            status: i64::from(status),
+            outcome: crate::audit::outcome_of_http(status),
+            micros,
+        });
     }
     response
 }

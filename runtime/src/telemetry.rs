@@ -161,7 +161,7 @@ pub fn http_span(request: &axum::extract::Request, request_id: &str) -> tracing:
         Some(r) => format!("{method} {r}"),
         None => method.to_string(),
     };
-    let (model, version) = model_and_version(request.uri().path());
+    let (model, version) = crate::audit::model_and_version(request.uri().path());
     let span = tracing::error_span!(
         "request",
         request_id = %request_id,
@@ -250,20 +250,6 @@ fn version_of(v: axum::http::Version) -> &'static str {
         axum::http::Version::HTTP_3 => "3",
         _ => "1.1",
     }
-}
-
-/// The model and version a V2 or typed path names.
-fn model_and_version(path: &str) -> (Option<&str>, Option<&str>) {
-    let Some(rest) = path.strip_prefix("/v2/models/").or_else(|| path.strip_prefix("/v1/models/")) else {
-        return (None, None);
-    };
-    let mut parts = rest.split('/');
-    let model = parts.next().filter(|m| !m.is_empty());
-    let version = match (parts.next(), parts.next()) {
-        (Some("versions"), Some(v)) if !v.is_empty() => Some(v),
-        _ => None,
-    };
-    (model, version)
 }
 
 /// A span inside a request (`decode`, `encode`, a typed service's `process`): a child of the
@@ -379,14 +365,6 @@ pub fn answer_with(span: &tracing::Span, headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_name_their_model_and_version() {
-        assert_eq!(model_and_version("/v2/models/mlp/infer"), (Some("mlp"), None));
-        assert_eq!(model_and_version("/v2/models/mlp/versions/3/infer"), (Some("mlp"), Some("3")));
-        assert_eq!(model_and_version("/v1/models/iris/predict"), (Some("iris"), None));
-        assert_eq!(model_and_version("/v2/health/ready"), (None, None));
-    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: std::collections::HashMap<String, String> =

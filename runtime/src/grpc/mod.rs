@@ -63,7 +63,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), message_limit))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(axum::middleware::from_fn(access_log))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), access_log))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
@@ -150,7 +150,7 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
     }
     if is_stream(&path) {
         return match state.authorize(request.headers()) {
-            Ok(()) => next.run(request).await,
+            Ok(key) => with_key_name(next.run(request).await, key),
             Err(e) => status::to_status(&e).into_http(),
         };
     }
@@ -158,6 +158,7 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
         Ok(admitted) => admitted,
         Err(e) => return status::to_status(&e).into_http(),
     };
+    let key = admitted.key_name.clone();
     let call = next.run(request);
     let response = match deadline {
         // The handler's deadline is this one (same instant, polled first), so a request the
@@ -174,7 +175,15 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
         },
         None => call.await,
     };
-    response.map(|body| axum::body::Body::new(crate::connections::Held::new(body, admitted)))
+    with_key_name(response.map(|body| axum::body::Body::new(crate::connections::Held::new(body, admitted))), key)
+}
+
+/// Hands the admitted key's name to the audit log (through the answer's extensions).
+fn with_key_name(mut response: Response, key: Option<crate::inference::admission::KeyName>) -> Response {
+    if let Some(key) = key {
+        response.extensions_mut().insert(key);
+    }
+    response
 }
 
 /// A request message over `grpc_max_message_bytes` ends with RESOURCE_EXHAUSTED naming the
@@ -197,9 +206,10 @@ async fn message_limit(State(state): State<Arc<AppState>>, request: Request, nex
 /// One log line per call, as HTTP's access log: failures (a `grpc-status` other than 0 in the
 /// response headers, which is how a call that fails before answering ends) at info, the rest at
 /// debug, with the request id; everything logged during the call carries it.
-async fn access_log(request: Request, next: Next) -> Response {
+async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     let path = request.uri().path().to_string();
+    let client = crate::audit::client_of(&request);
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let span = if crate::telemetry::enabled() {
         crate::telemetry::grpc_span(&request, &id)
@@ -220,6 +230,24 @@ async fn access_log(request: Request, next: Next) -> Response {
         tracing::info!(request_id = %id, protocol = "grpc", %path, grpc_status = %code, micros, trace_id, span_id, "request failed");
     } else {
         tracing::debug!(request_id = %id, protocol = "grpc", %path, grpc_status = %code, micros, trace_id, span_id, "request");
+    }
+    // Calls that answer carry their status in the trailers, after this: the audit line has the
+    // status known when the headers go out (0 for a call that went on to answer).
+    if let Some(audit) = state.audit().filter(|_| !is_open(&path)) {
+        let code: i64 = code.parse().unwrap_or(2);
+        audit.record(&crate::audit::Entry {
+            request_id: &id,
+            trace_id,
+            api_key: response.extensions().get::<crate::inference::admission::KeyName>().map(|k| &*k.0),
+            client: client.as_deref(),
+            protocol: "grpc",
+            operation: path.trim_start_matches('/'),
+            model: None,
+            version: None,
+            outcome: crate::audit::outcome_of_grpc(code),
+            status: code,
+            micros,
+        });
     }
     response
 }

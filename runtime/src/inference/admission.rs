@@ -11,12 +11,13 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::config::ApiKey;
 use crate::error::ApiError;
 
 /// The admission rules of one server.
 #[derive(Debug)]
 pub struct Admission {
-    api_keys: Vec<String>,
+    api_keys: Vec<ApiKey>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
 }
@@ -25,12 +26,19 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Admitted {
     _permit: OwnedSemaphorePermit,
+    /// The name of the API key it came with, when the key has one (for the audit log).
+    pub(crate) key_name: Option<KeyName>,
 }
+
+/// The name of the API key a request was admitted with, carried to the audit log in the
+/// response's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyName(pub(crate) Arc<str>);
 
 impl Admission {
     /// Rules with these keys (none: no authentication) and at most `max_in_flight` requests at
     /// once (0: no cap).
-    pub(crate) fn new(api_keys: Vec<String>, max_in_flight: usize) -> Self {
+    pub(crate) fn new(api_keys: Vec<ApiKey>, max_in_flight: usize) -> Self {
         let permits = if max_in_flight == 0 { Semaphore::MAX_PERMITS } else { max_in_flight };
         Self { api_keys, in_flight: Arc::new(Semaphore::new(permits)), max_in_flight }
     }
@@ -38,18 +46,22 @@ impl Admission {
     /// Admits a request carrying `headers`: a missing or wrong API key is 401, a full in-flight
     /// cap is 503 (with `Retry-After`).
     pub(crate) fn admit(&self, headers: &HeaderMap) -> Result<Admitted, ApiError> {
-        self.authorize(headers)?;
-        self.slot()
+        let key_name = self.authorize(headers)?;
+        Ok(Admitted { key_name, ..self.slot()? })
     }
 
-    /// The API-key half of [`admit`](Self::admit): a missing or wrong key is 401.
-    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        if !self.api_keys.is_empty() && !authorized(&self.api_keys, headers) {
-            return Err(ApiError::Unauthorized(
-                "missing or wrong API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`".into(),
-            ));
+    /// The API-key half of [`admit`](Self::admit): a missing or wrong key is 401; the name of
+    /// the key that matched, when it has one.
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<Option<KeyName>, ApiError> {
+        if self.api_keys.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        match authorized(&self.api_keys, headers) {
+            Some(key) => Ok(key.name.as_deref().map(|n| KeyName(n.into()))),
+            None => Err(ApiError::Unauthorized(
+                "missing or wrong API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`".into(),
+            )),
+        }
     }
 
     /// The in-flight half of [`admit`](Self::admit): a place, or 503 when the cap is full.
@@ -57,7 +69,7 @@ impl Admission {
         let permit = Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
             ApiError::Overloaded(format!("more than {} requests in flight; retry shortly", self.max_in_flight))
         })?;
-        Ok(Admitted { _permit: permit })
+        Ok(Admitted { _permit: permit, key_name: None })
     }
 }
 
@@ -67,13 +79,20 @@ fn bearer(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(key)
 }
 
-fn authorized(keys: &[String], headers: &HeaderMap) -> bool {
+/// The key `headers` carry, when it is one of `keys`. Every key is compared, so the time taken
+/// does not say which one matched.
+fn authorized<'a>(keys: &'a [ApiKey], headers: &HeaderMap) -> Option<&'a ApiKey> {
     let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
     let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    [bearer, api_key]
-        .into_iter()
-        .flatten()
-        .any(|given| keys.iter().any(|k| constant_time_eq(k.as_bytes(), given.trim().as_bytes())))
+    let mut found = None;
+    for given in [bearer, api_key].into_iter().flatten() {
+        for k in keys {
+            if constant_time_eq(k.key.as_bytes(), given.trim().as_bytes()) && found.is_none() {
+                found = Some(k);
+            }
+        }
+    }
+    found
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much of a key matched.
@@ -95,7 +114,7 @@ mod tests {
 
     #[test]
     fn keys_from_either_header_with_the_bearer_scheme_in_any_case() {
-        let a = Admission::new(vec!["k1".into()], 0);
+        let a = Admission::new(vec![ApiKey::parse("k1")], 0);
         for good in [
             &[("authorization", "Bearer k1")][..],
             &[("authorization", "bearer k1")],
@@ -114,6 +133,24 @@ mod tests {
         ] {
             assert!(matches!(a.admit(&headers(bad)), Err(ApiError::Unauthorized(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_named_key_gives_its_name_and_never_its_value() {
+        let a = Admission::new(vec![ApiKey::parse("ci:s3cret"), ApiKey::parse("plain")], 0);
+        let named = a.admit(&headers(&[("x-api-key", "s3cret")])).expect("named");
+        assert_eq!(named.key_name.as_ref().map(|k| &*k.0), Some("ci"));
+        assert!(a.admit(&headers(&[("x-api-key", "plain")])).expect("unnamed").key_name.is_none());
+        // The name alone, or the whole entry, is not the key.
+        for bad in ["ci", "ci:s3cret"] {
+            assert!(a.admit(&headers(&[("x-api-key", bad)])).is_err(), "{bad}");
+        }
+        assert_eq!(ApiKey::parse("a b:c"), ApiKey { name: None, key: "a b:c".into() });
+        assert_eq!(ApiKey::parse("ci:"), ApiKey { name: None, key: "ci:".into() });
+        assert_eq!(
+            ApiKey::parse(" prod-1.eu:k:with:colons "),
+            ApiKey { name: Some("prod-1.eu".into()), key: "k:with:colons".into() }
+        );
     }
 
     #[test]
