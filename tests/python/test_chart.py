@@ -113,6 +113,24 @@ def validate(manifests, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_tracing_and_the_audit_log_are_set_as_the_service_reads_them():
+    def env_of(which):
+        deploy = next(d for d in docs(render(which)) if d["kind"] == "Deployment")
+        [c] = deploy["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in c["env"]}
+
+    on = env_of("all")
+    assert on["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert (on["OTEL_EXPORTER_OTLP_PROTOCOL"], on["OTEL_TRACES_SAMPLER"], on["OTEL_TRACES_SAMPLER_ARG"]) == ("http/protobuf", "parentbased_traceidratio", "0.1")
+    assert on["OTEL_SERVICE_NAME"] and on["NIMIFY_AUDIT_LOG"] == "-"
+    off = env_of("default")
+    assert not [k for k in off if k.startswith("OTEL_") or k == "NIMIFY_AUDIT_LOG"], off
+    # The schema refuses what the service would refuse at start.
+    for bad in ({"endpoint": "https://collector:4318"}, {"protocol": "http/json"}, {"samplerArg": "2"}):
+        with pytest.raises(helm.HelmValuesError):
+            helm.Chart.load(CHART).render(merge(SERVICE, {"tracing": bad}), name="iris", namespace="ml")
+
+
 @pytest.mark.parametrize("env", ["default", *ENVS, "all"])
 def test_manifests_validate_against_kubernetes_1_32(env, tmp_path):
     validate(docs(render(env)), tmp_path)
