@@ -191,6 +191,29 @@ fn warn_if_disk_short(sh: &Shell, root: &Path) {
     }
 }
 
+/// Removes what earlier `cargo publish --dry-run` runs left extracted in cargo's registry
+/// sources: the packaged crates go to a local overlay registry named by its path
+/// (`$CARGO_HOME/registry/src/-<hash>/`), and cargo does not extract a crate again once its
+/// directory exists there; so a second run from a checkout at the same path would build the
+/// first run's sources of our crates (seen as "no field `platforms`" after a change to them).
+fn forget_packaged_sources() {
+    const OURS: &[&str] = &["nimify", "nimify-model", "nimify-macros", "cargo-nimify"];
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry/src")) else { return };
+    let Ok(registries) = std::fs::read_dir(&src) else { return };
+    for registry in registries.flatten().filter(|r| r.file_name().to_string_lossy().starts_with('-')) {
+        let Ok(crates) = std::fs::read_dir(registry.path()) else { continue };
+        for krate in crates.flatten() {
+            let name = krate.file_name().to_string_lossy().into_owned();
+            if OURS.iter().any(|ours| name.rsplit_once('-').is_some_and(|(n, _)| n == *ours)) {
+                let _ = std::fs::remove_dir_all(krate.path());
+            }
+        }
+    }
+}
+
 /// The workspace's target directory (`CARGO_TARGET_DIR`, relative to the root, or `target`).
 fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t))
@@ -272,6 +295,7 @@ pub fn run(rest: &[&str]) -> Result<()> {
     // target/debug/cargo-nimify with a binary built outside this checkout. No debug info keeps
     // the throw-away build small; it is removed afterwards.
     let publish_target = target_dir(&root).join("publish-check");
+    forget_packaged_sources();
     cmd!(sh, "{cargo} publish --workspace --dry-run --allow-dirty --quiet")
         .env("CARGO_PROFILE_DEV_DEBUG", "false")
         .env("CARGO_TARGET_DIR", &publish_target)
