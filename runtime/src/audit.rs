@@ -133,7 +133,8 @@ pub(crate) fn model_and_version(path: &str) -> (Option<&str>, Option<&str>) {
     (model, version)
 }
 
-fn now_rfc3339() -> String {
+/// Now, RFC 3339 UTC with microseconds.
+pub(crate) fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let days = i64::try_from(now.as_secs() / 86_400).unwrap_or(0);
     let secs = now.as_secs() % 86_400;

@@ -75,6 +75,15 @@ pub struct ServiceArgs {
     /// File with one API key per line; requests then need `Authorization: Bearer` or `x-api-key`.
     #[arg(long, global = true, env = "NIMIFY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// Payload logging: POST sampled inference request/response bodies as CloudEvents here.
+    #[arg(long, global = true, env = "NIMIFY_PAYLOAD_LOG_URL", value_name = "URL")]
+    pub payload_log_url: Option<String>,
+    /// Which bodies payload logging sends [default: all].
+    #[arg(long, global = true, env = "NIMIFY_PAYLOAD_LOG_MODE", value_enum)]
+    pub payload_log_mode: Option<crate::config::PayloadLogMode>,
+    /// Share of inference requests payload logging sends, 0 to 1 [default: 1].
+    #[arg(long, global = true, env = "NIMIFY_PAYLOAD_LOG_SAMPLE_RATIO")]
+    pub payload_log_sample_ratio: Option<f64>,
     /// Audit log: one JSON line per inference request appended to this file (`-`: stderr).
     #[arg(long, global = true, env = "NIMIFY_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
@@ -193,6 +202,13 @@ impl ServiceArgs {
         }
         if self.audit_log.is_some() {
             c.audit_log.clone_from(&self.audit_log);
+        }
+        if self.payload_log_url.is_some() {
+            c.payload_log.url.clone_from(&self.payload_log_url);
+        }
+        layer! {
+            c.payload_log.mode => self.payload_log_mode,
+            c.payload_log.sample_ratio => self.payload_log_sample_ratio,
         }
         if self.warmup_request.is_some() {
             c.warmup.request.clone_from(&self.warmup_request);

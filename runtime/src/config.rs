@@ -89,6 +89,44 @@ pub struct Config {
     /// `name=digest` pairs separated by commas. The service refuses to start on a mismatch
     /// (images set it through `NIMIFY_MODEL_SHA256`).
     pub model_sha256: Option<String>,
+    /// Payload logging: sampled request and response bodies sent as CloudEvents to a sink.
+    pub payload_log: PayloadLogConfig,
+}
+
+/// Payload logging, as KServe's logger does: inference request and response bodies, sampled and
+/// size-capped, sent as CloudEvents (HTTP binary mode) to `url` from a queue, never on the
+/// request's path: a full queue or a failing sink drops events and counts them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PayloadLogConfig {
+    /// Where events are POSTed (`http://...`); unset: off.
+    pub url: Option<String>,
+    /// `all`, `request` or `response`: which bodies are sent.
+    pub mode: PayloadLogMode,
+    /// Share of inference requests logged, 0 to 1.
+    pub sample_ratio: f64,
+    /// Bodies above this many bytes are cut (the event says so, with the full size).
+    pub max_bytes: usize,
+    /// Events waiting to be sent; past it new ones are dropped (counted).
+    pub queue_capacity: usize,
+}
+
+/// Which bodies payload logging sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadLogMode {
+    /// Requests and responses.
+    All,
+    /// Requests only.
+    Request,
+    /// Responses only.
+    Response,
+}
+
+impl Default for PayloadLogConfig {
+    fn default() -> Self {
+        Self { url: None, mode: PayloadLogMode::All, sample_ratio: 1.0, max_bytes: 64 * 1024, queue_capacity: 1024 }
+    }
 }
 
 /// An accepted API key, with the name the audit log records for it.
@@ -148,6 +186,7 @@ impl Default for Config {
             warmup: WarmupConfig::default(),
             model_dir: None,
             model_sha256: None,
+            payload_log: PayloadLogConfig::default(),
         }
     }
 }
@@ -350,6 +389,23 @@ impl Config {
                 "port and grpc_port are both {}: give gRPC its own port (--grpc-port) or turn it off (--no-grpc)",
                 self.port
             )));
+        }
+        let log = &self.payload_log;
+        if let Some(url) = &log.url
+            && !url.starts_with("http://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "payload_log.url {url:?}: events go over plain http:// only for now (point it at a collector beside the service)"
+            )));
+        }
+        if !(0.0..=1.0).contains(&log.sample_ratio) {
+            return Err(ConfigError::Invalid(format!(
+                "payload_log.sample_ratio must be between 0 and 1, got {}",
+                log.sample_ratio
+            )));
+        }
+        if log.queue_capacity == 0 {
+            return Err(ConfigError::Invalid("payload_log.queue_capacity must be at least 1, got 0".into()));
         }
         if self.batching.queue_capacity == 0 {
             return Err(ConfigError::Invalid("batching.queue_capacity must be at least 1, got 0".into()));

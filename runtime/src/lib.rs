@@ -26,6 +26,7 @@ mod metrics;
 mod model;
 mod openapi;
 mod ortlib;
+mod payload_log;
 mod request_body;
 mod routes;
 mod server;

@@ -36,6 +36,8 @@ pub struct AppState {
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// The audit log, when configured.
     audit: Option<Arc<crate::audit::Audit>>,
+    /// Payload logging, when configured (not while the models load).
+    payload_log: Option<Arc<crate::payload_log::PayloadLog>>,
     /// A stand-in served while the models load: every model lookup is "starting".
     starting: bool,
     /// Set when the listeners stop accepting.
@@ -153,6 +155,11 @@ impl AppState {
     /// The audit log, when one is configured.
     pub(crate) fn audit(&self) -> Option<&crate::audit::Audit> {
         self.audit.as_deref()
+    }
+
+    /// The payload logger, when one is configured.
+    pub(crate) fn payload_log(&self) -> Option<&crate::payload_log::PayloadLog> {
+        self.payload_log.as_deref()
     }
 
     /// An in-flight place for one message of a stream, counted as refused for `model` when full.
@@ -379,6 +386,10 @@ impl AppState {
         if let Some(audit) = &settings.audit {
             metrics.register_extra(Box::new(audit.errors().clone()));
         }
+        let payload_log = if starting { None } else { crate::payload_log::PayloadLog::start(&config.payload_log) };
+        for collector in payload_log.iter().flat_map(|p| p.collectors()) {
+            metrics.register_extra(collector);
+        }
         Self {
             models,
             ready: tokio::sync::watch::Sender::new(!starting),
@@ -387,6 +398,7 @@ impl AppState {
             metrics,
             tls: settings.tls,
             audit: settings.audit,
+            payload_log,
             starting,
             draining: tokio::sync::watch::Sender::new(false),
         }
@@ -440,6 +452,7 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
         .merge(crate::routes::docs::router(doc))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::payload_log::capture))
         .layer(tower_http::decompression::RequestDecompressionLayer::new())
         .layer(axum::middleware::from_fn(crate::request_body::check_encoding))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))

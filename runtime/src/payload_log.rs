@@ -1,0 +1,213 @@
+//! Payload logging, as KServe's logger does: the bodies of sampled inference requests (V2 and
+//! typed routes over HTTP) and of their answers, each sent as a CloudEvent in HTTP binary
+//! content mode (`ce-*` headers, the body as it was, its own `Content-Type`) to a sink URL.
+//!
+//! Events go through a bounded queue to one sending task: a request never waits for the sink.
+//! A full queue drops the event (`nimify_payload_log_dropped_total{reason="queue_full"}`), a
+//! sink that fails or does not answer within 5 s drops it too (`reason="sink_error"`); sent
+//! events are counted in `nimify_payload_log_sent_total`. Bodies above `max_bytes` are cut, and
+//! the event says so (`ce-nimifytruncated: true`, `ce-nimifysize`: the full size).
+//!
+//! Both events of a request carry its request id as `ce-id` and differ in `ce-type`
+//! (`io.nimify.inference.request` / `.response`), as KServe pairs them; `ce-source` is
+//! `/models/<model>`, and with tracing on `ce-traceparent` (the CloudEvents distributed-tracing
+//! extension) names the request's span.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body_util::BodyExt as _;
+use prometheus::{IntCounter, IntCounterVec, Opts};
+use tokio::sync::mpsc;
+
+use crate::config::{PayloadLogConfig, PayloadLogMode};
+
+/// One event to send.
+struct Event {
+    kind: &'static str,
+    id: String,
+    model: String,
+    content_type: Option<HeaderValue>,
+    traceparent: Option<String>,
+    body: Bytes,
+    size: usize,
+}
+
+/// The payload logger of one server.
+pub struct PayloadLog {
+    config: PayloadLogConfig,
+    queue: mpsc::Sender<Event>,
+    seen: AtomicU64,
+    dropped: IntCounterVec,
+    sent: IntCounter,
+}
+
+impl std::fmt::Debug for PayloadLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayloadLog").field("url", &self.config.url).finish_non_exhaustive()
+    }
+}
+
+impl PayloadLog {
+    /// Starts the sending task (on the current Tokio runtime) when `config` names a sink.
+    pub(crate) fn start(config: &PayloadLogConfig) -> Option<Arc<Self>> {
+        let url: axum::http::Uri = config.url.as_deref()?.parse().ok()?;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("payload logging is off: the server was built outside a Tokio runtime");
+            return None;
+        };
+        let (queue, rx) = mpsc::channel(config.queue_capacity);
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "nimify_payload_log_dropped_total",
+                "Payload log events dropped, by reason (queue_full, sink_error)",
+            ),
+            &["reason"],
+        )
+        .ok()?;
+        let sent = IntCounter::new("nimify_payload_log_sent_total", "Payload log events the sink accepted").ok()?;
+        let log = Arc::new(Self { config: config.clone(), queue, seen: AtomicU64::new(0), dropped, sent });
+        runtime.spawn(send_all(rx, url, Arc::clone(&log)));
+        Some(log)
+    }
+
+    /// The counters, for the metrics registry.
+    pub(crate) fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![Box::new(self.dropped.clone()), Box::new(self.sent.clone())]
+    }
+
+    /// Whether the next inference request is logged: exactly `sample_ratio` of them, spread
+    /// evenly (no random numbers needed).
+    fn sampled(&self) -> bool {
+        let ratio = self.config.sample_ratio;
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * ratio).floor() > (n * ratio).floor()
+    }
+
+    fn queue(&self, event: Event) {
+        if self.queue.try_send(event).is_err() {
+            self.dropped.with_label_values(&["queue_full"]).inc();
+        }
+    }
+
+    fn event(&self, kind: &'static str, id: &str, model: &str, headers: &HeaderMap, body: &Bytes) -> Event {
+        let size = body.len();
+        Event {
+            kind,
+            id: id.to_string(),
+            model: model.to_string(),
+            content_type: headers.get(axum::http::header::CONTENT_TYPE).cloned(),
+            traceparent: None,
+            body: body.slice(..size.min(self.config.max_bytes)),
+            size,
+        }
+    }
+}
+
+/// Sends queued events one after another until the server stops.
+async fn send_all(mut rx: mpsc::Receiver<Event>, url: axum::http::Uri, log: Arc<PayloadLog>) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let mut warned = false;
+    while let Some(event) = rx.recv().await {
+        let mut request = axum::http::Request::post(url.clone())
+            .header("ce-specversion", "1.0")
+            .header("ce-id", &event.id)
+            .header("ce-type", format!("io.nimify.inference.{}", event.kind))
+            .header("ce-source", format!("/models/{}", event.model))
+            .header("ce-time", crate::audit::now_rfc3339())
+            .header("ce-nimifymodel", &event.model)
+            .header("ce-nimifysize", event.size.to_string());
+        if event.body.len() < event.size {
+            request = request.header("ce-nimifytruncated", "true");
+        }
+        if let Some(tp) = &event.traceparent {
+            request = request.header("ce-traceparent", tp);
+        }
+        if let Some(ct) = event.content_type {
+            request = request.header(axum::http::header::CONTENT_TYPE, ct);
+        }
+        let Ok(request) = request.body(http_body_util::Full::new(event.body)) else { continue };
+        let outcome = tokio::time::timeout(Duration::from_secs(5), client.request(request)).await;
+        match outcome {
+            Ok(Ok(response)) if response.status().is_success() => log.sent.inc(),
+            other => {
+                log.dropped.with_label_values(&["sink_error"]).inc();
+                if !warned {
+                    let why = match other {
+                        Ok(Ok(r)) => format!("it answered {}", r.status()),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "no answer within 5 s".into(),
+                    };
+                    tracing::warn!(url = %url, error = %why, "the payload log sink refused an event; dropping events it does not take (nimify_payload_log_dropped_total)");
+                    warned = true;
+                }
+            }
+        }
+    }
+}
+
+/// The middleware: for a sampled inference request, reads the body (already limited by the
+/// route's own body limit), queues it, passes it on, and does the same with the answer.
+pub(crate) async fn capture(
+    axum::extract::State(state): axum::extract::State<Arc<crate::server::AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(log) = state.payload_log() else { return next.run(request).await };
+    let path = request.uri().path();
+    let inference = path.ends_with("/infer") || path.ends_with("/predict");
+    let Some(model) = crate::audit::model_and_version(path).0.filter(|_| inference).map(str::to_string) else {
+        return next.run(request).await;
+    };
+    if !log.sampled() {
+        return next.run(request).await;
+    }
+    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let traceparent = crate::telemetry::ids(&tracing::Span::current()).map(|(t, s)| format!("00-{t}-{s}-01"));
+    let (parts, body) = request.into_parts();
+    let limit = state.config().max_body_bytes;
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        // Too large or broken: the route answers as it would have (413 / 400), unlogged.
+        Err(_) => return next.run(Request::from_parts(parts, Body::empty())).await,
+    };
+    if log.config.mode != PayloadLogMode::Response {
+        log.queue(Event {
+            traceparent: traceparent.clone(),
+            ..log.event("request", &id, &model, &parts.headers, &bytes)
+        });
+    }
+    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    if log.config.mode == PayloadLogMode::Request {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let bytes = collected.to_bytes();
+    log.queue(Event { traceparent, ..log.event("response", &id, &model, &parts.headers, &bytes) });
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sampling_keeps_exactly_the_ratio() {
+        for (ratio, kept) in [(1.0, 1000), (0.0, 0), (0.25, 250), (0.1, 100), (0.333, 333)] {
+            let config =
+                PayloadLogConfig { url: Some("http://127.0.0.1:9/".into()), sample_ratio: ratio, ..Default::default() };
+            let log = PayloadLog::start(&config).expect("logger");
+            assert_eq!((0..1000).filter(|_| log.sampled()).count(), kept, "{ratio}");
+        }
+    }
+}

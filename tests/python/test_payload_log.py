@@ -1,0 +1,145 @@
+"""Payload logging against a loopback sink: sampled request and response bodies arrive as
+CloudEvents (HTTP binary mode), capped in size; a sink that is down or never answers costs the
+requests nothing, and what it loses is counted."""
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+from conftest import MODELS, Server, free_port, metrics
+
+MLP = os.path.join(MODELS, "mlp.onnx")
+
+
+class Sink:
+    """An HTTP server keeping every event (headers, body)."""
+
+    def __init__(self):
+        self.events = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.events.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count, timeout=15):
+        deadline = time.time() + timeout
+        while len(self.events) < count and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(self.events) >= count, [h.get("ce-type") for h, _ in self.events]
+        return self.events
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def body(value=1.0):
+    return json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [value] * 4}]}).encode()
+
+
+def infer(server, data, request_id):
+    return requests.post(f"{server.url}/v2/models/mlp/infer", data=data, headers={"Content-Type": "application/json", "x-request-id": request_id}, timeout=10)
+
+
+def test_events_carry_the_bodies_as_cloudevents(tmp_path):
+    sink = Sink()
+    server = Server(MLP, "--payload-log-url", sink.url)
+    try:
+        sent = body(2.0)
+        r = infer(server, sent, "pl-1")
+        assert r.status_code == 200
+        events = sink.wait_for(2)
+        by_type = {h["ce-type"]: (h, b) for h, b in events}
+        assert set(by_type) == {"io.nimify.inference.request", "io.nimify.inference.response"}
+        for h, _ in events:
+            assert (h["ce-specversion"], h["ce-id"], h["ce-source"], h["ce-nimifymodel"]) == ("1.0", "pl-1", "/models/mlp", "mlp")
+            assert h["ce-time"].endswith("Z") and "ce-nimifytruncated" not in h
+        h, b = by_type["io.nimify.inference.request"]
+        assert b == sent and h["content-type"] == "application/json" and h["ce-nimifysize"] == str(len(sent))
+        h, b = by_type["io.nimify.inference.response"]
+        assert b == r.content and json.loads(b)["outputs"]
+        # Health, metadata and metrics are not inference: nothing is sent for them.
+        requests.get(f"{server.url}/v2/models/mlp", timeout=10)
+        requests.get(f"{server.url}/v2/health/ready", timeout=10)
+        infer(server, body(), "pl-2")
+        sink.wait_for(4)
+        time.sleep(0.3)
+        assert len(sink.events) == 4 and {h["ce-id"] for h, _ in sink.events} == {"pl-1", "pl-2"}
+        assert metrics(server)[("nimify_payload_log_sent_total", "")] == 4
+    finally:
+        server.stop()
+        sink.stop()
+
+
+def test_sampling_modes_and_the_size_cap(tmp_path):
+    sink = Sink()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[payload_log]\nurl = "{sink.url}"\nmode = "request"\nsample_ratio = 0.5\nmax_bytes = 16\n')
+    server = Server(MLP, "--config", str(config))
+    try:
+        for i in range(10):
+            assert infer(server, body(float(i)), f"s-{i}").status_code == 200
+        events = sink.wait_for(5)
+        time.sleep(0.3)
+        assert len(sink.events) == 5, "half of ten requests, requests only"
+        for h, b in events:
+            assert h["ce-type"] == "io.nimify.inference.request"
+            assert len(b) == 16 and h["ce-nimifytruncated"] == "true" and int(h["ce-nimifysize"]) == len(body(0.0))
+    finally:
+        server.stop()
+        sink.stop()
+
+
+def test_a_sink_that_is_down_or_never_answers_costs_the_requests_nothing(tmp_path):
+    # Down: nothing listens there.
+    server = Server(MLP, "--payload-log-url", f"http://127.0.0.1:{free_port()}/events")
+    try:
+        for i in range(5):
+            assert infer(server, body(), f"down-{i}").status_code == 200
+        deadline = time.time() + 15
+        while metrics(server).get(("nimify_payload_log_dropped_total", '{reason="sink_error"}'), 0) < 10 and time.time() < deadline:
+            time.sleep(0.1)
+        assert metrics(server)[("nimify_payload_log_dropped_total", '{reason="sink_error"}')] == 10
+        assert any("payload log sink" in line for line in server.log)
+    finally:
+        assert server.stop() == 0
+    # Never answers: it accepts the connection and reads nothing. The queue (2 events) fills
+    # while the sender waits on the first; every request is still answered.
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[payload_log]\nurl = "http://127.0.0.1:{hang.getsockname()[1]}/events"\nqueue_capacity = 2\n')
+    server = Server(MLP, "--config", str(config))
+    try:
+        for i in range(20):
+            assert infer(server, body(), f"hang-{i}").status_code == 200
+        dropped = metrics(server)[("nimify_payload_log_dropped_total", '{reason="queue_full"}')]
+        assert dropped >= 40 - 2 - 1, dropped
+    finally:
+        assert server.stop() == 0
+        hang.close()
+
+
+def test_settings_the_logger_cannot_honour_stop_the_server_at_start(tmp_path):
+    for flags, says in ((["--payload-log-url", "https://sink.invalid/events"], "plain http:// only"),
+                        (["--payload-log-url", "http://127.0.0.1:9/", "--payload-log-sample-ratio", "1.5"], "sample_ratio must be between 0 and 1")):
+        p = subprocess.run([*Server.argv_for(MLP), *flags], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 1 and says in p.stderr, p.stderr
