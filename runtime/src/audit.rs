@@ -75,11 +75,13 @@ impl Audit {
     pub(crate) fn record(&self, entry: &Entry<'_>) {
         #[derive(Serialize)]
         struct Line<'a> {
+            /// Tells audit lines from the service log's when both go to stderr.
+            log: &'static str,
             time: String,
             #[serde(flatten)]
             entry: &'a Entry<'a>,
         }
-        let Ok(mut line) = serde_json::to_vec(&Line { time: now_rfc3339(), entry }) else { return };
+        let Ok(mut line) = serde_json::to_vec(&Line { log: "audit", time: now_rfc3339(), entry }) else { return };
         line.push(b'\n');
         let mut sink = self.sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(e) = sink.write_all(&line).and_then(|()| sink.flush()) {

@@ -139,10 +139,13 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
-    /// `name:key` (a name of letters, digits, `_`, `-` and `.`), else the whole entry is the key
-    /// (so a key that holds a `:` after other characters still works unnamed).
+    /// `name:key` (a name of letters, digits, `_`, `-` and `.`), else the whole entry is the key.
+    /// A key that itself looks like `word:rest` is written with an empty name, `:word:rest`.
     pub fn parse(entry: &str) -> Self {
         let entry = entry.trim();
+        if let Some(key) = entry.strip_prefix(':') {
+            return Self { name: None, key: key.to_string() };
+        }
         match entry.split_once(':') {
             Some((name, key))
                 if !name.is_empty()
@@ -392,10 +395,10 @@ impl Config {
         }
         let log = &self.payload_log;
         if let Some(url) = &log.url
-            && !url.starts_with("http://")
+            && (!url.starts_with("http://") || url.parse::<axum::http::Uri>().map_or(true, |u| u.host().is_none()))
         {
             return Err(ConfigError::Invalid(format!(
-                "payload_log.url {url:?}: events go over plain http:// only for now (point it at a collector beside the service)"
+                "payload_log.url {url:?} is not an http:// URL (events go over plain HTTP only for now: point it at a collector beside the service)"
             )));
         }
         if !(0.0..=1.0).contains(&log.sample_ratio) {

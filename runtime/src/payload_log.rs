@@ -72,9 +72,8 @@ impl PayloadLog {
         )
         .ok()?;
         let sent = IntCounter::new("nimify_payload_log_sent_total", "Payload log events the sink accepted").ok()?;
-        let log = Arc::new(Self { config: config.clone(), queue, seen: AtomicU64::new(0), dropped, sent });
-        runtime.spawn(send_all(rx, url, Arc::clone(&log)));
-        Some(log)
+        runtime.spawn(send_all(rx, url, dropped.clone(), sent.clone()));
+        Some(Arc::new(Self { config: config.clone(), queue, seen: AtomicU64::new(0), dropped, sent }))
     }
 
     /// The counters, for the metrics registry.
@@ -104,14 +103,19 @@ impl PayloadLog {
             model: model.to_string(),
             content_type: headers.get(axum::http::header::CONTENT_TYPE).cloned(),
             traceparent: None,
-            body: body.slice(..size.min(self.config.max_bytes)),
+            // A copy of the part kept: a slice would keep the whole body alive in the queue.
+            body: if size > self.config.max_bytes {
+                Bytes::copy_from_slice(&body[..self.config.max_bytes])
+            } else {
+                body.clone()
+            },
             size,
         }
     }
 }
 
-/// Sends queued events one after another until the server stops.
-async fn send_all(mut rx: mpsc::Receiver<Event>, url: axum::http::Uri, log: Arc<PayloadLog>) {
+/// Sends queued events one after another until the logger is dropped.
+async fn send_all(mut rx: mpsc::Receiver<Event>, url: axum::http::Uri, dropped: IntCounterVec, sent: IntCounter) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let mut warned = false;
@@ -136,9 +140,9 @@ async fn send_all(mut rx: mpsc::Receiver<Event>, url: axum::http::Uri, log: Arc<
         let Ok(request) = request.body(http_body_util::Full::new(event.body)) else { continue };
         let outcome = tokio::time::timeout(Duration::from_secs(5), client.request(request)).await;
         match outcome {
-            Ok(Ok(response)) if response.status().is_success() => log.sent.inc(),
+            Ok(Ok(response)) if response.status().is_success() => sent.inc(),
             other => {
-                log.dropped.with_label_values(&["sink_error"]).inc();
+                dropped.with_label_values(&["sink_error"]).inc();
                 if !warned {
                     let why = match other {
                         Ok(Ok(r)) => format!("it answered {}", r.status()),
@@ -163,7 +167,11 @@ pub(crate) async fn capture(
     let Some(log) = state.payload_log() else { return next.run(request).await };
     let path = request.uri().path();
     let inference = path.ends_with("/infer") || path.ends_with("/predict");
-    let Some(model) = crate::audit::model_and_version(path).0.filter(|_| inference).map(str::to_string) else {
+    let (model, version) = crate::audit::model_and_version(path);
+    // V2 paths name a model (an unknown one is answered 404 without its body being read);
+    // typed paths are routes of their own.
+    let known = path.starts_with("/v1/") || model.is_some_and(|m| state.model(m, version).is_ok());
+    let Some(model) = model.filter(|_| inference && known).map(str::to_string) else {
         return next.run(request).await;
     };
     if !log.sampled() {
@@ -171,20 +179,20 @@ pub(crate) async fn capture(
     }
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let traceparent = crate::telemetry::ids(&tracing::Span::current()).map(|(t, s)| format!("00-{t}-{s}-01"));
-    let (parts, body) = request.into_parts();
-    let limit = state.config().max_body_bytes;
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        // Too large or broken: the route answers as it would have (413 / 400), unlogged.
-        Err(_) => return next.run(Request::from_parts(parts, Body::empty())).await,
+    let request = if log.config.mode == PayloadLogMode::Response {
+        request
+    } else {
+        let (parts, body) = request.into_parts();
+        // The route's own limit and errors (413 past max_body_bytes), unlogged.
+        let bytes = match state.read_body(body).await {
+            Ok(bytes) => bytes,
+            Err(e) => return axum::response::IntoResponse::into_response(e),
+        };
+        let event = log.event("request", &id, &model, &parts.headers, &bytes);
+        log.queue(Event { traceparent: traceparent.clone(), ..event });
+        Request::from_parts(parts, Body::from(bytes))
     };
-    if log.config.mode != PayloadLogMode::Response {
-        log.queue(Event {
-            traceparent: traceparent.clone(),
-            ..log.event("request", &id, &model, &parts.headers, &bytes)
-        });
-    }
-    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let response = next.run(request).await;
     if log.config.mode == PayloadLogMode::Request {
         return response;
     }

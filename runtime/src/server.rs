@@ -126,23 +126,6 @@ impl AppState {
         self.ready.send_replace(false);
     }
 
-    /// Admits a request (API key, in-flight cap) for any front end; a refusal by the cap is
-    /// counted for `model` when it is a served one, else without a model.
-    pub(crate) fn admit(
-        &self,
-        headers: &axum::http::HeaderMap,
-        model: Option<&str>,
-    ) -> Result<crate::inference::admission::Admitted, ApiError> {
-        self.admission.admit(headers).inspect_err(|e| {
-            if matches!(e, ApiError::Overloaded(_)) {
-                match model.and_then(|name| self.models.get(name)) {
-                    Some(model) => model.metrics().rejected_in_flight.inc(),
-                    None => self.metrics.rejected_in_flight_without_model(),
-                }
-            }
-        })
-    }
-
     /// API keys only, for a gRPC stream whose messages each take an in-flight place (see
     /// [`admit_slot`](Self::admit_slot)).
     pub(crate) fn authorize(
@@ -164,7 +147,16 @@ impl AppState {
 
     /// An in-flight place for one message of a stream, counted as refused for `model` when full.
     pub(crate) fn admit_slot(&self, model: &str) -> Result<crate::inference::admission::Admitted, ApiError> {
-        self.admission.slot().inspect_err(|_| match self.models.get(model) {
+        self.admit_slot_for(Some(model))
+    }
+
+    /// An in-flight place (the API key checked before), counted as refused for `model` when it
+    /// is a served one, else without a model.
+    pub(crate) fn admit_slot_for(
+        &self,
+        model: Option<&str>,
+    ) -> Result<crate::inference::admission::Admitted, ApiError> {
+        self.admission.slot().inspect_err(|_| match model.and_then(|name| self.models.get(name)) {
             Some(m) => m.metrics().rejected_in_flight.inc(),
             None => self.metrics.rejected_in_flight_without_model(),
         })
@@ -448,11 +440,17 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
     }
     let (router, mut doc) = api.split_for_parts();
     crate::openapi::add_docs_paths(&mut doc);
-    router
+    let router = router
         .merge(crate::routes::docs::router(doc))
         .method_not_allowed_fallback(method_not_allowed)
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::payload_log::capture))
+        .fallback(not_found);
+    // Only when configured: otherwise requests skip the layer altogether.
+    let router = if state.payload_log().is_some() {
+        router.layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::payload_log::capture))
+    } else {
+        router
+    };
+    router
         .layer(tower_http::decompression::RequestDecompressionLayer::new())
         .layer(axum::middleware::from_fn(crate::request_body::check_encoding))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
@@ -522,22 +520,24 @@ async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next)
     if is_open_path(request.uri().path()) {
         return next.run(request).await;
     }
-    match state.admit(request.headers(), model_of_path(request.uri().path())) {
-        Ok(admitted) => {
-            let mut response = next.run(request).await;
-            if let Some(name) = admitted.key_name.clone() {
-                response.extensions_mut().insert(name);
-            }
-            response
-        }
+    let key = match state.authorize(request.headers()) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let mut response = match state.admit_slot_for(model_of_path(request.uri().path())) {
+        Ok(_admitted) => next.run(request).await,
         Err(e) => e.into_response(),
+    };
+    // For the audit log, also of a request the in-flight cap refused.
+    if let Some(key) = key {
+        response.extensions_mut().insert(key);
     }
+    response
 }
 
 /// The model a V2 or typed path names (`/v2/models/{m}/...`, `/v1/models/{m}/predict`).
 fn model_of_path(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/v2/models/").or_else(|| path.strip_prefix("/v1/models/"))?;
-    rest.split('/').next().filter(|m| !m.is_empty())
+    crate::audit::model_and_version(path).0
 }
 
 /// One log line per request: failures at info level, successes at debug, with the request id.
@@ -545,13 +545,13 @@ async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: 
     let start = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let client = crate::audit::client_of(&request);
+    let client = state.audit().and_then(|_| crate::audit::client_of(&request));
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     // Everything logged while handling the request carries its id (an error-level span, so that
     // it exists whatever level RUST_LOG lets through); with tracing on, it is the request's
     // OpenTelemetry server span too.
     let span = if crate::telemetry::enabled() {
-        crate::telemetry::http_span(&request, &id)
+        crate::telemetry::http_span(&request, &id, state.tls.is_some())
     } else {
         tracing::error_span!("request", request_id = %id)
     };

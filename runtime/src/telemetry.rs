@@ -10,8 +10,9 @@
 //! [`request_span`]): its parent is the W3C `traceparent` / `tracestate` the client sent, and the
 //! answer carries the span's own `traceparent`. Spans are exported in batches from a task on the
 //! server's runtime, never on the request's path; an exporter that cannot reach its collector
-//! drops spans (the SDK logs it) and costs requests nothing. With tracing off, nothing is
-//! extracted, recorded or exported.
+//! drops spans and costs requests nothing. At exit what is queued is sent for at most 5 s. With
+//! tracing off, nothing is extracted, recorded or exported, and `RUST_LOG` decides only what is
+//! logged, not what is traced.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -107,14 +108,15 @@ impl Tracing {
     /// `OTEL_SERVICE_NAME` does not.
     pub fn start(settings: &Settings, service: &str) -> Result<Self, String> {
         use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-        let timeout = Duration::from_secs(10);
+        // The exporters' own timeout (10 s, or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT) governs; the
+        // HTTP client's is only a backstop above it.
+        let backstop = Duration::from_secs(60);
         let exporter = match settings.protocol {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().with_timeout(timeout).build(),
+            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
             Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_http_client(opentelemetry_http::hyper::HyperClient::with_default_connector(timeout, None))
-                .with_timeout(timeout)
+                .with_http_client(opentelemetry_http::hyper::HyperClient::with_default_connector(backstop, None))
                 .build(),
         }
         .map_err(|e| format!("cannot set up the OTLP exporter for {}: {e}", settings.endpoint))?;
@@ -141,10 +143,18 @@ impl Tracing {
         tracing_opentelemetry::layer().with_tracer(self.provider.tracer("nimify")).with_tracked_inactivity(false)
     }
 
-    /// Exports what is queued and stops the exporter.
+    /// Exports what is queued and stops the exporter, waiting at most 5 s: a collector that
+    /// accepts connections and never answers must not hold the process past its grace period.
     pub fn shutdown(self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::warn!("traces not all exported at shutdown: {e}");
+        let (done, wait) = std::sync::mpsc::channel();
+        let provider = self.provider;
+        std::thread::spawn(move || {
+            let _ = done.send(provider.shutdown());
+        });
+        match wait.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("traces not all exported at shutdown: {e}"),
+            Err(_) => tracing::warn!("traces not all exported at shutdown: the collector did not answer within 5 s"),
         }
     }
 }
@@ -153,7 +163,7 @@ impl Tracing {
 /// conventions for HTTP servers say (`POST /v2/models/{model}/infer`), its parent the
 /// caller's `traceparent`. Call only with tracing on ([`enabled`]); otherwise the access log's
 /// plain span is cheaper.
-pub fn http_span(request: &axum::extract::Request, request_id: &str) -> tracing::Span {
+pub fn http_span(request: &axum::extract::Request, request_id: &str, tls: bool) -> tracing::Span {
     use tracing::field::Empty;
     let method = request.method().as_str();
     let route = request.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string());
@@ -171,7 +181,7 @@ pub fn http_span(request: &axum::extract::Request, request_id: &str) -> tracing:
         http.request.method = %method,
         http.route = route,
         url.path = %request.uri().path(),
-        url.scheme = "http",
+        url.scheme = if tls { "https" } else { "http" },
         network.protocol.name = "http",
         network.protocol.version = version_of(request.version()),
         user_agent.original = header(request.headers(), "user-agent"),
@@ -234,7 +244,7 @@ pub fn end_grpc_span(span: &tracing::Span, code: i64, headers: &mut HeaderMap) {
     // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
     if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
         span.record("otel.status_code", "error");
-        span.record("error.type", code);
+        span.record("error.type", code.to_string());
     }
     answer_with(span, headers);
 }
@@ -267,12 +277,13 @@ macro_rules! __trace_span {
     };
 }
 
-/// What a queued request carries for its spans (tracing on only): the request's span (the
-/// parent of the run that serves it, when it comes first) and its context (linked from that
-/// run), and its `queue` span, which ends when a worker takes the request.
+/// What a queued request carries for its spans (tracing on only): the OpenTelemetry context of
+/// the span that queued it (the parent of the run that serves it, and linked from that run) and
+/// its `queue` span, which ends when a worker takes the request. Only OpenTelemetry contexts
+/// are kept, not `tracing` spans: a request given up while queued must not stay open (and
+/// keep its request span open) until a worker gets to it.
 pub(crate) struct JobTrace {
-    request: tracing::Span,
-    context: opentelemetry::trace::SpanContext,
+    parent: opentelemetry::Context,
     queue: tracing::Span,
 }
 
@@ -281,10 +292,10 @@ pub(crate) fn queued(model: &str) -> Option<JobTrace> {
     if !enabled() {
         return None;
     }
-    let request = tracing::Span::current();
-    let context = request.context().span().span_context().clone();
-    let queue = tracing::error_span!("queue", nimify.model.name = %model);
-    Some(JobTrace { request, context, queue })
+    let parent = tracing::Span::current().context();
+    let queue = tracing::error_span!(parent: None, "queue", nimify.model.name = %model);
+    let _ = queue.set_parent(parent.clone());
+    Some(JobTrace { parent, queue })
 }
 
 impl JobTrace {
@@ -295,18 +306,21 @@ impl JobTrace {
 }
 
 /// The span of one ONNX Runtime run serving `requests` (`items` along dim 0): a child of the
-/// first request's span, linked to every request's, with the batch size.
+/// first sampled request's span (so that each sampled trace that can show it does), linked to
+/// every request's, with the batch size.
 pub(crate) fn run_span<'a>(requests: impl IntoIterator<Item = &'a JobTrace>, items: usize) -> tracing::Span {
     let requests: Vec<&JobTrace> = requests.into_iter().collect();
-    let Some(first) = requests.first() else { return tracing::Span::none() };
+    let first_sampled = requests.iter().find(|r| r.parent.span().span_context().is_sampled());
+    let Some(parent) = first_sampled.or(requests.first()) else { return tracing::Span::none() };
     let span = tracing::error_span!(
-        parent: &first.request,
+        parent: None,
         "execute",
         nimify.batch.size = items as i64,
         nimify.batch.requests = requests.len() as i64,
     );
+    let _ = span.set_parent(parent.parent.clone());
     for r in &requests {
-        span.add_link(r.context.clone());
+        span.add_link(r.parent.span().span_context().clone());
     }
     span
 }

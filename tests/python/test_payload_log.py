@@ -138,8 +138,24 @@ def test_a_sink_that_is_down_or_never_answers_costs_the_requests_nothing(tmp_pat
         hang.close()
 
 
+def test_a_body_over_the_limit_is_still_413_and_not_logged(tmp_path):
+    sink = Sink()
+    server = Server(MLP, "--payload-log-url", sink.url, "--max-body-bytes", "150")
+    try:
+        r = infer(server, body() + b" " * 100, "big-1")
+        assert r.status_code == 413, r.text
+        assert infer(server, body(), "small-1").status_code == 200
+        sink.wait_for(2)
+        time.sleep(0.3)
+        assert {h["ce-id"] for h, _ in sink.events} == {"small-1"}
+    finally:
+        server.stop()
+        sink.stop()
+
+
 def test_settings_the_logger_cannot_honour_stop_the_server_at_start(tmp_path):
-    for flags, says in ((["--payload-log-url", "https://sink.invalid/events"], "plain http:// only"),
+    for flags, says in ((["--payload-log-url", "https://sink.invalid/events"], "is not an http:// URL"),
+                        (["--payload-log-url", "http://"], "is not an http:// URL"),
                         (["--payload-log-url", "http://127.0.0.1:9/", "--payload-log-sample-ratio", "1.5"], "sample_ratio must be between 0 and 1")):
         p = subprocess.run([*Server.argv_for(MLP), *flags], capture_output=True, text=True, timeout=30)
         assert p.returncode == 1 and says in p.stderr, p.stderr

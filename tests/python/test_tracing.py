@@ -5,6 +5,7 @@ OTLP/gRPC. The server is configured only through the standard OTEL_* variables."
 import json
 import os
 import secrets
+import socket
 import threading
 import time
 from concurrent import futures
@@ -293,6 +294,28 @@ def test_a_grpc_call_is_a_server_span_under_the_callers_trace(receiver):
         assert (a["rpc.system"], a["rpc.service"], a["rpc.method"]) == ("grpc", "inference.GRPCInferenceService", "ModelInfer")
         children = {s.name: s for s in spans_of(rec, trace_id, 5) if s.parent_span_id == span.span_id}
         assert set(children) == {"decode", "queue", "execute", "encode"}, sorted(children)
+        # A stream's messages are answered after its handler returned: each is a `message` span
+        # of the call, with its own queue and run, in the caller's trace.
+        trace_id, parent_id, traceparent = new_parent()
+        answers = []
+        client.start_stream(callback=lambda result, error: answers.append(error or result), headers={"traceparent": traceparent})
+        for i in range(2):
+            client.async_stream_infer("mlp", [x], request_id=f"m{i}")
+        deadline = time.time() + 10
+        while len(answers) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        client.stop_stream()
+        assert len(answers) == 2 and not [a for a in answers if isinstance(a, Exception)], answers
+        # (The two messages may share one run: 1 + 2 x 4 + 1 spans at least.)
+        spans = spans_of(rec, trace_id, 1 + 2 * 4 + 1)
+        [call] = [s for s in spans if s.kind == s.SPAN_KIND_SERVER]
+        assert call.name == "inference.GRPCInferenceService/ModelStreamInfer" and call.parent_span_id.hex() == parent_id
+        messages = [s for s in spans if s.name == "message"]
+        assert len(messages) == 2 and all(m.parent_span_id == call.span_id for m in messages)
+        for m in messages:
+            assert {s.name for s in spans if s.parent_span_id == m.span_id} >= {"decode", "queue", "encode"}
+        linked = {link.span_id for s in spans if s.name == "execute" for link in s.links}
+        assert linked == {m.span_id for m in messages}
     finally:
         server.stop()
 
@@ -344,6 +367,19 @@ def test_tracing_off_and_bad_settings(receiver, tmp_path):
             assert r.status_code == 200 and r.headers["traceparent"].endswith("-01")
     finally:
         assert server.stop() == 0
+    # A collector that takes the connection and never answers does not hold the exit.
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{hang.getsockname()[1]}", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    server = Server(MLP, env=env)
+    try:
+        for _ in range(5):
+            assert requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), timeout=10).status_code == 200
+        time.sleep(0.2)
+    finally:
+        assert server.stop() == 0, "killed: the exit waited on the collector"
+        hang.close()
     # Settings nimify cannot honour stop it at start, naming the variable.
     for var, value, says in (("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported"),
                              ("OTEL_TRACES_EXPORTER", "zipkin", "OTEL_TRACES_EXPORTER=zipkin is not supported"),

@@ -154,11 +154,14 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
             Err(e) => status::to_status(&e).into_http(),
         };
     }
-    let admitted = match state.admit(request.headers(), None) {
-        Ok(admitted) => admitted,
+    let key = match state.authorize(request.headers()) {
+        Ok(key) => key,
         Err(e) => return status::to_status(&e).into_http(),
     };
-    let key = admitted.key_name.clone();
+    let admitted = match state.admit_slot_for(None) {
+        Ok(admitted) => admitted,
+        Err(e) => return with_key_name(status::to_status(&e).into_http(), key),
+    };
     let call = next.run(request);
     let response = match deadline {
         // The handler's deadline is this one (same instant, polled first), so a request the
@@ -209,7 +212,7 @@ async fn message_limit(State(state): State<Arc<AppState>>, request: Request, nex
 async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     let path = request.uri().path().to_string();
-    let client = crate::audit::client_of(&request);
+    let client = state.audit().and_then(|_| crate::audit::client_of(&request));
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let span = if crate::telemetry::enabled() {
         crate::telemetry::grpc_span(&request, &id)

@@ -126,9 +126,14 @@ impl GrpcInferenceService for Inference {
             let _ = draining.wait_for(|d| *d).await;
         };
         let messages = futures_util::StreamExt::take_until(r.into_inner(), Box::pin(drained));
+        // Messages are answered while the response streams, after the call's handler returned:
+        // each runs under the call's span, so its spans join the call's trace.
+        let call = tracing::Span::current();
         let answers = futures_util::StreamExt::map(messages, move |message| {
             let state = Arc::clone(&state);
-            async move {
+            let span =
+                if crate::telemetry::enabled() { tracing::error_span!(parent: &call, "message") } else { call.clone() };
+            let answer = async move {
                 let request = message?;
                 let id = request.id.clone();
                 let model = request.model_name.clone();
@@ -145,7 +150,8 @@ impl GrpcInferenceService for Inference {
                         infer_response: Some(ModelInferResponse { model_name: model, id, ..Default::default() }),
                     },
                 })
-            }
+            };
+            tracing::Instrument::instrument(answer, span)
         });
         let ordered = futures_util::StreamExt::buffered(answers, STREAM_CONCURRENCY);
         Ok(Response::new(Box::pin(ordered)))
