@@ -138,8 +138,14 @@ pub(crate) fn model_and_version(path: &str) -> (Option<&str>, Option<&str>) {
 /// Now, RFC 3339 UTC with microseconds.
 pub(crate) fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let days = i64::try_from(now.as_secs() / 86_400).unwrap_or(0);
-    let secs = now.as_secs() % 86_400;
+    let whole = rfc3339(now.as_secs());
+    format!("{}.{:06}Z", whole.trim_end_matches('Z'), now.subsec_micros())
+}
+
+/// RFC 3339 UTC time for seconds since the epoch (`1970-01-01T00:00:00Z`).
+pub fn rfc3339(epoch: u64) -> String {
+    let days = i64::try_from(epoch / 86_400).unwrap_or(0);
+    let secs = epoch % 86_400;
     // Howard Hinnant's days-to-civil.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -150,13 +156,7 @@ pub(crate) fn now_rfc3339() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-        now.subsec_micros()
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
 #[cfg(test)]

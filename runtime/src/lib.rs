@@ -75,6 +75,8 @@ pub mod __private {
     //! What the macro's generated code and nimify's own crates (`cargo-nimify`, the tests) name;
     //! not a public API: it changes without notice.
 
+    pub use crate::audit::rfc3339;
+
     /// Whether spans are exported (for [`__trace_span`](crate::__trace_span)).
     pub fn telemetry_enabled() -> bool {
         crate::telemetry::enabled()

@@ -142,22 +142,7 @@ pub fn index_json(manifests: &[(&Blob, &Platform)]) -> Vec<u8> {
     json!({"schemaVersion": 2, "mediaType": media::INDEX, "manifests": manifests}).to_string().into_bytes()
 }
 
-/// RFC 3339 UTC time for seconds since the epoch.
-pub fn rfc3339(epoch: u64) -> String {
-    let days = i64::try_from(epoch / 86_400).unwrap_or(0);
-    let secs = epoch % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
-}
+pub use nimify::__private::rfc3339;
 
 /// A base image read from a local layout or archive.
 #[derive(Debug, Clone)]
