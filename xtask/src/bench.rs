@@ -10,6 +10,9 @@
 //!   ONNX Runtime loop with the same threads (`runtime/benches/ort_loop.rs`). Then the same
 //!   servers under Triton's perf_analyzer (pinned to core 1) over HTTP (binary tensors) and over
 //!   gRPC at the same concurrencies: one client for both protocols, so the rows compare them.
+//!   `--models mlp`, `--seconds N` and `--wrk-only` narrow it; `--otlp` runs it with tracing on
+//!   (every request traced, exported over OTLP/HTTP to `xtask/bench/otlp_sink.py` on core 1),
+//!   for the cost of tracing against a run without.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -52,11 +55,44 @@ const MODELS: &[BenchModel] = &[
     BenchModel { name: "cnn", input: "image", shape: &[1, 3, 224, 224] },
 ];
 
+/// `serve`'s options: `--seconds N` (per row, default 10), `--models mlp,cnn` (default both),
+/// `--wrk-only` (no perf_analyzer rows), `--otlp` (tracing on: every request traced and
+/// exported over OTLP/HTTP to a sink started here, `xtask/bench/otlp_sink.py`).
+struct ServeOptions {
+    seconds: u64,
+    models: Vec<String>,
+    wrk_only: bool,
+    otlp: bool,
+}
+
+impl ServeOptions {
+    fn parse(args: &[&str]) -> Result<Self> {
+        let mut o = Self { seconds: 10, models: vec!["mlp".into(), "cnn".into()], wrk_only: false, otlp: false };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match *arg {
+                "--seconds" => {
+                    o.seconds = args
+                        .next()
+                        .context("--seconds needs a value")?
+                        .parse()
+                        .context("--seconds takes a whole number")?;
+                }
+                "--models" => {
+                    o.models = args.next().context("--models needs a value")?.split(',').map(String::from).collect()
+                }
+                "--wrk-only" => o.wrk_only = true,
+                "--otlp" => o.otlp = true,
+                other => bail!("unknown option {other}; serve takes --seconds N, --models mlp,cnn, --wrk-only, --otlp"),
+            }
+        }
+        Ok(o)
+    }
+}
+
 fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
-    let seconds: u64 = match args {
-        ["--seconds", n] => n.parse().context("--seconds takes a whole number")?,
-        _ => 10,
-    };
+    let options = ServeOptions::parse(args)?;
+    let seconds = options.seconds;
     let root = crate::root();
     let models = root.join("target/bench-models");
     let python = crate::test::venv_python(sh)?;
@@ -69,8 +105,30 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
     cmd!(sh, "{cargo} build -q --release -p cargo-nimify").run()?;
     cmd!(sh, "{cargo} bench -q -p nimify --bench ort_loop --no-run").run()?;
     let server_bin = root.join("target/release/cargo-nimify");
+    // Tracing on: a sink on core 1 (beside the load generator), every request sampled.
+    let sink = if options.otlp {
+        let port = free_port()?;
+        let child = Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(&python)
+            .arg(root.join("xtask/bench/otlp_sink.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the OTLP sink")?;
+        Some((child, port))
+    } else {
+        None
+    };
+    let otel_env: Vec<(String, String)> = match &sink {
+        Some((_, port)) => vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
+            ("OTEL_TRACES_SAMPLER".into(), "always_on".into()),
+        ],
+        None => Vec::new(),
+    };
     let mut rows = Vec::new();
-    for m in MODELS {
+    for m in MODELS.iter().filter(|m| options.models.iter().any(|n| n == m.name)) {
         let path = models.join(format!("{}.onnx", m.name));
         let size = std::fs::metadata(&path)?.len();
         let baseline = cmd!(sh, "taskset -c 0 {cargo} bench -q -p nimify --bench ort_loop")
@@ -87,7 +145,7 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
         std::fs::write(&script, LUA)?;
         for concurrency in [1, 8, 32] {
             let port = free_port()?;
-            let (mut child, ready) = start_server(&server_bin, &path, port, free_port()?)?;
+            let (mut child, ready) = start_server(&server_bin, &path, port, free_port()?, &otel_env)?;
             let url = format!("http://127.0.0.1:{port}/v2/models/{}/infer", m.name);
             let (c, d) = (format!("-c{concurrency}"), format!("-d{seconds}s"));
             let out = cmd!(sh, "taskset -c 1 wrk -t1 {c} {d} --latency -s {script} {url}")
@@ -113,10 +171,25 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
             ));
         }
     }
+    if let Some((mut child, _)) = sink {
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        let _ = child.wait();
+        println!(
+            "\ntracing on (always_on, OTLP/HTTP to a local sink): {}",
+            out.lines().last().unwrap_or("the sink printed nothing")
+        );
+    }
     println!("\n| model | concurrency | requests/s | p50 | p99 | errors | peak RSS | start to ready | vs in-process |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
+    }
+    if options.wrk_only {
+        return Ok(());
     }
     let protocols = protocol_rows(sh, &server_bin, &models, seconds)?;
     println!("\nperf_analyzer (one client, both protocols):\n");
@@ -141,7 +214,7 @@ fn protocol_rows(sh: &Shell, server_bin: &Path, models: &Path, seconds: u64) -> 
         for protocol in ["http", "grpc"] {
             for concurrency in [1, 8, 32] {
                 let (port, grpc_port) = (free_port()?, free_port()?);
-                let (mut child, _) = start_server(server_bin, &path, port, grpc_port)?;
+                let (mut child, _) = start_server(server_bin, &path, port, grpc_port, &[])?;
                 let url = format!("127.0.0.1:{}", if protocol == "grpc" { grpc_port } else { port });
                 let (name, c) = (m.name, concurrency.to_string());
                 let result = cmd!(sh, "taskset -c 1 {pa} -m {name} -u {url} -i {protocol} --concurrency-range {c} --measurement-interval {interval} --stability-percentage 100 --max-trials 3 -f {csv}")
@@ -219,9 +292,16 @@ fn free_port() -> Result<u16> {
 }
 
 /// Starts the server pinned to core 0 and returns it with the time from spawn to ready.
-fn start_server(bin: &Path, model: &Path, port: u16, grpc_port: u16) -> Result<(Child, Duration)> {
+fn start_server(
+    bin: &Path,
+    model: &Path,
+    port: u16,
+    grpc_port: u16,
+    env: &[(String, String)],
+) -> Result<(Child, Duration)> {
     let start = Instant::now();
     let child = Command::new("taskset")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["-c", "0"])
         .arg(bin)
         .args(["nimify", "serve"])
