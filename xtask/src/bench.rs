@@ -10,7 +10,8 @@
 //!   ONNX Runtime loop with the same threads (`runtime/benches/ort_loop.rs`). Then the same
 //!   servers under Triton's perf_analyzer (pinned to core 1) over HTTP (binary tensors) and over
 //!   gRPC at the same concurrencies: one client for both protocols, so the rows compare them.
-//!   `--models mlp`, `--seconds N` and `--wrk-only` narrow it; `--otlp` runs it with tracing on
+//!   `--models mlp`, `--seconds N` and `--wrk-only` narrow it; `NIMIFY_BENCH_SERVER=BIN` measures
+//!   another build (an earlier commit's) instead of building this one; `--otlp` runs it with tracing on
 //!   (every request traced, exported over OTLP/HTTP to `xtask/bench/otlp_sink.py` on core 1),
 //!   for the cost of tracing against a run without.
 
@@ -102,9 +103,15 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
     if cmd!(sh, "which wrk").quiet().ignore_stdout().run().is_err() {
         cmd!(sh, "apt-get install -y -qq wrk").run().context("installing wrk (the load generator)")?;
     }
-    cmd!(sh, "{cargo} build -q --release -p cargo-nimify").run()?;
+    // NIMIFY_BENCH_SERVER: another build to measure (an earlier commit's, for a before/after).
+    let server_bin = match std::env::var_os("NIMIFY_BENCH_SERVER") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            cmd!(sh, "{cargo} build -q --release -p cargo-nimify").run()?;
+            root.join("target/release/cargo-nimify")
+        }
+    };
     cmd!(sh, "{cargo} bench -q -p nimify --bench ort_loop --no-run").run()?;
-    let server_bin = root.join("target/release/cargo-nimify");
     // Tracing on: a sink on core 1 (beside the load generator), every request sampled.
     let sink = if options.otlp {
         let port = free_port()?;
