@@ -363,7 +363,7 @@ def test_in_flight_cap_counts_each_stream_message_and_advises_retry(start):
     """With a cap of one, a stream message that is running holds the place: a unary call and a
     second message are refused at once (the second as an answer on the stream, with its id),
     with gRPC's retry advice. Work is sized by measurement to outlast those calls."""
-    from test_timed_work import MARGIN, NO_LIMITS, size_work
+    from test_timed_work import MARGIN, NO_LIMITS, executions_started, size_work, wait_until
 
     server = start("slow", "--max-in-flight", "1", *NO_LIMITS)
     s = stub(server)
@@ -376,8 +376,11 @@ def test_in_flight_cap_counts_each_stream_message_and_advises_retry(start):
     stream = s.ModelStreamInfer(iter(messages.get, None))
     long = slow_request(work.trips)
     long.id = "long"
+    before = executions_started(server)
     messages.put(long)
-    time.sleep(call)  # let the long message take the place; the work lasts MARGIN times longer
+    # The long message holds the place once its execution has begun; it lasts MARGIN times longer
+    # than a call.
+    wait_until(lambda: executions_started(server) > before, "the long message to start running")
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
         s.ModelInfer(slow_request(0))
@@ -608,7 +611,7 @@ def test_sigterm_mid_stream_answers_the_running_message_and_ends_every_stream(st
     """SIGTERM while one stream runs a long message and another sits idle: the running message
     is answered, both streams end with OK (no new messages are taken while draining), and the
     process exits 0 as soon as the work is done, not at the drain timeout."""
-    from test_timed_work import NO_LIMITS, size_work
+    from test_timed_work import NO_LIMITS, executions_started, size_work, wait_until
 
     server = start("slow", *NO_LIMITS)
     work = size_work(server, 1.0, "the SIGTERM sent 0.3 s into it")
@@ -618,8 +621,9 @@ def test_sigterm_mid_stream_answers_the_running_message_and_ends_every_stream(st
     busy = s.ModelStreamInfer(iter(busy_messages.get, None))
     long = slow_request(work.trips)
     long.id = "long"
+    before = executions_started(server)
     busy_messages.put(long)
-    time.sleep(0.3)
+    wait_until(lambda: executions_started(server) > before, "the long message to start running")
     signalled = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     answer = next(busy)
