@@ -31,6 +31,10 @@ pub(crate) struct Entry<'a> {
     pub client: Option<&'a str>,
     pub protocol: &'static str,
     pub operation: &'a str,
+    /// A `ModelStreamInfer` message's place in its stream (from 1): each message has a line of
+    /// its own, besides the stream's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<u64>,
     pub model: Option<&'a str>,
     pub version: Option<&'a str>,
     pub outcome: &'static str,
@@ -204,6 +208,7 @@ mod tests {
             client: Some("127.0.0.1:5000"),
             protocol: "http",
             operation: "POST /v2/models/m/infer",
+            message: None,
             model: Some("m"),
             version: None,
             outcome: "success",

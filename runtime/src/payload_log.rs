@@ -1,14 +1,19 @@
 //! Payload logging, as KServe's logger does: the bodies of sampled inference requests (V2 and
-//! typed routes over HTTP) and of their answers, each sent as a CloudEvent in HTTP binary
-//! content mode (`ce-*` headers, the body as it was, its own `Content-Type`) to a sink URL.
+//! typed routes over HTTP, `ModelInfer` and each `ModelStreamInfer` message over gRPC) and of
+//! their answers, each sent as a CloudEvent in HTTP binary content mode (`ce-*` headers, the
+//! body as it was, its own `Content-Type`) to a sink URL. gRPC messages go as their protobuf
+//! encoding, `application/x-protobuf; messageType="inference.ModelInferRequest"` (or
+//! `ModelInferResponse`); a gRPC request that fails has no response event.
 //!
 //! Events go through a bounded queue to one sending task: a request never waits for the sink.
 //! A full queue drops the event (`nimify_payload_log_dropped_total{reason="queue_full"}`), a
-//! sink that fails or does not answer within 5 s drops it too (`reason="sink_error"`); sent
+//! sink that fails or does not answer within 5 s drops it too (`reason="sink_error"`), and so
+//! do the events that arrive in the pause after a failure (250 ms, doubling to 10 s); sent
 //! events are counted in `nimify_payload_log_sent_total`. Bodies above `max_bytes` are cut, and
 //! the event says so (`ce-nimifytruncated: true`, `ce-nimifysize`: the full size).
 //!
-//! Both events of a request carry its request id as `ce-id` and differ in `ce-type`
+//! Both events of a request carry its request id as `ce-id` (`<id>/<n>` for the n-th message of
+//! a gRPC stream) and differ in `ce-type`
 //! (`io.nimify.inference.request` / `.response`), as KServe pairs them; `ce-source` is
 //! `/models/<model>`, and with tracing on `ce-traceparent` (the CloudEvents distributed-tracing
 //! extension) names the request's span.
@@ -83,7 +88,7 @@ impl PayloadLog {
 
     /// Whether the next inference request is logged: exactly `sample_ratio` of them, spread
     /// evenly (no random numbers needed).
-    fn sampled(&self) -> bool {
+    pub(crate) fn sampled(&self) -> bool {
         let ratio = self.config.sample_ratio;
         let n = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
         ((n + 1.0) * ratio).floor() > (n * ratio).floor()
@@ -95,13 +100,49 @@ impl PayloadLog {
         }
     }
 
-    fn event(&self, kind: &'static str, id: &str, model: &str, headers: &HeaderMap, body: &Bytes) -> Event {
+    /// Whether this logger's mode sends `kind` (`request` or `response`) events.
+    pub(crate) fn wants(&self, kind: &str) -> bool {
+        match self.config.mode {
+            PayloadLogMode::All => true,
+            PayloadLogMode::Request => kind == "request",
+            PayloadLogMode::Response => kind == "response",
+        }
+    }
+
+    /// Queues the protobuf encoding of a gRPC message (`message_type`, e.g.
+    /// `inference.ModelInferRequest`, named in the content type as
+    /// `application/x-protobuf; messageType="..."`), when the mode sends `kind`.
+    pub(crate) fn message(
+        &self,
+        kind: &'static str,
+        id: &str,
+        model: &str,
+        message_type: &str,
+        encode: impl FnOnce() -> Vec<u8>,
+    ) {
+        if !self.wants(kind) {
+            return;
+        }
+        let content_type =
+            HeaderValue::from_str(&format!("application/x-protobuf; messageType=\"{message_type}\"")).ok();
+        let traceparent = traceparent();
+        self.queue(Event { traceparent, ..self.event(kind, id, model, content_type, &Bytes::from(encode())) });
+    }
+
+    fn event(
+        &self,
+        kind: &'static str,
+        id: &str,
+        model: &str,
+        content_type: Option<HeaderValue>,
+        body: &Bytes,
+    ) -> Event {
         let size = body.len();
         Event {
             kind,
             id: id.to_string(),
             model: model.to_string(),
-            content_type: headers.get(axum::http::header::CONTENT_TYPE).cloned(),
+            content_type,
             traceparent: None,
             // A copy of the part kept: a slice would keep the whole body alive in the queue.
             body: if size > self.config.max_bytes {
@@ -119,7 +160,16 @@ async fn send_all(mut rx: mpsc::Receiver<Event>, url: axum::http::Uri, dropped: 
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let mut warned = false;
+    // After a failure the sink is left alone for a while (250 ms, doubling to 10 s, back to
+    // none after a success): events that arrive meanwhile are dropped at once and counted, so a
+    // dead sink costs one attempt per pause, not a connection per event.
+    let mut pause = Duration::ZERO;
+    let mut paused_until = tokio::time::Instant::now();
     while let Some(event) = rx.recv().await {
+        if tokio::time::Instant::now() < paused_until {
+            dropped.with_label_values(&["sink_error"]).inc();
+            continue;
+        }
         let mut request = axum::http::Request::post(url.clone())
             .header("ce-specversion", "1.0")
             .header("ce-id", &event.id)
@@ -140,9 +190,14 @@ async fn send_all(mut rx: mpsc::Receiver<Event>, url: axum::http::Uri, dropped: 
         let Ok(request) = request.body(http_body_util::Full::new(event.body)) else { continue };
         let outcome = tokio::time::timeout(Duration::from_secs(5), client.request(request)).await;
         match outcome {
-            Ok(Ok(response)) if response.status().is_success() => sent.inc(),
+            Ok(Ok(response)) if response.status().is_success() => {
+                sent.inc();
+                pause = Duration::ZERO;
+            }
             other => {
                 dropped.with_label_values(&["sink_error"]).inc();
+                pause = (pause * 2).clamp(Duration::from_millis(250), Duration::from_secs(10));
+                paused_until = tokio::time::Instant::now() + pause;
                 if !warned {
                     let why = match other {
                         Ok(Ok(r)) => format!("it answered {}", r.status()),
@@ -177,8 +232,15 @@ pub(crate) async fn capture(
     if !log.sampled() {
         return next.run(request).await;
     }
+    // A full queue (a sink that is down or slow): the events are dropped without reading the
+    // bodies for them.
+    if log.queue.capacity() == 0 {
+        let events = if log.config.mode == PayloadLogMode::All { 2 } else { 1 };
+        log.dropped.with_label_values(&["queue_full"]).inc_by(events);
+        return next.run(request).await;
+    }
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let traceparent = crate::telemetry::ids(&tracing::Span::current()).map(|(t, s)| format!("00-{t}-{s}-01"));
+    let traceparent = traceparent();
     let request = if log.config.mode == PayloadLogMode::Response {
         request
     } else {
@@ -188,7 +250,7 @@ pub(crate) async fn capture(
             Ok(bytes) => bytes,
             Err(e) => return axum::response::IntoResponse::into_response(e),
         };
-        let event = log.event("request", &id, &model, &parts.headers, &bytes);
+        let event = log.event("request", &id, &model, content_type(&parts.headers), &bytes);
         log.queue(Event { traceparent: traceparent.clone(), ..event });
         Request::from_parts(parts, Body::from(bytes))
     };
@@ -201,8 +263,18 @@ pub(crate) async fn capture(
         return Response::from_parts(parts, Body::empty());
     };
     let bytes = collected.to_bytes();
-    log.queue(Event { traceparent, ..log.event("response", &id, &model, &parts.headers, &bytes) });
+    log.queue(Event { traceparent, ..log.event("response", &id, &model, content_type(&parts.headers), &bytes) });
     Response::from_parts(parts, Body::from(bytes))
+}
+
+fn content_type(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers.get(axum::http::header::CONTENT_TYPE).cloned()
+}
+
+/// The current span's `traceparent` (the CloudEvents distributed-tracing extension), with
+/// tracing on.
+fn traceparent() -> Option<String> {
+    crate::telemetry::ids(&tracing::Span::current()).map(|(t, s)| format!("00-{t}-{s}-01"))
 }
 
 #[cfg(test)]

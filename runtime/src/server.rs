@@ -577,6 +577,7 @@ async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: 
             client: client.as_deref(),
             protocol: "http",
             operation: &format!("{method} {path}"),
+            message: None,
             model,
             version,
             status: i64::from(status),

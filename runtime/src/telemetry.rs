@@ -172,6 +172,7 @@ pub fn http_span(request: &axum::extract::Request, request_id: &str, tls: bool) 
         None => method.to_string(),
     };
     let (model, version) = crate::audit::model_and_version(request.uri().path());
+    let peer = peer_of(request);
     let span = tracing::error_span!(
         "request",
         request_id = %request_id,
@@ -185,6 +186,8 @@ pub fn http_span(request: &axum::extract::Request, request_id: &str, tls: bool) 
         network.protocol.name = "http",
         network.protocol.version = version_of(request.version()),
         user_agent.original = header(request.headers(), "user-agent"),
+        client.address = peer.map(|p| p.ip().to_string()),
+        client.port = peer.map(|p| i64::from(p.port())),
         http.request.body.size = header(request.headers(), "content-length").and_then(|v| v.parse::<i64>().ok()),
         http.response.status_code = Empty,
         http.response.body.size = Empty,
@@ -218,6 +221,7 @@ pub fn grpc_span(request: &axum::extract::Request, request_id: &str) -> tracing:
     use tracing::field::Empty;
     let path = request.uri().path();
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let peer = peer_of(request);
     let span = tracing::error_span!(
         "request",
         request_id = %request_id,
@@ -231,6 +235,8 @@ pub fn grpc_span(request: &axum::extract::Request, request_id: &str) -> tracing:
         network.protocol.name = "http",
         network.protocol.version = "2",
         user_agent.original = header(request.headers(), "user-agent"),
+        client.address = peer.map(|p| p.ip().to_string()),
+        client.port = peer.map(|p| i64::from(p.port())),
         error.type = Empty,
     );
     adopt_parent(&span, request.headers());
@@ -247,6 +253,12 @@ pub fn end_grpc_span(span: &tracing::Span, code: i64, headers: &mut HeaderMap) {
         span.record("error.type", code.to_string());
     }
     answer_with(span, headers);
+}
+
+/// The connection's peer (`client.address` / `client.port`: nimify reads no forwarding headers,
+/// which any client could set).
+fn peer_of(request: &axum::extract::Request) -> Option<std::net::SocketAddr> {
+    request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0)
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -105,13 +105,37 @@ def test_grpc_calls_are_audited_too(tmp_path):
         except InferenceServerException:
             pass
         client.is_server_ready()
-        found = {line["request_id"]: line for line in lines(audit, 2)}
+        try:
+            client.get_model_metadata("nope", headers={"x-api-key": SECRET, "x-request-id": "grpc-unknown"})
+            raise AssertionError("an unknown model was found")
+        except InferenceServerException:
+            pass
+        # A stream: one line when it opens, then one per message with its model and outcome.
+        answers = []
+        client.start_stream(callback=lambda result, error: answers.append((result, error)), headers={"x-api-key": SECRET, "x-request-id": "grpc-stream"})
+        client.async_stream_infer("mlp", [x], request_id="m1")
+        client.async_stream_infer("nope", [x], request_id="m2")
+        client.stop_stream()
+        assert len(answers) == 2
+        found = {}
+        for line in lines(audit, 6):
+            found.setdefault(line["request_id"], []).append(line)
     finally:
         server.stop()
-    ok = found["grpc-ok"]
-    assert (ok["protocol"], ok["operation"], ok["api_key"], ok["outcome"], ok["status"]) == \
-        ("grpc", "inference.GRPCInferenceService/ModelInfer", "ci", "success", 0)
-    assert (found["grpc-denied"]["outcome"], found["grpc-denied"]["status"], found["grpc-denied"]["api_key"]) == ("denied", 16, None)
+    [ok] = found["grpc-ok"]
+    assert (ok["protocol"], ok["operation"], ok["api_key"], ok["outcome"], ok["status"], ok["model"]) == \
+        ("grpc", "inference.GRPCInferenceService/ModelInfer", "ci", "success", 0, "mlp")
+    assert ok["client"].startswith("127.0.0.1:") and "version" in ok and ok["version"] is None
+    [denied] = found["grpc-denied"]
+    assert (denied["outcome"], denied["status"], denied["api_key"], denied["model"]) == ("denied", 16, None, None)
+    [unknown] = found["grpc-unknown"]
+    assert (unknown["operation"], unknown["model"], unknown["outcome"], unknown["status"]) == \
+        ("inference.GRPCInferenceService/ModelMetadata", "nope", "client_error", 5)
+    opened, *messages = sorted(found["grpc-stream"], key=lambda l: l.get("message", 0))
+    assert "message" not in opened and opened["model"] is None and opened["api_key"] == "ci"
+    assert [(m["message"], m["model"], m["outcome"], m["status"], m["api_key"]) for m in messages] == \
+        [(1, "mlp", "success", 0, "ci"), (2, "nope", "client_error", 5, "ci")]
+    assert all(m["client"] == opened["client"] for m in messages)
     assert SECRET not in open(audit).read()
 
 

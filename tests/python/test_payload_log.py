@@ -20,7 +20,7 @@ MLP = os.path.join(MODELS, "mlp.onnx")
 class Sink:
     """An HTTP server keeping every event (headers, body)."""
 
-    def __init__(self):
+    def __init__(self, port=0):
         self.events = []
         sink = self
 
@@ -35,7 +35,7 @@ class Sink:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -108,8 +108,11 @@ def test_sampling_modes_and_the_size_cap(tmp_path):
 
 
 def test_a_sink_that_is_down_or_never_answers_costs_the_requests_nothing(tmp_path):
-    # Down: nothing listens there.
-    server = Server(MLP, "--payload-log-url", f"http://127.0.0.1:{free_port()}/events")
+    # Down: nothing listens there. Then it comes up, and once the pause after the failures is
+    # over (at most 10 s), events arrive again.
+    port = free_port()
+    server = Server(MLP, "--payload-log-url", f"http://127.0.0.1:{port}/events")
+    sink = None
     try:
         for i in range(5):
             assert infer(server, body(), f"down-{i}").status_code == 200
@@ -118,8 +121,17 @@ def test_a_sink_that_is_down_or_never_answers_costs_the_requests_nothing(tmp_pat
             time.sleep(0.1)
         assert metrics(server)[("nimify_payload_log_dropped_total", '{reason="sink_error"}')] == 10
         assert any("payload log sink" in line for line in server.log)
+        sink = Sink(port)
+        deadline = time.time() + 30
+        while not sink.events:
+            assert time.time() < deadline, "the sink came back and got nothing"
+            assert infer(server, body(), "back").status_code == 200
+            time.sleep(0.2)
+        assert {h["ce-id"] for h, _ in sink.events} == {"back"}
     finally:
         assert server.stop() == 0
+        if sink:
+            sink.stop()
     # Never answers: it accepts the connection and reads nothing. The queue (2 events) fills
     # while the sender waits on the first; every request is still answered.
     hang = socket.socket()
@@ -159,3 +171,51 @@ def test_settings_the_logger_cannot_honour_stop_the_server_at_start(tmp_path):
                         (["--payload-log-url", "http://127.0.0.1:9/", "--payload-log-sample-ratio", "1.5"], "sample_ratio must be between 0 and 1")):
         p = subprocess.run([*Server.argv_for(MLP), *flags], capture_output=True, text=True, timeout=30)
         assert p.returncode == 1 and says in p.stderr, p.stderr
+
+
+def test_grpc_inference_is_logged_as_protobuf_messages():
+    """ModelInfer and each ModelStreamInfer message: the request and answer messages as sent and
+    received, decodable with the service's own definitions; stream messages get ids of their own."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc import service_pb2
+
+    sink = Sink()
+    server = Server(MLP, "--payload-log-url", sink.url)
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_address)
+        x = grpcclient.InferInput("x", [1, 4], "FP32")
+        data = np.arange(4, dtype=np.float32).reshape(1, 4)
+        x.set_data_from_numpy(data)
+        result = client.infer("mlp", [x], request_id="unary", headers={"x-request-id": "g-1"})
+        events = sink.wait_for(2)
+        by_type = {h["ce-type"]: (h, b) for h, b in events}
+        h, b = by_type["io.nimify.inference.request"]
+        assert h["ce-id"] == "g-1" and h["ce-source"] == "/models/mlp" and h["ce-specversion"] == "1.0"
+        assert h["content-type"] == 'application/x-protobuf; messageType="inference.ModelInferRequest"'
+        request = service_pb2.ModelInferRequest.FromString(b)
+        assert (request.model_name, request.id, request.inputs[0].name) == ("mlp", "unary", "x")
+        assert request.raw_input_contents[0] == data.tobytes()
+        h, b = by_type["io.nimify.inference.response"]
+        assert h["ce-id"] == "g-1" and h["content-type"] == 'application/x-protobuf; messageType="inference.ModelInferResponse"'
+        response = service_pb2.ModelInferResponse.FromString(b)
+        assert response.id == "unary" and response.raw_output_contents[0] == result.as_numpy("probs").tobytes()
+
+        sink.events.clear()
+        answers = []
+        client.start_stream(callback=lambda result, error: answers.append(error), headers={"x-request-id": "g-2"})
+        client.async_stream_infer("mlp", [x], request_id="a")
+        client.async_stream_infer("mlp", [x], request_id="b")
+        client.async_stream_infer("nope", [x], request_id="c")
+        client.stop_stream()
+        assert answers[:2] == [None, None] and answers[2] is not None
+        events = sink.wait_for(4)
+        time.sleep(0.3)
+        # Two answered messages: a request and a response event each; the unknown model, none.
+        got = sorted((h["ce-id"], h["ce-type"].rsplit(".", 1)[1]) for h, _ in sink.events)
+        assert got == [("g-2/1", "request"), ("g-2/1", "response"), ("g-2/2", "request"), ("g-2/2", "response")], got
+        ids = {h["ce-id"]: service_pb2.ModelInferRequest.FromString(b).id for h, b in sink.events if h["ce-type"].endswith("request")}
+        assert ids == {"g-2/1": "a", "g-2/2": "b"}
+    finally:
+        server.stop()
+        sink.stop()

@@ -176,6 +176,7 @@ def test_an_http_request_is_a_server_span_under_the_callers_trace(receiver, prot
         assert a["http.response.status_code"] == 200 and a["url.path"] == "/v2/models/mlp/infer"
         assert a["nimify.model.name"] == "mlp" and a["request_id"] == "traced-1"
         assert a["http.request.body.size"] == len(r.request.body)
+        assert a["client.address"] == "127.0.0.1" and 0 < a["client.port"] < 65536
         # The access log joins the trace.
         line = access_line(server, "traced-1")
         assert (line["trace_id"], line["span_id"]) == (trace_id, answered_span), line
@@ -292,6 +293,7 @@ def test_a_grpc_call_is_a_server_span_under_the_callers_trace(receiver):
         assert span.name == "inference.GRPCInferenceService/ModelInfer" and span.parent_span_id.hex() == parent_id
         a = attrs(span)
         assert (a["rpc.system"], a["rpc.service"], a["rpc.method"]) == ("grpc", "inference.GRPCInferenceService", "ModelInfer")
+        assert a["client.address"] == "127.0.0.1" and 0 < a["client.port"] < 65536
         children = {s.name: s for s in spans_of(rec, trace_id, 5) if s.parent_span_id == span.span_id}
         assert set(children) == {"decode", "queue", "execute", "encode"}, sorted(children)
         # A stream's messages are answered after its handler returned: each is a `message` span

@@ -115,6 +115,22 @@ fn is_stream(path: &str) -> bool {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallDeadline(pub Option<crate::inference::Deadline>);
 
+/// With the audit log on: where a handler leaves the model (and version) its message named, for
+/// the call's audit line (a gRPC path names no model). Handlers find it in the request's
+/// extensions.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallModel(Arc<std::sync::OnceLock<(String, String)>>);
+
+impl CallModel {
+    /// The model named, and its version when one was.
+    fn get(&self) -> (Option<&str>, Option<&str>) {
+        match self.0.get() {
+            Some((model, version)) => (Some(model.as_str()), Some(version.as_str()).filter(|v| !v.is_empty())),
+            None => (None, None),
+        }
+    }
+}
+
 /// Admission, as HTTP's, and the call's deadline: a refused call ends with UNAUTHENTICATED or
 /// UNAVAILABLE before its message is read; a unary call (message upload included) is cut off
 /// with DEADLINE_EXCEEDED at the earlier of `request_timeout_ms` and `grpc-timeout`, and holds
@@ -150,7 +166,13 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
     }
     if is_stream(&path) {
         return match state.authorize(request.headers()) {
-            Ok(key) => with_key_name(next.run(request).await, key),
+            Ok(key) => {
+                // Each message's audit line names the key too.
+                if let Some(key) = &key {
+                    request.extensions_mut().insert(key.clone());
+                }
+                with_key_name(next.run(request).await, key)
+            }
             Err(e) => status::to_status(&e).into_http(),
         };
     }
@@ -209,10 +231,15 @@ async fn message_limit(State(state): State<Arc<AppState>>, request: Request, nex
 /// One log line per call, as HTTP's access log: failures (a `grpc-status` other than 0 in the
 /// response headers, which is how a call that fails before answering ends) at info, the rest at
 /// debug, with the request id; everything logged during the call carries it.
-async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn access_log(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     let path = request.uri().path().to_string();
     let client = state.audit().and_then(|_| crate::audit::client_of(&request));
+    let model = state.audit().map(|_| {
+        let slot = CallModel::default();
+        request.extensions_mut().insert(slot.clone());
+        slot
+    });
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let span = if crate::telemetry::enabled() {
         crate::telemetry::grpc_span(&request, &id)
@@ -238,6 +265,7 @@ async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: 
     // status known when the headers go out (0 for a call that went on to answer).
     if let Some(audit) = state.audit().filter(|_| !is_open(&path)) {
         let code: i64 = code.parse().unwrap_or(2);
+        let (model, version) = model.as_ref().map(CallModel::get).unwrap_or_default();
         audit.record(&crate::audit::Entry {
             request_id: &id,
             trace_id,
@@ -245,8 +273,9 @@ async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: 
             client: client.as_deref(),
             protocol: "grpc",
             operation: path.trim_start_matches('/'),
-            model: None,
-            version: None,
+            message: None,
+            model,
+            version,
             outcome: crate::audit::outcome_of_grpc(code),
             status: code,
             micros,

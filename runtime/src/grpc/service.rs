@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
+use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::generated::grpc_inference_service_server::GrpcInferenceService;
@@ -25,6 +26,13 @@ pub(crate) struct Inference {
     pub state: Arc<AppState>,
 }
 
+/// What each message's audit line of a stream repeats from its call.
+#[derive(Debug, Clone)]
+struct AuditCall {
+    client: Option<String>,
+    key: Option<Arc<str>>,
+}
+
 /// A model named by a request; an empty version is the served one.
 fn lookup<'a>(state: &'a AppState, name: &str, version: &str) -> Result<&'a Arc<Model>, Status> {
     let version = (!version.is_empty()).then_some(version);
@@ -37,21 +45,43 @@ fn call_deadline<T>(request: &Request<T>) -> Option<crate::inference::Deadline> 
     request.extensions().get::<super::CallDeadline>().and_then(|d| d.0)
 }
 
+/// Leaves the model a message names where the call's audit line finds it (audit log on).
+fn note_model<T>(request: &Request<T>, name: &str, version: &str) {
+    if let Some(slot) = request.extensions().get::<super::CallModel>() {
+        let _ = slot.0.set((name.to_string(), version.to_string()));
+    }
+}
+
+/// The call's request id (`x-request-id`, set or kept by the router).
+fn request_id<T>(request: &Request<T>) -> String {
+    request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}
+
 /// One inference, as HTTP runs it: counted for the model, bounded by the request deadline and
-/// (when shorter) the call's own.
+/// (when shorter) the call's own. With payload logging on, a sampled request and its answer are
+/// sent as events with id `event_id`.
 async fn infer_one(
     state: &AppState,
     request: ModelInferRequest,
     deadline: Option<crate::inference::Deadline>,
+    event_id: &str,
 ) -> Result<ModelInferResponse, ApiError> {
     let version = (!request.model_version.is_empty()).then(|| request.model_version.clone());
     let model = Arc::clone(state.model(&request.model_name, version.as_deref())?);
+    let payload_log = state.payload_log().filter(|log| log.sampled());
+    if let Some(log) = payload_log {
+        log.message("request", event_id, model.name(), "inference.ModelInferRequest", || request.encode_to_vec());
+    }
     let work = async {
         let decoded = crate::__trace_span!("decode").in_scope(|| super::tensors::decode(&model, request))?;
         let outputs = crate::inference::infer(&model, decoded.inputs, decoded.outputs).await?;
         Ok(crate::__trace_span!("encode").in_scope(|| super::tensors::encode(&model, decoded.id, outputs)))
     };
-    crate::inference::run_until(state, &model, crate::inference::Protocol::Grpc, deadline, work).await
+    let answer = crate::inference::run_until(state, &model, crate::inference::Protocol::Grpc, deadline, work).await;
+    if let (Some(log), Ok(response)) = (payload_log, &answer) {
+        log.message("response", event_id, model.name(), "inference.ModelInferResponse", || response.encode_to_vec());
+    }
+    answer
 }
 
 #[tonic::async_trait]
@@ -86,6 +116,7 @@ impl GrpcInferenceService for Inference {
         &self,
         r: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
+        note_model(&r, &r.get_ref().name, &r.get_ref().version);
         let r = r.into_inner();
         let m = crate::routes::v2::metadata(lookup(&self.state, &r.name, &r.version)?);
         let tensors = |ts: Vec<crate::v2::types::MetadataTensor>| {
@@ -104,7 +135,9 @@ impl GrpcInferenceService for Inference {
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = call_deadline(&r);
-        infer_one(&self.state, r.into_inner(), deadline).await.map(Response::new).map_err(|e| to_status(&e))
+        let id = request_id(&r);
+        note_model(&r, &r.get_ref().model_name, &r.get_ref().model_version);
+        infer_one(&self.state, r.into_inner(), deadline, &id).await.map(Response::new).map_err(|e| to_status(&e))
     }
 
     type ModelStreamInferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
@@ -120,6 +153,12 @@ impl GrpcInferenceService for Inference {
         r: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let call_deadline = call_deadline(&r);
+        let call_id = request_id(&r);
+        let audit_call = self.state.audit().map(|_| AuditCall {
+            client: r.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.to_string()),
+            key: r.extensions().get::<crate::inference::admission::KeyName>().map(|k| Arc::clone(&k.0)),
+        });
+        let mut seq = 0u64;
         let state = Arc::clone(&self.state);
         let mut draining = state.draining();
         let drained = async move {
@@ -131,16 +170,38 @@ impl GrpcInferenceService for Inference {
         let call = tracing::Span::current();
         let answers = futures_util::StreamExt::map(messages, move |message| {
             let state = Arc::clone(&state);
+            seq += 1;
+            let (seq, call_id, audit_call) = (seq, call_id.clone(), audit_call.clone());
             let span =
                 if crate::telemetry::enabled() { tracing::error_span!(parent: &call, "message") } else { call.clone() };
             let answer = async move {
                 let request = message?;
+                let start = std::time::Instant::now();
                 let id = request.id.clone();
                 let model = request.model_name.clone();
+                let version = request.model_version.clone();
                 let answer = match state.admit_slot(&model) {
-                    Ok(_admitted) => infer_one(&state, request, call_deadline).await,
+                    Ok(_admitted) => infer_one(&state, request, call_deadline, &format!("{call_id}/{seq}")).await,
                     Err(e) => Err(e),
                 };
+                if let (Some(audit), Some(call)) = (state.audit(), &audit_call) {
+                    let code = answer.as_ref().err().map_or(0, |e| to_status(e).code() as i64);
+                    let trace = crate::telemetry::ids(&tracing::Span::current());
+                    audit.record(&crate::audit::Entry {
+                        request_id: &call_id,
+                        trace_id: trace.as_ref().map(|t| t.0.as_str()),
+                        api_key: call.key.as_deref(),
+                        client: call.client.as_deref(),
+                        protocol: "grpc",
+                        operation: "inference.GRPCInferenceService/ModelStreamInfer",
+                        message: Some(seq),
+                        model: Some(&model),
+                        version: Some(version.as_str()).filter(|v| !v.is_empty()),
+                        outcome: crate::audit::outcome_of_grpc(code),
+                        status: code,
+                        micros: start.elapsed().as_micros() as u64,
+                    });
+                }
                 Ok(match answer {
                     Ok(response) => {
                         ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
@@ -158,6 +219,7 @@ impl GrpcInferenceService for Inference {
     }
 
     async fn model_config(&self, r: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+        note_model(&r, &r.get_ref().name, &r.get_ref().version);
         let r = r.into_inner();
         let model = lookup(&self.state, &r.name, &r.version)?;
         Ok(Response::new(ModelConfigResponse { config: Some(super::stats::model_config(model)) }))
@@ -167,6 +229,9 @@ impl GrpcInferenceService for Inference {
         &self,
         r: Request<ModelStatisticsRequest>,
     ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        if !r.get_ref().name.is_empty() {
+            note_model(&r, &r.get_ref().name, &r.get_ref().version);
+        }
         let r = r.into_inner();
         let model_stats = if r.name.is_empty() {
             self.state.models().map(|m| super::stats::model_statistics(m)).collect()
