@@ -378,6 +378,9 @@ impl AppState {
         if let Some(audit) = &settings.audit {
             metrics.register_extra(Box::new(audit.errors().clone()));
         }
+        if let Some(spans) = crate::telemetry::collectors() {
+            metrics.register_extra(spans);
+        }
         let payload_log = if starting { None } else { crate::payload_log::PayloadLog::start(&config.payload_log) };
         for collector in payload_log.iter().flat_map(|p| p.collectors()) {
             metrics.register_extra(collector);

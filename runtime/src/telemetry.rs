@@ -121,7 +121,7 @@ impl Tracing {
         }
         .map_err(|e| format!("cannot set up the OTLP exporter for {}: {e}", settings.endpoint))?;
         let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-            exporter,
+            Counted { inner: exporter, spans: spans().cloned() },
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
@@ -156,6 +156,72 @@ impl Tracing {
             Ok(Err(e)) => tracing::warn!("traces not all exported at shutdown: {e}"),
             Err(_) => tracing::warn!("traces not all exported at shutdown: the collector did not answer within 5 s"),
         }
+    }
+}
+
+/// Spans the exporter handed to the collector (`outcome="exported"`) or lost in an export that
+/// failed (`outcome="failed"`: the collector is down, refused them or did not answer in time).
+fn spans() -> Option<&'static prometheus::IntCounterVec> {
+    static SPANS: OnceLock<Option<prometheus::IntCounterVec>> = OnceLock::new();
+    SPANS
+        .get_or_init(|| {
+            prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "nimify_trace_spans_total",
+                    "Spans sent to the OTLP collector, by outcome (exported, failed: lost with an export that failed)",
+                ),
+                &["outcome"],
+            )
+            .ok()
+        })
+        .as_ref()
+}
+
+/// The span counter, for the metrics registry, while tracing is on.
+pub(crate) fn collectors() -> Option<Box<dyn prometheus::core::Collector>> {
+    let spans = spans().filter(|_| enabled())?;
+    Some(Box::new(spans.clone()))
+}
+
+/// An exporter that counts what it sends, and what it loses.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    spans: Option<prometheus::IntCounterVec>,
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter for Counted<E> {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let count = batch.len() as u64;
+        let export = self.inner.export(batch);
+        let spans = self.spans.clone();
+        async move {
+            let result = export.await;
+            if let Some(spans) = spans {
+                let outcome = if result.is_ok() { "exported" } else { "failed" };
+                spans.with_label_values(&[outcome]).inc_by(count);
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn shutdown(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown()
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

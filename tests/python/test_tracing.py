@@ -17,7 +17,7 @@ import pytest
 import requests
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from conftest import MODELS, TARGET, Server, Service, free_port
+from conftest import MODELS, TARGET, Server, Service, free_port, metrics
 
 MLP = os.path.join(MODELS, "mlp.onnx")
 
@@ -190,6 +190,15 @@ def test_an_http_request_is_a_server_span_under_the_callers_trace(receiver, prot
         r = requests.get(f"{server.url}/v2/models/mlp", timeout=10)
         own = r.headers["traceparent"].split("-")[1]
         rec.wait_for(lambda s: s.trace_id.hex() == own and s.parent_span_id == b"")
+        # What the collector took is counted (once its answer is in; the /metrics requests are
+        # traced too, so the count only grows).
+        exported = ("nimify_trace_spans_total", '{outcome="exported"}')
+        received = len(rec.spans)
+        deadline = time.time() + 15
+        while metrics(server).get(exported, 0) < received and time.time() < deadline:
+            time.sleep(0.05)
+        assert received <= metrics(server)[exported] <= len(rec.spans)
+        assert metrics(server).get(("nimify_trace_spans_total", '{outcome="failed"}'), 0) == 0
     finally:
         server.stop()
 
@@ -367,6 +376,13 @@ def test_tracing_off_and_bad_settings(receiver, tmp_path):
         for _ in range(20):
             r = requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), timeout=10)
             assert r.status_code == 200 and r.headers["traceparent"].endswith("-01")
+        # The spans lost are counted.
+        failed = ("nimify_trace_spans_total", '{outcome="failed"}')
+        deadline = time.time() + 30
+        while metrics(server).get(failed, 0) == 0:
+            assert time.time() < deadline, "no failed export counted"
+            time.sleep(0.1)
+        assert metrics(server).get(("nimify_trace_spans_total", '{outcome="exported"}'), 0) == 0
     finally:
         assert server.stop() == 0
     # A collector that takes the connection and never answers does not hold the exit.
