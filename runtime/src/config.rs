@@ -395,11 +395,20 @@ impl Config {
         }
         let log = &self.payload_log;
         if let Some(url) = &log.url
-            && (!url.starts_with("http://") || url.parse::<axum::http::Uri>().map_or(true, |u| u.host().is_none()))
+            && (!(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<axum::http::Uri>().map_or(true, |u| u.host().is_none()))
         {
             return Err(ConfigError::Invalid(format!(
-                "payload_log.url {url:?} is not an http:// URL (events go over plain HTTP only for now: point it at a collector beside the service)"
+                "payload_log.url {url:?} is not an http:// or https:// URL, e.g. http://127.0.0.1:8080/events"
             )));
+        }
+        // An https sink is checked against the system's roots: none is an error now, not at the
+        // first event.
+        if let Some(url) = &log.url
+            && url.starts_with("https://")
+            && let Err(e) = crate::tls::client_config(None, None)
+        {
+            return Err(ConfigError::Invalid(format!("payload_log.url {url:?}: {e}")));
         }
         if !(0.0..=1.0).contains(&log.sample_ratio) {
             return Err(ConfigError::Invalid(format!(

@@ -77,7 +77,21 @@ impl PayloadLog {
         )
         .ok()?;
         let sent = IntCounter::new("nimify_payload_log_sent_total", "Payload log events the sink accepted").ok()?;
-        runtime.spawn(send_all(rx, url, dropped.clone(), sent.clone()));
+        // An https sink is checked against the system's roots (SSL_CERT_FILE / SSL_CERT_DIR);
+        // the configuration's validation has made sure there are some.
+        let tls = if url.scheme_str() == Some("https") {
+            crate::tls::client_config(None, None)
+        } else {
+            crate::tls::plain_only()
+        };
+        let tls = match tls {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(error = %e, "payload logging is off");
+                return None;
+            }
+        };
+        runtime.spawn(send_all(rx, url, tls, dropped.clone(), sent.clone()));
         Some(Arc::new(Self { config: config.clone(), queue, seen: AtomicU64::new(0), dropped, sent }))
     }
 
@@ -156,9 +170,15 @@ impl PayloadLog {
 }
 
 /// Sends queued events one after another until the logger is dropped.
-async fn send_all(mut rx: mpsc::Receiver<Event>, url: axum::http::Uri, dropped: IntCounterVec, sent: IntCounter) {
+async fn send_all(
+    mut rx: mpsc::Receiver<Event>,
+    url: axum::http::Uri,
+    tls: tokio_rustls::rustls::ClientConfig,
+    dropped: IntCounterVec,
+    sent: IntCounter,
+) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        .build(crate::tls::https_connector(tls));
     let mut warned = false;
     // After a failure the sink is left alone for a while (250 ms, doubling to 10 s, back to
     // none after a success): events that arrive meanwhile are dropped at once and counted, so a

@@ -14,6 +14,7 @@
 //! tracing off, nothing is extracted, recorded or exported, and `RUST_LOG` decides only what is
 //! logged, not what is traced.
 
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -40,6 +41,12 @@ pub struct Settings {
     pub endpoint: String,
     /// The transport.
     pub protocol: Protocol,
+    /// For an `https://` endpoint: the PEM file of the CA the collector's certificate must chain
+    /// to (`OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`); the system's roots without one.
+    pub certificate: Option<String>,
+    /// For mutual TLS: the client's certificate chain and key, PEM files
+    /// (`OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE` / `_CLIENT_KEY`).
+    pub client_identity: Option<(String, String)>,
 }
 
 /// Whether tracing is on, set once at start-up: with it off the request path skips every step.
@@ -72,17 +79,28 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>
     else {
         return Ok(None);
     };
-    if endpoint.starts_with("https://") {
-        return Err(format!(
-            "{endpoint_var}={endpoint}: nimify sends traces over plain HTTP only for now; point it at a collector on \
-             the same host or pod (e.g. http://127.0.0.1:4318), which forwards them over TLS"
-        ));
-    }
-    if !endpoint.starts_with("http://") {
+    if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
         return Err(format!(
             "{endpoint_var}={endpoint} is not a URL; e.g. http://127.0.0.1:4318 (http/protobuf) or http://127.0.0.1:4317 (grpc)"
         ));
     }
+    // The signal-specific variable wins, as for the endpoint.
+    let tls_file = |name: &str| {
+        get(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
+            .map(|v| (format!("OTEL_EXPORTER_OTLP_TRACES_{name}"), v))
+            .or_else(|| get(&format!("OTEL_EXPORTER_OTLP_{name}")).map(|v| (format!("OTEL_EXPORTER_OTLP_{name}"), v)))
+    };
+    let certificate = tls_file("CERTIFICATE").map(|(_, v)| v);
+    let client_identity = match (tls_file("CLIENT_CERTIFICATE"), tls_file("CLIENT_KEY")) {
+        (Some((_, cert)), Some((_, key))) => Some((cert, key)),
+        (None, None) => None,
+        (Some((var, _)), None) | (None, Some((var, _))) => {
+            return Err(format!(
+                "{var} is set without its pair: mutual TLS needs both OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE \
+                 and OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_KEY"
+            ));
+        }
+    };
     let (protocol_var, protocol) = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
         .into_iter()
         .find_map(|name| get(name).map(|value| (name, value)))
@@ -94,7 +112,7 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>
             return Err(format!("{protocol_var}={other} is not supported; use http/protobuf (the default) or grpc"));
         }
     };
-    Ok(Some(Settings { endpoint, protocol }))
+    Ok(Some(Settings { endpoint, protocol, certificate, client_identity }))
 }
 
 /// The tracer provider while tracing is on; shut down (flushing what is queued) at exit.
@@ -111,15 +129,36 @@ impl Tracing {
         // The exporters' own timeout (10 s, or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT) governs; the
         // HTTP client's is only a backstop above it.
         let backstop = Duration::from_secs(60);
+        let https = settings.endpoint.starts_with("https://");
+        let fail =
+            |e: &dyn std::fmt::Display| format!("cannot set up the OTLP exporter for {}: {e}", settings.endpoint);
         let exporter = match settings.protocol {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
-            Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_http_client(opentelemetry_http::hyper::HyperClient::with_default_connector(backstop, None))
-                .build(),
+            Protocol::Grpc => {
+                use opentelemetry_otlp::WithTonicConfig as _;
+                let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                if https {
+                    builder = builder.with_tls_config(grpc_tls(settings).map_err(|e| fail(&e))?);
+                }
+                builder.build()
+            }
+            Protocol::HttpProtobuf => {
+                let tls = if https {
+                    let identity = settings.client_identity.as_ref().map(|(c, k)| (Path::new(c), Path::new(k)));
+                    crate::tls::client_config(settings.certificate.as_deref().map(Path::new), identity)
+                } else {
+                    crate::tls::plain_only()
+                }
+                .map_err(|e| fail(&e))?;
+                let client =
+                    opentelemetry_http::hyper::HyperClient::new(crate::tls::https_connector(tls), backstop, None);
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_http_client(client)
+                    .build()
+            }
         }
-        .map_err(|e| format!("cannot set up the OTLP exporter for {}: {e}", settings.endpoint))?;
+        .map_err(|e| fail(&e))?;
         let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             Counted { inner: exporter, spans: spans().cloned() },
             opentelemetry_sdk::runtime::Tokio,
@@ -157,6 +196,21 @@ impl Tracing {
             Err(_) => tracing::warn!("traces not all exported at shutdown: the collector did not answer within 5 s"),
         }
     }
+}
+
+/// TLS to a gRPC collector, as the settings say: its CA (or the system's roots) and, for mutual
+/// TLS, the client's identity.
+fn grpc_tls(settings: &Settings) -> Result<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig, String> {
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |path: &str| std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"));
+    let tls = match &settings.certificate {
+        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    Ok(match &settings.client_identity {
+        Some((cert, key)) => tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
+        None => tls,
+    })
 }
 
 /// Spans the exporter handed to the collector (`outcome="exported"`) or lost in an export that
@@ -471,7 +525,12 @@ mod tests {
         let on = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")];
         assert_eq!(
             settings(env(&on)),
-            Ok(Some(Settings { endpoint: "http://127.0.0.1:4318".into(), protocol: Protocol::HttpProtobuf }))
+            Ok(Some(Settings {
+                endpoint: "http://127.0.0.1:4318".into(),
+                protocol: Protocol::HttpProtobuf,
+                certificate: None,
+                client_identity: None
+            }))
         );
         for off in [("OTEL_SDK_DISABLED", "TRUE"), ("OTEL_TRACES_EXPORTER", "none")] {
             assert_eq!(settings(env(&[on[0], off])), Ok(None), "{off:?}");
@@ -495,8 +554,23 @@ mod tests {
         assert!(err.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported"), "{err}");
         let err = settings(env(&[base, ("OTEL_TRACES_EXPORTER", "zipkin")])).expect_err("zipkin");
         assert!(err.contains("OTEL_TRACES_EXPORTER=zipkin is not supported"), "{err}");
-        let err = settings(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otel.example:4318")])).expect_err("tls");
-        assert!(err.contains("plain HTTP only") && err.contains("collector"), "{err}");
+        let tls = settings(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otel.example:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/all.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/client.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/client.key"),
+        ]))
+        .expect("valid")
+        .expect("on");
+        assert_eq!(tls.certificate.as_deref(), Some("/traces.pem"));
+        assert_eq!(tls.client_identity, Some(("/client.pem".into(), "/client.key".into())));
+        let err = settings(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otel.example:4318"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/client.key"),
+        ]))
+        .expect_err("half a pair");
+        assert!(err.starts_with("OTEL_EXPORTER_OTLP_CLIENT_KEY is set without its pair"), "{err}");
         let err = settings(env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4317")])).expect_err("no scheme");
         assert!(err.starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=collector:4317 is not a URL"), "{err}");
     }

@@ -126,9 +126,22 @@ def test_tracing_and_the_audit_log_are_set_as_the_service_reads_them():
     off = env_of("default")
     assert not [k for k in off if k.startswith("OTEL_") or k == "NIMIFY_AUDIT_LOG"], off
     # The schema refuses what the service would refuse at start.
-    for bad in ({"endpoint": "https://collector:4318"}, {"protocol": "http/json"}, {"samplerArg": "2"}):
+    for bad in ({"endpoint": "collector:4318"}, {"protocol": "http/json"}, {"samplerArg": "2"}, {"tls": {"ca": "x"}}):
         with pytest.raises(helm.HelmValuesError):
             helm.Chart.load(CHART).render(merge(SERVICE, {"tracing": bad}), name="iris", namespace="ml")
+    # An https collector: the CA (and, for mutual TLS, the client's pair) from a Secret mounted
+    # where the variables point.
+    tls = {"endpoint": "https://otel-collector.observability:4318", "tls": {"secret": "otel-client", "clientAuth": True}}
+    out = helm.Chart.load(CHART).render(merge(SERVICE, {"tracing": tls}), name="iris", namespace="ml")
+    deploy = next(d for path, text in out.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "otlp-tls"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "otlp-tls"]
+    assert volume["secret"]["secretName"] == "otel-client" and mount["readOnly"]
+    assert {env[k] for k in ("OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_KEY")} == \
+        {f"{mount['mountPath']}/{f}" for f in ("ca.crt", "tls.crt", "tls.key")}
 
 
 @pytest.mark.parametrize("env", ["default", *ENVS, "all"])

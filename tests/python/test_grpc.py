@@ -447,23 +447,6 @@ def test_grpc_off_and_port_clash_are_clear(start):
 
 # ---- TLS ------------------------------------------------------------------------------------
 
-def openssl(*args):
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A self-signed CA, a server certificate for 127.0.0.1 and a client certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "1", "-subj", "/CN=nimify test CA")
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"), ("client", "extendedKeyUsage=clientAuth")):
-        (d / f"{name}.ext").write_text(ext + "\n")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr", "-subj", f"/CN={name}")
-        openssl("x509", "-req", "-in", d / f"{name}.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key", "-CAcreateserial",
-                "-out", d / f"{name}.pem", "-days", "1", "-extfile", d / f"{name}.ext")
-    return d
-
-
 def tls_server(pki, *extra):
     flags = ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"), *extra]
     cert = (str(pki / "client.pem"), str(pki / "client.key"))

@@ -5,6 +5,7 @@ requests nothing, and what it loses is counted."""
 import json
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -20,7 +21,8 @@ MLP = os.path.join(MODELS, "mlp.onnx")
 class Sink:
     """An HTTP server keeping every event (headers, body)."""
 
-    def __init__(self, port=0):
+    def __init__(self, port=0, pki=None):
+        """With `pki` (the suite's CA directory), over TLS with the server certificate."""
         self.events = []
         sink = self
 
@@ -36,7 +38,11 @@ class Sink:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        if pki:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(pki / "server.pem", pki / "server.key")
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"{'https' if pki else 'http'}://127.0.0.1:{self.server.server_address[1]}/events"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait_for(self, count, timeout=15):
@@ -165,9 +171,39 @@ def test_a_body_over_the_limit_is_still_413_and_not_logged(tmp_path):
         sink.stop()
 
 
+def test_an_https_sink_is_checked_against_the_system_roots(pki):
+    """The sink's certificate must chain to a root the system trusts (SSL_CERT_FILE here): with
+    the suite's CA there, events arrive; with another root, the sink is not trusted and its
+    events are dropped and counted; with no roots at all, the server does not start."""
+    sink = Sink(pki=pki)
+    server = Server(MLP, "--payload-log-url", sink.url, env={**os.environ, "SSL_CERT_FILE": str(pki / "ca.pem")})
+    try:
+        assert infer(server, body(), "tls-1").status_code == 200
+        events = sink.wait_for(2)
+        assert {h["ce-id"] for h, _ in events} == {"tls-1"}
+    finally:
+        server.stop()
+    other = str(pki / "client.pem")  # a certificate the sink's does not chain to
+    server = Server(MLP, "--payload-log-url", sink.url, env={**os.environ, "SSL_CERT_FILE": other})
+    try:
+        assert infer(server, body(), "tls-2").status_code == 200
+        deadline = time.time() + 15
+        while metrics(server).get(("nimify_payload_log_dropped_total", '{reason="sink_error"}'), 0) < 2:
+            assert time.time() < deadline, "an untrusted sink's events were not counted"
+            time.sleep(0.1)
+        assert len(sink.events) == 2
+    finally:
+        server.stop()
+        sink.stop()
+    env = {k: v for k, v in os.environ.items() if k != "SSL_CERT_DIR"}
+    env["SSL_CERT_FILE"] = str(pki / "missing.pem")
+    p = subprocess.run([*Server.argv_for(MLP), "--payload-log-url", sink.url], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "no trusted root certificates" in p.stderr, p.stderr
+
+
 def test_settings_the_logger_cannot_honour_stop_the_server_at_start(tmp_path):
-    for flags, says in ((["--payload-log-url", "https://sink.invalid/events"], "is not an http:// URL"),
-                        (["--payload-log-url", "http://"], "is not an http:// URL"),
+    for flags, says in ((["--payload-log-url", "ftp://sink.invalid/events"], "is not an http:// or https:// URL"),
+                        (["--payload-log-url", "http://"], "is not an http:// or https:// URL"),
                         (["--payload-log-url", "http://127.0.0.1:9/", "--payload-log-sample-ratio", "1.5"], "sample_ratio must be between 0 and 1")):
         p = subprocess.run([*Server.argv_for(MLP), *flags], capture_output=True, text=True, timeout=30)
         assert p.returncode == 1 and says in p.stderr, p.stderr

@@ -6,6 +6,8 @@ import json
 import os
 import secrets
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from concurrent import futures
@@ -26,7 +28,9 @@ class Receiver:
     """An OTLP trace receiver on a free loopback port: `http/protobuf` (POST /v1/traces) or
     `grpc` (TraceService/Export). Keeps every span with its resource's attributes."""
 
-    def __init__(self, protocol):
+    def __init__(self, protocol, pki=None):
+        """With `pki` (the suite's CA directory): TLS with the server certificate, and client
+        certificates required (mutual TLS)."""
         self.protocol = protocol
         self.spans = []
         self.requests = 0
@@ -41,7 +45,12 @@ class Receiver:
                     return trace_service_pb2.ExportTraceServiceResponse()
 
             trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
-            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            if pki:
+                read = lambda name: (pki / name).read_bytes()
+                credentials = grpc.ssl_server_credentials([(read("server.key"), read("server.pem"))], root_certificates=read("ca.pem"), require_client_auth=True)
+                self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
+            else:
+                self.port = self.server.add_insecure_port("127.0.0.1:0")
             self.server.start()
         else:
             receiver = self
@@ -67,9 +76,15 @@ class Receiver:
                     pass
 
             self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            if pki:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(pki / "server.pem", pki / "server.key")
+                context.load_verify_locations(pki / "ca.pem")
+                context.verify_mode = ssl.CERT_REQUIRED
+                self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
             self.port = self.server.server_address[1]
             threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"{'https' if pki else 'http'}://127.0.0.1:{self.port}"
 
     def take(self, request):
         with self.cond:
@@ -103,8 +118,8 @@ class Receiver:
 def receiver():
     started = []
 
-    def go(protocol):
-        r = Receiver(protocol)
+    def go(protocol, pki=None):
+        r = Receiver(protocol, pki)
         started.append(r)
         return r
 
@@ -401,7 +416,42 @@ def test_tracing_off_and_bad_settings(receiver, tmp_path):
     # Settings nimify cannot honour stop it at start, naming the variable.
     for var, value, says in (("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported"),
                              ("OTEL_TRACES_EXPORTER", "zipkin", "OTEL_TRACES_EXPORTER=zipkin is not supported"),
-                             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector.invalid:4318", "plain HTTP only")):
+                             ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector.invalid:4318", "is not a URL"),
+                             ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/client.key", "OTEL_EXPORTER_OTLP_CLIENT_KEY is set without its pair")):
         env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": rec.endpoint, var: value}
         p = subprocess.run([*Server.argv_for(MLP)], env=env, capture_output=True, text=True, timeout=30)
         assert p.returncode == 1 and says in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_a_collector_over_mutual_tls(receiver, pki, protocol):
+    """An https:// collector that requires client certificates: with the CA and the client's
+    certificate and key in the standard variables, spans arrive; without the client's
+    certificate the collector refuses them and the loss is counted; a CA file that is not there
+    stops the server at start, naming it."""
+    rec = receiver(protocol, pki)
+    ca = ("OTEL_EXPORTER_OTLP_CERTIFICATE", str(pki / "ca.pem"))
+    server = traced_server(rec, ca, ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", str(pki / "client.pem")),
+                           ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", str(pki / "client.key")))
+    try:
+        trace_id, _, traceparent = new_parent()
+        r = requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), headers={"traceparent": traceparent}, timeout=10)
+        assert r.status_code == 200
+        rec.wait_for(lambda s: s.trace_id.hex() == trace_id and s.kind == s.SPAN_KIND_SERVER)
+    finally:
+        assert server.stop() == 0
+    server = traced_server(rec, ca)
+    try:
+        for _ in range(3):
+            assert requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), timeout=10).status_code == 200
+        failed = ("nimify_trace_spans_total", '{outcome="failed"}')
+        deadline = time.time() + 30
+        while metrics(server).get(failed, 0) == 0:
+            assert time.time() < deadline, "a refused export was not counted"
+            time.sleep(0.1)
+    finally:
+        assert server.stop() == 0
+    missing = str(pki / "no-such-ca.pem")
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": rec.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_EXPORTER_OTLP_CERTIFICATE": missing}
+    p = subprocess.run(Server.argv_for(MLP), env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and missing in p.stderr, p.stderr
