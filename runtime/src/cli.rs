@@ -273,7 +273,8 @@ pub fn run(register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> ExitCode {
 
 /// Builds and serves with the given settings.
 pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Result<(), String> {
-    let tracing_settings = crate::telemetry::settings(|k| std::env::var(k).ok())?;
+    let config = args.config().map_err(|e| e.to_string())?;
+    let tracing_settings = crate::telemetry::settings_with_file(|k| std::env::var(k).ok(), &config.tracing)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -290,7 +291,6 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
     if let Some(s) = &tracing_settings {
         tracing::info!(endpoint = %s.endpoint, protocol = ?s.protocol, "exporting traces over OTLP");
     }
-    let config = args.config().map_err(|e| e.to_string())?;
     let address = format!("{}:{}", config.host, config.port);
     let grpc_address = config.grpc.then(|| format!("{}:{}", config.host, config.grpc_port));
     let mut builder = register(ServerBuilder::new(config));

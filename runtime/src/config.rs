@@ -91,6 +91,50 @@ pub struct Config {
     pub model_sha256: Option<String>,
     /// Payload logging: sampled request and response bodies sent as CloudEvents to a sink.
     pub payload_log: PayloadLogConfig,
+    /// OpenTelemetry traces, when the standard `OTEL_*` variables do not say (they win).
+    pub tracing: TracingConfig,
+}
+
+/// OpenTelemetry traces from the configuration file: each key stands for the standard variable
+/// named beside it, which wins when set. Unset (and no variable): tracing is off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector (`http://...` or `https://...`).
+    pub endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` (the default) or `grpc`.
+    pub protocol: Option<String>,
+    /// `OTEL_SERVICE_NAME`: the service's name in traces (default: the binary's).
+    pub service_name: Option<String>,
+    /// `OTEL_TRACES_SAMPLER`: e.g. `parentbased_traceidratio` (default `parentbased_always_on`).
+    pub sampler: Option<String>,
+    /// `OTEL_TRACES_SAMPLER_ARG`: the ratio of the `*traceidratio` samplers, 0 to 1.
+    pub sampler_arg: Option<f64>,
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: the PEM CA file an https collector is checked against.
+    pub certificate: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`: the client's certificate chain (mutual TLS).
+    pub client_certificate: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_CLIENT_KEY`: the client's key (mutual TLS).
+    pub client_key: Option<String>,
+}
+
+impl TracingConfig {
+    /// The value standing for the standard variable `name`, with the key that holds it.
+    pub(crate) fn value_for(&self, name: &str) -> Option<(&'static str, String)> {
+        match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => self.endpoint.clone().map(|v| ("tracing.endpoint", v)),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => self.protocol.clone().map(|v| ("tracing.protocol", v)),
+            "OTEL_SERVICE_NAME" => self.service_name.clone().map(|v| ("tracing.service_name", v)),
+            "OTEL_TRACES_SAMPLER" => self.sampler.clone().map(|v| ("tracing.sampler", v)),
+            "OTEL_TRACES_SAMPLER_ARG" => self.sampler_arg.map(|v| ("tracing.sampler_arg", v.to_string())),
+            "OTEL_EXPORTER_OTLP_CERTIFICATE" => self.certificate.clone().map(|v| ("tracing.certificate", v)),
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE" => {
+                self.client_certificate.clone().map(|v| ("tracing.client_certificate", v))
+            }
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY" => self.client_key.clone().map(|v| ("tracing.client_key", v)),
+            _ => None,
+        }
+    }
 }
 
 /// Payload logging, as KServe's logger does: inference request and response bodies, sampled and
@@ -190,6 +234,7 @@ impl Default for Config {
             model_dir: None,
             model_sha256: None,
             payload_log: PayloadLogConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }

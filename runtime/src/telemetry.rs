@@ -34,8 +34,8 @@ pub enum Protocol {
     Grpc,
 }
 
-/// Tracing as the environment asks for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Tracing as the environment (or the configuration file) asks for it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// The endpoint, as given (the exporter reads it from the environment itself).
     pub endpoint: String,
@@ -47,6 +47,13 @@ pub struct Settings {
     /// For mutual TLS: the client's certificate chain and key, PEM files
     /// (`OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE` / `_CLIENT_KEY`).
     pub client_identity: Option<(String, String)>,
+    /// `OTEL_SERVICE_NAME`; the binary's name without one.
+    pub service_name: Option<String>,
+    /// `OTEL_TRACES_SAMPLER` / `_ARG`; `parentbased_always_on` without one.
+    pub sampler: Option<SamplerChoice>,
+    /// The URL the exporter sends to when the endpoint came from the configuration file (it reads
+    /// the variables itself).
+    pub from_file: Option<String>,
 }
 
 /// Whether tracing is on, set once at start-up: with it off the request path skips every step.
@@ -57,10 +64,27 @@ pub fn enabled() -> bool {
     TRACING.get().copied().unwrap_or(false)
 }
 
-/// Reads the standard variables through `var`; `Ok(None)` when tracing is off, an error naming
-/// the variable for a value nimify cannot honour.
-pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>, String> {
-    let get = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+/// Reads the standard variables through `var`, and then the configuration file's `[tracing]` (a
+/// variable that is set wins over its key); `Ok(None)` when tracing is off, an error naming the
+/// variable (or key) for a value nimify cannot honour.
+pub fn settings_with_file(
+    var: impl Fn(&str) -> Option<String>,
+    file: &crate::config::TracingConfig,
+) -> Result<Option<Settings>, String> {
+    settings_from(|name| {
+        var(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (name.to_string(), v))
+            .or_else(|| file.value_for(name).map(|(key, v)| (key.to_string(), v)))
+    })
+}
+
+/// The settings from `lookup`, which gives a variable's value with the name to report it by (the
+/// variable's, or the configuration key's).
+fn settings_from(lookup: impl Fn(&str) -> Option<(String, String)>) -> Result<Option<Settings>, String> {
+    let get_named =
+        |name: &str| lookup(name).map(|(label, v)| (label, v.trim().to_string())).filter(|(_, v)| !v.is_empty());
+    let get = |name: &str| get_named(name).map(|(_, v)| v);
     if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(None);
     }
@@ -73,10 +97,12 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>
             ));
         }
     }
-    let Some((endpoint_var, endpoint)) = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
-        .into_iter()
-        .find_map(|name| get(name).map(|value| (name, value)))
-    else {
+    // The signal-specific variable wins over the general one.
+    let either = |name: &str| {
+        get_named(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
+            .or_else(|| get_named(&format!("OTEL_EXPORTER_OTLP_{name}")))
+    };
+    let Some((endpoint_var, endpoint)) = either("ENDPOINT") else {
         return Ok(None);
     };
     if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
@@ -84,14 +110,8 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>
             "{endpoint_var}={endpoint} is not a URL; e.g. http://127.0.0.1:4318 (http/protobuf) or http://127.0.0.1:4317 (grpc)"
         ));
     }
-    // The signal-specific variable wins, as for the endpoint.
-    let tls_file = |name: &str| {
-        get(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
-            .map(|v| (format!("OTEL_EXPORTER_OTLP_TRACES_{name}"), v))
-            .or_else(|| get(&format!("OTEL_EXPORTER_OTLP_{name}")).map(|v| (format!("OTEL_EXPORTER_OTLP_{name}"), v)))
-    };
-    let certificate = tls_file("CERTIFICATE").map(|(_, v)| v);
-    let client_identity = match (tls_file("CLIENT_CERTIFICATE"), tls_file("CLIENT_KEY")) {
+    let certificate = either("CERTIFICATE").map(|(_, v)| v);
+    let client_identity = match (either("CLIENT_CERTIFICATE"), either("CLIENT_KEY")) {
         (Some((_, cert)), Some((_, key))) => Some((cert, key)),
         (None, None) => None,
         (Some((var, _)), None) | (None, Some((var, _))) => {
@@ -101,18 +121,80 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>
             ));
         }
     };
-    let (protocol_var, protocol) = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
-        .into_iter()
-        .find_map(|name| get(name).map(|value| (name, value)))
-        .unwrap_or(("", "http/protobuf".into()));
+    let (protocol_var, protocol) = either("PROTOCOL").unwrap_or_default();
     let protocol = match protocol.as_str() {
-        "http/protobuf" => Protocol::HttpProtobuf,
+        "" | "http/protobuf" => Protocol::HttpProtobuf,
         "grpc" => Protocol::Grpc,
         other => {
             return Err(format!("{protocol_var}={other} is not supported; use http/protobuf (the default) or grpc"));
         }
     };
-    Ok(Some(Settings { endpoint, protocol, certificate, client_identity }))
+    let sampler = match get_named("OTEL_TRACES_SAMPLER") {
+        None => None,
+        Some((var, name)) => {
+            let ratio = match get_named("OTEL_TRACES_SAMPLER_ARG") {
+                None => 1.0,
+                Some((arg_var, arg)) => arg
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| format!("{arg_var}={arg} is not a ratio between 0 and 1"))?,
+            };
+            Some(match name.as_str() {
+                "always_on" => SamplerChoice::AlwaysOn,
+                "always_off" => SamplerChoice::AlwaysOff,
+                "traceidratio" => SamplerChoice::Ratio(ratio),
+                "parentbased_always_on" => SamplerChoice::ParentBasedAlwaysOn,
+                "parentbased_always_off" => SamplerChoice::ParentBasedAlwaysOff,
+                "parentbased_traceidratio" => SamplerChoice::ParentBasedRatio(ratio),
+                other => {
+                    return Err(format!(
+                        "{var}={other} is not supported; use always_on, always_off, traceidratio, parentbased_always_on \
+                         (the default), parentbased_always_off or parentbased_traceidratio"
+                    ));
+                }
+            })
+        }
+    };
+    let service_name = get("OTEL_SERVICE_NAME");
+    // The exporter reads the variables itself; an endpoint from the file is handed to it, with
+    // the path the general variable would get.
+    let from_file = endpoint_var.starts_with("tracing.").then(|| match protocol {
+        Protocol::Grpc => endpoint.clone(),
+        Protocol::HttpProtobuf => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+    });
+    Ok(Some(Settings { endpoint, protocol, certificate, client_identity, service_name, sampler, from_file }))
+}
+
+/// The sampler `OTEL_TRACES_SAMPLER` (and `_ARG`) name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerChoice {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio`: this share of traces, whatever the caller decided.
+    Ratio(f64),
+    /// `parentbased_always_on`: the caller's decision, else on.
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`: the caller's decision, else off.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio`: the caller's decision, else this share.
+    ParentBasedRatio(f64),
+}
+
+impl SamplerChoice {
+    fn sampler(self) -> opentelemetry_sdk::trace::Sampler {
+        use opentelemetry_sdk::trace::Sampler;
+        match self {
+            Self::AlwaysOn => Sampler::AlwaysOn,
+            Self::AlwaysOff => Sampler::AlwaysOff,
+            Self::Ratio(r) => Sampler::TraceIdRatioBased(r),
+            Self::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            Self::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            Self::ParentBasedRatio(r) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))),
+        }
+    }
 }
 
 /// The tracer provider while tracing is on; shut down (flushing what is queued) at exit.
@@ -136,6 +218,9 @@ impl Tracing {
             Protocol::Grpc => {
                 use opentelemetry_otlp::WithTonicConfig as _;
                 let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                if let Some(url) = &settings.from_file {
+                    builder = builder.with_endpoint(url);
+                }
                 if https {
                     builder = builder.with_tls_config(grpc_tls(settings).map_err(|e| fail(&e))?);
                 }
@@ -151,11 +236,14 @@ impl Tracing {
                 .map_err(|e| fail(&e))?;
                 let client =
                     opentelemetry_http::hyper::HyperClient::new(crate::tls::https_connector(tls), backstop, None);
-                opentelemetry_otlp::SpanExporter::builder()
+                let mut builder = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_http_client(client)
-                    .build()
+                    .with_http_client(client);
+                if let Some(url) = &settings.from_file {
+                    builder = builder.with_endpoint(url);
+                }
+                builder.build()
             }
         }
         .map_err(|e| fail(&e))?;
@@ -164,12 +252,14 @@ impl Tracing {
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
-        let mut resource = opentelemetry_sdk::Resource::builder();
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
-            resource = resource.with_service_name(service.to_string());
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(settings.service_name.clone().unwrap_or_else(|| service.to_string()))
+            .build();
+        let mut provider = SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource);
+        if let Some(sampler) = settings.sampler {
+            provider = provider.with_sampler(sampler.sampler());
         }
-        let provider =
-            SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource.build()).build();
+        let provider = provider.build();
         Ok(Self { provider })
     }
 
@@ -512,6 +602,48 @@ pub fn answer_with(span: &tracing::Span, headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
+    fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>, String> {
+        settings_with_file(var, &crate::config::TracingConfig::default())
+    }
+
+    #[test]
+    fn the_config_file_stands_in_for_unset_variables() {
+        let file = crate::config::TracingConfig {
+            endpoint: Some("http://file:4318".into()),
+            protocol: Some("grpc".into()),
+            service_name: Some("from-file".into()),
+            sampler: Some("parentbased_traceidratio".into()),
+            sampler_arg: Some(0.25),
+            ..Default::default()
+        };
+        let s = settings_with_file(env(&[]), &file).expect("valid").expect("on");
+        assert_eq!((s.endpoint.as_str(), s.protocol), ("http://file:4318", Protocol::Grpc));
+        assert_eq!(s.service_name.as_deref(), Some("from-file"));
+        assert_eq!(s.sampler, Some(SamplerChoice::ParentBasedRatio(0.25)));
+        assert_eq!(s.from_file.as_deref(), Some("http://file:4318"));
+        let http = crate::config::TracingConfig { protocol: None, ..file.clone() };
+        let s = settings_with_file(env(&[]), &http).expect("valid").expect("on");
+        assert_eq!(s.from_file.as_deref(), Some("http://file:4318/v1/traces"));
+        // A variable wins over its key; the signal-specific one over both.
+        let s = settings_with_file(
+            env(&[("OTEL_TRACES_SAMPLER", "always_off"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://env:4318")]),
+            &file,
+        )
+        .expect("valid")
+        .expect("on");
+        assert_eq!((s.endpoint.as_str(), s.sampler), ("http://env:4318", Some(SamplerChoice::AlwaysOff)));
+        // Errors name the key the bad value came from.
+        let bad = crate::config::TracingConfig { sampler_arg: Some(2.0), ..file.clone() };
+        let err = settings_with_file(env(&[]), &bad).expect_err("ratio");
+        assert!(err.starts_with("tracing.sampler_arg=2 is not a ratio"), "{err}");
+        let bad = crate::config::TracingConfig { sampler: Some("sometimes".into()), ..file };
+        let err = settings_with_file(env(&[]), &bad).expect_err("sampler");
+        assert!(err.starts_with("tracing.sampler=sometimes is not supported"), "{err}");
+        // OTEL_SDK_DISABLED still turns it off.
+        let off = crate::config::TracingConfig { endpoint: Some("http://file:4318".into()), ..Default::default() };
+        assert_eq!(settings_with_file(env(&[("OTEL_SDK_DISABLED", "true")]), &off), Ok(None));
+    }
+
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: std::collections::HashMap<String, String> =
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -529,7 +661,10 @@ mod tests {
                 endpoint: "http://127.0.0.1:4318".into(),
                 protocol: Protocol::HttpProtobuf,
                 certificate: None,
-                client_identity: None
+                client_identity: None,
+                service_name: None,
+                sampler: None,
+                from_file: None,
             }))
         );
         for off in [("OTEL_SDK_DISABLED", "TRUE"), ("OTEL_TRACES_EXPORTER", "none")] {

@@ -455,3 +455,38 @@ def test_a_collector_over_mutual_tls(receiver, pki, protocol):
     env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": rec.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_EXPORTER_OTLP_CERTIFICATE": missing}
     p = subprocess.run(Server.argv_for(MLP), env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and missing in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_the_config_file_configures_tracing_and_the_environment_wins(receiver, tmp_path, protocol):
+    """`[tracing]` in the config file stands for the OTEL_* variables: with only the file, spans
+    go to its endpoint under its service name and sampler; a variable that is set wins."""
+    rec = receiver(protocol)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[tracing]\nendpoint = "{rec.endpoint}"\nprotocol = "{protocol}"\nservice_name = "from-file"\n'
+                      'sampler = "parentbased_traceidratio"\nsampler_arg = 0.0\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    server = Server(MLP, "--config", str(config), env={**env, "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    try:
+        # Ratio 0 from the file: a request without a sampled parent is not traced ...
+        r = requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), timeout=10)
+        assert r.headers["traceparent"].endswith("-00")
+        # ... and a sampled parent is, under the file's service name.
+        trace_id, _, traceparent = new_parent()
+        requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), headers={"traceparent": traceparent}, timeout=10)
+        [(resource, _)] = rec.wait_for(lambda s: s.trace_id.hex() == trace_id and s.kind == s.SPAN_KIND_SERVER)
+        assert resource["service.name"] == "from-file"
+    finally:
+        assert server.stop() == 0
+    server = Server(MLP, "--config", str(config), env={**env, "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_SERVICE_NAME": "from-env", "OTEL_TRACES_SAMPLER": "always_on"})
+    try:
+        r = requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), timeout=10)
+        own = r.headers["traceparent"].split("-")[1]
+        [(resource, _)] = rec.wait_for(lambda s: s.trace_id.hex() == own and s.kind == s.SPAN_KIND_SERVER)
+        assert resource["service.name"] == "from-env"
+    finally:
+        assert server.stop() == 0
+    # A bad value in the file stops the server at start, naming the key.
+    config.write_text(f'[tracing]\nendpoint = "{rec.endpoint}"\nsampler = "sometimes"\n')
+    p = subprocess.run([*Server.argv_for(MLP), "--config", str(config)], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "tracing.sampler=sometimes is not supported" in p.stderr, p.stderr
