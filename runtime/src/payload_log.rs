@@ -8,7 +8,8 @@
 //! Events go through a bounded queue to one sending task: a request never waits for the sink.
 //! A full queue drops the event (`nimify_payload_log_dropped_total{reason="queue_full"}`), a
 //! sink that fails or does not answer within 5 s drops it too (`reason="sink_error"`), and so
-//! do the events that arrive in the pause after a failure (250 ms, doubling to 10 s); sent
+//! do the events that arrive in the pause after a failure to reach it (an error, a timeout, a
+//! 5xx or 429: 250 ms, doubling to 10 s; a 4xx refuses only its own event); sent
 //! events are counted in `nimify_payload_log_sent_total`. Bodies above `max_bytes` are cut, and
 //! the event says so (`ce-nimifytruncated: true`, `ce-nimifysize`: the full size).
 //!
@@ -137,6 +138,11 @@ impl PayloadLog {
         if !self.wants(kind) {
             return;
         }
+        // A full queue (a sink that is down or slow): dropped before the message is encoded.
+        if self.queue.capacity() == 0 {
+            self.dropped.with_label_values(&["queue_full"]).inc();
+            return;
+        }
         let content_type =
             HeaderValue::from_str(&format!("application/x-protobuf; messageType=\"{message_type}\"")).ok();
         let traceparent = traceparent();
@@ -213,6 +219,14 @@ async fn send_all(
             Ok(Ok(response)) if response.status().is_success() => {
                 sent.inc();
                 pause = Duration::ZERO;
+            }
+            // The sink refused this event (too large, malformed to it): the next may be fine.
+            Ok(Ok(response)) if response.status().is_client_error() && response.status() != 429 => {
+                dropped.with_label_values(&["sink_error"]).inc();
+                if !warned {
+                    tracing::warn!(url = %url, status = %response.status(), "the payload log sink refused an event; dropping it (nimify_payload_log_dropped_total)");
+                    warned = true;
+                }
             }
             other => {
                 dropped.with_label_values(&["sink_error"]).inc();

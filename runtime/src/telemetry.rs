@@ -51,9 +51,10 @@ pub struct Settings {
     pub service_name: Option<String>,
     /// `OTEL_TRACES_SAMPLER` / `_ARG`; `parentbased_always_on` without one.
     pub sampler: Option<SamplerChoice>,
-    /// The URL the exporter sends to when the endpoint came from the configuration file (it reads
-    /// the variables itself).
-    pub from_file: Option<String>,
+    /// The URL the exporter sends to.
+    pub url: String,
+    /// How long one export may take (`OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`, 10 s by default).
+    pub timeout: Duration,
 }
 
 /// Whether tracing is on, set once at start-up: with it off the request path skips every step.
@@ -157,13 +158,31 @@ fn settings_from(lookup: impl Fn(&str) -> Option<(String, String)>) -> Result<Op
         }
     };
     let service_name = get("OTEL_SERVICE_NAME");
-    // The exporter reads the variables itself; an endpoint from the file is handed to it, with
-    // the path the general variable would get.
-    let from_file = endpoint_var.starts_with("tracing.").then(|| match protocol {
-        Protocol::Grpc => endpoint.clone(),
-        Protocol::HttpProtobuf => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
-    });
-    Ok(Some(Settings { endpoint, protocol, certificate, client_identity, service_name, sampler, from_file }))
+    // The URL the exporter is given (it would otherwise read the variables again, untrimmed): the
+    // signal-specific variable as it is, the general one (or the file's key) with the path of
+    // traces over HTTP.
+    let url = match protocol {
+        Protocol::HttpProtobuf if !endpoint_var.starts_with("OTEL_EXPORTER_OTLP_TRACES_") => {
+            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+        }
+        _ => endpoint.clone(),
+    };
+    // TLS files for a plain-text endpoint would be ignored: say so rather than send in clear.
+    if !endpoint.starts_with("https://")
+        && let Some((var, _)) = either("CERTIFICATE").or_else(|| either("CLIENT_CERTIFICATE"))
+    {
+        return Err(format!(
+            "{var} is set but {endpoint_var}={endpoint} is not an https:// URL: spans would go unencrypted; use \
+             https:// or unset it"
+        ));
+    }
+    let timeout = match either("TIMEOUT") {
+        None => Duration::from_secs(10),
+        Some((var, ms)) => {
+            Duration::from_millis(ms.parse().map_err(|_| format!("{var}={ms} is not a number of milliseconds"))?)
+        }
+    };
+    Ok(Some(Settings { endpoint, protocol, certificate, client_identity, service_name, sampler, url, timeout }))
 }
 
 /// The sampler `OTEL_TRACES_SAMPLER` (and `_ARG`) name.
@@ -208,19 +227,19 @@ impl Tracing {
     /// `OTEL_SERVICE_NAME` does not.
     pub fn start(settings: &Settings, service: &str) -> Result<Self, String> {
         use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-        // The exporters' own timeout (10 s, or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT) governs; the
-        // HTTP client's is only a backstop above it.
-        let backstop = Duration::from_secs(60);
+        // The HTTP client ends a request at the export timeout: the exporter's own only bounds
+        // its retries.
+        let backstop = settings.timeout;
         let https = settings.endpoint.starts_with("https://");
         let fail =
             |e: &dyn std::fmt::Display| format!("cannot set up the OTLP exporter for {}: {e}", settings.endpoint);
         let exporter = match settings.protocol {
             Protocol::Grpc => {
                 use opentelemetry_otlp::WithTonicConfig as _;
-                let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-                if let Some(url) = &settings.from_file {
-                    builder = builder.with_endpoint(url);
-                }
+                let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(&settings.url)
+                    .with_timeout(settings.timeout);
                 if https {
                     builder = builder.with_tls_config(grpc_tls(settings).map_err(|e| fail(&e))?);
                 }
@@ -236,14 +255,13 @@ impl Tracing {
                 .map_err(|e| fail(&e))?;
                 let client =
                     opentelemetry_http::hyper::HyperClient::new(crate::tls::https_connector(tls), backstop, None);
-                let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_http_client(client);
-                if let Some(url) = &settings.from_file {
-                    builder = builder.with_endpoint(url);
-                }
-                builder.build()
+                    .with_http_client(client)
+                    .with_endpoint(&settings.url)
+                    .with_timeout(settings.timeout)
+                    .build()
             }
         }
         .map_err(|e| fail(&e))?;
@@ -294,7 +312,11 @@ fn grpc_tls(settings: &Settings) -> Result<opentelemetry_otlp::tonic_types::tran
     use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
     let read = |path: &str| std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"));
     let tls = match &settings.certificate {
-        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+        Some(ca) => {
+            // A file with no certificate in it would leave tonic with no roots at all.
+            crate::tls::certificates(Path::new(ca)).map_err(|e| e.to_string())?;
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?))
+        }
         None => ClientTlsConfig::new().with_native_roots(),
     };
     Ok(match &settings.client_identity {
@@ -327,6 +349,21 @@ pub(crate) fn collectors() -> Option<Box<dyn prometheus::core::Collector>> {
     Some(Box::new(spans.clone()))
 }
 
+/// Counts one export's spans under `outcome` when dropped (finished or abandoned).
+struct Outcome {
+    spans: Option<prometheus::IntCounterVec>,
+    count: u64,
+    outcome: &'static str,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if let Some(spans) = &self.spans {
+            spans.with_label_values(&[self.outcome]).inc_by(self.count);
+        }
+    }
+}
+
 /// An exporter that counts what it sends, and what it loses.
 #[derive(Debug)]
 struct Counted<E> {
@@ -343,10 +380,12 @@ impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanEx
         let export = self.inner.export(batch);
         let spans = self.spans.clone();
         async move {
+            // An export the batch processor gives up on (OTEL_BSP_EXPORT_TIMEOUT) is dropped
+            // mid-way: the guard counts it failed.
+            let mut guard = Outcome { spans, count, outcome: "failed" };
             let result = export.await;
-            if let Some(spans) = spans {
-                let outcome = if result.is_ok() { "exported" } else { "failed" };
-                spans.with_label_values(&[outcome]).inc_by(count);
+            if result.is_ok() {
+                guard.outcome = "exported";
             }
             result
         }
@@ -468,7 +507,10 @@ pub fn end_grpc_span(span: &tracing::Span, code: i64, headers: &mut HeaderMap) {
 /// The connection's peer (`client.address` / `client.port`: nimify reads no forwarding headers,
 /// which any client could set).
 fn peer_of(request: &axum::extract::Request) -> Option<std::net::SocketAddr> {
-    request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0)
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| std::net::SocketAddr::new(c.0.ip().to_canonical(), c.0.port()))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -620,10 +662,16 @@ mod tests {
         assert_eq!((s.endpoint.as_str(), s.protocol), ("http://file:4318", Protocol::Grpc));
         assert_eq!(s.service_name.as_deref(), Some("from-file"));
         assert_eq!(s.sampler, Some(SamplerChoice::ParentBasedRatio(0.25)));
-        assert_eq!(s.from_file.as_deref(), Some("http://file:4318"));
+        assert_eq!(s.url, "http://file:4318");
         let http = crate::config::TracingConfig { protocol: None, ..file.clone() };
         let s = settings_with_file(env(&[]), &http).expect("valid").expect("on");
-        assert_eq!(s.from_file.as_deref(), Some("http://file:4318/v1/traces"));
+        assert_eq!(s.url, "http://file:4318/v1/traces");
+        let s = settings_with_file(env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://env:4318/x")]), &http)
+            .expect("valid")
+            .expect("on");
+        assert_eq!(s.url, "http://env:4318/x");
+        let err = settings_with_file(env(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem")]), &http).expect_err("clear");
+        assert!(err.starts_with("OTEL_EXPORTER_OTLP_CERTIFICATE is set but tracing.endpoint="), "{err}");
         // A variable wins over its key; the signal-specific one over both.
         let s = settings_with_file(
             env(&[("OTEL_TRACES_SAMPLER", "always_off"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://env:4318")]),
@@ -664,7 +712,8 @@ mod tests {
                 client_identity: None,
                 service_name: None,
                 sampler: None,
-                from_file: None,
+                url: "http://127.0.0.1:4318/v1/traces".into(),
+                timeout: Duration::from_secs(10),
             }))
         );
         for off in [("OTEL_SDK_DISABLED", "TRUE"), ("OTEL_TRACES_EXPORTER", "none")] {

@@ -112,7 +112,7 @@ pub(crate) fn plain_only() -> Result<tokio_rustls::rustls::ClientConfig, TlsErro
 }
 
 /// Every certificate in a PEM file; none is an error.
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let read = |e: &dyn std::fmt::Display| TlsError(format!("cannot read certificates from {}: {e}", path.display()));
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| read(&e))?

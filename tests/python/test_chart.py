@@ -126,7 +126,8 @@ def test_tracing_and_the_audit_log_are_set_as_the_service_reads_them():
     off = env_of("default")
     assert not [k for k in off if k.startswith("OTEL_") or k == "NIMIFY_AUDIT_LOG"], off
     # The schema refuses what the service would refuse at start.
-    for bad in ({"endpoint": "collector:4318"}, {"protocol": "http/json"}, {"samplerArg": "2"}, {"tls": {"ca": "x"}}):
+    for bad in ({"endpoint": "collector:4318"}, {"protocol": "http/json"}, {"samplerArg": "2"}, {"tls": {"ca": "x"}},
+                {"endpoint": "http://collector:4318", "tls": {"secret": "otel-client"}}):
         with pytest.raises(helm.HelmValuesError):
             helm.Chart.load(CHART).render(merge(SERVICE, {"tracing": bad}), name="iris", namespace="ml")
     # An https collector: the CA (and, for mutual TLS, the client's pair) from a Secret mounted

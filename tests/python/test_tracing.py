@@ -404,12 +404,18 @@ def test_tracing_off_and_bad_settings(receiver, tmp_path):
     hang = socket.socket()
     hang.bind(("127.0.0.1", 0))
     hang.listen(16)
-    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{hang.getsockname()[1]}", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{hang.getsockname()[1]}", "OTEL_BSP_SCHEDULE_DELAY": "50",
+           "OTEL_EXPORTER_OTLP_TIMEOUT": "300"}
     server = Server(MLP, env=env)
     try:
         for _ in range(5):
             assert requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), timeout=10).status_code == 200
-        time.sleep(0.2)
+        # The export times out (OTEL_EXPORTER_OTLP_TIMEOUT) and its spans are counted lost.
+        failed = ("nimify_trace_spans_total", '{outcome="failed"}')
+        deadline = time.time() + 30
+        while metrics(server).get(failed, 0) == 0:
+            assert time.time() < deadline, "a hung export was not counted"
+            time.sleep(0.1)
     finally:
         assert server.stop() == 0, "killed: the exit waited on the collector"
         hang.close()
