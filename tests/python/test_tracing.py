@@ -135,6 +135,14 @@ def traced_server(receiver, *extra_env):
     return Server(MLP, env=env)
 
 
+def wait_for_lost_spans(server, failure):
+    """Waits until /metrics counts spans lost with a failed export (fails with `failure`)."""
+    deadline = time.time() + 30
+    while metrics(server).get(("nimify_trace_spans_total", '{outcome="failed"}'), 0) == 0:
+        assert time.time() < deadline, failure
+        time.sleep(0.1)
+
+
 def new_parent(sampled=True):
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
     return trace_id, span_id, f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
@@ -392,11 +400,7 @@ def test_tracing_off_and_bad_settings(receiver, tmp_path):
             r = requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), timeout=10)
             assert r.status_code == 200 and r.headers["traceparent"].endswith("-01")
         # The spans lost are counted.
-        failed = ("nimify_trace_spans_total", '{outcome="failed"}')
-        deadline = time.time() + 30
-        while metrics(server).get(failed, 0) == 0:
-            assert time.time() < deadline, "no failed export counted"
-            time.sleep(0.1)
+        wait_for_lost_spans(server, "no failed export counted")
         assert metrics(server).get(("nimify_trace_spans_total", '{outcome="exported"}'), 0) == 0
     finally:
         assert server.stop() == 0
@@ -411,11 +415,7 @@ def test_tracing_off_and_bad_settings(receiver, tmp_path):
         for _ in range(5):
             assert requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), timeout=10).status_code == 200
         # The export times out (OTEL_EXPORTER_OTLP_TIMEOUT) and its spans are counted lost.
-        failed = ("nimify_trace_spans_total", '{outcome="failed"}')
-        deadline = time.time() + 30
-        while metrics(server).get(failed, 0) == 0:
-            assert time.time() < deadline, "a hung export was not counted"
-            time.sleep(0.1)
+        wait_for_lost_spans(server, "a hung export was not counted")
     finally:
         assert server.stop() == 0, "killed: the exit waited on the collector"
         hang.close()
@@ -450,11 +450,7 @@ def test_a_collector_over_mutual_tls(receiver, pki, protocol):
     try:
         for _ in range(3):
             assert requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), timeout=10).status_code == 200
-        failed = ("nimify_trace_spans_total", '{outcome="failed"}')
-        deadline = time.time() + 30
-        while metrics(server).get(failed, 0) == 0:
-            assert time.time() < deadline, "a refused export was not counted"
-            time.sleep(0.1)
+        wait_for_lost_spans(server, "a refused export was not counted")
     finally:
         assert server.stop() == 0
     missing = str(pki / "no-such-ca.pem")
