@@ -121,8 +121,8 @@ pub(crate) fn outcome_of_grpc(code: i64) -> &'static str {
 }
 
 /// The client's address (`ip:port`), as the connection gave it.
-pub(crate) fn client_of(request: &axum::extract::Request) -> Option<String> {
-    request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.to_string())
+pub(crate) fn client_of(extensions: &axum::http::Extensions) -> Option<String> {
+    crate::connections::peer(extensions).map(|p| p.to_string())
 }
 
 /// The model and version a V2 or typed path names.

@@ -270,8 +270,10 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let busy = Busy::start(Arc::clone(&service_clock));
         let router = router.clone();
         async move {
-            // The client's address, for the audit log (axum's `ConnectInfo`).
+            // The client's address, for the audit log and spans (axum's `ConnectInfo`; an
+            // IPv4 client of a dual-stack listener as plain IPv4).
             let mut request = request.map(Body::new);
+            let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let response = router.oneshot(request).await.unwrap_or_else(|never: Infallible| match never {});
             Ok::<_, Infallible>(response.map(|body| Body::new(Held::new(body, busy))))
@@ -684,6 +686,11 @@ fn json_answer_for(head: &[u8]) -> Option<Vec<u8>> {
     }
     let body = serde_json::json!({ "error": message }).to_string();
     Some(format!("HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).into_bytes())
+}
+
+/// The client's address, as the accept loop put it in a request's extensions.
+pub(crate) fn peer(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0)
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@
 //! do the events that arrive in the pause after a failure to reach it (an error, a timeout, a
 //! 5xx or 429: 250 ms, doubling to 10 s; a 4xx refuses only its own event); sent
 //! events are counted in `nimify_payload_log_sent_total`. Bodies above `max_bytes` are cut, and
-//! the event says so (`ce-nimifytruncated: true`, `ce-nimifysize`: the full size).
+//! the event says so (`ce-nimifytruncated: true`, `ce-nimifysize`: the full size). At exit the
+//! queued events are sent for at most 5 s after the requests drained; the rest are counted
+//! (`reason="shutdown"`).
 //!
 //! Both events of a request carry its request id as `ce-id` (`<id>/<n>` for the n-th message of
 //! a gRPC stream) and differ in `ce-type`
@@ -52,6 +54,9 @@ pub struct PayloadLog {
     seen: AtomicU64,
     dropped: IntCounterVec,
     sent: IntCounter,
+    /// Tells the sender to take no more events and finish the queued ones ([`Self::flush`]).
+    closing: Arc<tokio::sync::Notify>,
+    sender: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for PayloadLog {
@@ -62,7 +67,8 @@ impl std::fmt::Debug for PayloadLog {
 
 impl PayloadLog {
     /// Starts the sending task (on the current Tokio runtime) when `config` names a sink.
-    pub(crate) fn start(config: &PayloadLogConfig) -> Option<Arc<Self>> {
+    /// `tls` serves an `https://` sink.
+    pub(crate) fn start(config: &PayloadLogConfig, tls: tokio_rustls::rustls::ClientConfig) -> Option<Arc<Self>> {
         let url: axum::http::Uri = config.url.as_deref()?.parse().ok()?;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("payload logging is off: the server was built outside a Tokio runtime");
@@ -72,28 +78,40 @@ impl PayloadLog {
         let dropped = IntCounterVec::new(
             Opts::new(
                 "nimify_payload_log_dropped_total",
-                "Payload log events dropped, by reason (queue_full, sink_error)",
+                "Payload log events dropped, by reason (queue_full, sink_error, shutdown)",
             ),
             &["reason"],
         )
         .ok()?;
         let sent = IntCounter::new("nimify_payload_log_sent_total", "Payload log events the sink accepted").ok()?;
-        // An https sink is checked against the system's roots (SSL_CERT_FILE / SSL_CERT_DIR);
-        // the configuration's validation has made sure there are some.
-        let tls = if url.scheme_str() == Some("https") {
-            crate::tls::client_config(None, None)
-        } else {
-            crate::tls::plain_only()
-        };
-        let tls = match tls {
-            Ok(tls) => tls,
-            Err(e) => {
-                tracing::error!(error = %e, "payload logging is off");
-                return None;
-            }
-        };
-        runtime.spawn(send_all(rx, url, tls, dropped.clone(), sent.clone()));
-        Some(Arc::new(Self { config: config.clone(), queue, seen: AtomicU64::new(0), dropped, sent }))
+        let closing = Arc::new(tokio::sync::Notify::new());
+        let sender = runtime.spawn(send_all(rx, url, tls, Arc::clone(&closing), dropped.clone(), sent.clone()));
+        Some(Arc::new(Self {
+            config: config.clone(),
+            queue,
+            seen: AtomicU64::new(0),
+            dropped,
+            sent,
+            closing,
+            sender: std::sync::Mutex::new(Some(sender)),
+        }))
+    }
+
+    /// At exit, once requests are drained: sends what is queued, waiting at most `limit`; the
+    /// events still queued then are counted dropped (`reason="shutdown"`) and logged.
+    pub(crate) async fn flush(&self, limit: Duration) {
+        self.closing.notify_one();
+        let sender = self.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let Some(sender) = sender else { return };
+        if tokio::time::timeout(limit, sender).await.is_err() {
+            let left = (self.queue.max_capacity() - self.queue.capacity()) as u64;
+            self.dropped.with_label_values(&["shutdown"]).inc_by(left);
+            tracing::warn!(
+                left,
+                "payload log events not sent at exit: the sink did not take them within {} s",
+                limit.as_secs()
+            );
+        }
     }
 
     /// The counters, for the metrics registry.
@@ -107,6 +125,16 @@ impl PayloadLog {
         let ratio = self.config.sample_ratio;
         let n = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
         ((n + 1.0) * ratio).floor() > (n * ratio).floor()
+    }
+
+    /// Whether the queue is full (a sink that is down or slow): then `events` are dropped and
+    /// counted before anything is read or encoded for them.
+    fn full(&self, events: u64) -> bool {
+        let full = self.queue.capacity() == 0;
+        if full {
+            self.dropped.with_label_values(&["queue_full"]).inc_by(events);
+        }
+        full
     }
 
     fn queue(&self, event: Event) {
@@ -138,9 +166,7 @@ impl PayloadLog {
         if !self.wants(kind) {
             return;
         }
-        // A full queue (a sink that is down or slow): dropped before the message is encoded.
-        if self.queue.capacity() == 0 {
-            self.dropped.with_label_values(&["queue_full"]).inc();
+        if self.full(1) {
             return;
         }
         let content_type =
@@ -180,6 +206,7 @@ async fn send_all(
     mut rx: mpsc::Receiver<Event>,
     url: axum::http::Uri,
     tls: tokio_rustls::rustls::ClientConfig,
+    closing: Arc<tokio::sync::Notify>,
     dropped: IntCounterVec,
     sent: IntCounter,
 ) {
@@ -191,7 +218,18 @@ async fn send_all(
     // dead sink costs one attempt per pause, not a connection per event.
     let mut pause = Duration::ZERO;
     let mut paused_until = tokio::time::Instant::now();
-    while let Some(event) = rx.recv().await {
+    let mut closed = false;
+    loop {
+        // Closing: no new events are taken (they count as queue_full), the queued ones still go.
+        let event = tokio::select! {
+            event = rx.recv() => event,
+            () = closing.notified(), if !closed => {
+                rx.close();
+                closed = true;
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         if tokio::time::Instant::now() < paused_until {
             dropped.with_label_values(&["sink_error"]).inc();
             continue;
@@ -266,14 +304,10 @@ pub(crate) async fn capture(
     if !log.sampled() {
         return next.run(request).await;
     }
-    // A full queue (a sink that is down or slow): the events are dropped without reading the
-    // bodies for them.
-    if log.queue.capacity() == 0 {
-        let events = if log.config.mode == PayloadLogMode::All { 2 } else { 1 };
-        log.dropped.with_label_values(&["queue_full"]).inc_by(events);
+    if log.full(if log.config.mode == PayloadLogMode::All { 2 } else { 1 }) {
         return next.run(request).await;
     }
-    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let id = crate::server::request_id(request.headers());
     let traceparent = traceparent();
     let request = if log.config.mode == PayloadLogMode::Response {
         request
@@ -320,7 +354,7 @@ mod tests {
         for (ratio, kept) in [(1.0, 1000), (0.0, 0), (0.25, 250), (0.1, 100), (0.333, 333)] {
             let config =
                 PayloadLogConfig { url: Some("http://127.0.0.1:9/".into()), sample_ratio: ratio, ..Default::default() };
-            let log = PayloadLog::start(&config).expect("logger");
+            let log = PayloadLog::start(&config, crate::tls::plain_only().expect("tls")).expect("logger");
             assert_eq!((0..1000).filter(|_| log.sampled()).count(), kept, "{ratio}");
         }
     }

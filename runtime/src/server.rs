@@ -350,6 +350,9 @@ struct Settings {
     api_keys: Vec<crate::config::ApiKey>,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     audit: Option<Arc<crate::audit::Audit>>,
+    /// TLS to the payload-log sink, checked against the system's roots (none: an error now, not
+    /// at the first event); plain text for an `http://` sink.
+    payload_tls: Option<tokio_rustls::rustls::ClientConfig>,
 }
 
 impl Settings {
@@ -361,7 +364,18 @@ impl Settings {
             Some(path) => Some(Arc::new(crate::audit::Audit::open(path).map_err(crate::config::ConfigError::Invalid)?)),
             None => None,
         };
-        Ok(Self { api_keys, tls, audit })
+        let payload_tls = match &config.payload_log.url {
+            Some(url) => Some(
+                if url.starts_with("https://") {
+                    crate::tls::client_config(None, None)
+                } else {
+                    crate::tls::plain_only()
+                }
+                .map_err(|e| crate::config::ConfigError::Invalid(format!("payload_log.url {url:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Self { api_keys, tls, audit, payload_tls })
     }
 }
 
@@ -381,7 +395,10 @@ impl AppState {
         if let Some(spans) = crate::telemetry::collectors() {
             metrics.register_extra(spans);
         }
-        let payload_log = if starting { None } else { crate::payload_log::PayloadLog::start(&config.payload_log) };
+        let payload_log = match settings.payload_tls {
+            Some(tls) if !starting => crate::payload_log::PayloadLog::start(&config.payload_log, tls),
+            _ => None,
+        };
         for collector in payload_log.iter().flat_map(|p| p.collectors()) {
             metrics.register_extra(collector);
         }
@@ -543,13 +560,18 @@ fn model_of_path(path: &str) -> Option<&str> {
     crate::audit::model_and_version(path).0
 }
 
+/// A request's id (`x-request-id`, set or kept by the request-id layer), empty without one.
+pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}
+
 /// One log line per request: failures at info level, successes at debug, with the request id.
 async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let client = state.audit().and_then(|_| crate::audit::client_of(&request));
-    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let client = state.audit().and_then(|_| crate::audit::client_of(request.extensions()));
+    let id = crate::server::request_id(request.headers());
     // Everything logged while handling the request carries its id (an error-level span, so that
     // it exists whatever level RUST_LOG lets through); with tracing on, it is the request's
     // OpenTelemetry server span too.

@@ -175,6 +175,10 @@ async fn serve_shared(
     } else {
         tracing::warn!("drain timeout reached; exiting with requests still in flight");
     }
+    // The payload events of the drained requests go out before the runtime stops.
+    if let Some(log) = state.payload_log() {
+        log.flush(Duration::from_secs(5)).await;
+    }
     Ok(())
 }
 

@@ -421,7 +421,9 @@ pub fn http_span(request: &axum::extract::Request, request_id: &str, tls: bool) 
         None => method.to_string(),
     };
     let (model, version) = crate::audit::model_and_version(request.uri().path());
-    let peer = peer_of(request);
+    // client.address / client.port: the connection's peer (forwarding headers, which any
+    // client could set, are not read).
+    let peer = crate::connections::peer(request.extensions());
     let span = tracing::error_span!(
         "request",
         request_id = %request_id,
@@ -470,7 +472,9 @@ pub fn grpc_span(request: &axum::extract::Request, request_id: &str) -> tracing:
     use tracing::field::Empty;
     let path = request.uri().path();
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
-    let peer = peer_of(request);
+    // client.address / client.port: the connection's peer (forwarding headers, which any
+    // client could set, are not read).
+    let peer = crate::connections::peer(request.extensions());
     let span = tracing::error_span!(
         "request",
         request_id = %request_id,
@@ -502,15 +506,6 @@ pub fn end_grpc_span(span: &tracing::Span, code: i64, headers: &mut HeaderMap) {
         span.record("error.type", code.to_string());
     }
     answer_with(span, headers);
-}
-
-/// The connection's peer (`client.address` / `client.port`: nimify reads no forwarding headers,
-/// which any client could set).
-fn peer_of(request: &axum::extract::Request) -> Option<std::net::SocketAddr> {
-    request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| std::net::SocketAddr::new(c.0.ip().to_canonical(), c.0.port()))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -76,10 +76,7 @@ pub(crate) fn client_config(
             }
         }
     }
-    let builder = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError(format!("cannot set up TLS: {e}")))?
-        .with_root_certificates(roots);
+    let builder = client_builder(roots)?;
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
@@ -102,13 +99,25 @@ pub(crate) fn https_connector(
     hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build()
 }
 
-/// A client configuration for a connector that never meets an `https://` URL.
+/// A client configuration for a connector that never meets an `https://` URL (no roots).
 pub(crate) fn plain_only() -> Result<tokio_rustls::rustls::ClientConfig, TlsError> {
+    Ok(client_builder(RootCertStore::empty())?.with_no_client_auth())
+}
+
+/// A client configuration trusting `roots`, with ring and the safe protocol versions.
+fn client_builder(
+    roots: RootCertStore,
+) -> Result<
+    tokio_rustls::rustls::ConfigBuilder<
+        tokio_rustls::rustls::ClientConfig,
+        tokio_rustls::rustls::client::WantsClientCert,
+    >,
+    TlsError,
+> {
     Ok(tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(format!("cannot set up TLS: {e}")))?
-        .with_root_certificates(RootCertStore::empty())
-        .with_no_client_auth())
+        .with_root_certificates(roots))
 }
 
 /// Every certificate in a PEM file; none is an error.

@@ -617,3 +617,28 @@ def test_sigterm_mid_stream_answers_the_running_message_and_ends_every_stream(st
     # The drain timeout is 300 s (NO_LIMITS): exiting within the work's own time shows the
     # streams ended instead of holding the drain open.
     assert took < work.seconds + 10, f"exited {took:.1f} s after SIGTERM against {work}"
+
+
+def test_a_stream_cancelled_mid_message_still_audits_the_message(start, tmp_path):
+    """The client cancels its stream while a message runs: the message still gets its audit line,
+    with CANCELLED (1), its model and its place; the server goes on serving."""
+    from test_timed_work import NO_LIMITS, executions_started, size_work, wait_until
+
+    audit = tmp_path / "audit.log"
+    server = start("slow", "--audit-log", str(audit), *NO_LIMITS)
+    work = size_work(server, 2.0, "a cancel sent once the message runs")
+    messages = queue.Queue()
+    stream = stub(server).ModelStreamInfer(iter(messages.get, None), metadata=[("x-request-id", "cancelled-stream")])
+    before = executions_started(server)
+    messages.put(slow_request(work.trips))
+    wait_until(lambda: executions_started(server) > before, "the message to start running")
+    stream.cancel()
+
+    def message_lines():
+        lines = [json.loads(l) for l in audit.read_text().splitlines()] if audit.exists() else []
+        return [l for l in lines if l["request_id"] == "cancelled-stream" and "message" in l]
+
+    wait_until(lambda: message_lines(), "the cancelled message's audit line", timeout=work.seconds + 30)
+    [line] = message_lines()
+    assert (line["message"], line["model"], line["status"], line["outcome"]) == (1, "slow", 1, "client_error"), line
+    assert stub(server).ModelInfer(slow_request(0)).outputs

@@ -255,3 +255,37 @@ def test_grpc_inference_is_logged_as_protobuf_messages():
     finally:
         server.stop()
         sink.stop()
+
+
+def test_queued_events_are_sent_at_exit_within_a_bound():
+    """SIGTERM with events still queued for a slow sink: they are all sent before the process
+    exits. With a sink that never answers, the exit waits at most 5 s for it and says what was
+    lost."""
+    sink = Sink()
+    handler = sink.server.RequestHandlerClass
+    take = handler.do_POST
+    handler.do_POST = lambda self: (time.sleep(0.2), take(self))
+    server = Server(MLP, "--payload-log-url", sink.url)
+    try:
+        for i in range(5):
+            assert infer(server, body(), f"exit-{i}").status_code == 200
+        assert len(sink.events) < 10, "the sink took everything before the signal: nothing was tested"
+    finally:
+        assert server.stop() == 0
+        sink.stop()
+    assert sorted(h["ce-id"] for h, _ in sink.events) == sorted(f"exit-{i}" for i in range(5) for _ in range(2))
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    server = Server(MLP, "--payload-log-url", f"http://127.0.0.1:{hang.getsockname()[1]}/events")
+    try:
+        for i in range(3):
+            assert infer(server, body(), f"hang-{i}").status_code == 200
+        started = time.monotonic()
+        assert server.stop() == 0, "killed: the exit waited on the sink"
+        assert time.monotonic() - started < 9
+        # What was lost is said: the sink's own timeout (5 s) and the exit's bound (5 s) race, so
+        # either the timed-out send or the exit reports it.
+        assert any("payload log" in line and '"WARN"' in line for line in server.log), "".join(server.log[-5:])
+    finally:
+        hang.close()

@@ -234,13 +234,13 @@ async fn message_limit(State(state): State<Arc<AppState>>, request: Request, nex
 async fn access_log(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     let path = request.uri().path().to_string();
-    let client = state.audit().and_then(|_| crate::audit::client_of(&request));
+    let client = state.audit().and_then(|_| crate::audit::client_of(request.extensions()));
     let model = state.audit().map(|_| {
         let slot = CallModel::default();
         request.extensions_mut().insert(slot.clone());
         slot
     });
-    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let id = crate::server::request_id(request.headers());
     let span = if crate::telemetry::enabled() {
         crate::telemetry::grpc_span(&request, &id)
     } else {

@@ -27,10 +27,45 @@ pub(crate) struct Inference {
 }
 
 /// What each message's audit line of a stream repeats from its call.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct AuditCall {
+    request_id: Arc<str>,
     client: Option<String>,
     key: Option<Arc<str>>,
+}
+
+/// The audit line of one stream message, written when it is dropped: with the message's gRPC
+/// code once it is answered, or CANCELLED (1) when the stream goes away while it runs.
+struct MessageAudit {
+    state: Arc<AppState>,
+    call: Arc<AuditCall>,
+    seq: u64,
+    model: String,
+    version: String,
+    start: std::time::Instant,
+    code: Option<i64>,
+}
+
+impl Drop for MessageAudit {
+    fn drop(&mut self) {
+        let Some(audit) = self.state.audit() else { return };
+        let code = self.code.unwrap_or(tonic::Code::Cancelled as i64);
+        let trace = crate::telemetry::ids(&tracing::Span::current());
+        audit.record(&crate::audit::Entry {
+            request_id: &self.call.request_id,
+            trace_id: trace.as_ref().map(|t| t.0.as_str()),
+            api_key: self.call.key.as_deref(),
+            client: self.call.client.as_deref(),
+            protocol: "grpc",
+            operation: "inference.GRPCInferenceService/ModelStreamInfer",
+            message: Some(self.seq),
+            model: Some(&self.model),
+            version: Some(self.version.as_str()).filter(|v| !v.is_empty()),
+            outcome: crate::audit::outcome_of_grpc(code),
+            status: code,
+            micros: self.start.elapsed().as_micros() as u64,
+        });
+    }
 }
 
 /// A model named by a request; an empty version is the served one.
@@ -54,7 +89,7 @@ fn note_model<T>(request: &Request<T>, name: &str, version: &str) {
 
 /// The call's request id (`x-request-id`, set or kept by the router).
 fn request_id<T>(request: &Request<T>) -> String {
-    request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+    crate::server::request_id(request.metadata().as_ref())
 }
 
 /// One inference, as HTTP runs it: counted for the model, bounded by the request deadline and
@@ -153,10 +188,13 @@ impl GrpcInferenceService for Inference {
         r: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let call_deadline = call_deadline(&r);
-        let call_id = request_id(&r);
-        let audit_call = self.state.audit().map(|_| AuditCall {
-            client: r.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.to_string()),
-            key: r.extensions().get::<crate::inference::admission::KeyName>().map(|k| Arc::clone(&k.0)),
+        let call_id: Arc<str> = request_id(&r).into();
+        let audit_call = self.state.audit().map(|_| {
+            Arc::new(AuditCall {
+                request_id: Arc::clone(&call_id),
+                client: crate::audit::client_of(r.extensions()),
+                key: r.extensions().get::<crate::inference::admission::KeyName>().map(|k| Arc::clone(&k.0)),
+            })
         });
         let mut seq = 0u64;
         let state = Arc::clone(&self.state);
@@ -171,46 +209,49 @@ impl GrpcInferenceService for Inference {
         let answers = futures_util::StreamExt::map(messages, move |message| {
             let state = Arc::clone(&state);
             seq += 1;
-            let (seq, call_id, audit_call) = (seq, call_id.clone(), audit_call.clone());
+            let (seq, call_id, audit_call) = (seq, Arc::clone(&call_id), audit_call.clone());
             let span =
                 if crate::telemetry::enabled() { tracing::error_span!(parent: &call, "message") } else { call.clone() };
             let answer = async move {
                 let request = message?;
-                let start = std::time::Instant::now();
                 let id = request.id.clone();
                 let model = request.model_name.clone();
-                let version = request.model_version.clone();
+                let mut audit = audit_call.map(|call| MessageAudit {
+                    state: Arc::clone(&state),
+                    call,
+                    seq,
+                    model: model.clone(),
+                    version: request.model_version.clone(),
+                    start: std::time::Instant::now(),
+                    code: None,
+                });
                 let answer = match state.admit_slot(&model) {
                     Ok(_admitted) => infer_one(&state, request, call_deadline, &format!("{call_id}/{seq}")).await,
                     Err(e) => Err(e),
                 };
-                if let (Some(audit), Some(call)) = (state.audit(), &audit_call) {
-                    let code = answer.as_ref().err().map_or(0, |e| to_status(e).code() as i64);
-                    let trace = crate::telemetry::ids(&tracing::Span::current());
-                    audit.record(&crate::audit::Entry {
-                        request_id: &call_id,
-                        trace_id: trace.as_ref().map(|t| t.0.as_str()),
-                        api_key: call.key.as_deref(),
-                        client: call.client.as_deref(),
-                        protocol: "grpc",
-                        operation: "inference.GRPCInferenceService/ModelStreamInfer",
-                        message: Some(seq),
-                        model: Some(&model),
-                        version: Some(version.as_str()).filter(|v| !v.is_empty()),
-                        outcome: crate::audit::outcome_of_grpc(code),
-                        status: code,
-                        micros: start.elapsed().as_micros() as u64,
-                    });
-                }
-                Ok(match answer {
+                let (code, answer) = match answer {
                     Ok(response) => {
-                        ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
+                        (0, ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) })
                     }
-                    Err(e) => ModelStreamInferResponse {
-                        error_message: to_status(&e).message().to_string(),
-                        infer_response: Some(ModelInferResponse { model_name: model, id, ..Default::default() }),
-                    },
-                })
+                    Err(e) => {
+                        let status = to_status(&e);
+                        (
+                            status.code() as i64,
+                            ModelStreamInferResponse {
+                                error_message: status.message().to_string(),
+                                infer_response: Some(ModelInferResponse {
+                                    model_name: model,
+                                    id,
+                                    ..Default::default()
+                                }),
+                            },
+                        )
+                    }
+                };
+                if let Some(audit) = &mut audit {
+                    audit.code = Some(code);
+                }
+                Ok(answer)
             };
             tracing::Instrument::instrument(answer, span)
         });
