@@ -92,6 +92,8 @@ pub enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Serve an ONNX file over KServe V2 / Open Inference Protocol, no code needed.
     Serve(Box<cmd::serve::ServeArgs>),
+    /// Write a model's reference profile from a data sample, for drift monitoring (`serve --reference`).
+    Profile(cmd::profile::ProfileArgs),
     /// Manage the ONNX Runtime library nimify loads.
     Ort(cmd::ort::OrtArgs),
     /// Create a service crate for a model: typed endpoint, V2, metrics, docs.
@@ -160,6 +162,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(&args, out),
         Command::Serve(args) => cmd::serve::run(*args),
+        Command::Profile(args) => cmd::profile::run(&args, out),
         Command::Ort(args) => cmd::ort::run(&args, out),
         Command::New(args) => cmd::new::new(&args, out),
         Command::Init(args) => cmd::new::init(&args, out),

@@ -1,5 +1,5 @@
-//! Parsing the attribute's options: `model = "..."`, `name = "..."`, `crate = path` and
-//! `dims("tensor" = ["batch", 22], ...)`.
+//! Parsing the attribute's options: `model = "..."`, `name = "..."`, `reference = "..."`,
+//! `crate = path` and `dims("tensor" = ["batch", 22], ...)`.
 
 use proc_macro2::{Span, TokenStream};
 use syn::parse::{Parse, ParseStream, Parser};
@@ -16,6 +16,8 @@ pub struct Args {
     pub krate: Option<Path>,
     /// `dims("tensor" = [...])`: dims that replace what the file declares for a tensor.
     pub dims: Vec<DimsOverride>,
+    /// `reference = "x.profile.json"`: the drift reference profile, compiled in.
+    pub reference: Option<LitStr>,
 }
 
 /// One tensor's dims as the service declares them, instead of the file.
@@ -76,7 +78,7 @@ pub fn parse(attr: TokenStream) -> syn::Result<Args> {
         Some(all) => all.combine(e),
         None => errors = Some(e),
     };
-    let (mut model, mut name, mut krate) = (None, None, None);
+    let (mut model, mut name, mut krate, mut reference) = (None, None, None, None);
     let mut dims: Vec<DimsOverride> = Vec::new();
     for meta in &raw.0 {
         let nv = match meta {
@@ -120,6 +122,11 @@ pub fn parse(attr: TokenStream) -> syn::Result<Args> {
                 Ok(s) => name = Some(s),
                 Err(e) => push(e),
             },
+            "reference" if reference.is_some() => push(dup("reference")),
+            "reference" => match lit_str(nv) {
+                Ok(s) => reference = Some(s),
+                Err(e) => push(e),
+            },
             "crate" if krate.is_some() => push(dup("crate")),
             "crate" => match &nv.value {
                 Expr::Path(p) => krate = Some(p.path.clone()),
@@ -131,7 +138,7 @@ pub fn parse(attr: TokenStream) -> syn::Result<Args> {
             },
             _ => push(syn::Error::new_spanned(
                 &nv.path,
-                format!("unknown option `{key}`; expected `model`, `name`, `crate` or `dims(...)`"),
+                format!("unknown option `{key}`; expected `model`, `name`, `reference`, `crate` or `dims(...)`"),
             )),
         }
     }
@@ -141,5 +148,5 @@ pub fn parse(attr: TokenStream) -> syn::Result<Args> {
     let model = model.ok_or_else(|| {
         syn::Error::new(Span::call_site(), "missing `model = \"path/to/model.onnx\"` (relative to Cargo.toml)")
     })?;
-    Ok(Args { model, name, krate, dims })
+    Ok(Args { model, name, krate, dims, reference })
 }

@@ -24,7 +24,7 @@ pub fn nimify(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = crate::args::parse(attr);
     let krate = args.as_ref().ok().and_then(|a| a.krate.clone()).unwrap_or_else(|| syn::parse_quote!(::nimify));
     let result = args.and_then(|args| {
-        crate::ir::lower(strukt.ident.clone(), &args.model, args.name.as_ref(), &args.dims)
+        crate::ir::lower(strukt.ident.clone(), &args.model, args.name.as_ref(), &args.dims, args.reference.as_ref())
             .map(|svc| generate(&strukt, &svc, &krate))
     });
     match result {
@@ -174,6 +174,13 @@ pub fn generate(strukt: &ItemStruct, svc: &Service, krate: &Path) -> TokenStream
     });
     let input_name = input.to_string();
     let output_name = output.to_string();
+    let reference = match &svc.reference {
+        Some(p) => {
+            let p = p.display().to_string();
+            quote!(::core::option::Option::Some((#p, ::core::include_str!(#p))))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     let overrides = svc.overrides.iter().map(|(n, d)| {
         let d = dims_value(krate, d);
         quote!((::std::string::String::from(#n), #d))
@@ -193,6 +200,7 @@ pub fn generate(strukt: &ItemStruct, svc: &Service, krate: &Path) -> TokenStream
                         inputs: ::std::vec![#(#input_decls),*],
                         outputs: ::std::vec![#(#output_decls),*],
                         dims_overrides: ::std::vec![#(#overrides),*],
+                        reference: #reference,
                     }
                 }
             }

@@ -23,6 +23,8 @@ pub struct Service {
     pub outputs: Vec<Field>,
     /// Tensors whose dims the attribute declares instead of the file.
     pub overrides: Vec<(String, Vec<Dim>)>,
+    /// Absolute path of the reference profile, checked against the signature.
+    pub reference: Option<PathBuf>,
 }
 
 impl Service {
@@ -30,7 +32,15 @@ impl Service {
     /// types and traits does not fail a second time.
     pub fn stub(ident: Ident) -> Self {
         let name = ident.to_string();
-        Self { ident, name, path: PathBuf::new(), inputs: Vec::new(), outputs: Vec::new(), overrides: Vec::new() }
+        Self {
+            ident,
+            name,
+            path: PathBuf::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            overrides: Vec::new(),
+            reference: None,
+        }
     }
 }
 
@@ -43,15 +53,22 @@ pub struct Field {
 }
 
 /// Reads the model and builds the IR; errors point at `lit` (or at the override they concern).
-pub fn lower(ident: Ident, model: &LitStr, name: Option<&LitStr>, dims: &[DimsOverride]) -> syn::Result<Service> {
+pub fn lower(
+    ident: Ident,
+    model: &LitStr,
+    name: Option<&LitStr>,
+    dims: &[DimsOverride],
+    reference: Option<&LitStr>,
+) -> syn::Result<Service> {
     let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
-    let path = normalize(&PathBuf::from(manifest).join(model.value()));
+    let path = normalize(&PathBuf::from(&manifest).join(model.value()));
     if !path.is_file() {
         return Err(syn::Error::new_spanned(model, format!("model file not found: {}", path.display())));
     }
     let mut info: ModelInfo = nimify_model::read_model(&path)
         .map_err(|e| syn::Error::new_spanned(model, format!("cannot read {}: {e}", path.display())))?;
     let overrides = apply_overrides(&mut info, dims)?;
+    let reference = reference.map(|lit| check_reference(&manifest, lit, &info)).transpose()?;
     let mut errors: Option<syn::Error> = None;
     let mut fields = |values: &[ValueInfo], what: &str| {
         let mut used = Vec::new();
@@ -78,7 +95,29 @@ pub fn lower(ident: Ident, model: &LitStr, name: Option<&LitStr>, dims: &[DimsOv
     let served = name
         .map(LitStr::value)
         .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-    Ok(Service { ident, name: served, path, inputs, outputs, overrides })
+    Ok(Service { ident, name: served, path, inputs, outputs, overrides, reference })
+}
+
+/// Reads the reference profile and checks it against the signature (overrides applied): a
+/// profile made for another model does not compile.
+fn check_reference(manifest: &str, lit: &LitStr, info: &ModelInfo) -> syn::Result<PathBuf> {
+    let path = normalize(&PathBuf::from(manifest).join(lit.value()));
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        syn::Error::new_spanned(lit, format!("cannot read the reference profile {}: {e}", path.display()))
+    })?;
+    let profile = nimify_model::profile::Profile::from_json(&text)
+        .map_err(|e| syn::Error::new_spanned(lit, format!("reference profile {}: {e}", path.display())))?;
+    profile.check_against(&info.inputs, &info.outputs).map_err(|problems| {
+        syn::Error::new_spanned(
+            lit,
+            format!(
+                "reference profile {} does not fit the model: {}; make one for this model with `cargo nimify profile`",
+                path.display(),
+                problems.join("; ")
+            ),
+        )
+    })?;
+    Ok(path)
 }
 
 /// Replaces the declared dims of each overridden tensor, which must be a dense tensor of the

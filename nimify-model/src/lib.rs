@@ -9,6 +9,7 @@ pub mod contract;
 pub mod decl;
 #[doc(hidden)]
 pub mod onnx;
+pub mod profile;
 mod types;
 mod wire;
 

@@ -139,6 +139,19 @@ pub struct ServiceArgs {
     /// Refuse to start unless the model file has this sha256 (`name=digest,...` for several models).
     #[arg(long, global = true, env = "NIMIFY_MODEL_SHA256")]
     pub model_sha256: Option<String>,
+    /// Reference profile for drift monitoring (`cargo nimify profile`): a path, or `name=path`
+    /// pairs separated by commas when the service has several models.
+    #[arg(long, global = true, env = "NIMIFY_REFERENCE", value_name = "PROFILE")]
+    pub reference: Option<String>,
+    /// Share of requests sampled for drift, 0 to 1.
+    #[arg(long, global = true, env = "NIMIFY_DRIFT_SAMPLE_RATE")]
+    pub drift_sample_rate: Option<f64>,
+    /// Most rows in each drift window.
+    #[arg(long, global = true, env = "NIMIFY_DRIFT_WINDOW_ROWS")]
+    pub drift_window_rows: Option<usize>,
+    /// Oldest a row in a drift window may be, in seconds (0: no age limit).
+    #[arg(long, global = true, env = "NIMIFY_DRIFT_WINDOW_SECONDS")]
+    pub drift_window_seconds: Option<u64>,
     /// Log lines as text or json [default: text on a terminal, json otherwise].
     #[arg(long, global = true, env = "NIMIFY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -209,6 +222,14 @@ impl ServiceArgs {
         layer! {
             c.payload_log.mode => self.payload_log_mode,
             c.payload_log.sample_ratio => self.payload_log_sample_ratio,
+        }
+        if self.reference.is_some() {
+            c.drift.reference.clone_from(&self.reference);
+        }
+        layer! {
+            c.drift.sample_rate => self.drift_sample_rate,
+            c.drift.window_rows => self.drift_window_rows,
+            c.drift.window_seconds => self.drift_window_seconds,
         }
         if self.warmup_request.is_some() {
             c.warmup.request.clone_from(&self.warmup_request);

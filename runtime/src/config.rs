@@ -91,6 +91,8 @@ pub struct Config {
     pub model_sha256: Option<String>,
     /// Payload logging: sampled request and response bodies sent as CloudEvents to a sink.
     pub payload_log: PayloadLogConfig,
+    /// Drift and data-quality monitoring against reference profiles (`cargo nimify profile`).
+    pub drift: DriftConfig,
     /// OpenTelemetry traces, when the standard `OTEL_*` variables do not say (they win).
     pub tracing: TracingConfig,
 }
@@ -173,6 +175,59 @@ impl Default for PayloadLogConfig {
     }
 }
 
+/// Drift monitoring: a sample of each model's requests compared with its reference profile, on
+/// `/metrics` and `GET /v2/models/{model}/drift`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftConfig {
+    /// The reference profile: a path when the service has one model, or `name=path` pairs
+    /// separated by commas. It replaces a profile compiled in with `#[nimify(reference = ...)]`.
+    pub reference: Option<String>,
+    /// Share of requests sampled into the window, 0 to 1.
+    pub sample_rate: f64,
+    /// Most rows in the window: the newest are kept.
+    pub window_rows: usize,
+    /// Oldest a row in the window may be, in seconds (0: no age limit).
+    pub window_seconds: u64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self { reference: None, sample_rate: DEFAULT_DRIFT_SAMPLE_RATE, window_rows: 10_000, window_seconds: 0 }
+    }
+}
+
+/// The default share of requests sampled for drift (see the drift benchmark in the README).
+pub const DEFAULT_DRIFT_SAMPLE_RATE: f64 = 0.1;
+
+impl DriftConfig {
+    /// The reference for `model` among `models` (all the service serves), when one is configured.
+    pub fn reference_for(&self, model: &str, models: &[&str]) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(spec) = self.reference.as_deref().map(str::trim).filter(|s| !s.is_empty()) else { return Ok(None) };
+        let pairs: Vec<(&str, &str)> = spec.split(',').filter_map(|p| p.split_once('=')).collect();
+        if pairs.is_empty() {
+            if models.len() > 1 {
+                return Err(ConfigError::Invalid(format!(
+                    "drift.reference {spec:?} names one file but the service serves {} models ({}): give `name=path` pairs, separated by commas",
+                    models.len(),
+                    models.join(", ")
+                )));
+            }
+            return Ok(Some(PathBuf::from(spec)));
+        }
+        for (name, _) in &pairs {
+            if !models.contains(&name.trim()) {
+                return Err(ConfigError::Invalid(format!(
+                    "drift.reference names model {:?}, which the service does not serve (it serves {})",
+                    name.trim(),
+                    models.join(", ")
+                )));
+            }
+        }
+        Ok(pairs.iter().find(|(n, _)| n.trim() == model).map(|(_, p)| PathBuf::from(p.trim())))
+    }
+}
+
 /// An accepted API key, with the name the audit log records for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
@@ -234,6 +289,7 @@ impl Default for Config {
             model_dir: None,
             model_sha256: None,
             payload_log: PayloadLogConfig::default(),
+            drift: DriftConfig::default(),
             tracing: TracingConfig::default(),
         }
     }
@@ -452,6 +508,15 @@ impl Config {
                 "payload_log.sample_ratio must be between 0 and 1, got {}",
                 log.sample_ratio
             )));
+        }
+        if !(0.0..=1.0).contains(&self.drift.sample_rate) {
+            return Err(ConfigError::Invalid(format!(
+                "drift.sample_rate must be between 0 and 1, got {}",
+                self.drift.sample_rate
+            )));
+        }
+        if self.drift.window_rows == 0 {
+            return Err(ConfigError::Invalid("drift.window_rows must be at least 1, got 0".into()));
         }
         if log.queue_capacity == 0 {
             return Err(ConfigError::Invalid("payload_log.queue_capacity must be at least 1, got 0".into()));

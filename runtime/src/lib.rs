@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 mod connections;
 mod digest;
+pub mod drift;
 mod error;
 mod grpc;
 mod inference;
@@ -94,7 +95,7 @@ pub mod __private {
             platform_cache_dir, platform_name,
         };
     }
-    pub use crate::tensor::Tensor;
+    pub use crate::tensor::{Tensor, TensorData};
     pub use crate::typed::generated::*;
     pub use nimify_model::decl::TensorDecl;
 

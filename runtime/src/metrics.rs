@@ -29,6 +29,7 @@ pub struct Metrics {
     queue_seconds: HistogramVec,
     batch_size: HistogramVec,
     connections: ConnectionMetrics,
+    drift: crate::drift::Counters,
 }
 
 /// The listener's metrics, cheap to clone into every connection's task.
@@ -82,6 +83,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The drift monitors' data-quality counters.
+    pub(crate) fn drift_counters(&self) -> &crate::drift::Counters {
+        &self.drift
+    }
+
     /// Adds a family kept elsewhere (the audit log's error counter).
     pub(crate) fn register_extra(&self, collector: Box<dyn prometheus::core::Collector>) {
         if let Err(e) = self.registry.register(collector) {
@@ -137,8 +143,30 @@ impl Metrics {
         for reason in ["header_timeout", "idle_timeout", "write_stalled", "shed"] {
             connections.closed.with_label_values(&[reason]);
         }
+        let by_feature = &["model", "version", "tensor", "feature"];
+        let drift = crate::drift::Counters {
+            out_of_range: counter_by(
+                &r,
+                "nimify_input_out_of_range_total",
+                "Sampled values outside the reference profile's min/max, per tensor (inputs and outputs) and feature",
+                by_feature,
+            ),
+            missing: counter_by(
+                &r,
+                "nimify_input_missing_total",
+                "Sampled values missing (NaN, empty string), per tensor (inputs and outputs) and feature",
+                by_feature,
+            ),
+            sampled: counter_by(
+                &r,
+                "nimify_drift_sampled_rows_total",
+                "Rows sampled into the drift window, per tensor (inputs and outputs)",
+                &["model", "version", "tensor"],
+            ),
+        };
         Self {
             connections,
+            drift,
             success: counter(
                 &r,
                 "nv_inference_request_success",

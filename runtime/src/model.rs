@@ -38,6 +38,8 @@ pub struct ModelOptions {
     /// Dims that replace what the file declares for some tensors (a `#[nimify]` service's
     /// `dims(...)`): for models that declare shapes they do not produce.
     pub dims: Vec<(String, Vec<Dim>)>,
+    /// The reference profile drift is measured against; none: no drift monitoring.
+    pub reference: Option<crate::drift::Reference>,
 }
 
 impl ModelOptions {
@@ -122,6 +124,18 @@ pub enum LoadError {
         /// Why not.
         reason: String,
     },
+    /// The reference profile cannot be read, or was made for another model.
+    #[error(
+        "model {model}: reference profile {origin}: {reason}; make one for this model with `cargo nimify profile --model <model.onnx> --data <sample>`"
+    )]
+    Reference {
+        /// Served name.
+        model: String,
+        /// Where the profile was read from.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Warm-up produced outputs whose fixed dims differ from the compiled-in signature.
     #[error("model {path}: {detail}")]
     ShapeMismatch {
@@ -204,6 +218,8 @@ pub struct Model {
     shape_lie: Option<String>,
     /// Session instances, each with its worker thread.
     instances: usize,
+    /// Drift monitoring, when the model has a reference profile.
+    drift: Option<Arc<crate::drift::Drift>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -219,6 +235,7 @@ pub(crate) struct LoadSettings<'a> {
     pub warmup: &'a WarmupConfig,
     pub metrics: &'a Metrics,
     pub max_output_bytes: Option<usize>,
+    pub drift: &'a crate::config::DriftConfig,
 }
 
 impl Model {
@@ -238,6 +255,21 @@ impl Model {
         let name = options.served_name();
         let version = DEFAULT_VERSION.to_string();
         let metrics = settings.metrics.model(&name, &version);
+        let drift = match &options.reference {
+            Some(reference) => {
+                let profile = crate::drift::load_reference(reference, &name, &info)?;
+                crate::drift::compare_digest(&profile, &name, &path);
+                Some(Arc::new(crate::drift::Drift::new(
+                    &name,
+                    &version,
+                    reference.origin(),
+                    &profile,
+                    settings.drift,
+                    settings.metrics.drift_counters(),
+                )))
+            }
+            None => None,
+        };
         let batchable = !inputs.is_empty() && inputs.iter().chain(&outputs).all(TensorSpec::dynamic_dim0);
         let batching = (batchable && settings.batching.enabled).then(|| settings.batching.clone());
         let input_names = Arc::new(inputs.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
@@ -292,7 +324,13 @@ impl Model {
             max_output_bytes,
             shape_lie,
             instances: settings.session.instances.max(1),
+            drift,
         })
+    }
+
+    /// Drift monitoring, when the model has a reference profile.
+    pub(crate) fn drift(&self) -> Option<&Arc<crate::drift::Drift>> {
+        self.drift.as_ref()
     }
 
     /// Session instances serving the model.
@@ -426,7 +464,7 @@ pub fn open_session(
 
 /// Replaces the declared dims of each named tensor (inputs and outputs); `(tensor, why)` when
 /// one is not a tensor of the model.
-fn override_dims(info: &mut ModelInfo, dims: &[(String, Vec<Dim>)]) -> Result<(), (String, String)> {
+pub(crate) fn override_dims(info: &mut ModelInfo, dims: &[(String, Vec<Dim>)]) -> Result<(), (String, String)> {
     for (tensor, new) in dims {
         let value = info
             .inputs

@@ -122,9 +122,7 @@ impl PayloadLog {
     /// Whether the next inference request is logged: exactly `sample_ratio` of them, spread
     /// evenly (no random numbers needed).
     pub(crate) fn sampled(&self) -> bool {
-        let ratio = self.config.sample_ratio;
-        let n = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
-        ((n + 1.0) * ratio).floor() > (n * ratio).floor()
+        every(&self.seen, self.config.sample_ratio)
     }
 
     /// Whether the queue is full (a sink that is down or slow): then `events` are dropped and
@@ -282,6 +280,14 @@ async fn send_all(
             }
         }
     }
+}
+
+/// Whether the next of a stream of events counted in `seen` is taken, so that exactly `ratio`
+/// of them are, spread evenly (no random numbers needed).
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn every(seen: &AtomicU64, ratio: f64) -> bool {
+    let n = seen.fetch_add(1, Ordering::Relaxed) as f64;
+    ((n + 1.0) * ratio).floor() > (n * ratio).floor()
 }
 
 /// The middleware: for a sampled inference request, reads the body (already limited by the

@@ -215,8 +215,10 @@ impl ServerBuilder {
     pub fn typed<M: crate::typed::generated::TypedModel>(mut self) -> Self {
         let mut options = ModelOptions::new(M::MODEL_PATH);
         options.name = Some(M::NAME.to_string());
-        options.dims = M::signature().dims_overrides;
-        self.signatures.push((M::NAME.to_string(), M::signature()));
+        let signature = M::signature();
+        options.dims.clone_from(&signature.dims_overrides);
+        options.reference = signature.reference.map(|(path, json)| crate::drift::Reference::Embedded { path, json });
+        self.signatures.push((M::NAME.to_string(), signature));
         self.model(options).routes(crate::routes::typed::router::<M>())
     }
 
@@ -226,8 +228,10 @@ impl ServerBuilder {
     pub fn service<M: crate::typed::generated::TypedModel + crate::typed::Process>(mut self, instance: M) -> Self {
         let mut options = ModelOptions::new(M::MODEL_PATH);
         options.name = Some(M::NAME.to_string());
-        options.dims = M::signature().dims_overrides;
-        self.signatures.push((M::NAME.to_string(), M::signature()));
+        let signature = M::signature();
+        options.dims.clone_from(&signature.dims_overrides);
+        options.reference = signature.reference.map(|(path, json)| crate::drift::Reference::Embedded { path, json });
+        self.signatures.push((M::NAME.to_string(), signature));
         self.model(options).routes(crate::routes::typed::process_router(M::NAME, instance))
     }
 
@@ -273,6 +277,19 @@ impl ServerBuilder {
         }
     }
 
+    /// Applies `drift.reference` (`--reference`, `NIMIFY_REFERENCE`): it replaces a profile
+    /// compiled in.
+    fn configured_references(&mut self) -> Result<(), LoadError> {
+        let names: Vec<String> = self.options.iter().map(ModelOptions::served_name).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        for options in &mut self.options {
+            if let Some(path) = self.config.drift.reference_for(&options.served_name(), &names)? {
+                options.reference = Some(crate::drift::Reference::File(path));
+            }
+        }
+        Ok(())
+    }
+
     /// What `cli::serve` does before the ports open: the checks that take no time (the
     /// configuration and the files it names, the ONNX Runtime library, each model's signature),
     /// so the common mistakes are one error and no listening, then the stand-in state and router
@@ -281,10 +298,16 @@ impl ServerBuilder {
     pub(crate) fn prepare_loading(&mut self) -> Result<(Arc<AppState>, Router), LoadError> {
         let settings = Settings::read(&self.config)?;
         self.relocate_models();
+        self.configured_references()?;
         crate::ortlib::environment()?;
         for options in &self.options {
-            nimify_model::read_model(&options.path)
+            let mut info = nimify_model::read_model(&options.path)
                 .map_err(|source| LoadError::Signature { path: options.path.clone(), source })?;
+            if let Some(reference) = &options.reference
+                && crate::model::override_dims(&mut info, &options.dims).is_ok()
+            {
+                crate::drift::load_reference(reference, &options.served_name(), &info)?;
+            }
         }
         let state = Arc::new(AppState::new(self.config.clone(), settings, BTreeMap::new(), Metrics::new(), true));
         let router = app(Arc::clone(&state), None);
@@ -296,6 +319,7 @@ impl ServerBuilder {
     pub fn build(mut self) -> Result<(Arc<AppState>, Router), LoadError> {
         let settings = Settings::read(&self.config)?;
         self.relocate_models();
+        self.configured_references()?;
         if let Some(spec) = &self.config.model_sha256 {
             let planned = self.planned_models();
             let names: Vec<&str> = planned.iter().map(|(n, _)| n.as_str()).collect();
@@ -311,6 +335,7 @@ impl ServerBuilder {
                 warmup: options.warmup.as_ref().unwrap_or(&self.config.warmup),
                 metrics: &metrics,
                 max_output_bytes: (self.config.max_output_bytes > 0).then_some(self.config.max_output_bytes),
+                drift: &self.config.drift,
             };
             let model = Model::load(options, &settings)?;
             tracing::info!(
@@ -394,6 +419,10 @@ impl AppState {
         }
         if let Some(spans) = crate::telemetry::collectors() {
             metrics.register_extra(spans);
+        }
+        let monitors: Vec<_> = models.values().filter_map(|m| m.drift().cloned()).collect();
+        if !monitors.is_empty() {
+            metrics.register_extra(Box::new(crate::drift::Gauges::new(monitors)));
         }
         let payload_log = match settings.payload_tls {
             Some(tls) if !starting => crate::payload_log::PayloadLog::start(&config.payload_log, tls),

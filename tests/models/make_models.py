@@ -424,7 +424,41 @@ def zipmap_classifier(path):
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 
 
+def tabular():
+    """A churn-style classifier for drift tests: `x: float[batch, 6]` (numeric features) and
+    `segment: int64[batch, 1]` (a category) -> `label: int64[batch]` (argmax) and
+    `scores: float[batch, 3]` (softmax)."""
+    rng = np.random.default_rng(16)
+    w = numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "w")
+    ws = numpy_helper.from_array(np.array([[0.5, -0.5, 0.0]], np.float32), "ws")
+    b = numpy_helper.from_array(np.array([0.1, 0.0, -0.1], np.float32), "b")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["xw"]),
+        helper.make_node("Cast", ["segment"], ["sf"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["sf", "ws"], ["sw"]),
+        helper.make_node("Add", ["xw", "sw"], ["z0"]),
+        helper.make_node("Add", ["z0", "b"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["scores"], axis=-1),
+        helper.make_node("ArgMax", ["z"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tabular",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6]),
+            helper.make_tensor_value_info("segment", TensorProto.INT64, ["batch", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        [w, ws, b],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET, producer_name="nimify-tests"), "tabular.onnx")
+
+
 def main():
+    tabular()
     dtypes()
     bf16()
     mlp()

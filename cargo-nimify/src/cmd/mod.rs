@@ -8,4 +8,5 @@ pub mod image;
 pub mod inspect;
 pub mod new;
 pub mod ort;
+pub mod profile;
 pub mod serve;

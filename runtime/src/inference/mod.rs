@@ -154,6 +154,12 @@ pub(crate) async fn infer(
         )));
     }
     let inputs = check_named(model.inputs(), inputs)?;
+    // A sampled request's inputs enter the drift window before it is queued (what the model was
+    // asked, answered or not); its outputs after.
+    let drift = model.drift().filter(|d| d.sampled());
+    if let Some(d) = drift {
+        d.observe_inputs(&inputs);
+    }
     let outputs = model.infer(inputs, wanted).await?;
     // A merged run is checked against its requests' summed share; each request against its own.
     if let Some(cap) = model.max_output_bytes() {
@@ -161,6 +167,9 @@ pub(crate) async fn infer(
         if bytes > cap {
             return Err(crate::batcher::output_too_large(bytes, cap));
         }
+    }
+    if let Some(d) = drift {
+        d.observe_outputs(&outputs);
     }
     Ok(outputs)
 }

@@ -34,6 +34,8 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(all_stats))
         .routes(routes!(model_stats))
         .routes(routes!(model_version_stats))
+        .routes(routes!(model_drift))
+        .routes(routes!(model_version_drift))
         .routes(routes!(infer))
         .routes(routes!(infer_version))
 }
@@ -105,6 +107,40 @@ pub(crate) fn metadata(model: &Model) -> ModelMetadata {
         platform: "onnxruntime_onnx".into(),
         inputs: tensors(model.inputs()),
         outputs: tensors(model.outputs()),
+    }
+}
+
+/// Drift of the model's inputs and outputs against its reference profile: per feature, the
+/// population stability index of the sampled window, the buckets that moved most, and the
+/// out-of-range and missing counts. 404 when the model has no reference profile.
+#[utoipa::path(get, path = "/v2/models/{model}/drift", tag = "v2",
+    params(("model" = String, Path, description = "model name")),
+    responses((status = 200, body = crate::drift::DriftReport), (status = 404, body = ErrorBody)))]
+async fn model_drift(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Json<crate::drift::DriftReport>, ApiError> {
+    drift_report(state.model(&model, None)?)
+}
+
+/// Drift of one version of a model.
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/drift", tag = "v2",
+    params(("model" = String, Path, description = "model name"), ("version" = String, Path, description = "model version")),
+    responses((status = 200, body = crate::drift::DriftReport), (status = 404, body = ErrorBody)))]
+async fn model_version_drift(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<crate::drift::DriftReport>, ApiError> {
+    drift_report(state.model(&model, Some(&version))?)
+}
+
+fn drift_report(model: &Model) -> Result<Json<crate::drift::DriftReport>, ApiError> {
+    match model.drift() {
+        Some(drift) => Ok(Json(drift.report())),
+        None => Err(ApiError::NotFound(format!(
+            "model {} has no reference profile, so no drift is measured; serve it with --reference <profile.json> (made by `cargo nimify profile`)",
+            model.name()
+        ))),
     }
 }
 

@@ -1,0 +1,512 @@
+//! Drift and data-quality monitoring against a reference profile
+//! ([`nimify_model::profile`]): a sample of the requests a model serves is cut into the
+//! profile's features and bucketed into a sliding window (the last `window_rows` rows, and no
+//! older than `window_seconds`), one per profiled tensor; the window's bucket shares are compared
+//! with the reference's by the population stability index, on `/metrics`
+//! (`nimify_drift_psi`) and on `GET /v2/models/{model}/drift`.
+//!
+//! Sampled requests are bucketed on the request's own task before it is queued (inputs) and
+//! after it is answered (outputs); the window's lock is held only to add a batch of bucket
+//! indices. PSI is computed when asked for (a scrape, the drift endpoint), from counts kept up to
+//! date as rows enter and leave the window.
+
+pub mod build;
+pub(crate) mod features;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use nimify_model::profile::{Mode, Profile, TensorProfile, psi};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use features::{Buckets, Seen, visit};
+
+use crate::config::DriftConfig;
+use crate::tensor::Tensor;
+
+/// Where a model's reference profile comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// A profile file (`--reference`, `drift.reference`, `NIMIFY_REFERENCE`).
+    File(PathBuf),
+    /// A profile compiled into a `#[nimify(reference = "...")]` service: where it was read
+    /// from, and its text.
+    Embedded {
+        /// The file it was read from at compile time.
+        path: &'static str,
+        /// Its JSON.
+        json: &'static str,
+    },
+}
+
+impl Reference {
+    /// Where the profile was read from, for messages.
+    pub fn origin(&self) -> String {
+        match self {
+            Reference::File(p) => p.display().to_string(),
+            Reference::Embedded { path, .. } => format!("{path} (compiled in)"),
+        }
+    }
+
+    /// Reads and parses the profile.
+    pub(crate) fn read(&self) -> Result<Profile, String> {
+        let text = match self {
+            Reference::File(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?,
+            Reference::Embedded { json, .. } => (*json).to_string(),
+        };
+        Profile::from_json(&text)
+    }
+}
+
+/// Reads `reference` and checks it against the model's signature (`info`, dims overrides
+/// applied): a clear error for a profile made for another model.
+pub(crate) fn load_reference(
+    reference: &Reference,
+    model: &str,
+    info: &nimify_model::ModelInfo,
+) -> Result<Profile, crate::LoadError> {
+    let fail =
+        |reason: String| crate::LoadError::Reference { model: model.to_string(), origin: reference.origin(), reason };
+    let profile = reference.read().map_err(fail)?;
+    profile.check_against(&info.inputs, &info.outputs).map_err(|problems| fail(problems.join("; ")))?;
+    Ok(profile)
+}
+
+/// Warns when the profile was made from another file than the one served (same signature,
+/// other weights: the reference's outputs may not be this model's).
+pub(crate) fn compare_digest(profile: &Profile, model: &str, path: &Path) {
+    match nimify_model::file_sha256(path) {
+        Ok(digest) if digest == profile.model.sha256 => {}
+        Ok(digest) => tracing::warn!(
+            model,
+            profile_sha256 = %profile.model.sha256,
+            model_sha256 = %digest,
+            "the reference profile was made with another model file (same signature, other weights): output drift compares with that model's outputs; run `cargo nimify profile` again with this one"
+        ),
+        Err(e) => tracing::warn!(model, "cannot read {} to compare it with the profile: {e}", path.display()),
+    }
+}
+
+/// The data-quality counters of one server, labelled by model, version, tensor and feature.
+#[derive(Debug, Clone)]
+pub(crate) struct Counters {
+    pub out_of_range: IntCounterVec,
+    pub missing: IntCounterVec,
+    pub sampled: IntCounterVec,
+}
+
+/// One model's monitor.
+#[derive(Debug)]
+pub(crate) struct Drift {
+    model: String,
+    version: String,
+    origin: String,
+    profile_rows: u64,
+    epsilon: f64,
+    sample_rate: f64,
+    seen: AtomicU64,
+    window_rows: usize,
+    window_age: Option<Duration>,
+    inputs: Vec<Watched>,
+    outputs: Vec<Watched>,
+}
+
+/// One profiled tensor and its window.
+#[derive(Debug)]
+struct Watched {
+    name: String,
+    mode: Mode,
+    features: Vec<WatchedFeature>,
+    sampled: IntCounter,
+    window: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct WatchedFeature {
+    name: String,
+    buckets: Buckets,
+    /// Reference shares: value buckets, then missing.
+    reference: Vec<f64>,
+    labels: Vec<String>,
+    out_of_range: IntCounter,
+    missing: IntCounter,
+}
+
+/// The rows in a window: batches of bucket indices (row-major, one per feature), oldest first,
+/// and the count per feature and bucket.
+#[derive(Debug, Default)]
+struct Window {
+    batches: VecDeque<Batch>,
+    rows: usize,
+    counts: Vec<Vec<u64>>,
+}
+
+#[derive(Debug)]
+struct Batch {
+    at: Instant,
+    /// Rows already dropped from the front.
+    dropped: usize,
+    rows: usize,
+    buckets: Vec<u16>,
+}
+
+impl Drift {
+    /// A monitor for `model` comparing with `profile`.
+    pub(crate) fn new(
+        model: &str,
+        version: &str,
+        origin: String,
+        profile: &Profile,
+        config: &DriftConfig,
+        counters: &Counters,
+    ) -> Self {
+        let watch = |t: &TensorProfile| Watched {
+            name: t.name.clone(),
+            mode: t.mode.clone(),
+            sampled: counters.sampled.with_label_values(&[model, version, &t.name]),
+            features: t
+                .features
+                .iter()
+                .map(|f| {
+                    let labels = [model, version, &t.name, &f.name];
+                    let buckets = Buckets::new(f);
+                    WatchedFeature {
+                        name: f.name.clone(),
+                        reference: f.stats.all_shares(f.missing),
+                        labels: (0..buckets.count()).map(|i| f.stats.bucket_label(i)).collect(),
+                        buckets,
+                        out_of_range: counters.out_of_range.with_label_values(&labels),
+                        missing: counters.missing.with_label_values(&labels),
+                    }
+                })
+                .collect(),
+            window: Mutex::new(Window {
+                counts: t.features.iter().map(|f| vec![0; Buckets::new(f).count()]).collect(),
+                ..Window::default()
+            }),
+        };
+        Self {
+            model: model.to_string(),
+            version: version.to_string(),
+            origin,
+            profile_rows: profile.rows,
+            epsilon: profile.epsilon,
+            sample_rate: config.sample_rate,
+            seen: AtomicU64::new(0),
+            window_rows: config.window_rows.max(1),
+            window_age: (config.window_seconds > 0).then(|| Duration::from_secs(config.window_seconds)),
+            inputs: profile.inputs.iter().map(watch).collect(),
+            outputs: profile.outputs.iter().map(watch).collect(),
+        }
+    }
+
+    /// Whether the next request is sampled: exactly `sample_rate` of them, spread evenly.
+    pub(crate) fn sampled(&self) -> bool {
+        crate::payload_log::every(&self.seen, self.sample_rate)
+    }
+
+    /// Adds a sampled request's inputs to the windows.
+    pub(crate) fn observe_inputs(&self, tensors: &[(String, Tensor)]) {
+        observe(&self.inputs, tensors, self.window_rows);
+    }
+
+    /// Adds a sampled request's outputs (those it asked for) to the windows.
+    pub(crate) fn observe_outputs(&self, tensors: &[(String, Tensor)]) {
+        observe(&self.outputs, tensors, self.window_rows);
+    }
+
+    /// The current comparison with the reference.
+    pub(crate) fn report(&self) -> DriftReport {
+        let now = Instant::now();
+        let tensors = |watched: &[Watched], io: &'static str| {
+            watched.iter().map(|w| w.report(io, self.epsilon, self.window_age, now)).collect::<Vec<_>>()
+        };
+        let mut all = tensors(&self.inputs, "input");
+        all.extend(tensors(&self.outputs, "output"));
+        DriftReport {
+            model: self.model.clone(),
+            version: self.version.clone(),
+            reference: self.origin.clone(),
+            reference_rows: self.profile_rows,
+            epsilon: self.epsilon,
+            sample_rate: self.sample_rate,
+            window_rows: self.window_rows,
+            window_seconds: self.window_age.map(|d| d.as_secs()),
+            rows: all.iter().filter(|t| t.io == "input").map(|t| t.rows).max().unwrap_or(0),
+            tensors: all,
+        }
+    }
+}
+
+fn observe(watched: &[Watched], tensors: &[(String, Tensor)], limit: usize) {
+    for w in watched {
+        let Some((_, tensor)) = tensors.iter().find(|(n, _)| n == &w.name) else { continue };
+        let width = w.features.len();
+        let mut buckets = Vec::new();
+        let mut odd = vec![(0u64, 0u64); width];
+        let rows = visit(tensor, &w.mode, |_, feature, value| {
+            let Some(f) = w.features.get(feature) else { return };
+            let (bucket, seen) = f.buckets.place(value);
+            match seen {
+                Seen::Usual => {}
+                Seen::OutOfRange => odd[feature].0 += 1,
+                Seen::Missing => odd[feature].1 += 1,
+            }
+            buckets.push(u16::try_from(bucket).unwrap_or(u16::MAX));
+        });
+        // A row wider or narrower than the profile says (only a model lying about its shapes)
+        // cannot be placed feature by feature: it is left out.
+        if rows == 0 || buckets.len() != rows * width {
+            continue;
+        }
+        for (f, (out, missing)) in w.features.iter().zip(odd) {
+            if out > 0 {
+                f.out_of_range.inc_by(out);
+            }
+            if missing > 0 {
+                f.missing.inc_by(missing);
+            }
+        }
+        w.sampled.inc_by(rows as u64);
+        let mut window = w.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        window.push(Batch { at: Instant::now(), dropped: 0, rows, buckets }, width, limit);
+    }
+}
+
+impl Window {
+    fn push(&mut self, batch: Batch, width: usize, limit: usize) {
+        for row in batch.buckets.chunks(width) {
+            for (f, &b) in row.iter().enumerate() {
+                self.counts[f][usize::from(b)] += 1;
+            }
+        }
+        self.rows += batch.rows;
+        self.batches.push_back(batch);
+        while self.rows > limit {
+            let excess = self.rows - limit;
+            self.drop_front(excess, width);
+        }
+    }
+
+    /// Drops up to `n` of the oldest rows (at most one batch's worth).
+    fn drop_front(&mut self, n: usize, width: usize) {
+        let Some(front) = self.batches.front_mut() else { return };
+        let take = n.min(front.rows - front.dropped);
+        let start = front.dropped * width;
+        for row in front.buckets[start..start + take * width].chunks(width) {
+            for (f, &b) in row.iter().enumerate() {
+                self.counts[f][usize::from(b)] -= 1;
+            }
+        }
+        front.dropped += take;
+        self.rows -= take;
+        if front.dropped == front.rows {
+            self.batches.pop_front();
+        }
+    }
+
+    /// Drops the batches older than `age`.
+    fn expire(&mut self, age: Option<Duration>, now: Instant, width: usize) {
+        let Some(age) = age else { return };
+        while let Some(front) = self.batches.front() {
+            if now.duration_since(front.at) <= age {
+                break;
+            }
+            let left = front.rows - front.dropped;
+            self.drop_front(left, width);
+        }
+    }
+}
+
+impl Watched {
+    #[allow(clippy::cast_precision_loss)]
+    fn report(&self, io: &'static str, epsilon: f64, age: Option<Duration>, now: Instant) -> TensorDrift {
+        let (rows, counts) = {
+            let mut window = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            window.expire(age, now, self.features.len());
+            (window.rows, window.counts.clone())
+        };
+        let features = self
+            .features
+            .iter()
+            .zip(counts)
+            .map(|(f, counts)| {
+                let (psi_value, top) = if rows == 0 {
+                    (None, Vec::new())
+                } else {
+                    let actual: Vec<f64> = counts.iter().map(|&c| c as f64 / rows as f64).collect();
+                    let mut top: Vec<BucketShift> = f
+                        .reference
+                        .iter()
+                        .zip(&actual)
+                        .enumerate()
+                        .map(|(i, (&e, &a))| BucketShift {
+                            bucket: f.labels[i].clone(),
+                            reference_share: e,
+                            window_share: a,
+                            contribution: psi(&[e], &[a], epsilon),
+                        })
+                        .collect();
+                    top.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
+                    top.truncate(3);
+                    (Some(psi(&f.reference, &actual, epsilon)), top)
+                };
+                FeatureDrift {
+                    name: f.name.clone(),
+                    psi: psi_value,
+                    out_of_range: f.out_of_range.get(),
+                    missing: f.missing.get(),
+                    top_buckets: top,
+                }
+            })
+            .collect();
+        TensorDrift { name: self.name.clone(), io, rows, features }
+    }
+}
+
+/// A model's drift against its reference profile.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DriftReport {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// Where the reference profile was read from.
+    pub reference: String,
+    /// Rows the reference profile was made from.
+    pub reference_rows: u64,
+    /// The least share a bucket counts as in PSI, on both sides.
+    pub epsilon: f64,
+    /// Share of requests sampled into the window.
+    pub sample_rate: f64,
+    /// Most rows the window holds.
+    pub window_rows: usize,
+    /// Oldest a row in the window may be, in seconds (none: no age limit).
+    pub window_seconds: Option<u64>,
+    /// Rows now in the (inputs') window.
+    pub rows: usize,
+    /// Each profiled tensor, inputs first.
+    pub tensors: Vec<TensorDrift>,
+}
+
+/// One tensor's drift.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TensorDrift {
+    /// Tensor name.
+    pub name: String,
+    /// `input` or `output`.
+    pub io: &'static str,
+    /// Rows in its window.
+    pub rows: usize,
+    /// Each feature.
+    pub features: Vec<FeatureDrift>,
+}
+
+/// One feature's drift.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FeatureDrift {
+    /// Column index, or the summary or token feature's name.
+    pub name: String,
+    /// Population stability index of the window against the reference (none while the window
+    /// is empty).
+    pub psi: Option<f64>,
+    /// Sampled values outside the reference's min/max since start.
+    pub out_of_range: u64,
+    /// Sampled values missing since start.
+    pub missing: u64,
+    /// The buckets adding most to PSI, largest first (at most 3).
+    pub top_buckets: Vec<BucketShift>,
+}
+
+/// One bucket's shares.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BucketShift {
+    /// The bucket: an interval, a category, `other` or `missing`.
+    pub bucket: String,
+    /// Its share in the reference.
+    pub reference_share: f64,
+    /// Its share in the window.
+    pub window_share: f64,
+    /// What it adds to PSI.
+    pub contribution: f64,
+}
+
+/// `nimify_drift_psi` and `nimify_drift_window_rows`, computed from the windows at each scrape.
+pub(crate) struct Gauges {
+    monitors: Vec<std::sync::Arc<Drift>>,
+    psi: GaugeVec,
+    rows: IntGaugeVec,
+}
+
+impl Gauges {
+    pub(crate) fn new(monitors: Vec<std::sync::Arc<Drift>>) -> Self {
+        let psi = GaugeVec::new(
+            Opts::new(
+                "nimify_drift_psi",
+                "Population stability index of the sampled window against the reference profile, per tensor (inputs and outputs) and feature",
+            ),
+            &["model", "version", "tensor", "feature"],
+        )
+        .unwrap_or_else(|e| panic!("nimify_drift_psi is mis-defined: {e}"));
+        let rows = IntGaugeVec::new(
+            Opts::new("nimify_drift_window_rows", "Rows in the drift window (inputs)"),
+            &["model", "version"],
+        )
+        .unwrap_or_else(|e| panic!("nimify_drift_window_rows is mis-defined: {e}"));
+        Self { monitors, psi, rows }
+    }
+}
+
+impl Collector for Gauges {
+    fn desc(&self) -> Vec<&Desc> {
+        self.psi.desc().into_iter().chain(self.rows.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        for drift in &self.monitors {
+            let report = drift.report();
+            self.rows
+                .with_label_values(&[&report.model, &report.version])
+                .set(i64::try_from(report.rows).unwrap_or(i64::MAX));
+            for t in &report.tensors {
+                for f in &t.features {
+                    let labels = [report.model.as_str(), report.version.as_str(), t.name.as_str(), f.name.as_str()];
+                    match f.psi {
+                        Some(v) => self.psi.with_label_values(&labels).set(v),
+                        None => {
+                            let _ = self.psi.remove_label_values(&labels);
+                        }
+                    }
+                }
+            }
+        }
+        self.psi.collect().into_iter().chain(self.rows.collect()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_keeps_the_newest_rows_and_their_counts() {
+        let mut w = Window { counts: vec![vec![0; 3]], ..Window::default() };
+        let batch = |b: Vec<u16>| Batch { at: Instant::now(), dropped: 0, rows: b.len(), buckets: b };
+        w.push(batch(vec![0, 0, 1]), 1, 4);
+        w.push(batch(vec![2, 2, 2]), 1, 4);
+        assert_eq!(w.rows, 4);
+        assert_eq!(w.counts[0], [0, 1, 3]);
+        w.push(batch(vec![1; 10]), 1, 4);
+        assert_eq!((w.rows, w.batches.len()), (4, 1));
+        assert_eq!(w.counts[0], [0, 4, 0]);
+        w.expire(Some(Duration::ZERO), Instant::now() + Duration::from_millis(5), 1);
+        assert_eq!((w.rows, &w.counts[0][..]), (0, &[0, 0, 0][..]));
+    }
+}
