@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import BIN, ROOT, Service, TARGET, nimify_image, sha256_of
+from conftest import BIN, MODELS, ROOT, Service, TARGET, nimify_image, sha256_of
 
 CHART = os.path.join(ROOT, "cargo-nimify", "chart")
 SNAPSHOTS = os.path.join(os.path.dirname(__file__), "snapshots")
@@ -159,11 +159,29 @@ def test_custom_resources_have_the_operator_structure():
     assert sm["spec"]["namespaceSelector"] == {"matchNames": ["ml"]}
     assert by_kind["Service"]["spec"]["ports"][0]["name"] == "http"
     rule = by_kind["PrometheusRule"]
-    [group] = rule["spec"]["groups"]
-    assert {r["alert"] for r in group["rules"]} == {"NimifyHighErrorRatio", "NimifyHighP99Latency", "NimifyDown"}
-    for r in group["rules"]:
+    groups = {g["name"]: {r["alert"] for r in g["rules"]} for g in rule["spec"]["groups"]}
+    assert groups == {"iris-nimify.slo": {"NimifyHighErrorRatio", "NimifyHighP99Latency", "NimifyDown"},
+                      "iris-nimify.drift": {"NimifyDataDrift", "NimifyInputOutOfRange", "NimifyInputMissing"}}, groups
+    for r in (r for g in rule["spec"]["groups"] for r in g["rules"]):
         assert set(r) <= {"alert", "expr", "for", "labels", "annotations"} and r["labels"]["severity"] in {"critical", "warning"}
         assert re.fullmatch(r"[0-9]+[smh]", r["for"]) and r["annotations"]["summary"]
+
+
+def test_drift_alerts_take_their_thresholds_from_the_values():
+    values = merge(values_for("prod"), {"prometheusRule": {"drift": {"psi": 0.25, "outOfRangeRatio": 0.1, "missingRatio": 0.02, "for": "30m"}}})
+    out = helm.Chart.load(CHART).render(values, name="iris", namespace="ml", is_install=True)
+    rule = next(d for path, text in out.items() if path.endswith("prometheusrule.yaml") for d in yaml.safe_load_all(text) if d)
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    psi, out_of_range, missing = alerts["NimifyDataDrift"], alerts["NimifyInputOutOfRange"], alerts["NimifyInputMissing"]
+    assert psi["expr"].rstrip().endswith("> 0.25") and out_of_range["expr"].rstrip().endswith("> 0.1") and missing["expr"].rstrip().endswith("> 0.02")
+    assert psi["for"] == out_of_range["for"] == missing["for"] == "30m"
+    # The per-feature counts divide by their tensor's sampled rows, which carry no `feature`.
+    for r in (out_of_range, missing):
+        assert "/ on (model, version, tensor) group_left" in r["expr"], r["expr"]
+    # Annotations are Prometheus templates that name the series and where to look next.
+    assert "{{ $labels.feature }}" in psi["annotations"]["summary"] and "/v2/models/{{ $labels.model }}/drift" in psi["annotations"]["description"]
+    with pytest.raises(helm.HelmValuesError):
+        helm.Chart.load(CHART).render(merge(SERVICE, {"prometheusRule": {"drift": {"outOfRangeRatio": 5}}}), name="iris", namespace="ml")
 
 
 def test_security_and_probes():
@@ -221,14 +239,15 @@ def test_rendered_manifests_match_the_snapshot(env):
         assert f.read() == rendered, f"chart output for {env} changed: rerun with NIMIFY_UPDATE_SNAPSHOTS=1 and review the diff"
 
 
-PROMQL_WORDS = {"sum", "rate", "by", "without", "histogram_quantile", "absent", "count", "clamp_min", "le", "on", "ignoring", "bool", "and", "or", "unless", "e", "label_values"}
+PROMQL_WORDS = {"sum", "max", "topk", "rate", "by", "without", "histogram_quantile", "absent", "count", "clamp_min", "le", "on", "ignoring",
+                "group_left", "group_right", "bool", "and", "or", "unless", "e", "label_values"}
 
 
 def promql_names(expr):
     """(metric names, label names) used in a PromQL expression."""
     expr = re.sub(r'"[^"]*"', '""', expr)
     labels = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", expr))
-    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+    for group in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
         labels |= {g.strip() for g in group.split(",") if g.strip()}
     metrics = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*[{\[]", expr)) - PROMQL_WORDS
     # Grafana's label_values(metric[{...}], label).
@@ -242,29 +261,40 @@ def test_promql_names_are_extracted():
     metrics, labels = promql_names('histogram_quantile(0.99, sum by (le) (rate(nimify_request_duration_seconds_bucket{namespace="a",service=~"b"}[5m]))) > 1')
     assert metrics == {"nimify_request_duration_seconds_bucket"} and labels == {"le", "namespace", "service"}
     assert promql_names('label_values(nimify_build_info{namespace="$namespace"}, service)') == ({"nimify_build_info"}, {"namespace", "service"})
+    # Vector matching names labels too.
+    assert promql_names("sum by (tensor, feature) (rate(a_total[5m])) / on (tensor) group_left sum by (tensor) (rate(b_total[5m]))") == \
+        ({"a_total", "b_total"}, {"tensor", "feature"})
 
 
-def test_alert_and_dashboard_queries_use_live_metric_and_label_names(serve):
+def test_alert_and_dashboard_queries_use_live_metric_and_label_names(start):
     exprs = []
     rendered = docs(render("all"))
     rule = next(d for d in rendered if d["kind"] == "PrometheusRule")
     exprs += [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     dashboard = json.loads(next(d for d in rendered if d["kind"] == "ConfigMap" and "nimify.json" in d.get("data", {}))["data"]["nimify.json"])
-    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    # Row panels hold no queries.
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
-    assert len(exprs) >= 15, exprs
-    # One inference, then a scrape.
-    server = serve("mlp")
-    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
-    assert requests.post(f"{server.url}/v2/models/mlp/infer", json=body, timeout=10).status_code == 200
+    assert len(exprs) >= 24, exprs
+    # A server with a reference profile (so the drift series exist; PSI once a request is
+    # sampled), one inference, then a scrape.
+    server = start("tabular", "--reference", os.path.join(MODELS, "tabular.profile.json"), "--drift-sample-rate", "1")
+    body = {"inputs": [{"name": "x", "shape": [2, 6], "datatype": "FP32", "data": [0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 1, 1, 1, 1, 1, 1]},
+                       {"name": "segment", "shape": [2, 1], "datatype": "INT64", "data": [1, 2]}]}
+    assert requests.post(f"{server.url}/v2/models/tabular/infer", json=body, timeout=10).status_code == 200
     scrape = requests.get(f"{server.url}/metrics", timeout=5).text
     series = {line.split("{")[0].split(" ")[0] for line in scrape.splitlines() if line and not line.startswith("#")}
     scraped_labels = set(re.findall(r"[{,]([a-zA-Z_][a-zA-Z0-9_]*)=", scrape))
+    queried = set()
     for expr in exprs:
         metrics, labels = promql_names(expr)
         assert metrics, expr
         assert metrics <= series, f"{metrics - series} not in /metrics (query: {expr})"
         assert labels <= scraped_labels | TARGET_LABELS, f"{labels - scraped_labels - TARGET_LABELS} not in /metrics (query: {expr})"
+        queried |= metrics
+    # Every drift series the service exports is alerted on or shown.
+    drift = {s for s in series if s.startswith(("nimify_drift_", "nimify_input_"))}
+    assert "nimify_drift_psi" in drift and drift <= queried, f"{drift - queried} exported but never queried"
 
 
 def test_cargo_nimify_chart_writes_a_chart_for_the_built_image(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
-from conftest import BIN, MODELS, ROOT, Server, metrics, sha256_of
+from conftest import BIN, MODELS, ROOT, Container, Server, metrics, sha256_of, skopeo_inspect
 
 TABULAR = os.path.join(MODELS, "tabular.onnx")
 MLP = os.path.join(MODELS, "mlp.onnx")
@@ -402,3 +402,38 @@ def test_profile_errors_are_clear_and_write_nothing(tmp_path):
     assert "no *.json request files" in fails("--data", str(empty))
     (empty / "bad.json").write_text("{")
     assert "bad.json" in fails("--data", str(empty))
+
+
+def test_a_zero_code_image_ships_the_profile(tmp_path):
+    """`cargo nimify image --model x.onnx --reference x.profile.json`: the profile is an asset of
+    the image and the server in it measures drift against it; a profile for another model is
+    refused before anything is built."""
+    shutil.copy(TABULAR, tmp_path / "tabular.onnx")
+    shutil.copy(os.path.join(MODELS, "tabular.profile.json"), tmp_path / "tabular.profile.json")
+    r = subprocess.run([BIN, "nimify", "image", "--model", str(tmp_path / "mlp.onnx"), "--reference", "tabular.profile.json"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and "not found" in r.stderr, r.stderr
+    shutil.copy(MLP, tmp_path / "mlp.onnx")
+    r = subprocess.run([BIN, "nimify", "image", "--model", "mlp.onnx", "--reference", "tabular.profile.json"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and "does not fit" in r.stderr and "cargo nimify profile" in r.stderr, r.stderr
+    assert not (tmp_path / "target" / "nimify" / "mlp").exists()
+    r = subprocess.run([BIN, "nimify", "image", "--model", "tabular.onnx", "--reference", "tabular.profile.json", "--format", "json"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    config = skopeo_inspect(result["reference"], config=True)["config"]
+    assert config["Entrypoint"][-2:] == ["--reference", "/opt/nimify/assets/nimify/reference.profile.json"]
+    container = Container(result["reference"], env={"NIMIFY_DRIFT_SAMPLE_RATE": "1"})
+    try:
+        x, segment = tabular_sample(200, seed=2)
+
+        class At:
+            address = container.url.removeprefix("http://")
+            url = container.url
+
+        infer(At, "tabular", x=x, segment=segment)
+        report = drift(At, "tabular")
+        assert report["rows"] == 200 and report["reference"] == "/opt/nimify/assets/nimify/reference.profile.json"
+    finally:
+        container.remove()

@@ -208,3 +208,33 @@ async fn fixed_dims_above_32_round_trip() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(err["error"].as_str().expect("error").contains("expected an array of length 40"), "{err}");
 }
+
+#[tokio::test]
+async fn a_compiled_in_reference_measures_drift_and_the_configuration_replaces_it() {
+    let mut config = nimify::Config::default();
+    config.drift.sample_rate = 1.0;
+    let (_, router) = ServerBuilder::new(config.clone()).typed::<nimify_tests::Tabular>().build().expect("loads");
+    let x: Vec<f32> = (0..60).map(|i| (i % 7) as f32 * 0.3 - 1.0).collect();
+    let body = json!({"inputs": [
+        {"name": "x", "shape": [10, 6], "datatype": "FP32", "data": x},
+        {"name": "segment", "shape": [10, 1], "datatype": "INT64", "data": [1, 2, 3, 1, 2, 3, 1, 2, 3, 9]}
+    ]});
+    let (status, out) = call(&router, "POST", "/v2/models/tabular/infer", body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let (status, report) = call(&router, "GET", "/v2/models/tabular/drift", String::new()).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["rows"], 10);
+    assert!(
+        report["reference"].as_str().is_some_and(|r| r.ends_with("tabular.profile.json (compiled in)")),
+        "{report}"
+    );
+    let segment = &report["tensors"][1];
+    assert_eq!(segment["name"], "segment");
+    assert_eq!(segment["features"][0]["top_buckets"][0]["bucket"], "other");
+    // A profile named by the configuration replaces the compiled-in one, and is checked the same.
+    let broken = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(broken.path(), "{}").expect("write");
+    config.drift.reference = Some(broken.path().display().to_string());
+    let err = ServerBuilder::new(config).typed::<nimify_tests::Tabular>().build().expect_err("must refuse");
+    assert!(err.to_string().contains("missing field `schema`"), "{err}");
+}

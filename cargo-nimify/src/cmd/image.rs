@@ -62,6 +62,11 @@ pub struct ImageArgs {
     /// [default: this machine's, or that of --target].
     #[arg(long, value_name = "OS/ARCH[,...]", env = "NIMIFY_PLATFORM")]
     pub platform: Option<String>,
+    /// With --model: a reference profile (`cargo nimify profile`) shipped in the image, so the
+    /// server measures drift against it (a service crate compiles its profile in:
+    /// `#[nimify(reference = "...")]`).
+    #[arg(long, value_name = "PROFILE", requires = "model")]
+    pub reference: Option<PathBuf>,
     /// How cargo builds it.
     #[command(flatten)]
     pub cargo: super::build::CargoArgs,
@@ -85,6 +90,9 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     let zero_code = project.model.as_deref().map(|m| zero_code_model(m, &project.bin)).transpose()?;
     if let Some(model) = &zero_code {
         project.settings.tag.get_or_insert_with(|| format!("sha-{}", &model.sha256[..12]));
+    }
+    if let (Some(reference), Some(model)) = (&args.reference, &zero_code) {
+        check_reference(reference, &model.path)?;
     }
     let (name, tag, output) = naming(&project, args)?;
     if platforms.len() > 1 && matches!(output, Output::DockerArchive { .. }) {
@@ -139,7 +147,12 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     let mut shared = img::Shared::default();
     for (((p, binary), ort), base) in platforms.iter().zip(binaries).zip(ort).zip(bases) {
         let parts = Parts { platform: p, binary, ort, zero_code: zero_code.clone(), served: served.clone() };
-        let plan = plan(&project, parts, base_ref.clone(), &name)?;
+        let mut plan = plan(&project, parts, base_ref.clone(), &name)?;
+        if let Some(reference) = &args.reference {
+            // Beside the declared assets, under a name of its own; the server is told where.
+            plan.assets.push((REFERENCE_ASSET.into(), reference.clone()));
+            plan.entry_args.extend(["--reference".into(), format!("{}/assets/{REFERENCE_ASSET}", img::ROOT)]);
+        }
         let prefix = if platforms.len() > 1 { format!("{p}: ") } else { String::new() };
         let status = |verb: &str, what: &str| crate::term::status(verb, format!("{prefix}{what}"));
         built.push(img::assemble(&plan, &store, base, &mut shared, &status)?);
@@ -288,6 +301,30 @@ fn zero_code_model(model: &Path, bin: &str) -> Result<ModelFile, CliError> {
     let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let mut files = model_files(vec![PlannedModel { name: stem, path: model.to_path_buf() }], bin)?;
     files.pop().ok_or_else(|| CliError::msg(format!("no model in {}", model.display())))
+}
+
+/// Where `--reference` goes among the image's assets.
+const REFERENCE_ASSET: &str = "nimify/reference.profile.json";
+
+/// Refuses a profile that the server would refuse at start (unreadable, or made for another
+/// model), before anything is built.
+fn check_reference(reference: &Path, model: &Path) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(reference).map_err(CliError::io("read", reference))?;
+    let profile = nimify_model::profile::Profile::from_json(&text)
+        .map_err(|e| CliError::msg(format!("reference profile {}: {e}", reference.display())))?;
+    let info =
+        nimify_model::read_model(model).map_err(|source| CliError::Model { path: model.to_path_buf(), source })?;
+    profile.check_against(&info.inputs, &info.outputs).map_err(|problems| {
+        CliError::with_help(
+            format!(
+                "reference profile {} does not fit {}: {}",
+                reference.display(),
+                model.display(),
+                problems.join("; ")
+            ),
+            format!("make one for this model: cargo nimify profile --model {} --data <sample>", model.display()),
+        )
+    })
 }
 
 /// What one platform's image is made of, found before it is planned.
