@@ -369,7 +369,7 @@ impl Feature {
     fn check(&self) -> Result<(), String> {
         let (buckets, shares) = match &self.stats {
             Stats::Numeric { edges, shares, .. } => {
-                if edges.windows(2).any(|w| !(w[0] < w[1])) || edges.iter().any(|e| !e.is_finite()) {
+                if edges.iter().any(|e| !e.is_finite()) || edges.windows(2).any(|w| w[0] >= w[1]) {
                     return Err("edges must be finite and increasing".into());
                 }
                 (edges.len() + 1, shares)
@@ -405,7 +405,7 @@ mod tests {
         assert_eq!(Mode::parse("summary"), Ok(Mode::Summary));
         assert!(Mode::parse("summary:pad=1").is_err());
         assert!(Mode::parse("tokens:pad=x").is_err());
-        assert!(Mode::parse("pixels").unwrap_err().contains("unknown feature mode"));
+        assert!(Mode::parse("pixels").expect_err("must fail").contains("unknown feature mode"));
     }
 
     #[test]

@@ -7,11 +7,11 @@ pub mod fuzz;
 #[nimify::nimify(model = "models/mlp.onnx")]
 pub struct Mlp;
 
-/// Several inputs and outputs, a scalar input and an output of unknown dim.
 /// A tabular classifier with its drift reference profile compiled in.
 #[nimify::nimify(model = "models/tabular.onnx", reference = "models/tabular.profile.json")]
 pub struct Tabular;
 
+/// Several inputs and outputs, a scalar input and an output of unknown dim.
 #[nimify::nimify(model = "models/multi_io.onnx", name = "multi")]
 pub struct MultiIo;
 

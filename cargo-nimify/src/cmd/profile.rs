@@ -329,7 +329,7 @@ mod npy {
         fn npy(descr: &str, shape: &str, body: &[u8]) -> Vec<u8> {
             let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
             let mut out = b"\x93NUMPY\x01\x00".to_vec();
-            out.extend(u16::try_from(header.len()).unwrap().to_le_bytes());
+            out.extend(u16::try_from(header.len()).expect("valid").to_le_bytes());
             out.extend(header.as_bytes());
             out.extend(body);
             out
@@ -338,7 +338,7 @@ mod npy {
         #[test]
         fn reads_numbers_strings_and_refuses_the_rest() {
             let body: Vec<u8> = [1.5f32, 2.5, 3.5, 4.5].iter().flat_map(|x| x.to_le_bytes()).collect();
-            let t = parse(&npy("<f4", "(2, 2)", &body)).unwrap();
+            let t = parse(&npy("<f4", "(2, 2)", &body)).expect("valid");
             assert_eq!((t.shape.clone(), t.data), (vec![2, 2], TensorData::F32(vec![1.5, 2.5, 3.5, 4.5])));
             let s: Vec<u8> = ["ab", "c"]
                 .iter()
@@ -348,12 +348,12 @@ mod npy {
                     v
                 })
                 .collect();
-            let t = parse(&npy("<U2", "(2,)", &s)).unwrap();
+            let t = parse(&npy("<U2", "(2,)", &s)).expect("valid");
             assert_eq!(t.data, TensorData::Bytes(vec![b"ab".to_vec(), b"c".to_vec()]));
-            assert!(parse(&npy("<f4", "(3,)", &body[..8])).unwrap_err().contains("cut short"));
-            assert!(parse(&npy(">f4", "(1,)", &body[..4])).unwrap_err().contains("big-endian"));
-            assert!(parse(&npy("|O", "(1,)", &body[..8])).unwrap_err().contains("object arrays"));
-            assert!(parse(b"PK\x03\x04").unwrap_err().contains("not a .npy"));
+            assert!(parse(&npy("<f4", "(3,)", &body[..8])).expect_err("must fail").contains("cut short"));
+            assert!(parse(&npy(">f4", "(1,)", &body[..4])).expect_err("must fail").contains("big-endian"));
+            assert!(parse(&npy("|O", "(1,)", &body[..8])).expect_err("must fail").contains("object arrays"));
+            assert!(parse(b"PK\x03\x04").expect_err("must fail").contains("not a .npy"));
         }
     }
 }

@@ -246,21 +246,21 @@ mod tests {
 
     #[test]
     fn columns_cut_rows_by_the_last_dim() {
-        let t = Tensor::new(vec![2, 2], TensorData::F32(vec![1.0, 2.0, 3.0, f32::NAN])).unwrap();
+        let t = Tensor::new(vec![2, 2], TensorData::F32(vec![1.0, 2.0, 3.0, f32::NAN])).expect("valid");
         let got = collect(&t, &Mode::Columns);
         assert_eq!(got[2], (1, 0, "Num(3.0)".into()));
         assert_eq!(got[3], (1, 1, "Num(NaN)".into()));
-        let ints = Tensor::new(vec![3], TensorData::I64(vec![4, 5, 6])).unwrap();
+        let ints = Tensor::new(vec![3], TensorData::I64(vec![4, 5, 6])).expect("valid");
         assert_eq!(collect(&ints, &Mode::Columns)[2], (2, 0, "Int(6)".into()));
     }
 
     #[test]
     fn summaries_and_tokens() {
-        let t = Tensor::new(vec![1, 4], TensorData::U8(vec![1, 1, 3, 3])).unwrap();
+        let t = Tensor::new(vec![1, 4], TensorData::U8(vec![1, 1, 3, 3])).expect("valid");
         let mut got = Vec::new();
         visit(&t, &Mode::Summary, |_, _, v| got.push(v));
         assert_eq!(got, [Value::Num(2.0), Value::Num(1.0), Value::Num(20f64.sqrt())]);
-        let ids = Tensor::new(vec![1, 5], TensorData::I64(vec![7, 1, 9, 0, 0])).unwrap();
+        let ids = Tensor::new(vec![1, 5], TensorData::I64(vec![7, 1, 9, 0, 0])).expect("valid");
         let mut got = Vec::new();
         visit(&ids, &Mode::Tokens { pad: Some(0), unk: Some(1) }, |_, _, v| got.push(v));
         assert_eq!(got, [Value::Num(3.0), Value::Num(0.4), Value::Num(0.2), Value::Num(17.0 / 3.0)]);
