@@ -13,7 +13,9 @@
 //!   `--models mlp`, `--seconds N` and `--wrk-only` narrow it; `NIMIFY_BENCH_SERVER=BIN` measures
 //!   another build (an earlier commit's) instead of building this one; `--otlp` runs it with tracing on
 //!   (every request traced, exported over OTLP/HTTP to `xtask/bench/otlp_sink.py` on core 1),
-//!   for the cost of tracing against a run without.
+//!   for the cost of tracing against a run without; `--drift RATE` runs it with drift monitoring
+//!   on (a reference profile made by `cargo nimify profile` from 2000 random rows, requests
+//!   sampled at RATE), for the cost of drift against a run without.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -64,11 +66,13 @@ struct ServeOptions {
     models: Vec<String>,
     wrk_only: bool,
     otlp: bool,
+    drift: Option<String>,
 }
 
 impl ServeOptions {
     fn parse(args: &[&str]) -> Result<Self> {
-        let mut o = Self { seconds: 10, models: vec!["mlp".into(), "cnn".into()], wrk_only: false, otlp: false };
+        let mut o =
+            Self { seconds: 10, models: vec!["mlp".into(), "cnn".into()], wrk_only: false, otlp: false, drift: None };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match *arg {
@@ -84,7 +88,10 @@ impl ServeOptions {
                 }
                 "--wrk-only" => o.wrk_only = true,
                 "--otlp" => o.otlp = true,
-                other => bail!("unknown option {other}; serve takes --seconds N, --models mlp,cnn, --wrk-only, --otlp"),
+                "--drift" => o.drift = Some(args.next().context("--drift needs a sample rate, 0 to 1")?.to_string()),
+                other => bail!(
+                    "unknown option {other}; serve takes --seconds N, --models mlp,cnn, --wrk-only, --otlp, --drift RATE"
+                ),
             }
         }
         Ok(o)
@@ -145,6 +152,20 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
             .read()?;
         let baseline_rps = json_number(&baseline, "runs_per_sec").context("ort_loop output")?;
         eprintln!("{}: in-process ONNX Runtime loop: {baseline}", m.name);
+        let mut env = otel_env.clone();
+        if let Some(rate) = &options.drift {
+            let sample = models.join(format!("{}.sample.npz", m.name));
+            let profile = models.join(format!("{}.profile.json", m.name));
+            let (input, dims) = (m.input, m.shape[1..].iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+            let make = format!(
+                "import numpy as np; np.savez('{}', {input}=np.random.default_rng(1).normal(size=(2000,{dims})).astype(np.float32))",
+                sample.display()
+            );
+            cmd!(sh, "{python} -c {make}").run()?;
+            cmd!(sh, "{server_bin} nimify profile --model {path} --data {sample} --out {profile}").quiet().run()?;
+            env.push(("NIMIFY_REFERENCE".into(), profile.display().to_string()));
+            env.push(("NIMIFY_DRIFT_SAMPLE_RATE".into(), rate.clone()));
+        }
         let body = binary_body(m);
         let body_file = root.join(format!("target/bench-models/{}.body", m.name));
         std::fs::write(&body_file, &body.0)?;
@@ -152,7 +173,7 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
         std::fs::write(&script, LUA)?;
         for concurrency in [1, 8, 32] {
             let port = free_port()?;
-            let (mut child, ready) = start_server(&server_bin, &path, port, free_port()?, &otel_env)?;
+            let (mut child, ready) = start_server(&server_bin, &path, port, free_port()?, &env)?;
             let url = format!("http://127.0.0.1:{port}/v2/models/{}/infer", m.name);
             let (c, d) = (format!("-c{concurrency}"), format!("-d{seconds}s"));
             let out = cmd!(sh, "taskset -c 1 wrk -t1 {c} {d} --latency -s {script} {url}")
