@@ -175,9 +175,9 @@ pub fn generate(strukt: &ItemStruct, svc: &Service, krate: &Path) -> TokenStream
     let input_name = input.to_string();
     let output_name = output.to_string();
     let reference = match &svc.reference {
-        Some(p) => {
+        Some((written, p)) => {
             let p = p.display().to_string();
-            quote!(::core::option::Option::Some((#p, ::core::include_str!(#p))))
+            quote!(::core::option::Option::Some((#written, ::core::include_str!(#p))))
         }
         None => quote!(::core::option::Option::None),
     };

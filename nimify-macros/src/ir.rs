@@ -23,8 +23,9 @@ pub struct Service {
     pub outputs: Vec<Field>,
     /// Tensors whose dims the attribute declares instead of the file.
     pub overrides: Vec<(String, Vec<Dim>)>,
-    /// Absolute path of the reference profile, checked against the signature.
-    pub reference: Option<PathBuf>,
+    /// The reference profile, checked against the signature: the path as written (what the
+    /// server reports) and the absolute one (what is compiled in).
+    pub reference: Option<(String, PathBuf)>,
 }
 
 impl Service {
@@ -100,7 +101,7 @@ pub fn lower(
 
 /// Reads the reference profile and checks it against the signature (overrides applied): a
 /// profile made for another model does not compile.
-fn check_reference(manifest: &str, lit: &LitStr, info: &ModelInfo) -> syn::Result<PathBuf> {
+fn check_reference(manifest: &str, lit: &LitStr, info: &ModelInfo) -> syn::Result<(String, PathBuf)> {
     let path = normalize(&PathBuf::from(manifest).join(lit.value()));
     let text = std::fs::read_to_string(&path).map_err(|e| {
         syn::Error::new_spanned(lit, format!("cannot read the reference profile {}: {e}", path.display()))
@@ -117,7 +118,7 @@ fn check_reference(manifest: &str, lit: &LitStr, info: &ModelInfo) -> syn::Resul
             ),
         )
     })?;
-    Ok(path)
+    Ok((lit.value(), path))
 }
 
 /// Replaces the declared dims of each overridden tensor, which must be a dense tensor of the

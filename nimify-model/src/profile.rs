@@ -16,11 +16,12 @@
 //! Each tensor is cut into rows along dim 0 and each row into features by its [`Mode`]:
 //! `columns` (one feature per element of the row: tabular data, labels, scores), `summary`
 //! (mean, standard deviation and L2 norm of the row: images, embeddings) or `tokens` (length,
-//! padding share, unknown share and mean id of a row of token ids). A feature is numeric (bucket
+//! padding share, share of unknown tokens among the others, and mean id of a row of token ids).
+//! A feature is numeric (bucket
 //! edges at reference quantiles, bucket `i` holding values `v` with `edges[i-1] <= v <
 //! edges[i]`, as numpy's `searchsorted(edges, v, side="right")`) or categorical (the most
-//! frequent categories, then "other"); every feature also has a missing bucket (NaN, an empty
-//! string), whose reference share is `missing`. Shares are of all rows, so a feature's value
+//! frequent categories, then "other"); every feature also has a missing bucket (NaN or
+//! infinite, an empty string), whose reference share is `missing`. Shares are of all rows, so a feature's value
 //! shares and `missing` sum to 1.
 //!
 //! Drift is the population stability index of the window's bucket shares `a` against the
@@ -45,6 +46,9 @@ pub const TOKEN_FEATURES: [&str; 4] = ["length", "padding_share", "unknown_share
 
 /// Rows with at most this many elements are cut into columns by default.
 pub const MAX_COLUMNS: u64 = 64;
+
+/// Most buckets (or columns) a feature (or a tensor) may have.
+pub const MAX_BUCKETS: usize = 1000;
 
 /// A model's reference profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,7 +101,7 @@ pub enum Mode {
     /// Mean, standard deviation and L2 norm of each row's elements.
     Summary,
     /// Token ids: each row's length (tokens other than `pad`), padding share, share of `unk`
-    /// tokens and mean id of the tokens other than padding.
+    /// among the tokens other than padding, and their mean id.
     Tokens {
         /// The padding id, when the model has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,16 +113,48 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// `columns`, `summary` or `tokens`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Mode::Columns => "columns",
+            Mode::Summary => "summary",
+            Mode::Tokens { .. } => "tokens",
+        }
+    }
+
     /// The mode chosen by rule for a tensor: rows of at most [`MAX_COLUMNS`] fixed elements
-    /// (rank 1, or rank 2 with a fixed last dim) are columns; other integer tensors of rank 2
-    /// are token ids; everything else is summarised.
-    pub fn by_rule(elem: ElementType, dims: Option<&[Dim]>) -> Mode {
-        match dims {
-            Some([_]) => Mode::Columns,
+    /// (rank 0 or 1, or rank 2 with a fixed last dim) are columns; other integer tensors of rank
+    /// 2 are token ids; other numeric tensors are summarised. `None`: strings and booleans in
+    /// rows that are not columns, which nothing summarises.
+    pub fn by_rule(elem: ElementType, dims: Option<&[Dim]>) -> Option<Mode> {
+        let mode = match dims {
+            Some([] | [_]) => Mode::Columns,
             Some([_, Dim::Fixed(n)]) if *n <= MAX_COLUMNS => Mode::Columns,
             Some([_, _]) if is_integer(elem) => Mode::Tokens { pad: Some(0), unk: None },
-            _ if elem == ElementType::String || elem == ElementType::Bool => Mode::Columns,
             _ => Mode::Summary,
+        };
+        mode.fits(elem, dims).ok().map(|_| mode)
+    }
+
+    /// Whether a tensor of `elem` with `dims` can be cut this way; for columns, how many.
+    pub fn fits(&self, elem: ElementType, dims: Option<&[Dim]>) -> Result<Option<u64>, String> {
+        match self {
+            Mode::Columns => match dims {
+                Some([] | [_]) => Ok(Some(1)),
+                Some([_, Dim::Fixed(n)]) if *n > 0 && *n <= MAX_BUCKETS as u64 => Ok(Some(*n)),
+                _ => Err(format!(
+                    "`columns` needs rank 0, 1, or 2 with a fixed last dim (1 to {MAX_BUCKETS}), and the model declares {}",
+                    shape_text(dims)
+                )),
+            },
+            Mode::Summary if matches!(elem, ElementType::String | ElementType::Bool) => {
+                Err(format!("`summary` needs numbers, and the tensor holds {}", elem.kserve_name().unwrap_or("BYTES")))
+            }
+            Mode::Tokens { .. } if !is_integer(elem) => Err(format!(
+                "`tokens` needs integer token ids, and the tensor holds {}",
+                elem.kserve_name().unwrap_or("BYTES")
+            )),
+            Mode::Summary | Mode::Tokens { .. } => Ok(None),
         }
     }
 
@@ -170,7 +206,7 @@ pub fn is_integer(elem: ElementType) -> bool {
 pub struct Feature {
     /// Column index, or the summary or token feature's name.
     pub name: String,
-    /// Share of reference rows where the value was missing (NaN, an empty string).
+    /// Share of reference rows where the value was missing (NaN or infinite, an empty string).
     pub missing: f64,
     /// The buckets.
     #[serde(flatten)]
@@ -192,8 +228,8 @@ pub enum Stats {
         /// Largest value seen.
         max: Option<f64>,
     },
-    /// Categories (integers as decimal text, booleans as `true`/`false`): one bucket each, then
-    /// "other".
+    /// Categories (integers and booleans as decimal text, `0` / `1` for booleans): one bucket
+    /// each, then "other".
     Categorical {
         /// The most frequent categories.
         categories: Vec<String>,
@@ -203,6 +239,14 @@ pub enum Stats {
 }
 
 impl Stats {
+    /// `numeric` or `categorical`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Stats::Numeric { .. } => "numeric",
+            Stats::Categorical { .. } => "categorical",
+        }
+    }
+
     /// Reference shares of every bucket: the value buckets, then missing.
     pub fn all_shares(&self, missing: f64) -> Vec<f64> {
         let shares = match self {
@@ -247,9 +291,14 @@ impl Profile {
     /// Parses a profile, naming the field at fault.
     pub fn from_json(text: &str) -> Result<Self, String> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let profile: Profile = serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
-            p if p == "." => e.inner().to_string(),
-            p => format!("{p}: {}", e.inner()),
+        let profile: Profile = serde_path_to_error::deserialize(de).map_err(|e| {
+            if matches!(e.inner().classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof) {
+                return format!("not a JSON profile ({})", e.inner());
+            }
+            match e.path().to_string() {
+                p if p == "." => e.inner().to_string(),
+                p => format!("{p}: {}", e.inner()),
+            }
         })?;
         if profile.schema != SCHEMA {
             return Err(format!("schema {:?} is not one this version reads ({SCHEMA})", profile.schema));
@@ -270,6 +319,10 @@ impl Profile {
         if !(self.epsilon > 0.0 && self.epsilon < 0.5) {
             problems.push(format!("epsilon {} is not between 0 and 0.5", self.epsilon));
         }
+        if self.inputs.is_empty() && self.outputs.is_empty() {
+            problems.push("it profiles no tensor".into());
+        }
+        let mut unknown = false;
         for (what, tensors, values) in [("input", &self.inputs, inputs), ("output", &self.outputs, outputs)] {
             for (i, t) in tensors.iter().enumerate() {
                 if tensors[..i].iter().any(|o| o.name == t.name) {
@@ -279,14 +332,18 @@ impl Profile {
                     None => {
                         let names: Vec<String> = values.iter().map(|v| format!("{:?}", v.name)).collect();
                         problems.push(format!(
-                            "the model has no {what} {:?} (its {what}s: {}); was the profile made for another model?",
+                            "the model has no {what} {:?} (its {what}s: {})",
                             t.name,
                             names.join(", ")
                         ));
+                        unknown = true;
                     }
                     Some(v) => problems.extend(t.check(what, v)),
                 }
             }
+        }
+        if unknown {
+            problems.push("was the profile made for another model?".into());
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
@@ -299,47 +356,39 @@ impl TensorProfile {
         let Some((Some(elem), dims)) = value.ty.as_tensor() else {
             return vec![format!("{at} is a {} in the model, not a tensor that can be profiled", value.ty.onnx_type())];
         };
-        let datatype = elem.kserve_name().unwrap_or("BYTES");
+        let Some(datatype) = elem.kserve_name() else {
+            return vec![format!("{at} holds {}, which cannot be profiled", elem.onnx_name())];
+        };
         if self.datatype != datatype {
             problems.push(format!("{at} is {} in the profile but {datatype} in the model", self.datatype));
         }
         let names: Vec<&str> = self.features.iter().map(|f| f.name.as_str()).collect();
-        if elem == ElementType::String && self.mode != Mode::Columns {
-            problems.push(format!("{at}: strings are profiled as `columns` only"));
-        }
-        match &self.mode {
-            Mode::Columns => {
-                let columns = match dims {
-                    Some([_]) => Some(1),
-                    Some([_, Dim::Fixed(n)]) => Some(*n),
-                    _ => None,
-                };
-                match columns {
-                    None => problems.push(format!(
-                        "{at}: `columns` needs rank 1 or 2 with a fixed last dim, and the model declares {}; use `summary`",
-                        shape_text(dims)
-                    )),
-                    Some(n) if n != self.features.len() as u64 => problems.push(format!(
-                        "{at} has {} feature(s) in the profile but {n} column(s) in the model (shape {})",
-                        self.features.len(),
-                        shape_text(dims)
-                    )),
-                    Some(_) => {}
+        match self.mode.fits(elem, dims) {
+            Err(e) => problems.push(format!("{at}: {e}")),
+            Ok(Some(n)) if n != self.features.len() as u64 => problems.push(format!(
+                "{at} has {} feature(s) in the profile but {n} column(s) in the model (shape {})",
+                self.features.len(),
+                shape_text(dims)
+            )),
+            Ok(_) => match self.mode.feature_names(Some(self.features.len() as u64)) {
+                Some(expected) if expected != names => {
+                    problems.push(format!("{at}: `{}` has the features {expected:?}, not {names:?}", self.mode.kind()));
                 }
-            }
-            Mode::Summary if names != SUMMARY_FEATURES => {
-                problems.push(format!("{at}: `summary` has the features {SUMMARY_FEATURES:?}, not {names:?}"));
-            }
-            Mode::Tokens { .. } if !is_integer(elem) => {
-                problems.push(format!("{at}: `tokens` needs integer token ids, and the model's are {datatype}"));
-            }
-            Mode::Tokens { .. } if names != TOKEN_FEATURES => {
-                problems.push(format!("{at}: `tokens` has the features {TOKEN_FEATURES:?}, not {names:?}"));
-            }
-            Mode::Summary | Mode::Tokens { .. } => {}
+                _ => {}
+            },
         }
+        let floats =
+            matches!(elem, ElementType::Float | ElementType::Double | ElementType::Float16 | ElementType::Bfloat16);
         for f in &self.features {
-            if let Err(e) = f.check() {
+            let wrong_kind = match (&f.stats, self.mode == Mode::Columns) {
+                (Stats::Numeric { .. }, true) => elem == ElementType::String,
+                (Stats::Categorical { .. }, true) => floats,
+                (Stats::Categorical { .. }, false) => true,
+                (Stats::Numeric { .. }, false) => false,
+            };
+            if wrong_kind {
+                problems.push(format!("{at} feature {:?}: {datatype} values cannot be {}", f.name, f.stats.kind()));
+            } else if let Err(e) = f.check() {
                 problems.push(format!("{at} feature {:?}: {e}", f.name));
             }
         }
@@ -374,8 +423,20 @@ impl Feature {
                 }
                 (edges.len() + 1, shares)
             }
-            Stats::Categorical { categories, shares } => (categories.len() + 1, shares),
+            Stats::Categorical { categories, shares } => {
+                // Integers are looked up by value: "1" and "01" would be one category twice.
+                let mut seen = std::collections::HashSet::new();
+                if let Some(c) =
+                    categories.iter().find(|c| !seen.insert(c.parse::<i64>().map_or((*c).clone(), |n| n.to_string())))
+                {
+                    return Err(format!("category {c:?} is listed twice"));
+                }
+                (categories.len() + 1, shares)
+            }
         };
+        if buckets > MAX_BUCKETS {
+            return Err(format!("{buckets} buckets; at most {MAX_BUCKETS}"));
+        }
         if shares.len() != buckets {
             return Err(format!("{} share(s) for {buckets} bucket(s)", shares.len()));
         }
@@ -411,14 +472,18 @@ mod tests {
     #[test]
     fn rules_pick_columns_tokens_and_summary() {
         let b = || Dim::Symbolic("batch".into());
-        assert_eq!(Mode::by_rule(ElementType::Float, Some(&[b(), Dim::Fixed(6)])), Mode::Columns);
-        assert_eq!(Mode::by_rule(ElementType::Int64, Some(&[b()])), Mode::Columns);
-        assert_eq!(Mode::by_rule(ElementType::Float, Some(&[b(), Dim::Fixed(768)])), Mode::Summary);
+        assert_eq!(Mode::by_rule(ElementType::Float, Some(&[b(), Dim::Fixed(6)])), Some(Mode::Columns));
+        assert_eq!(Mode::by_rule(ElementType::Int64, Some(&[b()])), Some(Mode::Columns));
+        assert_eq!(Mode::by_rule(ElementType::Float, Some(&[])), Some(Mode::Columns));
+        assert_eq!(Mode::by_rule(ElementType::Float, Some(&[b(), Dim::Fixed(768)])), Some(Mode::Summary));
         assert_eq!(
             Mode::by_rule(ElementType::Int64, Some(&[b(), Dim::Symbolic("seq".into())])),
-            Mode::Tokens { pad: Some(0), unk: None }
+            Some(Mode::Tokens { pad: Some(0), unk: None })
         );
-        assert_eq!(Mode::by_rule(ElementType::Float, Some(&[b(), Dim::Fixed(3), Dim::Fixed(32)])), Mode::Summary);
+        assert_eq!(Mode::by_rule(ElementType::Float, Some(&[b(), Dim::Fixed(3), Dim::Fixed(32)])), Some(Mode::Summary));
+        // Strings in rows wider than columns: nothing to summarise them with.
+        assert_eq!(Mode::by_rule(ElementType::String, Some(&[b(), Dim::Symbolic("n".into())])), None);
+        assert!(Mode::Tokens { pad: None, unk: None }.fits(ElementType::Float, None).is_err());
     }
 
     #[test]

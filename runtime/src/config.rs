@@ -201,11 +201,12 @@ impl Default for DriftConfig {
 pub const DEFAULT_DRIFT_SAMPLE_RATE: f64 = 0.1;
 
 impl DriftConfig {
-    /// The reference for `model` among `models` (all the service serves), when one is configured.
+    /// The reference for `model` among `models` (all the service serves), when one is configured:
+    /// `name=path` pairs (a name has no `/`), else one path for the service's one model.
     pub fn reference_for(&self, model: &str, models: &[&str]) -> Result<Option<PathBuf>, ConfigError> {
         let Some(spec) = self.reference.as_deref().map(str::trim).filter(|s| !s.is_empty()) else { return Ok(None) };
-        let pairs: Vec<(&str, &str)> = spec.split(',').filter_map(|p| p.split_once('=')).collect();
-        if pairs.is_empty() {
+        let named = spec.split_once('=').is_some_and(|(name, _)| !name.contains('/'));
+        if !named {
             if models.len() > 1 {
                 return Err(ConfigError::Invalid(format!(
                     "drift.reference {spec:?} names one file but the service serves {} models ({}): give `name=path` pairs, separated by commas",
@@ -215,16 +216,29 @@ impl DriftConfig {
             }
             return Ok(Some(PathBuf::from(spec)));
         }
-        for (name, _) in &pairs {
-            if !models.contains(&name.trim()) {
+        let mut found = None;
+        let mut seen = Vec::new();
+        for entry in spec.split(',') {
+            let Some((name, path)) = entry.split_once('=').map(|(n, p)| (n.trim(), p.trim())) else {
                 return Err(ConfigError::Invalid(format!(
-                    "drift.reference names model {:?}, which the service does not serve (it serves {})",
-                    name.trim(),
+                    "drift.reference entry {entry:?} is not `name=path` (entries are separated by commas)"
+                )));
+            };
+            if !models.contains(&name) {
+                return Err(ConfigError::Invalid(format!(
+                    "drift.reference names model {name:?}, which the service does not serve (it serves {})",
                     models.join(", ")
                 )));
             }
+            if seen.contains(&name) {
+                return Err(ConfigError::Invalid(format!("drift.reference names model {name:?} twice")));
+            }
+            seen.push(name);
+            if name == model {
+                found = Some(PathBuf::from(path));
+            }
         }
-        Ok(pairs.iter().find(|(n, _)| n.trim() == model).map(|(_, p)| PathBuf::from(p.trim())))
+        Ok(found)
     }
 }
 

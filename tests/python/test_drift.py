@@ -62,7 +62,8 @@ def infer(server, model, batch=100, **arrays):
             inputs = []
             for name, array in arrays.items():
                 part = array[start:start + batch]
-                i = httpclient.InferInput(name, list(part.shape), {np.float32: "FP32", np.int64: "INT64"}[part.dtype.type])
+                datatype = {np.float32: "FP32", np.int64: "INT64", np.object_: "BYTES"}[part.dtype.type]
+                i = httpclient.InferInput(name, list(part.shape), datatype)
                 i.set_data_from_numpy(part)
                 inputs.append(i)
             result = client.infer(model, inputs)
@@ -203,7 +204,7 @@ def test_output_class_shares_drift_when_the_label_mix_changes(tmp_path):
         x, segment = tabular_sample(6000, seed=7)
         labels = infer(server, "tabular", batch=500, x=x, segment=segment)["label"]
         rare = label["categories"][-1]
-        pick = labels == int(rare)
+        pick = labels.flatten() == int(rare)
         server.stop()
         server = Server(TABULAR, "--reference", str(path), "--drift-sample-rate", "1")
         before = psis(drift(server, "tabular"))
@@ -212,8 +213,9 @@ def test_output_class_shares_drift_when_the_label_mix_changes(tmp_path):
         report = drift(server, "tabular")
         out = next(f for t in report["tensors"] if t["name"] == "label" for f in t["features"])
         assert out["psi"] > 0.2
-        assert out["top_buckets"][0]["bucket"] in label["categories"]
-        assert any(b["bucket"] == rare and b["window_share"] == 1.0 for b in out["top_buckets"])
+        # The rows were picked by the model's answer in other batches: nearly all (ONNX Runtime
+        # may round a borderline row the other way in another batch size) are the rare class.
+        assert any(b["bucket"] == rare and b["window_share"] > 0.9 for b in out["top_buckets"]), out
     finally:
         server.stop()
 
@@ -221,16 +223,16 @@ def test_output_class_shares_drift_when_the_label_mix_changes(tmp_path):
 def test_sampling_and_a_time_window(tmp_path):
     x, segment = tabular_sample(2000, seed=1)
     path, _ = profile(tmp_path, TABULAR, x=x, segment=segment)
-    server = Server(TABULAR, "--reference", str(path), "--drift-sample-rate", "0.25", "--drift-window-seconds", "1")
+    server = Server(TABULAR, "--reference", str(path), "--drift-sample-rate", "0.25", "--drift-window-seconds", "3")
     try:
         x, segment = tabular_sample(400, seed=2)
         infer(server, "tabular", batch=10, x=x, segment=segment)
         # One request in four, evenly: 10 of 40 requests of 10 rows.
         assert metrics(server)[("nimify_drift_sampled_rows_total", '{model="tabular",tensor="x",version="1"}')] == 100
         assert drift(server, "tabular")["rows"] == 100
-        time.sleep(2.2)
+        time.sleep(3.5)
         report = drift(server, "tabular")
-        assert report["rows"] == 0 and report["window_seconds"] == 1
+        assert report["rows"] == 0 and report["window_seconds"] == 3
         assert all(f["psi"] is None for t in report["tensors"] for f in t["features"])
         assert not any(name == "nimify_drift_psi" for name, _ in metrics(server))
     finally:
@@ -307,7 +309,7 @@ def test_a_profile_for_another_model_refuses_to_start(tmp_path):
     assert 'the model has no input "segment"' in err and "cargo nimify profile" in err, err
     # Not a profile, a missing file, a newer schema, an unknown model name.
     err = start_fails(TABULAR, "--reference", os.path.join(MODELS, "not_onnx.onnx"))
-    assert "reference profile" in err and "expected" in err, err
+    assert "reference profile" in err and "not a JSON profile" in err, err
     err = start_fails(TABULAR, "--reference", str(tmp_path / "nope.json"))
     assert "cannot read it" in err, err
     newer = tmp_path / "v2.json"
@@ -316,9 +318,25 @@ def test_a_profile_for_another_model_refuses_to_start(tmp_path):
     err = start_fails(TABULAR, "--reference", f"other={path}")
     assert 'names model "other"' in err, err
     broken = tmp_path / "broken.json"
-    p["inputs"][0]["features"][0]["shares"] = [0.5]
-    broken.write_text(json.dumps(p))
+    cut = json.loads(json.dumps(p))
+    cut["inputs"][0]["features"][0]["shares"] = [0.5]
+    broken.write_text(json.dumps(cut))
     assert "1 share(s) for 12 bucket(s)" in start_fails(TABULAR, "--reference", str(broken))
+    # Two features of one name would share their series.
+    twice = json.loads(json.dumps(p))
+    twice["inputs"][0]["features"][1]["name"] = "0"
+    broken.write_text(json.dumps(twice))
+    assert 'has the features ["0", "1", "2", "3", "4", "5"], not ["0", "0"' in start_fails(TABULAR, "--reference", str(broken))
+    # The same category twice, under two spellings.
+    again = json.loads(json.dumps(p))
+    again["inputs"][1]["features"][0]["categories"][1] = "01"
+    broken.write_text(json.dumps(again))
+    assert 'category "01" is listed twice' in start_fails(TABULAR, "--reference", str(broken))
+    # A float column described as categories.
+    kind = json.loads(json.dumps(p))
+    kind["inputs"][0]["features"][0] = {"name": "0", "missing": 0, "type": "categorical", "categories": ["1"], "shares": [0.5, 0.5]}
+    broken.write_text(json.dumps(kind))
+    assert "FP32 values cannot be categorical" in start_fails(TABULAR, "--reference", str(broken))
 
 
 def test_another_model_file_with_the_same_signature_warns(tmp_path):
@@ -365,16 +383,20 @@ def test_csv_and_request_files_give_the_same_profile_as_npz(tmp_path):
         if data == csv:
             assert got["inputs"] == from_npz["inputs"]
         else:
+            # The JSON requests carry 0 where the array has NaN: only that column differs.
             assert got["rows"] == 300 and got["inputs"][0]["features"][2]["missing"] == 0
+            assert [f for i, f in enumerate(got["inputs"][0]["features"]) if i != 2] == \
+                [f for i, f in enumerate(from_npz["inputs"][0]["features"]) if i != 2]
 
 
 def test_profile_errors_are_clear_and_write_nothing(tmp_path):
     out = tmp_path / "p.json"
 
-    def fails(*args):
+    def fails(*args, out=out):
+        before = sorted(os.listdir(tmp_path))
         run = subprocess.run([BIN, "nimify", "profile", "--model", TABULAR, "--out", str(out), *args],
                              capture_output=True, text=True)
-        assert run.returncode != 0 and not out.exists() and not list(tmp_path.glob("*.tmp"))
+        assert run.returncode != 0 and not out.exists() and sorted(os.listdir(tmp_path)) == before, run.stderr
         return run.stderr
 
     x, segment = tabular_sample(100, seed=1)
@@ -402,6 +424,65 @@ def test_profile_errors_are_clear_and_write_nothing(tmp_path):
     assert "no *.json request files" in fails("--data", str(empty))
     (empty / "bad.json").write_text("{")
     assert "bad.json" in fails("--data", str(empty))
+    # A profile that cannot be written (its directory is missing) leaves nothing behind.
+    assert "cannot write" in fails("--data", str(tmp_path / "ok.npz"), out=tmp_path / "no" / "p.json")
+    assert "must be between 1 and 999" in fails("--data", str(tmp_path / "ok.npz"), "--max-categories", "100000")
+    assert "`tokens` needs integer token ids" in fails("--data", str(tmp_path / "ok.npz"), "--features", "x=tokens")
+
+
+def test_strings_and_booleans_are_categories(tmp_path):
+    """BYTES input and outputs, a BOOL output: categories; an unseen word lands in "other", an
+    empty string is missing."""
+    strings = os.path.join(MODELS, "strings.onnx")
+    rng = np.random.default_rng(6)
+    words = rng.choice(["cat", "dog", "bird", "Owl"], size=400, p=[0.4, 0.3, 0.2, 0.1])
+    path, p = profile(tmp_path, strings, text=words)
+    text = p["inputs"][0]["features"][0]
+    assert p["inputs"][0]["datatype"] == "BYTES" and text["type"] == "categorical"
+    assert text["categories"] == ["cat", "dog", "bird", "Owl"]
+    is_word = next(t for t in p["outputs"] if t["name"] == "is_word")["features"][0]
+    assert is_word["categories"] == ["1", "0"] and is_word["shares"][1] == pytest.approx(np.mean(words == "Owl"))
+    server = Server(strings, "--reference", str(path), "--drift-sample-rate", "1")
+    try:
+        sent = np.array(["cat", "fish", "", "dog"] * 25, dtype=object)
+        infer(server, "strings", text=sent)
+        report = drift(server, "strings")
+        feature = next(f for t in report["tensors"] if t["name"] == "text" for f in t["features"])
+        shares = {b["bucket"]: b["window_share"] for b in feature["top_buckets"]}
+        assert shares["other"] == 0.25 and shares["missing"] == 0.25, feature
+        assert feature["missing"] == 25 and feature["psi"] > 0.2
+        assert feature["psi"] == pytest.approx(numpy_strings_psi(text, list(sent), p["epsilon"]))
+    finally:
+        server.stop()
+
+
+def numpy_strings_psi(feature, values, epsilon):
+    index = {c: i for i, c in enumerate(feature["categories"])}
+    counts = np.zeros(len(feature["categories"]) + 2)
+    for v in values:
+        counts[len(counts) - 1 if v == "" else index.get(v, len(feature["categories"]))] += 1
+    a = np.maximum(counts / len(values), epsilon)
+    e = np.maximum(np.append(feature["shares"], feature["missing"]), epsilon)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def test_requests_without_rows_or_with_lying_shapes_change_nothing(tmp_path):
+    model = str(tmp_path / "sentiment.onnx")
+    shutil.copy(os.path.join(EXAMPLES, "text", "models", "sentiment.onnx"), model)
+    rng = np.random.default_rng(8)
+    ids, mask = tokens(rng, 200, 2, 200)
+    path, _ = profile(tmp_path, model, input_ids=ids, attention_mask=mask)
+    server = Server(model, "--reference", str(path), "--drift-sample-rate", "1")
+    try:
+        for shape in ([0, 16], [0, 2 ** 62]):
+            body = {"inputs": [{"name": n, "shape": shape, "datatype": "INT64", "data": []} for n in ("input_ids", "attention_mask")]}
+            r = requests.post(f"{server.url}/v2/models/sentiment/infer", json=body, timeout=10)
+            assert r.status_code in (200, 400, 422, 500), r.text
+        assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+        assert drift(server, "sentiment")["rows"] == 0
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
 
 
 def test_a_zero_code_image_ships_the_profile(tmp_path):
@@ -423,7 +504,7 @@ def test_a_zero_code_image_ships_the_profile(tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     config = skopeo_inspect(result["reference"], config=True)["config"]
-    assert config["Entrypoint"][-2:] == ["--reference", "/opt/nimify/assets/nimify/reference.profile.json"]
+    assert "NIMIFY_REFERENCE=/opt/nimify/assets/nimify/reference.profile.json" in config["Env"]
     container = Container(result["reference"], env={"NIMIFY_DRIFT_SAMPLE_RATE": "1"})
     try:
         x, segment = tabular_sample(200, seed=2)

@@ -24,6 +24,8 @@ ROUTES = {
     ("get", "/v2/models/stats"),
     ("get", "/v2/models/{model}/stats"),
     ("get", "/v2/models/{model}/versions/{version}/stats"),
+    ("get", "/v2/models/{model}/drift"),
+    ("get", "/v2/models/{model}/versions/{version}/drift"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/docs"),

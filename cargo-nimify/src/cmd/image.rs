@@ -149,9 +149,10 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
         let parts = Parts { platform: p, binary, ort, zero_code: zero_code.clone(), served: served.clone() };
         let mut plan = plan(&project, parts, base_ref.clone(), &name)?;
         if let Some(reference) = &args.reference {
-            // Beside the declared assets, under a name of its own; the server is told where.
+            // Beside the declared assets, under a name of its own; the server is told where by
+            // its environment, which a deployment can still replace.
             plan.assets.push((REFERENCE_ASSET.into(), reference.clone()));
-            plan.entry_args.extend(["--reference".into(), format!("{}/assets/{REFERENCE_ASSET}", img::ROOT)]);
+            plan.env.push(format!("NIMIFY_REFERENCE={}/assets/{REFERENCE_ASSET}", img::ROOT));
         }
         let prefix = if platforms.len() > 1 { format!("{p}: ") } else { String::new() };
         let status = |verb: &str, what: &str| crate::term::status(verb, format!("{prefix}{what}"));
@@ -392,6 +393,7 @@ fn plan(project: &Project, parts: Parts, base: Option<String>, name: &str) -> Re
         epoch,
         port: nimify::DEFAULT_PORT,
         grpc_port: nimify::DEFAULT_GRPC_PORT,
+        env: Vec::new(),
     };
     plan.labels = labels(project, &plan, name);
     Ok(plan)

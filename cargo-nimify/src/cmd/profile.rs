@@ -61,7 +61,8 @@ pub fn run(args: &ProfileArgs, out: Out) -> Result<(), CliError> {
     let options = ProfileOptions { buckets: args.buckets, max_categories: args.max_categories, modes };
     let profile = build_profile(&args.model, sample, &options).map_err(CliError::msg)?;
     let path = args.out.clone().unwrap_or_else(|| default_out(&args.model));
-    write_atomically(&path, profile.to_json().as_bytes())?;
+    // Through a temporary file renamed into place: a full disk leaves an earlier profile whole.
+    crate::image::output::write_atomic(&path, profile.to_json().as_bytes())?;
     match out.format {
         Format::Json => {
             let doc = serde_json::json!({ "path": path, "rows": profile.rows, "inputs": summary(&profile.inputs), "outputs": summary(&profile.outputs) });
@@ -69,9 +70,16 @@ pub fn run(args: &ProfileArgs, out: Out) -> Result<(), CliError> {
         }
         Format::Text => {
             eprintln!("profiled {} rows of {}", profile.rows, args.model.display());
-            for (io, tensors) in [("input", &profile.inputs), ("output", &profile.outputs)] {
-                for t in tensors {
-                    eprintln!("  {io} {:?}: {} feature(s), {}", t.name, t.features.len(), mode_name(&t.mode));
+            for (io, tensors, all) in
+                [("input", &profile.inputs, &info.inputs), ("output", &profile.outputs, &info.outputs)]
+            {
+                for v in all {
+                    match tensors.iter().find(|t| t.name == v.name) {
+                        Some(t) => {
+                            eprintln!("  {io} {:?}: {} feature(s), {}", t.name, t.features.len(), mode_name(&t.mode))
+                        }
+                        None => eprintln!("  {io} {:?}: not profiled ({})", v.name, v.ty.onnx_type()),
+                    }
                 }
             }
             println!("{}", path.display());
@@ -99,16 +107,6 @@ fn mode_name(mode: &Mode) -> String {
 fn default_out(model: &Path) -> PathBuf {
     let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     model.with_file_name(format!("{stem}.profile.json"))
-}
-
-/// Writes through a temporary file renamed into place: a full disk leaves the old profile whole.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    let tmp = path.with_extension("json.tmp");
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(CliError::io("write", path))
 }
 
 fn read_sample(data: &Path, info: &nimify_model::ModelInfo) -> Result<Sample, CliError> {
@@ -165,6 +163,7 @@ fn read_csv(path: &Path, info: &nimify_model::ModelInfo) -> Result<Vec<(String, 
         )));
     };
     let text = std::fs::read_to_string(path).map_err(CliError::io("read", path))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let parse = |cell: &str| -> Option<f64> {
         match cell.trim() {
             "" => Some(f64::NAN),
@@ -175,14 +174,16 @@ fn read_csv(path: &Path, info: &nimify_model::ModelInfo) -> Result<Vec<(String, 
     let mut values = Vec::new();
     let mut width = None;
     let mut rows = 0usize;
+    let mut first = true;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let cells: Vec<Option<f64>> = line.split(',').map(parse).collect();
+        let header = std::mem::replace(&mut first, false);
         if cells.iter().any(Option::is_none) {
-            if i == 0 {
-                continue; // a header line
+            if header {
+                continue; // column names
             }
             return Err(CliError::msg(format!("{} line {}: a cell is not a number: {line:?}", path.display(), i + 1)));
         }
@@ -286,6 +287,7 @@ mod npy {
             ("f", 2) => TensorData::F16(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
             ("f", 4) => numbers!(f32, F32),
             ("f", 8) => numbers!(f64, F64),
+            // ml_dtypes' bfloat16 is saved as 2-byte void.
             ("V", 2) => TensorData::Bf16(raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
             ("i", 1) => numbers!(i8, I8),
             ("i", 2) => numbers!(i16, I16),
@@ -301,12 +303,13 @@ mod npy {
             ),
             ("U", _) => {
                 // UTF-32 little-endian, `size` characters each, NUL-padded.
-                let need = count.checked_mul(size * 4).ok_or("the array is too large")?;
+                let width = size.checked_mul(4).ok_or("the array is too large")?;
+                let need = count.checked_mul(width).ok_or("the array is too large")?;
                 let raw = body
                     .get(..need)
                     .ok_or_else(|| format!("the array is cut short: {} bytes of {need}", body.len()))?;
                 TensorData::Bytes(
-                    raw.chunks_exact((size * 4).max(4))
+                    raw.chunks_exact(width.max(4))
                         .map(|c| {
                             c.chunks_exact(4)
                                 .map(|u| u32::from_le_bytes([u[0], u[1], u[2], u[3]]))

@@ -85,6 +85,8 @@ pub struct Plan {
     pub port: u16,
     /// Exposed gRPC port.
     pub grpc_port: u16,
+    /// More `KEY=value` environment for the server (a zero-code image's `NIMIFY_REFERENCE`).
+    pub env: Vec<String>,
 }
 
 impl Plan {
@@ -300,8 +302,12 @@ fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
     let ours = ["PATH", "ORT_DYLIB_PATH", "NIMIFY_MODEL_DIR", "NIMIFY_MODEL_SHA256", "NIMIFY_ASSET_DIR"];
     let base_env: Vec<String> = base.map(|b| b.env.clone()).unwrap_or_default();
     let base_path = base_env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/bin:/usr/bin:/bin");
-    let mut env: Vec<String> =
-        base_env.iter().filter(|e| !ours.iter().any(|k| e.split('=').next() == Some(k))).cloned().collect();
+    let key = |e: &str| e.split('=').next().map(str::to_string);
+    let mut env: Vec<String> = base_env
+        .iter()
+        .filter(|e| !ours.iter().any(|k| key(e).as_deref() == Some(k)) && !plan.env.iter().any(|p| key(p) == key(e)))
+        .cloned()
+        .collect();
     env.extend([
         format!("PATH={ROOT}/bin:{base_path}"),
         format!("ORT_DYLIB_PATH={}", plan.ort_path()),
@@ -309,6 +315,7 @@ fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
         format!("NIMIFY_MODEL_SHA256={}", plan.model_digests()),
         format!("NIMIFY_ASSET_DIR={ROOT}/assets"),
     ]);
+    env.extend(plan.env.iter().cloned());
     RunConfig {
         architecture: plan.platform.architecture.into(),
         variant: plan.platform.variant.map(String::from),
@@ -370,6 +377,7 @@ mod tests {
             epoch: 0,
             port: 8000,
             grpc_port: 8001,
+            env: Vec::new(),
         };
         let store = BlobStore::create(dir.path().join("store")).expect("store");
         let built = assemble(&plan, &store, None, &mut Shared::default(), &|_, _| ()).expect("assemble");

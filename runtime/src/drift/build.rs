@@ -46,27 +46,41 @@ pub fn build_profile(path: &Path, sample: Sample, options: &ProfileOptions) -> R
     if !(2..=100).contains(&options.buckets) {
         return Err(format!("--buckets {} must be between 2 and 100", options.buckets));
     }
-    if options.max_categories == 0 {
-        return Err("--max-categories must be at least 1".into());
+    if !(1..nimify_model::profile::MAX_BUCKETS).contains(&options.max_categories) {
+        return Err(format!(
+            "--max-categories {} must be between 1 and {}",
+            options.max_categories,
+            nimify_model::profile::MAX_BUCKETS - 1
+        ));
     }
     let info = nimify_model::read_model(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let batches = batches(path, &info, sample)?;
     let sha256 = nimify_model::file_sha256(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    for (name, _) in &options.modes {
-        if !info.inputs.iter().chain(&info.outputs).any(|v| &v.name == name) {
+    for (name, mode) in &options.modes {
+        let Some(v) = info.inputs.iter().chain(&info.outputs).find(|v| &v.name == name) else {
             let names: Vec<String> = info.inputs.iter().chain(&info.outputs).map(|v| format!("{:?}", v.name)).collect();
             return Err(format!(
                 "--features names {name:?}, which the model does not have (it has {})",
                 names.join(", ")
             ));
+        };
+        match v.ty.as_tensor() {
+            Some((Some(elem), dims)) => {
+                mode.fits(elem, dims).map_err(|e| format!("--features {name}={}: {e}", mode.kind()))?;
+            }
+            _ => return Err(format!("--features names {name:?}, a {}: only tensors are profiled", v.ty.onnx_type())),
         }
     }
+    // Tensors that cannot be profiled (maps, sequences, strings in rows too wide for columns)
+    // are left out; `cargo nimify profile` lists what it profiled.
     let mode_of = |v: &ValueInfo| -> Option<Mode> {
         let (elem, dims) = v.ty.as_tensor()?;
         let elem = elem?;
         elem.kserve_name()?;
-        let chosen = options.modes.iter().find(|(n, _)| n == &v.name).map(|(_, m)| m.clone());
-        Some(chosen.unwrap_or_else(|| Mode::by_rule(elem, dims)))
+        match options.modes.iter().find(|(n, _)| n == &v.name) {
+            Some((_, m)) => Some(m.clone()),
+            None => Mode::by_rule(elem, dims),
+        }
     };
     let mut inputs: Vec<Collector> = info.inputs.iter().filter_map(|v| Some(Collector::new(v, mode_of(v)?))).collect();
     let mut outputs: Vec<Collector> =
@@ -103,14 +117,23 @@ pub fn build_profile(path: &Path, sample: Sample, options: &ProfileOptions) -> R
     }
     let model =
         ProfiledModel { name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), sha256 };
-    Ok(Profile {
+    // An output the model did not produce (none of its rows) has nothing to compare with.
+    let finish = |all: Vec<Collector>| -> Result<Vec<TensorProfile>, String> {
+        all.into_iter().filter(|c| c.rows > 0).map(|c| c.finish(options)).collect()
+    };
+    let profile = Profile {
         schema: SCHEMA.into(),
         model,
         rows,
         epsilon: DEFAULT_EPSILON,
-        inputs: inputs.into_iter().map(|c| c.finish(options)).collect::<Result<_, _>>()?,
-        outputs: outputs.into_iter().map(|c| c.finish(options)).collect::<Result<_, _>>()?,
-    })
+        inputs: finish(inputs)?,
+        outputs: finish(outputs)?,
+    };
+    // What the server will check at start, checked before anything is written.
+    profile
+        .check_against(&info.inputs, &info.outputs)
+        .map_err(|problems| format!("the sample does not make a usable profile: {}", problems.join("; ")))?;
+    Ok(profile)
 }
 
 fn check_elem(c: &Collector, t: &Tensor, batch: usize) -> Result<(), String> {
@@ -192,49 +215,85 @@ fn batches(path: &Path, info: &nimify_model::ModelInfo, sample: Sample) -> Resul
     }
 }
 
-/// `t` with `elem` elements: floats become the model's float type and integers its integer
-/// type (a sample saved as float64 for a float32 model); anything else must already match.
-#[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss, clippy::cast_sign_loss)]
+/// `t` with `elem` elements: floats become the model's float type (a sample saved as float64
+/// for a float32 model); integers, and floats that are all whole numbers (a CSV), its integer
+/// type when they fit. Anything else must already match.
+#[allow(clippy::cast_possible_truncation)]
 fn cast(t: Tensor, elem: ElementType) -> Result<Tensor, String> {
     use half::{bf16, f16};
     let have = t.data.element_type();
     if have == elem {
         return Ok(t);
     }
-    let floats = |d: &TensorData| -> Option<Vec<f64>> {
-        match d {
-            TensorData::F16(v) => Some(v.iter().map(|x| f64::from(*x)).collect()),
-            TensorData::Bf16(v) => Some(v.iter().map(|x| f64::from(*x)).collect()),
-            TensorData::F32(v) => Some(v.iter().map(|x| f64::from(*x)).collect()),
-            TensorData::F64(v) => Some(v.clone()),
-            _ => None,
-        }
-    };
-    let ints = |d: &TensorData| -> Option<Vec<i64>> {
-        crate::tensor::for_each_numeric!(d, v => {
-            if nimify_model::profile::is_integer(d.element_type()) {
-                Some(v.iter().map(|x| super::features::Element::integer(*x).unwrap_or_default()).collect())
-            } else {
-                None
-            }
-        }, _b => None)
-    };
-    let refuse = || {
+    let refuse = |why: &str| {
         format!(
-            "the sample holds {} values and the model takes {}; save the array with the model's type",
+            "the sample holds {} values and the model takes {}{why}; save the array with the model's type",
             have.kserve_name().unwrap_or("BYTES"),
             elem.kserve_name().unwrap_or("BYTES")
         )
     };
+    let floats = || -> Result<Vec<f64>, String> {
+        match &t.data {
+            TensorData::F16(v) => Ok(v.iter().map(|x| f64::from(*x)).collect()),
+            TensorData::Bf16(v) => Ok(v.iter().map(|x| f64::from(*x)).collect()),
+            TensorData::F32(v) => Ok(v.iter().map(|x| f64::from(*x)).collect()),
+            TensorData::F64(v) => Ok(v.clone()),
+            _ => Err(refuse("")),
+        }
+    };
+    let ints = || -> Result<Vec<i64>, String> {
+        let from_floats = |v: Vec<f64>| {
+            v.into_iter()
+                .map(|x| {
+                    // Whole numbers within i64 (2^63 is the first float past it).
+                    if x.fract() == 0.0 && x >= -9.223_372_036_854_775_808e18 && x < 9.223_372_036_854_775_808e18 {
+                        Ok(x as i64)
+                    } else {
+                        Err(refuse(&format!(" (it has {x}, not a whole number)")))
+                    }
+                })
+                .collect()
+        };
+        match &t.data {
+            TensorData::F16(_) | TensorData::Bf16(_) | TensorData::F32(_) | TensorData::F64(_) => {
+                from_floats(floats()?)
+            }
+            data => crate::tensor::for_each_numeric!(data, v => {
+                if nimify_model::profile::is_integer(have) {
+                    v.iter()
+                        .map(|x| super::features::Element::integer(*x).ok_or_else(|| refuse(" (a value does not fit)")))
+                        .collect()
+                } else {
+                    Err(refuse(""))
+                }
+            }, _b => Err(refuse(""))),
+        }
+    };
+    macro_rules! narrow {
+        ($variant:ident, $t:ty) => {
+            TensorData::$variant(
+                ints()?
+                    .into_iter()
+                    .map(|x| <$t>::try_from(x).map_err(|_| refuse(&format!(" ({x} does not fit)"))))
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+    }
     use ElementType as E;
     let data = match elem {
-        E::Float => TensorData::F32(floats(&t.data).ok_or_else(refuse)?.into_iter().map(|x| x as f32).collect()),
-        E::Double => TensorData::F64(floats(&t.data).ok_or_else(refuse)?),
-        E::Float16 => TensorData::F16(floats(&t.data).ok_or_else(refuse)?.into_iter().map(f16::from_f64).collect()),
-        E::Bfloat16 => TensorData::Bf16(floats(&t.data).ok_or_else(refuse)?.into_iter().map(bf16::from_f64).collect()),
-        E::Int64 => TensorData::I64(ints(&t.data).ok_or_else(refuse)?),
-        E::Int32 => TensorData::I32(ints(&t.data).ok_or_else(refuse)?.into_iter().map(|x| x as i32).collect()),
-        _ => return Err(refuse()),
+        E::Float => TensorData::F32(floats()?.into_iter().map(|x| x as f32).collect()),
+        E::Double => TensorData::F64(floats()?),
+        E::Float16 => TensorData::F16(floats()?.into_iter().map(f16::from_f64).collect()),
+        E::Bfloat16 => TensorData::Bf16(floats()?.into_iter().map(bf16::from_f64).collect()),
+        E::Int64 => TensorData::I64(ints()?),
+        E::Int32 => narrow!(I32, i32),
+        E::Int16 => narrow!(I16, i16),
+        E::Int8 => narrow!(I8, i8),
+        E::Uint64 => narrow!(U64, u64),
+        E::Uint32 => narrow!(U32, u32),
+        E::Uint16 => narrow!(U16, u16),
+        E::Uint8 => narrow!(U8, u8),
+        _ => return Err(refuse("")),
     };
     Ok(Tensor { shape: t.shape, data })
 }
@@ -330,7 +389,7 @@ impl Collector {
 fn profile_feature(name: String, values: Vec<Owned>, options: &ProfileOptions) -> Feature {
     let total = values.len() as f64;
     let is_missing = |v: &Owned| match v {
-        Owned::Num(x) => x.is_nan(),
+        Owned::Num(x) => !x.is_finite(),
         Owned::Str(s) => s.is_empty(),
         Owned::Int(_) => false,
     };

@@ -36,7 +36,18 @@ macro_rules! integer_element {
         }
     )*};
 }
-integer_element!(u8, u16, u32, u64, i8, i16, i32, i64);
+integer_element!(u8, u16, u32, i8, i16, i32, i64);
+
+impl Element for u64 {
+    #[allow(clippy::cast_precision_loss)]
+    fn number(self) -> f64 {
+        self as f64
+    }
+    /// Above `i64::MAX` a value is only a number.
+    fn integer(self) -> Option<i64> {
+        i64::try_from(self).ok()
+    }
+}
 
 impl Element for bool {
     fn number(self) -> f64 {
@@ -57,11 +68,13 @@ macro_rules! float_element {
 }
 float_element!(f32 => f64::from, f64 => std::convert::identity, f16 => f64::from, bf16 => f64::from);
 
-/// Rows (dim 0; a scalar is one row) and elements per row of `tensor`.
+/// Rows (dim 0; a scalar is one row) and elements per row of `tensor` (no rows: no width, for
+/// a shape such as `[0, 2^62, 2^62]` holds no element to count).
 pub(crate) fn rows(tensor: &Tensor) -> (usize, usize) {
     match tensor.shape.split_first() {
         None => (1, 1),
-        Some((&n, rest)) => (n, rest.iter().product()),
+        Some((0, _)) => (0, 0),
+        Some((&n, rest)) => (n, crate::tensor::element_count(rest).unwrap_or(0)),
     }
 }
 
@@ -69,6 +82,9 @@ pub(crate) fn rows(tensor: &Tensor) -> (usize, usize) {
 /// features in the order `mode` makes them; returns the number of rows.
 pub(crate) fn visit<'a>(tensor: &'a Tensor, mode: &Mode, mut f: impl FnMut(usize, usize, Value<'a>)) -> usize {
     let (n, width) = rows(tensor);
+    if n == 0 {
+        return 0;
+    }
     if width == 0 && !matches!(mode, Mode::Columns) {
         // Empty rows: every summary is missing.
         let features = mode.feature_names(None).map_or(0, |v| v.len());
@@ -147,8 +163,10 @@ fn tokens<'a, T: Element>(
         }
         let n = chunk.len() as f64;
         let length = chunk.len() - pads;
-        let mean = if length == 0 { f64::NAN } else { sum / length as f64 };
-        for (i, v) in [length as f64, pads as f64 / n, unknown as f64 / n, mean].into_iter().enumerate() {
+        // Shares of the tokens other than padding: a longer or shorter text is not "more unknown".
+        let (unknown, mean) =
+            if length == 0 { (f64::NAN, f64::NAN) } else { (unknown as f64 / length as f64, sum / length as f64) };
+        for (i, v) in [length as f64, pads as f64 / n, unknown, mean].into_iter().enumerate() {
             f(row, i, Value::Num(v));
         }
     }
@@ -161,7 +179,7 @@ pub(crate) enum Seen {
     Usual,
     /// Outside the reference's min/max (numbers only).
     OutOfRange,
-    /// NaN or an empty string: in the missing bucket.
+    /// NaN, infinite or an empty string: in the missing bucket.
     Missing,
 }
 
@@ -213,7 +231,7 @@ impl Buckets {
                     Value::Int(i) => i as f64,
                     Value::Str(_) => f64::NAN,
                 };
-                if x.is_nan() {
+                if !x.is_finite() {
                     return (missing, Seen::Missing);
                 }
                 let seen = if x < *min || x > *max { Seen::OutOfRange } else { Seen::Usual };
@@ -224,7 +242,7 @@ impl Buckets {
                     Value::Int(i) => ints.get(&i),
                     Value::Str([]) => return (missing, Seen::Missing),
                     Value::Str(s) => strings.get(s),
-                    Value::Num(x) if x.is_nan() => return (missing, Seen::Missing),
+                    Value::Num(x) if !x.is_finite() => return (missing, Seen::Missing),
                     Value::Num(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => ints.get(&(x as i64)),
                     Value::Num(_) => None,
                 };
@@ -263,7 +281,10 @@ mod tests {
         let ids = Tensor::new(vec![1, 5], TensorData::I64(vec![7, 1, 9, 0, 0])).expect("valid");
         let mut got = Vec::new();
         visit(&ids, &Mode::Tokens { pad: Some(0), unk: Some(1) }, |_, _, v| got.push(v));
-        assert_eq!(got, [Value::Num(3.0), Value::Num(0.4), Value::Num(0.2), Value::Num(17.0 / 3.0)]);
+        assert_eq!(got, [Value::Num(3.0), Value::Num(0.4), Value::Num(1.0 / 3.0), Value::Num(17.0 / 3.0)]);
+        // No rows, whatever the other dims claim: nothing to visit, no overflow.
+        let none = Tensor { shape: vec![0, 1 << 62, 1 << 62], data: TensorData::F32(Vec::new()) };
+        assert_eq!(visit(&none, &Mode::Summary, |_, _, _| panic!("no rows")), 0);
     }
 
     #[test]
@@ -283,6 +304,7 @@ mod tests {
         assert_eq!(b.place(Value::Num(0.9)), (0, Seen::Usual));
         assert_eq!(b.place(Value::Num(9.0)), (2, Seen::OutOfRange));
         assert_eq!(b.place(Value::Num(f64::NAN)), (3, Seen::Missing));
+        assert_eq!(b.place(Value::Num(f64::INFINITY)), (3, Seen::Missing));
         let c = Feature {
             name: "0".into(),
             missing: 0.0,

@@ -39,7 +39,7 @@ pub enum Reference {
     /// A profile compiled into a `#[nimify(reference = "...")]` service: where it was read
     /// from, and its text.
     Embedded {
-        /// The file it was read from at compile time.
+        /// The path as the attribute writes it (relative to the crate).
         path: &'static str,
         /// Its JSON.
         json: &'static str,
@@ -80,17 +80,24 @@ pub(crate) fn load_reference(
 }
 
 /// Warns when the profile was made from another file than the one served (same signature,
-/// other weights: the reference's outputs may not be this model's).
+/// other weights: the reference's outputs may not be this model's). The file is hashed on a
+/// thread of its own, so that a large model does not delay the start.
 pub(crate) fn compare_digest(profile: &Profile, model: &str, path: &Path) {
-    match nimify_model::file_sha256(path) {
-        Ok(digest) if digest == profile.model.sha256 => {}
-        Ok(digest) => tracing::warn!(
-            model,
-            profile_sha256 = %profile.model.sha256,
-            model_sha256 = %digest,
-            "the reference profile was made with another model file (same signature, other weights): output drift compares with that model's outputs; run `cargo nimify profile` again with this one"
-        ),
-        Err(e) => tracing::warn!(model, "cannot read {} to compare it with the profile: {e}", path.display()),
+    let (expected, model, path) = (profile.model.sha256.clone(), model.to_string(), path.to_path_buf());
+    let spawned = std::thread::Builder::new().name("nimify-digest".into()).spawn(move || {
+        match nimify_model::file_sha256(&path) {
+            Ok(digest) if digest == expected => {}
+            Ok(digest) => tracing::warn!(
+                model,
+                profile_sha256 = %expected,
+                model_sha256 = %digest,
+                "the reference profile was made with another model file (same signature, other weights): output drift compares with that model's outputs; run `cargo nimify profile` again with this one"
+            ),
+            Err(e) => tracing::warn!(model, "cannot read {} to compare it with the profile: {e}", path.display()),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot compare the model file with its profile: {e}");
     }
 }
 
@@ -126,6 +133,8 @@ struct Watched {
     features: Vec<WatchedFeature>,
     sampled: IntCounter,
     window: Mutex<Window>,
+    /// Whether rows of another width were seen (warned once).
+    misfit: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -139,22 +148,16 @@ struct WatchedFeature {
     missing: IntCounter,
 }
 
-/// The rows in a window: batches of bucket indices (row-major, one per feature), oldest first,
+/// The rows in a window, oldest first: their bucket indices (row-major, one per feature) in one
+/// ring buffer (no allocation per request once it has grown), when each batch of them came,
 /// and the count per feature and bucket.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Window {
-    batches: VecDeque<Batch>,
+    buckets: VecDeque<u16>,
+    /// (when, rows still in the window) per batch.
+    batches: VecDeque<(Instant, usize)>,
     rows: usize,
     counts: Vec<Vec<u64>>,
-}
-
-#[derive(Debug)]
-struct Batch {
-    at: Instant,
-    /// Rows already dropped from the front.
-    dropped: usize,
-    rows: usize,
-    buckets: Vec<u16>,
 }
 
 impl Drift {
@@ -187,10 +190,8 @@ impl Drift {
                     }
                 })
                 .collect(),
-            window: Mutex::new(Window {
-                counts: t.features.iter().map(|f| vec![0; Buckets::new(f).count()]).collect(),
-                ..Window::default()
-            }),
+            window: Mutex::new(Window::new(t.features.iter().map(|f| vec![0; Buckets::new(f).count()]).collect())),
+            misfit: std::sync::atomic::AtomicBool::new(false),
         };
         Self {
             model: model.to_string(),
@@ -246,81 +247,103 @@ impl Drift {
 }
 
 fn observe(watched: &[Watched], tensors: &[(String, Tensor)], limit: usize) {
+    thread_local! {
+        /// Bucket indices of the batch being added, reused: the window copies them in.
+        static SCRATCH: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     for w in watched {
         let Some((_, tensor)) = tensors.iter().find(|(n, _)| n == &w.name) else { continue };
         let width = w.features.len();
-        let mut buckets = Vec::new();
-        let mut odd = vec![(0u64, 0u64); width];
-        let rows = visit(tensor, &w.mode, |_, feature, value| {
-            let Some(f) = w.features.get(feature) else { return };
-            let (bucket, seen) = f.buckets.place(value);
-            match seen {
-                Seen::Usual => {}
-                Seen::OutOfRange => odd[feature].0 += 1,
-                Seen::Missing => odd[feature].1 += 1,
+        // Columns are the profile's: a row of another width (an output wider or narrower than
+        // its declared dims) cannot be placed feature by feature, and is left out.
+        if w.mode == Mode::Columns && features::rows(tensor).1 != width && features::rows(tensor).0 > 0 {
+            if !w.misfit.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    tensor = %w.name,
+                    shape = ?tensor.shape,
+                    features = width,
+                    "rows of this tensor do not have the profile's column count; they are left out of drift"
+                );
             }
-            buckets.push(u16::try_from(bucket).unwrap_or(u16::MAX));
-        });
-        // A row wider or narrower than the profile says (only a model lying about its shapes)
-        // cannot be placed feature by feature: it is left out.
-        if rows == 0 || buckets.len() != rows * width {
             continue;
         }
-        for (f, (out, missing)) in w.features.iter().zip(odd) {
-            if out > 0 {
-                f.out_of_range.inc_by(out);
+        SCRATCH.with_borrow_mut(|buckets| {
+            buckets.clear();
+            let rows = visit(tensor, &w.mode, |_, feature, value| {
+                let Some(f) = w.features.get(feature) else { return };
+                let (bucket, seen) = f.buckets.place(value);
+                match seen {
+                    Seen::Usual => {}
+                    Seen::OutOfRange => f.out_of_range.inc(),
+                    Seen::Missing => f.missing.inc(),
+                }
+                buckets.push(u16::try_from(bucket).unwrap_or(u16::MAX));
+            });
+            if rows == 0 || buckets.len() != rows * width {
+                return;
             }
-            if missing > 0 {
-                f.missing.inc_by(missing);
-            }
-        }
-        w.sampled.inc_by(rows as u64);
-        let mut window = w.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        window.push(Batch { at: Instant::now(), dropped: 0, rows, buckets }, width, limit);
+            w.sampled.inc_by(rows as u64);
+            // Only the newest `limit` rows can stay in the window.
+            let keep = rows.min(limit);
+            let newest = &buckets[(rows - keep) * width..];
+            let mut window = w.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            window.push(Instant::now(), newest, width, limit);
+        });
     }
 }
 
 impl Window {
-    fn push(&mut self, batch: Batch, width: usize, limit: usize) {
-        for row in batch.buckets.chunks(width) {
+    fn new(counts: Vec<Vec<u64>>) -> Self {
+        Self { buckets: VecDeque::new(), batches: VecDeque::new(), rows: 0, counts }
+    }
+
+    /// Adds rows of bucket indices (row-major, `width` per row) seen at `at`, then drops the
+    /// oldest rows past `limit`.
+    fn push(&mut self, at: Instant, rows: &[u16], width: usize, limit: usize) {
+        if width == 0 {
+            return;
+        }
+        for row in rows.chunks(width) {
             for (f, &b) in row.iter().enumerate() {
                 self.counts[f][usize::from(b)] += 1;
             }
         }
-        self.rows += batch.rows;
-        self.batches.push_back(batch);
-        while self.rows > limit {
-            let excess = self.rows - limit;
-            self.drop_front(excess, width);
+        let n = rows.len() / width;
+        self.buckets.extend(rows);
+        self.batches.push_back((at, n));
+        self.rows += n;
+        if self.rows > limit {
+            self.drop_front(self.rows - limit, width);
         }
     }
 
-    /// Drops up to `n` of the oldest rows (at most one batch's worth).
+    /// Drops the `n` oldest rows.
     fn drop_front(&mut self, n: usize, width: usize) {
-        let Some(front) = self.batches.front_mut() else { return };
-        let take = n.min(front.rows - front.dropped);
-        let start = front.dropped * width;
-        for row in front.buckets[start..start + take * width].chunks(width) {
-            for (f, &b) in row.iter().enumerate() {
-                self.counts[f][usize::from(b)] -= 1;
+        let n = n.min(self.rows);
+        for (i, b) in self.buckets.drain(..n * width).enumerate() {
+            self.counts[i % width][usize::from(b)] -= 1;
+        }
+        self.rows -= n;
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = self.batches.front_mut() else { break };
+            let take = left.min(front.1);
+            front.1 -= take;
+            left -= take;
+            if front.1 == 0 {
+                self.batches.pop_front();
             }
         }
-        front.dropped += take;
-        self.rows -= take;
-        if front.dropped == front.rows {
-            self.batches.pop_front();
-        }
     }
 
-    /// Drops the batches older than `age`.
+    /// Drops the rows older than `age`.
     fn expire(&mut self, age: Option<Duration>, now: Instant, width: usize) {
         let Some(age) = age else { return };
-        while let Some(front) = self.batches.front() {
-            if now.duration_since(front.at) <= age {
+        while let Some(&(at, rows)) = self.batches.front() {
+            if now.duration_since(at) <= age {
                 break;
             }
-            let left = front.rows - front.dropped;
-            self.drop_front(left, width);
+            self.drop_front(rows, width);
         }
     }
 }
@@ -497,16 +520,21 @@ mod tests {
 
     #[test]
     fn the_window_keeps_the_newest_rows_and_their_counts() {
-        let mut w = Window { counts: vec![vec![0; 3]], ..Window::default() };
-        let batch = |b: Vec<u16>| Batch { at: Instant::now(), dropped: 0, rows: b.len(), buckets: b };
-        w.push(batch(vec![0, 0, 1]), 1, 4);
-        w.push(batch(vec![2, 2, 2]), 1, 4);
+        let mut w = Window::new(vec![vec![0; 3]]);
+        let now = Instant::now();
+        w.push(now, &[0, 0, 1], 1, 4);
+        w.push(now, &[2, 2, 2], 1, 4);
         assert_eq!(w.rows, 4);
         assert_eq!(w.counts[0], [0, 1, 3]);
-        w.push(batch(vec![1; 10]), 1, 4);
-        assert_eq!((w.rows, w.batches.len()), (4, 1));
+        w.push(now, &[1; 10], 1, 4);
+        assert_eq!((w.rows, w.batches.len(), w.buckets.len()), (4, 1, 4));
         assert_eq!(w.counts[0], [0, 4, 0]);
-        w.expire(Some(Duration::ZERO), Instant::now() + Duration::from_millis(5), 1);
-        assert_eq!((w.rows, &w.counts[0][..]), (0, &[0, 0, 0][..]));
+        w.expire(Some(Duration::ZERO), now + Duration::from_millis(5), 1);
+        assert_eq!((w.rows, &w.counts[0][..], w.batches.len()), (0, &[0, 0, 0][..], 0));
+        // Two features per row.
+        let mut w = Window::new(vec![vec![0; 2], vec![0; 3]]);
+        w.push(now, &[0, 2, 1, 1, 1, 0], 2, 2);
+        w.push(now, &[1, 2], 2, 2);
+        assert_eq!((w.counts[0].clone(), w.counts[1].clone()), (vec![0, 2], vec![1, 0, 1]));
     }
 }

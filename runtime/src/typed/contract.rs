@@ -43,8 +43,8 @@ pub struct Signature {
     /// Tensors whose dims the service declares instead of the model file
     /// (`#[nimify(dims("y" = ["batch", 22]))]`), applied to the file when it is loaded.
     pub dims_overrides: Vec<(String, Vec<Dim>)>,
-    /// The reference profile compiled in (`#[nimify(reference = "...")]`): the file it was read
-    /// from and its JSON, already checked against this signature.
+    /// The reference profile compiled in (`#[nimify(reference = "...")]`): its path as written
+    /// and its JSON, already checked against this signature.
     pub reference: Option<(&'static str, &'static str)>,
 }
 
