@@ -47,6 +47,14 @@ def profile(tmp_path, model, name="sample.npz", *flags, **arrays):
     return out, json.loads(out.read_text())
 
 
+def served_tabular(tmp_path, rows, *flags):
+    """The tabular model profiled on `rows` training-like rows, served with that profile and
+    `flags`; returns the server, the profile's path and the profile."""
+    x, segment = tabular_sample(rows, seed=1)
+    path, p = profile(tmp_path, TABULAR, x=x, segment=segment)
+    return Server(TABULAR, "--reference", str(path), *flags), path, p
+
+
 def tensor(name, array):
     datatype = {np.float32: "FP32", np.int64: "INT64"}[array.dtype.type]
     return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.flatten().tolist()}
@@ -127,9 +135,7 @@ def test_the_profile_describes_the_sample_and_the_model(tmp_path):
 
 
 def test_same_distribution_stays_low_and_two_shifted_features_rise(tmp_path):
-    x, segment = tabular_sample(5000, seed=1)
-    path, p = profile(tmp_path, TABULAR, x=x, segment=segment)
-    server = Server(TABULAR, "--reference", str(path), "--drift-sample-rate", "1", "--drift-window-rows", "3000")
+    server, _, _ = served_tabular(tmp_path, 5000, "--drift-sample-rate", "1", "--drift-window-rows", "3000")
     try:
         x, segment = tabular_sample(3000, seed=2)
         infer(server, "tabular", x=x, segment=segment)
@@ -163,9 +169,7 @@ def test_same_distribution_stays_low_and_two_shifted_features_rise(tmp_path):
 def test_psi_matches_numpy_on_the_rows_sent(tmp_path):
     """Sample rate 1 and a 1000-row window: after 1500 rows, the window is the last 1000, with
     missing and out-of-range values among them, inputs and outputs alike."""
-    x, segment = tabular_sample(3000, seed=1)
-    path, p = profile(tmp_path, TABULAR, x=x, segment=segment)
-    server = Server(TABULAR, "--reference", str(path), "--drift-sample-rate", "1", "--drift-window-rows", "1000")
+    server, _, p = served_tabular(tmp_path, 3000, "--drift-sample-rate", "1", "--drift-window-rows", "1000")
     try:
         x, segment = tabular_sample(1500, seed=5, shift={2: (0.3, 1.2)}, categories=(1, 2, 3, 4), p=(0.3, 0.3, 0.3, 0.1))
         x[::37, 0] = np.nan
@@ -221,9 +225,7 @@ def test_output_class_shares_drift_when_the_label_mix_changes(tmp_path):
 
 
 def test_sampling_and_a_time_window(tmp_path):
-    x, segment = tabular_sample(2000, seed=1)
-    path, _ = profile(tmp_path, TABULAR, x=x, segment=segment)
-    server = Server(TABULAR, "--reference", str(path), "--drift-sample-rate", "0.25", "--drift-window-seconds", "3")
+    server, _, _ = served_tabular(tmp_path, 2000, "--drift-sample-rate", "0.25", "--drift-window-seconds", "3")
     try:
         x, segment = tabular_sample(400, seed=2)
         infer(server, "tabular", batch=10, x=x, segment=segment)
