@@ -259,14 +259,14 @@ impl Model {
             Some(reference) => {
                 let profile = crate::drift::load_reference(reference, &name, &info)?;
                 crate::drift::compare_digest(&profile, &name, &path);
-                Some(Arc::new(crate::drift::Drift::new(
+                Some(crate::drift::Drift::start(
                     &name,
                     &version,
                     reference.origin(),
                     &profile,
                     settings.drift,
                     settings.metrics.drift_counters(),
-                )))
+                ))
             }
             None => None,
         };

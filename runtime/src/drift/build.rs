@@ -246,7 +246,8 @@ fn cast(t: Tensor, elem: ElementType) -> Result<Tensor, String> {
             v.into_iter()
                 .map(|x| {
                     // Whole numbers within i64 (2^63 is the first float past it).
-                    if x.fract() == 0.0 && x >= -9.223_372_036_854_775_808e18 && x < 9.223_372_036_854_775_808e18 {
+                    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+                    if x.fract() == 0.0 && (-LIMIT..LIMIT).contains(&x) {
                         Ok(x as i64)
                     } else {
                         Err(refuse(&format!(" (it has {x}, not a whole number)")))

@@ -5,18 +5,20 @@
 //! with the reference's by the population stability index, on `/metrics`
 //! (`nimify_drift_psi`) and on `GET /v2/models/{model}/drift`.
 //!
-//! Sampled requests are bucketed on the request's own task before it is queued (inputs) and
-//! after it is answered (outputs); the window's lock is held only to add a batch of bucket
-//! indices. PSI is computed when asked for (a scrape, the drift endpoint), from counts kept up to
-//! date as rows enter and leave the window.
+//! The request's own task only copies a sampled request's profiled tensors (inputs before it is
+//! queued, outputs once answered) onto a pending list; a monitor thread buckets that list into
+//! the windows every 50 ms, and so does every read (a scrape, the drift endpoint) before
+//! it answers, so what is read includes every request answered before it. The request path thus
+//! never waits for bucketing, and the model's batches form as they would without drift. PSI is
+//! computed when asked for, from counts kept up to date as rows enter and leave the window.
 
 pub mod build;
 pub(crate) mod features;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nimify_model::profile::{Mode, Profile, TensorProfile, psi};
@@ -109,6 +111,19 @@ pub(crate) struct Counters {
     pub sampled: IntCounterVec,
 }
 
+/// How often the monitor thread buckets what requests left pending.
+pub(crate) const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
+/// Sampled tensors waiting to be bucketed: (when, inputs or outputs, the tensors).
+type Pending = VecDeque<(Instant, Side, Vec<(String, Tensor)>)>;
+
+/// Which of a model's tensors a pending batch holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Inputs,
+    Outputs,
+}
+
 /// One model's monitor.
 #[derive(Debug)]
 pub(crate) struct Drift {
@@ -123,6 +138,8 @@ pub(crate) struct Drift {
     window_age: Option<Duration>,
     inputs: Vec<Watched>,
     outputs: Vec<Watched>,
+    /// Sampled tensors not yet bucketed, and their rows (at most about `window_rows`).
+    pending: Mutex<(Pending, usize)>,
 }
 
 /// One profiled tensor and its window.
@@ -161,8 +178,35 @@ struct Window {
 }
 
 impl Drift {
+    /// A monitor for `model` comparing with `profile`, with its thread.
+    pub(crate) fn start(
+        model: &str,
+        version: &str,
+        origin: String,
+        profile: &Profile,
+        config: &DriftConfig,
+        counters: &Counters,
+    ) -> Arc<Self> {
+        let drift = Arc::new(Self::new(model, version, origin, profile, config, counters));
+        let weak = Arc::downgrade(&drift);
+        // The thread ends with the monitor (the model, when its server goes).
+        let spawned = std::thread::Builder::new().name(format!("nimify-drift-{model}")).spawn(move || {
+            loop {
+                std::thread::sleep(DRAIN_EVERY);
+                match weak.upgrade() {
+                    Some(drift) => drift.drain(),
+                    None => return,
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(model, "no drift monitor thread ({e}): sampled requests are bucketed when drift is read");
+        }
+        drift
+    }
+
     /// A monitor for `model` comparing with `profile`.
-    pub(crate) fn new(
+    fn new(
         model: &str,
         version: &str,
         origin: String,
@@ -205,6 +249,7 @@ impl Drift {
             window_age: (config.window_seconds > 0).then(|| Duration::from_secs(config.window_seconds)),
             inputs: profile.inputs.iter().map(watch).collect(),
             outputs: profile.outputs.iter().map(watch).collect(),
+            pending: Mutex::new((VecDeque::new(), 0)),
         }
     }
 
@@ -213,18 +258,54 @@ impl Drift {
         crate::payload_log::every(&self.seen, self.sample_rate)
     }
 
-    /// Adds a sampled request's inputs to the windows.
+    /// Leaves a copy of a sampled request's profiled inputs for the windows.
     pub(crate) fn observe_inputs(&self, tensors: &[(String, Tensor)]) {
-        observe(&self.inputs, tensors, self.window_rows);
+        self.leave(Side::Inputs, &self.inputs, tensors);
     }
 
-    /// Adds a sampled request's outputs (those it asked for) to the windows.
+    /// Leaves a copy of a sampled request's profiled outputs (those it asked for) for the windows.
     pub(crate) fn observe_outputs(&self, tensors: &[(String, Tensor)]) {
-        observe(&self.outputs, tensors, self.window_rows);
+        self.leave(Side::Outputs, &self.outputs, tensors);
     }
 
-    /// The current comparison with the reference.
+    fn leave(&self, side: Side, watched: &[Watched], tensors: &[(String, Tensor)]) {
+        let copies: Vec<(String, Tensor)> =
+            tensors.iter().filter(|(n, _)| watched.iter().any(|w| &w.name == n)).cloned().collect();
+        let Some(rows) = copies.first().map(|(_, t)| features::rows(t).0) else { return };
+        let over = {
+            let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            pending.0.push_back((Instant::now(), side, copies));
+            pending.1 += rows;
+            pending.1 > self.window_rows
+        };
+        // More rows waiting than a window holds: the request that finds it so buckets them
+        // itself, so that memory stays bounded and no sampled row goes uncounted.
+        if over {
+            self.drain();
+        }
+    }
+
+    /// Buckets what is pending into the windows.
+    pub(crate) fn drain(&self) {
+        let batch = {
+            let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            pending.1 = 0;
+            std::mem::take(&mut pending.0)
+        };
+        // Two drains at once (the thread and a read) would each take a part; windows are
+        // per tensor and locked, so their order within one tensor is the order taken.
+        for (at, side, tensors) in batch {
+            let watched = match side {
+                Side::Inputs => &self.inputs,
+                Side::Outputs => &self.outputs,
+            };
+            observe(watched, &tensors, self.window_rows, at);
+        }
+    }
+
+    /// The current comparison with the reference, every request answered so far included.
     pub(crate) fn report(&self) -> DriftReport {
+        self.drain();
         let now = Instant::now();
         let tensors = |watched: &[Watched], io: &'static str| {
             watched.iter().map(|w| w.report(io, self.epsilon, self.window_age, now)).collect::<Vec<_>>()
@@ -246,7 +327,7 @@ impl Drift {
     }
 }
 
-fn observe(watched: &[Watched], tensors: &[(String, Tensor)], limit: usize) {
+fn observe(watched: &[Watched], tensors: &[(String, Tensor)], limit: usize, at: Instant) {
     thread_local! {
         /// Bucket indices of the batch being added, reused: the window copies them in.
         static SCRATCH: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -287,7 +368,7 @@ fn observe(watched: &[Watched], tensors: &[(String, Tensor)], limit: usize) {
             let keep = rows.min(limit);
             let newest = &buckets[(rows - keep) * width..];
             let mut window = w.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            window.push(Instant::now(), newest, width, limit);
+            window.push(at, newest, width, limit);
         });
     }
 }
