@@ -104,10 +104,11 @@ def run_foreign(rootfs, config, tmp_path):
     mount namespace. Returns (process, url)."""
     port, grpc = free_port(), free_port()
     env = dict(e.split("=", 1) for e in config["config"]["Env"])
-    # qemu finds the loader, the libraries and ONNX Runtime under -L, but ONNX Runtime checks the
-    # model's path with a call qemu 7.2 does not redirect there: the model directories are named
-    # by their place on this machine.
-    for key in ("NIMIFY_MODEL_DIR", "NIMIFY_ASSET_DIR"):
+    # qemu finds the loader and the libraries under -L, but some calls are not redirected there:
+    # ONNX Runtime checks the model's path with one, and Debian's qemu 7.2 (deb12u18) passes
+    # statx through, which is how the service checks that the ONNX Runtime library exists. The
+    # model directories and the library are named by their place on this machine.
+    for key in ("NIMIFY_MODEL_DIR", "NIMIFY_ASSET_DIR", "ORT_DYLIB_PATH"):
         env[key] = str(rootfs) + env[key]
     env.update(NIMIFY_HOST="127.0.0.1", NIMIFY_PORT=str(port), NIMIFY_GRPC_PORT=str(grpc), NIMIFY_SHUTDOWN_DELAY_MS="0", NIMIFY_LOG_FORMAT="json")
     entry = config["config"]["Entrypoint"]
