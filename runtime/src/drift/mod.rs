@@ -140,6 +140,8 @@ pub(crate) struct Drift {
     outputs: Vec<Watched>,
     /// Sampled tensors not yet bucketed, and their rows (at most about `window_rows`).
     pending: Mutex<(Pending, usize)>,
+    /// Held through a whole drain: a read that finds the thread draining waits for its rows.
+    draining: Mutex<()>,
 }
 
 /// One profiled tensor and its window.
@@ -250,6 +252,7 @@ impl Drift {
             inputs: profile.inputs.iter().map(watch).collect(),
             outputs: profile.outputs.iter().map(watch).collect(),
             pending: Mutex::new((VecDeque::new(), 0)),
+            draining: Mutex::new(()),
         }
     }
 
@@ -285,15 +288,15 @@ impl Drift {
         }
     }
 
-    /// Buckets what is pending into the windows.
+    /// Buckets what is pending into the windows. Drains run one at a time, so that one that
+    /// returns has seen every row pending when it began, including rows another drain had taken.
     pub(crate) fn drain(&self) {
+        let _one_at_a_time = self.draining.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let batch = {
             let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             pending.1 = 0;
             std::mem::take(&mut pending.0)
         };
-        // Two drains at once (the thread and a read) would each take a part; windows are
-        // per tensor and locked, so their order within one tensor is the order taken.
         for (at, side, tensors) in batch {
             let watched = match side {
                 Side::Inputs => &self.inputs,
