@@ -259,14 +259,17 @@ impl Model {
             Some(reference) => {
                 let profile = crate::drift::load_reference(reference, &name, &info)?;
                 crate::drift::compare_digest(&profile, &name, &path);
-                Some(crate::drift::Drift::start(
-                    &name,
-                    &version,
-                    reference.origin(),
-                    &profile,
-                    settings.drift,
-                    settings.metrics.drift_counters(),
-                ))
+                Some(
+                    crate::drift::Drift::new(
+                        &name,
+                        &version,
+                        reference.origin(),
+                        &profile,
+                        settings.drift,
+                        settings.metrics.drift_counters(),
+                    )
+                    .start(),
+                )
             }
             None => None,
         };

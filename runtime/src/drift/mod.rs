@@ -180,35 +180,8 @@ struct Window {
 }
 
 impl Drift {
-    /// A monitor for `model` comparing with `profile`, with its thread.
-    pub(crate) fn start(
-        model: &str,
-        version: &str,
-        origin: String,
-        profile: &Profile,
-        config: &DriftConfig,
-        counters: &Counters,
-    ) -> Arc<Self> {
-        let drift = Arc::new(Self::new(model, version, origin, profile, config, counters));
-        let weak = Arc::downgrade(&drift);
-        // The thread ends with the monitor (the model, when its server goes).
-        let spawned = std::thread::Builder::new().name(format!("nimify-drift-{model}")).spawn(move || {
-            loop {
-                std::thread::sleep(DRAIN_EVERY);
-                match weak.upgrade() {
-                    Some(drift) => drift.drain(),
-                    None => return,
-                }
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::warn!(model, "no drift monitor thread ({e}): sampled requests are bucketed when drift is read");
-        }
-        drift
-    }
-
-    /// A monitor for `model` comparing with `profile`.
-    fn new(
+    /// A monitor for `model` comparing with `profile` ([`Drift::start`] starts its thread).
+    pub(crate) fn new(
         model: &str,
         version: &str,
         origin: String,
@@ -236,7 +209,7 @@ impl Drift {
                     }
                 })
                 .collect(),
-            window: Mutex::new(Window::new(t.features.iter().map(|f| vec![0; Buckets::new(f).count()]).collect())),
+            window: Mutex::new(Window::new(Vec::new())),
             misfit: std::sync::atomic::AtomicBool::new(false),
         };
         Self {
@@ -249,11 +222,31 @@ impl Drift {
             seen: AtomicU64::new(0),
             window_rows: config.window_rows.max(1),
             window_age: (config.window_seconds > 0).then(|| Duration::from_secs(config.window_seconds)),
-            inputs: profile.inputs.iter().map(watch).collect(),
-            outputs: profile.outputs.iter().map(watch).collect(),
+            inputs: profile.inputs.iter().map(watch).map(Watched::with_counts).collect(),
+            outputs: profile.outputs.iter().map(watch).map(Watched::with_counts).collect(),
             pending: Mutex::new((VecDeque::new(), 0)),
             draining: Mutex::new(()),
         }
+    }
+
+    /// Starts the thread that buckets pending rows every [`DRAIN_EVERY`]; it ends with the
+    /// monitor (the model, when its server goes).
+    pub(crate) fn start(self) -> Arc<Self> {
+        let drift = Arc::new(self);
+        let weak = Arc::downgrade(&drift);
+        let spawned = std::thread::Builder::new().name(format!("nimify-drift-{}", drift.model)).spawn(move || {
+            loop {
+                std::thread::sleep(DRAIN_EVERY);
+                match weak.upgrade() {
+                    Some(drift) => drift.drain(),
+                    None => return,
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(model = %drift.model, "no drift monitor thread ({e}): sampled requests are bucketed when drift is read");
+        }
+        drift
     }
 
     /// Whether the next request is sampled: exactly `sample_rate` of them, spread evenly.
@@ -340,7 +333,8 @@ fn observe(watched: &[Watched], tensors: &[(String, Tensor)], limit: usize, at: 
         let width = w.features.len();
         // Columns are the profile's: a row of another width (an output wider or narrower than
         // its declared dims) cannot be placed feature by feature, and is left out.
-        if w.mode == Mode::Columns && features::rows(tensor).1 != width && features::rows(tensor).0 > 0 {
+        let (rows, row_width) = features::rows(tensor);
+        if w.mode == Mode::Columns && rows > 0 && row_width != width {
             if !w.misfit.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::warn!(
                     tensor = %w.name,
@@ -433,6 +427,12 @@ impl Window {
 }
 
 impl Watched {
+    /// Its window's counts, one per bucket of each feature.
+    fn with_counts(self) -> Self {
+        let counts = self.features.iter().map(|f| vec![0; f.buckets.count()]).collect();
+        Self { window: Mutex::new(Window::new(counts)), ..self }
+    }
+
     #[allow(clippy::cast_precision_loss)]
     fn report(&self, io: &'static str, epsilon: f64, age: Option<Duration>, now: Instant) -> TensorDrift {
         let (rows, counts) = {
