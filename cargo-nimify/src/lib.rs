@@ -90,7 +90,7 @@ pub struct Cli {
 pub enum Command {
     /// Show a model's signature: inputs, outputs, opsets, producer, size, sha256.
     Inspect(cmd::inspect::InspectArgs),
-    /// Serve an ONNX file over KServe V2 / Open Inference Protocol, no code needed.
+    /// Serve ONNX files or a model repository over KServe V2 / Open Inference Protocol, no code needed.
     Serve(Box<cmd::serve::ServeArgs>),
     /// Write a model's reference profile from a data sample, for drift monitoring (`serve --reference`).
     Profile(cmd::profile::ProfileArgs),

@@ -152,6 +152,20 @@ pub struct ServiceArgs {
     /// Oldest a row in a drift window may be, in seconds (0: no age limit).
     #[arg(long, global = true, env = "NIMIFY_DRIFT_WINDOW_SECONDS")]
     pub drift_window_seconds: Option<u64>,
+    /// A Triton-style model repository to serve: DIR/NAME/VERSION/model.onnx, each model with
+    /// an optional config.toml or config.pbtxt.
+    #[arg(long, global = true, env = "NIMIFY_MODEL_REPOSITORY", value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
+    /// How the model repository changes while serving: none (loaded once), poll (watched) or
+    /// explicit (POST /v2/repository/models/{m}/load and /unload) [default: none].
+    #[arg(long, global = true, env = "NIMIFY_MODEL_CONTROL_MODE", value_enum)]
+    pub model_control_mode: Option<crate::config::ControlMode>,
+    /// How often poll mode reads the model repository, in milliseconds [default: 15000].
+    #[arg(long, global = true, env = "NIMIFY_REPOSITORY_POLL_INTERVAL_MS")]
+    pub repository_poll_interval_ms: Option<u64>,
+    /// A model explicit mode loads at start (repeat, or separate with commas; `*`: all).
+    #[arg(long, global = true, env = "NIMIFY_LOAD_MODEL", value_name = "NAME", value_delimiter = ',')]
+    pub load_model: Option<Vec<String>>,
     /// Log lines as text or json [default: text on a terminal, json otherwise].
     #[arg(long, global = true, env = "NIMIFY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -239,6 +253,14 @@ impl ServiceArgs {
         }
         if self.model_sha256.is_some() {
             c.model_sha256.clone_from(&self.model_sha256);
+        }
+        if self.model_repository.is_some() {
+            c.repository.path.clone_from(&self.model_repository);
+        }
+        layer! {
+            c.repository.control_mode => self.model_control_mode,
+            c.repository.poll_interval_ms => self.repository_poll_interval_ms,
+            c.repository.load_models => self.load_model.clone(),
         }
         Ok(c)
     }

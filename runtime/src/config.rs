@@ -95,6 +95,44 @@ pub struct Config {
     pub drift: DriftConfig,
     /// OpenTelemetry traces, when the standard `OTEL_*` variables do not say (they win).
     pub tracing: TracingConfig,
+    /// A Triton-style model repository served beside (or instead of) the model files.
+    pub repository: RepositoryConfig,
+}
+
+/// A model repository: `path/<name>/<version>/model.onnx`, each model with an optional
+/// `config.toml` or `config.pbtxt`, and how it changes while serving.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// The repository directory; none: only the model files given are served.
+    pub path: Option<PathBuf>,
+    /// `none`: loaded once at start; `poll`: new, changed and removed versions are picked up
+    /// every `poll_interval_ms`; `explicit`: loaded and unloaded through the repository API.
+    pub control_mode: ControlMode,
+    /// How often `poll` mode reads the repository, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// The models `explicit` mode loads at start (`*`: all; none by default, as Triton).
+    pub load_models: Vec<String>,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        Self { path: None, control_mode: ControlMode::None, poll_interval_ms: 15_000, load_models: Vec::new() }
+    }
+}
+
+/// How a model repository changes while serving (Triton's `--model-control-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlMode {
+    /// Loaded once at start.
+    #[default]
+    None,
+    /// Watched: changes are loaded and switched to, removed versions unloaded.
+    Poll,
+    /// Loaded and unloaded on request: `POST /v2/repository/models/{m}/load` and `/unload`
+    /// (gRPC `RepositoryModelLoad` / `RepositoryModelUnload`).
+    Explicit,
 }
 
 /// OpenTelemetry traces from the configuration file: each key stands for the standard variable
@@ -305,6 +343,7 @@ impl Default for Config {
             payload_log: PayloadLogConfig::default(),
             drift: DriftConfig::default(),
             tracing: TracingConfig::default(),
+            repository: RepositoryConfig::default(),
         }
     }
 }
@@ -482,6 +521,23 @@ impl Config {
         }
         if self.batching.max_batch_size == 0 {
             return Err(ConfigError::Invalid("batching.max_batch_size must be at least 1, got 0".into()));
+        }
+        let repository = &self.repository;
+        if repository.path.is_none()
+            && (repository.control_mode != ControlMode::None || !repository.load_models.is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "repository.control_mode and repository.load_models need a model repository (--model-repository DIR)"
+                    .into(),
+            ));
+        }
+        if !repository.load_models.is_empty() && repository.control_mode != ControlMode::Explicit {
+            return Err(ConfigError::Invalid(
+                "repository.load_models (--load-model) is for explicit model control (--model-control-mode explicit); the other modes load every model".into(),
+            ));
+        }
+        if repository.control_mode == ControlMode::Poll && repository.poll_interval_ms == 0 {
+            return Err(ConfigError::Invalid("repository.poll_interval_ms must be at least 1, got 0".into()));
         }
         if self.header_read_timeout_ms == 0 || self.idle_timeout_ms == 0 {
             return Err(ConfigError::Invalid(format!(

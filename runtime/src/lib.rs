@@ -28,6 +28,7 @@ mod model;
 mod openapi;
 mod ortlib;
 mod payload_log;
+pub mod repository;
 mod request_body;
 mod routes;
 mod server;

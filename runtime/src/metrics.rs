@@ -25,6 +25,7 @@ pub struct Metrics {
     rejected: IntCounterVec,
     cancelled: IntCounterVec,
     terminated: IntCounterVec,
+    loads: IntCounterVec,
     request_seconds: HistogramVec,
     queue_seconds: HistogramVec,
     batch_size: HistogramVec,
@@ -164,9 +165,16 @@ impl Metrics {
                 &["model", "version", "tensor"],
             ),
         };
+        let loads = counter_by(
+            &r,
+            "nimify_model_loads_total",
+            "Loads of a model's versions from the model repository (at start, polled or requested), by outcome: success or failure (the serving versions stay)",
+            &["model", "outcome"],
+        );
         Self {
             connections,
             drift,
+            loads,
             success: counter(
                 &r,
                 "nv_inference_request_success",
@@ -273,6 +281,43 @@ impl Metrics {
             batch_size: self.batch_size.with_label_values(&l),
             stats: std::sync::Arc::default(),
         }
+    }
+
+    /// Drops every series of one model version (it was unloaded). Requests still running on it
+    /// count into handles no longer exported.
+    pub(crate) fn forget_model(&self, model: &str, version: &str) {
+        let l = [model, version];
+        for vec in [
+            &self.success,
+            &self.failure,
+            &self.count,
+            &self.exec_count,
+            &self.request_us,
+            &self.queue_us,
+            &self.compute_us,
+        ] {
+            let _ = vec.remove_label_values(&l);
+        }
+        let _ = self.pending.remove_label_values(&l);
+        let _ = self.queue_seconds.remove_label_values(&l);
+        let _ = self.batch_size.remove_label_values(&l);
+        for (vec, reasons) in [
+            (&self.rejected, ["queue_full", "in_flight"]),
+            (&self.cancelled, ["deadline", "disconnect"]),
+            (&self.terminated, ["deadline", "disconnect"]),
+        ] {
+            for reason in reasons {
+                let _ = vec.remove_label_values(&[model, version, reason]);
+            }
+        }
+        for protocol in ["http", "grpc"] {
+            let _ = self.request_seconds.remove_label_values(&[model, version, protocol]);
+        }
+    }
+
+    /// Counts a load of a repository model.
+    pub(crate) fn model_loaded(&self, model: &str, success: bool) {
+        self.loads.with_label_values(&[model, if success { "success" } else { "failure" }]).inc();
     }
 
     /// Counts a request refused by the in-flight cap that names no served model (an unknown

@@ -29,6 +29,8 @@ pub struct ModelOptions {
     pub path: PathBuf,
     /// Served name; the file stem when `None`.
     pub name: Option<String>,
+    /// Served version; "1" when `None` (a repository's version directory).
+    pub version: Option<u64>,
     /// Session options for this model.
     pub session: Option<SessionConfig>,
     /// Batching for this model.
@@ -154,6 +156,12 @@ pub enum LoadError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The model repository, or a model directory in it, cannot be read.
+    #[error(transparent)]
+    Layout(#[from] crate::repository::layout::LayoutError),
+    /// Models of the model repository failed to load (one line each).
+    #[error("{0}")]
+    Repository(String),
     /// The model takes an input type the protocol cannot carry.
     #[error(
         "model {path}: input {input:?} has type {ty}, which nimify cannot accept over the inference protocol; export the model with tensor inputs of a supported element type"
@@ -253,7 +261,7 @@ impl Model {
         let (inputs, outputs) = specs(&path, &info)?;
         let env = crate::ortlib::environment()?;
         let name = options.served_name();
-        let version = DEFAULT_VERSION.to_string();
+        let version = options.version.map_or_else(|| DEFAULT_VERSION.to_string(), |v| v.to_string());
         let metrics = settings.metrics.model(&name, &version);
         let drift = match &options.reference {
             Some(reference) => {

@@ -26,7 +26,10 @@ use crate::model::{LoadError, LoadSettings, Model, ModelOptions};
 /// State shared by every handler.
 #[derive(Debug)]
 pub struct AppState {
-    models: BTreeMap<String, Arc<Model>>,
+    /// The models served now (they change while serving with a model repository).
+    catalog: Arc<crate::repository::Catalog>,
+    /// The model repository, when one is served.
+    repository: Option<crate::repository::Repository>,
     /// Readiness, watched by the gRPC health service.
     ready: tokio::sync::watch::Sender<bool>,
     config: Config,
@@ -45,25 +48,48 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Looks a model up by name and, when given, version.
-    pub(crate) fn model(&self, name: &str, version: Option<&str>) -> Result<&Arc<Model>, ApiError> {
+    /// Looks a model up by name and, when given, version; without one, the newest ready
+    /// version. The request keeps that version until it is answered, whatever is loaded or
+    /// unloaded meanwhile.
+    pub(crate) fn model(&self, name: &str, version: Option<&str>) -> Result<Arc<Model>, ApiError> {
         if self.starting {
             return Err(starting());
         }
-        let model = self.models.get(name).ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "unknown model {name:?}; this server has {}",
-                self.models.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
-            ))
-        })?;
-        if let Some(v) = version
-            && v != model.version()
-        {
-            return Err(ApiError::NotFound(format!(
-                "unknown version {v:?} of model {name:?}; available: {:?}",
-                model.version()
-            )));
-        }
+        self.catalog.lookup(name, version)
+    }
+
+    /// The models served now.
+    pub(crate) fn catalog(&self) -> &crate::repository::Catalog {
+        &self.catalog
+    }
+
+    /// The model repository, when one is served.
+    pub(crate) fn repository(&self) -> Option<&crate::repository::Repository> {
+        self.repository.as_ref()
+    }
+
+    /// Loads one model version with the server's settings (those `options` leave unset).
+    pub(crate) fn load_model(&self, options: &ModelOptions) -> Result<Model, LoadError> {
+        let config = &self.config;
+        let settings = LoadSettings {
+            session: options.session.as_ref().unwrap_or(&config.session),
+            batching: options.batching.as_ref().unwrap_or(&config.batching),
+            warmup: options.warmup.as_ref().unwrap_or(&config.warmup),
+            metrics: &self.metrics,
+            max_output_bytes: (config.max_output_bytes > 0).then_some(config.max_output_bytes),
+            drift: &config.drift,
+        };
+        let model = Model::load(options, &settings)?;
+        tracing::info!(
+            model = model.name(),
+            version = model.version(),
+            path = %model.path().display(),
+            batching = model.batching().is_some(),
+            instances = settings.session.instances,
+            intra_threads = settings.session.intra_threads(),
+            spinning = settings.session.spinning,
+            "model loaded"
+        );
         Ok(model)
     }
 
@@ -116,9 +142,9 @@ impl AppState {
         self.ready.subscribe()
     }
 
-    /// Every served model, by name.
-    pub(crate) fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
-        self.models.values()
+    /// Every ready version of every model.
+    pub(crate) fn models(&self) -> Vec<Arc<Model>> {
+        self.catalog.all()
     }
 
     /// Fails the readiness probe from now on: a shutdown has begun.
@@ -156,7 +182,7 @@ impl AppState {
         &self,
         model: Option<&str>,
     ) -> Result<crate::inference::admission::Admitted, ApiError> {
-        self.admission.slot().inspect_err(|_| match model.and_then(|name| self.models.get(name)) {
+        self.admission.slot().inspect_err(|_| match model.and_then(|name| self.catalog.lookup(name, None).ok()) {
             Some(m) => m.metrics().rejected_in_flight.inc(),
             None => self.metrics.rejected_in_flight_without_model(),
         })
@@ -291,16 +317,18 @@ impl ServerBuilder {
     }
 
     /// What `cli::serve` does before the ports open: the checks that take no time (the
-    /// configuration and the files it names, the ONNX Runtime library, each model's signature),
-    /// so the common mistakes are one error and no listening, then the stand-in state and router
-    /// served while [`build`](Self::build) loads the models (same configuration, TLS and probes,
-    /// no models, not ready; every model lookup answers "starting").
+    /// configuration and the files it names, the ONNX Runtime library, each model's signature,
+    /// the model repository's layout and configuration files), so the common mistakes are one
+    /// error and no listening, then the stand-in state and router served while
+    /// [`build`](Self::build) loads the models (same configuration, TLS and probes, no models,
+    /// not ready; every model lookup answers "starting").
     pub(crate) fn prepare_loading(&mut self) -> Result<(Arc<AppState>, Router), LoadError> {
         let settings = Settings::read(&self.config)?;
         self.relocate_models();
         self.configured_references()?;
         crate::ortlib::environment()?;
-        for options in &self.options {
+        let from_repository = self.repository_names()?;
+        for options in self.options.iter().filter(|o| !from_repository.contains(&o.served_name())) {
             let mut info = nimify_model::read_model(&options.path)
                 .map_err(|source| LoadError::Signature { path: options.path.clone(), source })?;
             if let Some(reference) = &options.reference
@@ -309,49 +337,61 @@ impl ServerBuilder {
                 crate::drift::load_reference(reference, &options.served_name(), &info)?;
             }
         }
-        let state = Arc::new(AppState::new(self.config.clone(), settings, BTreeMap::new(), Metrics::new(), true));
+        if let Some(root) = &self.config.repository.path {
+            for name in crate::repository::layout::model_names(root)? {
+                crate::repository::layout::read_model_dir(root, &name, &self.config)?;
+            }
+        }
+        let state = Arc::new(AppState::new(self.config.clone(), settings, Metrics::new(), None, true));
         let router = app(Arc::clone(&state), None);
         Ok((state, router))
     }
 
-    /// Validates the configuration, loads and warms every model, and returns the ready state and
-    /// the router serving it.
+    /// The names the model repository serves (its model directories), checked against the
+    /// models given as files: a `#[nimify]` model found there is served from there, any other
+    /// name in both is an error.
+    fn repository_names(&self) -> Result<Vec<String>, LoadError> {
+        let Some(root) = &self.config.repository.path else { return Ok(Vec::new()) };
+        let names = crate::repository::layout::model_names(root)?;
+        for options in &self.options {
+            let name = options.served_name();
+            let typed = self.signatures.iter().any(|(n, _)| n == &name);
+            if names.contains(&name) && !typed {
+                return Err(LoadError::Repository(format!(
+                    "model {name:?} is given as the file {} and is also a directory of the model repository {}; serve it from one place",
+                    options.path.display(),
+                    root.display()
+                )));
+            }
+        }
+        Ok(names)
+    }
+
+    /// Validates the configuration, loads and warms every model (the model repository's too),
+    /// and returns the ready state and the router serving it.
     pub fn build(mut self) -> Result<(Arc<AppState>, Router), LoadError> {
         let settings = Settings::read(&self.config)?;
         self.relocate_models();
         self.configured_references()?;
+        let from_repository = self.repository_names()?;
+        // `#[nimify]` models the repository has are served from it, version by version.
+        self.options.retain(|o| !from_repository.contains(&o.served_name()));
         if let Some(spec) = &self.config.model_sha256 {
             let planned = self.planned_models();
             let names: Vec<&str> = planned.iter().map(|(n, _)| n.as_str()).collect();
             let expected = crate::digest::parse_expected(spec, &names)?;
             crate::digest::verify(&expected, &planned)?;
         }
-        let metrics = Metrics::new();
+        let repository = self.config.repository.path.clone().map(|root| {
+            let fixed = self.options.iter().map(ModelOptions::served_name).collect();
+            crate::repository::Repository::new(root, self.config.clone(), self.signatures.clone(), fixed)
+        });
+        let state = Arc::new(AppState::new(self.config, settings, Metrics::new(), repository, false));
         let mut models = BTreeMap::new();
         for options in &self.options {
-            let settings = LoadSettings {
-                session: options.session.as_ref().unwrap_or(&self.config.session),
-                batching: options.batching.as_ref().unwrap_or(&self.config.batching),
-                warmup: options.warmup.as_ref().unwrap_or(&self.config.warmup),
-                metrics: &metrics,
-                max_output_bytes: (self.config.max_output_bytes > 0).then_some(self.config.max_output_bytes),
-                drift: &self.config.drift,
-            };
-            let model = Model::load(options, &settings)?;
-            tracing::info!(
-                model = model.name(),
-                path = %model.path().display(),
-                batching = model.batching().is_some(),
-                instances = settings.session.instances,
-                intra_threads = settings.session.intra_threads(),
-                spinning = settings.session.spinning,
-                "model loaded"
-            );
-            models.insert(model.name().to_string(), Arc::new(model));
-        }
-        for (name, compiled) in &self.signatures {
-            if let Some(model) = models.get(name) {
-                crate::typed::check_signature(model, compiled)?;
+            let model = state.load_model(options)?;
+            if let Some((_, compiled)) = self.signatures.iter().find(|(n, _)| n == model.name()) {
+                crate::typed::check_signature(&model, compiled)?;
                 // The typed route would fail every answer: refuse to start, saying how to fix it.
                 if let Some(lie) = model.shape_lie() {
                     return Err(LoadError::ShapeMismatch {
@@ -362,8 +402,13 @@ impl ServerBuilder {
                     });
                 }
             }
+            let version = options.version.unwrap_or(1);
+            models.insert(model.name().to_string(), BTreeMap::from([(version, Arc::new(model))]));
         }
-        let state = Arc::new(AppState::new(self.config, settings, models, metrics, false));
+        state.catalog.serve_all(models);
+        if let Some(repository) = state.repository() {
+            repository.load_initial(&state).map_err(LoadError::Repository)?;
+        }
         let router = app(Arc::clone(&state), self.extra);
         Ok((state, router))
     }
@@ -405,13 +450,14 @@ impl Settings {
 }
 
 impl AppState {
-    /// The state over loaded `models`, ready; or, `starting`, the stand-in served while they
-    /// load (no models, not ready).
+    /// The state, ready, with no models yet and the model repository when there is one; or,
+    /// `starting`, the stand-in served while the models load (not ready, every lookup
+    /// "starting").
     fn new(
         config: Config,
         settings: Settings,
-        models: BTreeMap<String, Arc<Model>>,
         metrics: Metrics,
+        repository: Option<crate::repository::Repository>,
         starting: bool,
     ) -> Self {
         if let Some(audit) = &settings.audit {
@@ -420,10 +466,8 @@ impl AppState {
         if let Some(spans) = crate::telemetry::collectors() {
             metrics.register_extra(spans);
         }
-        let monitors: Vec<_> = models.values().filter_map(|m| m.drift().cloned()).collect();
-        if !monitors.is_empty() {
-            metrics.register_extra(Box::new(crate::drift::Gauges::new(monitors)));
-        }
+        let catalog = Arc::new(crate::repository::Catalog::default());
+        metrics.register_extra(Box::new(crate::drift::Gauges::new(Arc::clone(&catalog))));
         let payload_log = match settings.payload_tls {
             Some(tls) if !starting => crate::payload_log::PayloadLog::start(&config.payload_log, tls),
             _ => None,
@@ -432,7 +476,8 @@ impl AppState {
             metrics.register_extra(collector);
         }
         Self {
-            models,
+            catalog,
+            repository,
             ready: tokio::sync::watch::Sender::new(!starting),
             admission: Admission::new(settings.api_keys, config.max_in_flight),
             config,
@@ -483,7 +528,8 @@ impl utoipa::Modify for SecurityAddon {
 pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) -> Router {
     let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::routes::v2::router())
-        .merge(crate::routes::metrics::router());
+        .merge(crate::routes::metrics::router())
+        .merge(crate::routes::repository::router());
     if let Some(extra) = extra {
         api = api.merge(extra);
     }

@@ -134,6 +134,9 @@ async fn serve_shared(
     let mut shutdown = Box::pin(shutdown);
     let signalled = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     let running = Running::start(&http, grpc.as_ref(), &state, router);
+    let polling = (state.repository().map(crate::repository::Repository::mode)
+        == Some(crate::config::ControlMode::Poll))
+    .then(|| tokio::spawn(crate::repository::poll_loop(Arc::clone(&state))));
     let base = base_url(local, state.tls().is_some());
     tracing::info!(
         address = %local,
@@ -141,7 +144,7 @@ async fn serve_shared(
         metrics = %format!("{base}/metrics"),
         grpc_address = grpc_local.map_or_else(|| "off".to_string(), |a| a.to_string()),
         tls = state.tls().is_some(),
-        models = state.models().count(),
+        models = state.models().len(),
         max_connections = running.limits.max_connections,
         header_read_timeout_ms = running.limits.header_read_timeout.as_millis() as u64,
         idle_timeout_ms = running.limits.idle_timeout.as_millis() as u64,
@@ -151,6 +154,10 @@ async fn serve_shared(
         shutdown.await;
     }
     state.begin_shutdown();
+    // No model changes while shutting down.
+    if let Some(polling) = polling {
+        polling.abort();
+    }
     // The delay is for orchestrators (SIGTERM); someone pressing Ctrl-C wants the server gone.
     let interactive = INTERRUPTED.load(Ordering::SeqCst);
     let delay = Duration::from_millis(state.config().shutdown_delay_ms);

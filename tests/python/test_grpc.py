@@ -192,13 +192,18 @@ def test_unsupported_rpcs_say_so(serve):
     for call in (
         lambda: s.SystemSharedMemoryStatus(service_pb2.SystemSharedMemoryStatusRequest()),
         lambda: s.CudaSharedMemoryRegister(service_pb2.CudaSharedMemoryRegisterRequest(name="r")),
-        lambda: s.RepositoryIndex(service_pb2.RepositoryIndexRequest()),
-        lambda: s.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="mlp")),
         lambda: s.TraceSetting(service_pb2.TraceSettingRequest()),
         lambda: s.LogSettings(service_pb2.LogSettingsRequest()),
     ):
         code, message = code_of(call)
         assert code == grpc.StatusCode.UNIMPLEMENTED and message.startswith("nimify does not support"), message
+    # Repository control is served (test_repository.py); on fixed model files it says so.
+    code, message = code_of(lambda: s.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="mlp")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "needs a model repository" in message, message
+    index = s.RepositoryIndex(service_pb2.RepositoryIndexRequest())
+    assert [(m.name, m.version, m.state) for m in index.models] == [("mlp", "1", "READY")]
+    code, message = code_of(lambda: s.RepositoryIndex(service_pb2.RepositoryIndexRequest(repository_name="other")))
+    assert code == grpc.StatusCode.NOT_FOUND and 'unknown model repository "other"' in message, message
     channel = grpc.insecure_channel(server.grpc_address)
     code, message = code_of(lambda: channel.unary_unary("/inference.Nope/Call")(b""))
     assert code == grpc.StatusCode.UNIMPLEMENTED and "/inference.Nope/Call" in message

@@ -1,5 +1,6 @@
 //! `cargo nimify inspect x.onnx`: the model's signature as a table, or JSON with `--format json`.
 //! Reads only the signature (never the weights) plus one streaming pass for the sha256.
+//! `cargo nimify inspect REPO` lists what a model repository would serve.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use crate::{CliError, Format, IoContext, Out};
 /// `inspect` arguments.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The ONNX model file.
+    /// The ONNX model file, or a model repository directory.
     pub model: PathBuf,
 }
 
@@ -27,6 +28,9 @@ struct Report<'a> {
 
 /// Runs the command.
 pub fn run(args: &InspectArgs, out: Out) -> Result<(), CliError> {
+    if args.model.is_dir() {
+        return super::inspect_repository::run(&args.model, out);
+    }
     let info = nimify_model::read_model(&args.model)
         .map_err(|source| CliError::Model { path: args.model.to_path_buf(), source })?;
     let sha256 = nimify_model::file_sha256(&args.model).at("hash", &args.model)?;
@@ -97,7 +101,7 @@ fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn row(kind: &str, v: &ValueInfo) -> [String; 4] {
+pub(crate) fn row(kind: &str, v: &ValueInfo) -> [String; 4] {
     let ty = match &v.ty {
         ValueType::Tensor { elem: Some(e), .. } => {
             e.kserve_name().map_or_else(|| v.ty.onnx_type(), |k| format!("{k} ({})", e.onnx_name()))

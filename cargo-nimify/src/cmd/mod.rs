@@ -6,6 +6,7 @@ pub mod completions;
 pub mod deploy;
 pub mod image;
 pub mod inspect;
+pub mod inspect_repository;
 pub mod new;
 pub mod ort;
 pub mod profile;

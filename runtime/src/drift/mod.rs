@@ -547,13 +547,16 @@ pub struct BucketShift {
 
 /// `nimify_drift_psi` and `nimify_drift_window_rows`, computed from the windows at each scrape.
 pub(crate) struct Gauges {
-    monitors: Vec<std::sync::Arc<Drift>>,
+    /// The served models, whose monitors are read at every scrape (models come and go).
+    catalog: std::sync::Arc<crate::repository::Catalog>,
+    /// One scrape at a time: each rebuilds the series from nothing.
+    scraping: Mutex<()>,
     psi: GaugeVec,
     rows: IntGaugeVec,
 }
 
 impl Gauges {
-    pub(crate) fn new(monitors: Vec<std::sync::Arc<Drift>>) -> Self {
+    pub(crate) fn new(catalog: std::sync::Arc<crate::repository::Catalog>) -> Self {
         let psi = GaugeVec::new(
             Opts::new(
                 "nimify_drift_psi",
@@ -567,7 +570,7 @@ impl Gauges {
             &["model", "version"],
         )
         .unwrap_or_else(|e| panic!("nimify_drift_window_rows is mis-defined: {e}"));
-        Self { monitors, psi, rows }
+        Self { catalog, scraping: Mutex::new(()), psi, rows }
     }
 }
 
@@ -577,7 +580,12 @@ impl Collector for Gauges {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        for drift in &self.monitors {
+        let _one = self.scraping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Unloaded versions' series go with them.
+        self.psi.reset();
+        self.rows.reset();
+        for model in self.catalog.all() {
+            let Some(drift) = model.drift() else { continue };
             let report = drift.report();
             self.rows
                 .with_label_values(&[&report.model, &report.version])
@@ -585,11 +593,8 @@ impl Collector for Gauges {
             for t in &report.tensors {
                 for f in &t.features {
                     let labels = [report.model.as_str(), report.version.as_str(), t.name.as_str(), f.name.as_str()];
-                    match f.psi {
-                        Some(v) => self.psi.with_label_values(&labels).set(v),
-                        None => {
-                            let _ = self.psi.remove_label_values(&labels);
-                        }
+                    if let Some(v) = f.psi {
+                        self.psi.with_label_values(&labels).set(v);
                     }
                 }
             }

@@ -69,7 +69,7 @@ impl Drop for MessageAudit {
 }
 
 /// A model named by a request; an empty version is the served one.
-fn lookup<'a>(state: &'a AppState, name: &str, version: &str) -> Result<&'a Arc<Model>, Status> {
+fn lookup(state: &AppState, name: &str, version: &str) -> Result<Arc<Model>, Status> {
     let version = (!version.is_empty()).then_some(version);
     state.model(name, version).map_err(|e| to_status(&e))
 }
@@ -102,7 +102,7 @@ async fn infer_one(
     event_id: &str,
 ) -> Result<ModelInferResponse, ApiError> {
     let version = (!request.model_version.is_empty()).then(|| request.model_version.clone());
-    let model = Arc::clone(state.model(&request.model_name, version.as_deref())?);
+    let model = state.model(&request.model_name, version.as_deref())?;
     let payload_log = state.payload_log().filter(|log| log.sampled());
     if let Some(log) = payload_log {
         log.message("request", event_id, model.name(), "inference.ModelInferRequest", || request.encode_to_vec());
@@ -153,7 +153,7 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         note_model(&r, &r.get_ref().name, &r.get_ref().version);
         let r = r.into_inner();
-        let m = crate::routes::v2::metadata(lookup(&self.state, &r.name, &r.version)?);
+        let m = crate::routes::v2::metadata(&self.state, lookup(&self.state, &r.name, &r.version)?.as_ref());
         let tensors = |ts: Vec<crate::v2::types::MetadataTensor>| {
             ts.into_iter()
                 .map(|t| model_metadata_response::TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape })
@@ -263,7 +263,7 @@ impl GrpcInferenceService for Inference {
         note_model(&r, &r.get_ref().name, &r.get_ref().version);
         let r = r.into_inner();
         let model = lookup(&self.state, &r.name, &r.version)?;
-        Ok(Response::new(ModelConfigResponse { config: Some(super::stats::model_config(model)) }))
+        Ok(Response::new(ModelConfigResponse { config: Some(super::stats::model_config(&model)) }))
     }
 
     async fn model_statistics(
@@ -275,35 +275,56 @@ impl GrpcInferenceService for Inference {
         }
         let r = r.into_inner();
         let model_stats = if r.name.is_empty() {
-            self.state.models().map(|m| super::stats::model_statistics(m)).collect()
+            self.state.models().iter().map(|m| super::stats::model_statistics(m)).collect()
         } else {
-            vec![super::stats::model_statistics(lookup(&self.state, &r.name, &r.version)?)]
+            vec![super::stats::model_statistics(lookup(&self.state, &r.name, &r.version)?.as_ref())]
         };
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
     async fn repository_index(
         &self,
-        _: Request<RepositoryIndexRequest>,
+        r: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
-        Err(unsupported(
-            "repository control (RepositoryIndex)",
-            "its models are fixed when it starts; see ModelMetadata",
-        ))
+        let r = r.into_inner();
+        crate::repository::api::check_repository_name(&self.state, &r.repository_name).map_err(|e| to_status(&e))?;
+        let entries =
+            crate::repository::api::index(Arc::clone(&self.state), r.ready).await.map_err(|e| to_status(&e))?;
+        let models = entries
+            .into_iter()
+            .map(|e| repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version,
+                state: e.state.as_str().to_string(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
     }
 
     async fn repository_model_load(
         &self,
-        _: Request<RepositoryModelLoadRequest>,
+        r: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        Err(unsupported("repository control (RepositoryModelLoad)", "its models are fixed when it starts"))
+        let r = r.into_inner();
+        let api = |e: crate::error::ApiError| to_status(&e);
+        crate::repository::api::check_repository_name(&self.state, &r.repository_name).map_err(api)?;
+        crate::repository::api::check_parameters(r.parameters.keys().map(String::as_str), &[]).map_err(api)?;
+        crate::repository::api::load(Arc::clone(&self.state), r.model_name).await.map_err(api)?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _: Request<RepositoryModelUnloadRequest>,
+        r: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        Err(unsupported("repository control (RepositoryModelUnload)", "its models are fixed when it starts"))
+        let r = r.into_inner();
+        let api = |e: crate::error::ApiError| to_status(&e);
+        crate::repository::api::check_repository_name(&self.state, &r.repository_name).map_err(api)?;
+        crate::repository::api::check_parameters(r.parameters.keys().map(String::as_str), &["unload_dependents"])
+            .map_err(api)?;
+        crate::repository::api::unload(Arc::clone(&self.state), r.model_name).await.map_err(api)?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 
     async fn system_shared_memory_status(

@@ -2,5 +2,6 @@
 
 pub mod docs;
 pub mod metrics;
+pub mod repository;
 pub mod typed;
 pub mod v2;

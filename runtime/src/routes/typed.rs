@@ -105,7 +105,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 }
 
 async fn predict<M: TypedModel>(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<M::Output>, ApiError> {
-    let model = Arc::clone(state.model(M::NAME, None)?);
+    let model = state.model(M::NAME, None)?;
     // Reading and parsing run inside the inference path too: under its deadline, and a 422 here
     // counts as a failed request of the model, as over V2.
     let request = async {

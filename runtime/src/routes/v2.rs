@@ -15,8 +15,8 @@ use crate::model::Model;
 use crate::server::AppState;
 use crate::v2::codec::{self, HEADER_LENGTH};
 use crate::v2::types::{
-    ConfigTensor, DynamicBatching, InferRequest, InferResponse, LiveResponse, MetadataTensor, ModelConfig,
-    ModelMetadata, ReadyResponse, ServerMetadata,
+    ConfigTensor, DynamicBatching, InferRequest, InferResponse, InstanceGroup, LiveResponse, MetadataTensor,
+    ModelConfig, ModelMetadata, ReadyResponse, ServerMetadata,
 };
 
 /// The V2 routes.
@@ -51,7 +51,13 @@ pub(crate) fn server_metadata_body() -> ServerMetadata {
     ServerMetadata {
         name: "nimify".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        extensions: vec!["binary_tensor_data".into(), "model_configuration".into(), "statistics".into()],
+        extensions: vec![
+            "binary_tensor_data".into(),
+            "model_configuration".into(),
+            "model_repository".into(),
+            "model_repository(unload_dependents)".into(),
+            "statistics".into(),
+        ],
     }
 }
 
@@ -80,7 +86,7 @@ async fn model_metadata(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
-    Ok(Json(metadata(state.model(&model, None)?)))
+    Ok(Json(metadata(&state, state.model(&model, None)?.as_ref())))
 }
 
 /// Metadata of one version of a model.
@@ -91,10 +97,11 @@ async fn model_version_metadata(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
-    Ok(Json(metadata(state.model(&model, Some(&version))?)))
+    Ok(Json(metadata(&state, state.model(&model, Some(&version))?.as_ref())))
 }
 
-pub(crate) fn metadata(model: &Model) -> ModelMetadata {
+/// Metadata of `model` (one version), listing every ready version of it.
+pub(crate) fn metadata(state: &AppState, model: &Model) -> ModelMetadata {
     let tensors = |specs: &[crate::model::TensorSpec]| {
         specs
             .iter()
@@ -103,7 +110,7 @@ pub(crate) fn metadata(model: &Model) -> ModelMetadata {
     };
     ModelMetadata {
         name: model.name().into(),
-        versions: vec![model.version().into()],
+        versions: state.catalog().versions(model.name()),
         platform: "onnxruntime_onnx".into(),
         inputs: tensors(model.inputs()),
         outputs: tensors(model.outputs()),
@@ -120,7 +127,7 @@ async fn model_drift(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Json<crate::drift::DriftReport>, ApiError> {
-    drift_report(state.model(&model, None)?)
+    drift_report(state.model(&model, None)?.as_ref())
 }
 
 /// Drift of one version of a model.
@@ -131,7 +138,7 @@ async fn model_version_drift(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<crate::drift::DriftReport>, ApiError> {
-    drift_report(state.model(&model, Some(&version))?)
+    drift_report(state.model(&model, Some(&version))?.as_ref())
 }
 
 fn drift_report(model: &Model) -> Result<Json<crate::drift::DriftReport>, ApiError> {
@@ -173,7 +180,7 @@ async fn model_config(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Json<ModelConfig>, ApiError> {
-    Ok(Json(config(state.model(&model, None)?)))
+    Ok(Json(config(state.model(&model, None)?.as_ref())))
 }
 
 /// Triton's configuration of one version of a model.
@@ -184,14 +191,14 @@ async fn model_version_config(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<ModelConfig>, ApiError> {
-    Ok(Json(config(state.model(&model, Some(&version))?)))
+    Ok(Json(config(state.model(&model, Some(&version))?.as_ref())))
 }
 
 /// Triton's statistics extension for every model: request, queue and compute counts and times.
 #[utoipa::path(get, path = "/v2/models/stats", tag = "v2",
     responses((status = 200, description = "`{\"model_stats\": [...]}` as Triton's statistics extension", body = Object)))]
 async fn all_stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let stats: Vec<_> = state.models().map(|m| crate::grpc::stats::model_statistics(m)).collect();
+    let stats: Vec<_> = state.models().iter().map(|m| crate::grpc::stats::model_statistics(m)).collect();
     Json(crate::grpc::stats::statistics_json(&stats))
 }
 
@@ -203,7 +210,7 @@ async fn model_stats(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let stats = crate::grpc::stats::model_statistics(state.model(&model, None)?);
+    let stats = crate::grpc::stats::model_statistics(state.model(&model, None)?.as_ref());
     Ok(Json(crate::grpc::stats::statistics_json(&[stats])))
 }
 
@@ -215,7 +222,7 @@ async fn model_version_stats(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let stats = crate::grpc::stats::model_statistics(state.model(&model, Some(&version))?);
+    let stats = crate::grpc::stats::model_statistics(state.model(&model, Some(&version))?.as_ref());
     Ok(Json(crate::grpc::stats::statistics_json(&[stats])))
 }
 
@@ -240,6 +247,11 @@ pub(crate) fn config(model: &Model) -> ModelConfig {
         backend: "onnxruntime".into(),
         max_batch_size: batching.map_or(0, |b| u32::try_from(b.max_batch_size).unwrap_or(u32::MAX)),
         dynamic_batching: batching.map(|b| DynamicBatching { max_queue_delay_microseconds: b.max_queue_delay_us }),
+        instance_group: vec![InstanceGroup {
+            name: model.name().to_string(),
+            kind: "KIND_CPU".into(),
+            count: model.instances(),
+        }],
         input: tensors(model.inputs()),
         output: tensors(model.outputs()),
     }
@@ -290,7 +302,7 @@ async fn run_infer(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let model = Arc::clone(state.model(model, version)?);
+    let model = state.model(model, version)?;
     crate::inference::run(state, &model, infer_body(state, &model, headers, body)).await
 }
 

@@ -50,9 +50,18 @@ pub struct Signature {
 
 /// Refuses a loaded model whose signature differs from the compiled-in one, describing both.
 pub fn check_signature(model: &crate::Model, compiled: &Signature) -> Result<(), crate::LoadError> {
-    // The model was loaded with the compiled-in overrides applied (ServerBuilder::typed), and is
-    // read with the same rule the macro used ([`TensorDecl::classify`]).
-    let info = model.info();
+    check_file(model.path(), model.info(), compiled)
+}
+
+/// Refuses a model file whose signature (`info`, with the compiled-in dims overrides applied)
+/// differs from the compiled-in one, describing both.
+pub(crate) fn check_file(
+    path: &std::path::Path,
+    info: &nimify_model::ModelInfo,
+    compiled: &Signature,
+) -> Result<(), crate::LoadError> {
+    // The file is read with the compiled-in overrides applied (ServerBuilder::typed), with the
+    // same rule the macro used ([`TensorDecl::classify`]).
     let matches = |values: &[ValueInfo], decls: &[TensorDecl]| {
         values.len() == decls.len() && values.iter().zip(decls).all(|(v, d)| TensorDecl::classify(v).as_ref() == Ok(d))
     };
@@ -73,7 +82,7 @@ pub fn check_signature(model: &crate::Model, compiled: &Signature) -> Result<(),
     };
     let compiled_side = |decls: &[TensorDecl]| list(decls.iter().map(TensorDecl::describe).collect());
     Err(crate::LoadError::SignatureMismatch {
-        path: model.path().to_path_buf(),
+        path: path.to_path_buf(),
         compiled: format!(
             "inputs ({}) -> outputs ({})",
             compiled_side(&compiled.inputs),

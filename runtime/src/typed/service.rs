@@ -20,7 +20,7 @@ impl Context {
     /// Runs model `M` (registered with [`crate::ServerBuilder::typed`] or
     /// [`crate::ServerBuilder::service`]) on a typed input.
     pub async fn infer<M: TypedModel>(&self, input: M::Input) -> Result<M::Output, crate::ApiError> {
-        let model = std::sync::Arc::clone(self.state.model(M::NAME, None)?);
+        let model = self.state.model(M::NAME, None)?;
         let span = crate::__trace_span!("infer", nimify.model.name = M::NAME);
         tracing::Instrument::instrument(crate::inference::run(&self.state, &model, run_typed::<M>(&model, input)), span)
             .await

@@ -160,10 +160,23 @@ pub struct ModelConfig {
     /// Present when the server batches this model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_batching: Option<DynamicBatching>,
+    /// The session instances (Triton's `instance_group`): one group on the CPU.
+    pub instance_group: Vec<InstanceGroup>,
     /// Inputs.
     pub input: Vec<ConfigTensor>,
     /// Outputs.
     pub output: Vec<ConfigTensor>,
+}
+
+/// Triton's `instance_group` entry.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InstanceGroup {
+    /// Group name (the model's).
+    pub name: String,
+    /// Always `KIND_CPU`.
+    pub kind: String,
+    /// Session instances, each running one batch at a time.
+    pub count: usize,
 }
 
 /// Triton's `dynamic_batching` block.
