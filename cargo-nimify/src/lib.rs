@@ -110,6 +110,10 @@ pub enum Command {
     Deploy(cmd::deploy::DeployArgs),
     /// Roll an environment back to an earlier Helm revision.
     Rollback(cmd::deploy::RollbackArgs),
+    /// Finish a canary (`deploy --canary`): the stable pods take its image, then it is removed.
+    Promote(cmd::canary::FinishArgs),
+    /// Roll a canary back: every request to the stable pods, then the canary is removed.
+    Abort(cmd::canary::FinishArgs),
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
     Completions(cmd::completions::CompletionsArgs),
 }
@@ -171,6 +175,8 @@ pub fn main() -> ExitCode {
         Command::Chart(args) => cmd::chart::run(&args, out),
         Command::Deploy(args) => cmd::deploy::deploy(&args, out),
         Command::Rollback(args) => cmd::deploy::rollback(&args, out),
+        Command::Promote(args) => cmd::canary::finish(&args, cmd::canary::Finish::Promote, out),
+        Command::Abort(args) => cmd::canary::finish(&args, cmd::canary::Finish::Abort, out),
         Command::Completions(args) => cmd::completions::run(&args),
     };
     match result {

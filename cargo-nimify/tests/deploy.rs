@@ -109,6 +109,64 @@ fn deploy_and_rollback_dry_runs_per_environment() {
 }
 
 #[test]
+fn canary_deploy_promote_and_abort_dry_runs() {
+    let target = recorded_image();
+    let stable = "sha256:".to_string() + &"0".repeat(64);
+    let mut all = String::new();
+    for args in [
+        vec!["deploy", "--env", "prod", "--canary", "10", "--dry-run", "--helm-version", "4"],
+        vec![
+            "deploy",
+            "--env",
+            "prod",
+            "--canary",
+            "50",
+            "--stable-digest",
+            &stable,
+            "--dry-run",
+            "--helm-version",
+            "3",
+        ],
+        vec!["promote", "--env", "prod", "--dry-run", "--helm-version", "4"],
+        vec!["abort", "--env", "prod", "--dry-run", "--helm-version", "4"],
+        vec![
+            "abort",
+            "--env",
+            "prod",
+            "--stable-digest",
+            &stable,
+            "--canary-digest",
+            DIGEST,
+            "--dry-run",
+            "--helm-version",
+            "4",
+        ],
+    ] {
+        let out = nimify(target.path(), &no_helm(), &args);
+        assert!(out.status.success(), "{}", clean(&out.stderr, target.path()));
+        all += &format!("$ cargo nimify {}\n{}", args.join(" "), clean(&out.stdout, target.path()));
+    }
+    insta::assert_snapshot!("canary_dry_runs", all);
+    // Mistakes: a weight above 100, a canary of the image the stable pods already run, a
+    // stable digest without --canary, and without helm outside a dry run.
+    let out = nimify(target.path(), &no_helm(), &["deploy", "--env", "prod", "--canary", "150", "--dry-run"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("150 is not in 0..=100"));
+    let out = nimify(
+        target.path(),
+        &no_helm(),
+        &["deploy", "--env", "prod", "--canary", "10", "--stable-digest", DIGEST, "--dry-run"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is the one the stable pods run"), "{err}");
+    let out = nimify(target.path(), &no_helm(), &["deploy", "--env", "prod", "--stable-digest", DIGEST, "--dry-run"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--canary"));
+    let out = nimify(target.path(), &no_helm(), &["promote", "--env", "prod"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("helm not found"));
+    let out = nimify(target.path(), &no_helm(), &["promote", "--env", "nowhere", "--dry-run"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown environment `nowhere`"));
+}
+
+#[test]
 fn chart_is_filled_in_from_the_image_record() {
     let target = recorded_image();
     let out = nimify(target.path(), &no_helm(), &["chart", "--format", "json"]);

@@ -1,6 +1,7 @@
 """The Helm chart with the real Helm library (helm-python-sdk, the Helm v4 Go SDK): strict lint
 for the default values, each environment and every optional feature on; every rendered manifest
-through `kubernetes-validate --strict` for Kubernetes 1.32; the custom resources' structure;
+through `kubernetes-validate --strict` for Kubernetes 1.32; the custom resources against their CRD
+schemas (tests/npm/validate.mjs) and their structure;
 snapshots per environment; and every metric and label the alerts and dashboard query present in a
 live `/metrics` scrape."""
 
@@ -23,8 +24,9 @@ ENVS = ["dev", "staging", "prod"]
 # What `cargo nimify chart` fills in; fixed here so renders are comparable.
 SERVICE = {"image": {"repository": "127.0.0.1:5000/example-iris", "digest": "sha256:" + "ab" * 32}, "model": {"name": "iris", "sha256": "cd" * 32, "sizeBytes": 4096}}
 ALL_ON = os.path.join(os.path.dirname(__file__), "chart-values-all.yaml")
-# Labels Prometheus attaches from the scrape target (ServiceMonitor), not present in /metrics.
-TARGET_LABELS = {"namespace", "service", "pod", "job", "instance", "container", "endpoint"}
+# Labels Prometheus attaches from the scrape target (ServiceMonitor), not present in /metrics; the
+# last from the pod label the ServiceMonitor copies with rollout.enabled (podTargetLabels).
+TARGET_LABELS = {"namespace", "service", "pod", "job", "instance", "container", "endpoint", "rollouts_pod_template_hash"}
 
 
 def load(path):
@@ -52,6 +54,16 @@ def render(env, namespace="ml"):
 
 def docs(rendered):
     return [d for text in rendered.values() for d in yaml.safe_load_all(text) if d]
+
+
+def stable(manifests, kind, name="iris-nimify"):
+    """The release's own (stable) resource of a kind, not the canary's."""
+    return next(d for d in manifests if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def server(pod):
+    """The service's container (a model-repository sidecar may run beside it)."""
+    return next(c for c in pod["containers"] if c["name"] == "nimify")
 
 
 @pytest.mark.parametrize("env", ["default", *ENVS, "all"])
@@ -102,21 +114,45 @@ def test_schema_covers_every_value():
         helm.Chart.load(CHART).render(merge(SERVICE, {"config": {"batching": {"max_batch": 3}}}), name="iris", namespace="ml")
 
 
+# API groups of the custom resources the chart renders; tests/npm/validate.mjs has their schemas.
+CUSTOM_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/", "argoproj.io/")
+NPM = os.path.join(ROOT, "tests", "npm")
+
+
+def check_custom(manifests):
+    """tests/npm/validate.mjs over documents: the @kubernetes-models packages' CRD schemas (the
+    operators' CRDs cannot be fetched here). Returns the finished process (one `ok` or `error`
+    line per document; exit status 1 on any error)."""
+    assert os.path.isdir(os.path.join(NPM, "node_modules")), "tests/npm/node_modules is missing: run `npm ci --prefix tests/npm` (`cargo xtask test` does)"
+    return subprocess.run(["node", os.path.join(NPM, "validate.mjs")], input=json.dumps(manifests), capture_output=True, text=True, cwd=NPM)
+
+
 def validate(manifests, tmp_path):
-    """`kubernetes-validate --strict` for Kubernetes 1.32 over every built-in resource (the
-    Prometheus Operator's custom resources are checked by structure below)."""
-    builtin = [d for d in manifests if d["apiVersion"] != "monitoring.coreos.com/v1"]
+    """`kubernetes-validate --strict` for Kubernetes 1.32 over every built-in resource, and the
+    custom resources (ServiceMonitor, PrometheusRule, HTTPRoute, Rollout, AnalysisTemplate)
+    against their CRD schemas; returns the custom resources' `ok` lines."""
+    builtin = [d for d in manifests if not d["apiVersion"].startswith(CUSTOM_GROUPS)]
+    custom = [d for d in manifests if d["apiVersion"].startswith(CUSTOM_GROUPS)]
     assert builtin
     path = tmp_path / "manifests.yaml"
     path.write_text(yaml.safe_dump_all(builtin))
     proc = subprocess.run([sys.executable, "-m", "kubernetes_validate", "-k", "1.32.0", "--strict", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # kubernetes-validate only warns about a kind it has no schema for.
+    assert "Couldn't find schema" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    if not custom:
+        return []
+    proc = check_custom(custom)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(custom) and all(line.startswith("ok ") for line in lines), lines
+    return lines
 
 
 def test_tracing_and_the_audit_log_are_set_as_the_service_reads_them():
     def env_of(which):
-        deploy = next(d for d in docs(render(which)) if d["kind"] == "Deployment")
-        [c] = deploy["spec"]["template"]["spec"]["containers"]
+        deploy = stable(docs(render(which)), "Deployment")
+        c = server(deploy["spec"]["template"]["spec"])
         return {e["name"]: e.get("value") for e in c["env"]}
 
     on = env_of("all")
@@ -151,8 +187,9 @@ def test_manifests_validate_against_kubernetes_1_32(env, tmp_path):
 
 
 def test_custom_resources_have_the_operator_structure():
-    # The Prometheus Operator CRDs cannot be fetched here, so their structure is asserted.
+    # Beyond their CRD schemas (validate()): what the chart means by them.
     by_kind = {d["kind"]: d for d in docs(render("all"))}
+    by_kind["Service"] = stable(docs(render("all")), "Service")
     sm = by_kind["ServiceMonitor"]
     assert sm["spec"]["selector"]["matchLabels"] == by_kind["Service"]["spec"]["selector"]
     assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
@@ -207,7 +244,7 @@ def test_termination_grace_outlasts_the_shutdown_delay_and_the_drain(env):
     import tomllib
 
     rendered = docs(render(env))
-    deploy = next(d for d in rendered if d["kind"] == "Deployment")
+    deploy = stable(rendered, "Deployment")
     grace_ms = deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] * 1000
     cm = next(d for d in rendered if d["kind"] == "ConfigMap" and "config.toml" in d["data"])
     config = tomllib.loads(cm["data"]["config.toml"])
@@ -275,7 +312,10 @@ def test_alert_and_dashboard_queries_use_live_metric_and_label_names(start):
     # Row panels hold no queries.
     exprs += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
-    assert len(exprs) >= 24, exprs
+    # The canary analysis (rollout.enabled) too.
+    analysis = next(d for d in rendered if d["kind"] == "AnalysisTemplate")
+    exprs += [m["provider"]["prometheus"]["query"] for m in analysis["spec"]["metrics"]]
+    assert len(exprs) >= 26, exprs
     # A server with a reference profile (so the drift series exist; PSI once a request is
     # sampled), one inference, then a scrape.
     server = start("tabular", "--reference", os.path.join(MODELS, "tabular.profile.json"), "--drift-sample-rate", "1")
@@ -321,3 +361,68 @@ def test_cargo_nimify_chart_writes_a_chart_for_the_built_image(tmp_path):
     text = next(t for p, t in notes.items() if p.endswith("NOTES.txt"))
     assert "kubectl --namespace ml port-forward service/iris-example-iris 8000:8000" in text and "/v2/models/iris" in text
 
+
+
+def helm_values(argv):
+    """The values a `helm upgrade` command line gives the chart: its --values files merged in
+    order, then its --set pairs (true/false and whole numbers typed as Helm types them)."""
+    values = {}
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--values":
+            values = merge(values, load(argv[i + 1]))
+            i += 2
+        elif argv[i] == "--set":
+            key, value = argv[i + 1].split("=", 1)
+            typed = {"true": True, "false": False}.get(value, int(value) if value.isdigit() else value)
+            node = {}
+            for part in reversed(key.split(".")):
+                node = {part: typed} if not node else {part: node}
+            values = merge(values, node)
+            i += 2
+        else:
+            i += 1
+    return values
+
+
+def test_canary_promote_and_abort_render_the_weights_of_each_step(tmp_path):
+    """`deploy --canary 10`, then `promote` or `abort`, as dry runs: each printed `helm upgrade`
+    renders (the chart `deploy` wrote, with the environment's values and the step's --set) to
+    valid manifests with the HTTPRoute weights of that step: 90/10, then 100/0 with the canary
+    still up, then no canary."""
+    iris = os.path.join(ROOT, "examples", "iris")
+    image = nimify_image(iris, "--output", f"oci:{tmp_path / 'image'}:canary").result
+    new = image["digest"]
+    old = "sha256:" + "0" * 64
+
+    def steps(*args):
+        proc = subprocess.run([BIN, "nimify", *args, "--env", "prod", "--dry-run", "--helm-version", "4", "--format", "json"],
+                              cwd=iris, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        commands = json.loads(proc.stdout)["commands"]
+        assert all(c[:2] == ["helm", "upgrade"] for c in commands), commands
+        rendered = []
+        for argv in commands:
+            chart = argv[3]
+            out = helm.Chart.load(chart).render(helm_values(argv), name=argv[2], namespace="ml", is_install=False)
+            manifests = [d for p, t in sorted(out.items()) if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
+            validate(manifests, tmp_path)
+            rendered.append(manifests)
+        return rendered
+
+    def state(manifests):
+        route = next(d for d in manifests if d["kind"] == "HTTPRoute")
+        weights = {b["name"].removeprefix("iris-example-iris"): b.get("weight") for b in route["spec"]["rules"][-1]["backendRefs"]}
+        images = {d["metadata"]["name"].removeprefix("iris-example-iris"): d["spec"]["template"]["spec"]["containers"][0]["image"].split("@")[1]
+                  for d in manifests if d["kind"] == "Deployment"}
+        return weights, images
+
+    [started] = steps("deploy", "--canary", "10", "--stable-digest", old)
+    assert state(started) == ({"": 90, "-canary": 10}, {"": old, "-canary": new})
+    drained, promoted = steps("promote", "--stable-digest", old, "--canary-digest", new)
+    assert state(drained) == ({"": 100, "-canary": 0}, {"": new, "-canary": new})
+    assert state(promoted) == ({"": 100}, {"": new})
+    drained, aborted = steps("abort", "--stable-digest", old, "--canary-digest", new)
+    assert state(drained) == ({"": 100, "-canary": 0}, {"": old, "-canary": new})
+    assert state(aborted) == ({"": 100}, {"": old})
+    assert not [d for d in aborted if d["metadata"]["name"].endswith("-canary")]

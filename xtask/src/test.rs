@@ -8,6 +8,8 @@
 //!    and the Debian packages the image tests run for real (podman, runc, skopeo,
 //!    docker-registry, htpasswd, openssl) plus perf_analyzer's `libb64-0d`, installed with
 //!    apt-get when missing; podman reads `tests/containers.conf` (runc, explicit ulimits);
+//!    and Node.js with `tests/npm`'s locked packages, which check the chart's custom resources
+//!    against their CRD schemas;
 //! 2. the house rules: `cargo fmt --check`, clippy with every warning an error (on Linux, and
 //!    for `cargo-nimify` on Windows and macOS: `cargo xtask cross-check`), `cargo doc` with
 //!    every warning an error, and the public API listings (`cargo xtask public-api`);
@@ -137,10 +139,17 @@ pub fn other_platform() -> (&'static str, &'static str, &'static [&'static str])
     }
 }
 
-/// Installs the missing [`SYSTEM_PACKAGES`] in one apt-get run.
+/// Debian's Node.js, for `tests/npm` (the chart's custom resources against their CRD schemas):
+/// installed only when no `node` is on PATH, since one from NodeSource or nvm serves as well
+/// (and Debian's `npm` conflicts with NodeSource's `nodejs`).
+const NODE_PACKAGES: &[&str] = &["nodejs", "npm"];
+
+/// Installs the missing [`SYSTEM_PACKAGES`] (and [`NODE_PACKAGES`]) in one apt-get run.
 fn system_packages(sh: &Shell) -> Result<()> {
     let cross = other_platform().2.iter().map(|p| (*p, "cross-compiling the multi-platform image"));
-    let wanted: Vec<(&str, &str)> = SYSTEM_PACKAGES.iter().copied().chain(cross).collect();
+    let no_node = cmd!(sh, "node --version").quiet().ignore_stdout().ignore_stderr().run().is_err();
+    let node = NODE_PACKAGES.iter().filter(|_| no_node).map(|p| (*p, "checking the chart's custom resources"));
+    let wanted: Vec<(&str, &str)> = SYSTEM_PACKAGES.iter().copied().chain(cross).chain(node).collect();
     let missing: Vec<&str> = wanted
         .iter()
         .map(|(p, _)| *p)
@@ -158,6 +167,24 @@ fn system_packages(sh: &Shell) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()
         .with_context(|| format!("installing {list}"))?;
+    Ok(())
+}
+
+/// `tests/npm`'s locked packages (`@kubernetes-models/*`: the CRD schemas `tests/npm/validate.mjs`
+/// checks the chart's custom resources against), with `npm ci` when `node_modules` is missing or
+/// older than the lock.
+fn npm_packages(sh: &Shell, root: &Path) -> Result<()> {
+    let dir = root.join("tests/npm");
+    let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = matches!(
+        (modified(dir.join("package-lock.json")), modified(dir.join("node_modules"))),
+        (Some(lock), Some(installed)) if installed >= lock
+    );
+    if !fresh {
+        cmd!(sh, "npm ci --prefix {dir} --no-audit --no-fund --loglevel=error")
+            .run()
+            .context("installing tests/npm from its package-lock.json")?;
+    }
     Ok(())
 }
 
@@ -232,6 +259,7 @@ pub fn run(rest: &[&str]) -> Result<()> {
     };
     let mut t = Instant::now();
     system_packages(&sh)?;
+    npm_packages(&sh, &root)?;
     let python = venv_python(&sh)?;
     let pa = perf_analyzer(&sh)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -241,7 +269,7 @@ pub fn run(rest: &[&str]) -> Result<()> {
     {
         cmd!(sh, "rustup component add rustfmt clippy").run().context("installing rustfmt and clippy")?;
     }
-    lap("setup (apt, Python environments)", &mut t);
+    lap("setup (apt, Python and npm packages)", &mut t);
     cmd!(sh, "{cargo} fmt --all --check").run().context("formatting differs: run `cargo fmt --all`")?;
     // clippy, rustdoc and the API listing share one target directory and environment (see
     // `public_api::check_target_dir`): the dependencies are checked once for all three.

@@ -47,6 +47,8 @@ pub struct Written {
     pub version: String,
     /// The image reference the chart deploys.
     pub image: String,
+    /// The image's digest (`sha256:...`).
+    pub digest: String,
 }
 
 /// Writes the filled-in chart to `dir` (replacing a chart already there).
@@ -122,7 +124,13 @@ pub fn write(project: &Project, dir: &Path) -> Result<Written, CliError> {
         let _ = std::fs::remove_dir_all(&temp);
     }
     result?;
-    Ok(Written { dir: dir.to_path_buf(), name, version: project.version.clone(), image: record.pull_reference() })
+    Ok(Written {
+        dir: dir.to_path_buf(),
+        name,
+        version: project.version.clone(),
+        image: record.pull_reference(),
+        digest: record.digest.clone(),
+    })
 }
 
 fn file_text(name: &str) -> Result<String, CliError> {

@@ -35,6 +35,13 @@ pub struct DeployArgs {
     /// Helm major version to write flags for [default: asked from `helm version`].
     #[arg(long, value_name = "3|4", value_parser = clap::value_parser!(u8).range(3..=4))]
     pub helm_version: Option<u8>,
+    /// Start (or re-weight) a canary of the built image beside the deployed one, with this
+    /// percent of the traffic (the chart's HTTPRoute); finish with `promote` or `abort`.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100), conflicts_with = "render")]
+    pub canary: Option<u8>,
+    /// With --canary: the digest the stable pods keep [default: read with `helm get values`].
+    #[arg(long, value_name = "DIGEST", requires = "canary")]
+    pub stable_digest: Option<String>,
 }
 
 /// `rollback` arguments.
@@ -59,14 +66,14 @@ pub struct RollbackArgs {
 
 /// One environment, resolved.
 #[derive(Debug, Clone)]
-struct Target {
-    namespace: String,
-    release: String,
-    context: Option<String>,
-    values: Option<PathBuf>,
+pub(super) struct Target {
+    pub(super) namespace: String,
+    pub(super) release: String,
+    pub(super) context: Option<String>,
+    pub(super) values: Option<PathBuf>,
 }
 
-fn target(project: &Project, env: &str) -> Result<Target, CliError> {
+pub(super) fn target(project: &Project, env: &str) -> Result<Target, CliError> {
     // A zero-code service (`--model`) has no Cargo.toml to declare environments in: each one is
     // its namespace, the release is the model's name.
     let zero_code = crate::project::Environment::default();
@@ -104,14 +111,14 @@ fn target(project: &Project, env: &str) -> Result<Target, CliError> {
 }
 
 /// The helm binary: `NIMIFY_HELM`, else `helm` on PATH.
-fn helm_binary() -> Option<PathBuf> {
+pub(super) fn helm_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("NIMIFY_HELM").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     crate::find_on_path("helm")
 }
 
-fn missing_helm() -> CliError {
+pub(super) fn missing_helm() -> CliError {
     CliError::with_help(
         "helm not found on PATH (or NIMIFY_HELM)",
         "install Helm 3.8+ or 4 from https://helm.sh/docs/intro/install/, or use --dry-run to see the commands",
@@ -119,7 +126,7 @@ fn missing_helm() -> CliError {
 }
 
 /// The major version of `helm`.
-fn helm_major(sh: &Shell, helm: &Path) -> Result<u8, CliError> {
+pub(super) fn helm_major(sh: &Shell, helm: &Path) -> Result<u8, CliError> {
     let template = "{{.Version}}";
     let version = cmd!(sh, "{helm} version --template {template}")
         .quiet()
@@ -142,18 +149,18 @@ fn shell_word(arg: &str) -> String {
 }
 
 /// A command line as a shell would take it.
-fn shell_line(argv: &[String]) -> String {
+pub(super) fn shell_line(argv: &[String]) -> String {
     argv.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" ")
 }
 
 /// `--dry-run`: the commands, one shell line each, or `{"commands": [[argv...], ...]}`.
-fn print_commands(out: Out, commands: &[&[String]]) {
+pub(super) fn print_commands(out: Out, commands: &[&[String]]) {
     let text: Vec<String> = commands.iter().map(|argv| shell_line(argv)).collect();
     out.result(text.join("\n"), || serde_json::json!({ "commands": commands }));
 }
 
 /// Runs helm with its output on stderr: stdout holds only our result (`--format json`).
-fn run_helm(helm: &Path, argv: &[String]) -> Result<(), CliError> {
+pub(super) fn run_helm(helm: &Path, argv: &[String]) -> Result<(), CliError> {
     term::status("Running", format!("helm {}", shell_line(argv)));
     let what = argv.first().map(String::as_str).unwrap_or("helm");
     let status = std::process::Command::new(helm)
@@ -168,7 +175,7 @@ fn run_helm(helm: &Path, argv: &[String]) -> Result<(), CliError> {
     }
 }
 
-fn common(t: &Target) -> Vec<String> {
+pub(super) fn common(t: &Target) -> Vec<String> {
     let mut args = vec!["--namespace".to_string(), t.namespace.clone()];
     if let Some(c) = &t.context {
         args.extend(["--kube-context".to_string(), c.clone()]);
@@ -176,19 +183,29 @@ fn common(t: &Target) -> Vec<String> {
     args
 }
 
-/// Runs `deploy`.
-pub fn deploy(args: &DeployArgs, out: Out) -> Result<(), CliError> {
-    let project = Project::load(&args.project)?;
-    let t = target(&project, &args.env)?;
-    let chart = super::chart::write(&project, &project.state_dir().join("chart"))?;
+/// The `--values` files of an environment: the chart's `values-<env>.yaml`, then the
+/// environment's own.
+pub(super) fn values_files(chart: &Path, env: &str, t: &Target) -> Vec<String> {
     let mut values = Vec::new();
-    let env_values = chart.dir.join(format!("values-{}.yaml", args.env));
+    let env_values = chart.join(format!("values-{env}.yaml"));
     if env_values.is_file() {
         values.extend(["--values".to_string(), env_values.display().to_string()]);
     }
     if let Some(v) = &t.values {
         values.extend(["--values".to_string(), v.display().to_string()]);
     }
+    values
+}
+
+/// Runs `deploy`.
+pub fn deploy(args: &DeployArgs, out: Out) -> Result<(), CliError> {
+    let project = Project::load(&args.project)?;
+    let t = target(&project, &args.env)?;
+    let chart = super::chart::write(&project, &project.state_dir().join("chart"))?;
+    if let Some(weight) = args.canary {
+        return super::canary::start(args, &t, &chart, weight, out);
+    }
+    let values = values_files(&chart.dir, &args.env, &t);
     let sh = Shell::new().map_err(|e| CliError::msg(e.to_string()))?;
     let helm = helm_binary();
     if let Some(dir) = &args.render {

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod canary;
 pub mod chart;
 pub mod completions;
 pub mod deploy;
