@@ -23,8 +23,9 @@ pub struct ProjectArgs {
     #[arg(long, value_name = "NAME")]
     pub bin: Option<String>,
     /// No crate: an ONNX model served by the generic server (`cargo nimify serve`), named after
-    /// the file; its image, chart and deployment work as a service crate's do.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["manifest_path", "package", "bin"])]
+    /// the file, or a model repository directory, named after it; its image, chart and
+    /// deployment work as a service crate's do.
+    #[arg(long, value_name = "FILE|DIR", conflicts_with_all = ["manifest_path", "package", "bin"])]
     pub model: Option<PathBuf>,
 }
 
@@ -148,11 +149,15 @@ impl Project {
     /// A zero-code service: the package is named after the model file (lower case, as image
     /// names must be) and state goes to `./target/nimify/<name>/`. `image` tags it by the
     /// model's digest; `chart` and `deploy` read the model only through `image.json`.
+    /// A model repository directory (`REPO/<name>/<version>/model.onnx`) stands in the same way,
+    /// named after the directory.
     fn for_model(model: &Path) -> Result<Self, CliError> {
-        if !model.is_file() {
+        if !model.is_file() && !model.is_dir() {
             return Err(CliError::msg(format!("model file {} not found", model.display())));
         }
-        let stem = model.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let stem = if model.is_dir() { model.file_name() } else { model.file_stem() }
+            .map(|s| s.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
         let name: String =
             stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
         let name = name.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();

@@ -20,9 +20,9 @@ BIN = os.environ.get("NIMIFY_BIN", os.path.join(TARGET, "debug", "cargo-nimify")
 
 # Test files whose tests build or run the examples' images, or read or change what those change:
 # target/nimify/<package>/ (image.json, staging directories), podman's storage, the examples'
-# model files (test_image.py swaps and deletes examples/iris/iris.onnx) and their debug binaries
+# model files (test_image.py swaps and deletes examples/iris/iris.onnx, which test_repository.py copies) and their debug binaries
 # (relinked when their inputs are touched). Their tests run in one worker, in order.
-SHARES_EXAMPLES = {"test_image.py", "test_examples.py", "test_chart.py", "test_models_fresh.py", "test_multiarch.py", "test_tracing.py"}
+SHARES_EXAMPLES = {"test_image.py", "test_examples.py", "test_chart.py", "test_models_fresh.py", "test_multiarch.py", "test_tracing.py", "test_repository.py"}
 
 
 def shares_examples(nodeid):

@@ -543,3 +543,44 @@ def test_a_typed_service_refuses_a_repository_version_with_another_signature(tmp
         assert requests.get(f"{server.url}/v2/models/iris", timeout=5).json()["versions"] == ["1"]
     finally:
         server.stop()
+
+
+def test_an_image_ships_a_repository_and_serves_it(tmp_path):
+    """`cargo nimify image --model REPO`: the served versions and configuration files in a
+    layer of their own at /opt/nimify/repository (NIMIFY_MODEL_REPOSITORY), checked before
+    anything is built; the container serves every model and version."""
+    from conftest import Container, skopeo_inspect
+    repo = repository(tmp_path, config="version_policy = { latest = 2 }\n")
+    version_dir(repo, "broken", 1, source=TRUNCATED)
+    image = lambda *flags: subprocess.run([BIN, "nimify", "image", "--model", str(repo), *flags, "--format", "json"],
+                                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    r = image()
+    assert r.returncode != 0 and "truncated" in r.stderr, r.stderr
+    shutil.rmtree(repo / "broken")
+    r = image("--reference", "x.json")
+    assert r.returncode != 0 and "a repository model names its own" in r.stderr, r.stderr
+    assert not (tmp_path / "target" / "nimify" / "repo" / "image.json").exists()
+    r = image()
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    record = json.load(open(tmp_path / "target" / "nimify" / "repo" / "image.json"))
+    assert [l["role"] for l in record["layers"]][-1] == "repository"
+    assert "model" not in [l["role"] for l in record["layers"]]
+    assert sorted(m["name"] for m in record["models"]) == ["adder/2", "adder/3", "iris/1"]
+    config = skopeo_inspect(result["reference"], config=True)["config"]
+    assert "NIMIFY_MODEL_REPOSITORY=/opt/nimify/repository" in config["Env"]
+    assert not any(e.startswith("NIMIFY_MODEL_SHA256=") for e in config["Env"])
+    assert config["Entrypoint"][-2:] == ["nimify", "serve"]
+    assert "adder/3=" in config["Labels"]["io.nimify.repository"]
+    container = Container(result["reference"])
+    try:
+        class At:
+            url = container.url
+        assert requests.get(f"{container.url}/v2/models/adder", timeout=5).json()["versions"] == ["2", "3"]
+        assert answered_by(add(At)) == 3 and answered_by(add(At, 2)) == 2
+        assert requests.get(f"{container.url}/v2/models/iris/ready", timeout=5).status_code == 200
+    finally:
+        container.remove()
+    # Rebuilt from the same files: the same image.
+    again = image()
+    assert again.returncode == 0 and json.loads(again.stdout)["digest"] == result["digest"]

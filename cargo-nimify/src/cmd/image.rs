@@ -67,6 +67,11 @@ pub struct ImageArgs {
     /// `#[nimify(reference = "...")]`).
     #[arg(long, value_name = "PROFILE", requires = "model")]
     pub reference: Option<PathBuf>,
+    /// Ship this model repository (DIR/NAME/VERSION/model.onnx) in the image, its served versions
+    /// in a layer of their own, at /opt/nimify/repository (NIMIFY_MODEL_REPOSITORY, which a
+    /// deployment can point at a volume instead). `--model DIR` makes an image of a repository alone.
+    #[arg(long, value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
     /// How cargo builds it.
     #[command(flatten)]
     pub cargo: super::build::CargoArgs,
@@ -87,12 +92,34 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     }
     // Zero-code: the one model is read and hashed here, once (it may be gigabytes); its digest
     // is the default tag, `sha-` and its first 12 digits, so each model file gets its own.
-    let zero_code = project.model.as_deref().map(|m| zero_code_model(m, &project.bin)).transpose()?;
+    let repository_dir = match (project.model.as_deref().filter(|m| m.is_dir()), &args.model_repository) {
+        (Some(_), Some(_)) => {
+            return Err(CliError::with_help(
+                "--model names a model repository and --model-repository another",
+                "give the repository once: `--model DIR` for an image of the repository alone",
+            ));
+        }
+        (Some(dir), None) => Some(dir.to_path_buf()),
+        (None, given) => given.clone(),
+    };
+    let repository = repository_dir.as_deref().map(repository_files).transpose()?;
+    let zero_code =
+        project.model.as_deref().filter(|m| m.is_file()).map(|m| zero_code_model(m, &project.bin)).transpose()?;
     if let Some(model) = &zero_code {
         project.settings.tag.get_or_insert_with(|| format!("sha-{}", &model.sha256[..12]));
     }
-    if let (Some(reference), Some(model)) = (&args.reference, &zero_code) {
-        check_reference(reference, &model.path)?;
+    if let (Some(files), true, None) = (&repository, project.model.is_some(), &zero_code) {
+        project.settings.tag.get_or_insert_with(|| format!("sha-{}", &repository_digest(files)[..12]));
+    }
+    match (&args.reference, &zero_code) {
+        (Some(reference), Some(model)) => check_reference(reference, &model.path)?,
+        (Some(_), None) => {
+            return Err(CliError::with_help(
+                "--reference names the profile of one model file; a repository model names its own",
+                "add `reference = \"profile.json\"` to REPO/<name>/config.toml (relative to the model's directory)",
+            ));
+        }
+        (None, _) => {}
     }
     let (name, tag, output) = naming(&project, args)?;
     if platforms.len() > 1 && matches!(output, Output::DockerArchive { .. }) {
@@ -134,7 +161,7 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     }
     // The models a service serves are listed by a binary this machine can run: built for it as
     // well when --platform leaves it out.
-    let served = match (&zero_code, platforms.iter().position(|p| p.is_host())) {
+    let served = match (&project.model, platforms.iter().position(|p| p.is_host())) {
         (Some(_), _) => Vec::new(),
         (None, Some(i)) => models_of(&binaries[i], &project.bin)?,
         (None, None) => {
@@ -146,7 +173,14 @@ pub fn run(args: &ImageArgs, out: Out) -> Result<(), CliError> {
     let mut plans = Vec::new();
     let mut shared = img::Shared::default();
     for (((p, binary), ort), base) in platforms.iter().zip(binaries).zip(ort).zip(bases) {
-        let parts = Parts { platform: p, binary, ort, zero_code: zero_code.clone(), served: served.clone() };
+        let parts = Parts {
+            platform: p,
+            binary,
+            ort,
+            zero_code: zero_code.clone(),
+            served: served.clone(),
+            repository: repository.clone(),
+        };
         let mut plan = plan(&project, parts, base_ref.clone(), &name)?;
         if let Some(reference) = &args.reference {
             // Beside the declared assets, under a name of its own; the server is told where by
@@ -297,6 +331,69 @@ fn push_options(args: &ImageArgs) -> Result<PushOptions, CliError> {
     Ok(PushOptions { insecure: args.insecure, ca_certs: args.ca_cert.clone(), creds })
 }
 
+/// A model repository, read as the server reads it: every model's configuration and the served
+/// versions' signatures are checked before anything is built; each served version's directory
+/// and each configuration file is packed, the rest (versions the policy does not serve, hidden
+/// staging entries) is not.
+fn repository_files(root: &Path) -> Result<img::RepositoryFiles, CliError> {
+    use nimify::repository::layout;
+    let names = layout::model_names(root).map_err(|e| CliError::msg(e.to_string()))?;
+    if names.is_empty() {
+        return Err(CliError::with_help(
+            format!("model repository {} has no model directories", root.display()),
+            "lay it out as REPO/<name>/<version>/model.onnx; `cargo nimify inspect REPO` shows what it would serve",
+        ));
+    }
+    let config = nimify::Config::default();
+    let mut versions = Vec::new();
+    let mut entries = Vec::new();
+    for name in names {
+        let dir = layout::read_model_dir(root, &name, &config).map_err(|e| {
+            CliError::with_help(e.to_string(), format!("`cargo nimify inspect {}` lists every problem", root.display()))
+        })?;
+        if let Some(file) = &dir.config_file {
+            let base = file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            entries.push((format!("{name}/{base}"), file.clone()));
+        }
+        let selected = dir.selected();
+        if selected.is_empty() {
+            return Err(CliError::with_help(
+                format!(
+                    "model {name:?} of {} has no version to serve (version policy {})",
+                    root.display(),
+                    dir.settings.policy
+                ),
+                format!("add a version directory such as {}/1/{}", dir.dir.display(), dir.settings.filename),
+            ));
+        }
+        for v in selected {
+            nimify_model::read_model(&v.model).map_err(|source| CliError::Model { path: v.model.clone(), source })?;
+            let sha256 = nimify_model::file_sha256(&v.model).at("hash", &v.model)?;
+            let version_dir = dir.dir.join(v.version.to_string());
+            let size = std::fs::read_dir(&version_dir)
+                .at("list", &version_dir)?
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            let file = format!("{name}/{}/{}", v.version, dir.settings.filename);
+            versions.push(img::RepositoryVersion { id: format!("{name}/{}", v.version), file, sha256, size });
+            entries.push((format!("{name}/{}", v.version), version_dir));
+        }
+    }
+    Ok(img::RepositoryFiles { versions, entries })
+}
+
+/// One digest for a repository's served versions (a zero-code image's default tag).
+fn repository_digest(files: &img::RepositoryFiles) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    for v in &files.versions {
+        hash.update(format!("{}={}\n", v.file, v.sha256));
+    }
+    format!("{:x}", hash.finalize())
+}
+
 /// The model of a zero-code image, checked and hashed, named as `serve` names it (the file stem).
 fn zero_code_model(model: &Path, bin: &str) -> Result<ModelFile, CliError> {
     let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -339,17 +436,21 @@ struct Parts {
     zero_code: Option<ModelFile>,
     /// Otherwise, the models the service serves (checked and hashed).
     served: Vec<ModelFile>,
+    /// A model repository shipped in the image.
+    repository: Option<img::RepositoryFiles>,
 }
 
 /// Collects every input and fails, before anything is written, when one is missing.
 fn plan(project: &Project, parts: Parts, base: Option<String>, name: &str) -> Result<Plan, CliError> {
-    let Parts { platform, binary, ort, zero_code, served } = parts;
+    let Parts { platform, binary, ort, zero_code, served, repository } = parts;
     let (models, entry_args) = match zero_code {
         Some(model) => {
             let file = model.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let serve = vec!["nimify".into(), "serve".into(), format!("{}/models/{file}", img::ROOT)];
             (vec![model], serve)
         }
+        // A repository alone: `serve` finds it through NIMIFY_MODEL_REPOSITORY.
+        None if project.model.is_some() => (Vec::new(), vec!["nimify".into(), "serve".into()]),
         None => (served, Vec::new()),
     };
     let assets = project
@@ -394,6 +495,7 @@ fn plan(project: &Project, parts: Parts, base: Option<String>, name: &str) -> Re
         port: nimify::DEFAULT_PORT,
         grpc_port: nimify::DEFAULT_GRPC_PORT,
         env: Vec::new(),
+        repository,
     };
     plan.labels = labels(project, &plan, name);
     Ok(plan)
@@ -491,6 +593,12 @@ fn labels(project: &Project, plan: &Plan, title: &str) -> BTreeMap<String, Strin
     put("io.nimify.onnxruntime.version", nimify::__private::ortlib::ORT_VERSION.to_string());
     put("io.nimify.model.name", plan.model_names());
     put("io.nimify.model.sha256", plan.model_digests().to_string());
+    if let Some(r) = &plan.repository {
+        put(
+            "io.nimify.repository",
+            r.versions.iter().map(|v| format!("{}={}", v.id, v.sha256)).collect::<Vec<_>>().join(","),
+        );
+    }
     labels
 }
 
@@ -538,7 +646,7 @@ fn record(project: &Project, plan: &Plan, output: &Output, image: &Image, name: 
     } else {
         Vec::new()
     };
-    let models = plan
+    let mut models: Vec<ModelRecord> = plan
         .models
         .iter()
         .map(|m| ModelRecord {
@@ -548,6 +656,14 @@ fn record(project: &Project, plan: &Plan, output: &Output, image: &Image, name: 
             size: file_size(&m.path) + m.external.iter().map(|x| file_size(&m.path.with_file_name(x))).sum::<u64>(),
         })
         .collect();
+    // A repository's served versions count as models (names `model/version`): the chart sizes
+    // memory from them.
+    models.extend(plan.repository.iter().flat_map(|r| &r.versions).map(|v| ModelRecord {
+        name: v.id.clone(),
+        file: format!("repository/{}", v.file),
+        sha256: v.sha256.clone(),
+        size: v.size,
+    }));
     ImageRecord {
         schema_version: SCHEMA_VERSION,
         reference: output.reference(),

@@ -15,7 +15,7 @@ use crate::CliError;
 pub struct ServeArgs {
     /// ONNX model files, each served under its file stem, or one model repository directory
     /// (REPO/NAME/VERSION/model.onnx; the same as --model-repository).
-    #[arg(required = true, num_args = 1..)]
+    #[arg(num_args = 0.., required_unless_present = "model_repository")]
     pub models: Vec<PathBuf>,
     /// Name to serve the model under (default: the file stem); only with one model file.
     #[arg(long, env = "NIMIFY_MODEL_NAME")]
@@ -31,6 +31,7 @@ pub fn run(mut args: ServeArgs) -> Result<(), CliError> {
     match (dirs.as_slice(), &args.service.model_repository) {
         ([], _) => {}
         ([dir], None) => args.service.model_repository = Some(dir.clone()),
+        ([dir], Some(given)) if same_dir(dir, given) => {}
         ([_], Some(_)) | ([_, _, ..], _) => {
             return Err(CliError::with_help(
                 "serve takes one model repository directory",
@@ -58,4 +59,8 @@ pub fn run(mut args: ServeArgs) -> Result<(), CliError> {
     }
     nimify::cli::serve(&args.service, |server| options.into_iter().fold(server, nimify::ServerBuilder::model))
         .map_err(CliError::msg)
+}
+
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b)
 }

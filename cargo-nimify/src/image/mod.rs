@@ -58,6 +58,31 @@ pub struct ModelFile {
     pub external: Vec<String>,
 }
 
+/// A model repository to pack: the configuration files and the served versions' directories.
+#[derive(Debug, Clone)]
+pub struct RepositoryFiles {
+    /// Each version served: `name/version`, its model file on the host, sha256 and size.
+    pub versions: Vec<RepositoryVersion>,
+    /// (path inside the repository, host path) of every file and directory to pack.
+    pub entries: Vec<(String, PathBuf)>,
+}
+
+/// One served version of a repository model.
+#[derive(Debug, Clone)]
+pub struct RepositoryVersion {
+    /// `name/version`.
+    pub id: String,
+    /// Path of its model file inside the repository.
+    pub file: String,
+    /// sha256 hex of the model file.
+    pub sha256: String,
+    /// Bytes of its directory.
+    pub size: u64,
+}
+
+/// Where a shipped model repository lands (`NIMIFY_MODEL_REPOSITORY`).
+pub const REPOSITORY: &str = "/opt/nimify/repository";
+
 /// What goes into the image.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -87,6 +112,8 @@ pub struct Plan {
     pub grpc_port: u16,
     /// More `KEY=value` environment for the server (a zero-code image's `NIMIFY_REFERENCE`).
     pub env: Vec<String>,
+    /// A model repository shipped beside (or instead of) the models, in its own layer.
+    pub repository: Option<RepositoryFiles>,
 }
 
 impl Plan {
@@ -184,6 +211,7 @@ impl Image {
 #[derive(Default)]
 pub struct Shared {
     model: Option<ImageLayer>,
+    repository: Option<ImageLayer>,
 }
 
 /// Builds every layer, the config and the manifest of one platform's image into `store`, on
@@ -242,7 +270,7 @@ pub fn assemble(
     if let Some(model) = &shared.model {
         status("Shared", &format!("model layer {} with the platforms before", &model.blob.digest[..19]));
         layers.push(model.clone());
-    } else {
+    } else if !plan.models.is_empty() {
         let mut model = Layer::default();
         for m in &plan.models {
             model.file(&format!("{ROOT}/models/{}", file_name(&m.path)), &m.path)?;
@@ -253,6 +281,21 @@ pub fn assemble(
         }
         layers.push(pack("model", format!("nimify: model {}", plan.model_names()), model)?);
         shared.model = layers.last().cloned();
+    }
+    if let Some(repository) = &plan.repository {
+        if let Some(layer) = &shared.repository {
+            status("Shared", &format!("repository layer {} with the platforms before", &layer.blob.digest[..19]));
+            layers.push(layer.clone());
+        } else {
+            let mut layer = Layer::default();
+            for (relative, host) in &repository.entries {
+                let at = format!("{REPOSITORY}/{relative}");
+                if host.is_dir() { layer.tree(&at, host)? } else { layer.file(&at, host)? }
+            }
+            let ids: Vec<&str> = repository.versions.iter().map(|v| v.id.as_str()).collect();
+            layers.push(pack("repository", format!("nimify: model repository {}", ids.join(",")), layer)?);
+            shared.repository = layers.last().cloned();
+        }
     }
     let run = run_config(plan, base.as_ref());
     let history = base.as_ref().map(|b| b.history.clone()).unwrap_or_default();
@@ -299,7 +342,14 @@ fn libraries_layer(libs: &BTreeMap<String, PathBuf>) -> Result<Layer, CliError> 
 }
 
 fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
-    let ours = ["PATH", "ORT_DYLIB_PATH", "NIMIFY_MODEL_DIR", "NIMIFY_MODEL_SHA256", "NIMIFY_ASSET_DIR"];
+    let ours = [
+        "PATH",
+        "ORT_DYLIB_PATH",
+        "NIMIFY_MODEL_DIR",
+        "NIMIFY_MODEL_SHA256",
+        "NIMIFY_ASSET_DIR",
+        "NIMIFY_MODEL_REPOSITORY",
+    ];
     let base_env: Vec<String> = base.map(|b| b.env.clone()).unwrap_or_default();
     let base_path = base_env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/bin:/usr/bin:/bin");
     let key = |e: &str| e.split('=').next().map(str::to_string);
@@ -312,9 +362,15 @@ fn run_config(plan: &Plan, base: Option<&BaseImage>) -> RunConfig {
         format!("PATH={ROOT}/bin:{base_path}"),
         format!("ORT_DYLIB_PATH={}", plan.ort_path()),
         format!("NIMIFY_MODEL_DIR={ROOT}/models"),
-        format!("NIMIFY_MODEL_SHA256={}", plan.model_digests()),
-        format!("NIMIFY_ASSET_DIR={ROOT}/assets"),
     ]);
+    // An image of a repository alone has no model files to check.
+    if !plan.models.is_empty() {
+        env.push(format!("NIMIFY_MODEL_SHA256={}", plan.model_digests()));
+    }
+    env.push(format!("NIMIFY_ASSET_DIR={ROOT}/assets"));
+    if plan.repository.is_some() {
+        env.push(format!("NIMIFY_MODEL_REPOSITORY={REPOSITORY}"));
+    }
     env.extend(plan.env.iter().cloned());
     RunConfig {
         architecture: plan.platform.architecture.into(),
@@ -378,6 +434,7 @@ mod tests {
             port: 8000,
             grpc_port: 8001,
             env: Vec::new(),
+            repository: None,
         };
         let store = BlobStore::create(dir.path().join("store")).expect("store");
         let built = assemble(&plan, &store, None, &mut Shared::default(), &|_, _| ()).expect("assemble");
