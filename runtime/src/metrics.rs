@@ -285,7 +285,10 @@ impl Metrics {
 
     /// Drops every series of one model version (it was unloaded). Requests still running on it
     /// count into handles no longer exported.
-    pub(crate) fn forget_model(&self, model: &str, version: &str) {
+    pub(crate) fn forget_model(&self, model: &str, version: &str, drift: Option<&crate::drift::Drift>) {
+        if let Some(drift) = drift {
+            drift.forget(&self.drift);
+        }
         let l = [model, version];
         for vec in [
             &self.success,

@@ -338,7 +338,9 @@ impl ServerBuilder {
             }
         }
         if let Some(root) = &self.config.repository.path {
-            for name in crate::repository::layout::model_names(root)? {
+            // The models loaded at start (in explicit mode, only those asked for: a broken
+            // one nobody loads can be fixed while serving).
+            for name in crate::repository::Repository::initial(&self.config, root)? {
                 crate::repository::layout::read_model_dir(root, &name, &self.config)?;
             }
         }
@@ -492,7 +494,7 @@ impl AppState {
 }
 
 /// What a starting server answers to anything but its probes.
-fn starting() -> ApiError {
+pub(crate) fn starting() -> ApiError {
     ApiError::NotReady("the server is starting: its models are loading and warming up; retry shortly".into())
 }
 

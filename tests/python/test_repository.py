@@ -252,6 +252,8 @@ def test_config_pbtxt_common_subset_is_honoured(tmp_path):
     ('output [ { name: "z", data_type: TYPE_FP32, dims: [ -1, 4 ] } ]', 'output "z" is not in the model'),
     ("version_policy { newest { } }", "field version_policy.newest is not supported"),
     ("max_batch_size: 4 {", "line 1"),
+    ("input " + "{ a " * 5000, "messages nest deeper than 32 levels"),
+    ("instance_group [ { count: 0 } ]", "add up to 0"),
 ])
 def test_config_pbtxt_fields_nimify_cannot_honour_are_refused(tmp_path, pbtxt, needle):
     err = refused(repository(tmp_path, pbtxt=pbtxt))
@@ -262,6 +264,14 @@ def test_config_pbtxt_fields_nimify_cannot_honour_are_refused(tmp_path, pbtxt, n
 def test_repository_mistakes_are_refused_before_listening(tmp_path):
     repo = repository(tmp_path, config="[batching]\nmax_batch = 2\n")
     assert "unknown field `max_batch`" in refused(repo)
+    # A model's sections get the server configuration's range checks.
+    (repo / "adder" / "config.toml").write_text("[batching]\nqueue_capacity = 0\n")
+    assert "batching.queue_capacity must be at least 1" in refused(repo)
+    # A configuration file that is there but cannot be read is never taken as none.
+    (repo / "adder" / "config.toml").unlink()
+    (repo / "adder" / "config.toml").symlink_to(tmp_path / "nowhere.toml")
+    assert "cannot read" in refused(repo)
+    (repo / "adder" / "config.toml").unlink()
     (repo / "adder" / "config.toml").write_text("")
     (repo / "adder" / "config.pbtxt").write_text("")
     assert "both config.toml and config.pbtxt" in refused(repo)
@@ -275,7 +285,7 @@ def test_repository_mistakes_are_refused_before_listening(tmp_path):
     shutil.rmtree(repo / "empty")
     (repo / "adder" / "4").mkdir()
     assert "4/model.onnx is missing" in refused(repo)
-    assert "serve takes one model repository directory" in refused(repo, "--model-repository", str(repo))
+    assert "serve takes one model repository directory" in refused(repo, "--model-repository", str(tmp_path))
     run = subprocess.run([BIN, "nimify", "serve", os.path.join(MODELS, "mlp.onnx"), "--model-repository", str(tmp_path / "nowhere"),
                           "--port", "0"], capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "nowhere: cannot list it" in run.stderr, run.stderr
@@ -395,6 +405,9 @@ def test_poll_mode_switches_to_new_versions_under_load_without_a_failed_request(
 def test_explicit_load_and_unload_need_the_api_key(tmp_path):
     repo = repository(tmp_path, versions=(1,))
     version_dir(repo, "broken", 1, source=TRUNCATED)
+    # A model nobody loads at start may have a broken configuration: it is fixed while serving.
+    version_dir(repo, "misconfigured", 1)
+    (repo / "misconfigured" / "config.toml").write_text("nonsense = 1\n")
     keys = tmp_path / "keys"
     keys.write_text("s3cret\n")
     key = {"Authorization": "Bearer s3cret"}
@@ -403,7 +416,10 @@ def test_explicit_load_and_unload_need_the_api_key(tmp_path):
         for path in ("/v2/repository/index", "/v2/repository/models/iris/load", "/v2/repository/models/adder/unload"):
             r = requests.post(server.url + path, timeout=5)
             assert r.status_code == 401, (path, r.text)
-        assert index(server, key) == {
+        entries = index(server, key)
+        misconfigured = entries.pop(("misconfigured", ""))
+        assert misconfigured[0] == "UNAVAILABLE" and "unknown field `nonsense`" in misconfigured[1], misconfigured
+        assert entries == {
             ("adder", "1"): ("READY", ""), ("iris", "1"): ("UNAVAILABLE", "not loaded"),
             ("broken", "1"): ("UNAVAILABLE", "not loaded")}
         assert requests.get(f"{server.url}/v2/models/iris/ready", timeout=5).status_code == 404
@@ -416,6 +432,13 @@ def test_explicit_load_and_unload_need_the_api_key(tmp_path):
         assert index(server, key)[("broken", "1")][0] == "UNAVAILABLE"
         r = requests.post(f"{server.url}/v2/repository/models/nothere/load", headers=key, timeout=60)
         assert r.status_code == 404 and "has no model" in r.json()["error"]
+        # Neither a name nobody has nor a failed load leaves metric series behind.
+        scraped = requests.get(f"{server.url}/metrics", timeout=5).text
+        assert 'model="nothere"' not in scraped
+        assert 'model="broken",version=' not in scraped
+        for hostile in ("%2Fetc", "..%2F..%2Fetc", "%2E%2E"):
+            r = requests.post(f"{server.url}/v2/repository/models/{hostile}/unload", headers=key, timeout=60)
+            assert r.status_code == 404, (hostile, r.text)
         r = requests.post(f"{server.url}/v2/repository/models/iris/load", headers=key, timeout=60,
                           json={"parameters": {"config": "{}"}})
         assert r.status_code == 400 and 'parameter "config" is not supported' in r.json()["error"]
@@ -426,6 +449,22 @@ def test_explicit_load_and_unload_need_the_api_key(tmp_path):
         assert answered_by(add(server, headers=key)) == 1
         assert requests.post(f"{server.url}/v2/repository/models/adder/load", headers=key, timeout=60).status_code == 200
         assert answered_by(add(server, headers=key)) == 2
+        # All versions, one of them broken: nothing switches, and no version is left LOADING.
+        (repo / "adder" / "config.toml").write_text('version_policy = "all"\n')
+        version_dir(repo, "adder", 3, source=TRUNCATED)
+        r = requests.post(f"{server.url}/v2/repository/models/adder/load", headers=key, timeout=60)
+        assert r.status_code == 400 and "version 3" in r.json()["error"]
+        entries = index(server, key)
+        assert entries[("adder", "2")] == ("READY", "")
+        assert entries[("adder", "1")][0] == "UNAVAILABLE" and "not switched to" in entries[("adder", "1")][1], entries
+        assert entries[("adder", "3")][0] == "UNAVAILABLE" and "truncated" in entries[("adder", "3")][1]
+        assert ("adder", "1") not in series(server, "nv_inference_request_success")
+        shutil.rmtree(repo / "adder" / "3")
+        (repo / "adder" / "config.toml").unlink()
+        assert requests.post(f"{server.url}/v2/repository/models/adder/load", headers=key, timeout=60).status_code == 200
+        # Only the ready ones with {"ready": true}.
+        assert {k: v for k, v in index(server, key, ready=True).items()} == {
+            ("adder", "2"): ("READY", ""), ("iris", "1"): ("READY", "")}
         r = requests.post(f"{server.url}/v2/repository/models/adder/unload", headers=key, timeout=60,
                           json={"parameters": {"unload_dependents": True}})
         assert r.status_code == 200, r.text
@@ -434,6 +473,43 @@ def test_explicit_load_and_unload_need_the_api_key(tmp_path):
         assert ("adder", "2") not in series(server, "nv_inference_request_success")
         r = requests.post(f"{server.url}/v2/repository/models/nothere/unload", headers=key, timeout=60)
         assert r.status_code == 404
+    finally:
+        server.stop()
+
+
+def test_poll_mode_sees_replaced_files_reports_each_problem_once_and_drops_drift_series(tmp_path):
+    repo = repository(tmp_path, versions=(1,))
+    version_dir(repo, "tabular", 1, source=os.path.join(MODELS, "tabular.onnx"))
+    shutil.copy(os.path.join(MODELS, "tabular.profile.json"), repo / "tabular" / "profile.json")
+    (repo / "tabular" / "config.toml").write_text('reference = "profile.json"\n')
+    server = serve(repo, "--model-control-mode", "poll", "--repository-poll-interval-ms", "100", "--drift-sample-rate", "1")
+    loads = lambda outcome: metrics(server).get(("nimify_model_loads_total", f'{{model="adder",outcome="{outcome}"}}'), 0)
+    try:
+        # The same size and modification time, another file: still a change.
+        model = repo / "adder" / "1" / "model.onnx"
+        before = os.stat(model)
+        adder(str(tmp_path / "five.onnx"), 5)
+        assert os.path.getsize(tmp_path / "five.onnx") == before.st_size
+        os.utime(tmp_path / "five.onnx", ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(tmp_path / "five.onnx", model)
+        wait_for(lambda: answered_by(add(server)) == 5, "the replaced file to be served")
+        # A broken configuration is reported once, however many polls see it.
+        failures = loads("failure")
+        (repo / "adder" / "config.toml").write_text("version_policy = 7\n")
+        wait_for(lambda: loads("failure") > failures, "the bad configuration to be reported")
+        time.sleep(1.0)
+        assert loads("failure") == failures + 1
+        assert answered_by(add(server)) == 5
+        # Drift counters of an unloaded version go with it.
+        x = {"name": "x", "shape": [2, 6], "datatype": "FP32", "data": [0.1] * 12}
+        seg = {"name": "segment", "shape": [2, 1], "datatype": "INT64", "data": [1, 2]}
+        r = requests.post(f"{server.url}/v2/models/tabular/infer", json={"inputs": [x, seg]}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert 'nimify_drift_sampled_rows_total{model="tabular"' in requests.get(f"{server.url}/metrics", timeout=5).text
+        shutil.rmtree(repo / "tabular")
+        wait_for(lambda: requests.get(f"{server.url}/v2/models/tabular/ready", timeout=5).status_code == 404, "tabular to go")
+        scraped = requests.get(f"{server.url}/metrics", timeout=5).text
+        assert 'model="tabular"' not in scraped.replace('nimify_model_loads_total{model="tabular"', "")
     finally:
         server.stop()
 

@@ -249,6 +249,18 @@ impl Drift {
         drift
     }
 
+    /// Removes this monitor's counters from `counters` (its model version was unloaded).
+    pub(crate) fn forget(&self, counters: &Counters) {
+        for t in self.inputs.iter().chain(&self.outputs) {
+            let _ = counters.sampled.remove_label_values(&[&self.model, &self.version, &t.name]);
+            for f in &t.features {
+                let labels = [self.model.as_str(), self.version.as_str(), t.name.as_str(), f.name.as_str()];
+                let _ = counters.out_of_range.remove_label_values(&labels);
+                let _ = counters.missing.remove_label_values(&labels);
+            }
+        }
+    }
+
     /// Whether the next request is sampled: exactly `sample_rate` of them, spread evenly.
     pub(crate) fn sampled(&self) -> bool {
         crate::payload_log::every(&self.seen, self.sample_rate)

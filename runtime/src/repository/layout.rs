@@ -6,6 +6,68 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+/// What identifies one version of a file: size, modification time and, on Unix, inode and
+/// status-change time (a file replaced by one of the same size and modification time, as
+/// reproducible builds make, still differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Bytes.
+    pub len: u64,
+    /// Modification time.
+    pub modified: SystemTime,
+    /// Inode and status-change time in nanoseconds (0 where there are none).
+    pub identity: (u64, i128),
+}
+
+impl Stamp {
+    /// The stamp of what `path` names (following links); `None` when it cannot be read.
+    pub fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let identity = {
+            use std::os::unix::fs::MetadataExt as _;
+            (meta.ino(), i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()))
+        };
+        #[cfg(not(unix))]
+        let identity = (0, 0);
+        Some(Self { len: meta.len(), modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), identity })
+    }
+}
+
+/// What a directory holds, for noticing changes: every entry that is not hidden, with its stamp,
+/// and one level into subdirectories (a version directory's files). A listing that fails is an
+/// entry of its own, so an error that changes is a change too.
+pub type Fingerprint = Vec<(String, Option<Stamp>)>;
+
+/// The [`Fingerprint`] of `dir`.
+pub fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut out = Vec::new();
+    list_into(dir, "", 2, &mut out);
+    out
+}
+
+fn list_into(dir: &Path, prefix: &str, depth: u8, out: &mut Fingerprint) {
+    let mut entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.file_name()).collect::<Vec<_>>(),
+        Err(e) => {
+            out.push((format!("{prefix}<cannot list: {e}>"), None));
+            return;
+        }
+    };
+    entries.sort();
+    for name in entries {
+        let text = name.to_string_lossy();
+        if text.starts_with('.') {
+            continue;
+        }
+        let path = dir.join(&name);
+        out.push((format!("{prefix}{text}"), Stamp::of(&path)));
+        if depth > 1 && path.is_dir() {
+            list_into(&path, &format!("{prefix}{text}/"), depth - 1, out);
+        }
+    }
+}
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -104,8 +166,8 @@ pub struct VersionDir {
     pub version: u64,
     /// The model file it should hold.
     pub model: PathBuf,
-    /// Size and modification time of the model file; `None` when it is missing.
-    pub stamp: Option<(u64, SystemTime)>,
+    /// The model file's stamp; `None` when it is missing.
+    pub stamp: Option<Stamp>,
 }
 
 /// One model directory of a repository.
@@ -117,8 +179,8 @@ pub struct ModelDir {
     pub dir: PathBuf,
     /// The configuration file read, when there is one.
     pub config_file: Option<PathBuf>,
-    /// Size and modification time of the configuration file.
-    pub config_stamp: Option<(u64, SystemTime)>,
+    /// The configuration file's stamp.
+    pub config_stamp: Option<Stamp>,
     /// Settings from the configuration file.
     pub settings: ModelSettings,
     /// Every version directory, ascending.
@@ -170,19 +232,34 @@ pub enum LayoutError {
 }
 
 /// Names of the model directories in `root`, sorted (hidden entries and plain files skipped).
+/// A directory whose name cannot be a model name (not UTF-8, a `\\`) is an error naming it.
 pub fn model_names(root: &Path) -> Result<Vec<String>, LayoutError> {
     let fail = |reason: String| LayoutError::Repository { path: root.to_path_buf(), reason };
     let entries = std::fs::read_dir(root).map_err(|e| fail(format!("cannot list it: {e}")))?;
     let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| fail(format!("cannot list it: {e}")))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && entry.path().is_dir() {
-            names.push(name);
+        let raw = entry.file_name();
+        let lossy = raw.to_string_lossy().into_owned();
+        if lossy.starts_with('.') || !entry.path().is_dir() {
+            continue;
         }
+        let name = raw
+            .into_string()
+            .map_err(|_| fail(format!("directory {lossy:?} is not named in UTF-8, and a model name is; rename it")))?;
+        if name.contains('\\') {
+            return Err(fail(format!("directory {name:?} has a backslash, which a model name cannot; rename it")));
+        }
+        names.push(name);
     }
     names.sort();
     Ok(names)
+}
+
+/// Whether `name` is a model directory of `root` (what a client names is checked against the
+/// listing, never joined to a path first).
+pub fn is_model(root: &Path, name: &str) -> bool {
+    model_names(root).is_ok_and(|names| names.iter().any(|n| n == name))
 }
 
 /// Reads one model directory: its configuration (applied over `server`'s settings) and its
@@ -195,7 +272,7 @@ pub fn read_model_dir(root: &Path, name: &str, server: &Config) -> Result<ModelD
     let fail = |reason: String| LayoutError::Model { name: name.to_string(), dir: dir.clone(), reason };
     let toml_path = dir.join(CONFIG_TOML);
     let pbtxt_path = dir.join(CONFIG_PBTXT);
-    let (config_file, settings) = match (toml_path.is_file(), pbtxt_path.is_file()) {
+    let (config_file, settings) = match (present(&toml_path).map_err(&fail)?, present(&pbtxt_path).map_err(&fail)?) {
         (true, true) => {
             return Err(fail(format!(
                 "it has both {CONFIG_TOML} and {CONFIG_PBTXT}; keep one (nimify reads either, never both)"
@@ -213,7 +290,7 @@ pub fn read_model_dir(root: &Path, name: &str, server: &Config) -> Result<ModelD
         }
         (false, false) => (None, ModelSettings { filename: DEFAULT_MODEL_FILENAME.into(), ..ModelSettings::default() }),
     };
-    let config_stamp = config_file.as_deref().and_then(stamp);
+    let config_stamp = config_file.as_deref().and_then(Stamp::of);
     let entries = std::fs::read_dir(&dir).map_err(|e| fail(format!("cannot list it: {e}")))?;
     let mut versions = Vec::new();
     let mut skipped = Vec::new();
@@ -231,7 +308,10 @@ pub fn read_model_dir(root: &Path, name: &str, server: &Config) -> Result<ModelD
         match parse_version(&file) {
             Some(version) => {
                 let model = path.join(&settings.filename);
-                versions.push(VersionDir { version, stamp: stamp(&model), model });
+                if let Err(e) = std::fs::read_dir(&path) {
+                    return Err(fail(format!("cannot list version directory {}: {e}", path.display())));
+                }
+                versions.push(VersionDir { version, stamp: Stamp::of(&model).filter(|_| model.is_file()), model });
             }
             None => skipped.push((file, "a version directory is named by a positive integer (1, 2, ...)".into())),
         }
@@ -247,10 +327,18 @@ fn parse_version(name: &str) -> Option<u64> {
     canonical.then(|| name.parse().ok()).flatten()
 }
 
-/// Size and modification time of a file; `None` when it is not one.
-fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
-    let meta = std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file)?;
-    Some((meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+/// Whether a configuration file is there: a readable file, or nothing at all (a link to
+/// nowhere, a directory or an unreadable file is an error, never taken as no configuration).
+fn present(path: &Path) -> Result<bool, String> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Ok(_) => match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => Ok(true),
+            Ok(_) => Err(format!("{} is not a file", path.display())),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        },
+    }
 }
 
 fn read_text(path: &Path) -> Result<String, String> {
@@ -280,16 +368,31 @@ pub(crate) fn parse_toml(text: &str, server: &Config) -> Result<ModelSettings, S
     };
     let filename = parsed.default_model_filename.unwrap_or_else(|| DEFAULT_MODEL_FILENAME.into());
     check_filename(&filename)?;
+    let session = parsed.session.map(|t| overlay(&server.session, t, "session")).transpose()?;
+    let batching = parsed.batching.map(|t| overlay(&server.batching, t, "batching")).transpose()?;
+    check_sections(session.as_ref(), batching.as_ref())?;
     Ok(ModelSettings {
         policy,
-        session: parsed.session.map(|t| overlay(&server.session, t, "session")).transpose()?,
-        batching: parsed.batching.map(|t| overlay(&server.batching, t, "batching")).transpose()?,
+        session,
+        batching,
         warmup: parsed.warmup.map(|t| overlay(&server.warmup, t, "warmup")).transpose()?,
         reference: parsed.reference,
         filename,
         declared: Vec::new(),
         batched: false,
     })
+}
+
+/// The server configuration's range checks, on one model's sections.
+pub(crate) fn check_sections(session: Option<&SessionConfig>, batching: Option<&BatchingConfig>) -> Result<(), String> {
+    let mut config = Config::default();
+    if let Some(s) = session {
+        config.session = s.clone();
+    }
+    if let Some(b) = batching {
+        config.batching = b.clone();
+    }
+    config.validate().map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// A model file name: one plain file name, no directories.

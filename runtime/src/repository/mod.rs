@@ -17,7 +17,6 @@ pub(crate) mod pbtxt;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -25,7 +24,7 @@ use crate::config::{Config, ControlMode};
 use crate::error::ApiError;
 use crate::model::{Model, ModelOptions};
 use crate::server::AppState;
-use layout::{LayoutError, ModelDir};
+use layout::{Fingerprint, LayoutError, ModelDir, Stamp};
 
 /// The ready versions of one model, by number.
 pub(crate) type Versions = BTreeMap<u64, Arc<Model>>;
@@ -133,23 +132,20 @@ pub struct IndexEntry {
     pub reason: String,
 }
 
-/// What a version was loaded from: its model file and the model's configuration file, by size
-/// and modification time. A change to either reloads it.
-type Stamp = Option<(u64, SystemTime)>;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Attempt {
-    config: Stamp,
-    versions: BTreeMap<u64, Stamp>,
-}
-
 /// What the repository knows of one model beyond the catalog.
 #[derive(Debug, Default)]
 struct Tracked {
-    /// The files the served versions came from.
-    served: Option<Attempt>,
-    /// The last load that failed (poll mode retries only when the files change) and why.
-    failed: Option<(Attempt, String)>,
+    /// The model directory's fingerprint when its serving versions were loaded.
+    served: Option<Fingerprint>,
+    /// Per serving version: the configuration file's stamp and the version directory's
+    /// fingerprint it was loaded from (poll mode reloads a version when either changes).
+    loaded: BTreeMap<u64, (Option<Stamp>, Fingerprint)>,
+    /// The fingerprint of the last failed load and why: poll mode retries, and reports, only
+    /// when the directory changes.
+    failed: Option<(Fingerprint, String)>,
+    /// What the last poll saw: a change is acted on when two polls in a row see it the same, so
+    /// a file being copied or rewritten is not taken half-written.
+    seen: Option<Fingerprint>,
     /// Per version, a state other than READY and its reason.
     states: BTreeMap<u64, (VersionState, String)>,
     /// Unloaded on request (explicit mode).
@@ -159,9 +155,9 @@ struct Tracked {
 /// Why a load was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
-    /// At start, or `POST .../load`: load whatever the files are, and fail loudly.
+    /// At start, or `POST .../load`: load every selected version again, and fail loudly.
     Request,
-    /// A poll: only changes, and a model directory gone unloads its versions.
+    /// A poll: only settled changes, once each.
     Poll,
 }
 
@@ -175,8 +171,9 @@ pub(crate) struct Repository {
     typed: Vec<(String, crate::typed::generated::Signature)>,
     /// Names served from files, not from the repository.
     fixed: Vec<String>,
-    /// Held while a load or unload runs: one at a time.
-    loading: Mutex<()>,
+    /// Held (before a blocking thread is taken) while a load, unload or poll runs: one at a
+    /// time, and requests waiting for their turn hold no thread.
+    loading: Arc<tokio::sync::Mutex<()>>,
     tracked: Mutex<BTreeMap<String, Tracked>>,
 }
 
@@ -184,6 +181,17 @@ impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repository").field("root", &self.root).field("mode", &self.mode).finish_non_exhaustive()
     }
+}
+
+/// Why a load or unload was refused.
+#[derive(Debug)]
+pub(crate) enum ControlError {
+    /// The repository has no such model.
+    NoSuchModel(String),
+    /// The model is not the repository's to change.
+    Refused(String),
+    /// Loading failed; the serving versions stay.
+    Failed(String),
 }
 
 impl Repository {
@@ -201,7 +209,7 @@ impl Repository {
             config,
             typed,
             fixed,
-            loading: Mutex::new(()),
+            loading: Arc::new(tokio::sync::Mutex::new(())),
             tracked: Mutex::new(BTreeMap::new()),
         }
     }
@@ -211,57 +219,84 @@ impl Repository {
         self.mode
     }
 
-    /// The models loaded at start: all of them, or in explicit mode those of
-    /// `repository.load_models` (`*`: all). Every failure is listed in the error.
+    /// The lock every load, unload and poll holds.
+    pub(crate) fn lock(&self) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(&self.loading)
+    }
+
+    /// The models to load at start: all of them, or in explicit mode those of
+    /// `repository.load_models` (`*`: all).
+    pub(crate) fn initial(config: &Config, root: &std::path::Path) -> Result<Vec<String>, LayoutError> {
+        let all = layout::model_names(root)?;
+        let wanted = &config.repository.load_models;
+        Ok(match config.repository.control_mode {
+            ControlMode::Explicit if !wanted.iter().any(|m| m == "*") => wanted.clone(),
+            _ => all,
+        })
+    }
+
+    /// Loads the models of [`initial`](Self::initial) (before serving: nothing else runs).
+    /// Every failure is listed in the error.
     pub(crate) fn load_initial(&self, state: &AppState) -> Result<(), String> {
-        let names = layout::model_names(&self.root).map_err(|e| e.to_string())?;
-        let wanted: Vec<String> = match self.mode {
-            ControlMode::Explicit if !self.config.repository.load_models.iter().any(|m| m == "*") => {
-                self.config.repository.load_models.clone()
-            }
-            _ => names,
-        };
-        let problems: Vec<String> = wanted.iter().filter_map(|name| self.load(state, name).err()).collect::<Vec<_>>();
+        let names = Self::initial(&self.config, &self.root).map_err(|e| e.to_string())?;
+        let problems: Vec<String> = names
+            .iter()
+            .filter_map(|name| match self.load(state, name) {
+                Ok(()) => None,
+                Err(ControlError::NoSuchModel(e) | ControlError::Refused(e) | ControlError::Failed(e)) => Some(e),
+            })
+            .collect();
         if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
     }
 
     /// Loads (or reloads) `name`'s selected versions from the repository; the serving versions
-    /// stay when any fails.
-    pub(crate) fn load(&self, state: &AppState, name: &str) -> Result<(), String> {
-        let _one = self.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// stay when any fails. The caller holds [`lock`](Self::lock).
+    pub(crate) fn load(&self, state: &AppState, name: &str) -> Result<(), ControlError> {
+        if !layout::is_model(&self.root, name) {
+            return Err(ControlError::NoSuchModel(format!(
+                "model repository {} has no model {name:?}",
+                self.root.display()
+            )));
+        }
+        if self.fixed.iter().any(|f| f == name) {
+            return Err(ControlError::Refused(self.clash(name)));
+        }
         self.tracked(name, |t| t.unloaded = false);
-        self.sync(state, name, Trigger::Request)
+        self.sync(state, name, Trigger::Request).map_err(ControlError::Failed)
     }
 
     /// Stops serving every version of `name`; in-flight requests finish on the versions they
-    /// started on.
-    pub(crate) fn unload(&self, state: &AppState, name: &str) -> Result<(), ApiError> {
-        let _one = self.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// started on. The caller holds [`lock`](Self::lock).
+    pub(crate) fn unload(&self, state: &AppState, name: &str) -> Result<(), ControlError> {
         if self.fixed.iter().any(|f| f == name) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ControlError::Refused(format!(
                 "model {name:?} is served from a file given at start, not from the repository; it cannot be unloaded"
             )));
         }
-        let old = state.catalog().set(name, Versions::new());
-        let known = !old.is_empty() || self.root.join(name).is_dir();
-        if !known {
-            return Err(ApiError::NotFound(format!("model repository {} has no model {name:?}", self.root.display())));
+        let served = state.catalog().snapshot().contains_key(name);
+        if !served && !layout::is_model(&self.root, name) {
+            return Err(ControlError::NoSuchModel(format!(
+                "model repository {} has no model {name:?}",
+                self.root.display()
+            )));
         }
-        self.retire(state, name, &old, &Versions::new());
+        let old = state.catalog().set(name, Versions::new());
+        retire(state, name, &old, &Versions::new());
         self.tracked(name, |t| {
-            t.served = None;
-            t.failed = None;
-            t.unloaded = true;
-            t.states = old.keys().map(|v| (*v, (VersionState::Unavailable, "unloaded".to_string()))).collect();
+            *t = Tracked {
+                unloaded: true,
+                states: old.keys().map(|v| (*v, (VersionState::Unavailable, "unloaded".to_string()))).collect(),
+                ..Tracked::default()
+            };
         });
         tracing::info!(model = name, versions = ?old.keys().collect::<Vec<_>>(), "model unloaded on request");
         Ok(())
     }
 
-    /// One poll: loads what is new or changed, unloads what is gone. Failures are logged and
-    /// reported, not returned: the serving versions stay.
+    /// One poll: loads what is new or changed (once it has settled), unloads what is gone.
+    /// Failures are logged and reported once per change, not returned: the serving versions
+    /// stay. The caller holds [`lock`](Self::lock).
     pub(crate) fn poll(&self, state: &AppState) {
-        let _one = self.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let names = match layout::model_names(&self.root) {
             Ok(names) => names,
             Err(e) => {
@@ -269,17 +304,46 @@ impl Repository {
                 return;
             }
         };
-        let mut known: Vec<String> = state.catalog().snapshot().keys().cloned().collect();
-        known.retain(|k| !self.fixed.contains(k));
-        for name in names.iter().chain(known.iter().filter(|k| !names.contains(k))) {
+        for name in &names {
+            if self.fixed.contains(name) {
+                let fingerprint = layout::fingerprint(&self.root.join(name));
+                if self.tracked(name, |t| t.failed.as_ref().is_none_or(|(f, _)| f != &fingerprint)) {
+                    let _ = self.failed(state, name, fingerprint, self.clash(name));
+                }
+                continue;
+            }
             let _ = self.sync(state, name, Trigger::Poll);
         }
+        // Model directories removed: their versions are unloaded.
+        let gone: Vec<String> = state
+            .catalog()
+            .snapshot()
+            .keys()
+            .filter(|k| !names.contains(k) && !self.fixed.contains(k))
+            .cloned()
+            .collect();
+        for name in gone {
+            let old = state.catalog().set(&name, Versions::new());
+            retire(state, &name, &old, &Versions::new());
+            self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&name);
+            tracing::info!(model = name, "model directory removed from the repository: unloaded");
+        }
+    }
+
+    fn clash(&self, name: &str) -> String {
+        format!(
+            "model {name:?} is served from a file given at start and also has a directory in the model repository {}; rename one",
+            self.root.display()
+        )
     }
 
     /// The repository index: every model directory and every version found in it (with
     /// `ready_only`, those ready).
-    pub(crate) fn index(&self, state: &AppState, ready_only: bool) -> Result<Vec<IndexEntry>, ApiError> {
-        let names = layout::model_names(&self.root).map_err(|e| ApiError::Internal(e.to_string()))?;
+    pub(crate) fn index(&self, state: &AppState, ready_only: bool) -> Vec<IndexEntry> {
+        let names = layout::model_names(&self.root).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "repository index: cannot list the model repository; listing the served models");
+            Vec::new()
+        });
         let served = state.catalog().snapshot();
         let tracked = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut entries = Vec::new();
@@ -288,17 +352,22 @@ impl Repository {
         for name in all {
             let ready = served.get(name.as_str());
             let t = tracked.get(name.as_str());
-            let on_disk = layout::read_model_dir(&self.root, name, &self.config).ok();
+            let on_disk = layout::read_model_dir(&self.root, name, &self.config);
+            let problem = match (&on_disk, t.and_then(|t| t.failed.as_ref())) {
+                (Err(e), _) => Some(e.to_string()),
+                (Ok(_), Some((_, why))) if ready.is_none() => Some(why.clone()),
+                _ => None,
+            };
             let mut versions: Vec<u64> = on_disk.iter().flat_map(|d| d.versions.iter().map(|v| v.version)).collect();
             versions.extend(ready.iter().flat_map(|r| r.keys()));
             versions.sort_unstable();
             versions.dedup();
-            if versions.is_empty() {
+            if versions.is_empty() && !ready_only {
                 entries.push(IndexEntry {
                     name: name.clone(),
                     version: String::new(),
                     state: VersionState::Unavailable,
-                    reason: "no version directory".into(),
+                    reason: problem.clone().unwrap_or_else(|| "no version directory".into()),
                 });
             }
             for v in versions {
@@ -309,14 +378,16 @@ impl Repository {
                     }
                 } else if let Some((s, why)) = t.and_then(|t| t.states.get(&v)) {
                     (*s, why.clone())
+                } else if let Some(problem) = &problem {
+                    (VersionState::Unavailable, problem.clone())
                 } else {
                     let why = match (&on_disk, t.is_some_and(|t| t.unloaded)) {
                         (_, true) => "unloaded",
-                        (Some(d), false) => layout::describe(d).get(&v).copied().unwrap_or("not loaded"),
-                        (None, false) => "not loaded",
+                        (Ok(d), false) => layout::describe(d).get(&v).copied().unwrap_or("not loaded"),
+                        (Err(_), false) => "not loaded",
                     };
                     let why = match (why, self.mode) {
-                        ("served", ControlMode::Poll) => "not loaded yet: the next poll loads it",
+                        ("served", ControlMode::Poll) => "not loaded yet: a poll loads it once its files stop changing",
                         ("served", _) => "not loaded",
                         (why, _) => why,
                     };
@@ -327,41 +398,35 @@ impl Repository {
                 }
             }
         }
-        Ok(entries)
+        entries
     }
 
     /// Brings `name` in line with its directory.
     fn sync(&self, state: &AppState, name: &str, trigger: Trigger) -> Result<(), String> {
-        if self.fixed.iter().any(|f| f == name) {
-            return Err(format!(
-                "model {name:?} is served from a file given at start and also has a directory in the model repository {}; rename one",
-                self.root.display()
-            ));
-        }
-        if trigger == Trigger::Poll && self.tracked(name, |t| t.unloaded) {
+        let poll = trigger == Trigger::Poll;
+        if poll && self.tracked(name, |t| t.unloaded) {
             return Ok(());
+        }
+        let dir_path = self.root.join(name);
+        let fingerprint = layout::fingerprint(&dir_path);
+        if poll {
+            let settled = self.tracked(name, |t| t.seen.replace(fingerprint.clone()).as_ref() == Some(&fingerprint));
+            let known = self.tracked(name, |t| {
+                t.served.as_ref() == Some(&fingerprint) || t.failed.as_ref().is_some_and(|(f, _)| f == &fingerprint)
+            });
+            // An empty configuration file is one being written.
+            let writing = [layout::CONFIG_TOML, layout::CONFIG_PBTXT]
+                .iter()
+                .any(|c| Stamp::of(&dir_path.join(c)).is_some_and(|s| s.len == 0));
+            if !settled || known || writing {
+                return Ok(());
+            }
         }
         let dir = match layout::read_model_dir(&self.root, name, &self.config) {
             Ok(dir) => dir,
-            Err(LayoutError::NoSuchModel { .. }) if trigger == Trigger::Poll => {
-                let old = state.catalog().set(name, Versions::new());
-                self.retire(state, name, &old, &Versions::new());
-                self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
-                tracing::info!(model = name, "model directory removed from the repository: unloaded");
-                return Ok(());
-            }
-            Err(e) => return Err(self.failed(state, name, None, e.to_string(), trigger)),
+            Err(e) => return Err(self.failed(state, name, fingerprint, e.to_string())),
         };
         let selected = dir.selected();
-        let attempt =
-            Attempt { config: dir.config_stamp, versions: selected.iter().map(|v| (v.version, v.stamp)).collect() };
-        if trigger == Trigger::Poll
-            && self.tracked(name, |t| {
-                t.served.as_ref() == Some(&attempt) || t.failed.as_ref().is_some_and(|(a, _)| a == &attempt)
-            })
-        {
-            return Ok(());
-        }
         if selected.is_empty() {
             let on_disk: Vec<u64> = dir.versions.iter().map(|v| v.version).collect();
             let reason = format!(
@@ -370,17 +435,18 @@ impl Repository {
                 dir.dir.display(),
                 dir.settings.filename
             );
-            return Err(self.failed(state, name, Some(attempt), reason, trigger));
+            return Err(self.failed(state, name, fingerprint, reason));
         }
         let served = state.catalog().snapshot().get(name).cloned().unwrap_or_default();
-        let previous = self.tracked(name, |t| t.served.clone());
+        let loaded_from = self.tracked(name, |t| t.loaded.clone());
         let mut next = Versions::new();
+        let mut sources = BTreeMap::new();
         let mut problems = Vec::new();
         for v in &selected {
-            let same_files = previous
-                .as_ref()
-                .is_some_and(|p| p.config == attempt.config && p.versions.get(&v.version) == Some(&v.stamp));
-            if let (true, Some(model)) = (same_files, served.get(&v.version)) {
+            let source = (dir.config_stamp, layout::fingerprint(&dir.dir.join(v.version.to_string())));
+            let unchanged = poll && loaded_from.get(&v.version) == Some(&source);
+            sources.insert(v.version, source);
+            if let (true, Some(model)) = (unchanged, served.get(&v.version)) {
                 next.insert(v.version, Arc::clone(model));
                 continue;
             }
@@ -400,18 +466,34 @@ impl Repository {
             }
         }
         if !problems.is_empty() {
-            // The versions loaded for this attempt are dropped (their workers stop); what
-            // served before serves on.
-            for v in next.keys().filter(|v| !served.contains_key(v)) {
-                state.metrics().forget_model(name, &v.to_string());
+            // What was loaded for this attempt is dropped (its workers stop) with its metric
+            // series, and the series of the versions that failed too; what served serves on.
+            for v in &selected {
+                if !served.contains_key(&v.version) {
+                    let model = next.get(&v.version);
+                    state.metrics().forget_model(
+                        name,
+                        &v.version.to_string(),
+                        model.and_then(|m| m.drift().map(|d| &**d)),
+                    );
+                }
             }
             self.tracked(name, |t| {
-                t.states.retain(|v, (s, _)| !(served.contains_key(v) && *s == VersionState::Loading))
+                for v in next.keys() {
+                    if served.contains_key(v) {
+                        t.states.remove(v);
+                    } else {
+                        let why =
+                            "loaded, but not switched to: another version of the model failed to load".to_string();
+                        t.states.insert(*v, (VersionState::Unavailable, why));
+                    }
+                }
+                t.states.retain(|v, (s, _)| !(served.contains_key(v) && *s == VersionState::Loading));
             });
-            return Err(self.failed(state, name, Some(attempt), problems.join("; "), trigger));
+            return Err(self.failed(state, name, fingerprint, problems.join("; ")));
         }
         let old = state.catalog().set(name, next.clone());
-        self.retire(state, name, &old, &next);
+        retire(state, name, &old, &next);
         state.metrics().model_loaded(name, true);
         tracing::info!(
             model = name,
@@ -420,7 +502,9 @@ impl Repository {
             "model serving"
         );
         self.tracked(name, |t| {
-            t.served = Some(attempt);
+            t.served = Some(fingerprint.clone());
+            t.seen = Some(fingerprint);
+            t.loaded = sources;
             t.failed = None;
             t.states.clear();
         });
@@ -428,35 +512,16 @@ impl Repository {
     }
 
     /// Records a failed load: logged, counted, kept for the index. The message is returned.
-    fn failed(
-        &self,
-        state: &AppState,
-        name: &str,
-        attempt: Option<Attempt>,
-        reason: String,
-        trigger: Trigger,
-    ) -> String {
+    fn failed(&self, state: &AppState, name: &str, fingerprint: Fingerprint, reason: String) -> String {
         let serving = state.catalog().versions(name);
         tracing::error!(model = name, error = %reason, serving = ?serving, "model load failed; the serving versions stay");
         state.metrics().model_loaded(name, false);
         let message = format!("model {name:?}: {reason}");
         self.tracked(name, |t| {
-            if let Some(a) = attempt {
-                t.failed = Some((a, reason.clone()));
-            } else if trigger == Trigger::Poll {
-                t.failed = None;
-            }
+            t.seen = Some(fingerprint.clone());
+            t.failed = Some((fingerprint, reason));
         });
         message
-    }
-
-    /// Forgets the metrics of the versions in `old` that `next` does not serve.
-    fn retire(&self, state: &AppState, name: &str, old: &Versions, next: &Versions) {
-        for (v, model) in old {
-            if !next.contains_key(v) {
-                state.metrics().forget_model(name, model.version());
-            }
-        }
     }
 
     /// Loads and warms up one version, refused when it does not match its `config.pbtxt` or a
@@ -499,6 +564,15 @@ impl Repository {
     }
 }
 
+/// Forgets the metrics (drift counters too) of the versions in `old` that `next` does not serve.
+fn retire(state: &AppState, name: &str, old: &Versions, next: &Versions) {
+    for (v, model) in old {
+        if !next.contains_key(v) {
+            state.metrics().forget_model(name, model.version(), model.drift().map(|d| &**d));
+        }
+    }
+}
+
 /// Polls the repository every `repository.poll_interval_ms` until the task is dropped.
 pub(crate) async fn poll_loop(state: Arc<AppState>) {
     let Some(interval) =
@@ -508,8 +582,11 @@ pub(crate) async fn poll_loop(state: Arc<AppState>) {
     };
     loop {
         tokio::time::sleep(interval).await;
+        let Some(lock) = state.repository().map(Repository::lock) else { return };
+        let turn = lock.lock_owned().await;
         let state = Arc::clone(&state);
         let polled = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             if let Some(repository) = state.repository() {
                 repository.poll(&state);
             }
@@ -532,13 +609,15 @@ pub(crate) mod api {
     /// The repository index: the repository's models and versions, and the models served from
     /// files (always ready).
     pub(crate) async fn index(state: Arc<AppState>, ready_only: bool) -> Result<Vec<IndexEntry>, ApiError> {
+        if state.is_starting() {
+            return Err(crate::server::starting());
+        }
         let mut entries = match state.repository() {
             Some(_) => {
-                blocking(Arc::clone(&state), move |s| match s.repository() {
-                    Some(r) => r.index(s, ready_only),
-                    None => Ok(Vec::new()),
-                })
-                .await?
+                let s = Arc::clone(&state);
+                tokio::task::spawn_blocking(move || s.repository().map(|r| r.index(&s, ready_only)).unwrap_or_default())
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("the repository index stopped: {e}")))?
             }
             None => Vec::new(),
         };
@@ -563,25 +642,40 @@ pub(crate) mod api {
 
     /// Loads (or reloads) a model from the repository: explicit mode only.
     pub(crate) async fn load(state: Arc<AppState>, name: String) -> Result<(), ApiError> {
-        explicit(&state, "load")?;
-        blocking(state, move |s| match s.repository() {
-            Some(r) => r.load(s, &name).map_err(|e| match e {
-                e if e.contains("has no model") => ApiError::NotFound(e),
-                e => ApiError::BadRequest(format!("failed to load {e}")),
-            }),
-            None => Ok(()),
-        })
-        .await
+        control(state, "load", move |r, s| r.load(s, &name)).await
     }
 
     /// Unloads a model: explicit mode only.
     pub(crate) async fn unload(state: Arc<AppState>, name: String) -> Result<(), ApiError> {
-        explicit(&state, "unload")?;
-        blocking(state, move |s| match s.repository() {
-            Some(r) => r.unload(s, &name),
-            None => Ok(()),
+        control(state, "unload", move |r, s| r.unload(s, &name)).await
+    }
+
+    /// Runs `f` on a blocking thread once it is this request's turn (waiting holds no thread).
+    async fn control(
+        state: Arc<AppState>,
+        what: &'static str,
+        f: impl FnOnce(&super::Repository, &AppState) -> Result<(), super::ControlError> + Send + 'static,
+    ) -> Result<(), ApiError> {
+        if state.is_starting() {
+            return Err(crate::server::starting());
+        }
+        explicit(&state, what)?;
+        let Some(lock) = state.repository().map(super::Repository::lock) else { return Ok(()) };
+        let turn = lock.lock_owned().await;
+        let done = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            match state.repository() {
+                Some(r) => f(r, &state),
+                None => Ok(()),
+            }
         })
         .await
+        .map_err(|e| ApiError::Internal(format!("a repository {what} stopped: {e}")))?;
+        done.map_err(|e| match e {
+            super::ControlError::NoSuchModel(e) => ApiError::NotFound(e),
+            super::ControlError::Refused(e) => ApiError::BadRequest(e),
+            super::ControlError::Failed(e) => ApiError::BadRequest(format!("failed to {what} {e}")),
+        })
     }
 
     /// A request naming a repository (gRPC's `repository_name`) names this server's: empty, or
@@ -627,14 +721,5 @@ pub(crate) mod api {
                 "explicit model {what} needs a model repository (--model-repository DIR --model-control-mode explicit); this server serves fixed model files"
             ))),
         }
-    }
-
-    async fn blocking<T: Send + 'static>(
-        state: Arc<AppState>,
-        f: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        tokio::task::spawn_blocking(move || f(&state))
-            .await
-            .map_err(|e| ApiError::Internal(format!("a repository operation stopped: {e}")))?
     }
 }

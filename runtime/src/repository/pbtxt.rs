@@ -16,7 +16,7 @@ enum Value {
 
 /// Reads `text` into the settings of the model in directory `dir_name`, over `server`'s.
 pub(crate) fn settings(text: &str, dir_name: &str, server: &Config) -> Result<ModelSettings, String> {
-    let fields = Parser { text: text.as_bytes(), at: 0 }.message(None)?;
+    let fields = Parser { text: text.as_bytes(), at: 0, depth: 0 }.message(None)?;
     let top = Fields::new(&fields, "", TOP)?;
     if let Some(name) = top.string("name")?
         && name != dir_name
@@ -88,6 +88,7 @@ pub(crate) fn settings(text: &str, dir_name: &str, server: &Config) -> Result<Mo
             declared.push(tensor(kind, t)?);
         }
     }
+    super::layout::check_sections(session.as_ref(), Some(&batching))?;
     Ok(ModelSettings {
         policy,
         session,
@@ -319,7 +320,13 @@ impl<'a> Fields<'a> {
 struct Parser<'a> {
     text: &'a [u8],
     at: usize,
+    /// Messages open around the current field.
+    depth: usize,
 }
+
+/// Deepest nesting of messages accepted: Triton's configurations nest four levels at most, and
+/// a parser without a bound would let a file overflow the stack.
+const MAX_DEPTH: usize = 32;
 
 impl Parser<'_> {
     fn message(&mut self, close: Option<u8>) -> Result<Vec<(String, Value)>, String> {
@@ -375,7 +382,13 @@ impl Parser<'_> {
         match self.peek() {
             Some(open @ (b'{' | b'<')) => {
                 self.at += 1;
-                Ok(Value::Message(self.message(Some(if open == b'{' { b'}' } else { b'>' }))?))
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return Err(self.error(&format!("messages nest deeper than {MAX_DEPTH} levels")));
+                }
+                let message = self.message(Some(if open == b'{' { b'}' } else { b'>' }))?;
+                self.depth -= 1;
+                Ok(Value::Message(message))
             }
             Some(b'"' | b'\'') => {
                 let mut s = self.string()?;
@@ -504,6 +517,7 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_refused_by_name() {
+        let deep = format!("input {}", "{ a ".repeat(10_000));
         for (text, needle) in [
             ("optimization { }", "field optimization is not supported"),
             (
@@ -526,6 +540,7 @@ mod tests {
             ("model_warmup [ { name: \"w\" } ]", "model_warmup"),
             ("sequence_batching { }", "sequence_batching"),
             ("instance_group [ { count: 0 } ]", "add up to 0"),
+            (deep.as_str(), "deeper than 32"),
         ] {
             let e = settings(text, "m", &Config::default()).expect_err(text);
             assert!(e.contains(needle), "{text}: {e}");
