@@ -144,11 +144,17 @@ fn text(report: &RepositoryReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "repository {}", report.repository);
     for m in &report.models {
-        let config = m.config.as_deref().map_or("no configuration file".to_string(), |c| {
-            Path::new(c).file_name().map_or_else(|| c.to_string(), |f| f.to_string_lossy().into_owned())
-        });
-        let policy = m.version_policy.as_ref().map_or_else(String::new, |p| format!(", version policy {p}"));
-        let _ = writeln!(out, "\nmodel {} ({config}{policy})", m.name);
+        // A model whose directory could not be read has neither: its problem says why.
+        let about = match (&m.config, &m.version_policy) {
+            (_, None) => String::new(),
+            (config, Some(p)) => {
+                let config = config.as_deref().map_or("no configuration file".to_string(), |c| {
+                    Path::new(c).file_name().map_or_else(|| c.to_string(), |f| f.to_string_lossy().into_owned())
+                });
+                format!(" ({config}, version policy {p})")
+            }
+        };
+        let _ = writeln!(out, "\nmodel {}{about}", m.name);
         for v in &m.versions {
             let _ = writeln!(out, "  version {:<4} {}", v.version, v.state);
             if let Some(s) = &v.signature {
