@@ -242,8 +242,7 @@ impl ServerBuilder {
         let mut options = ModelOptions::new(M::MODEL_PATH);
         options.name = Some(M::NAME.to_string());
         let signature = M::signature();
-        options.dims.clone_from(&signature.dims_overrides);
-        options.reference = signature.reference.map(|(path, json)| crate::drift::Reference::Embedded { path, json });
+        signature.apply_to(&mut options);
         self.signatures.push((M::NAME.to_string(), signature));
         self.model(options).routes(crate::routes::typed::router::<M>())
     }
@@ -255,8 +254,7 @@ impl ServerBuilder {
         let mut options = ModelOptions::new(M::MODEL_PATH);
         options.name = Some(M::NAME.to_string());
         let signature = M::signature();
-        options.dims.clone_from(&signature.dims_overrides);
-        options.reference = signature.reference.map(|(path, json)| crate::drift::Reference::Embedded { path, json });
+        signature.apply_to(&mut options);
         self.signatures.push((M::NAME.to_string(), signature));
         self.model(options).routes(crate::routes::typed::process_router(M::NAME, instance))
     }
@@ -393,16 +391,7 @@ impl ServerBuilder {
         for options in &self.options {
             let model = state.load_model(options)?;
             if let Some((_, compiled)) = self.signatures.iter().find(|(n, _)| n == model.name()) {
-                crate::typed::check_signature(&model, compiled)?;
-                // The typed route would fail every answer: refuse to start, saying how to fix it.
-                if let Some(lie) = model.shape_lie() {
-                    return Err(LoadError::ShapeMismatch {
-                        path: model.path().to_path_buf(),
-                        detail: format!(
-                            "{lie}; the typed types are built from the declared dims: declare the real ones in #[nimify(model = ..., dims(...))]"
-                        ),
-                    });
-                }
+                crate::typed::check_loaded(&model, compiled)?;
             }
             let version = options.version.unwrap_or(1);
             models.insert(model.name().to_string(), BTreeMap::from([(version, Arc::new(model))]));

@@ -537,9 +537,7 @@ impl Repository {
         options.warmup.clone_from(&dir.settings.warmup);
         let typed = self.typed.iter().find(|(n, _)| n == &dir.name).map(|(_, s)| s);
         if let Some(signature) = typed {
-            options.dims.clone_from(&signature.dims_overrides);
-            options.reference =
-                signature.reference.map(|(path, json)| crate::drift::Reference::Embedded { path, json });
+            signature.apply_to(&mut options);
             // Checked before any session opens: a wrong model costs no load.
             let mut info = nimify_model::read_model(&v.model).map_err(|e| e.to_string())?;
             crate::model::override_dims(&mut info, &options.dims).map_err(|(t, why)| format!("{t}: {why}"))?;
@@ -550,10 +548,8 @@ impl Repository {
         }
         let model = state.load_model(&options).map_err(|e| e.to_string())?;
         pbtxt::check_declared(&dir.settings, &model)?;
-        if let (Some(_), Some(lie)) = (typed, model.shape_lie()) {
-            return Err(format!(
-                "{lie}; the typed types are built from the declared dims: declare the real ones in #[nimify(model = ..., dims(...))]"
-            ));
+        if let Some(signature) = typed {
+            crate::typed::check_loaded(&model, signature).map_err(|e| e.to_string())?;
         }
         Ok(model)
     }

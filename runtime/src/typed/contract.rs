@@ -48,6 +48,31 @@ pub struct Signature {
     pub reference: Option<(&'static str, &'static str)>,
 }
 
+impl Signature {
+    /// What the service declares for its model file, applied to how it is loaded: the dims
+    /// overrides, and the reference profile compiled in.
+    pub(crate) fn apply_to(&self, options: &mut crate::ModelOptions) {
+        options.dims.clone_from(&self.dims_overrides);
+        options.reference = self.reference.map(|(path, json)| crate::drift::Reference::Embedded { path, json });
+    }
+}
+
+/// Refuses a loaded model a typed service cannot serve: another signature than the compiled-in
+/// one, or outputs whose declared dims warm-up contradicted (the typed route would fail every
+/// answer), saying how to fix it.
+pub(crate) fn check_loaded(model: &crate::Model, compiled: &Signature) -> Result<(), crate::LoadError> {
+    check_signature(model, compiled)?;
+    match model.shape_lie() {
+        Some(lie) => Err(crate::LoadError::ShapeMismatch {
+            path: model.path().to_path_buf(),
+            detail: format!(
+                "{lie}; the typed types are built from the declared dims: declare the real ones in #[nimify(model = ..., dims(...))]"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a loaded model whose signature differs from the compiled-in one, describing both.
 pub fn check_signature(model: &crate::Model, compiled: &Signature) -> Result<(), crate::LoadError> {
     check_file(model.path(), model.info(), compiled)

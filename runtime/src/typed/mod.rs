@@ -46,7 +46,7 @@ mod service;
 pub use conversion::{Array, Dyn};
 pub use service::{Context, Process};
 
-pub(crate) use contract::{check_file, check_signature};
+pub(crate) use contract::{check_file, check_loaded};
 pub(crate) use service::run_typed;
 
 /// What the macro's generated code names; not an API (see [`crate::__private`]).
