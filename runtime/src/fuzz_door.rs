@@ -37,8 +37,17 @@ pub fn declared(name: &str, onnx: &[u8]) -> Result<Declared, String> {
 /// elements as its shape says).
 pub fn v2_request(model: &Declared, header_len: Option<&str>, body: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
     let body = bytes::Bytes::copy_from_slice(body);
-    let decoded = crate::v2::codec::decode_for(&model.name, &model.inputs, &model.outputs, header_len, &body)
-        .map_err(|e| e.to_string())?;
+    let decode =
+        |fast| crate::v2::codec::decode_with(&model.name, &model.inputs, &model.outputs, header_len, &body, fast);
+    let decoded = decode(true);
+    let reference = decode(false);
+    assert_eq!(
+        summary(&decoded),
+        summary(&reference),
+        "the fast JSON reader and the reference decoder disagree on {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    let decoded = decoded.map_err(|e| e.to_string())?;
     for (name, t) in &decoded.inputs {
         assert_eq!(
             t.data.len(),
@@ -49,6 +58,18 @@ pub fn v2_request(model: &Declared, header_len: Option<&str>, body: &[u8]) -> Re
         );
     }
     check(model, decoded.inputs)
+}
+
+/// A decoded request as bytes to compare: the error message, or the id, outputs and every input's
+/// name, shape, element type and elements bit for bit.
+fn summary(decoded: &Result<crate::v2::codec::Decoded, crate::error::ApiError>) -> Result<String, String> {
+    let decoded = decoded.as_ref().map_err(ToString::to_string)?;
+    let mut out = format!("{:?} {:?}", decoded.id, decoded.outputs);
+    for (name, t) in &decoded.inputs {
+        let bits = crate::v2::codec::binary_copy(&t.data);
+        out += &format!(" {name:?} {:?} {:?} {bits:?}", t.shape, t.data.element_type());
+    }
+    Ok(out)
 }
 
 /// Checks named tensors against the model, as every front end's requests are checked.

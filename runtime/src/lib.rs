@@ -69,6 +69,29 @@ pub mod __bench {
     pub use crate::model::open_session;
     pub use crate::ortlib::environment;
     pub use crate::tensor::Tensor;
+
+    /// Decodes a V2 request body (all JSON) for a model taking one input `name` of `elem`, with
+    /// the fast JSON reader or (`fast: false`) the reference decoder alone; the number of
+    /// elements read.
+    pub fn v2_decode(
+        name: &str,
+        elem: nimify_model::ElementType,
+        body: &bytes::Bytes,
+        fast: bool,
+    ) -> Result<usize, String> {
+        let inputs = [crate::model::TensorSpec { name: name.into(), elem, shape: None }];
+        let decoded =
+            crate::v2::codec::decode_with("bench", &inputs, &[], None, body, fast).map_err(|e| e.to_string())?;
+        Ok(decoded.inputs.iter().map(|(_, t)| t.data.len()).sum())
+    }
+
+    /// Writes f32 elements as a JSON output writes them; the bytes written.
+    pub fn v2_encode_json(data: Vec<f32>) -> usize {
+        let data = crate::tensor::TensorData::F32(data);
+        let mut out = Vec::new();
+        crate::v2::codec::write_json_elements(&data, 0..data.len(), &mut out);
+        out.len()
+    }
 }
 
 #[doc(hidden)]

@@ -56,6 +56,19 @@ pub(crate) fn decode_for(
     header_len: Option<&str>,
     body: &Bytes,
 ) -> Result<Decoded, ApiError> {
+    decode_with(model_name, inputs, outputs, header_len, body, true)
+}
+
+/// [`decode_for`], with the fast JSON reader (`fast`) or the reference decoder alone (which the
+/// fast reader hands every body it does not take, and is compared with when fuzzing).
+pub(crate) fn decode_with(
+    model_name: &str,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+    header_len: Option<&str>,
+    body: &Bytes,
+    fast: bool,
+) -> Result<Decoded, ApiError> {
     let model = Specs { name: model_name, inputs, outputs };
     let (json, mut binary) = match header_len {
         None => (body.clone(), Bytes::new()),
@@ -74,22 +87,19 @@ pub(crate) fn decode_for(
             (body.slice(..n), body.slice(n..))
         }
     };
-    let mut de = serde_json::Deserializer::from_slice(&json);
-    let request: InferRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let at = e.path().to_string();
-        let at = if at == "." { String::new() } else { format!(" at {at}") };
-        ApiError::BadRequest(format!("malformed inference request JSON{at}: {}", e.inner()))
-    })?;
-    de.end().map_err(|_| {
-        ApiError::BadRequest(
-            "malformed inference request JSON: bytes follow the JSON body (binary tensor data needs the Inference-Header-Content-Length header)".into(),
-        )
-    })?;
+    let (request, elements) = match fast.then(|| super::fast_json::request(&json)).flatten() {
+        Some(read) => read,
+        None => {
+            let request = reference_request(&json)?;
+            let none = request.inputs.iter().map(|_| None).collect();
+            (request, none)
+        }
+    };
 
     let mut inputs = Inputs::new(model.name(), model.inputs());
-    for input in &request.inputs {
+    for (input, elements) in request.inputs.iter().zip(elements) {
         let slot = inputs.slot(&input.name)?;
-        inputs.fill(slot, decode_input(input, &mut binary)?);
+        inputs.fill(slot, decode_input(input, elements, &mut binary)?);
     }
     if !binary.is_empty() {
         return Err(ApiError::BadRequest(format!(
@@ -115,6 +125,23 @@ pub(crate) fn decode_for(
             .collect::<Result<_, _>>()?,
     };
     Ok(Decoded { id: request.id, inputs, outputs })
+}
+
+/// The request as serde_json reads it, each input's `data` as a `Value`: the reference decoder,
+/// which gives every answer the fast reader does not (its error messages included).
+fn reference_request(json: &[u8]) -> Result<InferRequest, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let request: InferRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let at = e.path().to_string();
+        let at = if at == "." { String::new() } else { format!(" at {at}") };
+        ApiError::BadRequest(format!("malformed inference request JSON{at}: {}", e.inner()))
+    })?;
+    de.end().map_err(|_| {
+        ApiError::BadRequest(
+            "malformed inference request JSON: bytes follow the JSON body (binary tensor data needs the Inference-Header-Content-Length header)".into(),
+        )
+    })?;
+    Ok(request)
 }
 
 /// What decoding needs of a model.
@@ -144,7 +171,9 @@ fn flag(params: Option<&Map<String, Value>>, key: &str) -> Result<bool, ApiError
     }
 }
 
-fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiError> {
+/// One input's tensor, from the binary part, from `elements` the fast reader read from its JSON
+/// `data`, or from that `data` as a `Value`.
+fn decode_input(input: &RequestInput, elements: Option<TensorData>, binary: &mut Bytes) -> Result<Tensor, ApiError> {
     let name = &input.name;
     let elem = wire::datatype(name, &input.datatype)?;
     let (shape, count) = wire::shape(name, &input.shape)?;
@@ -155,13 +184,13 @@ fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiE
             ApiError::BadRequest(format!("input {name:?}: binary_data_size must be a non-negative integer, got {v}"))
         })?),
     };
-    let data = match (binary_size, &input.data) {
-        (Some(_), Some(_)) => {
+    let data = match (binary_size, &input.data, elements) {
+        (Some(_), json, elements) if json.is_some() || elements.is_some() => {
             return Err(ApiError::BadRequest(format!(
                 "input {name:?} has both binary_data_size and JSON data; send one"
             )));
         }
-        (Some(n), None) => {
+        (Some(n), _, _) => {
             if n > binary.len() {
                 return Err(ApiError::BadRequest(format!(
                     "truncated binary payload: input {name:?} declares binary_data_size {n} but only {} bytes remain",
@@ -171,11 +200,12 @@ fn decode_input(input: &RequestInput, binary: &mut Bytes) -> Result<Tensor, ApiE
             let raw = binary.split_to(n);
             from_binary(name, elem, count, &raw)?
         }
-        (None, Some(json)) => {
+        (None, _, Some(elements)) => elements,
+        (None, Some(json), None) => {
             check_nesting(name, json, &shape)?;
             from_json(name, elem, json)?
         }
-        (None, None) => {
+        (None, None, None) => {
             return Err(ApiError::BadRequest(format!("input {name:?} has no data (give data or binary_data_size)")));
         }
     };
