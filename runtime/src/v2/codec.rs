@@ -429,7 +429,8 @@ fn from_json(name: &str, elem: ElementType, json: &Value) -> Result<TensorData, 
 pub struct JsonData(TensorData);
 
 /// How JSON spells the float values it has no number for, in outputs and in inputs.
-const NON_FINITE: [(&str, f64); 3] = [("NaN", f64::NAN), ("Infinity", f64::INFINITY), ("-Infinity", f64::NEG_INFINITY)];
+pub(super) const NON_FINITE: [(&str, f64); 3] =
+    [("NaN", f64::NAN), ("Infinity", f64::INFINITY), ("-Infinity", f64::NEG_INFINITY)];
 
 /// One float of a JSON output: a number, or the name of a non-finite value.
 struct JsonFloat(f64);

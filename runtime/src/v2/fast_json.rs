@@ -21,6 +21,7 @@ use half::f16;
 use nimify_model::ElementType;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
+use super::codec::NON_FINITE;
 use super::types::{InferRequest, RequestInput};
 use crate::inference::wire;
 use crate::tensor::TensorData;
@@ -83,6 +84,19 @@ impl<'a> Reader<'a> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
+    /// After an item of a list closed by `close`: `true` when another item follows.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        match self.peek()? {
+            b',' => self.i += 1,
+            c if c == close => {
+                self.i += 1;
+                return Some(false);
+            }
+            _ => return None,
+        }
+        Some(true)
+    }
+
     /// The members of an object, each key (unescaped keys only) handed to `member`, which
     /// reads its value.
     fn object(&mut self, mut member: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
@@ -100,13 +114,8 @@ impl<'a> Reader<'a> {
             }
             self.eat(b':')?;
             member(self, key)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.more(b'}')? {
+                return Some(());
             }
         }
     }
@@ -169,13 +178,8 @@ impl<'a> Reader<'a> {
         }
         loop {
             inputs.push(self.input()?);
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(inputs);
-                }
-                _ => return None,
+            if !self.more(b']')? {
+                return Some(inputs);
             }
         }
     }
@@ -192,7 +196,7 @@ impl<'a> Reader<'a> {
             b"parameters" => once(&mut parameters, r.field()?),
             b"data" => {
                 let read = match (&name, &shape, &datatype) {
-                    _ if r.peek()? == b'n' => Data::Null(r.field::<()>()?),
+                    _ if r.peek()? == b'n' => r.field::<()>().map(|()| Data::Null)?,
                     (Some(n), Some(s), Some(d)) => Data::Read(r.data(n, s, d)?),
                     _ => Data::Later(r.span()?),
                 };
@@ -202,7 +206,7 @@ impl<'a> Reader<'a> {
         })?;
         let (name, shape, datatype) = (name?, shape?, datatype?);
         let elements = match data {
-            None | Some(Data::Null(())) => None,
+            None | Some(Data::Null) => None,
             Some(Data::Read(elements)) => Some(elements),
             Some(Data::Later(span)) => {
                 let mut r = Reader { b: span, i: 0 };
@@ -267,13 +271,8 @@ impl<'a> Reader<'a> {
         loop {
             self.ws();
             sink.scalar(self)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.more(b']')? {
+                return Some(());
             }
         }
     }
@@ -356,7 +355,7 @@ impl<'a> Reader<'a> {
 
 /// A `data` value whose reading waits for the input's datatype and shape.
 enum Data<'a> {
-    Null(()),
+    Null,
     Read(TensorData),
     Later(&'a [u8]),
 }
@@ -446,10 +445,6 @@ impl Float for f16 {
     }
 }
 
-/// How JSON spells the float values it has no number for (as `codec::NON_FINITE`, quoted).
-const NON_FINITE: [(&[u8], f64); 3] =
-    [(b"\"NaN\"", f64::NAN), (b"\"Infinity\"", f64::INFINITY), (b"\"-Infinity\"", f64::NEG_INFINITY)];
-
 /// Float elements: numbers, or the names JSON outputs use for non-finite values; a number that
 /// becomes infinite once narrowed does not fit.
 struct Floats<T> {
@@ -465,8 +460,11 @@ impl<T> Floats<T> {
 impl<T: Float> Sink for Floats<T> {
     fn scalar(&mut self, r: &mut Reader<'_>) -> Option<()> {
         if r.b.get(r.i) == Some(&b'"') {
-            let (name, x) = NON_FINITE.into_iter().find(|(name, _)| r.b[r.i..].starts_with(name))?;
-            r.i += name.len();
+            let rest = &r.b[r.i + 1..];
+            let (name, x) = NON_FINITE
+                .into_iter()
+                .find(|(name, _)| rest.starts_with(name.as_bytes()) && rest.get(name.len()) == Some(&b'"'))?;
+            r.i += name.len() + 2;
             self.out.push(T::narrow(x));
             return Some(());
         }
@@ -762,5 +760,10 @@ mod tests {
         for body in bodies {
             agree(body);
         }
+        // A shape that lies about its size reserves no more than the body can hold; an unknown
+        // field nested 100 000 deep is skipped without recursion and refused by serde_json.
+        agree(r#"{"inputs":[{"name":"x","shape":[4000000000000],"datatype":"FP32","data":[1]}]}"#);
+        let deep = format!(r#"{{"z":{}{},"inputs":[]}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        agree(&deep);
     }
 }
