@@ -1,7 +1,8 @@
 //! Dynamic batching: one bounded queue per model and one worker thread per session instance.
 //!
-//! A worker takes the first waiting request, then keeps taking requests until the batch holds
-//! `max_batch_size` items or the first request has waited `max_queue_delay`. Requests nobody
+//! A worker takes the first waiting request, then keeps taking requests while its [`Plan`] says
+//! a larger batch pays (within `max_batch_size` and the preferred sizes) and until the first
+//! request has waited `max_queue_delay`. Requests nobody
 //! waits for any more (deadline passed, client gone) are dropped (counted) before execution, and
 //! an execution is stopped midway when every request it serves goes (see [`crate::cancel`]).
 //! Requests that agree on every dim but dim 0 run as one execution; when an output's dim 0 does
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use ort::session::{RunOptions, Session};
 use tokio::sync::oneshot;
 
+use crate::batch_plan::Plan;
 use crate::cancel::{Link, Run};
 use crate::error::ApiError;
 use crate::metrics::{ModelMetrics, micros};
@@ -49,8 +51,8 @@ pub struct Worker {
     pub input_names: Arc<Vec<String>>,
     /// Merge requests at all.
     pub batching: bool,
-    /// Most items per execution.
-    pub max_batch_size: usize,
+    /// When to merge (bounds, preferred sizes, measured costs).
+    pub plan: Plan,
     /// Longest wait for a batch to fill.
     pub max_queue_delay: Duration,
     /// Metric handles.
@@ -61,7 +63,7 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until the queue's sender is dropped.
-    pub fn run(self, mut session: Session) {
+    pub fn run(mut self, mut session: Session) {
         let mut options = crate::cancel::run_options();
         while let Some(jobs) = self.collect() {
             let jobs: Vec<Job> = jobs
@@ -88,7 +90,7 @@ impl Worker {
         }
     }
 
-    fn collect(&self) -> Option<Vec<Job>> {
+    fn collect(&mut self) -> Option<Vec<Job>> {
         let mut guard = self.queue.lock().ok()?;
         let (rx, carry) = &mut *guard;
         let first = match carry.take() {
@@ -98,13 +100,13 @@ impl Worker {
         let mut items = first.items;
         let deadline = first.enqueued + self.max_queue_delay;
         let mut jobs = vec![first];
-        while self.batching && items < self.max_batch_size {
+        while self.batching && self.plan.grow(items, 1) {
             let next = match deadline.checked_duration_since(Instant::now()) {
-                Some(left) => rx.recv_timeout(left),
-                None => rx.try_recv().map_err(|_| RecvTimeoutError::Timeout),
+                Some(left) if self.plan.wait(items) => rx.recv_timeout(left),
+                _ => rx.try_recv().map_err(|_| RecvTimeoutError::Timeout),
             };
             match next {
-                Ok(job) if items + job.items > self.max_batch_size => {
+                Ok(job) if !self.plan.grow(items, job.items) => {
                     *carry = Some(job);
                     break;
                 }
@@ -118,7 +120,7 @@ impl Worker {
         Some(jobs)
     }
 
-    fn execute(&self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, mut jobs: Vec<Job>) {
+    fn execute(&mut self, session: &mut Session, options: &mut Option<Arc<RunOptions>>, mut jobs: Vec<Job>) {
         let start = Instant::now();
         for trace in jobs.iter_mut().filter_map(|j| j.trace.as_mut()) {
             trace.dequeued();
@@ -132,11 +134,13 @@ impl Worker {
         if jobs.len() > 1 {
             let items = jobs.iter().map(|j| j.items).sum();
             let span = crate::telemetry::run_span(jobs.iter().filter_map(|j| j.trace.as_ref()), items);
+            let began = Instant::now();
             let batched = span.in_scope(|| self.run_batched(session, options, &jobs));
             drop(span);
             match batched {
                 Batched::Done(results) => {
                     let total: usize = jobs.iter().map(|j| j.items).sum();
+                    self.plan.record(total, began.elapsed());
                     self.metrics.stats.executed(total, jobs.len(), start.elapsed());
                     self.metrics.count.inc_by(total as u64);
                     self.metrics.batch_size.observe(total as f64);
@@ -159,6 +163,7 @@ impl Worker {
             let result = span.in_scope(|| self.run_one(session, options, &[&job.link], job.inputs, &wanted));
             drop(span);
             if result.is_ok() {
+                self.plan.record(job.items, began.elapsed());
                 self.metrics.stats.executed(job.items, 1, began.elapsed());
                 self.metrics.count.inc_by(job.items as u64);
                 self.metrics.batch_size.observe(job.items as f64);

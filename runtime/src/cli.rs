@@ -124,6 +124,12 @@ pub struct ServiceArgs {
     /// Longest the first request of a batch waits for others, in microseconds; 0 batches only what is already queued [default: 0].
     #[arg(long, global = true, env = "NIMIFY_MAX_QUEUE_DELAY_US")]
     pub max_queue_delay_us: Option<u64>,
+    /// When to merge requests: learned (only while the measured cost per item falls) or fixed (whatever is queued) [default: learned].
+    #[arg(long, global = true, env = "NIMIFY_BATCH_POLICY")]
+    pub batch_policy: Option<crate::config::BatchPolicy>,
+    /// Batch sizes to aim for, comma-separated (Triton's preferred_batch_size) [default: none].
+    #[arg(long, global = true, env = "NIMIFY_PREFERRED_BATCH_SIZE", value_delimiter = ',')]
+    pub preferred_batch_size: Option<Vec<usize>>,
     /// Requests waiting per model before 503 [default: 1024].
     #[arg(long, global = true, env = "NIMIFY_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
@@ -219,6 +225,8 @@ impl ServiceArgs {
             c.batching.max_batch_size => self.max_batch_size,
             c.batching.max_queue_delay_us => self.max_queue_delay_us,
             c.batching.queue_capacity => self.queue_capacity,
+            c.batching.policy => self.batch_policy,
+            c.batching.preferred_batch_size => self.preferred_batch_size.clone(),
             c.warmup.enabled => self.warmup,
         }
         if self.no_grpc {

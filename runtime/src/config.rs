@@ -435,11 +435,47 @@ pub struct BatchingConfig {
     pub max_queue_delay_us: u64,
     /// Requests waiting per model; a full queue answers 503 with Retry-After.
     pub queue_capacity: usize,
+    /// Batch sizes to aim for (Triton's `preferred_batch_size`): a batch that holds one of them
+    /// runs without waiting out `max_queue_delay_us` when nothing more is queued, and a batch
+    /// that reaches the largest stops collecting. Empty: only `max_batch_size` bounds a batch.
+    pub preferred_batch_size: Vec<usize>,
+    /// When to merge: `learned` (measure each batch size's cost per item while serving, and
+    /// merge only while it falls) or `fixed` (merge whatever is queued, up to the bounds).
+    pub policy: BatchPolicy,
 }
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        Self { enabled: true, max_batch_size: 32, max_queue_delay_us: 0, queue_capacity: 1024 }
+        Self {
+            enabled: true,
+            max_batch_size: 32,
+            max_queue_delay_us: 0,
+            queue_capacity: 1024,
+            preferred_batch_size: Vec::new(),
+            policy: BatchPolicy::Learned,
+        }
+    }
+}
+
+/// When the batcher merges queued requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchPolicy {
+    /// Merge only while the measured cost per item falls with the batch size (sizes not yet
+    /// measured, or not measured lately, are tried).
+    Learned,
+    /// Merge whatever is queued, up to `max_batch_size` (and the largest preferred size).
+    Fixed,
+}
+
+impl std::str::FromStr for BatchPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "learned" => Ok(Self::Learned),
+            "fixed" => Ok(Self::Fixed),
+            other => Err(format!("unknown batch policy {other:?}; use learned or fixed")),
+        }
     }
 }
 
@@ -521,6 +557,14 @@ impl Config {
         }
         if self.batching.max_batch_size == 0 {
             return Err(ConfigError::Invalid("batching.max_batch_size must be at least 1, got 0".into()));
+        }
+        if let Some(n) =
+            self.batching.preferred_batch_size.iter().find(|&&n| n == 0 || n > self.batching.max_batch_size)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "batching.preferred_batch_size {n} must be between 1 and max_batch_size ({})",
+                self.batching.max_batch_size
+            )));
         }
         let repository = &self.repository;
         if repository.path.is_none()

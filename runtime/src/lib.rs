@@ -12,6 +12,7 @@
 //! ```
 
 mod audit;
+mod batch_plan;
 mod batcher;
 mod cancel;
 pub mod cli;

@@ -304,7 +304,7 @@ impl Model {
                 queue: Arc::clone(&shared),
                 input_names: Arc::clone(&input_names),
                 batching: batching.is_some(),
-                max_batch_size: settings.batching.max_batch_size,
+                plan: crate::batch_plan::Plan::new(settings.batching),
                 max_queue_delay: Duration::from_micros(settings.batching.max_queue_delay_us),
                 metrics: metrics.clone(),
                 max_output_bytes: settings.max_output_bytes,

@@ -243,7 +243,8 @@ def test_config_pbtxt_common_subset_is_honoured(tmp_path):
 
 @pytest.mark.parametrize("pbtxt, needle", [
     ("optimization { execution_accelerators { } }", "field optimization is not supported by nimify"),
-    ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [ 4 ] }", "field dynamic_batching.preferred_batch_size is not supported"),
+    ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [ 8 ] }", "preferred_batch_size 8 must be between 1 and max_batch_size (4)"),
+    ("max_batch_size: 4\ndynamic_batching { priority_levels: 2 }", "field dynamic_batching.priority_levels is not supported"),
     ("instance_group [ { kind: KIND_GPU } ]", "instance_group kind KIND_GPU"),
     ('platform: "tensorrt_plan"', 'platform "tensorrt_plan" is not served'),
     ('name: "other"', 'name "other" differs from the directory'),

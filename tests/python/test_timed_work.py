@@ -292,7 +292,7 @@ def test_a_run_whose_clients_all_left_is_stopped_and_one_still_wanted_is_not(sta
     company). When one of the two clients leaves, the run goes on for the other; when both leave,
     it stops."""
     work = size_work(start("slow", *NO_LIMITS, *ONE_SESSION[2:]), 3.0, "a client leaving mid-run")
-    server = start("slow", "--batching", "true", "--max-queue-delay-us", "2000000", "--instances", "1", "--intra-threads", "1", "--request-timeout-ms", "0")
+    server = start("slow", "--batching", "true", "--batch-policy", "fixed", "--max-queue-delay-us", "2000000", "--instances", "1", "--intra-threads", "1", "--request-timeout-ms", "0")
     control = f"work {work}"
     with ThreadPoolExecutor(2) as pool:
         # One stays, one leaves: the shared run must finish.

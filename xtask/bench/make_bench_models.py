@@ -2,7 +2,9 @@
 
 - mlp.onnx: `x: float[batch, 64]` -> 256 -> 256 -> `probs: float[batch, 10]` (about 0.4 MB);
 - cnn.onnx: a ResNet-18-shaped network on `image: float[batch, 3, 224, 224]` -> 1000 logits,
-  random weights (about 45 MB), batch-norm folded into the convolutions as exporters do.
+  random weights (about 45 MB), batch-norm folded into the convolutions as exporters do;
+- bert.onnx: a BERT-like encoder, 2 layers, hidden 384, 6 heads, feed-forward 1536, on
+  `embeddings: float[batch, 128, 384]` -> mean-pooled `pooled: float[batch, 384]` (about 14 MB).
 """
 
 import os
@@ -84,10 +86,57 @@ def cnn(path):
     onnx.save(model, path)
 
 
+def bert(path, layers=2, hidden=384, heads=6, ff=1536, seq=128):
+    inits, nodes, n = [], [], [0]
+
+    def name(p):
+        n[0] += 1
+        return f"{p}{n[0]}"
+
+    def const(value, dtype=np.float32):
+        c = name("c")
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype), c))
+        return c
+
+    def op(kind, inputs, **attrs):
+        y = name(kind.lower())
+        nodes.append(helper.make_node(kind, inputs, [y], **attrs))
+        return y
+
+    def dense(x, a, b):
+        w = const(RNG.standard_normal((a, b)) / np.sqrt(a))
+        return op("Add", [op("MatMul", [x, w]), const(np.zeros(b))])
+
+    def norm(x):
+        return op("LayerNormalization", [x, const(np.ones(hidden)), const(np.zeros(hidden))], axis=-1, epsilon=1e-12)
+
+    head = hidden // heads
+    split = const([0, 0, heads, head], np.int64)
+    merge = const([0, 0, hidden], np.int64)
+    x = "embeddings"
+    for _ in range(layers):
+        q, k, v = (op("Transpose", [op("Reshape", [dense(x, hidden, hidden), split])], perm=[0, 2, 1, 3]) for _ in range(3))
+        scores = op("Mul", [op("MatMul", [q, op("Transpose", [k], perm=[0, 1, 3, 2])]), const(1 / np.sqrt(head))])
+        context = op("MatMul", [op("Softmax", [scores], axis=-1), v])
+        attended = op("Reshape", [op("Transpose", [context], perm=[0, 2, 1, 3]), merge])
+        x = norm(op("Add", [x, dense(attended, hidden, hidden)]))
+        h = dense(x, hidden, ff)
+        gelu = op("Mul", [op("Mul", [h, const(0.5)]), op("Add", [op("Erf", [op("Mul", [h, const(1 / np.sqrt(2))])]), const(1.0)])])
+        x = norm(op("Add", [x, dense(gelu, ff, hidden)]))
+    nodes.append(helper.make_node("ReduceMean", [x], ["pooled"], axes=[1], keepdims=0))
+    graph = helper.make_graph(nodes, "bench_bert", [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", seq, hidden])],
+                              [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
 if __name__ == "__main__":
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
     mlp(os.path.join(out, "mlp.onnx"))
     cnn(os.path.join(out, "cnn.onnx"))
-    for f in ("mlp.onnx", "cnn.onnx"):
+    bert(os.path.join(out, "bert.onnx"))
+    for f in ("mlp.onnx", "cnn.onnx", "bert.onnx"):
         print(f"{f}: {os.path.getsize(os.path.join(out, f))} bytes")

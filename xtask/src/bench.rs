@@ -4,9 +4,10 @@
 //! - `macro`: rebuild time of a crate whose `#[nimify]` points at a tiny model vs the generated
 //!   1 GiB one (the macro reads only the signature, so they should match).
 //! - `serve`: the release service with one intra-op thread, pinned to core 0, under `wrk` pinned
-//!   to core 1, over the V2 binary protocol at concurrency 1, 8 and 32, for a small MLP and a
-//!   ResNet-18-shaped CNN generated into `target/bench-models/` (never committed). Prints
-//!   requests/s, p50, p99, resident memory, start-to-ready time, and the ratio to an in-process
+//!   to core 1, over the V2 binary protocol at concurrency 1, 8 and 32 and over V2 JSON at 1, for
+//!   a small MLP, a ResNet-18-shaped CNN and a BERT-like encoder generated into
+//!   `target/bench-models/` (never committed). Prints requests/s, p50, p99, the server's CPU per
+//!   request (user + system, from /proc), resident memory, start-to-ready time, and the ratio to an in-process
 //!   ONNX Runtime loop with the same threads (`runtime/benches/ort_loop.rs`). Then the same
 //!   servers under Triton's perf_analyzer (pinned to core 1) over HTTP (binary tensors) and over
 //!   gRPC at the same concurrencies: one client for both protocols, so the rows compare them.
@@ -56,9 +57,10 @@ struct BenchModel {
 const MODELS: &[BenchModel] = &[
     BenchModel { name: "mlp", input: "x", shape: &[1, 64] },
     BenchModel { name: "cnn", input: "image", shape: &[1, 3, 224, 224] },
+    BenchModel { name: "bert", input: "embeddings", shape: &[1, 128, 384] },
 ];
 
-/// `serve`'s options: `--seconds N` (per row, default 10), `--models mlp,cnn` (default both),
+/// `serve`'s options: `--seconds N` (per row, default 10), `--models mlp,cnn,bert` (default all),
 /// `--wrk-only` (no perf_analyzer rows), `--otlp` (tracing on: every request traced and
 /// exported over OTLP/HTTP to a sink started here, `xtask/bench/otlp_sink.py`).
 struct ServeOptions {
@@ -71,8 +73,13 @@ struct ServeOptions {
 
 impl ServeOptions {
     fn parse(args: &[&str]) -> Result<Self> {
-        let mut o =
-            Self { seconds: 10, models: vec!["mlp".into(), "cnn".into()], wrk_only: false, otlp: false, drift: None };
+        let mut o = Self {
+            seconds: 10,
+            models: MODELS.iter().map(|m| m.name.into()).collect(),
+            wrk_only: false,
+            otlp: false,
+            drift: None,
+        };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match *arg {
@@ -90,7 +97,7 @@ impl ServeOptions {
                 "--otlp" => o.otlp = true,
                 "--drift" => o.drift = Some(args.next().context("--drift needs a sample rate, 0 to 1")?.to_string()),
                 other => bail!(
-                    "unknown option {other}; serve takes --seconds N, --models mlp,cnn, --wrk-only, --otlp, --drift RATE"
+                    "unknown option {other}; serve takes --seconds N, --models mlp,cnn,bert, --wrk-only, --otlp, --drift RATE"
                 ),
             }
         }
@@ -104,7 +111,7 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
     let root = crate::root();
     let models = root.join("target/bench-models");
     let python = crate::test::venv_python(sh)?;
-    if !models.join("cnn.onnx").is_file() {
+    if MODELS.iter().any(|m| !models.join(format!("{}.onnx", m.name)).is_file()) {
         cmd!(sh, "{python} xtask/bench/make_bench_models.py {models}").run()?;
     }
     if cmd!(sh, "which wrk").quiet().ignore_stdout().run().is_err() {
@@ -166,28 +173,39 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
             env.push(("NIMIFY_REFERENCE".into(), profile.display().to_string()));
             env.push(("NIMIFY_DRIFT_SAMPLE_RATE".into(), rate.clone()));
         }
-        let body = binary_body(m);
-        let body_file = root.join(format!("target/bench-models/{}.body", m.name));
-        std::fs::write(&body_file, &body.0)?;
+        let binary = binary_body(m);
+        let binary_file = root.join(format!("target/bench-models/{}.body", m.name));
+        std::fs::write(&binary_file, &binary.0)?;
+        let json_file = root.join(format!("target/bench-models/{}.json", m.name));
+        std::fs::write(&json_file, json_body(m))?;
         let script = root.join("target/bench-models/post.lua");
         std::fs::write(&script, LUA)?;
-        for concurrency in [1, 8, 32] {
+        // Every model over binary at 1, 8 and 32; over JSON at 1 (the decode cost shows there).
+        let plan = [("binary", 1), ("binary", 8), ("binary", 32), ("json", 1)];
+        for (protocol, concurrency) in plan {
             let port = free_port()?;
             let (mut child, ready) = start_server(&server_bin, &path, port, free_port()?, &env)?;
             let url = format!("http://127.0.0.1:{port}/v2/models/{}/infer", m.name);
             let (c, d) = (format!("-c{concurrency}"), format!("-d{seconds}s"));
+            let (body_file, hlen) = match protocol {
+                "json" => (&json_file, String::new()),
+                _ => (&binary_file, binary.1.to_string()),
+            };
+            let cpu_before = cpu_ticks(child.id());
             let out = cmd!(sh, "taskset -c 1 wrk -t1 {c} {d} --latency -s {script} {url}")
-                .env("BODY", &body_file)
-                .env("HLEN", body.1.to_string())
+                .env("BODY", body_file)
+                .env("HLEN", hlen)
                 .read()?;
+            let cpu = cpu_ticks(child.id()).saturating_sub(cpu_before);
             let rss = rss_kib(child.id());
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let _ = child.wait();
             let w = parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))?;
+            // Clock ticks are 10 ms: the server's CPU per request, in µs.
+            let cpu_us = cpu as f64 * 1e6 / ticks_per_second() / w.requests.max(1) as f64;
             rows.push(format!(
-                "| {} | {} | {:.0} | {} | {} | {} | {:.1} MB (model {:.1} MB) | {:.0} ms | {:.2} |",
+                "| {} | {protocol} | {concurrency} | {:.0} | {} | {} | {} | {cpu_us:.1} µs | {:.1} MB (model {:.1} MB) | {:.0} ms | {:.2} |",
                 m.name,
-                concurrency,
                 w.rps,
                 w.p50,
                 w.p99,
@@ -211,15 +229,17 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
             out.lines().last().unwrap_or("the sink printed nothing")
         );
     }
-    println!("\n| model | concurrency | requests/s | p50 | p99 | errors | peak RSS | start to ready | vs in-process |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "\n| model | protocol | concurrency | requests/s | p50 | p99 | errors | server CPU per request | peak RSS | start to ready | vs in-process |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }
     if options.wrk_only {
         return Ok(());
     }
-    let protocols = protocol_rows(sh, &server_bin, &models, seconds)?;
+    let protocols = protocol_rows(sh, &server_bin, &models, &options)?;
     println!("\nperf_analyzer (one client, both protocols):\n");
     println!("| model | protocol | concurrency | requests/s | p50 | p99 |");
     println!("|---|---|---|---|---|---|");
@@ -231,13 +251,13 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
 
 /// perf_analyzer against a fresh server per model, protocol and concurrency: requests/s and the
 /// p50 / p99 latency it measured, in ms.
-fn protocol_rows(sh: &Shell, server_bin: &Path, models: &Path, seconds: u64) -> Result<Vec<String>> {
+fn protocol_rows(sh: &Shell, server_bin: &Path, models: &Path, options: &ServeOptions) -> Result<Vec<String>> {
     let pa = crate::test::perf_analyzer(sh)?;
     let cudart = cuda_runtime_dir(&crate::root().join(".venv-pa/lib"))?;
     let csv = crate::root().join("target/bench-models/perf.csv");
-    let interval = (seconds * 1000).to_string();
+    let interval = (options.seconds * 1000).to_string();
     let mut rows = Vec::new();
-    for m in MODELS {
+    for m in MODELS.iter().filter(|m| options.models.iter().any(|n| n == m.name)) {
         let path = models.join(format!("{}.onnx", m.name));
         for protocol in ["http", "grpc"] {
             for concurrency in [1, 8, 32] {
@@ -292,14 +312,58 @@ fn cuda_runtime_dir(base: &Path) -> Result<PathBuf> {
     bail!("libcudart not found under {}; `cargo xtask test` installs perf_analyzer's environment", base.display())
 }
 
-const LUA: &str = r#"-- POST a V2 binary request read from $BODY, header length from $HLEN.
+const LUA: &str = r#"-- POST the request read from $BODY: V2 binary with header length $HLEN, else JSON.
 wrk.method = "POST"
 local f = io.open(os.getenv("BODY"), "rb")
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Inference-Header-Content-Length"] = os.getenv("HLEN")
-wrk.headers["Content-Type"] = "application/octet-stream"
+local hlen = os.getenv("HLEN")
+if hlen ~= nil and hlen ~= "" then
+  wrk.headers["Inference-Header-Content-Length"] = hlen
+  wrk.headers["Content-Type"] = "application/octet-stream"
+else
+  wrk.headers["Content-Type"] = "application/json"
+end
 "#;
+
+/// A V2 JSON request as clients write one: flat `data`, values in [-2, 2) with three decimals
+/// (for the CNN, 1.1 MB), asking for JSON outputs.
+fn json_body(m: &BenchModel) -> String {
+    let n: usize = m.shape.iter().product();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let data: Vec<String> = (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let v = (state >> 33) as f64 / (1u64 << 31) as f64 * 4.0 - 2.0;
+            format!("{v:.3}")
+        })
+        .collect();
+    format!(
+        r#"{{"inputs":[{{"name":"{}","shape":{:?},"datatype":"FP32","data":[{}]}}]}}"#,
+        m.input,
+        m.shape,
+        data.join(",")
+    )
+}
+
+/// User plus system CPU of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
 
 /// A V2 binary request of zeros: (body, JSON header length).
 fn binary_body(m: &BenchModel) -> (Vec<u8>, usize) {
@@ -372,6 +436,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 struct Wrk {
+    requests: u64,
     rps: f64,
     p50: String,
     p99: String,
@@ -387,7 +452,8 @@ fn parse_wrk(out: &str) -> Option<Wrk> {
     let socket: u64 = field("Socket errors:")
         .map(|v| v.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum())
         .unwrap_or(0);
-    Some(Wrk { rps, p50, p99, errors: non_2xx + socket })
+    let requests = out.lines().find_map(|l| l.trim().split_once(" requests in ")?.0.trim().parse().ok())?;
+    Some(Wrk { requests, rps, p50, p99, errors: non_2xx + socket })
 }
 
 fn json_number(s: &str, key: &str) -> Option<f64> {

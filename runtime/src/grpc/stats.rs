@@ -48,7 +48,11 @@ pub(crate) fn model_config(model: &Model) -> ModelConfig {
             kind: model_instance_group::Kind::Cpu as i32,
         }],
         dynamic_batching: c.dynamic_batching.map(|b| ModelDynamicBatching {
-            preferred_batch_size: Vec::new(),
+            preferred_batch_size: b
+                .preferred_batch_size
+                .iter()
+                .map(|&n| i32::try_from(n).unwrap_or(i32::MAX))
+                .collect(),
             max_queue_delay_microseconds: b.max_queue_delay_microseconds,
             preserve_ordering: false,
         }),

@@ -50,6 +50,13 @@ pub(crate) fn settings(text: &str, dir_name: &str, server: &Config) -> Result<Mo
                 if let Some(us) = d.uint("max_queue_delay_microseconds")? {
                     batching.max_queue_delay_us = us;
                 }
+                let preferred = d.uints("preferred_batch_size")?;
+                if !preferred.is_empty() {
+                    batching.preferred_batch_size = preferred
+                        .into_iter()
+                        .map(|n| usize::try_from(n).map_err(|_| format!("preferred_batch_size {n} is too large")))
+                        .collect::<Result<_, _>>()?;
+                }
             }
         }
     }
@@ -113,7 +120,7 @@ const TOP: &[&str] = &[
     "input",
     "output",
 ];
-const DYNAMIC: &[&str] = &["max_queue_delay_microseconds"];
+const DYNAMIC: &[&str] = &["max_queue_delay_microseconds", "preferred_batch_size"];
 const GROUP: &[&str] = &["name", "count", "kind"];
 const TENSOR: &[&str] = &["name", "data_type", "dims", "format"];
 
@@ -484,7 +491,7 @@ mod tests {
         name: "mlp"
         platform: "onnxruntime_onnx"
         max_batch_size: 16
-        dynamic_batching { max_queue_delay_microseconds: 200 }
+        dynamic_batching { max_queue_delay_microseconds: 200 preferred_batch_size: [ 4, 8 ] }
         instance_group [ { count: 2, kind: KIND_CPU } ]
         version_policy: { specific: { versions: [1, 3] } }
         input [ { name: "x" data_type: TYPE_FP32 dims: [ 64 ] } ]
@@ -497,6 +504,7 @@ mod tests {
         let b = s.batching.expect("batching");
         assert!(b.enabled);
         assert_eq!((b.max_batch_size, b.max_queue_delay_us), (16, 200));
+        assert_eq!(b.preferred_batch_size, [4, 8]);
         assert_eq!(s.session.expect("session").instances, 2);
         assert_eq!(s.policy, VersionPolicy::Specific(vec![1, 3]));
         assert!(s.batched);
@@ -520,10 +528,10 @@ mod tests {
         let deep = format!("input {}", "{ a ".repeat(10_000));
         for (text, needle) in [
             ("optimization { }", "field optimization is not supported"),
-            (
-                "max_batch_size: 4 dynamic_batching { preferred_batch_size: [4] }",
-                "dynamic_batching.preferred_batch_size",
-            ),
+            ("max_batch_size: 4 dynamic_batching { preserve_ordering: true }", "dynamic_batching.preserve_ordering"),
+            ("max_batch_size: 4 dynamic_batching { preferred_batch_size: [2, 8] }", "preferred_batch_size 8"),
+            ("max_batch_size: 4 dynamic_batching { preferred_batch_size: [0] }", "preferred_batch_size 0"),
+            ("max_batch_size: 4 dynamic_batching { preferred_batch_size: [-1] }", "below 0"),
             ("instance_group { kind: KIND_GPU }", "KIND_GPU"),
             ("instance_group { count: 1 gpus: [0] }", "instance_group.gpus"),
             ("platform: \"tensorrt_plan\"", "tensorrt_plan"),

@@ -246,7 +246,10 @@ pub(crate) fn config(model: &Model) -> ModelConfig {
         platform: "onnxruntime_onnx".into(),
         backend: "onnxruntime".into(),
         max_batch_size: batching.map_or(0, |b| u32::try_from(b.max_batch_size).unwrap_or(u32::MAX)),
-        dynamic_batching: batching.map(|b| DynamicBatching { max_queue_delay_microseconds: b.max_queue_delay_us }),
+        dynamic_batching: batching.map(|b| DynamicBatching {
+            max_queue_delay_microseconds: b.max_queue_delay_us,
+            preferred_batch_size: b.preferred_batch_size.clone(),
+        }),
         instance_group: vec![InstanceGroup {
             name: model.name().to_string(),
             kind: "KIND_CPU".into(),

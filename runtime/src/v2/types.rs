@@ -184,4 +184,7 @@ pub struct InstanceGroup {
 pub struct DynamicBatching {
     /// Longest the first request of a batch waits for others.
     pub max_queue_delay_microseconds: u64,
+    /// Batch sizes the batcher aims for; left out when none are set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_batch_size: Vec<usize>,
 }

@@ -1,0 +1,202 @@
+//! When merging queued requests pays.
+//!
+//! Merging is not free: on one thread a transformer's batch of 8 can cost more per item than 8
+//! runs of one, while a small MLP runs a batch of 32 for little more than one. With the
+//! `learned` policy each worker measures what every batch size (summed dim 0) costs per item
+//! while it serves, and a batch takes one more request only while that lowers the cost per
+//! item. Sizes are measured in rising order (three runs each), and a size refused
+//! [`REMEASURE_AFTER`] times is measured afresh, so the table follows a model whose cost
+//! changes (other load on the machine, longer inputs); sizes a batch grows through are measured
+//! by use. A cost that falls again only past a size that costs more is not found. The `fixed`
+//! policy merges whatever is queued, as Triton does. Both stop at `max_batch_size` and at the
+//! largest preferred size, and a batch holding a preferred size does not wait for more.
+
+use std::time::Duration;
+
+use crate::config::{BatchPolicy, BatchingConfig};
+
+/// Measurements of one size before its cost is trusted.
+const TRUSTED_AFTER: u32 = 3;
+/// Refusals after which a size's cost is measured again.
+const REMEASURE_AFTER: u32 = 1000;
+/// Weight of a new measurement once a size has four.
+const SMOOTHING: f64 = 0.25;
+
+/// One worker's batching decisions and what it has measured.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    policy: BatchPolicy,
+    max: usize,
+    /// Ascending.
+    preferred: Vec<usize>,
+    /// Indexed by batch size (items); entry 0 unused.
+    costs: Vec<Cost>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    /// Smoothed seconds per item.
+    per_item: f64,
+    samples: u32,
+    /// Batches that did not grow to this size because it cost more, since it was measured.
+    refusals: u32,
+}
+
+impl Plan {
+    pub(crate) fn new(config: &BatchingConfig) -> Self {
+        let mut preferred = config.preferred_batch_size.clone();
+        preferred.sort_unstable();
+        preferred.dedup();
+        let max = config.max_batch_size.max(1);
+        Self { policy: config.policy, max, preferred, costs: vec![Cost::default(); max + 1] }
+    }
+
+    /// Whether a batch of `items` should take a request of `more` items.
+    pub(crate) fn grow(&mut self, items: usize, more: usize) -> bool {
+        let next = items.saturating_add(more);
+        if next > self.max || self.preferred.last().is_some_and(|&top| items >= top) {
+            return false;
+        }
+        match self.policy {
+            BatchPolicy::Fixed => true,
+            // Sizes are measured in rising order: a batch grows into a size to measure only
+            // once its own size is measured (and not due to be measured again).
+            BatchPolicy::Learned => match (self.fresh(items), self.fresh(next)) {
+                (Some(now), Some(then)) if then < now => true,
+                (Some(_), Some(_)) => {
+                    self.costs[next].refusals += 1;
+                    false
+                }
+                (Some(_), None) => true,
+                (None, _) => false,
+            },
+        }
+    }
+
+    /// Whether a batch of `items` should wait (up to `max_queue_delay`) for more requests,
+    /// rather than only take what is queued already.
+    pub(crate) fn wait(&self, items: usize) -> bool {
+        if self.preferred.binary_search(&items).is_ok() {
+            return false;
+        }
+        match self.policy {
+            BatchPolicy::Fixed => true,
+            BatchPolicy::Learned => {
+                self.fresh(items).is_some_and(|now| self.fresh(items + 1).is_none_or(|then| then < now))
+            }
+        }
+    }
+
+    /// Records one successful execution of `items` items that took `took`.
+    pub(crate) fn record(&mut self, items: usize, took: Duration) {
+        let Some(cost) = self.costs.get_mut(items) else { return };
+        if cost.refusals >= REMEASURE_AFTER {
+            // Measured from scratch: the old figure says little about today's cost.
+            *cost = Cost::default();
+        }
+        let per_item = took.as_secs_f64() / items.max(1) as f64;
+        cost.samples = cost.samples.saturating_add(1);
+        let weight = (1.0 / f64::from(cost.samples)).max(SMOOTHING);
+        cost.per_item += (per_item - cost.per_item) * weight;
+    }
+
+    /// The cost per item of batches of `items`, when measured enough and not refused too often
+    /// since: a batch that could grow into a size refused for long measures it again.
+    fn fresh(&self, items: usize) -> Option<f64> {
+        let cost = self.costs.get(items)?;
+        (cost.samples >= TRUSTED_AFTER && cost.refusals < REMEASURE_AFTER).then_some(cost.per_item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(policy: BatchPolicy, max: usize, preferred: &[usize]) -> Plan {
+        Plan::new(&BatchingConfig {
+            policy,
+            max_batch_size: max,
+            preferred_batch_size: preferred.to_vec(),
+            ..BatchingConfig::default()
+        })
+    }
+
+    /// Serves `rounds` batches from a queue that always holds `queued` one-item requests,
+    /// with `cost(items)` the seconds an execution takes; the sizes run, in order.
+    fn serve(plan: &mut Plan, queued: usize, rounds: usize, cost: impl Fn(usize) -> f64) -> Vec<usize> {
+        (0..rounds)
+            .map(|_| {
+                let mut items = 1;
+                while items < queued && plan.grow(items, 1) {
+                    items += 1;
+                }
+                plan.record(items, Duration::from_secs_f64(cost(items)));
+                items
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_model_slower_per_item_in_batches_runs_alone_once_measured() {
+        // A one-thread encoder: a batch of n costs n·(1 + n/20) units.
+        let mut p = plan(BatchPolicy::Learned, 32, &[]);
+        let sizes = serve(&mut p, 8, 3000, |n| n as f64 * (1.0 + n as f64 / 20.0));
+        let merged_late = sizes[100..].iter().filter(|&&n| n > 1).count();
+        // After measuring, only the fresh measurement of size 2 (three runs every
+        // REMEASURE_AFTER refusals) merges.
+        let at: Vec<(usize, usize)> = sizes.iter().copied().enumerate().filter(|&(_, n)| n > 1).collect();
+        assert!(merged_late <= 9, "merged {merged_late} times after learning: {at:?}");
+        assert!(sizes[..20].iter().any(|&n| n > 1), "sizes above 1 were never tried: {:?}", &sizes[..20]);
+        assert!(!p.wait(1), "waiting for a batch cannot pay here");
+    }
+
+    #[test]
+    fn a_model_cheaper_per_item_in_batches_merges_all_that_is_queued() {
+        // An MLP: a fixed cost per run dwarfs the cost per item.
+        let mut p = plan(BatchPolicy::Learned, 32, &[]);
+        let sizes = serve(&mut p, 8, 500, |n| 10.0 + n as f64);
+        assert!(sizes[50..].iter().all(|&n| n == 8), "{:?}", &sizes[50..80]);
+        assert!(p.wait(8), "larger batches are cheaper per item, so waiting may pay");
+        assert!(!p.grow(32, 1), "max_batch_size bounds every batch");
+    }
+
+    #[test]
+    fn the_cheapest_size_is_kept_when_costs_turn() {
+        // Cheaper per item up to 4 items, dearer above (a cache that stops fitting).
+        let mut p = plan(BatchPolicy::Learned, 16, &[]);
+        let cost = |n: usize| if n <= 4 { 4.0 + n as f64 } else { 4.0 + 3.0 * n as f64 };
+        let sizes = serve(&mut p, 16, 2000, cost);
+        let late = &sizes[200..];
+        let off: Vec<(usize, usize)> = late.iter().copied().enumerate().filter(|&(_, n)| n != 4).collect();
+        assert!(off.len() <= 6, "{off:?}");
+    }
+
+    #[test]
+    fn a_stale_measurement_is_taken_again() {
+        let mut p = plan(BatchPolicy::Learned, 4, &[]);
+        // Batches of 2 looked dear at first...
+        let sizes = serve(&mut p, 2, 20, |n| if n == 1 { 1.0 } else { 5.0 });
+        assert_eq!(&sizes[10..], &[1; 10]);
+        // ...then got cheap: after REMEASURE_AFTER refusals size 2 is measured again, and kept.
+        let sizes = serve(&mut p, 2, REMEASURE_AFTER as usize + 20, |n| if n == 1 { 1.0 } else { 1.2 });
+        assert!(sizes.ends_with(&[2; 10]), "{:?}", &sizes[sizes.len() - 10..]);
+    }
+
+    #[test]
+    fn the_fixed_policy_merges_whatever_is_queued() {
+        let mut p = plan(BatchPolicy::Fixed, 8, &[]);
+        let sizes = serve(&mut p, 20, 50, |n| n as f64 * 100.0);
+        assert!(sizes.iter().all(|&n| n == 8), "{sizes:?}");
+        assert!(p.wait(1) && p.wait(7));
+    }
+
+    #[test]
+    fn preferred_sizes_stop_collecting_and_waiting() {
+        let mut p = plan(BatchPolicy::Fixed, 16, &[8, 4, 4]);
+        assert!(p.grow(4, 1) && p.grow(7, 1), "below the largest preferred size a batch may grow");
+        assert!(!p.grow(8, 1), "the largest preferred size stops a batch");
+        assert!(!p.wait(4) && !p.wait(8), "a preferred size runs without waiting");
+        assert!(p.wait(5), "other sizes wait out the delay");
+        assert!(p.grow(6, 2), "a request may bring a batch to the preferred size");
+    }
+}
