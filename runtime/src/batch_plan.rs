@@ -21,6 +21,9 @@ const TRUSTED_AFTER: u32 = 3;
 const REMEASURE_AFTER: u32 = 1000;
 /// Weight of a new measurement once a size has four.
 const SMOOTHING: f64 = 0.25;
+/// Largest batch size measured (the table is per worker): larger batches never grow with the
+/// learned policy.
+const MEASURED_SIZES: usize = 4096;
 
 /// One worker's batching decisions and what it has measured.
 #[derive(Debug)]
@@ -33,12 +36,21 @@ pub(crate) struct Plan {
     costs: Vec<Cost>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Take,
+    /// Past a bound, or the batch's own size is still being measured.
+    Stop,
+    /// This size costs more per item than the batch's own.
+    Dearer(usize),
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Cost {
     /// Smoothed seconds per item.
     per_item: f64,
     samples: u32,
-    /// Batches that did not grow to this size because it cost more, since it was measured.
+    /// Queued requests refused because this size cost more, since it was measured afresh.
     refusals: u32,
 }
 
@@ -48,37 +60,57 @@ impl Plan {
         preferred.sort_unstable();
         preferred.dedup();
         let max = config.max_batch_size.max(1);
-        Self { policy: config.policy, max, preferred, costs: vec![Cost::default(); max + 1] }
+        Self { policy: config.policy, max, preferred, costs: vec![Cost::default(); max.min(MEASURED_SIZES) + 1] }
     }
 
-    /// Whether a batch of `items` should take a request of `more` items.
+    /// Whether a batch of `items` may take one more item at all: within the bounds, and (learned)
+    /// its own size measured. Whether it pays is asked of each request by [`Plan::grow`].
+    pub(crate) fn open(&self, items: usize) -> bool {
+        self.verdict(items, 1) != Verdict::Stop
+    }
+
+    /// Whether a batch of `items` takes a queued request of `more` items; a size refused
+    /// because it costs more is counted towards measuring it again.
     pub(crate) fn grow(&mut self, items: usize, more: usize) -> bool {
+        match self.verdict(items, more) {
+            Verdict::Take => true,
+            Verdict::Stop => false,
+            Verdict::Dearer(next) => {
+                self.costs[next].refusals += 1;
+                false
+            }
+        }
+    }
+
+    fn verdict(&self, items: usize, more: usize) -> Verdict {
         let next = items.saturating_add(more);
-        if next > self.max || self.preferred.last().is_some_and(|&top| items >= top) {
-            return false;
+        if next > self.max || self.preferred.last().is_some_and(|&top| next > top) {
+            return Verdict::Stop;
+        }
+        if next == items {
+            return Verdict::Take;
         }
         match self.policy {
-            BatchPolicy::Fixed => true,
+            BatchPolicy::Fixed => Verdict::Take,
             // Sizes are measured in rising order: a batch grows into a size to measure only
             // once its own size is measured (and not due to be measured again).
             BatchPolicy::Learned => match (self.fresh(items), self.fresh(next)) {
-                (Some(now), Some(then)) if then < now => true,
-                (Some(_), Some(_)) => {
-                    self.costs[next].refusals += 1;
-                    false
-                }
-                (Some(_), None) => true,
-                (None, _) => false,
+                (Some(now), Some(then)) if then < now => Verdict::Take,
+                (Some(_), Some(_)) => Verdict::Dearer(next),
+                (Some(_), None) => Verdict::Take,
+                (None, _) => Verdict::Stop,
             },
         }
+    }
+
+    /// Whether `items` is one of the preferred sizes: a batch that has held one waits no more.
+    pub(crate) fn preferred(&self, items: usize) -> bool {
+        self.preferred.binary_search(&items).is_ok()
     }
 
     /// Whether a batch of `items` should wait (up to `max_queue_delay`) for more requests,
     /// rather than only take what is queued already.
     pub(crate) fn wait(&self, items: usize) -> bool {
-        if self.preferred.binary_search(&items).is_ok() {
-            return false;
-        }
         match self.policy {
             BatchPolicy::Fixed => true,
             BatchPolicy::Learned => {
@@ -127,7 +159,7 @@ mod tests {
         (0..rounds)
             .map(|_| {
                 let mut items = 1;
-                while items < queued && plan.grow(items, 1) {
+                while items < queued && plan.open(items) && plan.grow(items, 1) {
                     items += 1;
                 }
                 plan.record(items, Duration::from_secs_f64(cost(items)));
@@ -157,7 +189,7 @@ mod tests {
         let sizes = serve(&mut p, 8, 500, |n| 10.0 + n as f64);
         assert!(sizes[50..].iter().all(|&n| n == 8), "{:?}", &sizes[50..80]);
         assert!(p.wait(8), "larger batches are cheaper per item, so waiting may pay");
-        assert!(!p.grow(32, 1), "max_batch_size bounds every batch");
+        assert!(p.grow(8, 24) && !p.grow(8, 25) && !p.open(32), "max_batch_size bounds every batch");
     }
 
     #[test]
@@ -187,7 +219,6 @@ mod tests {
         let mut p = plan(BatchPolicy::Fixed, 8, &[]);
         let sizes = serve(&mut p, 20, 50, |n| n as f64 * 100.0);
         assert!(sizes.iter().all(|&n| n == 8), "{sizes:?}");
-        assert!(p.wait(1) && p.wait(7));
     }
 
     #[test]
@@ -195,8 +226,29 @@ mod tests {
         let mut p = plan(BatchPolicy::Fixed, 16, &[8, 4, 4]);
         assert!(p.grow(4, 1) && p.grow(7, 1), "below the largest preferred size a batch may grow");
         assert!(!p.grow(8, 1), "the largest preferred size stops a batch");
-        assert!(!p.wait(4) && !p.wait(8), "a preferred size runs without waiting");
-        assert!(p.wait(5), "other sizes wait out the delay");
+        assert!(!p.grow(7, 2), "no request takes a batch past the largest preferred size");
         assert!(p.grow(6, 2), "a request may bring a batch to the preferred size");
+        assert!(p.preferred(4) && p.preferred(8) && !p.preferred(5), "{p:?}");
+    }
+
+    #[test]
+    fn a_huge_max_batch_size_keeps_the_table_small() {
+        let mut p = plan(BatchPolicy::Learned, usize::MAX, &[]);
+        assert!(p.costs.len() <= MEASURED_SIZES + 1);
+        let sizes = serve(&mut p, MEASURED_SIZES + 10, 3 * (MEASURED_SIZES + 2), |n| 1.0 + n as f64 * 1e-3);
+        assert!(sizes.iter().all(|&n| n <= MEASURED_SIZES + 1), "{:?}", sizes.iter().max());
+        assert!(!p.grow(MEASURED_SIZES + 1, 1), "sizes past the table are not grown");
+    }
+
+    #[test]
+    fn refusals_count_only_requests_turned_away() {
+        let mut p = plan(BatchPolicy::Learned, 4, &[]);
+        serve(&mut p, 2, 6, |n| n as f64 * 2.0);
+        for _ in 0..5000 {
+            assert!(p.open(1), "size 1 is measured, so a batch of one may still ask");
+        }
+        assert_eq!(p.costs[2].refusals, 0, "asking is not refusing");
+        assert!(!p.grow(1, 1));
+        assert_eq!(p.costs[2].refusals, 1);
     }
 }

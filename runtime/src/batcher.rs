@@ -100,9 +100,11 @@ impl Worker {
         let mut items = first.items;
         let deadline = first.enqueued + self.max_queue_delay;
         let mut jobs = vec![first];
-        while self.batching && self.plan.grow(items, 1) {
+        // A batch that has held a preferred size takes only what is queued.
+        let mut settled = self.plan.preferred(items);
+        while self.batching && self.plan.open(items) {
             let next = match deadline.checked_duration_since(Instant::now()) {
-                Some(left) if self.plan.wait(items) => rx.recv_timeout(left),
+                Some(left) if !settled && self.plan.wait(items) => rx.recv_timeout(left),
                 _ => rx.try_recv().map_err(|_| RecvTimeoutError::Timeout),
             };
             match next {
@@ -112,6 +114,7 @@ impl Worker {
                 }
                 Ok(job) => {
                     items += job.items;
+                    settled |= self.plan.preferred(items);
                     jobs.push(job);
                 }
                 Err(_) => break,

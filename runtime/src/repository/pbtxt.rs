@@ -44,6 +44,9 @@ pub(crate) fn settings(text: &str, dir_name: &str, server: &Config) -> Result<Mo
         (0, None) => batching.enabled = false,
         (n, dynamic) => {
             batching.max_batch_size = usize::try_from(n).map_err(|_| format!("max_batch_size {n} is too large"))?;
+            // The server's preferred sizes apply to this model as far as its own bound allows.
+            let max = batching.max_batch_size;
+            batching.preferred_batch_size.retain(|&size| size <= max);
             batching.enabled = dynamic.is_some();
             if let Some(d) = dynamic {
                 let d = Fields::new(d, "dynamic_batching.", DYNAMIC)?;
@@ -521,6 +524,10 @@ mod tests {
         let all = settings("max_batch_size: 8\nversion_policy: { all { } }", "m", &Config::default()).expect("all");
         assert_eq!(all.policy, VersionPolicy::All);
         assert!(!all.batching.expect("batching").enabled, "no dynamic_batching block: no merging");
+        let mut server = Config::default();
+        server.batching.preferred_batch_size = vec![2, 16];
+        let small = settings("max_batch_size: 4\ndynamic_batching { }", "m", &server).expect("inherited sizes");
+        assert_eq!(small.batching.expect("batching").preferred_batch_size, [2], "16 is above this model's bound");
     }
 
     #[test]
