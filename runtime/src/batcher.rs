@@ -63,7 +63,7 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until the queue's sender is dropped.
-    pub fn run(mut self, mut session: Session) {
+    pub(crate) fn run(mut self, mut session: crate::model::OpenSession) {
         let mut options = crate::cancel::run_options();
         while let Some(jobs) = self.collect() {
             let jobs: Vec<Job> = jobs

@@ -112,6 +112,10 @@ pub struct ServiceArgs {
     /// Use ONNX Runtime's CPU memory arena (faster allocation, memory grows with shapes) [default: false].
     #[arg(long, global = true, env = "NIMIFY_MEMORY_ARENA")]
     pub memory_arena: Option<bool>,
+    /// Cache each model's optimized graph (ORT format, keyed on ONNX Runtime, this CPU and the
+    /// model files) under $NIMIFY_CACHE_DIR/models, so later starts skip optimization [default: true].
+    #[arg(long, global = true, env = "NIMIFY_MODEL_CACHE")]
+    pub model_cache: Option<bool>,
     /// Session instances per model, each running one batch at a time [default: 1].
     #[arg(long, global = true, env = "NIMIFY_INSTANCES")]
     pub instances: Option<usize>,
@@ -221,6 +225,7 @@ impl ServiceArgs {
             c.session.memory_arena => self.memory_arena,
             c.session.instances => self.instances,
             c.session.spinning => self.spinning,
+            c.session.model_cache => self.model_cache,
             c.batching.enabled => self.batching,
             c.batching.max_batch_size => self.max_batch_size,
             c.batching.max_queue_delay_us => self.max_queue_delay_us,

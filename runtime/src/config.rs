@@ -395,6 +395,10 @@ pub struct SessionConfig {
     /// Let idle intra-op threads spin-wait for the next operator instead of sleeping: lower
     /// latency with several intra-op threads, at the price of CPU burnt between requests.
     pub spinning: bool,
+    /// Keep each model's optimized graph in ONNX Runtime's own format under
+    /// `$NIMIFY_CACHE_DIR/models`, keyed on the ONNX Runtime build, this CPU and the model files,
+    /// so later starts skip graph optimization and read the weights in place.
+    pub model_cache: bool,
 }
 
 impl Default for SessionConfig {
@@ -406,6 +410,7 @@ impl Default for SessionConfig {
             memory_arena: false,
             instances: 1,
             spinning: false,
+            model_cache: true,
         }
     }
 }

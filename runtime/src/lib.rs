@@ -26,6 +26,7 @@ mod inference;
 mod logging;
 mod metrics;
 mod model;
+mod model_cache;
 mod openapi;
 mod ortlib;
 mod payload_log;

@@ -16,6 +16,7 @@ use crate::batcher::{Job, Outputs, Worker, run_session};
 use crate::config::{BatchingConfig, Optimization, SessionConfig, WarmupConfig};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelMetrics};
+use crate::model_cache::{Cache, Entry};
 use crate::tensor::Tensor;
 
 /// The version every model is served under.
@@ -291,8 +292,10 @@ impl Model {
             true => Some(warmup_inputs(&name, &inputs, &outputs, settings.warmup)?),
             false => None,
         };
+        let cache = Cache::new(&path, &external_files(&path, &info), settings.session);
+        let mut cached = cache.as_ref().and_then(Cache::load);
         for instance in 0..settings.session.instances.max(1) {
-            let mut session = open_session(env, &path, settings.session)
+            let mut session = open_instance(env, &path, settings.session, cache.as_ref(), &mut cached)
                 .map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
             if let Some(tensors) = &warmup
                 && let Some(produced) = warm_up(&mut session, &name, &input_names, tensors.clone())
@@ -448,6 +451,109 @@ pub fn open_session(
     path: &Path,
     config: &SessionConfig,
 ) -> Result<Session, String> {
+    builder(env, config)?.commit_from_file(path).map_err(|e| e.to_string())
+}
+
+/// A session, with the cached model bytes it reads its weights from when it was opened from the
+/// optimized-model cache. Fields drop in declaration order: the session before the bytes.
+pub(crate) struct OpenSession {
+    session: Session,
+    _bytes: Option<Arc<Entry>>,
+}
+
+impl std::ops::Deref for OpenSession {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl std::ops::DerefMut for OpenSession {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+}
+
+/// Opens one session instance: from the cached optimized model when there is a usable one,
+/// else from the ONNX file, saving the optimized model to the cache (later instances then share
+/// its bytes). Any cache failure is logged and the ONNX file serves.
+fn open_instance(
+    env: &ort::environment::Environment,
+    path: &Path,
+    config: &SessionConfig,
+    cache: Option<&Cache>,
+    cached: &mut Option<Arc<Entry>>,
+) -> Result<OpenSession, String> {
+    let Some(cache) = cache else {
+        return open_session(env, path, config).map(|session| OpenSession { session, _bytes: None });
+    };
+    if let Some(entry) = cached.as_ref() {
+        let start = Instant::now();
+        let opened = builder(env, config).and_then(|b| {
+            let e = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
+            b.with_config_entry("session.use_ort_model_bytes_directly", "1")
+                .map_err(e)?
+                .with_config_entry("session.use_ort_model_bytes_for_initializers", "1")
+                .map_err(e)?
+                .commit_from_memory(entry.bytes())
+                .map_err(|e| e.to_string())
+        });
+        match opened {
+            Ok(session) => {
+                tracing::info!(entry = %cache.path().display(), took_ms = start.elapsed().as_millis() as u64, "session opened from the optimized-model cache");
+                return Ok(OpenSession { session, _bytes: Some(Arc::clone(entry)) });
+            }
+            Err(e) => {
+                tracing::warn!(entry = %cache.path().display(), error = %e, "ONNX Runtime refused the cached optimized model; removing it and loading the ONNX file");
+                cache.discard();
+                *cached = None;
+            }
+        }
+    }
+    let saving = cache.scratch().map_err(|e| e.to_string()).and_then(|scratch| {
+        let opened = builder(env, config)
+            .and_then(|b| {
+                let e = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
+                b.with_optimized_model_path(&scratch)
+                    .map_err(e)?
+                    .with_config_entry("session.save_model_format", "ORT")
+                    .map_err(e)?
+                    .commit_from_file(path)
+                    .map_err(|e| e.to_string())
+            })
+            .map(|session| (session, cache.store(&scratch)));
+        if opened.is_err() {
+            let _ = std::fs::remove_file(&scratch);
+        }
+        opened
+    });
+    match saving {
+        Ok((session, stored)) => {
+            match stored {
+                Ok(entry) => {
+                    tracing::info!(entry = %cache.path().display(), "optimized model cached for this CPU and ONNX Runtime build");
+                    *cached = Some(entry);
+                }
+                Err(e) => {
+                    tracing::warn!(entry = %cache.path().display(), error = %e, "cannot write the optimized-model cache; later starts optimize again")
+                }
+            }
+            Ok(OpenSession { session, _bytes: None })
+        }
+        Err(why) => {
+            // The model itself may be what failed: its own error is the one to report.
+            let session = open_session(env, path, config)?;
+            tracing::warn!(entry = %cache.path().display(), error = %why, "cannot save the optimized model to the cache; later starts optimize again");
+            Ok(OpenSession { session, _bytes: None })
+        }
+    }
+}
+
+/// A session builder with the configured options.
+fn builder(
+    env: &ort::environment::Environment,
+    config: &SessionConfig,
+) -> Result<ort::session::builder::SessionBuilder, String> {
     let e = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
     let mut builder = Session::builder(env)
         .map_err(|e| e.to_string())?
@@ -470,7 +576,16 @@ pub fn open_session(
     if config.inter_threads > 0 {
         builder = builder.with_inter_threads(config.inter_threads).map_err(e)?;
     }
-    builder.commit_from_file(path).map_err(|e| e.to_string())
+    Ok(builder)
+}
+
+/// The external-data files a model's initializers live in, each once.
+fn external_files(path: &Path, info: &ModelInfo) -> Vec<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = info.external_data.iter().map(|x| dir.join(&x.location)).collect();
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// Replaces the declared dims of each named tensor (inputs and outputs); `(tensor, why)` when
@@ -568,7 +683,7 @@ fn warmup_inputs(
 /// Runs the session once on `tensors` and returns the shapes produced. A failure is logged and
 /// does not block readiness.
 fn warm_up(
-    session: &mut Session,
+    session: &mut OpenSession,
     model: &str,
     names: &[String],
     tensors: Vec<Tensor>,

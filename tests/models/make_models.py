@@ -457,8 +457,34 @@ def tabular():
     save(helper.make_model(graph, opset_imports=OPSET, producer_name="nimify-tests"), "tabular.onnx")
 
 
+def conv():
+    """`image: float[batch, 16, 12, 12]` -> `features: float[batch, 32, 12, 12]`: two 3x3
+    convolutions with ReLU. Channel counts that are multiples of 16 let ONNX Runtime's full
+    optimization rewrite the graph into CPU-specific NCHWc blocks: the optimized-model cache's
+    test model."""
+    rng = np.random.default_rng(11)
+    w1 = numpy_helper.from_array(rng.standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.1, "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32) * 0.1, "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((32, 32, 3, 3)).astype(np.float32) * 0.1, "w2")
+    b2 = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32) * 0.1, "b2")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c2"], ["features"]),
+        ],
+        "conv",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 16, 12, 12])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 32, 12, 12])],
+        [w1, b1, w2, b2],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET, producer_name="nimify-tests"), "conv.onnx")
+
+
 def main():
     tabular()
+    conv()
     dtypes()
     bf16()
     mlp()

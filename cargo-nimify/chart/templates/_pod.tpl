@@ -54,6 +54,13 @@ spec:
         {{- end }}
         - name: NIMIFY_CONFIG
           value: /etc/nimify/config.toml
+        {{- if $values.modelCache.enabled }}
+        - name: NIMIFY_CACHE_DIR
+          value: /var/cache/nimify
+        {{- else }}
+        - name: NIMIFY_MODEL_CACHE
+          value: "false"
+        {{- end }}
         {{- if $values.apiKeys.existingSecret }}
         - name: NIMIFY_API_KEYS_FILE
           value: /var/run/secrets/nimify/{{ $values.apiKeys.key }}
@@ -138,6 +145,10 @@ spec:
           readOnly: true
         - name: tmp
           mountPath: /tmp
+        {{- if $values.modelCache.enabled }}
+        - name: model-cache
+          mountPath: /var/cache/nimify
+        {{- end }}
         {{- if $values.apiKeys.existingSecret }}
         - name: api-keys
           mountPath: /var/run/secrets/nimify
@@ -164,6 +175,15 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+    {{- if $values.modelCache.enabled }}
+    - name: model-cache
+      {{- if $values.modelCache.sizeLimit }}
+      emptyDir:
+        sizeLimit: {{ $values.modelCache.sizeLimit }}
+      {{- else }}
+      emptyDir: {}
+      {{- end }}
+    {{- end }}
     {{- if $values.apiKeys.existingSecret }}
     - name: api-keys
       secret:

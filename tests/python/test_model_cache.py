@@ -1,0 +1,238 @@
+"""The optimized-model cache: a second start opens ONNX Runtime's saved optimized graph instead
+of optimizing again, answers bit for bit as the ONNX file does, and never uses an entry made for
+another CPU, another ONNX Runtime or another version of the model files; a damaged entry or an
+unusable cache directory costs a slower start and nothing else."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import BIN, MODELS, Server
+
+CACHED = "optimized model cached for this CPU and ONNX Runtime build"
+OPENED = "session opened from the optimized-model cache"
+
+
+@pytest.fixture(scope="module")
+def ort_lib():
+    """The library the servers load, named outright: the tests move NIMIFY_CACHE_DIR."""
+    return subprocess.run([BIN, "nimify", "ort", "path"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def env_for(cache, ort_lib):
+    return {**os.environ, "NIMIFY_CACHE_DIR": str(cache), "ORT_DYLIB_PATH": ort_lib}
+
+
+def messages(server):
+    out = []
+    for line in server.log:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def said(server, text):
+    return [m for m in messages(server) if m.get("message") == text]
+
+
+def entries(cache):
+    return sorted(glob.glob(os.path.join(cache, "models", "*.ort")))
+
+
+def leftovers(cache):
+    return glob.glob(os.path.join(cache, "models", ".*"))
+
+
+IMAGE = np.random.default_rng(5).standard_normal((2, 16, 12, 12)).astype(np.float32)
+
+
+def infer_conv(server, model="conv"):
+    body = {"inputs": [{"name": "image", "shape": list(IMAGE.shape), "datatype": "FP32", "data": IMAGE.ravel().tolist()}]}
+    r = requests.post(f"{server.url}/v2/models/{model}/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["shape"] == [2, 32, 12, 12]
+    return np.asarray(out["data"], dtype=np.float32)
+
+
+def serve(model_path, cache, ort_lib, *flags):
+    return Server(model_path, *flags, env=env_for(cache, ort_lib))
+
+
+def header(entry):
+    with open(entry[: -len(".ort")] + ".json") as f:
+        return json.load(f)
+
+
+def rewrite_header(entry, change):
+    h = header(entry)
+    change(h)
+    with open(entry[: -len(".ort")] + ".json", "w") as f:
+        json.dump(h, f)
+
+
+def test_a_second_start_opens_the_cached_graph_and_answers_bit_for_bit_alike(tmp_path, ort_lib):
+    conv = os.path.join(MODELS, "conv.onnx")
+    first = serve(conv, tmp_path, ort_lib)
+    fresh = infer_conv(first)
+    assert first.stop() == 0
+    assert said(first, CACHED) and not said(first, OPENED)
+    [entry] = entries(tmp_path)
+    assert leftovers(tmp_path) == []
+    h = header(entry)
+    assert h["nimify_optimized_model"]["optimization"] == "all"
+    assert h["nimify_optimized_model"]["files"][0]["path"] == os.path.realpath(conv)
+    assert any(line.startswith("flags: ") or line.startswith("Features: ") for line in h["nimify_optimized_model"]["cpu"])
+
+    # Two instances: both open from the one entry, and both answer.
+    second = serve(conv, tmp_path, ort_lib, "--instances", "2", "--batching", "false")
+    assert len(said(second, OPENED)) == 2 and not said(second, CACHED)
+    for _ in range(4):
+        assert infer_conv(second).tobytes() == fresh.tobytes()
+    assert second.stop() == 0
+    assert entries(tmp_path) == [entry]
+
+    # Without the cache nothing is read or written, and the answer is the same.
+    other = tmp_path / "off"
+    off = serve(conv, other, ort_lib, "--model-cache", "false")
+    assert infer_conv(off).tobytes() == fresh.tobytes()
+    assert off.stop() == 0
+    assert not said(off, OPENED) and not said(off, CACHED)
+    assert entries(other) == []
+
+
+def test_an_entry_made_on_another_cpu_or_runtime_is_never_used(tmp_path, ort_lib):
+    conv = os.path.join(MODELS, "conv.onnx")
+    first = serve(conv, tmp_path, ort_lib)
+    fresh = infer_conv(first)
+    first.stop()
+    [entry] = entries(tmp_path)
+    here = header(entry)["nimify_optimized_model"]["cpu"]
+
+    # The same entry, as if made on a CPU with one more instruction set and copied here.
+    def other_cpu(h):
+        cpu = h["nimify_optimized_model"]["cpu"]
+        cpu[-1] = cpu[-1] + " avx10_2"
+
+    for change, why in [
+        (other_cpu, "it was made on another CPU (only there: ["),
+        (lambda h: h["nimify_optimized_model"].update(onnxruntime="ORT Build Info: another"), "another ONNX Runtime build"),
+    ]:
+        rewrite_header(entry, change)
+        again = serve(conv, tmp_path, ort_lib)
+        warnings = [m for m in messages(again) if m["level"] == "WARN" and "cache entry not used" in m["message"]]
+        assert warnings and why in warnings[0]["message"], warnings
+        assert not said(again, OPENED) and said(again, CACHED)
+        assert infer_conv(again).tobytes() == fresh.tobytes()
+        again.stop()
+        # Made again, for this CPU.
+        assert header(entry)["nimify_optimized_model"]["cpu"] == here
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "empty", "not an entry"])
+def test_a_damaged_entry_is_removed_and_made_again(tmp_path, ort_lib, damage):
+    conv = os.path.join(MODELS, "conv.onnx")
+    first = serve(conv, tmp_path, ort_lib)
+    fresh = infer_conv(first)
+    first.stop()
+    [entry] = entries(tmp_path)
+    with open(entry, "rb") as f:
+        data = bytearray(f.read())
+    if damage == "flipped byte":
+        data[len(data) * 3 // 4] ^= 0x40
+    elif damage == "truncated":
+        data = data[: len(data) - 100]
+    elif damage == "empty":
+        data = b""
+    else:
+        data = b"\x00" * 4096
+    with open(entry, "wb") as f:
+        f.write(data)
+    again = serve(conv, tmp_path, ort_lib)
+    assert any(m["level"] == "WARN" and "is broken" in m["message"] for m in messages(again)), "".join(again.log)
+    assert said(again, CACHED) and not said(again, OPENED)
+    assert infer_conv(again).tobytes() == fresh.tobytes()
+    again.stop()
+    third = serve(conv, tmp_path, ort_lib)
+    assert said(third, OPENED)
+    assert infer_conv(third).tobytes() == fresh.tobytes()
+    third.stop()
+    assert leftovers(tmp_path) == []
+
+
+def test_changed_external_weights_never_use_the_old_entry(tmp_path, ort_lib):
+    """The key stamps the external-data file too: new weights under the same .onnx are served."""
+    models = tmp_path / "m"
+    models.mkdir()
+    for name in ("external.onnx", "external.weights"):
+        shutil.copy(os.path.join(MODELS, name), models / name)
+    x = np.arange(16, dtype=np.float32).reshape(2, 8) / 10
+
+    def answer():
+        s = serve(str(models / "external.onnx"), tmp_path, ort_lib)
+        body = {"inputs": [{"name": "x", "shape": [2, 8], "datatype": "FP32", "data": x.ravel().tolist()}]}
+        r = requests.post(f"{s.url}/v2/models/external/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        s.stop()
+        return s, np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, 8)
+
+    w = np.arange(64, dtype=np.float32).reshape(8, 8)
+    first, y = answer()
+    assert said(first, CACHED)
+    np.testing.assert_allclose(y, x @ w, rtol=1e-6)
+    second, y = answer()
+    assert said(second, OPENED)
+    np.testing.assert_allclose(y, x @ w, rtol=1e-6)
+    # Same size, new values, the .onnx untouched.
+    (models / "external.weights").write_bytes((w * 2).astype(np.float32).tobytes())
+    third, y = answer()
+    assert said(third, CACHED) and not said(third, OPENED)
+    np.testing.assert_allclose(y, x @ (w * 2), rtol=1e-6)
+    assert len(entries(tmp_path)) == 2
+
+
+def test_an_unusable_cache_directory_costs_only_the_cache(tmp_path, ort_lib):
+    # NIMIFY_CACHE_DIR/models cannot be made: NIMIFY_CACHE_DIR is a file.
+    blocker = tmp_path / "cache"
+    blocker.write_text("")
+    s = serve(os.path.join(MODELS, "conv.onnx"), blocker, ort_lib)
+    assert any(m["level"] == "WARN" and "cannot save the optimized model" in m["message"] for m in messages(s)), "".join(s.log)
+    reference = serve(os.path.join(MODELS, "conv.onnx"), tmp_path / "off", ort_lib, "--model-cache", "false")
+    assert infer_conv(s).tobytes() == infer_conv(reference).tobytes()
+    s.stop()
+    reference.stop()
+
+
+def test_a_model_onnx_runtime_refuses_reports_its_own_error_not_the_cache(tmp_path, ort_lib):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOperator", ["x"], ["y"])],
+        "refused",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "refused.onnx"
+    onnx.save(model, str(path))
+    r = subprocess.run(
+        Server.argv_for(str(path)),
+        env={**env_for(tmp_path / "cache", ort_lib), "NIMIFY_GRPC_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    assert "NoSuchOperator" in r.stderr, r.stderr
+    assert "cannot save the optimized model" not in r.stderr, r.stderr
+    assert entries(tmp_path / "cache") == [] and leftovers(tmp_path / "cache") == []
