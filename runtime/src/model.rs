@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nimify_model::{Dim, ElementType, ModelInfo, ValueType};
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use tokio::sync::oneshot;
 
 use crate::batcher::{Job, Outputs, Worker, run_session};
@@ -292,10 +292,11 @@ impl Model {
             true => Some(warmup_inputs(&name, &inputs, &outputs, settings.warmup)?),
             false => None,
         };
-        let cache = Cache::new(&path, &external_files(&path, &info), settings.session);
-        let mut cached = cache.as_ref().and_then(Cache::load);
-        for instance in 0..settings.session.instances.max(1) {
-            let mut session = open_instance(env, &path, settings.session, cache.as_ref(), &mut cached)
+        let mut cache = Cache::new(&path, &external_files(&path, &info), settings.session)
+            .map(|cache| CacheUse { bytes: cache.load(), cache });
+        let instances = settings.session.instances.max(1);
+        for instance in 0..instances {
+            let mut session = open_instance(env, &path, settings.session, &mut cache, instance + 1 < instances)
                 .map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
             if let Some(tensors) = &warmup
                 && let Some(produced) = warm_up(&mut session, &name, &input_names, tensors.clone())
@@ -455,10 +456,17 @@ pub fn open_session(
 }
 
 /// A session, with the cached model bytes it reads its weights from when it was opened from the
-/// optimized-model cache. Fields drop in declaration order: the session before the bytes.
+/// optimized-model cache. ONNX Runtime keeps pointers into those bytes, so only [`open_cached`]
+/// pairs a session with them, and the fields drop in declaration order: the session first.
 pub(crate) struct OpenSession {
     session: Session,
     _bytes: Option<Arc<Entry>>,
+}
+
+impl From<Session> for OpenSession {
+    fn from(session: Session) -> Self {
+        Self { session, _bytes: None }
+    }
 }
 
 impl std::ops::Deref for OpenSession {
@@ -474,87 +482,102 @@ impl std::ops::DerefMut for OpenSession {
     }
 }
 
-/// Opens one session instance: from the cached optimized model when there is a usable one,
-/// else from the ONNX file, saving the optimized model to the cache (later instances then share
-/// its bytes). Any cache failure is logged and the ONNX file serves.
+/// The instances' way to the optimized-model cache while a model loads: the entry, and the bytes
+/// once read or made (shared by every instance opened from them).
+struct CacheUse {
+    cache: Cache,
+    bytes: Option<Arc<Entry>>,
+}
+
+/// Opens one session instance: from the cached optimized model when there is a usable one, else
+/// from the ONNX file, saving the optimized model to the cache (`more`: instances follow, which
+/// then open from its bytes). A cache failure is logged and ends the cache's use for this load;
+/// the ONNX file serves.
 fn open_instance(
     env: &ort::environment::Environment,
     path: &Path,
     config: &SessionConfig,
-    cache: Option<&Cache>,
-    cached: &mut Option<Arc<Entry>>,
+    cache: &mut Option<CacheUse>,
+    more: bool,
 ) -> Result<OpenSession, String> {
-    let Some(cache) = cache else {
-        return open_session(env, path, config).map(|session| OpenSession { session, _bytes: None });
+    let Some(using) = cache.as_mut() else {
+        return open_session(env, path, config).map(OpenSession::from);
     };
-    if let Some(entry) = cached.as_ref() {
+    if let Some(bytes) = &using.bytes {
         let start = Instant::now();
-        let opened = builder(env, config).and_then(|b| {
-            let e = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
-            b.with_config_entry("session.use_ort_model_bytes_directly", "1")
-                .map_err(e)?
-                .with_config_entry("session.use_ort_model_bytes_for_initializers", "1")
-                .map_err(e)?
-                .commit_from_memory(entry.bytes())
-                .map_err(|e| e.to_string())
-        });
-        match opened {
+        match open_cached(builder(env, config)?, bytes) {
             Ok(session) => {
-                tracing::info!(entry = %cache.path().display(), took_ms = start.elapsed().as_millis() as u64, "session opened from the optimized-model cache");
-                return Ok(OpenSession { session, _bytes: Some(Arc::clone(entry)) });
+                tracing::info!(entry = %using.cache.path().display(), took_ms = start.elapsed().as_millis() as u64, "session opened from the optimized-model cache");
+                return Ok(session);
             }
             Err(e) => {
-                tracing::warn!(entry = %cache.path().display(), error = %e, "ONNX Runtime refused the cached optimized model; removing it and loading the ONNX file");
-                cache.discard();
-                *cached = None;
+                tracing::warn!(entry = %using.cache.path().display(), error = %e, "ONNX Runtime refused the cached optimized model; making a new one");
+                using.bytes = None;
             }
         }
     }
+    let (session, saved) = open_and_save(env, path, config, &using.cache)?;
+    let stored = saved.and_then(|scratch| using.cache.store(&scratch, more).map_err(|e| e.to_string()));
+    match stored {
+        Ok(bytes) => {
+            tracing::info!(entry = %using.cache.path().display(), "optimized model cached for this CPU and ONNX Runtime build");
+            using.bytes = bytes;
+        }
+        Err(e) => {
+            tracing::warn!(entry = %using.cache.path().display(), error = %e, "cannot save the optimized model to the cache; later starts optimize again");
+            *cache = None;
+        }
+    }
+    Ok(session)
+}
+
+/// A session reading its graph and weights in place from `bytes`, which it keeps alive.
+fn open_cached(builder: SessionBuilder, bytes: &Arc<Entry>) -> Result<OpenSession, String> {
+    let session = builder
+        .with_config_entry("session.use_ort_model_bytes_directly", "1")
+        .map_err(builder_error)?
+        .with_config_entry("session.use_ort_model_bytes_for_initializers", "1")
+        .map_err(builder_error)?
+        .commit_from_memory(bytes.bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(OpenSession { session, _bytes: Some(Arc::clone(bytes)) })
+}
+
+/// A session from the ONNX file that also saves its optimized graph for the cache, with the file
+/// it was saved to (or why not). When the save fails the session comes from a plain open, so a
+/// model ONNX Runtime refuses reports its own error.
+fn open_and_save(
+    env: &ort::environment::Environment,
+    path: &Path,
+    config: &SessionConfig,
+    cache: &Cache,
+) -> Result<(OpenSession, Result<PathBuf, String>), String> {
     let saving = cache.scratch().map_err(|e| e.to_string()).and_then(|scratch| {
-        let opened = builder(env, config)
-            .and_then(|b| {
-                let e = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
-                b.with_optimized_model_path(&scratch)
-                    .map_err(e)?
-                    .with_config_entry("session.save_model_format", "ORT")
-                    .map_err(e)?
-                    .commit_from_file(path)
-                    .map_err(|e| e.to_string())
-            })
-            .map(|session| (session, cache.store(&scratch)));
+        let opened = builder(env, config)?
+            .with_optimized_model_path(&scratch)
+            .map_err(builder_error)?
+            .with_config_entry("session.save_model_format", "ORT")
+            .map_err(builder_error)?
+            .commit_from_file(path)
+            .map_err(|e| e.to_string());
         if opened.is_err() {
             let _ = std::fs::remove_file(&scratch);
         }
-        opened
+        opened.map(|session| (session, scratch))
     });
     match saving {
-        Ok((session, stored)) => {
-            match stored {
-                Ok(entry) => {
-                    tracing::info!(entry = %cache.path().display(), "optimized model cached for this CPU and ONNX Runtime build");
-                    *cached = Some(entry);
-                }
-                Err(e) => {
-                    tracing::warn!(entry = %cache.path().display(), error = %e, "cannot write the optimized-model cache; later starts optimize again")
-                }
-            }
-            Ok(OpenSession { session, _bytes: None })
-        }
-        Err(why) => {
-            // The model itself may be what failed: its own error is the one to report.
-            let session = open_session(env, path, config)?;
-            tracing::warn!(entry = %cache.path().display(), error = %why, "cannot save the optimized model to the cache; later starts optimize again");
-            Ok(OpenSession { session, _bytes: None })
-        }
+        Ok((session, scratch)) => Ok((session.into(), Ok(scratch))),
+        Err(why) => Ok((open_session(env, path, config)?.into(), Err(why))),
     }
 }
 
+fn builder_error(e: ort::Error<SessionBuilder>) -> String {
+    e.to_string()
+}
+
 /// A session builder with the configured options.
-fn builder(
-    env: &ort::environment::Environment,
-    config: &SessionConfig,
-) -> Result<ort::session::builder::SessionBuilder, String> {
-    let e = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
+fn builder(env: &ort::environment::Environment, config: &SessionConfig) -> Result<SessionBuilder, String> {
+    let e = builder_error;
     let mut builder = Session::builder(env)
         .map_err(|e| e.to_string())?
         .with_optimization_level(match config.optimization {

@@ -8,23 +8,25 @@
 //! floats, kernels picked by instruction set) that are wrong or unrunnable on another CPU. So an
 //! entry is keyed on everything that shapes the optimized graph: the ONNX Runtime build, the
 //! optimization level, the CPU (architecture, vendor, model and every feature flag the kernel
-//! reports) and the model file with its external-data files (device, inode, size, modification
-//! and change times; the change time moves on every write and cannot be set back by a user).
-//! The key's hash names the entry and the key itself heads it: an entry is used only when its
-//! header equals this process's key field for field, so an entry made on another CPU or for
-//! another file is never used, even when copied under the right name.
+//! reports) and the model's files: the model, every regular file beside it and its external-data
+//! files (canonical path, inode, size, modification and change times in nanoseconds; the change
+//! time moves on every write and cannot be set back by a user). On a file system without
+//! sub-second times, or a CPU without a flag list, there is no cache. The key's hash names the
+//! entry and the key itself is written beside it: an entry is used only when that key equals
+//! this process's key field for field, so an entry made on another CPU or for another file is
+//! never used, even when copied under the right name.
 //!
 //! An entry is two files: `<model>-<hash>.ort`, the bytes ONNX Runtime saved (renamed into place,
-//! never copied), and `<model>-<hash>.json`, the key with the bytes' length and CRC-32. Both are
-//! written under temporary names and renamed, the header first, so a crash or a full disk leaves
-//! no half entry under the real names; an entry whose bytes disagree with its header (length or
-//! checksum), or that ONNX Runtime refuses, is removed and made again. Nothing about the cache can stop a model from
-//! loading: every failure is logged and the model loads from its ONNX file.
+//! never copied), and `<model>-<hash>.json`, the key with the bytes' length and CRC-32. Each is
+//! written under a unique temporary name and renamed. A reader checks that the pair agrees
+//! (length, checksum), so a crash between the two renames, two starts writing the same entry at
+//! once or a damaged disk cost a new entry, never a wrong model. Making an entry removes the
+//! entries of the same model file under older keys. Nothing about the cache can stop a model
+//! from loading: every failure is logged and the model loads from its ONNX file.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,8 @@ use crate::config::{Optimization, SessionConfig};
 const FORMAT: u32 = 1;
 /// Longest header accepted.
 const MAX_HEADER: u64 = 1 << 20;
+/// Most files beside a model that are stamped; a directory holding more gets no cache.
+const MAX_FILES: usize = 1000;
 
 /// Everything that decides what an optimized graph looks like.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +49,7 @@ pub(crate) struct Key {
     optimization: Optimization,
     /// Architecture, then the CPU description lines the kernel reports, flags sorted.
     cpu: Vec<String>,
-    /// The model file first, then its external-data files.
+    /// The model file first, then the files beside it and its external-data files.
     files: Vec<FileStamp>,
 }
 
@@ -54,7 +58,6 @@ pub(crate) struct Key {
 #[serde(deny_unknown_fields)]
 struct FileStamp {
     path: PathBuf,
-    device: u64,
     inode: u64,
     size: u64,
     modified: (i64, i64),
@@ -66,7 +69,7 @@ struct FileStamp {
 #[serde(deny_unknown_fields)]
 struct Header {
     nimify_optimized_model: Key,
-    data_len: usize,
+    data_len: u64,
     /// CRC-32 of the ORT bytes: a flipped bit on disk is found before ONNX Runtime reads weights.
     data_crc32: u32,
 }
@@ -84,8 +87,9 @@ impl Entry {
         &bytemuck::cast_slice::<u128, u8>(&self.buf)[..self.len]
     }
 
-    /// Reads `len` bytes of `file`, which must hold exactly that many.
-    fn read(mut file: std::fs::File, len: usize) -> std::io::Result<Self> {
+    /// Reads `file`, which must hold exactly `len` bytes.
+    fn read(mut file: std::fs::File, len: u64) -> std::io::Result<Self> {
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
         let mut buf = vec![0u128; len.div_ceil(16)];
         file.read_exact(&mut bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..len])?;
         if file.read(&mut [0u8])? != 0 {
@@ -95,58 +99,63 @@ impl Entry {
     }
 }
 
+/// CRC-32 of a whole file, read in pieces.
+fn file_crc32(path: &Path) -> std::io::Result<(u64, u32)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((len, hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
 /// One model's place in the cache.
 pub(crate) struct Cache {
     key: Key,
     entry: PathBuf,
 }
 
-/// The cache directory: `$NIMIFY_CACHE_DIR/models`, by default `~/.cache/nimify/models`.
-pub(crate) fn dir() -> Option<PathBuf> {
-    std::env::var_os("NIMIFY_CACHE_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("nimify")))
-        .map(|d| d.join("models"))
-}
-
 impl Cache {
     /// The cache place of `model` (with its external-data files) under `config`; `None`, with
-    /// the reason logged, when the cache is off or cannot be keyed on this platform.
+    /// the reason logged, when the cache is off or cannot be keyed here.
     pub(crate) fn new(model: &Path, external: &[PathBuf], config: &SessionConfig) -> Option<Self> {
         if !config.model_cache {
             return None;
         }
-        let Some(dir) = dir() else {
-            tracing::info!("no cache directory (set NIMIFY_CACHE_DIR); models load without the optimized-model cache");
-            return None;
+        let off = |why: &str| {
+            tracing::info!(model = %model.display(), "{why}; loading without the optimized-model cache");
+            None
+        };
+        let Some(dir) = crate::ortlib::cache_base().map(|d| d.join("models")) else {
+            return off("no cache directory (set NIMIFY_CACHE_DIR)");
         };
         let Some(cpu) = cpu_description() else {
-            tracing::info!("this platform does not describe its CPU; models load without the optimized-model cache");
-            return None;
+            return off("this system does not list its CPU's instruction sets");
         };
-        let files = std::iter::once(model)
-            .chain(external.iter().map(PathBuf::as_path))
-            .map(stamp)
-            .collect::<Result<Vec<_>, _>>();
-        let files = match files {
+        let files = match stamp_all(model, external) {
             Ok(files) => files,
-            Err(e) => {
-                tracing::warn!(model = %model.display(), error = %e, "cannot stamp the model files; loading without the optimized-model cache");
-                return None;
-            }
+            Err(why) => return off(&why),
         };
         let key =
             Key { format: FORMAT, onnxruntime: ort::info().to_string(), optimization: config.optimization, cpu, files };
-        Some(Self::at(&dir, key))
+        match Self::at(&dir, key) {
+            Some(cache) => Some(cache),
+            None => off("its path cannot be written into a cache key"),
+        }
     }
 
-    fn at(dir: &Path, key: Key) -> Self {
+    fn at(dir: &Path, key: Key) -> Option<Self> {
         use sha2::Digest;
-        let json = serde_json::to_vec(&key).unwrap_or_default();
+        let json = serde_json::to_vec(&key).ok()?;
         let hash: String = sha2::Sha256::digest(&json).iter().take(16).map(|b| format!("{b:02x}")).collect();
-        let stem = key.files[0].path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-        Self { entry: dir.join(format!("{stem}-{hash}.ort")), key }
+        let stem: String = key.files[0].path.file_stem()?.to_string_lossy().chars().take(64).collect();
+        Some(Self { entry: dir.join(format!("{stem}-{hash}.ort")), key })
     }
 
     /// The entry's ORT file.
@@ -159,9 +168,8 @@ impl Cache {
         self.entry.with_extension("json")
     }
 
-    /// The cached bytes when a usable entry exists. A missing entry is `None`; one that is
-    /// unreadable, truncated or keyed for something else is also `None`, logged, and removed
-    /// when it is broken.
+    /// The cached bytes when a usable entry exists; `None` when there is none, or (logged) when
+    /// it is unreadable, damaged or keyed for something else, so that a new one replaces it.
     pub(crate) fn load(&self) -> Option<Arc<Entry>> {
         match read_entry(&self.entry, &self.header_path(), &self.key) {
             Ok(entry) => Some(Arc::new(entry)),
@@ -171,51 +179,57 @@ impl Cache {
                 None
             }
             Err(Miss::Broken(why)) => {
-                tracing::warn!(entry = %self.entry.display(), "optimized-model cache entry is broken ({why}); removing it and making a new one");
-                self.discard();
+                tracing::warn!(entry = %self.entry.display(), "optimized-model cache entry is broken ({why}); making a new one");
                 None
             }
         }
     }
 
-    /// Removes the entry (broken, or ONNX Runtime refused it).
-    pub(crate) fn discard(&self) {
-        let _ = std::fs::remove_file(&self.entry);
-        let _ = std::fs::remove_file(self.header_path());
+    /// Whether the model's files are still those the key stamped (none was written or swapped
+    /// since): only then may what ONNX Runtime read be stored under it.
+    fn still_current(&self) -> bool {
+        let model = &self.key.files[0].path;
+        let rest: Vec<PathBuf> = self.key.files[1..].iter().map(|f| f.path.clone()).collect();
+        stamp_all(model, &rest).is_ok_and(|files| files == self.key.files)
     }
 
-    /// A fresh temporary path in the cache directory for ONNX Runtime to save the optimized
-    /// model to; `Err` when the directory cannot be made or written.
+    /// A fresh, uniquely named file in the cache directory; `Err` when the directory cannot be
+    /// made or written.
     pub(crate) fn scratch(&self) -> std::io::Result<PathBuf> {
-        static N: AtomicU64 = AtomicU64::new(0);
         let dir = self.entry.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
-        let name = self.entry.file_name().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-        let path = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-        std::fs::write(&path, b"")?;
-        Ok(path)
+        let file = tempfile::Builder::new().prefix(".nimify-").suffix(".tmp").tempfile_in(dir)?;
+        file.into_temp_path().keep().map_err(|e| e.error)
     }
 
-    /// Makes the ORT file ONNX Runtime saved at `saved` the entry: its header written (to a
-    /// temporary name, renamed), then the file renamed into place; returns the entry's bytes.
-    /// `saved` is gone either way.
-    pub(crate) fn store(&self, saved: &Path) -> std::io::Result<Arc<Entry>> {
-        let result = self.commit(saved);
+    /// Makes the ORT file ONNX Runtime saved at `saved` the entry, when the model's files are
+    /// still those the key stamped: its header written (to a temporary name, renamed), then the
+    /// file renamed into place, then older entries of the same model removed. Returns the bytes when `keep` (more sessions will open from them). `saved`
+    /// is gone either way.
+    pub(crate) fn store(&self, saved: &Path, keep: bool) -> std::io::Result<Option<Arc<Entry>>> {
+        let result = if self.still_current() {
+            self.commit(saved, keep)
+        } else {
+            Err(std::io::Error::other("the model's files changed while it loaded"))
+        };
         if result.is_err() {
             let _ = std::fs::remove_file(saved);
         }
         result
     }
 
-    fn commit(&self, saved: &Path) -> std::io::Result<Arc<Entry>> {
-        let file = std::fs::File::open(saved)?;
-        let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
-        let entry = Entry::read(file, len)?;
-        let header = Header {
-            nimify_optimized_model: self.key.clone(),
-            data_len: len,
-            data_crc32: crc32fast::hash(entry.bytes()),
+    fn commit(&self, saved: &Path, keep: bool) -> std::io::Result<Option<Arc<Entry>>> {
+        let (entry, len, crc) = if keep {
+            let file = std::fs::File::open(saved)?;
+            let entry = Entry::read(file, std::fs::metadata(saved)?.len())?;
+            let crc = crc32fast::hash(entry.bytes());
+            let len = entry.len as u64;
+            (Some(Arc::new(entry)), len, crc)
+        } else {
+            let (len, crc) = file_crc32(saved)?;
+            (None, len, crc)
         };
+        let header = Header { nimify_optimized_model: self.key.clone(), data_len: len, data_crc32: crc };
         let tmp = self.scratch()?;
         let written = serde_json::to_vec(&header)
             .map_err(std::io::Error::other)
@@ -226,7 +240,30 @@ impl Cache {
             return Err(e);
         }
         std::fs::rename(saved, &self.entry)?;
-        Ok(Arc::new(entry))
+        self.prune();
+        Ok(entry)
+    }
+
+    /// Removes the entries of this model file made under other keys (an older model, runtime or
+    /// CPU): each is a model's size on disk that would never be read again.
+    fn prune(&self) {
+        let Some(dir) = self.entry.parent() else { return };
+        let Ok(listing) = std::fs::read_dir(dir) else { return };
+        let mine = self.header_path();
+        for item in listing.flatten() {
+            let path = item.path();
+            if path == mine || path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let same_model =
+                std::fs::read(&path).ok().and_then(|text| serde_json::from_slice::<Header>(&text).ok()).is_some_and(
+                    |h| h.nimify_optimized_model.files.first().map(|f| &f.path) == Some(&self.key.files[0].path),
+                );
+            if same_model {
+                let _ = std::fs::remove_file(path.with_extension("ort"));
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }
 
@@ -258,7 +295,7 @@ fn read_entry(ort: &Path, header: &Path, key: &Key) -> Result<Entry, Miss> {
         other => other,
     })?;
     let len = file.metadata().map_err(|e| Miss::Broken(format!("cannot read its size: {e}")))?.len();
-    if len != header.data_len as u64 {
+    if len != header.data_len {
         return Err(Miss::Broken(format!("{len} bytes on disk, but the header says {}", header.data_len)));
     }
     let entry = Entry::read(file, header.data_len).map_err(|e| Miss::Broken(format!("cannot read it: {e}")))?;
@@ -292,18 +329,50 @@ fn differs(found: &Key, want: &Key) -> Option<String> {
     })
 }
 
+/// Stamps the model, every regular file beside it and its external-data files (each once, the
+/// model first). `Err(why)` when one cannot be read, the directory holds more than [`MAX_FILES`],
+/// or the file system keeps whole-second times (a rewrite within the second would go unseen).
+fn stamp_all(model: &Path, external: &[PathBuf]) -> Result<Vec<FileStamp>, String> {
+    let model = std::fs::canonicalize(model).map_err(|e| format!("cannot resolve the model's path: {e}"))?;
+    let dir = model.parent().unwrap_or(Path::new("/"));
+    let mut beside = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))? {
+        let path = item.map_err(|e| format!("cannot list {}: {e}", dir.display()))?.path();
+        if path != model && path.is_file() {
+            beside.push(path);
+        }
+        if beside.len() > MAX_FILES {
+            return Err(format!("{} holds more than {MAX_FILES} files", dir.display()));
+        }
+    }
+    for path in external {
+        let path = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+        if path != model {
+            beside.push(path);
+        }
+    }
+    beside.sort();
+    beside.dedup();
+    let files = std::iter::once(model.as_path())
+        .chain(beside.iter().map(PathBuf::as_path))
+        .map(|p| stamp(p).map_err(|e| format!("cannot stamp {}: {e}", p.display())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if files.iter().all(|f| f.modified.1 == 0 && f.changed.1 == 0) {
+        return Err("the file system keeps whole-second file times".into());
+    }
+    Ok(files)
+}
+
 #[cfg(unix)]
 fn stamp(path: &Path) -> std::io::Result<FileStamp> {
     use std::os::unix::fs::MetadataExt;
-    let path = std::fs::canonicalize(path)?;
-    let m = std::fs::metadata(&path)?;
+    let m = std::fs::metadata(path)?;
     Ok(FileStamp {
-        device: m.dev(),
+        path: path.to_path_buf(),
         inode: m.ino(),
         size: m.size(),
         modified: (m.mtime(), m.mtime_nsec()),
         changed: (m.ctime(), m.ctime_nsec()),
-        path,
     })
 }
 
@@ -316,11 +385,15 @@ fn stamp(_: &Path) -> std::io::Result<FileStamp> {
 /// processor in `/proc/cpuinfo` that names the CPU or its instruction sets, flag lists sorted.
 fn cpu_description() -> Option<Vec<String>> {
     let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    Some(describe_cpu(std::env::consts::ARCH, &text))
+    let described = describe_cpu(std::env::consts::ARCH, &text);
+    described
+        .iter()
+        .any(|l| l.starts_with("flags: ") || l.starts_with("Features: ") || l.starts_with("isa: "))
+        .then_some(described)
 }
 
 fn describe_cpu(arch: &str, cpuinfo: &str) -> Vec<String> {
-    const NAMING: [&str; 10] = [
+    const NAMING: [&str; 11] = [
         "vendor_id",
         "cpu family",
         "model",
@@ -331,6 +404,7 @@ fn describe_cpu(arch: &str, cpuinfo: &str) -> Vec<String> {
         "CPU variant",
         "CPU part",
         "Features",
+        "isa",
     ];
     let first = cpuinfo.split("\n\n").next().unwrap_or("");
     let mut out = vec![format!("arch: {arch}")];
@@ -341,7 +415,7 @@ fn describe_cpu(arch: &str, cpuinfo: &str) -> Vec<String> {
             continue;
         }
         let value = match name {
-            "flags" | "Features" => {
+            "flags" | "Features" | "isa" => {
                 let mut flags: Vec<&str> = value.split_whitespace().collect();
                 flags.sort_unstable();
                 flags.join(" ")
@@ -366,15 +440,21 @@ mod tests {
             onnxruntime: "ORT Build Info: git-branch=rel-1.32.0".into(),
             optimization: Optimization::All,
             cpu,
-            files: vec![FileStamp {
-                path: "/m/cnn.onnx".into(),
-                device: 1,
-                inode: 2,
-                size: 3,
-                modified: (4, 5),
-                changed: (6, 7),
-            }],
+            files: vec![FileStamp { path: "/m/cnn.onnx".into(), inode: 2, size: 3, modified: (4, 5), changed: (6, 7) }],
         }
+    }
+
+    /// A key for a real model file (a store re-stamps it).
+    fn key_for(model: &Path, cpu: Vec<String>) -> Key {
+        Key { files: stamp_all(model, &[]).expect("a model file"), ..key(cpu) }
+    }
+
+    fn model_in(dir: &Path, name: &str) -> PathBuf {
+        let models = dir.join("m");
+        std::fs::create_dir_all(&models).expect("test files");
+        let path = models.join(name);
+        std::fs::write(&path, name).expect("test files");
+        path
     }
 
     #[test]
@@ -395,8 +475,8 @@ mod tests {
 
     #[test]
     fn a_cpu_without_avx512_gets_another_entry_and_refuses_this_one() {
-        let here = Cache::at(Path::new("/c"), key(describe_cpu("x86_64", AVX2)));
-        let there = Cache::at(Path::new("/c"), key(describe_cpu("x86_64", AVX512)));
+        let here = Cache::at(Path::new("/c"), key(describe_cpu("x86_64", AVX2))).expect("a key");
+        let there = Cache::at(Path::new("/c"), key(describe_cpu("x86_64", AVX512))).expect("a key");
         assert_ne!(here.path(), there.path());
         let why = differs(&there.key, &here.key).expect("another CPU");
         assert!(why.contains("only there: [flags: avx avx2 avx512f fpu sse2]"), "{why}");
@@ -406,7 +486,7 @@ mod tests {
     #[test]
     fn every_part_of_the_key_names_another_entry() {
         let base = key(describe_cpu("x86_64", AVX2));
-        let path = |k: Key| Cache::at(Path::new("/c"), k).path().to_path_buf();
+        let path = |k: Key| Cache::at(Path::new("/c"), k).expect("a key").path().to_path_buf();
         let mut variants = vec![base.clone()];
         let mut k = base.clone();
         k.onnxruntime.push('x');
@@ -429,47 +509,80 @@ mod tests {
     #[test]
     fn entries_round_trip_and_refuse_truncation_other_keys_and_garbage() {
         let dir = tempfile::tempdir().expect("test files");
-        let cache = Cache::at(dir.path(), key(describe_cpu("x86_64", AVX2)));
+        let model = model_in(dir.path(), "cnn.onnx");
+        let cache_dir = dir.path().join("c");
+        std::fs::create_dir_all(&cache_dir).expect("test files");
+        let cache = Cache::at(&cache_dir, key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
         let saved = dir.path().join("saved.ort");
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let store = || {
+        let store = |keep: bool| {
             std::fs::write(&saved, &payload).expect("test files");
-            let stored = cache.store(&saved).expect("test files");
-            assert_eq!(stored.bytes(), &payload[..]);
+            let stored = cache.store(&saved, keep).expect("test files");
+            assert_eq!(stored.as_ref().map(|e| e.bytes()), keep.then_some(&payload[..]));
             assert!(!saved.exists(), "the saved file became the entry");
         };
-        let gone = || !cache.path().exists() && !cache.header_path().exists();
-        store();
+        store(false);
         let loaded = cache.load().expect("a hit");
         assert_eq!(loaded.bytes(), &payload[..]);
         assert_eq!(loaded.bytes().as_ptr() as usize % 16, 0, "ORT bytes start 16-byte aligned");
 
-        let other = Cache { key: key(describe_cpu("x86_64", AVX512)), entry: cache.path().to_path_buf() };
+        let other = Cache { key: key_for(&model, describe_cpu("x86_64", AVX512)), entry: cache.path().to_path_buf() };
         assert!(other.load().is_none(), "keyed for another CPU");
-        assert!(cache.path().exists(), "an entry for another key is left alone");
 
-        std::fs::write(cache.path(), &payload[..payload.len() - 1]).expect("test files");
-        assert!(cache.load().is_none(), "truncated");
-        assert!(gone(), "a broken entry is removed");
-
-        store();
         let mut flipped = payload.clone();
         flipped[5000] ^= 1;
-        std::fs::write(cache.path(), &flipped).expect("test files");
-        assert!(cache.load().is_none(), "a flipped bit");
-        assert!(gone());
+        let damage: [(&str, &dyn Fn()); 4] = [
+            ("truncated", &|| std::fs::write(cache.path(), &payload[..payload.len() - 1]).expect("test files")),
+            ("a flipped bit", &|| std::fs::write(cache.path(), &flipped).expect("test files")),
+            ("a header without its bytes", &|| std::fs::remove_file(cache.path()).expect("test files")),
+            ("not a header", &|| std::fs::write(cache.header_path(), b"not a header").expect("test files")),
+        ];
+        for (what, harm) in damage {
+            harm();
+            assert!(cache.load().is_none(), "{what}");
+            store(true);
+            assert_eq!(cache.load().expect("made again").bytes(), &payload[..], "{what}");
+        }
+        std::fs::write(&model, "retrained").expect("test files");
+        std::fs::write(&saved, &payload).expect("test files");
+        assert!(cache.store(&saved, false).is_err(), "a model written since it was stamped is not stored");
+        assert!(!saved.exists());
+        let mut names: Vec<_> = std::fs::read_dir(&cache_dir)
+            .expect("test files")
+            .map(|e| e.expect("test files").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let entry = cache.path().file_name().expect("a name").to_string_lossy().into_owned();
+        assert_eq!(names, [entry.replace(".ort", ".json"), entry], "no temporary files left");
+    }
 
-        store();
-        std::fs::remove_file(cache.path()).expect("test files");
-        assert!(cache.load().is_none(), "a header without its bytes");
-        assert!(gone());
+    #[test]
+    fn a_new_entry_removes_the_older_entries_of_its_model_only() {
+        let dir = tempfile::tempdir().expect("test files");
+        let saved = dir.path().join("saved.ort");
+        let store = |cache: &Cache| {
+            std::fs::write(&saved, b"ort bytes").expect("test files");
+            cache.store(&saved, false).expect("test files");
+        };
+        let model = model_in(dir.path(), "cnn.onnx");
+        let other_model = model_in(dir.path(), "other.onnx");
+        let old = Cache::at(dir.path(), key_for(&model, describe_cpu("x86_64", AVX512))).expect("a key");
+        let other = Cache::at(dir.path(), key_for(&other_model, describe_cpu("x86_64", AVX512))).expect("a key");
+        store(&old);
+        store(&other);
+        let new = Cache::at(dir.path(), key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
+        store(&new);
+        assert!(new.load().is_some());
+        assert!(!old.path().exists() && !old.header_path().exists(), "the older entry of cnn.onnx is gone");
+        assert!(other.load().is_some(), "another model's entry stays");
+    }
 
-        store();
-        std::fs::write(cache.header_path(), b"not a header").expect("test files");
-        assert!(cache.load().is_none());
-        assert!(gone());
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("test files").collect();
-        assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
+    #[test]
+    fn a_cpu_without_a_flag_list_gets_no_cache() {
+        let bare = describe_cpu("riscv64", "processor\t: 0\nhart\t\t: 0\n");
+        assert_eq!(bare, ["arch: riscv64"]);
+        let isa = describe_cpu("riscv64", "processor\t: 0\nisa\t\t: rv64imafdc_zicsr\n");
+        assert_eq!(isa, ["arch: riscv64", "isa: rv64imafdc_zicsr"]);
     }
 
     #[test]
@@ -477,7 +590,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("test files");
         let blocker = dir.path().join("models");
         std::fs::write(&blocker, b"").expect("test files");
-        let cache = Cache::at(&blocker, key(describe_cpu("x86_64", AVX2)));
+        let cache = Cache::at(&blocker, key(describe_cpu("x86_64", AVX2))).expect("a key");
         assert!(cache.scratch().is_err());
         assert!(cache.load().is_none());
     }

@@ -73,10 +73,16 @@ pub fn platform_name(os: &str, arch: &str) -> String {
 /// `$NIMIFY_CACHE_DIR/onnxruntime/<version>/linux-arm64`, by default under the user's cache
 /// directory (`~/.cache/nimify/...` on Linux).
 pub fn platform_cache_dir(platform: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("NIMIFY_CACHE_DIR")
+    Some(cache_base()?.join("onnxruntime").join(ORT_VERSION).join(platform.replace('/', "-")))
+}
+
+/// nimify's per-user cache: `$NIMIFY_CACHE_DIR` when set and not empty, else `nimify` under the
+/// user's cache directory (`~/.cache/nimify` on Linux).
+pub fn cache_base() -> Option<PathBuf> {
+    std::env::var_os("NIMIFY_CACHE_DIR")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("nimify")))?;
-    Some(base.join("onnxruntime").join(ORT_VERSION).join(platform.replace('/', "-")))
+        .or_else(|| dirs::cache_dir().map(|d| d.join("nimify")))
 }
 
 /// The per-user cache directory of this platform's library (see [`platform_cache_dir`]).

@@ -315,7 +315,7 @@ def test_a_model_repository_on_a_claim_with_the_users_own_settings(tmp_path):
     # Only the repository: no init container, no sidecar, no /tmp for them.
     manifests, pod = repository_pod({"modelRepository": {"enabled": True}})
     validate(manifests, tmp_path)
-    assert "initContainers" not in pod and [v["name"] for v in pod["volumes"]] == ["config", "tmp", "model-repository"]
+    assert "initContainers" not in pod and [v["name"] for v in pod["volumes"]] == ["config", "tmp", "model-cache", "model-repository"]
     # Off: nothing of it.
     _, pod = repository_pod({})
     assert "NIMIFY_MODEL_REPOSITORY" not in json.dumps(pod) and "model-repository" not in json.dumps(pod)

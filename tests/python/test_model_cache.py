@@ -168,6 +168,27 @@ def test_a_damaged_entry_is_removed_and_made_again(tmp_path, ort_lib, damage):
     assert leftovers(tmp_path) == []
 
 
+def test_bytes_onnx_runtime_refuses_are_replaced(tmp_path, ort_lib):
+    """Length and checksum agree with the header, but the bytes are no ORT model."""
+    import zlib
+
+    conv = os.path.join(MODELS, "conv.onnx")
+    first = serve(conv, tmp_path, ort_lib)
+    fresh = infer_conv(first)
+    first.stop()
+    [entry] = entries(tmp_path)
+    junk = bytes(range(256)) * 64
+    with open(entry, "wb") as f:
+        f.write(junk)
+    rewrite_header(entry, lambda h: h.update(data_len=len(junk), data_crc32=zlib.crc32(junk)))
+    again = serve(conv, tmp_path, ort_lib)
+    assert any(m["level"] == "WARN" and "refused the cached optimized model" in m["message"] for m in messages(again)), "".join(again.log)
+    assert said(again, CACHED)
+    assert infer_conv(again).tobytes() == fresh.tobytes()
+    again.stop()
+    assert header(entry)["data_len"] == os.path.getsize(entry) != len(junk)
+
+
 def test_changed_external_weights_never_use_the_old_entry(tmp_path, ort_lib):
     """The key stamps the external-data file too: new weights under the same .onnx are served."""
     models = tmp_path / "m"
@@ -196,7 +217,8 @@ def test_changed_external_weights_never_use_the_old_entry(tmp_path, ort_lib):
     third, y = answer()
     assert said(third, CACHED) and not said(third, OPENED)
     np.testing.assert_allclose(y, x @ (w * 2), rtol=1e-6)
-    assert len(entries(tmp_path)) == 2
+    # The entry of the old weights is removed when the new one is made.
+    assert len(entries(tmp_path)) == 1
 
 
 def test_an_unusable_cache_directory_costs_only_the_cache(tmp_path, ort_lib):
@@ -225,14 +247,19 @@ def test_a_model_onnx_runtime_refuses_reports_its_own_error_not_the_cache(tmp_pa
     model.ir_version = 8
     path = tmp_path / "refused.onnx"
     onnx.save(model, str(path))
-    r = subprocess.run(
-        Server.argv_for(str(path)),
-        env={**env_for(tmp_path / "cache", ort_lib), "NIMIFY_GRPC_PORT": "0"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode != 0
-    assert "NoSuchOperator" in r.stderr, r.stderr
-    assert "cannot save the optimized model" not in r.stderr, r.stderr
+
+    def start(*flags):
+        r = subprocess.run(
+            [*Server.argv_for(str(path)), *flags],
+            env={**env_for(tmp_path / "cache", ort_lib), "NIMIFY_GRPC_PORT": "0"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode != 0
+        return r.stderr.strip().splitlines()[-1]
+
+    with_cache, without = start(), start("--model-cache", "false")
+    assert "NoSuchOperator" in with_cache
+    assert with_cache == without
     assert entries(tmp_path / "cache") == [] and leftovers(tmp_path / "cache") == []
