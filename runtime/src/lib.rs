@@ -41,6 +41,12 @@ mod tls;
 pub mod typed;
 mod v2;
 
+/// mimalloc for every binary that links nimify (feature `mimalloc`, on by default): see
+/// `runtime/Cargo.toml`.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub use config::Config;
 pub use error::ApiError;
 pub use model::{LoadError, ModelOptions};

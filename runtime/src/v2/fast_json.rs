@@ -294,6 +294,52 @@ impl<'a> Reader<'a> {
         self.eat(b']')
     }
 
+    /// The common float spelling, `-?digits(.digits)?` with 19 digits at most and no exponent,
+    /// read in one tight pass and converted by Clinger's fast path (exact digits over an exact
+    /// power of ten: one rounding); `None`, the cursor unmoved, for every other spelling, which
+    /// [`Self::number`] reads.
+    #[inline(always)]
+    fn plain_decimal(&mut self) -> Option<f64> {
+        let b = self.b;
+        let mut i = self.i;
+        let negative = b.get(i) == Some(&b'-');
+        i += usize::from(negative);
+        // At most 19 digits are kept below; wrapping ops only make longer runs wrong, and those
+        // are refused by count.
+        let mut m = 0u64;
+        let mut run = |i: &mut usize| {
+            let first = *i;
+            while let Some(&c) = b.get(*i) {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                m = m.wrapping_mul(10).wrapping_add(u64::from(d));
+                *i += 1;
+            }
+            *i - first
+        };
+        let whole = run(&mut i);
+        // No digits, or a leading zero: the grammar check is [`Self::number`]'s.
+        if whole == 0 || (whole > 1 && b[i - whole] == b'0') {
+            return None;
+        }
+        let mut fraction = 0;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            fraction = run(&mut i);
+            if fraction == 0 {
+                return None;
+            }
+        }
+        if whole + fraction > 19 || m >= 1 << 53 || matches!(b.get(i), Some(b'e' | b'E')) {
+            return None;
+        }
+        let x = m as f64 / POW10[fraction];
+        self.i = i;
+        Some(if negative { -x } else { x })
+    }
+
     /// A JSON number at the cursor, checked against the grammar.
     fn number(&mut self) -> Option<Number<'a>> {
         let start = self.i;
@@ -468,7 +514,10 @@ impl<T: Float> Sink for Floats<T> {
             self.out.push(T::narrow(x));
             return Some(());
         }
-        let x = T::narrow(r.number()?.f64()?);
+        let x = T::narrow(match r.plain_decimal() {
+            Some(x) => x,
+            None => r.number()?.f64()?,
+        });
         x.finite().then(|| self.out.push(x))
     }
 }
