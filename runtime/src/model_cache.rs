@@ -8,11 +8,11 @@
 //! floats, kernels picked by instruction set) that are wrong or unrunnable on another CPU. So an
 //! entry is keyed on everything that shapes the optimized graph: the ONNX Runtime build, the
 //! optimization level, the CPU (architecture, vendor, model and every feature flag the kernel
-//! reports) and the model's files: the model, every regular file beside it and its external-data
-//! files (canonical path, inode, size, modification and change times in nanoseconds; the change
-//! time moves on every write and cannot be set back by a user). On a file system without
-//! sub-second times, or a CPU without a flag list, there is no cache. The key's hash names the
-//! entry and the key itself is written beside it: an entry is used only when that key equals
+//! reports) and the model's files: the model, its external-data files and, for a model with
+//! external data, every regular file beside it (canonical path, inode, size, modification and
+//! change times in nanoseconds; the change time moves on every write and cannot be set back by a
+//! user). On a file system without sub-second times, or a CPU without a flag list, there is no
+//! cache. The key's hash names the entry and the key itself is written beside it: an entry is used only when that key equals
 //! this process's key field for field, so an entry made on another CPU or for another file is
 //! never used, even when copied under the right name.
 //!
@@ -329,20 +329,25 @@ fn differs(found: &Key, want: &Key) -> Option<String> {
     })
 }
 
-/// Stamps the model, every regular file beside it and its external-data files (each once, the
-/// model first). `Err(why)` when one cannot be read, the directory holds more than [`MAX_FILES`],
-/// or the file system keeps whole-second times (a rewrite within the second would go unseen).
+/// Stamps the model and its external-data files, and, for a model with external data, every
+/// regular file beside it too (each once, the model first): `nimify-model` lists the external
+/// data of the graph's initializers, not that of tensors inside subgraphs or node attributes,
+/// which exporters put beside the model as well. `Err(why)` when a file cannot be read, the
+/// directory holds more than [`MAX_FILES`], or the file system keeps whole-second times (a
+/// rewrite within the second would go unseen).
 fn stamp_all(model: &Path, external: &[PathBuf]) -> Result<Vec<FileStamp>, String> {
     let model = std::fs::canonicalize(model).map_err(|e| format!("cannot resolve the model's path: {e}"))?;
     let dir = model.parent().unwrap_or(Path::new("/"));
     let mut beside = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))? {
-        let path = item.map_err(|e| format!("cannot list {}: {e}", dir.display()))?.path();
-        if path != model && path.is_file() {
-            beside.push(path);
-        }
-        if beside.len() > MAX_FILES {
-            return Err(format!("{} holds more than {MAX_FILES} files", dir.display()));
+    if !external.is_empty() {
+        for item in std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))? {
+            let path = item.map_err(|e| format!("cannot list {}: {e}", dir.display()))?.path();
+            if path != model && path.is_file() {
+                beside.push(path);
+            }
+            if beside.len() > MAX_FILES {
+                return Err(format!("{} holds more than {MAX_FILES} files", dir.display()));
+            }
         }
     }
     for path in external {

@@ -8,7 +8,10 @@
 //!   a small MLP, a ResNet-18-shaped CNN and a BERT-like encoder generated into
 //!   `target/bench-models/` (never committed). Prints requests/s, p50, p99, the server's CPU per
 //!   request (user + system, from /proc), resident memory, start-to-ready time, and the ratio to an in-process
-//!   ONNX Runtime loop with the same threads (`runtime/benches/ort_loop.rs`). Then the same
+//!   ONNX Runtime loop with the same threads (`runtime/benches/ort_loop.rs`); and a start-up table:
+//!   spawn-to-ready and peak RSS for the first start into an empty optimized-model cache, for
+//!   starts from the cache and with it off (each model's servers get a cache directory of their
+//!   own under `target/bench-models/`). Then the same
 //!   servers under Triton's perf_analyzer (pinned to core 1) over HTTP (binary tensors) and over
 //!   gRPC at the same concurrencies: one client for both protocols, so the rows compare them.
 //!   `--models mlp`, `--seconds N` and `--wrk-only` narrow it; `NIMIFY_BENCH_SERVER=BIN` measures
@@ -148,7 +151,10 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
         ],
         None => Vec::new(),
     };
+    // The servers get a cache directory of their own (below), so name the library outright.
+    let ort_lib = cmd!(sh, "{server_bin} nimify ort path").read().context("finding ONNX Runtime")?;
     let mut rows = Vec::new();
+    let mut starts = Vec::new();
     for m in MODELS.iter().filter(|m| options.models.iter().any(|n| n == m.name)) {
         let path = models.join(format!("{}.onnx", m.name));
         let size = std::fs::metadata(&path)?.len();
@@ -160,6 +166,12 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
         let baseline_rps = json_number(&baseline, "runs_per_sec").context("ort_loop output")?;
         eprintln!("{}: in-process ONNX Runtime loop: {baseline}", m.name);
         let mut env = otel_env.clone();
+        // An empty optimized-model cache: the first start makes the entry, the others read it.
+        let cache = models.join(format!("cache-{}", m.name));
+        let _ = std::fs::remove_dir_all(&cache);
+        env.push(("NIMIFY_CACHE_DIR".into(), cache.display().to_string()));
+        env.push(("ORT_DYLIB_PATH".into(), ort_lib.clone()));
+        starts.push(start_up(m.name, &server_bin, &path, &env)?);
         if let Some(rate) = &options.drift {
             let sample = models.join(format!("{}.sample.npz", m.name));
             let profile = models.join(format!("{}.profile.json", m.name));
@@ -228,6 +240,14 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
             "\ntracing on (always_on, OTLP/HTTP to a local sink): {}",
             out.lines().last().unwrap_or("the sink printed nothing")
         );
+    }
+    println!("\nstart-up (spawn to ready, one intra-op thread, pinned; peak RSS at ready):\n");
+    println!(
+        "| model | first start (optimizes, fills the cache) | from the cache (median of 5) | cache off (median of 5) |"
+    );
+    println!("|---|---|---|---|");
+    for s in starts {
+        println!("{s}");
     }
     println!(
         "\n| model | protocol | concurrency | requests/s | p50 | p99 | errors | server CPU per request | peak RSS | start to ready | vs in-process |"
@@ -381,6 +401,30 @@ fn binary_body(m: &BenchModel) -> (Vec<u8>, usize) {
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One model's start-up row: the first start into an empty cache (`env` names it), then five from
+/// the cache and five with it off (medians), each as spawn-to-ready and peak RSS at ready.
+fn start_up(name: &str, bin: &Path, model: &Path, env: &[(String, String)]) -> Result<String> {
+    let once = |env: &[(String, String)]| -> Result<(f64, f64)> {
+        let (mut child, ready) = start_server(bin, model, free_port()?, free_port()?, env)?;
+        let rss = rss_kib(child.id()) as f64 / 1024.0;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = child.wait();
+        Ok((ready.as_secs_f64() * 1000.0, rss))
+    };
+    let median = |env: &[(String, String)]| -> Result<(f64, f64)> {
+        let mut runs = (0..5).map(|_| once(env)).collect::<Result<Vec<_>>>()?;
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(runs[2])
+    };
+    let first = once(env)?;
+    let cached = median(env)?;
+    let mut off = env.to_vec();
+    off.push(("NIMIFY_MODEL_CACHE".into(), "false".into()));
+    let off = median(&off)?;
+    let cell = |(ms, mb): (f64, f64)| format!("{ms:.0} ms, {mb:.0} MB");
+    Ok(format!("| {name} | {} | {} | {} |", cell(first), cell(cached), cell(off)))
 }
 
 /// Starts the server pinned to core 0 and returns it with the time from spawn to ready.
