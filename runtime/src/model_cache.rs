@@ -12,9 +12,9 @@
 //! external data, every regular file beside it (canonical path, inode, size, modification and
 //! change times in nanoseconds; the change time moves on every write and cannot be set back by a
 //! user). On a file system without sub-second times, or a CPU without a flag list, there is no
-//! cache. The key's hash names the entry and the key itself is written beside it: an entry is used only when that key equals
-//! this process's key field for field, so an entry made on another CPU or for another file is
-//! never used, even when copied under the right name.
+//! cache. The key's hash names the entry and the key itself is written beside it: an entry is
+//! used only when that key equals this process's key field for field, so an entry made on
+//! another CPU or for another file is never used, even when copied under the right name.
 //!
 //! An entry is two files: `<model>-<hash>.ort`, the bytes ONNX Runtime saved (renamed into place,
 //! never copied), and `<model>-<hash>.json`, the key with the bytes' length and CRC-32. Each is
