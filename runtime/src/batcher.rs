@@ -22,6 +22,11 @@ use crate::error::ApiError;
 use crate::metrics::{ModelMetrics, micros};
 use crate::tensor::{Tensor, from_ort};
 
+/// What a merged run that had to be redone one by one counts as in the plan's costs: far above
+/// any real run, since such a merge (outputs whose dim 0 is not the batch, a failure) mostly
+/// fails again; the plan tries the size again only when it measures it afresh.
+const FAILED_MERGE: Duration = Duration::from_secs(3600);
+
 /// Outputs by name, in the order asked for.
 pub type Outputs = Vec<(String, Tensor)>;
 
@@ -63,7 +68,7 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until the queue's sender is dropped.
-    pub(crate) fn run(mut self, mut session: crate::model::OpenSession) {
+    pub fn run(mut self, mut session: Session) {
         let mut options = crate::cancel::run_options();
         while let Some(jobs) = self.collect() {
             let jobs: Vec<Job> = jobs
@@ -134,6 +139,9 @@ impl Worker {
             self.metrics.stats.dequeued(waited);
             self.metrics.queue_seconds.observe(waited.as_secs_f64());
         }
+        // A merge that had to run one by one: recorded as [`FAILED_MERGE`], so the plan stops
+        // merging to that size until it measures it afresh.
+        let mut failed_merge = None;
         if jobs.len() > 1 {
             let items = jobs.iter().map(|j| j.items).sum();
             let span = crate::telemetry::run_span(jobs.iter().filter_map(|j| j.trace.as_ref()), items);
@@ -153,7 +161,7 @@ impl Worker {
                     return;
                 }
                 Batched::Stopped => return,
-                Batched::OneByOne => {}
+                Batched::OneByOne => failed_merge = Some(items),
             }
         }
         for job in jobs {
@@ -172,6 +180,9 @@ impl Worker {
                 self.metrics.batch_size.observe(job.items as f64);
             }
             let _ = job.reply.send(result.and_then(|all| select(all, &job.wanted)));
+        }
+        if let Some(items) = failed_merge {
+            self.plan.record(items, FAILED_MERGE);
         }
     }
 

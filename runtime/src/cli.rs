@@ -112,8 +112,8 @@ pub struct ServiceArgs {
     /// Use ONNX Runtime's CPU memory arena (faster allocation, memory grows with shapes) [default: false].
     #[arg(long, global = true, env = "NIMIFY_MEMORY_ARENA")]
     pub memory_arena: Option<bool>,
-    /// Cache each model's optimized graph (ORT format, keyed on ONNX Runtime, this CPU and the
-    /// model files) under $NIMIFY_CACHE_DIR/models, so later starts skip optimization [default: true].
+    /// Cache each model's optimized graph (keyed on ONNX Runtime, this CPU and the model files)
+    /// under $NIMIFY_CACHE_DIR/models, so later starts skip optimization [default: true].
     #[arg(long, global = true, env = "NIMIFY_MODEL_CACHE")]
     pub model_cache: Option<bool>,
     /// Session instances per model, each running one batch at a time [default: 1].

@@ -395,9 +395,9 @@ pub struct SessionConfig {
     /// Let idle intra-op threads spin-wait for the next operator instead of sleeping: lower
     /// latency with several intra-op threads, at the price of CPU burnt between requests.
     pub spinning: bool,
-    /// Keep each model's optimized graph in ONNX Runtime's own format under
+    /// Keep each model's optimized graph (weights in a file ONNX Runtime maps) under
     /// `$NIMIFY_CACHE_DIR/models`, keyed on the ONNX Runtime build, this CPU and the model files,
-    /// so later starts skip graph optimization and read the weights in place.
+    /// so later starts skip graph optimization and share the weights through the page cache.
     pub model_cache: bool,
 }
 

@@ -16,7 +16,7 @@ use crate::batcher::{Job, Outputs, Worker, run_session};
 use crate::config::{BatchingConfig, Optimization, SessionConfig, WarmupConfig};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelMetrics};
-use crate::model_cache::{Cache, Entry};
+use crate::model_cache::{Cache, EXTERNAL_FROM_BYTES, Saving};
 use crate::tensor::Tensor;
 
 /// The version every model is served under.
@@ -293,10 +293,9 @@ impl Model {
             false => None,
         };
         let mut cache = Cache::new(&path, &external_files(&path, &info), settings.session)
-            .map(|cache| CacheUse { bytes: cache.load(), cache });
-        let instances = settings.session.instances.max(1);
-        for instance in 0..instances {
-            let mut session = open_instance(env, &path, settings.session, &mut cache, instance + 1 < instances)
+            .map(|cache| CacheUse { graph: cache.load(), cache });
+        for instance in 0..settings.session.instances.max(1) {
+            let mut session = open_instance(env, &path, settings.session, &mut cache)
                 .map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
             if let Some(tensors) = &warmup
                 && let Some(produced) = warm_up(&mut session, &name, &input_names, tensors.clone())
@@ -455,73 +454,44 @@ pub fn open_session(
     builder(env, config)?.commit_from_file(path).map_err(|e| e.to_string())
 }
 
-/// A session, with the cached model bytes it reads its weights from when it was opened from the
-/// optimized-model cache. ONNX Runtime keeps pointers into those bytes, so only [`open_cached`]
-/// pairs a session with them, and the fields drop in declaration order: the session first.
-pub(crate) struct OpenSession {
-    session: Session,
-    _bytes: Option<Arc<Entry>>,
-}
-
-impl From<Session> for OpenSession {
-    fn from(session: Session) -> Self {
-        Self { session, _bytes: None }
-    }
-}
-
-impl std::ops::Deref for OpenSession {
-    type Target = Session;
-    fn deref(&self) -> &Session {
-        &self.session
-    }
-}
-
-impl std::ops::DerefMut for OpenSession {
-    fn deref_mut(&mut self) -> &mut Session {
-        &mut self.session
-    }
-}
-
-/// The instances' way to the optimized-model cache while a model loads: the entry, and the bytes
-/// once read or made (shared by every instance opened from them).
+/// The instances' way to the optimized-model cache while a model loads: the entry, and its
+/// graph once found or made (every later instance opens it, sharing the mapped weights).
 struct CacheUse {
     cache: Cache,
-    bytes: Option<Arc<Entry>>,
+    graph: Option<PathBuf>,
 }
 
-/// Opens one session instance: from the cached optimized model when there is a usable one, else
-/// from the ONNX file, saving the optimized model to the cache (`more`: instances follow, which
-/// then open from its bytes). A cache failure is logged and ends the cache's use for this load;
-/// the ONNX file serves.
+/// Opens one session instance: from the cached optimized graph when there is a usable one, else
+/// from the ONNX file, saving the optimized graph to the cache. A cache failure is logged and
+/// ends the cache's use for this load; the ONNX file serves.
 fn open_instance(
     env: &ort::environment::Environment,
     path: &Path,
     config: &SessionConfig,
     cache: &mut Option<CacheUse>,
-    more: bool,
-) -> Result<OpenSession, String> {
+) -> Result<Session, String> {
     let Some(using) = cache.as_mut() else {
-        return open_session(env, path, config).map(OpenSession::from);
+        return open_session(env, path, config);
     };
-    if let Some(bytes) = &using.bytes {
+    if let Some(graph) = &using.graph {
         let start = Instant::now();
-        match open_cached(builder(env, config)?, bytes) {
+        match builder(env, config)?.commit_from_file(graph) {
             Ok(session) => {
-                tracing::info!(entry = %using.cache.path().display(), took_ms = start.elapsed().as_millis() as u64, "session opened from the optimized-model cache");
+                let took_ms = start.elapsed().as_millis() as u64;
+                tracing::info!(entry = %using.cache.path().display(), took_ms, "session opened from the optimized-model cache");
                 return Ok(session);
             }
             Err(e) => {
                 tracing::warn!(entry = %using.cache.path().display(), error = %e, "ONNX Runtime refused the cached optimized model; making a new one");
-                using.bytes = None;
+                using.graph = None;
             }
         }
     }
     let (session, saved) = open_and_save(env, path, config, &using.cache)?;
-    let stored = saved.and_then(|scratch| using.cache.store(&scratch, more).map_err(|e| e.to_string()));
-    match stored {
-        Ok(bytes) => {
+    match saved.and_then(|saving| using.cache.store(&saving).map_err(|e| e.to_string())) {
+        Ok(graph) => {
             tracing::info!(entry = %using.cache.path().display(), "optimized model cached for this CPU and ONNX Runtime build");
-            using.bytes = bytes;
+            using.graph = Some(graph);
         }
         Err(e) => {
             tracing::warn!(entry = %using.cache.path().display(), error = %e, "cannot save the optimized model to the cache; later starts optimize again");
@@ -531,43 +501,36 @@ fn open_instance(
     Ok(session)
 }
 
-/// A session reading its graph and weights in place from `bytes`, which it keeps alive.
-fn open_cached(builder: SessionBuilder, bytes: &Arc<Entry>) -> Result<OpenSession, String> {
-    let session = builder
-        .with_config_entry("session.use_ort_model_bytes_directly", "1")
-        .map_err(builder_error)?
-        .with_config_entry("session.use_ort_model_bytes_for_initializers", "1")
-        .map_err(builder_error)?
-        .commit_from_memory(bytes.bytes())
-        .map_err(|e| e.to_string())?;
-    Ok(OpenSession { session, _bytes: Some(Arc::clone(bytes)) })
-}
-
-/// A session from the ONNX file that also saves its optimized graph for the cache, with the file
-/// it was saved to (or why not). When the save fails the session comes from a plain open, so a
-/// model ONNX Runtime refuses reports its own error.
+/// A session from the ONNX file that also saves its optimized graph for the cache (weights in a
+/// file of their own), with where it was saved (or why not). When the save fails the session
+/// comes from a plain open, so a model ONNX Runtime refuses reports its own error.
 fn open_and_save(
     env: &ort::environment::Environment,
     path: &Path,
     config: &SessionConfig,
     cache: &Cache,
-) -> Result<(OpenSession, Result<PathBuf, String>), String> {
-    let saving = cache.scratch().map_err(|e| e.to_string()).and_then(|scratch| {
+) -> Result<(Session, Result<Saving, String>), String> {
+    let saving = cache.saving().map_err(|e| e.to_string()).and_then(|saving| {
         let opened = builder(env, config)?
-            .with_optimized_model_path(&scratch)
+            .with_optimized_model_path(&saving.graph)
             .map_err(builder_error)?
-            .with_config_entry("session.save_model_format", "ORT")
+            .with_config_entry("session.optimized_model_external_initializers_file_name", &saving.data)
+            .map_err(builder_error)?
+            .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", EXTERNAL_FROM_BYTES)
             .map_err(builder_error)?
             .commit_from_file(path)
             .map_err(|e| e.to_string());
-        if opened.is_err() {
-            let _ = std::fs::remove_file(&scratch);
+        match opened {
+            Ok(session) => Ok((session, saving)),
+            Err(e) => {
+                cache.abandon(&saving);
+                Err(e)
+            }
         }
-        opened.map(|session| (session, scratch))
     });
     match saving {
-        Ok((session, scratch)) => Ok((session.into(), Ok(scratch))),
-        Err(why) => Ok((open_session(env, path, config)?.into(), Err(why))),
+        Ok((session, saving)) => Ok((session, Ok(saving))),
+        Err(why) => Ok((open_session(env, path, config)?, Err(why))),
     }
 }
 
@@ -706,7 +669,7 @@ fn warmup_inputs(
 /// Runs the session once on `tensors` and returns the shapes produced. A failure is logged and
 /// does not block readiness.
 fn warm_up(
-    session: &mut OpenSession,
+    session: &mut Session,
     model: &str,
     names: &[String],
     tensors: Vec<Tensor>,

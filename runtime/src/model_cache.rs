@@ -1,8 +1,8 @@
-//! The optimized-model cache: ONNX Runtime's own serialized form (ORT format) of a model after
-//! graph optimization, written the first time a model loads and read on every later start. A
-//! start from the cache skips parsing the protobuf and optimizing the graph, and the session
-//! reads its weights straight from the cached bytes (`session.use_ort_model_bytes_directly` and
-//! `session.use_ort_model_bytes_for_initializers`) instead of copying them.
+//! The optimized-model cache: each model's graph after ONNX Runtime's optimization, saved the
+//! first time the model loads (as ONNX, its weights in an external-data file that ONNX Runtime
+//! lays out page-aligned) and opened on every later start. A start from the cache skips graph
+//! optimization, and ONNX Runtime maps the weights file instead of copying the weights, so they
+//! stay in the page cache, shared by every instance and process that serves the model.
 //!
 //! An optimized graph can hold rewrites chosen for the CPU that made it (NCHWc blocks of 8 or 16
 //! floats, kernels picked by instruction set) that are wrong or unrunnable on another CPU. So an
@@ -12,32 +12,36 @@
 //! external data, every regular file beside it (canonical path, inode, size, modification and
 //! change times in nanoseconds; the change time moves on every write and cannot be set back by a
 //! user). On a file system without sub-second times, or a CPU without a flag list, there is no
-//! cache. The key's hash names the entry and the key itself is written beside it: an entry is
-//! used only when that key equals this process's key field for field, so an entry made on
-//! another CPU or for another file is never used, even when copied under the right name.
+//! cache. The key's hash names the entry and the key itself heads it: an entry is used only when
+//! that key equals this process's key field for field, so an entry made on another CPU or for
+//! another file is never used, even when copied under the right name.
 //!
-//! An entry is two files: `<model>-<hash>.ort`, the bytes ONNX Runtime saved (renamed into place,
-//! never copied), and `<model>-<hash>.json`, the key with the bytes' length and CRC-32. Each is
-//! written under a unique temporary name and renamed. A reader checks that the pair agrees
-//! (length, checksum), so a crash between the two renames, two starts writing the same entry at
-//! once or a damaged disk cost a new entry, never a wrong model. Making an entry removes the
-//! entries of the same model file under older keys. Nothing about the cache can stop a model
-//! from loading: every failure is logged and the model loads from its ONNX file.
+//! An entry is three files: `<model>-<hash>.json`, the header (the key, and the names, lengths
+//! and the graph's CRC-32 of the other two), and the graph and weights files ONNX Runtime wrote,
+//! under names of their own (`<model>-<hash>.<tag>.onnx` and `.data`) so that two starts writing
+//! the same entry at once never mix their files. The header is written last, under a temporary
+//! name, and renamed: until then the entry does not exist, so a crash or a full disk leaves no
+//! half entry. A reader checks the files against the header (lengths, the graph's checksum);
+//! an entry that disagrees, or that ONNX Runtime refuses, is made again. Making an entry removes
+//! the entries of the same model file under older keys and files no header names. Nothing about
+//! the cache can stop a model from loading: every failure is logged and the model loads from its
+//! ONNX file.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Optimization, SessionConfig};
 
 /// Bumped whenever the entry layout or the key's meaning changes.
-const FORMAT: u32 = 1;
-/// Longest header accepted.
+const FORMAT: u32 = 2;
+/// Longest header, and longest graph file, read whole.
 const MAX_HEADER: u64 = 1 << 20;
 /// Most files beside a model that are stamped; a directory holding more gets no cache.
 const MAX_FILES: usize = 1000;
+/// Initializers this large or larger go to the weights file (smaller ones stay in the graph).
+pub(crate) const EXTERNAL_FROM_BYTES: &str = "1024";
 
 /// Everything that decides what an optimized graph looks like.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +53,7 @@ pub(crate) struct Key {
     optimization: Optimization,
     /// Architecture, then the CPU description lines the kernel reports, flags sorted.
     cpu: Vec<String>,
-    /// The model file first, then the files beside it and its external-data files.
+    /// The model file first, then its external-data files and the files beside it.
     files: Vec<FileStamp>,
 }
 
@@ -64,61 +68,32 @@ struct FileStamp {
     changed: (i64, i64),
 }
 
-/// An entry's header file.
+/// An entry's header.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Header {
     nimify_optimized_model: Key,
+    /// The optimized graph, a file name in the cache directory.
+    graph: String,
+    graph_len: u64,
+    graph_crc32: u32,
+    /// Its weights, a file name in the cache directory.
+    data: String,
     data_len: u64,
-    /// CRC-32 of the ORT bytes: a flipped bit on disk is found before ONNX Runtime reads weights.
-    data_crc32: u32,
 }
 
-/// Cached ORT bytes in a 16-byte aligned buffer (`u128`s), as ONNX Runtime reads initializers
-/// in place. A session made from them must not outlive them: see `model::OpenSession`.
-pub(crate) struct Entry {
-    buf: Vec<u128>,
-    len: usize,
-}
-
-impl Entry {
-    /// The ORT-format model.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice::<u128, u8>(&self.buf)[..self.len]
-    }
-
-    /// Reads `file`, which must hold exactly `len` bytes.
-    fn read(mut file: std::fs::File, len: u64) -> std::io::Result<Self> {
-        let len = usize::try_from(len).map_err(std::io::Error::other)?;
-        let mut buf = vec![0u128; len.div_ceil(16)];
-        file.read_exact(&mut bytemuck::cast_slice_mut::<u128, u8>(&mut buf)[..len])?;
-        if file.read(&mut [0u8])? != 0 {
-            return Err(std::io::Error::other("the file grew while it was read"));
-        }
-        Ok(Self { buf, len })
-    }
-}
-
-/// CRC-32 of a whole file, read in pieces.
-fn file_crc32(path: &Path) -> std::io::Result<(u64, u32)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok((len, hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
+/// Where ONNX Runtime saves a new entry's graph (its weights go beside it, named `data`).
+pub(crate) struct Saving {
+    pub graph: PathBuf,
+    pub data: String,
 }
 
 /// One model's place in the cache.
 pub(crate) struct Cache {
     key: Key,
-    entry: PathBuf,
+    dir: PathBuf,
+    /// `<model>-<hash>`: the header's name and the prefix of the entry's files.
+    name: String,
 }
 
 impl Cache {
@@ -155,34 +130,112 @@ impl Cache {
         let json = serde_json::to_vec(&key).ok()?;
         let hash: String = sha2::Sha256::digest(&json).iter().take(16).map(|b| format!("{b:02x}")).collect();
         let stem: String = key.files[0].path.file_stem()?.to_string_lossy().chars().take(64).collect();
-        Some(Self { entry: dir.join(format!("{stem}-{hash}.ort")), key })
-    }
-
-    /// The entry's ORT file.
-    pub(crate) fn path(&self) -> &Path {
-        &self.entry
+        Some(Self { name: format!("{stem}-{hash}"), dir: dir.to_path_buf(), key })
     }
 
     /// The entry's header file.
-    fn header_path(&self) -> PathBuf {
-        self.entry.with_extension("json")
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.name))
     }
 
-    /// The cached bytes when a usable entry exists; `None` when there is none, or (logged) when
-    /// it is unreadable, damaged or keyed for something else, so that a new one replaces it.
-    pub(crate) fn load(&self) -> Option<Arc<Entry>> {
-        match read_entry(&self.entry, &self.header_path(), &self.key) {
-            Ok(entry) => Some(Arc::new(entry)),
+    /// The graph file to open when a usable entry exists; `None` when there is none, or (logged)
+    /// when it is unreadable, damaged or keyed for something else, so that a new one replaces it.
+    pub(crate) fn load(&self) -> Option<PathBuf> {
+        match self.read() {
+            Ok(graph) => Some(graph),
             Err(Miss::Absent) => None,
             Err(Miss::OtherKey(why)) => {
-                tracing::warn!(entry = %self.entry.display(), "optimized-model cache entry not used: {why}; making a new one");
+                tracing::warn!(entry = %self.path().display(), "optimized-model cache entry not used: {why}; making a new one");
                 None
             }
             Err(Miss::Broken(why)) => {
-                tracing::warn!(entry = %self.entry.display(), "optimized-model cache entry is broken ({why}); making a new one");
+                tracing::warn!(entry = %self.path().display(), "optimized-model cache entry is broken ({why}); making a new one");
                 None
             }
         }
+    }
+
+    fn read(&self) -> Result<PathBuf, Miss> {
+        let header = read_header(&self.path())?;
+        if let Some(why) = differs(&header.nimify_optimized_model, &self.key) {
+            return Err(Miss::OtherKey(why));
+        }
+        let (graph, data) = (self.dir.join(&header.graph), self.dir.join(&header.data));
+        let len = |path: &Path| std::fs::metadata(path).map(|m| m.len()).ok();
+        let broken = |what: &str, path: &Path, want: u64| {
+            Miss::Broken(format!("{what} {} is {:?} bytes, its header says {want}", path.display(), len(path)))
+        };
+        if len(&data) != Some(header.data_len) {
+            return Err(broken("weights file", &data, header.data_len));
+        }
+        if header.graph_len > MAX_HEADER || len(&graph) != Some(header.graph_len) {
+            return Err(broken("graph file", &graph, header.graph_len));
+        }
+        let bytes = std::fs::read(&graph).map_err(|e| Miss::Broken(format!("cannot read {}: {e}", graph.display())))?;
+        if crc32fast::hash(&bytes) != header.graph_crc32 {
+            return Err(Miss::Broken(format!("{} does not match its checksum", graph.display())));
+        }
+        Ok(graph)
+    }
+
+    /// Fresh, unique names for ONNX Runtime to save a new entry's graph and weights under;
+    /// `Err` when the directory cannot be made or written.
+    pub(crate) fn saving(&self) -> std::io::Result<Saving> {
+        std::fs::create_dir_all(&self.dir)?;
+        let graph = tempfile::Builder::new()
+            .prefix(&format!("{}.", self.name))
+            .suffix(".onnx")
+            .tempfile_in(&self.dir)?
+            .into_temp_path()
+            .keep()
+            .map_err(|e| e.error)?;
+        let data = graph.with_extension("data").file_name().map(|n| n.to_string_lossy().into_owned());
+        Ok(Saving { data: data.ok_or_else(|| std::io::Error::other("no file name"))?, graph })
+    }
+
+    /// Removes what ONNX Runtime saved for an entry that is not made.
+    pub(crate) fn abandon(&self, saving: &Saving) {
+        let _ = std::fs::remove_file(&saving.graph);
+        let _ = std::fs::remove_file(self.dir.join(&saving.data));
+    }
+
+    /// Makes the files ONNX Runtime saved the entry, when the model's files are still those the
+    /// key stamped: the header written under a temporary name and renamed, then the model's
+    /// older entries and stray files removed. Returns the graph to open. What was saved is
+    /// removed when this fails.
+    pub(crate) fn store(&self, saving: &Saving) -> std::io::Result<PathBuf> {
+        let result = self.commit(saving);
+        if result.is_err() {
+            self.abandon(saving);
+        }
+        result
+    }
+
+    fn commit(&self, saving: &Saving) -> std::io::Result<PathBuf> {
+        if !self.still_current() {
+            return Err(std::io::Error::other("the model's files changed while it loaded"));
+        }
+        let name = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let graph_bytes = std::fs::read(&saving.graph)?;
+        let data = self.dir.join(&saving.data);
+        // A model whose initializers are all small keeps them in the graph: no weights file.
+        if !data.exists() {
+            std::fs::write(&data, b"")?;
+        }
+        let data_len = std::fs::metadata(&data)?.len();
+        let header = Header {
+            nimify_optimized_model: self.key.clone(),
+            graph: name(&saving.graph),
+            graph_len: graph_bytes.len() as u64,
+            graph_crc32: crc32fast::hash(&graph_bytes),
+            data: saving.data.clone(),
+            data_len,
+        };
+        let tmp = tempfile::Builder::new().prefix(".nimify-").suffix(".tmp").tempfile_in(&self.dir)?;
+        std::fs::write(tmp.path(), serde_json::to_vec(&header).map_err(std::io::Error::other)?)?;
+        tmp.persist(self.path()).map_err(|e| e.error)?;
+        self.prune(&header);
+        Ok(saving.graph.clone())
     }
 
     /// Whether the model's files are still those the key stamped (none was written or swapped
@@ -193,74 +246,28 @@ impl Cache {
         stamp_all(model, &rest).is_ok_and(|files| files == self.key.files)
     }
 
-    /// A fresh, uniquely named file in the cache directory; `Err` when the directory cannot be
-    /// made or written.
-    pub(crate) fn scratch(&self) -> std::io::Result<PathBuf> {
-        let dir = self.entry.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let file = tempfile::Builder::new().prefix(".nimify-").suffix(".tmp").tempfile_in(dir)?;
-        file.into_temp_path().keep().map_err(|e| e.error)
-    }
-
-    /// Makes the ORT file ONNX Runtime saved at `saved` the entry, when the model's files are
-    /// still those the key stamped: its header written (to a temporary name, renamed), then the
-    /// file renamed into place, then older entries of the same model removed. Returns the bytes when `keep` (more sessions will open from them). `saved`
-    /// is gone either way.
-    pub(crate) fn store(&self, saved: &Path, keep: bool) -> std::io::Result<Option<Arc<Entry>>> {
-        let result = if self.still_current() {
-            self.commit(saved, keep)
-        } else {
-            Err(std::io::Error::other("the model's files changed while it loaded"))
-        };
-        if result.is_err() {
-            let _ = std::fs::remove_file(saved);
-        }
-        result
-    }
-
-    fn commit(&self, saved: &Path, keep: bool) -> std::io::Result<Option<Arc<Entry>>> {
-        let (entry, len, crc) = if keep {
-            let file = std::fs::File::open(saved)?;
-            let entry = Entry::read(file, std::fs::metadata(saved)?.len())?;
-            let crc = crc32fast::hash(entry.bytes());
-            let len = entry.len as u64;
-            (Some(Arc::new(entry)), len, crc)
-        } else {
-            let (len, crc) = file_crc32(saved)?;
-            (None, len, crc)
-        };
-        let header = Header { nimify_optimized_model: self.key.clone(), data_len: len, data_crc32: crc };
-        let tmp = self.scratch()?;
-        let written = serde_json::to_vec(&header)
-            .map_err(std::io::Error::other)
-            .and_then(|json| std::fs::write(&tmp, json))
-            .and_then(|()| std::fs::rename(&tmp, self.header_path()));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(saved, &self.entry)?;
-        self.prune();
-        Ok(entry)
-    }
-
-    /// Removes the entries of this model file made under other keys (an older model, runtime or
-    /// CPU): each is a model's size on disk that would never be read again.
-    fn prune(&self) {
-        let Some(dir) = self.entry.parent() else { return };
-        let Ok(listing) = std::fs::read_dir(dir) else { return };
-        let mine = self.header_path();
+    /// Removes this model file's entries under other keys (an older model, runtime or CPU) with
+    /// their files, and this entry's files that `mine` does not name (left by a crash or by a
+    /// start that lost the race to write it).
+    fn prune(&self, mine: &Header) {
+        let Ok(listing) = std::fs::read_dir(&self.dir) else { return };
+        let ours = format!("{}.", self.name);
         for item in listing.flatten() {
+            let file = item.file_name().to_string_lossy().into_owned();
             let path = item.path();
-            if path == mine || path.extension().is_none_or(|x| x != "json") {
+            if file.starts_with(&ours) {
+                if file != mine.graph && file != mine.data && !file.ends_with(".json") {
+                    let _ = std::fs::remove_file(&path);
+                }
                 continue;
             }
-            let same_model =
-                std::fs::read(&path).ok().and_then(|text| serde_json::from_slice::<Header>(&text).ok()).is_some_and(
-                    |h| h.nimify_optimized_model.files.first().map(|f| &f.path) == Some(&self.key.files[0].path),
-                );
-            if same_model {
-                let _ = std::fs::remove_file(path.with_extension("ort"));
+            if !file.ends_with(".json") {
+                continue;
+            }
+            let Ok(old) = read_header(&path) else { continue };
+            if old.nimify_optimized_model.files.first().map(|f| &f.path) == Some(&self.key.files[0].path) {
+                let _ = std::fs::remove_file(self.dir.join(&old.graph));
+                let _ = std::fs::remove_file(self.dir.join(&old.data));
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -273,36 +280,23 @@ enum Miss {
     Broken(String),
 }
 
-fn read_entry(ort: &Path, header: &Path, key: &Key) -> Result<Entry, Miss> {
-    let open = |path: &Path| match std::fs::File::open(path) {
-        Ok(f) => Ok(f),
+fn read_header(path: &Path) -> Result<Header, Miss> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
-            Err(Miss::Absent)
+            return Err(Miss::Absent);
         }
-        Err(e) => Err(Miss::Broken(format!("cannot open {}: {e}", path.display()))),
+        Err(e) => return Err(Miss::Broken(format!("cannot open its header: {e}"))),
     };
     let mut text = Vec::new();
-    open(header)?
-        .take(MAX_HEADER)
-        .read_to_end(&mut text)
-        .map_err(|e| Miss::Broken(format!("cannot read its header: {e}")))?;
+    file.take(MAX_HEADER).read_to_end(&mut text).map_err(|e| Miss::Broken(format!("cannot read its header: {e}")))?;
     let header: Header = serde_json::from_slice(&text).map_err(|e| Miss::Broken(format!("unreadable header: {e}")))?;
-    if let Some(why) = differs(&header.nimify_optimized_model, key) {
-        return Err(Miss::OtherKey(why));
+    // Names only: nothing outside the cache directory is read or removed.
+    let plain = |n: &str| !n.is_empty() && !n.contains('/') && !n.starts_with('.');
+    if !plain(&header.graph) || !plain(&header.data) {
+        return Err(Miss::Broken("its header names files outside the cache".into()));
     }
-    let file = open(ort).map_err(|miss| match miss {
-        Miss::Absent => Miss::Broken("its header has no model file".into()),
-        other => other,
-    })?;
-    let len = file.metadata().map_err(|e| Miss::Broken(format!("cannot read its size: {e}")))?.len();
-    if len != header.data_len {
-        return Err(Miss::Broken(format!("{len} bytes on disk, but the header says {}", header.data_len)));
-    }
-    let entry = Entry::read(file, header.data_len).map_err(|e| Miss::Broken(format!("cannot read it: {e}")))?;
-    if crc32fast::hash(entry.bytes()) != header.data_crc32 {
-        return Err(Miss::Broken("its bytes do not match their checksum".into()));
-    }
-    Ok(entry)
+    Ok(header)
 }
 
 /// Why an entry keyed `found` may not serve a process keyed `want`; `None` when they agree.
@@ -511,74 +505,102 @@ mod tests {
         assert_eq!(paths.len(), 5);
     }
 
-    #[test]
-    fn entries_round_trip_and_refuse_truncation_other_keys_and_garbage() {
-        let dir = tempfile::tempdir().expect("test files");
-        let model = model_in(dir.path(), "cnn.onnx");
-        let cache_dir = dir.path().join("c");
-        std::fs::create_dir_all(&cache_dir).expect("test files");
-        let cache = Cache::at(&cache_dir, key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
-        let saved = dir.path().join("saved.ort");
-        let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let store = |keep: bool| {
-            std::fs::write(&saved, &payload).expect("test files");
-            let stored = cache.store(&saved, keep).expect("test files");
-            assert_eq!(stored.as_ref().map(|e| e.bytes()), keep.then_some(&payload[..]));
-            assert!(!saved.exists(), "the saved file became the entry");
-        };
-        store(false);
-        let loaded = cache.load().expect("a hit");
-        assert_eq!(loaded.bytes(), &payload[..]);
-        assert_eq!(loaded.bytes().as_ptr() as usize % 16, 0, "ORT bytes start 16-byte aligned");
+    /// What ONNX Runtime would save for an entry: a graph and its weights.
+    fn save(cache: &Cache, graph: &[u8], data: &[u8]) -> Saving {
+        let saving = cache.saving().expect("test files");
+        std::fs::write(&saving.graph, graph).expect("test files");
+        std::fs::write(cache.dir.join(&saving.data), data).expect("test files");
+        saving
+    }
 
-        let other = Cache { key: key_for(&model, describe_cpu("x86_64", AVX512)), entry: cache.path().to_path_buf() };
-        assert!(other.load().is_none(), "keyed for another CPU");
-
-        let mut flipped = payload.clone();
-        flipped[5000] ^= 1;
-        let damage: [(&str, &dyn Fn()); 4] = [
-            ("truncated", &|| std::fs::write(cache.path(), &payload[..payload.len() - 1]).expect("test files")),
-            ("a flipped bit", &|| std::fs::write(cache.path(), &flipped).expect("test files")),
-            ("a header without its bytes", &|| std::fs::remove_file(cache.path()).expect("test files")),
-            ("not a header", &|| std::fs::write(cache.header_path(), b"not a header").expect("test files")),
-        ];
-        for (what, harm) in damage {
-            harm();
-            assert!(cache.load().is_none(), "{what}");
-            store(true);
-            assert_eq!(cache.load().expect("made again").bytes(), &payload[..], "{what}");
-        }
-        std::fs::write(&model, "retrained").expect("test files");
-        std::fs::write(&saved, &payload).expect("test files");
-        assert!(cache.store(&saved, false).is_err(), "a model written since it was stamped is not stored");
-        assert!(!saved.exists());
-        let mut names: Vec<_> = std::fs::read_dir(&cache_dir)
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
             .expect("test files")
             .map(|e| e.expect("test files").file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        let entry = cache.path().file_name().expect("a name").to_string_lossy().into_owned();
-        assert_eq!(names, [entry.replace(".ort", ".json"), entry], "no temporary files left");
+        names
+    }
+
+    #[test]
+    fn entries_round_trip_and_refuse_damage_other_keys_and_garbage() {
+        let dir = tempfile::tempdir().expect("test files");
+        let model = model_in(dir.path(), "cnn.onnx");
+        let cache = Cache::at(&dir.path().join("c"), key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
+        let store = || {
+            let saving = save(&cache, b"graph bytes", &[7u8; 5000]);
+            assert_eq!(cache.store(&saving).expect("stored"), saving.graph);
+            saving
+        };
+        let saving = store();
+        assert_eq!(cache.load(), Some(saving.graph.clone()));
+
+        let other = Cache {
+            key: key_for(&model, describe_cpu("x86_64", AVX512)),
+            dir: cache.dir.clone(),
+            name: cache.name.clone(),
+        };
+        assert_eq!(other.load(), None, "keyed for another CPU");
+
+        type Harm<'a> = &'a dyn Fn(&Saving);
+        let damage: [(&str, Harm<'_>); 5] = [
+            ("a changed graph", &|s| std::fs::write(&s.graph, b"graph bytez").expect("test files")),
+            ("a truncated graph", &|s| std::fs::write(&s.graph, b"graph").expect("test files")),
+            ("truncated weights", &|s| std::fs::write(cache.dir.join(&s.data), [7u8; 4999]).expect("test files")),
+            ("no weights", &|s| std::fs::remove_file(cache.dir.join(&s.data)).expect("test files")),
+            ("not a header", &|_| std::fs::write(cache.path(), b"not a header").expect("test files")),
+        ];
+        for (what, harm) in damage {
+            let saving = store();
+            harm(&saving);
+            assert_eq!(cache.load(), None, "{what}");
+        }
+        // Each store above replaced the entry before it; only the last one's files are left.
+        let saving = store();
+        assert_eq!(cache.load(), Some(saving.graph.clone()));
+        let file = |p: &Path| p.file_name().expect("a name").to_string_lossy().into_owned();
+        let mut want = vec![file(&cache.path()), file(&saving.graph), saving.data.clone()];
+        want.sort();
+        assert_eq!(names(&cache.dir), want, "no stray or temporary files left");
+
+        std::fs::write(&model, "retrained").expect("test files");
+        let saving = save(&cache, b"graph", b"data");
+        assert!(cache.store(&saving).is_err(), "a model written since it was stamped is not stored");
+        assert!(!saving.graph.exists() && !cache.dir.join(&saving.data).exists(), "what was saved is removed");
+    }
+
+    #[test]
+    fn a_header_naming_files_outside_the_cache_is_refused() {
+        let dir = tempfile::tempdir().expect("test files");
+        let model = model_in(dir.path(), "cnn.onnx");
+        let cache = Cache::at(&dir.path().join("c"), key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
+        let saving = save(&cache, b"graph", b"data");
+        cache.store(&saving).expect("stored");
+        let mut header: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(cache.path()).expect("test files")).expect("json");
+        header["data"] = "../m/cnn.onnx".into();
+        std::fs::write(cache.path(), header.to_string()).expect("test files");
+        assert_eq!(cache.load(), None);
     }
 
     #[test]
     fn a_new_entry_removes_the_older_entries_of_its_model_only() {
         let dir = tempfile::tempdir().expect("test files");
-        let saved = dir.path().join("saved.ort");
-        let store = |cache: &Cache| {
-            std::fs::write(&saved, b"ort bytes").expect("test files");
-            cache.store(&saved, false).expect("test files");
-        };
         let model = model_in(dir.path(), "cnn.onnx");
         let other_model = model_in(dir.path(), "other.onnx");
-        let old = Cache::at(dir.path(), key_for(&model, describe_cpu("x86_64", AVX512))).expect("a key");
-        let other = Cache::at(dir.path(), key_for(&other_model, describe_cpu("x86_64", AVX512))).expect("a key");
-        store(&old);
-        store(&other);
-        let new = Cache::at(dir.path(), key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
-        store(&new);
+        let c = dir.path().join("c");
+        let old = Cache::at(&c, key_for(&model, describe_cpu("x86_64", AVX512))).expect("a key");
+        let other = Cache::at(&c, key_for(&other_model, describe_cpu("x86_64", AVX512))).expect("a key");
+        old.store(&save(&old, b"old", b"old weights")).expect("stored");
+        other.store(&save(&other, b"other", b"other weights")).expect("stored");
+        let new = Cache::at(&c, key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
+        new.store(&save(&new, b"new", b"new weights")).expect("stored");
         assert!(new.load().is_some());
-        assert!(!old.path().exists() && !old.header_path().exists(), "the older entry of cnn.onnx is gone");
+        assert!(
+            names(&c).iter().all(|n| !n.starts_with(&old.name)),
+            "the older entry of cnn.onnx is gone: {:?}",
+            names(&c)
+        );
         assert!(other.load().is_some(), "another model's entry stays");
     }
 
@@ -596,7 +618,7 @@ mod tests {
         let blocker = dir.path().join("models");
         std::fs::write(&blocker, b"").expect("test files");
         let cache = Cache::at(&blocker, key(describe_cpu("x86_64", AVX2))).expect("a key");
-        assert!(cache.scratch().is_err());
+        assert!(cache.saving().is_err());
         assert!(cache.load().is_none());
     }
 }

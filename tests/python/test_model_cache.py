@@ -44,11 +44,19 @@ def said(server, text):
 
 
 def entries(cache):
-    return sorted(glob.glob(os.path.join(cache, "models", "*.ort")))
+    """The entries' headers."""
+    return sorted(glob.glob(os.path.join(cache, "models", "*.json")))
 
 
 def leftovers(cache):
-    return glob.glob(os.path.join(cache, "models", ".*"))
+    """Files in the cache that no entry's header names (temporary files, half-made entries)."""
+    models = os.path.join(cache, "models")
+    if not os.path.isdir(models):
+        return []
+    named = set()
+    for entry in entries(cache):
+        named |= {os.path.basename(entry), header(entry)["graph"], header(entry)["data"]}
+    return sorted(set(os.listdir(models)) - named)
 
 
 IMAGE = np.random.default_rng(5).standard_normal((2, 16, 12, 12)).astype(np.float32)
@@ -67,21 +75,47 @@ def serve(model_path, cache, ort_lib, *flags):
     return Server(model_path, *flags, env=env_for(cache, ort_lib))
 
 
+CONV = os.path.join(MODELS, "conv.onnx")
+
+
+def cached_conv(cache, ort_lib):
+    """A first start that fills `cache`: its answer and the entry's path."""
+    first = serve(CONV, cache, ort_lib)
+    fresh = infer_conv(first)
+    first.stop()
+    [entry] = entries(cache)
+    return fresh, entry
+
+
+def remade(cache, ort_lib, fresh, warning):
+    """A start that warns `warning`, makes the entry again and answers as `fresh` did."""
+    again = serve(CONV, cache, ort_lib)
+    warnings = [m["message"] for m in messages(again) if m["level"] == "WARN"]
+    assert any(warning in w for w in warnings), "".join(again.log)
+    assert said(again, CACHED) and not said(again, OPENED)
+    assert infer_conv(again).tobytes() == fresh.tobytes()
+    again.stop()
+
+
 def header(entry):
-    with open(entry[: -len(".ort")] + ".json") as f:
+    with open(entry) as f:
         return json.load(f)
 
 
 def rewrite_header(entry, change):
     h = header(entry)
     change(h)
-    with open(entry[: -len(".ort")] + ".json", "w") as f:
+    with open(entry, "w") as f:
         json.dump(h, f)
 
 
+def entry_file(entry, which):
+    """The graph or weights file an entry's header names."""
+    return os.path.join(os.path.dirname(entry), header(entry)[which])
+
+
 def test_a_second_start_opens_the_cached_graph_and_answers_bit_for_bit_alike(tmp_path, ort_lib):
-    conv = os.path.join(MODELS, "conv.onnx")
-    first = serve(conv, tmp_path, ort_lib)
+    first = serve(CONV, tmp_path, ort_lib)
     fresh = infer_conv(first)
     assert first.stop() == 0
     assert said(first, CACHED) and not said(first, OPENED)
@@ -89,11 +123,11 @@ def test_a_second_start_opens_the_cached_graph_and_answers_bit_for_bit_alike(tmp
     assert leftovers(tmp_path) == []
     h = header(entry)
     assert h["nimify_optimized_model"]["optimization"] == "all"
-    assert h["nimify_optimized_model"]["files"][0]["path"] == os.path.realpath(conv)
+    assert h["nimify_optimized_model"]["files"][0]["path"] == os.path.realpath(CONV)
     assert any(line.startswith("flags: ") or line.startswith("Features: ") for line in h["nimify_optimized_model"]["cpu"])
 
     # Two instances: both open from the one entry, and both answer.
-    second = serve(conv, tmp_path, ort_lib, "--instances", "2", "--batching", "false")
+    second = serve(CONV, tmp_path, ort_lib, "--instances", "2", "--batching", "false")
     assert len(said(second, OPENED)) == 2 and not said(second, CACHED)
     for _ in range(4):
         assert infer_conv(second).tobytes() == fresh.tobytes()
@@ -102,7 +136,7 @@ def test_a_second_start_opens_the_cached_graph_and_answers_bit_for_bit_alike(tmp
 
     # Without the cache nothing is read or written, and the answer is the same.
     other = tmp_path / "off"
-    off = serve(conv, other, ort_lib, "--model-cache", "false")
+    off = serve(CONV, other, ort_lib, "--model-cache", "false")
     assert infer_conv(off).tobytes() == fresh.tobytes()
     assert off.stop() == 0
     assert not said(off, OPENED) and not said(off, CACHED)
@@ -110,11 +144,7 @@ def test_a_second_start_opens_the_cached_graph_and_answers_bit_for_bit_alike(tmp
 
 
 def test_an_entry_made_on_another_cpu_or_runtime_is_never_used(tmp_path, ort_lib):
-    conv = os.path.join(MODELS, "conv.onnx")
-    first = serve(conv, tmp_path, ort_lib)
-    fresh = infer_conv(first)
-    first.stop()
-    [entry] = entries(tmp_path)
+    fresh, entry = cached_conv(tmp_path, ort_lib)
     here = header(entry)["nimify_optimized_model"]["cpu"]
 
     # The same entry, as if made on a CPU with one more instruction set and copied here.
@@ -123,70 +153,54 @@ def test_an_entry_made_on_another_cpu_or_runtime_is_never_used(tmp_path, ort_lib
         cpu[-1] = cpu[-1] + " avx10_2"
 
     for change, why in [
-        (other_cpu, "it was made on another CPU (only there: ["),
+        (other_cpu, "cache entry not used: it was made on another CPU (only there: ["),
         (lambda h: h["nimify_optimized_model"].update(onnxruntime="ORT Build Info: another"), "another ONNX Runtime build"),
     ]:
         rewrite_header(entry, change)
-        again = serve(conv, tmp_path, ort_lib)
-        warnings = [m for m in messages(again) if m["level"] == "WARN" and "cache entry not used" in m["message"]]
-        assert warnings and why in warnings[0]["message"], warnings
-        assert not said(again, OPENED) and said(again, CACHED)
-        assert infer_conv(again).tobytes() == fresh.tobytes()
-        again.stop()
+        remade(tmp_path, ort_lib, fresh, why)
         # Made again, for this CPU.
         assert header(entry)["nimify_optimized_model"]["cpu"] == here
 
 
-@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "empty", "not an entry"])
-def test_a_damaged_entry_is_removed_and_made_again(tmp_path, ort_lib, damage):
-    conv = os.path.join(MODELS, "conv.onnx")
-    first = serve(conv, tmp_path, ort_lib)
-    fresh = infer_conv(first)
-    first.stop()
-    [entry] = entries(tmp_path)
-    with open(entry, "rb") as f:
-        data = bytearray(f.read())
-    if damage == "flipped byte":
-        data[len(data) * 3 // 4] ^= 0x40
-    elif damage == "truncated":
-        data = data[: len(data) - 100]
-    elif damage == "empty":
-        data = b""
+@pytest.mark.parametrize("damage", ["a changed graph", "a truncated graph", "truncated weights", "no weights", "not a header"])
+def test_a_damaged_entry_is_made_again(tmp_path, ort_lib, damage):
+    fresh, entry = cached_conv(tmp_path, ort_lib)
+    graph, weights = entry_file(entry, "graph"), entry_file(entry, "data")
+    if damage == "a changed graph":
+        data = bytearray(open(graph, "rb").read())
+        data[len(data) // 2] ^= 0x40
+        open(graph, "wb").write(data)
+    elif damage == "a truncated graph":
+        os.truncate(graph, os.path.getsize(graph) - 10)
+    elif damage == "truncated weights":
+        os.truncate(weights, os.path.getsize(weights) - 4096)
+    elif damage == "no weights":
+        os.remove(weights)
     else:
-        data = b"\x00" * 4096
-    with open(entry, "wb") as f:
-        f.write(data)
-    again = serve(conv, tmp_path, ort_lib)
-    assert any(m["level"] == "WARN" and "is broken" in m["message"] for m in messages(again)), "".join(again.log)
-    assert said(again, CACHED) and not said(again, OPENED)
-    assert infer_conv(again).tobytes() == fresh.tobytes()
-    again.stop()
-    third = serve(conv, tmp_path, ort_lib)
+        open(entry, "w").write("{")
+    remade(tmp_path, ort_lib, fresh, "is broken")
+    third = serve(CONV, tmp_path, ort_lib)
     assert said(third, OPENED)
     assert infer_conv(third).tobytes() == fresh.tobytes()
     third.stop()
     assert leftovers(tmp_path) == []
+    # The new entry's files and nothing else.
+    [entry] = entries(tmp_path)
+    files = sorted(os.listdir(os.path.dirname(entry)))
+    assert files == sorted(os.path.basename(p) for p in (entry, entry_file(entry, "graph"), entry_file(entry, "data")))
 
 
-def test_bytes_onnx_runtime_refuses_are_replaced(tmp_path, ort_lib):
-    """Length and checksum agree with the header, but the bytes are no ORT model."""
+def test_a_graph_onnx_runtime_refuses_is_replaced(tmp_path, ort_lib):
+    """Length and checksum agree with the header, but the graph is no model."""
     import zlib
 
-    conv = os.path.join(MODELS, "conv.onnx")
-    first = serve(conv, tmp_path, ort_lib)
-    fresh = infer_conv(first)
-    first.stop()
-    [entry] = entries(tmp_path)
-    junk = bytes(range(256)) * 64
-    with open(entry, "wb") as f:
+    fresh, entry = cached_conv(tmp_path, ort_lib)
+    junk = bytes(range(256)) * 4
+    with open(entry_file(entry, "graph"), "wb") as f:
         f.write(junk)
-    rewrite_header(entry, lambda h: h.update(data_len=len(junk), data_crc32=zlib.crc32(junk)))
-    again = serve(conv, tmp_path, ort_lib)
-    assert any(m["level"] == "WARN" and "refused the cached optimized model" in m["message"] for m in messages(again)), "".join(again.log)
-    assert said(again, CACHED)
-    assert infer_conv(again).tobytes() == fresh.tobytes()
-    again.stop()
-    assert header(entry)["data_len"] == os.path.getsize(entry) != len(junk)
+    rewrite_header(entry, lambda h: h.update(graph_len=len(junk), graph_crc32=zlib.crc32(junk)))
+    remade(tmp_path, ort_lib, fresh, "refused the cached optimized model")
+    assert header(entry)["graph_len"] != len(junk)
 
 
 def test_changed_external_weights_never_use_the_old_entry(tmp_path, ort_lib):
@@ -225,9 +239,9 @@ def test_an_unusable_cache_directory_costs_only_the_cache(tmp_path, ort_lib):
     # NIMIFY_CACHE_DIR/models cannot be made: NIMIFY_CACHE_DIR is a file.
     blocker = tmp_path / "cache"
     blocker.write_text("")
-    s = serve(os.path.join(MODELS, "conv.onnx"), blocker, ort_lib)
+    s = serve(CONV, blocker, ort_lib)
     assert any(m["level"] == "WARN" and "cannot save the optimized model" in m["message"] for m in messages(s)), "".join(s.log)
-    reference = serve(os.path.join(MODELS, "conv.onnx"), tmp_path / "off", ort_lib, "--model-cache", "false")
+    reference = serve(CONV, tmp_path / "off", ort_lib, "--model-cache", "false")
     assert infer_conv(s).tobytes() == infer_conv(reference).tobytes()
     s.stop()
     reference.stop()

@@ -79,6 +79,33 @@ def test_models_that_cannot_batch_stay_correct_with_batching_on(start, model):
     assert metric(server, "nv_inference_request_success", model) == 48
 
 
+def test_learned_batching_stops_merging_requests_whose_merge_always_fails(start):
+    """batch_mismatch answers a merged batch with the wrong dim 0, so every merge runs again one by
+    one. Rounds of two concurrent two-item requests, a batch of four preferred: the learned policy
+    records each failed merge as far dearer than running alone, so once that size is measured
+    (three times) each request runs alone: two executions a round, where a failed merge costs
+    three."""
+    server = start("batch_mismatch", "--batch-policy", "learned", "--max-batch-size", "4", "--preferred-batch-size", "4",
+                   "--max-queue-delay-us", "500000", "--instances", "1")
+    x = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]}
+
+    def call(_):
+        r = requests.post(f"{server.url}/v2/models/batch_mismatch/infer", json=x, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["outputs"][0]["data"]
+
+    def round_of_two():
+        before = metric(server, "nv_inference_exec_count", "batch_mismatch")
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(call, range(2)))
+        assert answers[0] == answers[1]
+        return metric(server, "nv_inference_exec_count", "batch_mismatch") - before
+
+    first = [round_of_two() for _ in range(8)]
+    assert first.count(3) <= 3, first
+    assert [round_of_two() for _ in range(6)] == [2] * 6
+
+
 def test_a_preferred_batch_size_runs_without_waiting_out_the_delay(start):
     """Four one-item requests with preferred size 4 and a 60 s queue delay: the batch runs as soon
     as it holds four (a wait for more would outlast the clients' 30 s timeout)."""
