@@ -22,9 +22,9 @@ use crate::error::ApiError;
 use crate::metrics::{ModelMetrics, micros};
 use crate::tensor::{Tensor, from_ort};
 
-/// What a merged run that had to be redone one by one counts as in the plan's costs: far above
-/// any real run, since such a merge (outputs whose dim 0 is not the batch, a failure) mostly
-/// fails again; the plan tries the size again only when it measures it afresh.
+/// What a merged run whose outputs could not be split back counts as in the plan's costs: far
+/// above any real run, since such a merge fails again; the plan tries the size again only when it
+/// measures it afresh.
 const FAILED_MERGE: Duration = Duration::from_secs(3600);
 
 /// Outputs by name, in the order asked for.
@@ -139,8 +139,8 @@ impl Worker {
             self.metrics.stats.dequeued(waited);
             self.metrics.queue_seconds.observe(waited.as_secs_f64());
         }
-        // A merge that had to run one by one: recorded as [`FAILED_MERGE`], so the plan stops
-        // merging to that size until it measures it afresh.
+        // A merge the model's outputs could not be split back from: recorded as
+        // [`FAILED_MERGE`], so the plan stops merging to that size until it measures it afresh.
         let mut failed_merge = None;
         if jobs.len() > 1 {
             let items = jobs.iter().map(|j| j.items).sum();
@@ -161,7 +161,8 @@ impl Worker {
                     return;
                 }
                 Batched::Stopped => return,
-                Batched::OneByOne => failed_merge = Some(items),
+                Batched::OneByOne => {}
+                Batched::Unmergeable => failed_merge = Some(items),
             }
         }
         for job in jobs {
@@ -214,9 +215,9 @@ impl Worker {
         for (name, tensor) in outputs {
             if tensor.shape.first() != Some(&total) {
                 tracing::debug!(output = %name, expected = total, shape = ?tensor.shape, "output dim 0 is not the batch; running requests one by one");
-                return Batched::OneByOne;
+                return Batched::Unmergeable;
             }
-            let Some(pieces) = tensor.split(&rows) else { return Batched::OneByOne };
+            let Some(pieces) = tensor.split(&rows) else { return Batched::Unmergeable };
             for (slot, piece) in per_job.iter_mut().zip(pieces) {
                 slot.push((name.clone(), piece));
             }
@@ -226,7 +227,7 @@ impl Worker {
             .zip(jobs)
             .map(|(all, job)| select(all, &job.wanted).ok())
             .collect::<Option<Vec<_>>>()
-            .map_or(Batched::OneByOne, Batched::Done)
+            .map_or(Batched::Unmergeable, Batched::Done)
     }
 
     /// One execution for the requests behind `links`, counted in `exec_count` and compute time
@@ -275,8 +276,12 @@ impl Worker {
 enum Batched {
     /// Each request's outputs, in order.
     Done(Vec<Outputs>),
-    /// The outputs cannot be split back (or the merged run failed): run each request alone.
+    /// The merged run failed or answered too much (perhaps for one request's sake): run each
+    /// request alone.
     OneByOne,
+    /// The model's outputs cannot be split back per request (dim 0 is not the batch): run each
+    /// request alone, and merging to this size does not pay.
+    Unmergeable,
     /// Every request went, and the run was stopped.
     Stopped,
 }

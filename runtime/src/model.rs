@@ -292,8 +292,11 @@ impl Model {
             true => Some(warmup_inputs(&name, &inputs, &outputs, settings.warmup)?),
             false => None,
         };
-        let mut cache = Cache::new(&path, &external_files(&path, &info), settings.session)
-            .map(|cache| CacheUse { graph: cache.load(), cache });
+        let mut cache = Cache::new(&path, &external_files(&path, &info), settings.session).map(|cache| CacheUse {
+            graph: cache.load(),
+            cache,
+            refused: false,
+        });
         for instance in 0..settings.session.instances.max(1) {
             let mut session = open_instance(env, &path, settings.session, &mut cache)
                 .map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
@@ -459,6 +462,8 @@ pub fn open_session(
 struct CacheUse {
     cache: Cache,
     graph: Option<PathBuf>,
+    /// ONNX Runtime refused an entry during this load.
+    refused: bool,
 }
 
 /// Opens one session instance: from the cached optimized graph when there is a usable one, else
@@ -482,8 +487,24 @@ fn open_instance(
                 return Ok(session);
             }
             Err(e) => {
-                tracing::warn!(entry = %using.cache.path().display(), error = %e, "ONNX Runtime refused the cached optimized model; making a new one");
-                using.graph = None;
+                // Another start may have just replaced the entry: its graph, when there is one.
+                match using.cache.load().filter(|g| g != graph) {
+                    Some(newer) => {
+                        using.graph = Some(newer);
+                        return open_instance(env, path, config, cache);
+                    }
+                    // Made again once; refused again, the cache is left alone for this load.
+                    None if !using.refused => {
+                        tracing::warn!(entry = %using.cache.path().display(), error = %e, "ONNX Runtime refused the cached optimized model; making a new one");
+                        using.graph = None;
+                        using.refused = true;
+                    }
+                    None => {
+                        tracing::warn!(entry = %using.cache.path().display(), error = %e, "ONNX Runtime refused the cached optimized model again; loading the ONNX file");
+                        *cache = None;
+                        return open_session(env, path, config);
+                    }
+                }
             }
         }
     }
@@ -511,15 +532,19 @@ fn open_and_save(
     cache: &Cache,
 ) -> Result<(Session, Result<Saving, String>), String> {
     let saving = cache.saving().map_err(|e| e.to_string()).and_then(|saving| {
-        let opened = builder(env, config)?
-            .with_optimized_model_path(&saving.graph)
-            .map_err(builder_error)?
-            .with_config_entry("session.optimized_model_external_initializers_file_name", &saving.data)
-            .map_err(builder_error)?
-            .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", EXTERNAL_FROM_BYTES)
-            .map_err(builder_error)?
-            .commit_from_file(path)
-            .map_err(|e| e.to_string());
+        let opened = builder(env, config).and_then(|b| {
+            b.with_optimized_model_path(&saving.graph)
+                .map_err(builder_error)?
+                .with_config_entry("session.optimized_model_external_initializers_file_name", &saving.data)
+                .map_err(builder_error)?
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_min_size_in_bytes",
+                    EXTERNAL_FROM_BYTES,
+                )
+                .map_err(builder_error)?
+                .commit_from_file(path)
+                .map_err(|e| e.to_string())
+        });
         match opened {
             Ok(session) => Ok((session, saving)),
             Err(e) => {

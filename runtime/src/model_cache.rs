@@ -36,8 +36,11 @@ use crate::config::{Optimization, SessionConfig};
 
 /// Bumped whenever the entry layout or the key's meaning changes.
 const FORMAT: u32 = 2;
-/// Longest header, and longest graph file, read whole.
+/// Longest header read.
 const MAX_HEADER: u64 = 1 << 20;
+/// How long a file of an entry that no header names is left alone (another start may be saving
+/// it).
+const STRAY_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 /// Most files beside a model that are stamped; a directory holding more gets no cache.
 const MAX_FILES: usize = 1000;
 /// Initializers this large or larger go to the weights file (smaller ones stay in the graph).
@@ -129,7 +132,15 @@ impl Cache {
         use sha2::Digest;
         let json = serde_json::to_vec(&key).ok()?;
         let hash: String = sha2::Sha256::digest(&json).iter().take(16).map(|b| format!("{b:02x}")).collect();
-        let stem: String = key.files[0].path.file_stem()?.to_string_lossy().chars().take(64).collect();
+        // A plain, short file-name prefix: ASCII letters, digits, `-` and `_` (never a leading dot).
+        let stem: String = key.files[0]
+            .path
+            .file_stem()?
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .take(64)
+            .collect();
         Some(Self { name: format!("{stem}-{hash}"), dir: dir.to_path_buf(), key })
     }
 
@@ -168,11 +179,11 @@ impl Cache {
         if len(&data) != Some(header.data_len) {
             return Err(broken("weights file", &data, header.data_len));
         }
-        if header.graph_len > MAX_HEADER || len(&graph) != Some(header.graph_len) {
+        if len(&graph) != Some(header.graph_len) {
             return Err(broken("graph file", &graph, header.graph_len));
         }
-        let bytes = std::fs::read(&graph).map_err(|e| Miss::Broken(format!("cannot read {}: {e}", graph.display())))?;
-        if crc32fast::hash(&bytes) != header.graph_crc32 {
+        let crc = file_crc32(&graph).map_err(|e| Miss::Broken(format!("cannot read {}: {e}", graph.display())))?;
+        if crc != header.graph_crc32 {
             return Err(Miss::Broken(format!("{} does not match its checksum", graph.display())));
         }
         Ok(graph)
@@ -181,7 +192,12 @@ impl Cache {
     /// Fresh, unique names for ONNX Runtime to save a new entry's graph and weights under;
     /// `Err` when the directory cannot be made or written.
     pub(crate) fn saving(&self) -> std::io::Result<Saving> {
-        std::fs::create_dir_all(&self.dir)?;
+        // Only this user reads the weights, whatever the model file's own mode.
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(&self.dir)?;
         let graph = tempfile::Builder::new()
             .prefix(&format!("{}.", self.name))
             .suffix(".onnx")
@@ -189,7 +205,14 @@ impl Cache {
             .into_temp_path()
             .keep()
             .map_err(|e| e.error)?;
-        let data = graph.with_extension("data").file_name().map(|n| n.to_string_lossy().into_owned());
+        // The weights' name is taken too (ONNX Runtime truncates what it writes to), never an
+        // existing file's.
+        let data_path = graph.with_extension("data");
+        if let Err(e) = std::fs::OpenOptions::new().write(true).create_new(true).open(&data_path) {
+            let _ = std::fs::remove_file(&graph);
+            return Err(e);
+        }
+        let data = data_path.file_name().map(|n| n.to_string_lossy().into_owned());
         Ok(Saving { data: data.ok_or_else(|| std::io::Error::other("no file name"))?, graph })
     }
 
@@ -216,24 +239,34 @@ impl Cache {
             return Err(std::io::Error::other("the model's files changed while it loaded"));
         }
         let name = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let graph_bytes = std::fs::read(&saving.graph)?;
         let data = self.dir.join(&saving.data);
-        // A model whose initializers are all small keeps them in the graph: no weights file.
+        // A model whose initializers are all small keeps them in the graph, and ONNX Runtime
+        // leaves no weights file (a graph that did name one would fail its open, and be made
+        // again, never serve).
         if !data.exists() {
             std::fs::write(&data, b"")?;
         }
-        let data_len = std::fs::metadata(&data)?.len();
+        // On disk before the header names them: after a power cut a header never points at
+        // weights that did not reach the disk (their length is all a reader checks).
+        for file in [&saving.graph, &data] {
+            std::fs::File::open(file)?.sync_all()?;
+        }
+        let (graph_len, graph_crc32) = (std::fs::metadata(&saving.graph)?.len(), file_crc32(&saving.graph)?);
         let header = Header {
             nimify_optimized_model: self.key.clone(),
             graph: name(&saving.graph),
-            graph_len: graph_bytes.len() as u64,
-            graph_crc32: crc32fast::hash(&graph_bytes),
+            graph_len,
+            graph_crc32,
             data: saving.data.clone(),
-            data_len,
+            data_len: std::fs::metadata(&data)?.len(),
         };
         let tmp = tempfile::Builder::new().prefix(".nimify-").suffix(".tmp").tempfile_in(&self.dir)?;
         std::fs::write(tmp.path(), serde_json::to_vec(&header).map_err(std::io::Error::other)?)?;
+        tmp.as_file().sync_all()?;
         tmp.persist(self.path()).map_err(|e| e.error)?;
+        if let Ok(dir) = std::fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
         self.prune(&header);
         Ok(saving.graph.clone())
     }
@@ -246,17 +279,25 @@ impl Cache {
         stamp_all(model, &rest).is_ok_and(|files| files == self.key.files)
     }
 
-    /// Removes this model file's entries under other keys (an older model, runtime or CPU) with
-    /// their files, and this entry's files that `mine` does not name (left by a crash or by a
-    /// start that lost the race to write it).
+    /// Removes this model file's entries for other versions of its files (the model changed:
+    /// they can never be used again) with their files, and this entry's files that `mine` does
+    /// not name and nobody has written for [`STRAY_AFTER`] (left by a crash or by a start that
+    /// lost the race to write the entry; a younger one may be another start's save in progress).
+    /// Entries of the same files for another ONNX Runtime, CPU or level stay: processes that
+    /// differ so can share a cache directory.
     fn prune(&self, mine: &Header) {
         let Ok(listing) = std::fs::read_dir(&self.dir) else { return };
         let ours = format!("{}.", self.name);
+        let stale = |path: &Path| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STRAY_AFTER))
+        };
         for item in listing.flatten() {
             let file = item.file_name().to_string_lossy().into_owned();
             let path = item.path();
             if file.starts_with(&ours) {
-                if file != mine.graph && file != mine.data && !file.ends_with(".json") {
+                if file != mine.graph && file != mine.data && !file.ends_with(".json") && stale(&path) {
                     let _ = std::fs::remove_file(&path);
                 }
                 continue;
@@ -265,11 +306,25 @@ impl Cache {
                 continue;
             }
             let Ok(old) = read_header(&path) else { continue };
-            if old.nimify_optimized_model.files.first().map(|f| &f.path) == Some(&self.key.files[0].path) {
+            let files = &old.nimify_optimized_model.files;
+            if files.first().map(|f| &f.path) == Some(&self.key.files[0].path) && *files != self.key.files {
                 let _ = std::fs::remove_file(self.dir.join(&old.graph));
                 let _ = std::fs::remove_file(self.dir.join(&old.data));
                 let _ = std::fs::remove_file(&path);
             }
+        }
+    }
+}
+
+/// CRC-32 of a whole file, read in pieces.
+fn file_crc32(path: &Path) -> std::io::Result<u32> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(hasher.finalize()),
+            n => hasher.update(&buf[..n]),
         }
     }
 }
@@ -291,10 +346,14 @@ fn read_header(path: &Path) -> Result<Header, Miss> {
     let mut text = Vec::new();
     file.take(MAX_HEADER).read_to_end(&mut text).map_err(|e| Miss::Broken(format!("cannot read its header: {e}")))?;
     let header: Header = serde_json::from_slice(&text).map_err(|e| Miss::Broken(format!("unreadable header: {e}")))?;
-    // Names only: nothing outside the cache directory is read or removed.
-    let plain = |n: &str| !n.is_empty() && !n.contains('/') && !n.starts_with('.');
-    if !plain(&header.graph) || !plain(&header.data) {
-        return Err(Miss::Broken("its header names files outside the cache".into()));
+    // Only this entry's own files: `<name>.<tag>.onnx` and `<name>.<tag>.data`, nothing outside
+    // the cache directory or of another entry.
+    let name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tag = header.graph.strip_prefix(&format!("{name}.")).and_then(|rest| rest.strip_suffix(".onnx"));
+    let own = tag
+        .is_some_and(|tag| !tag.is_empty() && !tag.contains(['/', '.']) && header.data == format!("{name}.{tag}.data"));
+    if !own {
+        return Err(Miss::Broken("its header names files that are not its own".into()));
     }
     Ok(header)
 }
@@ -555,13 +614,22 @@ mod tests {
             harm(&saving);
             assert_eq!(cache.load(), None, "{what}");
         }
-        // Each store above replaced the entry before it; only the last one's files are left.
+        // Each store above replaced the entry before it; the replaced files are young strays,
+        // left for a while (another start might be saving them), then removed by a later store.
+        let saving = store();
+        assert_eq!(cache.load(), Some(saving.graph.clone()));
+        assert!(names(&cache.dir).len() > 3, "young strays stay: {:?}", names(&cache.dir));
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for name in names(&cache.dir) {
+            let file = std::fs::File::options().append(true).open(cache.dir.join(&name)).expect("test files");
+            file.set_modified(an_hour_ago).expect("test files");
+        }
         let saving = store();
         assert_eq!(cache.load(), Some(saving.graph.clone()));
         let file = |p: &Path| p.file_name().expect("a name").to_string_lossy().into_owned();
         let mut want = vec![file(&cache.path()), file(&saving.graph), saving.data.clone()];
         want.sort();
-        assert_eq!(names(&cache.dir), want, "no stray or temporary files left");
+        assert_eq!(names(&cache.dir), want, "old strays and temporary files are gone");
 
         std::fs::write(&model, "retrained").expect("test files");
         let saving = save(&cache, b"graph", b"data");
@@ -570,38 +638,58 @@ mod tests {
     }
 
     #[test]
-    fn a_header_naming_files_outside_the_cache_is_refused() {
+    fn a_header_naming_files_that_are_not_its_own_is_refused_and_they_are_left_alone() {
         let dir = tempfile::tempdir().expect("test files");
         let model = model_in(dir.path(), "cnn.onnx");
         let cache = Cache::at(&dir.path().join("c"), key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
-        let saving = save(&cache, b"graph", b"data");
-        cache.store(&saving).expect("stored");
+        cache.store(&save(&cache, b"graph", b"data")).expect("stored");
         let mut header: serde_json::Value =
             serde_json::from_slice(&std::fs::read(cache.path()).expect("test files")).expect("json");
         header["data"] = "../m/cnn.onnx".into();
+        header["data_len"] = std::fs::metadata(&model).expect("test files").len().into();
         std::fs::write(cache.path(), header.to_string()).expect("test files");
         assert_eq!(cache.load(), None);
+        cache.store(&save(&cache, b"graph", b"data")).expect("stored");
+        assert!(model.exists(), "the model named by a forged header is never removed");
+        assert!(cache.load().is_some());
     }
 
     #[test]
-    fn a_new_entry_removes_the_older_entries_of_its_model_only() {
+    fn a_changed_model_removes_its_older_entries_and_keeps_other_cpus_and_models() {
         let dir = tempfile::tempdir().expect("test files");
         let model = model_in(dir.path(), "cnn.onnx");
         let other_model = model_in(dir.path(), "other.onnx");
         let c = dir.path().join("c");
-        let old = Cache::at(&c, key_for(&model, describe_cpu("x86_64", AVX512))).expect("a key");
-        let other = Cache::at(&c, key_for(&other_model, describe_cpu("x86_64", AVX512))).expect("a key");
-        old.store(&save(&old, b"old", b"old weights")).expect("stored");
-        other.store(&save(&other, b"other", b"other weights")).expect("stored");
+        let old = Cache::at(&c, key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
+        let other_cpu = Cache::at(&c, key_for(&model, describe_cpu("x86_64", AVX512))).expect("a key");
+        let other = Cache::at(&c, key_for(&other_model, describe_cpu("x86_64", AVX2))).expect("a key");
+        for cache in [&old, &other_cpu, &other] {
+            cache.store(&save(cache, b"graph", b"weights")).expect("stored");
+        }
+        std::fs::write(&model, "retrained").expect("test files");
         let new = Cache::at(&c, key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
         new.store(&save(&new, b"new", b"new weights")).expect("stored");
         assert!(new.load().is_some());
         assert!(
             names(&c).iter().all(|n| !n.starts_with(&old.name)),
-            "the older entry of cnn.onnx is gone: {:?}",
+            "the entry of the old cnn.onnx is gone: {:?}",
             names(&c)
         );
+        // An entry of the old file for another CPU goes too: its files changed as well.
+        assert!(names(&c).iter().all(|n| !n.starts_with(&other_cpu.name)));
         assert!(other.load().is_some(), "another model's entry stays");
+    }
+
+    #[test]
+    fn entries_for_another_cpu_of_the_same_files_stay() {
+        let dir = tempfile::tempdir().expect("test files");
+        let model = model_in(dir.path(), "cnn.onnx");
+        let c = dir.path().join("c");
+        let here = Cache::at(&c, key_for(&model, describe_cpu("x86_64", AVX2))).expect("a key");
+        let there = Cache::at(&c, key_for(&model, describe_cpu("x86_64", AVX512))).expect("a key");
+        there.store(&save(&there, b"there", b"weights")).expect("stored");
+        here.store(&save(&here, b"here", b"weights")).expect("stored");
+        assert!(here.load().is_some() && there.load().is_some());
     }
 
     #[test]
