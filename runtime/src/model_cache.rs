@@ -186,6 +186,8 @@ impl Cache {
         if crc != header.graph_crc32 {
             return Err(Miss::Broken(format!("{} does not match its checksum", graph.display())));
         }
+        // Saves killed midway (an OOM loop at start) leave a model's size each: gone once old.
+        self.prune(Some(&header));
         Ok(graph)
     }
 
@@ -198,6 +200,7 @@ impl Cache {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
         dir.create(&self.dir)?;
+        self.prune(read_header(&self.path()).ok().as_ref());
         let graph = tempfile::Builder::new()
             .prefix(&format!("{}.", self.name))
             .suffix(".onnx")
@@ -267,7 +270,7 @@ impl Cache {
         if let Ok(dir) = std::fs::File::open(&self.dir) {
             let _ = dir.sync_all();
         }
-        self.prune(&header);
+        self.prune(Some(&header));
         Ok(saving.graph.clone())
     }
 
@@ -280,12 +283,12 @@ impl Cache {
     }
 
     /// Removes this model file's entries for other versions of its files (the model changed:
-    /// they can never be used again) with their files, and this entry's files that `mine` does
-    /// not name and nobody has written for [`STRAY_AFTER`] (left by a crash or by a start that
-    /// lost the race to write the entry; a younger one may be another start's save in progress).
-    /// Entries of the same files for another ONNX Runtime, CPU or level stay: processes that
-    /// differ so can share a cache directory.
-    fn prune(&self, mine: &Header) {
+    /// they can never be used again) with their files, and this entry's files that `mine` (its
+    /// header, when there is one) does not name and nobody has written for [`STRAY_AFTER`] (left
+    /// by a killed save or by a start that lost the race to write the entry; a younger one may
+    /// be another start's save in progress). Entries of the same files for another ONNX
+    /// Runtime, CPU or level stay: processes that differ so can share a cache directory.
+    fn prune(&self, mine: Option<&Header>) {
         let Ok(listing) = std::fs::read_dir(&self.dir) else { return };
         let ours = format!("{}.", self.name);
         let stale = |path: &Path| {
@@ -297,7 +300,8 @@ impl Cache {
             let file = item.file_name().to_string_lossy().into_owned();
             let path = item.path();
             if file.starts_with(&ours) {
-                if file != mine.graph && file != mine.data && !file.ends_with(".json") && stale(&path) {
+                let named = mine.is_some_and(|h| file == h.graph || file == h.data);
+                if !named && !file.ends_with(".json") && stale(&path) {
                     let _ = std::fs::remove_file(&path);
                 }
                 continue;
@@ -624,7 +628,7 @@ mod tests {
             let file = std::fs::File::options().append(true).open(cache.dir.join(&name)).expect("test files");
             file.set_modified(an_hour_ago).expect("test files");
         }
-        let saving = store();
+        // A hit clears them too (a save killed in a loop never reaches a store).
         assert_eq!(cache.load(), Some(saving.graph.clone()));
         let file = |p: &Path| p.file_name().expect("a name").to_string_lossy().into_owned();
         let mut want = vec![file(&cache.path()), file(&saving.graph), saving.data.clone()];
