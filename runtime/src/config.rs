@@ -365,14 +365,16 @@ pub enum Optimization {
 impl std::str::FromStr for Optimization {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "disable" => Ok(Self::Disable),
-            "basic" => Ok(Self::Basic),
-            "extended" => Ok(Self::Extended),
-            "all" => Ok(Self::All),
-            other => Err(format!("unknown optimization level {other:?}; use disable, basic, extended or all")),
-        }
+        by_name(s, "optimization level", "disable, basic, extended or all")
     }
+}
+
+/// A value of a lowercase enum from its name as the TOML file spells it (serde's `rename_all`),
+/// so flags and environment variables take the same words; `what` and `choices` name them in
+/// the error.
+fn by_name<T: serde::de::DeserializeOwned>(s: &str, what: &str, choices: &str) -> Result<T, String> {
+    use serde::de::value::{Error, StrDeserializer};
+    T::deserialize(StrDeserializer::<Error>::new(s)).map_err(|_| format!("unknown {what} {s:?}; use {choices}"))
 }
 
 /// Session options, applied to every session instance.
@@ -476,11 +478,7 @@ pub enum BatchPolicy {
 impl std::str::FromStr for BatchPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "learned" => Ok(Self::Learned),
-            "fixed" => Ok(Self::Fixed),
-            other => Err(format!("unknown batch policy {other:?}; use learned or fixed")),
-        }
+        by_name(s, "batch policy", "learned or fixed")
     }
 }
 
@@ -674,6 +672,26 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn choices_parse_by_their_toml_names_and_name_the_others_when_wrong() {
+        use std::str::FromStr;
+        for (name, level) in [
+            ("disable", Optimization::Disable),
+            ("basic", Optimization::Basic),
+            ("extended", Optimization::Extended),
+            ("all", Optimization::All),
+        ] {
+            assert_eq!(Optimization::from_str(name), Ok(level));
+        }
+        assert_eq!(BatchPolicy::from_str("learned"), Ok(BatchPolicy::Learned));
+        assert_eq!(BatchPolicy::from_str("fixed"), Ok(BatchPolicy::Fixed));
+        assert_eq!(
+            Optimization::from_str("All"),
+            Err("unknown optimization level \"All\"; use disable, basic, extended or all".to_string())
+        );
+        assert_eq!(BatchPolicy::from_str(""), Err("unknown batch policy \"\"; use learned or fixed".to_string()));
+    }
+
     use super::*;
 
     #[test]
