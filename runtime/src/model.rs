@@ -3,16 +3,17 @@
 //! runtime's workers.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nimify_model::{Dim, ElementType, ModelInfo, ValueType};
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use tokio::sync::oneshot;
 
-use crate::batcher::{Job, Outputs, Worker, run_session};
+use crate::batcher::{Core, Inline, Job, Outputs, Worker, run_session};
 use crate::config::{BatchingConfig, Optimization, SessionConfig, WarmupConfig};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelMetrics};
@@ -221,6 +222,8 @@ pub struct Model {
     /// Whether requests are merged along dim 0 (the model allows it and batching is on).
     batching: Option<BatchingConfig>,
     queue: SyncSender<Job>,
+    /// Short requests' way, past the queue.
+    inline: Arc<Inline>,
     metrics: ModelMetrics,
     max_output_bytes: Option<usize>,
     /// Outputs whose declared fixed dims warm-up contradicted, described.
@@ -297,6 +300,8 @@ impl Model {
             cache,
             refused: false,
         });
+        let mut cores = Vec::new();
+        let short = Arc::new(AtomicBool::new(false));
         for instance in 0..settings.session.instances.max(1) {
             let mut session = open_instance(env, &path, settings.session, &mut cache)
                 .map_err(|reason| LoadError::Session { path: path.clone(), reason })?;
@@ -306,22 +311,19 @@ impl Model {
             {
                 shape_lie = declared_vs_produced(&outputs, &produced);
             }
-            let worker = Worker {
-                queue: Arc::clone(&shared),
-                input_names: Arc::clone(&input_names),
-                batching: batching.is_some(),
-                plan: crate::batch_plan::Plan::new(settings.batching),
-                max_queue_delay: Duration::from_micros(settings.batching.max_queue_delay_us),
-                metrics: metrics.clone(),
-                max_output_bytes: settings.max_output_bytes,
-            };
-            std::thread::Builder::new()
-                .name(format!("nimify-{name}-{instance}"))
-                .spawn(move || worker.run(session))
-                .map_err(|e| LoadError::Session {
-                    path: path.clone(),
-                    reason: format!("cannot start a worker thread: {e}"),
-                })?;
+            let core = Arc::new(Mutex::new(Core::new(
+                session,
+                Arc::clone(&input_names),
+                batching.as_ref(),
+                metrics.clone(),
+                settings.max_output_bytes,
+                Arc::clone(&short),
+            )));
+            cores.push(Arc::clone(&core));
+            let worker = Worker { queue: Arc::clone(&shared), core };
+            std::thread::Builder::new().name(format!("nimify-{name}-{instance}")).spawn(move || worker.run()).map_err(
+                |e| LoadError::Session { path: path.clone(), reason: format!("cannot start a worker thread: {e}") },
+            )?;
         }
         let max_output_bytes = settings.max_output_bytes;
         if let Some(lie) = &shape_lie {
@@ -336,6 +338,7 @@ impl Model {
             outputs,
             batchable,
             batching,
+            inline: Arc::new(Inline::new(cores, short, queue.clone(), metrics.clone())),
             queue,
             metrics,
             max_output_bytes,
@@ -427,6 +430,11 @@ impl Model {
             link,
             trace: crate::telemetry::queued(&self.name),
         };
+        // Short requests are served on this runtime's threads (crate::batcher::Inline).
+        let job = match self.inline.submit(job) {
+            None => return Self::answer(&self.name, rx, waiting).await,
+            Some(job) => job,
+        };
         self.metrics.pending.inc();
         if let Err(e) = self.queue.try_send(job) {
             self.metrics.pending.dec();
@@ -440,11 +448,20 @@ impl Model {
                 }
             });
         }
+        Self::answer(&self.name, rx, waiting).await
+    }
+
+    /// The answer to a queued request.
+    async fn answer(
+        name: &str,
+        rx: oneshot::Receiver<Result<Outputs, ApiError>>,
+        waiting: crate::cancel::Waiting,
+    ) -> Result<Outputs, ApiError> {
         // Dropping this future (deadline, client gone) drops `waiting`: the request is then
         // skipped, or its run stopped (crate::cancel).
         let answer = rx.await;
         waiting.answered();
-        answer.map_err(|_| ApiError::Internal(format!("the worker of model {} stopped", self.name)))?
+        answer.map_err(|_| ApiError::Internal(format!("the worker of model {name} stopped")))?
     }
 }
 
