@@ -32,6 +32,7 @@ mod ortlib;
 mod payload_log;
 pub mod repository;
 mod request_body;
+mod request_id;
 mod routes;
 mod server;
 mod serving;

@@ -2,7 +2,7 @@
 //! answer goes out.
 //!
 //! - `Content-Encoding` gzip, deflate (zlib) and zstd are decoded as the body streams in (the
-//!   router's decompression layer); the body limit counts decoded bytes, so a compression bomb
+//!   [`decoded`]); the body limit counts decoded bytes, so a compression bomb
 //!   stops at `max_body_bytes` with a 413 and no more memory than that. Any other coding is a
 //!   415 that lists the accepted ones.
 //! - An early answer (401, 404, 413, 503) to a request whose body the client is still sending is
@@ -14,15 +14,12 @@
 //!   read.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::{CONTENT_ENCODING, EXPECT};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
@@ -31,12 +28,11 @@ use crate::server::AppState;
 /// The codings the server decodes, as the 415 answer's `Accept-Encoding` lists them.
 pub(crate) const ACCEPTED_ENCODINGS: &str = "gzip, deflate, zstd";
 
-/// Refuses a `Content-Encoding` the decompression layer does not decode, in the documented JSON,
+/// Refuses a `Content-Encoding` [`decoded`] does not decode, in the documented JSON,
 /// and hands it the accepted ones spelt as it expects (codings are case-insensitive, `x-gzip` is
 /// gzip, `identity` is no coding: RFC 9110).
-pub(crate) async fn check_encoding(mut request: Request, next: Next) -> Response {
-    let codings: Vec<String> = request
-        .headers()
+pub(crate) fn check_encoding(headers: &mut axum::http::HeaderMap) -> Result<(), ApiError> {
+    let codings: Vec<String> = headers
         .get_all(CONTENT_ENCODING)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
@@ -49,48 +45,92 @@ pub(crate) async fn check_encoding(mut request: Request, next: Next) -> Response
             "gzip" | "x-gzip" => Some("gzip"),
             "deflate" => Some("deflate"),
             "zstd" => Some("zstd"),
-            _ => return ApiError::UnsupportedEncoding(format!("Content-Encoding {one:?} is not supported; send the body uncompressed or as one of {ACCEPTED_ENCODINGS}")).into_response(),
+            _ => {
+                return Err(ApiError::UnsupportedEncoding(format!(
+                    "Content-Encoding {one:?} is not supported; send the body uncompressed or as one of {ACCEPTED_ENCODINGS}"
+                )));
+            }
         },
         several => {
-            return ApiError::UnsupportedEncoding(format!("Content-Encoding {:?} applies {} codings; send at most one, of {ACCEPTED_ENCODINGS}", several.join(", "), several.len())).into_response();
+            return Err(ApiError::UnsupportedEncoding(format!(
+                "Content-Encoding {:?} applies {} codings; send at most one, of {ACCEPTED_ENCODINGS}",
+                several.join(", "),
+                several.len()
+            )));
         }
     };
-    let headers = request.headers_mut();
-    headers.remove(CONTENT_ENCODING);
+    if headers.contains_key(CONTENT_ENCODING) {
+        headers.remove(CONTENT_ENCODING);
+    }
     if let Some(coding) = canonical {
         headers.insert(CONTENT_ENCODING, axum::http::HeaderValue::from_static(coding));
     }
-    next.run(request).await
+    Ok(())
 }
 
-/// Reads what the handlers left of the request body before their answer goes out (see the
-/// module's documentation).
-pub(crate) async fn read_rest_before_answering(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = tokio::time::Instant::now();
-    let expects_continue =
-        request.headers().get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let (back, mut left) = oneshot::channel();
-    let request = request.map(|body| Body::new(Returning { body: Some(body), back: Some(back), polled: false }));
-    let response = next.run(request).await;
-    // The handlers dropped the request before answering, so what they left is here already
-    // (a body still held elsewhere is someone else's to read).
-    if let Ok(Left { body, polled }) = left.try_recv()
-        && (polled || !expects_continue)
-    {
-        let limit = state.config().max_body_bytes.max(crate::config::DEFAULT_MAX_BODY_BYTES);
-        // Within the request's own deadline (a second at least): a body too slow for the
-        // deadline does not hold its answer back any longer.
-        let deadline = started + state.config().request_timeout().unwrap_or(Duration::from_secs(60));
-        let within = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
-        if let Err(why) = discard(body, limit, within).await {
-            tracing::debug!(why, "not reading the rest of an unread request body; the connection will close");
+/// Runs `request` through the rest of the stack, its body decoded as it streams in when it has a
+/// `Content-Encoding` (one of the accepted, as [`check_encoding`] left it). Most requests have
+/// none and skip the decoder: as a layer it costs every request a boxed answer body (about 2 µs
+/// of a small model's 19 µs per request).
+pub(crate) async fn decoded(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tower::{Layer as _, ServiceExt as _};
+    if !request.headers().contains_key(CONTENT_ENCODING) {
+        return next.run(request).await;
+    }
+    let mut next = Some(next);
+    let rest = tower::service_fn(move |request: Request<tower_http::decompression::DecompressionBody<Body>>| {
+        let next = next.take();
+        async move {
+            Ok::<_, std::convert::Infallible>(match next {
+                Some(next) => next.run(request.map(Body::new)).await,
+                None => axum::response::IntoResponse::into_response(ApiError::Internal(
+                    "a decoded request was passed on twice".into(),
+                )),
+            })
+        }
+    });
+    match tower_http::decompression::RequestDecompressionLayer::new().layer(rest).oneshot(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+/// What the handlers leave of a request's body, to be read before their answer goes out (see
+/// the module's documentation): [`Rest::keep`] before the handlers, [`Rest::read`] after.
+pub(crate) struct Rest {
+    started: tokio::time::Instant,
+    expects_continue: bool,
+    left: oneshot::Receiver<Left>,
+}
+
+impl Rest {
+    /// `request` with a body that hands itself back when dropped unread.
+    pub(crate) fn keep(request: Request) -> (Request, Self) {
+        let started = tokio::time::Instant::now();
+        let expects_continue =
+            request.headers().get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let (back, left) = oneshot::channel();
+        let request = request.map(|body| Body::new(Returning { body: Some(body), back: Some(back), polled: false }));
+        (request, Self { started, expects_continue, left })
+    }
+
+    /// Reads and drops what the handlers left, once they have answered.
+    pub(crate) async fn read(mut self, state: &AppState) {
+        // The handlers dropped the request before answering, so what they left is here already
+        // (a body still held elsewhere is someone else's to read).
+        if let Ok(Left { body, polled }) = self.left.try_recv()
+            && (polled || !self.expects_continue)
+        {
+            let limit = state.config().max_body_bytes.max(crate::config::DEFAULT_MAX_BODY_BYTES);
+            // Within the request's own deadline (a second at least): a body too slow for the
+            // deadline does not hold its answer back any longer.
+            let deadline = self.started + state.config().request_timeout().unwrap_or(Duration::from_secs(60));
+            let within = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
+            if let Err(why) = discard(body, limit, within).await {
+                tracing::debug!(why, "not reading the rest of an unread request body; the connection will close");
+            }
         }
     }
-    response
 }
 
 /// A request body the handlers did not read to its end, handed back when they drop it.
@@ -101,7 +141,7 @@ struct Left {
 }
 
 /// A request body that, dropped before its end, sends itself back to
-/// [`read_rest_before_answering`].
+/// [`Rest::read`].
 struct Returning {
     body: Option<Body>,
     back: Option<oneshot::Sender<Left>>,

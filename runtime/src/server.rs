@@ -13,7 +13,6 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -537,17 +536,7 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
         router
     };
     router
-        .layer(tower_http::decompression::RequestDecompressionLayer::new())
-        .layer(axum::middleware::from_fn(crate::request_body::check_encoding))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
-        .layer(axum::middleware::from_fn(json_errors))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            crate::request_body::read_rest_before_answering,
-        ))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), access_log))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), front))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -555,9 +544,8 @@ pub fn app(state: Arc<AppState>, extra: Option<OpenApiRouter<Arc<AppState>>>) ->
 /// Every error answer is `{"error": ...}` JSON, also those of layers and extractors that answer
 /// on their own (with an empty or plain-text body). `connections` relies on it: an error answer
 /// with an empty body and no content type can only be one hyper wrote for an unparsable request.
-async fn json_errors(request: Request, next: Next) -> Response {
+async fn json_errors(response: Response) -> Response {
     use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-    let response = next.run(request).await;
     // application/json, or a JSON-based type such as application/problem+json.
     let json = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
         let essence = v.split(';').next().unwrap_or("").trim();
@@ -600,18 +588,50 @@ fn is_open_path(path: &str) -> bool {
         || (path.starts_with("/v2/models/") && path.ends_with("/ready") && !path.contains("/infer"))
 }
 
-/// Admission (API keys, then the in-flight cap) for every route but the open ones; the slot is
-/// held until the response is written.
-async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// Everything a request passes on its way to the router and back, in one layer (each axum
+/// `from_fn` layer costs a boxed copy of the stack inside it and a boxed future per request),
+/// outermost first:
+///
+/// 1. its `x-request-id`, kept or made ([`crate::request_id`]), and sent back;
+/// 2. the access log and audit line, and the request's span;
+/// 3. what the handlers leave of the body, read before the answer goes out
+///    ([`crate::request_body`]);
+/// 4. every error answer as `{"error": ...}` JSON ([`json_errors`]);
+/// 5. the `Content-Encoding` check, admission ([`admit`]), and the body's decoder, for a body
+///    that has a coding ([`crate::request_body::decoded`]).
+async fn front(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let id = crate::request_id::ensure(request.headers_mut());
+    let log = AccessLog::begin(&state, &request, &id);
+    let span = log.span.clone();
+    let inner = async {
+        let (request, rest) = crate::request_body::Rest::keep(request);
+        let response = json_errors(admit(&state, request, next).await).await;
+        rest.read(&state).await;
+        response
+    };
+    let mut response = tracing::Instrument::instrument(inner, span).await;
+    if !response.headers().contains_key(crate::request_id::HEADER) {
+        response.headers_mut().insert(crate::request_id::HEADER, id);
+    }
+    log.end(&state, &mut response);
+    response
+}
+
+/// The `Content-Encoding` check, then admission (API keys, then the in-flight cap) for every
+/// route but the open ones; the slot is held until the handlers have answered.
+async fn admit(state: &AppState, mut request: Request, next: Next) -> Response {
+    if let Err(e) = crate::request_body::check_encoding(request.headers_mut()) {
+        return e.into_response();
+    }
     if is_open_path(request.uri().path()) {
-        return next.run(request).await;
+        return crate::request_body::decoded(request, next).await;
     }
     let key = match state.authorize(request.headers()) {
         Ok(key) => key,
         Err(e) => return e.into_response(),
     };
     let mut response = match state.admit_slot_for(model_of_path(request.uri().path())) {
-        Ok(_admitted) => next.run(request).await,
+        Ok(_admitted) => crate::request_body::decoded(request, next).await,
         Err(e) => e.into_response(),
     };
     // For the audit log, also of a request the in-flight cap refused.
@@ -631,52 +651,69 @@ pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> String {
     headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
 }
 
-/// One log line per request: failures at info level, successes at debug, with the request id.
-async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let start = std::time::Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let client = state.audit().and_then(|_| crate::audit::client_of(request.extensions()));
-    let id = crate::server::request_id(request.headers());
-    // Everything logged while handling the request carries its id (an error-level span, so that
-    // it exists whatever level RUST_LOG lets through); with tracing on, it is the request's
-    // OpenTelemetry server span too.
-    let span = if crate::telemetry::enabled() {
-        crate::telemetry::http_span(&request, &id, state.tls.is_some())
-    } else {
-        tracing::error_span!("request", request_id = %id)
-    };
-    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
-    let status = response.status().as_u16();
-    let micros = start.elapsed().as_micros() as u64;
-    let ids = crate::telemetry::ids(&span);
-    if ids.is_some() {
-        crate::telemetry::end_http_span(&span, &mut response);
+/// One log line per request (failures at info level, successes at debug, with the request id)
+/// and its audit line; its span carries the id to everything logged while it is handled.
+struct AccessLog {
+    start: std::time::Instant,
+    method: axum::http::Method,
+    path: String,
+    client: Option<String>,
+    id: String,
+    span: tracing::Span,
+}
+
+impl AccessLog {
+    fn begin(state: &AppState, request: &Request, id: &axum::http::HeaderValue) -> Self {
+        let id = id.to_str().unwrap_or("").to_string();
+        // An error-level span, so that it exists whatever level RUST_LOG lets through; with
+        // tracing on, it is the request's OpenTelemetry server span too.
+        let span = if crate::telemetry::enabled() {
+            crate::telemetry::http_span(request, &id, state.tls.is_some())
+        } else {
+            tracing::error_span!("request", request_id = %id)
+        };
+        Self {
+            start: std::time::Instant::now(),
+            method: request.method().clone(),
+            path: request.uri().path().to_string(),
+            client: state.audit().and_then(|_| crate::audit::client_of(request.extensions())),
+            id,
+            span,
+        }
     }
-    let (trace_id, span_id) = (ids.as_ref().map(|i| i.0.as_str()), ids.as_ref().map(|i| i.1.as_str()));
-    if status >= 400 {
-        tracing::info!(request_id = %id, %method, %path, status, micros, trace_id, span_id, "request failed");
-    } else {
-        tracing::debug!(request_id = %id, %method, %path, status, micros, trace_id, span_id, "request");
+
+    fn end(self, state: &AppState, response: &mut Response) {
+        let Self { start, method, path, client, id, span } = self;
+        let status = response.status().as_u16();
+        let micros = start.elapsed().as_micros() as u64;
+        let ids = crate::telemetry::ids(&span);
+        if ids.is_some() {
+            crate::telemetry::end_http_span(&span, response);
+        }
+        let (trace_id, span_id) = (ids.as_ref().map(|i| i.0.as_str()), ids.as_ref().map(|i| i.1.as_str()));
+        if status >= 400 {
+            tracing::info!(request_id = %id, %method, %path, status, micros, trace_id, span_id, "request failed");
+        } else {
+            tracing::debug!(request_id = %id, %method, %path, status, micros, trace_id, span_id, "request");
+        }
+        if let Some(audit) = state.audit().filter(|_| !is_open_path(&path)) {
+            let (model, version) = crate::audit::model_and_version(&path);
+            audit.record(&crate::audit::Entry {
+                request_id: &id,
+                trace_id,
+                api_key: response.extensions().get::<crate::inference::admission::KeyName>().map(|k| &*k.0),
+                client: client.as_deref(),
+                protocol: "http",
+                operation: &format!("{method} {path}"),
+                message: None,
+                model,
+                version,
+                status: i64::from(status),
+                outcome: crate::audit::outcome_of_http(status),
+                micros,
+            });
+        }
     }
-    if let Some(audit) = state.audit().filter(|_| !is_open_path(&path)) {
-        let (model, version) = crate::audit::model_and_version(&path);
-        audit.record(&crate::audit::Entry {
-            request_id: &id,
-            trace_id,
-            api_key: response.extensions().get::<crate::inference::admission::KeyName>().map(|k| &*k.0),
-            client: client.as_deref(),
-            protocol: "http",
-            operation: &format!("{method} {path}"),
-            message: None,
-            model,
-            version,
-            status: i64::from(status),
-            outcome: crate::audit::outcome_of_http(status),
-            micros,
-        });
-    }
-    response
 }
 
 #[cfg(test)]

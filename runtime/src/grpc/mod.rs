@@ -21,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tonic::codec::CompressionEncoding;
 use tonic_health::ServingStatus;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::server::AppState;
 use generated::grpc_inference_service_server::{GrpcInferenceServiceServer, SERVICE_NAME};
@@ -64,7 +64,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), access_log))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(crate::request_id::Ids))
 }
 
 /// Reports SERVING for the server ("") and the inference service while the server is ready,
