@@ -109,7 +109,8 @@ pub struct ServiceArgs {
     /// Graph optimization: disable, basic, extended or all [default: all].
     #[arg(long, global = true, env = "NIMIFY_OPTIMIZATION")]
     pub optimization: Option<Optimization>,
-    /// Use ONNX Runtime's CPU memory arena (faster allocation, memory grows with shapes) [default: false].
+    /// Use ONNX Runtime's CPU memory arena (one set of buffers reused; memory grows with shapes)
+    /// [default: on for models whose inputs have fixed dims past the batch dim].
     #[arg(long, global = true, env = "NIMIFY_MEMORY_ARENA")]
     pub memory_arena: Option<bool>,
     /// Cache each model's optimized graph (keyed on ONNX Runtime, this CPU and the model files)
@@ -222,7 +223,7 @@ impl ServiceArgs {
             c.session.intra_threads => self.intra_threads,
             c.session.inter_threads => self.inter_threads,
             c.session.optimization => self.optimization,
-            c.session.memory_arena => self.memory_arena,
+            c.session.memory_arena => self.memory_arena.map(Some),
             c.session.instances => self.instances,
             c.session.spinning => self.spinning,
             c.session.model_cache => self.model_cache,

@@ -389,9 +389,11 @@ pub struct SessionConfig {
     pub inter_threads: usize,
     /// Graph optimisation level.
     pub optimization: Optimization,
-    /// ONNX Runtime's CPU memory arena. Off by default: with dynamic shapes the arena keeps every
-    /// size it ever saw, so resident memory creeps.
-    pub memory_arena: bool,
+    /// ONNX Runtime's CPU memory arena. Unset: on for a model whose inputs have fixed dims past
+    /// dim 0, whose runs then reuse one set of buffers (at most the largest batch's; malloc
+    /// instead kept growing its heap: 10 MB more resident for the bench CNN); off for others,
+    /// where the arena would keep every size it ever saw and resident memory would creep.
+    pub memory_arena: Option<bool>,
     /// Sessions per model, each able to run one batch at a time.
     pub instances: usize,
     /// Let idle intra-op threads spin-wait for the next operator instead of sleeping: lower
@@ -409,7 +411,7 @@ impl Default for SessionConfig {
             intra_threads: 0,
             inter_threads: 0,
             optimization: Optimization::All,
-            memory_arena: false,
+            memory_arena: None,
             instances: 1,
             spinning: false,
             model_cache: true,

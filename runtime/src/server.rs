@@ -87,6 +87,7 @@ impl AppState {
             instances = settings.session.instances,
             intra_threads = settings.session.intra_threads(),
             spinning = settings.session.spinning,
+            memory_arena = model.memory_arena(),
             "model loaded"
         );
         Ok(model)

@@ -280,6 +280,27 @@ def test_every_thread_stays_on_the_cpus_the_process_may_use():
         server.stop()
 
 
+def test_the_memory_arena_is_on_for_inputs_fixed_past_dim0_unless_configured(start):
+    """Unset, ONNX Runtime's arena serves a model whose inputs are fixed past dim 0 (one set of
+    buffers reused) and not one with other dynamic dims (its arena would keep every size seen);
+    the flag decides either way."""
+    import json
+
+    def arena(server):
+        return next(json.loads(l) for l in server.log if '"model loaded"' in l)["memory_arena"]
+
+    fixed = start("mlp")
+    dynamic = start("multi_io")
+    off = start("mlp", "--memory-arena", "false")
+    on = start("multi_io", "--memory-arena", "true")
+    assert (arena(fixed), arena(dynamic), arena(off), arena(on)) == (True, False, False, True)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for server in (fixed, off):
+        r = infer_json(server, "mlp", x)
+        assert r.status_code == 200, r.text
+    assert infer_json(fixed, "mlp", x).json()["outputs"] == infer_json(off, "mlp", x).json()["outputs"]
+
+
 def test_failed_warm_up_warns_and_does_not_block_readiness(start, tmp_path):
     import json
 
