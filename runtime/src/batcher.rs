@@ -12,9 +12,9 @@
 //! instances.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use ort::session::{RunOptions, Session};
@@ -45,6 +45,8 @@ pub struct Job {
     pub wanted: Vec<String>,
     /// Items (dim 0) this request contributes to a batch; 1 when the model does not batch.
     pub items: usize,
+    /// Its inputs' bytes.
+    pub bytes: usize,
     /// When it was queued.
     pub enqueued: Instant,
     /// Where the result goes.
@@ -55,81 +57,147 @@ pub struct Job {
     pub(crate) trace: Option<crate::telemetry::JobTrace>,
 }
 
-/// Executions at most this long (smoothed) run on the async runtime's threads instead of a worker
-/// thread's: handing a request to a worker and its answer back (two thread wake-ups) costs more
-/// CPU than such a run. Longer runs always go to a worker, so no runtime thread is held long.
-pub(crate) const INLINE_BELOW: Duration = Duration::from_micros(100);
-
-/// Short requests served on the async runtime's threads ([`INLINE_BELOW`]), merged just as a
-/// worker merges queued requests: the first request of a round starts a task that yields once,
-/// so that every request already readable is decoded and joins, then runs what has gathered on
-/// a free instance, round after round while requests keep coming. Only with no waiting for
-/// batches asked (`max_queue_delay` 0): a model told to wait for merges keeps its workers.
+/// Short requests served on the async runtime's threads, merged just as a worker merges queued
+/// requests: the first request of a round starts a task that yields once, so that every request
+/// already readable is decoded and joins, then runs what has gathered on a free instance, round
+/// after round while requests keep coming. Handing a request to a worker thread and its answer
+/// back costs two thread wake-ups, more CPU than a short run.
+///
+/// Which requests: the model's successful executions took at most `inline_below_us` (smoothed,
+/// from the warm-up on), it waits for no batches (`max_queue_delay_us` 0), nothing waits in the
+/// workers' queue, and the request's inputs are at most four times a typical execution's (a far
+/// larger request, a long sequence, goes to a worker). Up to one task per instance serves rounds
+/// at a time; when every instance is busy with a worker's batch, the workers take what has
+/// gathered. A round runs one collected batch (merged where dims allow, one by one after a
+/// failed merge), so a runtime thread is held for about one short execution per request in it.
 pub(crate) struct Inline {
+    name: String,
     cores: Vec<Arc<Mutex<Core>>>,
-    /// Whether the model's recent executions were short.
-    short: Arc<AtomicBool>,
+    /// Largest request (input bytes) served here; 0: none is. Kept by the instances.
+    limit: Arc<AtomicU64>,
     gathered: Mutex<Gathered>,
     /// The workers' queue, for requests no instance is free for.
     queue: SyncSender<Job>,
+    /// `queue_capacity`: pending requests (gathered and queued) beyond it are refused.
+    capacity: usize,
     metrics: ModelMetrics,
-}
-
-/// Ends a task's rounds however it ends: dropped mid-way (runtime shutting down, a panic), it
-/// hands what has gathered to the workers, so that nothing waits for rounds that will not come.
-struct Rounds {
-    inline: Arc<Inline>,
-    over: bool,
-}
-
-impl Drop for Rounds {
-    fn drop(&mut self) {
-        if !self.over {
-            let mut gathered = self.inline.gathered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.inline.hand_over(&mut gathered);
-        }
-    }
 }
 
 #[derive(Default)]
 struct Gathered {
     jobs: VecDeque<Job>,
-    /// A task serves `jobs`.
-    served: bool,
+    /// Tasks serving rounds.
+    servers: usize,
+    /// Of those, the ones not running a round now (spawned, or yielding before the next).
+    waiting: usize,
+}
+
+/// What [`Inline::submit`] did with a request.
+pub(crate) enum Submitted {
+    /// It will be answered from a round.
+    Taken,
+    /// Not for this path: queue it for the workers.
+    Back(Job),
+    /// `queue_capacity` requests are pending already.
+    Full,
+}
+
+/// A serving task's place in [`Gathered`]'s counts, given back however the task ends: dropped
+/// mid-way (the runtime shutting down, a panic), the last task hands what has gathered to the
+/// workers, so that nothing waits for rounds that will not come.
+struct Rounds {
+    inline: Arc<Inline>,
+    /// Counted in `waiting`.
+    waiting: bool,
+    over: bool,
+}
+
+impl Drop for Rounds {
+    fn drop(&mut self) {
+        if self.over {
+            return;
+        }
+        let mut gathered = self.inline.gathered.lock().unwrap_or_else(PoisonError::into_inner);
+        gathered.servers -= 1;
+        gathered.waiting -= usize::from(self.waiting);
+        if gathered.servers == 0 {
+            self.inline.hand_over(&mut gathered);
+        }
+    }
+}
+
+/// An instance's lock when nobody holds it (a poisoned one too: its session and plan stay
+/// usable after a panic elsewhere in a run).
+fn free(core: &Mutex<Core>) -> Option<MutexGuard<'_, Core>> {
+    match core.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+/// The largest request (input bytes) served inline after executions typically `run` long with
+/// `size` input bytes: four times that (64 KiB at least) when they are short (`below`, 0: never)
+/// and batches do not wait, else none (0).
+fn inline_limit(run: Duration, size: f64, below: Duration, waits: bool) -> u64 {
+    match !below.is_zero() && run <= below && !waits {
+        true => (size * 4.0).max(65536.0) as u64,
+        false => 0,
+    }
+}
+
+/// The answer to a request beyond `queue_capacity`.
+pub(crate) fn queue_full(model: &str) -> ApiError {
+    ApiError::Overloaded(format!("model {model} has a full queue; retry shortly"))
+}
+
+/// The answer to a request whose model has no worker left.
+pub(crate) fn no_worker(model: &str) -> ApiError {
+    ApiError::Internal(format!("model {model} has no running worker"))
 }
 
 impl Inline {
-    /// Serving through `cores`, whose executions say whether they are short.
+    /// Serving `name` through `cores`, which keep `limit`.
     pub(crate) fn new(
+        name: String,
         cores: Vec<Arc<Mutex<Core>>>,
-        short: Arc<AtomicBool>,
+        limit: Arc<AtomicU64>,
         queue: SyncSender<Job>,
+        capacity: usize,
         metrics: ModelMetrics,
     ) -> Self {
-        Self { cores, short, gathered: Mutex::default(), queue, metrics }
+        Self { name, cores, limit, gathered: Mutex::default(), queue, capacity, metrics }
     }
 
-    /// Takes `job` to be served on the runtime's threads (counted pending), or gives it back
-    /// (`Some`) for the workers' queue: the model's runs are not short, requests already wait there, or
-    /// this is not a runtime thread.
-    pub(crate) fn submit(self: &Arc<Self>, job: Job) -> Option<Job> {
-        if !self.short.load(Ordering::Relaxed) {
-            return Some(job);
+    /// Takes `job` to be served on the runtime's threads (counted pending), or says why not.
+    pub(crate) fn submit(self: &Arc<Self>, job: Job) -> Submitted {
+        if job.bytes as u64 > self.limit.load(Ordering::Relaxed) {
+            return Submitted::Back(job);
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return Some(job) };
-        let Ok(mut gathered) = self.gathered.lock() else { return Some(job) };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return Submitted::Back(job) };
+        let mut gathered = self.gathered.lock().unwrap_or_else(PoisonError::into_inner);
+        let pending = usize::try_from(self.metrics.pending.get()).unwrap_or(0);
         // Requests waiting in the workers' queue go first.
-        if usize::try_from(self.metrics.pending.get()).unwrap_or(0) > gathered.jobs.len() {
-            return Some(job);
+        if pending > gathered.jobs.len() {
+            return Submitted::Back(job);
+        }
+        if pending >= self.capacity {
+            return Submitted::Full;
         }
         self.metrics.pending.inc();
         gathered.jobs.push_back(job);
-        if !std::mem::replace(&mut gathered.served, true) {
-            // The guard is the task's own from the start: a task dropped before it first runs
-            // (the runtime shutting down) hands the requests over too.
-            runtime.spawn(Self::serve(Rounds { inline: Arc::clone(self), over: false }));
+        let start = gathered.waiting == 0 && gathered.servers < self.cores.len();
+        if start {
+            gathered.servers += 1;
+            gathered.waiting += 1;
         }
-        None
+        // Spawned outside the lock: a runtime shutting down drops the task at once, and its
+        // guard takes the lock.
+        drop(gathered);
+        if start {
+            runtime.spawn(Self::serve(Rounds { inline: Arc::clone(self), waiting: true, over: false }));
+        }
+        Submitted::Taken
     }
 
     /// Rounds of serving what has gathered, until nothing has.
@@ -137,38 +205,30 @@ impl Inline {
         loop {
             // Requests readable now are decoded and join before the round runs.
             tokio::task::yield_now().await;
-            if !guard.inline.round() {
+            if !guard.inline.round(&mut guard.waiting) {
                 guard.over = true;
                 return;
             }
         }
     }
 
-    /// Sends every gathered request to the workers' queue (none fit there: answered
-    /// overloaded), and ends the rounds.
-    fn hand_over(&self, gathered: &mut Gathered) {
-        gathered.served = false;
-        for job in gathered.jobs.drain(..) {
-            if let Err(e) = self.queue.try_send(job) {
-                let (TrySendError::Full(job) | TrySendError::Disconnected(job)) = e;
-                self.metrics.pending.dec();
-                self.metrics.rejected_queue_full.inc();
-                let _ = job.reply.send(Err(ApiError::Overloaded("the model's queue is full; retry shortly".into())));
-            }
-        }
-    }
-
-    /// One round: false when nothing was left to run (or it went to the workers).
-    fn round(&self) -> bool {
-        let Ok(mut gathered) = self.gathered.lock() else { return false };
+    /// One round: false when the task ends (nothing was left to run, or it went to the workers).
+    fn round(&self, waiting: &mut bool) -> bool {
+        let mut gathered = self.gathered.lock().unwrap_or_else(PoisonError::into_inner);
+        gathered.waiting -= 1;
+        *waiting = false;
         let Some(first) = gathered.jobs.pop_front() else {
-            gathered.served = false;
+            gathered.servers -= 1;
             return false;
         };
-        let Some(mut core) = self.cores.iter().find_map(|c| c.try_lock().ok()) else {
-            // Every instance is busy with a worker's batch: the workers take the rest.
+        let Some(mut core) = self.cores.iter().find_map(|c| free(c)) else {
+            // Every instance is busy with a worker's batch (or another task's round): with no
+            // other task left, the workers take the rest.
             gathered.jobs.push_front(first);
-            self.hand_over(&mut gathered);
+            gathered.servers -= 1;
+            if gathered.servers == 0 {
+                self.hand_over(&mut gathered);
+            }
             return false;
         };
         let (jobs, refused) = core.collect(first, |_| gathered.jobs.pop_front());
@@ -178,12 +238,34 @@ impl Inline {
         self.metrics.pending.sub(jobs.len() as i64);
         drop(gathered);
         core.serve(jobs);
+        drop(core);
+        let mut gathered = self.gathered.lock().unwrap_or_else(PoisonError::into_inner);
+        gathered.waiting += 1;
+        *waiting = true;
         true
+    }
+
+    /// Sends every gathered request to the workers' queue (those that do not fit there are
+    /// answered).
+    fn hand_over(&self, gathered: &mut Gathered) {
+        for job in gathered.jobs.drain(..) {
+            if let Err(e) = self.queue.try_send(job) {
+                self.metrics.pending.dec();
+                let (job, error) = match e {
+                    TrySendError::Full(job) => {
+                        self.metrics.rejected_queue_full.inc();
+                        (job, queue_full(&self.name))
+                    }
+                    TrySendError::Disconnected(job) => (job, no_worker(&self.name)),
+                };
+                let _ = job.reply.send(Err(error));
+            }
+        }
     }
 }
 
-/// One session instance and what running it needs: used by its worker thread, and by callers
-/// that run a short request themselves ([`Core::try_inline`]).
+/// One session instance and what running it needs: used by its worker thread, and by
+/// [`Inline`]'s rounds.
 pub struct Core {
     /// The instance.
     session: Session,
@@ -201,11 +283,14 @@ pub struct Core {
     max_output_bytes: Option<usize>,
     /// Run options the next execution can be stopped through.
     options: Option<Arc<RunOptions>>,
-    /// Smoothed length of this instance's executions; `None` before the first.
-    typical_run: Option<Duration>,
-    /// Shared by the model's instances: whether executions are short ([`INLINE_BELOW`]) and no
-    /// batch is to wait for more requests.
-    short: Arc<AtomicBool>,
+    /// Smoothed length and input bytes of this instance's successful executions (the warm-up's
+    /// first); `None` before one.
+    typical: Option<(Duration, f64)>,
+    /// Executions up to this long make the model's requests [`Inline`]'s (`inline_below_us`).
+    inline_below: Duration,
+    /// Shared by the model's instances: the largest request [`Inline`] serves (0: none), kept
+    /// from this instance's executions.
+    inline_limit: Arc<AtomicU64>,
 }
 
 /// A worker thread: its share of the model's queue and its instance.
@@ -220,7 +305,7 @@ impl Worker {
     /// Runs until the queue's sender is dropped.
     pub fn run(self) {
         loop {
-            let Ok(mut queue) = self.queue.lock() else { return };
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             let (rx, carry) = &mut *queue;
             let first = match carry.take() {
                 Some(job) => job,
@@ -229,8 +314,14 @@ impl Worker {
                     Err(_) => return,
                 },
             };
-            // The instance may be running a caller's short request: taken once that ends.
-            let Ok(mut core) = self.core.lock() else { return };
+            let Some(mut core) = free(&self.core) else {
+                // A round of short requests runs on this instance: another worker may take the
+                // request meanwhile; this one waits for its instance outside the queue's lock.
+                *carry = Some(first);
+                drop(queue);
+                drop(self.core.lock());
+                continue;
+            };
             let (jobs, refused) = core.collect(first, |wait| match wait {
                 Some(left) => rx.recv_timeout(left).ok(),
                 None => rx.try_recv().ok(),
@@ -251,7 +342,7 @@ impl Core {
         batching: Option<&crate::config::BatchingConfig>,
         metrics: ModelMetrics,
         max_output_bytes: Option<usize>,
-        short: Arc<AtomicBool>,
+        inline_limit: Arc<AtomicU64>,
     ) -> Self {
         let defaults = crate::config::BatchingConfig::default();
         let config = batching.unwrap_or(&defaults);
@@ -264,9 +355,27 @@ impl Core {
             metrics,
             max_output_bytes,
             options: crate::cancel::run_options(),
-            typical_run: None,
-            short,
+            typical: None,
+            inline_below: Duration::from_micros(config.inline_below_us),
+            inline_limit,
         }
+    }
+
+    /// Counts one successful execution of `bytes` input bytes that took `took` in the typical
+    /// execution, and says which requests [`Inline`] serves now: none when executions are not
+    /// short or batches are to wait for more requests, else those up to four times a typical
+    /// execution's inputs (64 KiB at least).
+    pub(crate) fn note_run(&mut self, took: Duration, bytes: usize) {
+        let (run, size) = match self.typical {
+            Some((run, size)) => (
+                run.mul_f64(1.0 - SMOOTHING) + took.mul_f64(SMOOTHING),
+                size * (1.0 - SMOOTHING) + bytes as f64 * SMOOTHING,
+            ),
+            None => (took, bytes as f64),
+        };
+        self.typical = Some((run, size));
+        let waits = self.batching && !self.max_queue_delay.is_zero();
+        self.inline_limit.store(inline_limit(run, size, self.inline_below, waits), Ordering::Relaxed);
     }
 
     /// False (and counted) when nobody waits for `job` any more.
@@ -343,6 +452,7 @@ impl Core {
                 Batched::Done(results) => {
                     let total: usize = jobs.iter().map(|j| j.items).sum();
                     self.plan.record(total, began.elapsed());
+                    self.note_run(began.elapsed(), jobs.iter().map(|j| j.bytes).sum());
                     self.metrics.stats.executed(total, jobs.len(), start.elapsed());
                     self.metrics.count.inc_by(total as u64);
                     self.metrics.batch_size.observe(total as f64);
@@ -367,6 +477,7 @@ impl Core {
             drop(span);
             if result.is_ok() {
                 self.plan.record(job.items, began.elapsed());
+                self.note_run(began.elapsed(), job.bytes);
                 self.metrics.stats.executed(job.items, 1, began.elapsed());
                 self.metrics.count.inc_by(job.items as u64);
                 self.metrics.batch_size.observe(job.items as f64);
@@ -441,10 +552,6 @@ impl Core {
         }
         self.metrics.exec_count.inc();
         self.metrics.compute_us.inc_by(micros(took));
-        let typical = self.typical_run.map_or(took, |t| t.mul_f64(1.0 - SMOOTHING) + took.mul_f64(SMOOTHING));
-        self.typical_run = Some(typical);
-        let waits = self.batching && !self.max_queue_delay.is_zero();
-        self.short.store(typical <= INLINE_BELOW && !waits, Ordering::Relaxed);
         if let Some(why) = stopped {
             self.options = crate::cancel::run_options();
             if result.is_err() {
@@ -545,4 +652,22 @@ pub fn run_session(
         .iter()
         .map(|(name, value)| from_ort(&value).map(|t| (name.to_string(), t)).map_err(ApiError::Inference))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::inline_limit;
+
+    #[test]
+    fn short_runs_serve_requests_up_to_four_times_their_inputs_inline() {
+        let below = Duration::from_micros(100);
+        let us = Duration::from_micros;
+        assert_eq!(inline_limit(us(40), 1e6, below, false), 4_000_000);
+        assert_eq!(inline_limit(us(100), 16.0, below, false), 65536, "64 KiB at least");
+        assert_eq!(inline_limit(us(101), 16.0, below, false), 0, "longer runs go to the workers");
+        assert_eq!(inline_limit(us(40), 16.0, below, true), 0, "batches that wait keep their workers");
+        assert_eq!(inline_limit(us(0), 16.0, Duration::ZERO, false), 0, "inline_below_us 0: never");
+    }
 }

@@ -451,6 +451,10 @@ pub struct BatchingConfig {
     /// When to merge: `learned` (measure each batch size's cost per item while serving, and
     /// merge only while it falls) or `fixed` (merge whatever is queued, up to the bounds).
     pub policy: BatchPolicy,
+    /// Executions up to this long (smoothed, in microseconds) run on the HTTP/gRPC threads,
+    /// merged by the same rules, instead of a worker thread (whose hand-off costs two thread
+    /// wake-ups per request); only with `max_queue_delay_us` 0. 0: always the workers.
+    pub inline_below_us: u64,
 }
 
 impl Default for BatchingConfig {
@@ -462,6 +466,7 @@ impl Default for BatchingConfig {
             queue_capacity: 1024,
             preferred_batch_size: Vec::new(),
             policy: BatchPolicy::Learned,
+            inline_below_us: 100,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! runtime's workers.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,7 +13,7 @@ use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use tokio::sync::oneshot;
 
-use crate::batcher::{Core, Inline, Job, Outputs, Worker, run_session};
+use crate::batcher::{Core, Inline, Job, Outputs, Submitted, Worker, run_session};
 use crate::config::{BatchingConfig, Optimization, SessionConfig, WarmupConfig};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelMetrics};
@@ -303,7 +303,7 @@ impl Model {
             refused: false,
         });
         let mut cores = Vec::new();
-        let short = Arc::new(AtomicBool::new(false));
+        let inline_limit = Arc::new(AtomicU64::new(0));
         let mut session_config = settings.session.clone();
         session_config.memory_arena = Some(session_config.memory_arena.unwrap_or_else(|| fixed_past_dim0(&inputs)));
         for instance in 0..settings.session.instances.max(1) {
@@ -322,7 +322,7 @@ impl Model {
                 batching: batching.clone(),
                 metrics: metrics.clone(),
                 max_output_bytes: settings.max_output_bytes,
-                short: Arc::clone(&short),
+                inline_limit: Arc::clone(&inline_limit),
                 queue: Arc::clone(&shared),
             };
             std::thread::Builder::new()
@@ -348,6 +348,14 @@ impl Model {
         if let Some(lie) = &shape_lie {
             tracing::warn!(model = %name, "{lie}; V2 answers carry the shapes really produced");
         }
+        let inline = Arc::new(Inline::new(
+            name.clone(),
+            cores,
+            inline_limit,
+            queue.clone(),
+            settings.batching.queue_capacity,
+            metrics.clone(),
+        ));
         Ok(Self {
             name,
             version,
@@ -357,7 +365,7 @@ impl Model {
             outputs,
             batchable,
             batching,
-            inline: Arc::new(Inline::new(cores, short, queue.clone(), metrics.clone())),
+            inline,
             memory_arena: session_config.memory_arena.unwrap_or(false),
             queue,
             metrics,
@@ -446,8 +454,10 @@ impl Model {
         };
         let (reply, rx) = oneshot::channel();
         let (waiting, link) = crate::cancel::link();
+        let inputs: Vec<Tensor> = inputs.into_iter().map(|(_, t)| t).collect();
         let job = Job {
-            inputs: inputs.into_iter().map(|(_, t)| t).collect(),
+            bytes: inputs.iter().map(|t| t.data.byte_len()).fold(0usize, usize::saturating_add),
+            inputs,
             wanted,
             items,
             enqueued: Instant::now(),
@@ -457,8 +467,12 @@ impl Model {
         };
         // Short requests are served on this runtime's threads (crate::batcher::Inline).
         let job = match self.inline.submit(job) {
-            None => return Self::answer(&self.name, rx, waiting).await,
-            Some(job) => job,
+            Submitted::Taken => return Self::answer(&self.name, rx, waiting).await,
+            Submitted::Full => {
+                self.metrics.rejected_queue_full.inc();
+                return Err(crate::batcher::queue_full(&self.name));
+            }
+            Submitted::Back(job) => job,
         };
         self.metrics.pending.inc();
         if let Err(e) = self.queue.try_send(job) {
@@ -466,11 +480,9 @@ impl Model {
             return Err(match e {
                 TrySendError::Full(_) => {
                     self.metrics.rejected_queue_full.inc();
-                    ApiError::Overloaded(format!("model {} has a full queue; retry shortly", self.name))
+                    crate::batcher::queue_full(&self.name)
                 }
-                TrySendError::Disconnected(_) => {
-                    ApiError::Internal(format!("model {} has no running worker", self.name))
-                }
+                TrySendError::Disconnected(_) => crate::batcher::no_worker(&self.name),
             });
         }
         Self::answer(&self.name, rx, waiting).await
@@ -516,7 +528,7 @@ struct Setup {
     batching: Option<BatchingConfig>,
     metrics: ModelMetrics,
     max_output_bytes: Option<usize>,
-    short: Arc<AtomicBool>,
+    inline_limit: Arc<AtomicU64>,
     queue: Arc<Mutex<(std::sync::mpsc::Receiver<Job>, Option<Job>)>>,
 }
 
@@ -544,16 +556,29 @@ impl Setup {
                 return;
             }
         };
-        let produced =
-            self.warmup.take().and_then(|tensors| warm_up(&mut session, &self.name, &self.input_names, tensors));
-        let core = Arc::new(Mutex::new(Core::new(
+        let warm_up = self.warmup.take().map(|tensors| {
+            let bytes = tensors.iter().map(|t| t.data.byte_len()).sum::<usize>();
+            let began = Instant::now();
+            (warm_up(&mut session, &self.name, &self.input_names, tensors), began.elapsed(), bytes)
+        });
+        let mut core = Core::new(
             session,
             self.input_names,
             self.batching.as_ref(),
             self.metrics,
             self.max_output_bytes,
-            self.short,
-        )));
+            self.inline_limit,
+        );
+        // The warm-up run is the first measured: the model's requests may run inline from the
+        // first (a slow first run keeps them with the workers until real runs are measured).
+        let produced = match warm_up {
+            Some((Some(produced), took, bytes)) => {
+                core.note_run(took, bytes);
+                Some(produced)
+            }
+            _ => None,
+        };
+        let core = Arc::new(Mutex::new(core));
         let worker = Worker { queue: self.queue, core: Arc::clone(&core) };
         if opened.send(Ok(Opened { core, produced, cache: self.cache })).is_ok() {
             worker.run();

@@ -598,7 +598,7 @@ fn is_open_path(path: &str) -> bool {
 /// 3. what the handlers leave of the body, read before the answer goes out
 ///    ([`crate::request_body`]);
 /// 4. every error answer as `{"error": ...}` JSON ([`json_errors`]);
-/// 5. the `Content-Encoding` check, admission ([`admit`]), and the body's decoder, for a body
+/// 5. admission ([`admit`]), then the `Content-Encoding` check and the body's decoder, for a body
 ///    that has a coding ([`crate::request_body::decoded`]).
 async fn front(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let id = crate::request_id::ensure(request.headers_mut());
@@ -618,21 +618,19 @@ async fn front(State(state): State<Arc<AppState>>, mut request: Request, next: N
     response
 }
 
-/// The `Content-Encoding` check, then admission (API keys, then the in-flight cap) for every
-/// route but the open ones; the slot is held until the handlers have answered.
-async fn admit(state: &AppState, mut request: Request, next: Next) -> Response {
-    if let Err(e) = crate::request_body::check_encoding(request.headers_mut()) {
-        return e.into_response();
-    }
+/// Admission (API keys, then the in-flight cap) for every route but the open ones, then the
+/// `Content-Encoding` check and the body's decoder; the slot is held until the handlers have
+/// answered.
+async fn admit(state: &AppState, request: Request, next: Next) -> Response {
     if is_open_path(request.uri().path()) {
-        return crate::request_body::decoded(request, next).await;
+        return decode(request, next).await;
     }
     let key = match state.authorize(request.headers()) {
         Ok(key) => key,
         Err(e) => return e.into_response(),
     };
     let mut response = match state.admit_slot_for(model_of_path(request.uri().path())) {
-        Ok(_admitted) => crate::request_body::decoded(request, next).await,
+        Ok(_admitted) => decode(request, next).await,
         Err(e) => e.into_response(),
     };
     // For the audit log, also of a request the in-flight cap refused.
@@ -640,6 +638,14 @@ async fn admit(state: &AppState, mut request: Request, next: Next) -> Response {
         response.extensions_mut().insert(key);
     }
     response
+}
+
+/// An accepted `Content-Encoding` decoded as the body streams in; any other refused.
+async fn decode(mut request: Request, next: Next) -> Response {
+    match crate::request_body::check_encoding(request.headers_mut()) {
+        Ok(()) => crate::request_body::decoded(request, next).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// The model a V2 or typed path names (`/v2/models/{m}/...`, `/v1/models/{m}/predict`).

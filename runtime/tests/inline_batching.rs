@@ -1,6 +1,7 @@
 //! Short requests are served on the async runtime's own threads, merged as the batcher merges
 //! queued requests, without a worker thread's hand-offs. On a one-thread runtime every request
-//! readable at once joins the same round, so what merges is exact, whatever the CPU's speed.
+//! readable at once joins the same round, so what merges is exact; `inline_below_us` is set far
+//! above any run's length, so which path serves does not depend on the CPU's speed either.
 
 use std::path::PathBuf;
 
@@ -63,7 +64,7 @@ fn close(a: &[f64], b: &[f64]) -> bool {
 
 #[tokio::test]
 async fn requests_readable_together_run_as_one_execution_with_their_own_answers() {
-    let router = router("[batching]\npolicy = \"fixed\"\nmax_batch_size = 64\n");
+    let router = router("[batching]\npolicy = \"fixed\"\nmax_batch_size = 64\ninline_below_us = 1000000000\n");
     // Each request alone first: the model's runs are measured short, and these are the answers
     // to compare with.
     let mut alone = Vec::new();
@@ -96,7 +97,9 @@ async fn the_learned_policy_bounds_what_merges_on_the_runtime_threads_too() {
     // Learned: sizes are measured in rising order, so a round grows only one item past the
     // largest size measured; with nothing measured, twelve requests readable together run alone
     // before any merges.
-    let router = router("[batching]\npolicy = \"learned\"\npreferred_batch_size = [2]\nmax_batch_size = 8\n");
+    let router = router(
+        "[batching]\npolicy = \"learned\"\npreferred_batch_size = [2]\nmax_batch_size = 8\ninline_below_us = 1000000000\n",
+    );
     let (status, answer) = send(&router, request(&rows(0, 1))).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let execs = metric(&router, "nv_inference_exec_count").await;
@@ -121,11 +124,38 @@ async fn the_learned_policy_bounds_what_merges_on_the_runtime_threads_too() {
 async fn a_model_told_to_wait_for_batches_keeps_its_worker() {
     // With a queue delay the batch waits for more requests on its worker thread: a request
     // that finds nothing else queued is answered only after the delay.
-    let router = router("[batching]\npolicy = \"fixed\"\nmax_queue_delay_us = 200000\nmax_batch_size = 4\n");
+    let router = router(
+        "[batching]\npolicy = \"fixed\"\nmax_queue_delay_us = 200000\nmax_batch_size = 4\ninline_below_us = 1000000000\n",
+    );
     for i in 0..2 {
         let began = std::time::Instant::now();
         let (status, answer) = send(&router, request(&rows(i, 1))).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
         assert!(began.elapsed() >= std::time::Duration::from_millis(200), "answered before the queue delay");
     }
+}
+
+#[tokio::test]
+async fn requests_beyond_the_queue_capacity_are_refused_on_the_runtime_threads_too() {
+    // Twelve requests readable at once, four places: the first four gather and are answered,
+    // the other eight are told to retry, and nothing stays pending.
+    let router = router("[batching]\npolicy = \"fixed\"\nqueue_capacity = 4\ninline_below_us = 1000000000\n");
+    let mut set = JoinSet::new();
+    for i in 0..12 {
+        let router = router.clone();
+        set.spawn(async move { send(&router, request(&rows(i, 1))).await });
+    }
+    let mut statuses = Vec::new();
+    while let Some(done) = set.join_next().await {
+        let (status, answer) = done.expect("task");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let error = answer["error"].as_str().expect("error");
+            assert!(error.contains("model mlp has a full queue"), "{error}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 4, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE).count(), 8, "{statuses:?}");
+    assert_eq!(metric(&router, "nv_inference_pending_request_count").await, 0.0);
+    assert_eq!(metric(&router, "nv_inference_count").await, 4.0);
 }

@@ -153,18 +153,27 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
     };
     // The servers get a cache directory of their own (below), so name the library outright.
     let ort_lib = cmd!(sh, "{server_bin} nimify ort path").read().context("finding ONNX Runtime")?;
-    let mut rows = Vec::new();
+    // Each row's text without its last column, and its requests/s.
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let mut references = Vec::new();
     let mut starts = Vec::new();
     for m in MODELS.iter().filter(|m| options.models.iter().any(|n| n == m.name)) {
         let path = models.join(format!("{}.onnx", m.name));
         let size = std::fs::metadata(&path)?.len();
-        let baseline = cmd!(sh, "taskset -c 0 {cargo} bench -q -p nimify --bench ort_loop")
-            .env("NIMIFY_BENCH_MODEL", &path)
-            .env("NIMIFY_BENCH_SECONDS", seconds.to_string())
-            .env("NIMIFY_BENCH_THREADS", "1")
-            .read()?;
-        let baseline_rps = json_number(&baseline, "runs_per_sec").context("ort_loop output")?;
-        eprintln!("{}: in-process ONNX Runtime loop: {baseline}", m.name);
+        // The in-process loop runs before and after the model's server rows, and the rows are
+        // compared with the mean of both: the machine's speed drifts by several percent over a
+        // minute, and a reference measured on one side only would carry that drift.
+        let in_process = || -> Result<f64> {
+            let out = cmd!(sh, "taskset -c 0 {cargo} bench -q -p nimify --bench ort_loop")
+                .env("NIMIFY_BENCH_MODEL", &path)
+                .env("NIMIFY_BENCH_SECONDS", seconds.to_string())
+                .env("NIMIFY_BENCH_THREADS", "1")
+                .read()?;
+            eprintln!("{}: in-process ONNX Runtime loop: {out}", m.name);
+            json_number(&out, "runs_per_sec").context("ort_loop output")
+        };
+        let before = in_process()?;
+        let first_row = rows.len();
         let mut env = otel_env.clone();
         // An empty optimized-model cache: the first start makes the entry, the others read it.
         let cache = models.join(format!("cache-{}", m.name));
@@ -215,8 +224,9 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
             let w = parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))?;
             // Clock ticks are 10 ms: the server's CPU per request, in µs.
             let cpu_us = cpu as f64 * 1e6 / ticks_per_second() / w.requests.max(1) as f64;
-            rows.push(format!(
-                "| {} | {protocol} | {concurrency} | {:.0} | {} | {} | {} | {cpu_us:.1} µs | {:.1} MB (model {:.1} MB) | {:.0} ms | {:.2} |",
+            rows.push((
+                format!(
+                "| {} | {protocol} | {concurrency} | {:.0} | {} | {} | {} | {cpu_us:.1} µs | {:.1} MB (model {:.1} MB) | {:.0} ms |",
                 m.name,
                 w.rps,
                 w.p50,
@@ -225,8 +235,16 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
                 rss as f64 / 1024.0,
                 size as f64 / 1e6,
                 ready.as_secs_f64() * 1000.0,
-                w.rps / baseline_rps
+                ),
+                w.rps,
             ));
+        }
+        let after = in_process()?;
+        let reference = (before + after) / 2.0;
+        references.push(format!("| {} | {before:.1} | {after:.1} | {reference:.1} |", m.name));
+        for row in &mut rows[first_row..] {
+            let (text, rps) = std::mem::take(row);
+            *row = (format!("{text} {:.2} |", rps / reference), rps);
         }
     }
     if let Some((mut child, _)) = sink {
@@ -253,7 +271,13 @@ fn serve(sh: &Shell, cargo: &str, args: &[&str]) -> Result<()> {
         "\n| model | protocol | concurrency | requests/s | p50 | p99 | errors | server CPU per request | peak RSS | start to ready | vs in-process |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in rows {
+    for (r, _) in rows {
+        println!("{r}");
+    }
+    println!("\nin-process ONNX Runtime loop (runs/s, batch 1), before and after each model's rows:\n");
+    println!("| model | before | after | reference (mean) |");
+    println!("|---|---|---|---|");
+    for r in references {
         println!("{r}");
     }
     if options.wrk_only {
