@@ -94,6 +94,16 @@ pub mod __bench {
         Ok(decoded.inputs.iter().map(|(_, t)| t.data.len()).sum())
     }
 
+    /// Reads a typed route's JSON body into `T` as the route does (`tracked`: with every
+    /// element's path tracked, as the route did before reading straight into the type).
+    pub fn typed_decode<T: serde::de::DeserializeOwned>(body: &[u8], tracked: bool) -> Result<T, String> {
+        match tracked {
+            true => serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
+                .map_err(|e| e.to_string()),
+            false => crate::routes::typed::parse_json(body).map_err(|e| e.to_string()),
+        }
+    }
+
     /// Writes f32 elements as a JSON output writes them; the bytes written.
     pub fn v2_encode_json(data: Vec<f32>) -> usize {
         let data = crate::tensor::TensorData::F32(data);

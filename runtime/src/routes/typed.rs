@@ -94,7 +94,13 @@ fn documented<I: ToSchema, O: ToSchema>(
 }
 
 /// JSON into a request type: syntax errors are 400, wrong fields or shapes 422 naming the field.
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Read straight into the type; a body that fails is read again with its path tracked for the
+/// message (tracking every element's path would slow every request: `cargo bench -p nimify
+/// --bench json_codec`, typed decode).
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes)).map_err(|e| {
         let at = e.path().to_string();
         match e.inner().classify() {

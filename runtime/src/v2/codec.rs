@@ -489,12 +489,43 @@ impl Serialize for JsonRange<'_> {
 /// Appends the elements `range` of `data` to `out` as comma-separated JSON values (an array's
 /// inside), spelt as [`JsonData`] spells them.
 pub(crate) fn write_json_elements(data: &TensorData, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
+    // Floats, most outputs, in one loop (serde's per-element calls took about half the time).
+    match data {
+        TensorData::F32(v) => return write_floats(&v[range], out),
+        TensorData::F64(v) => return write_floats(&v[range], out),
+        _ => {}
+    }
     let start = out.len();
     // Writing into a Vec cannot fail, and every element type serialises.
     let _ = serde_json::to_writer(&mut *out, &JsonRange(data, range));
     // Drop the brackets: the caller writes the array around the pieces.
     out.remove(start);
     out.pop();
+}
+
+/// Floats as [`JsonFloat`] and [`JsonF32`] spell them (serde_json's shortest round-trip
+/// form, non-finite values as strings), comma-separated.
+fn write_floats<F: zmij::Float + Copy + Into<f64>>(values: &[F], out: &mut Vec<u8>) {
+    out.reserve(values.len() * 12);
+    let mut buffer = zmij::Buffer::new();
+    for (i, &x) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let wide: f64 = x.into();
+        if wide.is_finite() {
+            out.extend_from_slice(buffer.format_finite(x).as_bytes());
+            continue;
+        }
+        let name = match wide {
+            x if x.is_nan() => NON_FINITE[0].0,
+            x if x > 0.0 => NON_FINITE[1].0,
+            _ => NON_FINITE[2].0,
+        };
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'"');
+    }
 }
 
 /// A tensor in the binary tensor format, copied.
@@ -628,6 +659,45 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floats_are_written_as_serde_writes_them() {
+        let f64s = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.5,
+            0.1,
+            1e21,
+            1e-7,
+            123_456_789.123,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        let mut f32s: Vec<f32> = f64s.iter().map(|&x| x as f32).collect();
+        f32s.extend([f32::MAX, f32::MIN_POSITIVE, 1e-45, 0.3, 16_777_217.0, -2.1e-3]);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..10_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            f32s.push(f32::from_bits(state as u32));
+        }
+        for data in [TensorData::F32(f32s), TensorData::F64(f64s)] {
+            let n = data.len();
+            for range in [0..n, 1..n, 0..0, 3..4] {
+                let mut fast = b"[".to_vec();
+                write_json_elements(&data, range.clone(), &mut fast);
+                fast.push(b']');
+                let reference = serde_json::to_vec(&JsonRange(&data, range.clone())).expect("serialises");
+                assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&reference), "{range:?}");
+            }
+        }
+    }
 
     #[test]
     fn fp64_json_elements_read_back_exactly() {
