@@ -24,16 +24,6 @@ pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
     id
 }
 
-/// [`ensure`]'s ids for tower-http's request-id layers (the gRPC router's).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Ids;
-
-impl tower_http::request_id::MakeRequestId for Ids {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<tower_http::request_id::RequestId> {
-        Some(tower_http::request_id::RequestId::new(new_id()))
-    }
-}
-
 thread_local! {
     static STATE: Cell<u64> = Cell::new({
         let (a, b) = uuid::Uuid::new_v4().as_u64_pair();

@@ -21,7 +21,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tonic::codec::CompressionEncoding;
 use tonic_health::ServingStatus;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::server::AppState;
 use generated::grpc_inference_service_server::{GrpcInferenceServiceServer, SERVICE_NAME};
@@ -60,11 +59,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .prepare()
         .into_axum_router()
         .fallback(unknown_service)
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), message_limit))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admit))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), access_log))
-        .layer(SetRequestIdLayer::x_request_id(crate::request_id::Ids))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), front))
 }
 
 /// Reports SERVING for the server ("") and the inference service while the server is ready,
@@ -131,12 +126,31 @@ impl CallModel {
     }
 }
 
+/// Everything a call passes on its way to the services and back, in one layer (as HTTP's: each
+/// axum `from_fn` layer costs a boxed copy of the stack inside it and a boxed future per call),
+/// outermost first: its `x-request-id`, kept or made ([`crate::request_id`]), and sent back; the
+/// access log and audit line, and the call's span ([`access_log`]); admission and the deadline
+/// ([`admit`]); a too-large message's status ([`message_limit`]).
+async fn front(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let id = crate::request_id::ensure(request.headers_mut());
+    let mut response = access_log(&state, request, |request| admit(&state, request, next)).await;
+    if !response.headers().contains_key(crate::request_id::HEADER) {
+        response.headers_mut().insert(crate::request_id::HEADER, id);
+    }
+    response
+}
+
+/// The services, then a too-large message's status.
+async fn services(state: &AppState, request: Request, next: Next) -> Response {
+    message_limit(state, next.run(request).await)
+}
+
 /// Admission, as HTTP's, and the call's deadline: a refused call ends with UNAUTHENTICATED or
 /// UNAVAILABLE before its message is read; a unary call (message upload included) is cut off
 /// with DEADLINE_EXCEEDED at the earlier of `request_timeout_ms` and `grpc-timeout`, and holds
 /// its in-flight place until its response is written. A stream is checked for its API key here
 /// and takes a place per message (see the service).
-async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+async fn admit(state: &AppState, mut request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     let path = request.uri().path().to_string();
     let client = match request.headers().get("grpc-timeout").map(|v| v.to_str().unwrap_or("?")) {
@@ -162,7 +176,7 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
         return status::to_status(&e).into_http();
     }
     if is_open(&path) {
-        return next.run(request).await;
+        return services(state, request, next).await;
     }
     if is_stream(&path) {
         return match state.authorize(request.headers()) {
@@ -171,7 +185,7 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
                 if let Some(key) = &key {
                     request.extensions_mut().insert(key.clone());
                 }
-                with_key_name(next.run(request).await, key)
+                with_key_name(services(state, request, next).await, key)
             }
             Err(e) => status::to_status(&e).into_http(),
         };
@@ -184,7 +198,7 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
         Ok(admitted) => admitted,
         Err(e) => return with_key_name(status::to_status(&e).into_http(), key),
     };
-    let call = next.run(request);
+    let call = services(state, request, next);
     let response = match deadline {
         // The handler's deadline is this one (same instant, polled first), so a request the
         // inference path was running ends (and is counted) there; this one ends the rest, a
@@ -213,8 +227,7 @@ fn with_key_name(mut response: Response, key: Option<crate::inference::admission
 
 /// A request message over `grpc_max_message_bytes` ends with RESOURCE_EXHAUSTED naming the
 /// setting, as gRPC's other implementations answer, instead of tonic's OUT_OF_RANGE.
-async fn message_limit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+fn message_limit(state: &AppState, response: Response) -> Response {
     let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
     let too_large = header("grpc-status") == Some("11")
         && header("grpc-message").is_some_and(|m| m.contains("message%20length%20too%20large"));
@@ -231,7 +244,11 @@ async fn message_limit(State(state): State<Arc<AppState>>, request: Request, nex
 /// One log line per call, as HTTP's access log: failures (a `grpc-status` other than 0 in the
 /// response headers, which is how a call that fails before answering ends) at info, the rest at
 /// debug, with the request id; everything logged during the call carries it.
-async fn access_log(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+async fn access_log<F: std::future::Future<Output = Response>>(
+    state: &AppState,
+    mut request: Request,
+    call: impl FnOnce(Request) -> F,
+) -> Response {
     let start = std::time::Instant::now();
     let path = request.uri().path().to_string();
     let client = state.audit().and_then(|_| crate::audit::client_of(request.extensions()));
@@ -246,7 +263,7 @@ async fn access_log(State(state): State<Arc<AppState>>, mut request: Request, ne
     } else {
         tracing::error_span!("request", request_id = %id)
     };
-    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let mut response = tracing::Instrument::instrument(call(request), span.clone()).await;
     let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string();
     let micros = start.elapsed().as_micros() as u64;
     // A call that answers has its status in the trailers, sent after this middleware is done:
