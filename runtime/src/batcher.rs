@@ -335,11 +335,14 @@ impl Worker {
 }
 
 impl Core {
-    /// An instance ready to serve.
+    /// An instance ready to serve: merging as `batching` says (`None`: requests run one by one),
+    /// and on the runtime's threads when runs take up to `inline_below_us`, which applies
+    /// whether the model batches or not.
     pub fn new(
         session: Session,
         input_names: Arc<Vec<String>>,
         batching: Option<&crate::config::BatchingConfig>,
+        inline_below_us: u64,
         metrics: ModelMetrics,
         max_output_bytes: Option<usize>,
         inline_limit: Arc<AtomicU64>,
@@ -356,7 +359,7 @@ impl Core {
             max_output_bytes,
             options: crate::cancel::run_options(),
             typical: None,
-            inline_below: Duration::from_micros(config.inline_below_us),
+            inline_below: Duration::from_micros(inline_below_us),
             inline_limit,
         }
     }
