@@ -22,7 +22,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -81,11 +81,37 @@ fn open_file_limit() -> Option<u64> {
     line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// The routes a connection's requests go to: fixed, or the loading phase's stand-in until the
+/// built server's routes are handed over. A connection opened while loading then serves its
+/// next requests with the built server, so no client sees "starting" once the server says it
+/// serves, even on a kept-alive connection (gRPC channels share theirs) still closing.
+#[derive(Clone)]
+pub(crate) struct Routes {
+    first: Router,
+    then: Option<Arc<OnceLock<Router>>>,
+}
+
+impl Routes {
+    /// Always `router`.
+    pub(crate) fn fixed(router: Router) -> Self {
+        Self { first: router, then: None }
+    }
+
+    /// `first` until `then` is set.
+    pub(crate) fn until(first: Router, then: Arc<OnceLock<Router>>) -> Self {
+        Self { first, then: Some(then) }
+    }
+
+    fn current(&self) -> &Router {
+        self.then.as_ref().and_then(|t| t.get()).unwrap_or(&self.first)
+    }
+}
+
 /// What one listener serves, and how.
 #[derive(Clone)]
 pub(crate) struct Endpoint {
     /// The routes (HTTP's or gRPC's).
-    pub router: Router,
+    pub routes: Routes,
     /// TLS, when configured: the handshake must finish within `header_read_timeout_ms`.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// HTTP/2 keep-alive pings (interval, timeout) for long-lived gRPC channels.
@@ -265,10 +291,10 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 ) {
     let io = TokioIo::new(Guarded { stream, clock: Arc::clone(&clock), replacement: None, first_read: true });
     let service_clock = Arc::clone(&clock);
-    let router = endpoint.router.clone();
+    let routes = endpoint.routes.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let busy = Busy::start(Arc::clone(&service_clock));
-        let router = router.clone();
+        let router = routes.current().clone();
         async move {
             // The client's address, for the audit log and spans (axum's `ConnectInfo`; an
             // IPv4 client of a dual-stack listener as plain IPv4).

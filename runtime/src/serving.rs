@@ -2,8 +2,8 @@
 //! are ready, and the shutdown a Kubernetes pod needs.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::connections::{Endpoint, Limits, accept_loop};
+use crate::connections::{Endpoint, Limits, Routes, accept_loop};
 use crate::server::AppState;
 
 /// The sockets a server listens on: HTTP, and gRPC when it is served.
@@ -37,17 +37,22 @@ struct Running {
 }
 
 impl Running {
-    /// Starts accepting on `http` (with `router`) and, when given, `grpc` (with the gRPC router
-    /// over `state`), both with the state's TLS and limits.
-    fn start(http: &Arc<TcpListener>, grpc: Option<&Arc<TcpListener>>, state: &Arc<AppState>, router: Router) -> Self {
+    /// Starts accepting on `http` with `routes` and, when given, on the gRPC listener with its
+    /// routes, both with the state's TLS and limits.
+    fn start(
+        http: &Arc<TcpListener>,
+        grpc: Option<(&Arc<TcpListener>, Routes)>,
+        state: &Arc<AppState>,
+        routes: Routes,
+    ) -> Self {
         let limits = Limits::from_config(state.config());
         let (stop, stopped) = watch::channel(false);
         let tls = state.tls().map(tokio_rustls::TlsAcceptor::from);
         let metrics = state.metrics().connections();
-        let http_endpoint = Endpoint { router, tls: tls.clone(), keepalive: None };
+        let http_endpoint = Endpoint { routes, tls: tls.clone(), keepalive: None };
         let mut loops =
             vec![tokio::spawn(accept_loop(Arc::clone(http), http_endpoint, limits, metrics.clone(), stopped.clone()))];
-        if let Some(grpc) = grpc {
+        if let Some((grpc, routes)) = grpc {
             let c = state.config();
             let keepalive = (c.grpc_keepalive_interval_ms > 0).then(|| {
                 (
@@ -55,7 +60,7 @@ impl Running {
                     Duration::from_millis(c.grpc_keepalive_timeout_ms),
                 )
             });
-            let endpoint = Endpoint { router: crate::grpc::router(Arc::clone(state)), tls, keepalive };
+            let endpoint = Endpoint { routes, tls, keepalive };
             loops.push(tokio::spawn(accept_loop(Arc::clone(grpc), endpoint, limits, metrics, stopped)));
         }
         Self { stop, loops, limits }
@@ -116,24 +121,27 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Listeners { http, grpc } = listeners.into();
-    serve_shared(Arc::new(http), grpc.map(Arc::new), state, router, shutdown).await
+    let grpc = grpc.map(|g| (Arc::new(g), crate::grpc::router(Arc::clone(&state))));
+    serve_shared(Arc::new(http), grpc, state, router, shutdown).await
 }
 
+/// Serves `router` on `http` and the given gRPC routes on their listener until `shutdown`.
 async fn serve_shared(
     http: Arc<TcpListener>,
-    grpc: Option<Arc<TcpListener>>,
+    grpc: Option<(Arc<TcpListener>, Router)>,
     state: Arc<AppState>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = http.local_addr()?;
-    let grpc_local = grpc.as_ref().map(|g| g.local_addr()).transpose()?;
+    let grpc_local = grpc.as_ref().map(|(g, _)| g.local_addr()).transpose()?;
     // Poll the shutdown future once before announcing the server: signal handlers (tokio's and
     // [`shutdown_signal`]'s) are installed on the first poll, and a SIGTERM or Ctrl-C that came
     // before them would end the process at once instead of gracefully.
     let mut shutdown = Box::pin(shutdown);
     let signalled = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
-    let running = Running::start(&http, grpc.as_ref(), &state, router);
+    let running =
+        Running::start(&http, grpc.as_ref().map(|(g, r)| (g, Routes::fixed(r.clone()))), &state, Routes::fixed(router));
     let polling = (state.repository().map(crate::repository::Repository::mode)
         == Some(crate::config::ControlMode::Poll))
     .then(|| tokio::spawn(crate::repository::poll_loop(Arc::clone(&state))));
@@ -223,7 +231,15 @@ pub(crate) async fn serve_after_loading<E: Send + 'static>(
     // Installs the signal handlers (see `serve_shared`).
     let signalled = std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     let mut load = tokio::task::spawn_blocking(load);
-    let loading = Running::start(&http, grpc.as_ref(), &starting, starting_router);
+    // The loading phase's connections are handed the built server's routes as soon as it is
+    // built, then closed (see `Routes`).
+    let (http_then, grpc_then) = (Arc::new(OnceLock::new()), Arc::new(OnceLock::new()));
+    let loading = Running::start(
+        &http,
+        grpc.as_ref().map(|g| (g, Routes::until(crate::grpc::router(Arc::clone(&starting)), Arc::clone(&grpc_then)))),
+        &starting,
+        Routes::until(starting_router, Arc::clone(&http_then)),
+    );
     tracing::info!(
         address = %http.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
         grpc_address = grpc.as_ref().and_then(|g| g.local_addr().ok()).map_or_else(|| "off".to_string(), |a| a.to_string()),
@@ -241,14 +257,25 @@ pub(crate) async fn serve_after_loading<E: Send + 'static>(
         tracing::info!("shutdown signal while loading: exiting without serving");
         return Ok(loading.stop(Duration::ZERO).await.map(|_| ()));
     };
+    let (state, router) = match built {
+        Ok(Ok(built)) => built,
+        Ok(Err(e)) => {
+            let _ = loading.stop(Duration::ZERO).await;
+            return Err(e);
+        }
+        Err(e) => {
+            let _ = loading.stop(Duration::ZERO).await;
+            return Ok(Err(std::io::Error::other(e)));
+        }
+    };
+    let _ = http_then.set(router.clone());
+    let grpc = grpc.map(|g| (g, crate::grpc::router(Arc::clone(&state))));
+    if let Some((_, routes)) = &grpc {
+        let _ = grpc_then.set(routes.clone());
+    }
     let closing = match loading.stop_accepting().await {
         Ok(closing) => closing,
         Err(e) => return Ok(Err(e)),
-    };
-    let (state, router) = match built {
-        Ok(Ok(built)) => built,
-        Ok(Err(e)) => return Err(e),
-        Err(e) => return Ok(Err(std::io::Error::other(e))),
     };
     // The loading phase's last connections close on their own (GOAWAY, `Connection: close`)
     // while the real server already accepts.

@@ -19,6 +19,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use futures_util::FutureExt;
 use tonic::codec::CompressionEncoding;
 use tonic_health::ServingStatus;
 
@@ -41,7 +42,16 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .accept_compressed(CompressionEncoding::Deflate)
         .accept_compressed(CompressionEncoding::Zstd);
     let (reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(follow_readiness(reporter, state.readiness()));
+    // The statuses are set before the first call can come: a new reporter says SERVING for ""
+    // until told otherwise, which a loading server is not. Nothing else holds a new reporter's
+    // lock, so each update completes on its first poll.
+    let readiness = state.readiness();
+    let status = serving_status(*readiness.borrow());
+    for name in ["", SERVICE_NAME] {
+        let set = reporter.set_service_status(name, status).now_or_never();
+        debug_assert!(set.is_some(), "a new health reporter's lock is free");
+    }
+    tokio::spawn(follow_readiness(reporter, readiness));
     let mut routes = tonic::service::Routes::new(inference).add_service(health);
     // The descriptors are generated with the code (a freshness test checks both), so they decode.
     let reflection = || {
@@ -69,13 +79,17 @@ async fn follow_readiness(
     mut ready: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let status = if *ready.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = serving_status(*ready.borrow_and_update());
         reporter.set_service_status("", status).await;
         reporter.set_service_status(SERVICE_NAME, status).await;
         if ready.changed().await.is_err() {
             return;
         }
     }
+}
+
+fn serving_status(ready: bool) -> ServingStatus {
+    if ready { ServingStatus::Serving } else { ServingStatus::NotServing }
 }
 
 /// A call to a service or method this server does not have.
