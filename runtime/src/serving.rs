@@ -154,6 +154,8 @@ async fn serve_shared(
         tls = state.tls().is_some(),
         models = state.models().len(),
         max_connections = running.limits.max_connections,
+        runtime = runtime_flavor(),
+        runtime_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         header_read_timeout_ms = running.limits.header_read_timeout.as_millis() as u64,
         idle_timeout_ms = running.limits.idle_timeout.as_millis() as u64,
         "serving"
@@ -195,6 +197,14 @@ async fn serve_shared(
         log.flush(Duration::from_secs(5)).await;
     }
     Ok(())
+}
+
+/// Which tokio runtime serves: `current_thread` (one CPU) or `multi_thread`.
+fn runtime_flavor() -> &'static str {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+        _ => "multi_thread",
+    }
 }
 
 /// `http(s)://host:port` to reach a listener at `local` from this machine: an unspecified

@@ -280,6 +280,57 @@ def test_every_thread_stays_on_the_cpus_the_process_may_use():
         server.stop()
 
 
+def test_one_cpu_gets_a_one_thread_runtime_that_serves_concurrent_clients():
+    """Under `taskset -c 0` the server runs tokio's one-thread runtime (the "serving" line says
+    `current_thread`; `TOKIO_WORKER_THREADS` overrides the count), and with a half-sent request
+    left open beside them, 96 concurrent HTTP requests and 32 gRPC ones each get their own answer."""
+    import json
+    import socket
+
+    import tritonclient.grpc as grpcclient
+
+    argv = ["taskset", "-c", "0", *Server.argv_for(os.path.join(MODELS, "mlp.onnx"))]
+    server = Service(argv)
+    forced = Service(argv, env={**os.environ, "TOKIO_WORKER_THREADS": "2"})
+    try:
+        def runtime(s):
+            serving = next(json.loads(l) for l in s.log if '"message":"serving"' in l)
+            return serving["runtime"], serving["runtime_threads"]
+
+        assert runtime(server) == ("current_thread", 1) and runtime(forced) == ("multi_thread", 2)
+        host, port = server.address.rsplit(":", 1)
+        idle = socket.create_connection((host, int(port)), timeout=10)
+        idle.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inp")
+        sess = ort.InferenceSession(os.path.join(MODELS, "mlp.onnx"))
+        rng = np.random.default_rng(7)
+        inputs = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(128)]
+        grpc_client = grpcclient.InferenceServerClient(server.grpc_address)
+
+        def call(k):
+            x = inputs[k]
+            if k % 4 == 3:
+                feed = grpcclient.InferInput("x", list(x.shape), "FP32")
+                feed.set_data_from_numpy(x)
+                return grpc_client.infer("mlp", [feed]).as_numpy("probs")
+            r = infer_json(server, "mlp", x)
+            assert r.status_code == 200, r.text
+            return np.array(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(x.shape[0], 3)
+
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(call, range(len(inputs))))
+        for x, got in zip(inputs, results):
+            np.testing.assert_allclose(got, sess.run(["probs"], {"x": x})[0], rtol=1e-6, atol=1e-7)
+        assert metric(server, "nv_inference_request_success", "mlp") == len(inputs)
+        # The half-sent request is still waiting for its body, not answered or dropped.
+        idle.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            idle.recv(1)
+        idle.close()
+    finally:
+        server.stop()
+        forced.stop()
+
+
 def test_the_memory_arena_is_on_for_inputs_fixed_past_dim0_unless_configured(start):
     """Unset, ONNX Runtime's arena serves a model whose inputs are fixed past dim 0 (one set of
     buffers reused) and not one with other dynamic dims (its arena would keep every size seen);

@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
+import pytest
 import requests
 
 from conftest import metric
@@ -225,8 +226,12 @@ def test_request_timeout(start):
     assert took < work.seconds, f"the 504 must not wait for the work to end: {control}"
 
 
-def test_sigterm_drains_in_flight_requests(start):
-    server = start("slow", *NO_LIMITS)
+# Also on the one-thread runtime a server gets on one CPU, where the signal, the drain and the
+# answers share the thread.
+@pytest.mark.parametrize("runtime_threads", [None, "1"])
+def test_sigterm_drains_in_flight_requests(start, runtime_threads):
+    env = None if runtime_threads is None else {**os.environ, "TOKIO_WORKER_THREADS": runtime_threads}
+    server = start("slow", *NO_LIMITS, env=env)
     queued = 5
     with ThreadPoolExecutor(queued + 1) as pool:
         work, sending = size_work_against_burst(server, pool, queued)
