@@ -164,6 +164,39 @@ impl<'a> Reader<'a> {
         Some(&self.b[start..self.i])
     }
 
+    /// A string: read here when it has no escapes (names and datatypes as clients send them),
+    /// by serde_json otherwise.
+    fn text(&mut self) -> Option<String> {
+        self.ws();
+        let rest = &self.b[self.i..];
+        if rest.first() == Some(&b'"') {
+            if let Some(len) = rest[1..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20) {
+                if rest[1 + len] == b'"' {
+                    let text = std::str::from_utf8(&rest[1..1 + len]).ok()?.to_owned();
+                    self.i += len + 2;
+                    return Some(text);
+                }
+            }
+        }
+        self.field()
+    }
+
+    /// A `shape`: an array of integers that fit `i64`, as serde_json reads a `Vec<i64>`.
+    fn dims(&mut self) -> Option<Vec<i64>> {
+        let mut dims = Vec::new();
+        self.eat(b'[')?;
+        if self.eat(b']').is_some() {
+            return Some(dims);
+        }
+        loop {
+            self.ws();
+            dims.push(self.number()?.int()?);
+            if !self.more(b']')? {
+                return Some(dims);
+            }
+        }
+    }
+
     /// The next value, read by serde_json as `T`.
     fn field<T: DeserializeOwned>(&mut self) -> Option<T> {
         serde_json::from_slice(self.span()?).ok()
@@ -190,9 +223,9 @@ impl<'a> Reader<'a> {
         // them), otherwise kept as a span and read at the end.
         let mut data: Option<Data<'a>> = None;
         self.object(|r, key| match key {
-            b"name" => once(&mut name, r.field::<String>()?),
-            b"shape" => once(&mut shape, r.field::<Vec<i64>>()?),
-            b"datatype" => once(&mut datatype, r.field::<String>()?),
+            b"name" => once(&mut name, r.text()?),
+            b"shape" => once(&mut shape, r.dims()?),
+            b"datatype" => once(&mut datatype, r.text()?),
             b"parameters" => once(&mut parameters, r.field()?),
             b"data" => {
                 let read = match (&name, &shape, &datatype) {
@@ -872,6 +905,20 @@ mod tests {
             r#"{"in\u0070uts":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
             r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"id":5}"#,
             r#"{"inputs":[{"name":"x","shape":[1.5],"datatype":"FP32","data":[1]}]}"#,
+            // shapes and names read without serde_json, each as serde_json reads them
+            r#"{"inputs":[{"name":"x","shape":[-0],"datatype":"FP32","data":[]}]}"#,
+            r#"{"inputs":[{"name":"x","shape":[1e0],"datatype":"FP32","data":[1]}]}"#,
+            r#"{"inputs":[{"name":"x","shape":[9223372036854775808],"datatype":"FP32","data":[1]}]}"#,
+            r#"{"inputs":[{"name":"x","shape":[[1]],"datatype":"FP32","data":[1]}]}"#,
+            r#"{"inputs":[{"name":"x","shape":[1,],"datatype":"FP32","data":[1]}]}"#,
+            r#"{"inputs":[{"name":"x","shape":null,"datatype":"FP32","data":[1]}]}"#,
+            r#"{"inputs":[{"name":"x","shape":[ 1 , 1 ],"datatype":"FP32","data":[[1]]},{"name":"y","shape":[],"datatype":"FP32","data":[2]}]}"#,
+            r#"{"inputs":[{"name":"\u0078","shape":[1],"datatype":"FP\u00332","data":[1]}]}"#,
+            r#"{"inputs":[{"name":"x\"","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            r#"{"inputs":[{"name":5,"shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32,"data":[1]}]}"#,
+            "{\"inputs\":[{\"name\":\"x\t\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}",
+            r#"{"inputs":[{"name":"é","shape":[1],"datatype":"FP32","data":[1]}]}"#,
             r#"[null,null,[]]"#,
         ];
         for body in bodies {
