@@ -157,6 +157,19 @@ pub(crate) fn no_worker(model: &str) -> ApiError {
 }
 
 impl Inline {
+    /// The model's instances.
+    #[cfg(test)]
+    pub(crate) fn instances(&self) -> &[Arc<Mutex<Core>>] {
+        &self.cores
+    }
+
+    /// Requests gathered for rounds now, and the tasks serving rounds.
+    #[cfg(test)]
+    pub(crate) fn gathered(&self) -> (usize, usize) {
+        let gathered = self.gathered.lock().unwrap_or_else(PoisonError::into_inner);
+        (gathered.jobs.len(), gathered.servers)
+    }
+
     /// Serving `name` through `cores`, which keep `limit`.
     pub(crate) fn new(
         name: String,
@@ -659,9 +672,126 @@ pub fn run_session(
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::task::Poll;
     use std::time::Duration;
 
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
     use super::inline_limit;
+    use crate::model::Model;
+    use crate::{Config, ModelOptions, ServerBuilder};
+
+    /// The MLP served with every run short enough for the runtime's threads, merged by the
+    /// fixed policy, with no request deadline (no timer of the runtime a test drops).
+    fn mlp() -> (Arc<Model>, Router) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/models/mlp.onnx");
+        let config = "request_timeout_ms = 0\n[batching]\npolicy = \"fixed\"\ninline_below_us = 1000000000\n";
+        let (state, router) = ServerBuilder::new(Config::from_toml(config).expect("config"))
+            .model(ModelOptions::new(path))
+            .build()
+            .expect("model loads (is ONNX Runtime installed? run `cargo nimify ort install`)");
+        (state.models().remove(0), router)
+    }
+
+    fn request(row: usize) -> Request<Body> {
+        let x = [row as f32, 0.5, -1.0, 0.25];
+        let body = format!(r#"{{"inputs":[{{"name":"x","shape":[1,4],"datatype":"FP32","data":{x:?}}}]}}"#);
+        Request::post("/v2/models/mlp/infer").body(Body::from(body)).expect("request")
+    }
+
+    /// The answer's numbers (OK only).
+    async fn answer(response: axum::response::Response) -> Vec<f64> {
+        let status = response.status();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        answer["outputs"][0]["data"].as_array().expect("data").iter().map(|v| v.as_f64().expect("number")).collect()
+    }
+
+    /// Equal up to the rounding a batch's kernels may change.
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
+    }
+
+    fn one_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    #[test]
+    fn requests_gathered_while_every_instance_is_busy_go_to_the_workers() {
+        let runtime = one_thread();
+        let _entered = runtime.enter();
+        let (model, router) = mlp();
+        runtime.block_on(async {
+            let mut alone = Vec::new();
+            for i in 0..4 {
+                alone.push(answer(router.clone().oneshot(request(i)).await.expect("infallible")).await);
+            }
+            let execs = model.metrics().exec_count.get();
+            // The test holds the only instance, as a worker's batch would: the round finds none
+            // free and, as the last serving task, hands what gathered to the workers, whose
+            // worker waits for the instance and runs them once it is let go.
+            let held = model.cores()[0].lock().expect("instance");
+            let calls: Vec<_> = (0..4).map(|i| tokio::spawn(router.clone().oneshot(request(i)))).collect();
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(model.metrics().pending.get(), 4, "the requests wait for the instance");
+            drop(held);
+            for (call, alone) in calls.into_iter().zip(alone) {
+                let response = tokio::time::timeout(Duration::from_secs(30), call)
+                    .await
+                    .expect("answered once the instance is free, not left waiting for a round")
+                    .expect("task")
+                    .expect("infallible");
+                let got = answer(response).await;
+                assert!(close(&got, &alone), "{got:?} against {alone:?} alone");
+            }
+            assert_eq!(model.metrics().pending.get(), 0);
+            assert!(model.metrics().exec_count.get() > execs);
+        });
+    }
+
+    #[test]
+    fn a_round_dropped_before_it_runs_hands_its_requests_to_the_workers() {
+        let serving = one_thread();
+        let _entered = serving.enter();
+        let (model, router) = mlp();
+        let alone =
+            serving.block_on(async { answer(router.clone().oneshot(request(7)).await.expect("infallible")).await });
+        // The round that served it ends once it finds nothing more.
+        serving.block_on(async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert_eq!(model.gathered(), (0, 0), "no round is left running");
+        let execs = model.metrics().exec_count.get();
+        // Polled once on a runtime that is then shut down: the request is gathered and its round
+        // spawned there, but the runtime drops the round's task before it ever runs.
+        let dropped = one_thread();
+        let mut call = Box::pin(router.clone().oneshot(request(7)));
+        let pending = dropped.block_on(std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx).is_pending())));
+        assert!(pending, "the request waits for its round");
+        assert_eq!(model.gathered(), (1, 1), "the request was gathered for a round of its own");
+        assert_eq!(model.metrics().exec_count.get(), execs, "and not run");
+        drop(dropped);
+        let response = serving
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), call).await })
+            .expect("answered by a worker, not left waiting for the dropped round")
+            .expect("infallible");
+        let got = serving.block_on(answer(response));
+        assert!(close(&got, &alone), "{got:?} against {alone:?} alone");
+        assert_eq!(model.metrics().pending.get(), 0);
+        assert_eq!(model.metrics().exec_count.get(), execs + 1);
+    }
 
     #[test]
     fn short_runs_serve_requests_up_to_four_times_their_inputs_inline() {

@@ -443,6 +443,19 @@ impl Model {
         &self.metrics
     }
 
+    /// Requests gathered for its next round on the runtime's threads, and the tasks serving
+    /// rounds.
+    #[cfg(test)]
+    pub(crate) fn gathered(&self) -> (usize, usize) {
+        self.inline.gathered()
+    }
+
+    /// Its session instances.
+    #[cfg(test)]
+    pub(crate) fn cores(&self) -> &[Arc<Mutex<crate::batcher::Core>>] {
+        self.inline.instances()
+    }
+
     /// Queues validated inputs (in model input order) and waits for the requested outputs, in
     /// the order asked for. A full queue is [`ApiError::Overloaded`]; dropping the returned
     /// future before the request runs keeps it from running.
