@@ -725,6 +725,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::await_holding_lock, reason = "the test holds the instance as a worker's batch would")]
     fn requests_gathered_while_every_instance_is_busy_go_to_the_workers() {
         let runtime = one_thread();
         let _entered = runtime.enter();

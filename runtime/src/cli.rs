@@ -330,29 +330,34 @@ pub fn run(register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> ExitCode {
 
 /// The async runtime: one thread when the process may use one CPU (its affinity mask and cgroup
 /// CPU quota, as `std::thread::available_parallelism` sees them) or `TOKIO_WORKER_THREADS` is 1,
-/// tokio's multi-thread runtime with one worker per CPU otherwise. On one CPU the multi-thread
-/// scheduler's single worker costs its cross-thread queues and wake-ups for nothing: the MLP over
-/// V2 binary at concurrency 32 on one core took 19.5 µs of server CPU per request on it and
-/// 16.4 on the one-thread runtime.
-fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
+/// tokio's multi-thread runtime with one worker per CPU (or that many) otherwise. On one CPU the
+/// multi-thread scheduler's single worker costs its cross-thread queues and wake-ups for nothing:
+/// the MLP over V2 binary at concurrency 32 on one core took 19.5 µs of server CPU per request on
+/// it and 16.4 on the one-thread runtime.
+fn async_runtime() -> Result<tokio::runtime::Runtime, String> {
+    let workers = match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("TOKIO_WORKER_THREADS={v:?} is not a thread count; use a whole number from 1")),
+        },
+        Err(_) => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
     };
-    builder.enable_all().build()
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build().map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
 /// Builds and serves with the given settings.
 pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Result<(), String> {
     let config = args.config().map_err(|e| e.to_string())?;
     let tracing_settings = crate::telemetry::settings_with_file(|k| std::env::var(k).ok(), &config.tracing)?;
-    let runtime = async_runtime().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let runtime = async_runtime()?;
     // The exporter sends its batches from a task on the server's runtime.
     let tracing = match &tracing_settings {
         Some(settings) => {
@@ -386,9 +391,11 @@ pub fn serve(args: &ServiceArgs, register: impl FnOnce(ServerBuilder) -> ServerB
             .await?
             .map_err(|e| format!("server failed: {e}"))
     });
-    // The spans still queued go out before the runtime that sends them stops.
+    // The spans still queued go out before the runtime that sends them stops: the exporter's
+    // task runs on it, so it is driven while a blocking thread waits for the export (a
+    // one-thread runtime runs nothing outside `block_on`).
     if let Some(tracing) = tracing {
-        tracing.shutdown();
+        let _ = runtime.block_on(async move { tokio::task::spawn_blocking(move || tracing.shutdown()).await });
     }
     // A load still running after a shutdown signal is abandoned, not waited for.
     runtime.shutdown_background();

@@ -147,6 +147,12 @@ impl AppState {
         self.catalog.all()
     }
 
+    /// The loading phase's stand-in, once the built server took over: health watches still
+    /// open on its connections see the server as it is now, serving.
+    pub(crate) fn handed_over(&self) {
+        self.ready.send_replace(true);
+    }
+
     /// Fails the readiness probe from now on: a shutdown has begun.
     pub(crate) fn begin_shutdown(&self) {
         self.ready.send_replace(false);

@@ -122,16 +122,18 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let Listeners { http, grpc } = listeners.into();
     let grpc = grpc.map(|g| (Arc::new(g), crate::grpc::router(Arc::clone(&state))));
-    serve_shared(Arc::new(http), grpc, state, router, shutdown).await
+    serve_shared(Arc::new(http), grpc, state, router, shutdown, None).await
 }
 
-/// Serves `router` on `http` and the given gRPC routes on their listener until `shutdown`.
+/// Serves `router` on `http` and the given gRPC routes on their listener until `shutdown`, then
+/// drains them and the loading phase's connections still `closing`.
 async fn serve_shared(
     http: Arc<TcpListener>,
     grpc: Option<(Arc<TcpListener>, Router)>,
     state: Arc<AppState>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    closing: Option<Closing>,
 ) -> std::io::Result<()> {
     let local = http.local_addr()?;
     let grpc_local = grpc.as_ref().map(|(g, _)| g.local_addr()).transpose()?;
@@ -187,7 +189,14 @@ async fn serve_shared(
         "shutting down: not accepting connections, draining in-flight requests"
     );
     state.begin_drain();
-    if running.stop(drain).await? {
+    let loading_drained = async {
+        match closing {
+            Some(closing) => closing.wait(drain).await,
+            None => true,
+        }
+    };
+    let (drained, loading_drained) = tokio::join!(running.stop(drain), loading_drained);
+    if drained? && loading_drained {
         tracing::info!("drained; exiting");
     } else {
         tracing::warn!("drain timeout reached; exiting with requests still in flight");
@@ -220,15 +229,14 @@ fn base_url(local: std::net::SocketAddr, tls: bool) -> String {
     format!("{scheme}://{}", std::net::SocketAddr::new(ip, local.port()))
 }
 
-/// Longest the loading phase's connections get to finish once the models are ready (each is
-/// answered at once: probes, or 503 "starting"; streams are refused while loading).
-const LOADING_DRAIN: Duration = Duration::from_secs(5);
-
 /// Serves `listeners` with the `starting` stand-in (see `ServerBuilder::prepare_loading`) while
-/// `load` builds the server on a blocking thread, then serves what it built until `shutdown`. While loading, liveness passes and readiness fails on both protocols
-/// (HTTP 503, gRPC health NOT_SERVING), and everything else answers 503 / UNAVAILABLE "starting",
-/// so probes and clients see a starting server rather than a refused connection. A shutdown
-/// signal while loading ends it at once (`Ok(Ok(()))`; the load is left to the process's exit).
+/// `load` builds the server on a blocking thread, then serves what it built until `shutdown`.
+/// While loading, liveness passes and readiness fails on both protocols (HTTP 503, gRPC health
+/// NOT_SERVING), and everything else answers 503 / UNAVAILABLE "starting", so probes and clients
+/// see a starting server rather than a refused connection. Once built, the loading phase's
+/// connections serve their next requests with the built server (see `Routes`) until they close.
+/// A shutdown signal while loading ends it at once (`Ok(Ok(()))`; the load is left to the
+/// process's exit).
 pub(crate) async fn serve_after_loading<E: Send + 'static>(
     listeners: Listeners,
     (starting, starting_router): (Arc<AppState>, Router),
@@ -283,14 +291,15 @@ pub(crate) async fn serve_after_loading<E: Send + 'static>(
     if let Some((_, routes)) = &grpc {
         let _ = grpc_then.set(routes.clone());
     }
+    starting.handed_over();
     let closing = match loading.stop_accepting().await {
         Ok(closing) => closing,
         Err(e) => return Ok(Err(e)),
     };
-    // The loading phase's last connections close on their own (GOAWAY, `Connection: close`)
-    // while the real server already accepts.
-    tokio::spawn(closing.wait(LOADING_DRAIN));
-    Ok(serve_shared(http, grpc, state, router, shutdown).await)
+    // The loading phase's connections close after their current request (GOAWAY,
+    // `Connection: close`) while the built server already accepts; what they still serve
+    // meanwhile, they serve with the built server's routes, and its shutdown drains them too.
+    Ok(serve_shared(http, grpc, state, router, shutdown, Some(closing)).await)
 }
 
 /// Whether [`shutdown_signal`] was resolved by Ctrl-C (SIGINT) rather than SIGTERM: [`serve`]

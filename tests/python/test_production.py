@@ -298,6 +298,9 @@ def test_one_cpu_gets_a_one_thread_runtime_that_serves_concurrent_clients():
             return serving["runtime"], serving["runtime_threads"]
 
         assert runtime(server) == ("current_thread", 1) and runtime(forced) == ("multi_thread", 2)
+        for bad in ("0", "two", " 2"):
+            p = subprocess.run(argv, env={**os.environ, "TOKIO_WORKER_THREADS": bad}, capture_output=True, text=True, timeout=60)
+            assert p.returncode == 1 and f"TOKIO_WORKER_THREADS={bad!r}".replace("'", '"') in p.stderr, p.stderr
         host, port = server.address.rsplit(":", 1)
         idle = socket.create_connection((host, int(port)), timeout=10)
         idle.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inp")

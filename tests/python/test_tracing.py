@@ -226,6 +226,24 @@ def test_an_http_request_is_a_server_span_under_the_callers_trace(receiver, prot
         server.stop()
 
 
+# The exporter's task runs on the server's runtime; on one CPU that runtime has one thread, which
+# must still run the task while the exit waits for the last export.
+@pytest.mark.parametrize("runtime_threads", ["1", "2"])
+def test_the_spans_still_queued_at_exit_are_exported(receiver, runtime_threads):
+    rec = receiver("http/protobuf")
+    # Batches would go out only after a minute: this span can only leave at the exit.
+    server = traced_server(rec, ("OTEL_BSP_SCHEDULE_DELAY", "60000"), ("TOKIO_WORKER_THREADS", runtime_threads))
+    trace_id, _, traceparent = new_parent()
+    try:
+        r = requests.post(f"{server.url}/v2/models/mlp/infer", json=infer_body(), headers={"traceparent": traceparent}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert not [s for _, s in rec.spans if s.trace_id.hex() == trace_id], "exported before the exit"
+    finally:
+        assert server.stop() == 0
+    rec.wait_for(lambda s: s.trace_id.hex() == trace_id and s.kind == s.SPAN_KIND_SERVER, timeout=10)
+    assert not [l for l in server.log if "traces not all exported" in l], "".join(server.log[-10:])
+
+
 def spans_of(rec, trace_id, count, timeout=30):
     """The spans of one trace by name, once `count` of them arrived."""
     deadline = time.time() + timeout

@@ -44,11 +44,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let (reporter, health) = tonic_health::server::health_reporter();
     // The statuses are set before the first call can come: a new reporter says SERVING for ""
     // until told otherwise, which a loading server is not. Nothing else holds a new reporter's
-    // lock, so each update completes on its first poll.
+    // lock, and outside tokio's task budget (`unconstrained`) each update completes on its
+    // first poll.
     let readiness = state.readiness();
     let status = serving_status(*readiness.borrow());
     for name in ["", SERVICE_NAME] {
-        let set = reporter.set_service_status(name, status).now_or_never();
+        let set = tokio::task::unconstrained(reporter.set_service_status(name, status)).now_or_never();
         debug_assert!(set.is_some(), "a new health reporter's lock is free");
     }
     tokio::spawn(follow_readiness(reporter, readiness));
