@@ -93,6 +93,9 @@ fn json_codec(c: &mut Criterion) {
     group.bench_function("straight into the type", |b| {
         b.iter(|| typed_decode::<TypedImage>(black_box(typed.as_bytes()), false).expect("decodes"))
     });
+    group.bench_function("serde_json alone", |b| {
+        b.iter(|| serde_json::from_slice::<TypedImage>(black_box(typed.as_bytes())).expect("decodes"))
+    });
     group.bench_function("every path tracked", |b| {
         b.iter(|| typed_decode::<TypedImage>(black_box(typed.as_bytes()), true).expect("decodes"))
     });

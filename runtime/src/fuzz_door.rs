@@ -31,6 +31,22 @@ pub fn declared(name: &str, onnx: &[u8]) -> Result<Declared, String> {
     Ok(Declared { name: name.to_string(), inputs, outputs })
 }
 
+/// Reads a typed route's JSON body into `T` as serde_json reads it, after checking that the fast
+/// reader, when it takes the body, reads the same value (compared as `Debug` text, so `-0.0`
+/// and `0.0` differ).
+pub fn typed_request<T: serde::de::DeserializeOwned + std::fmt::Debug>(json: &[u8]) -> Result<T, String> {
+    let reference = serde_json::from_slice::<T>(json).map_err(|e| e.to_string());
+    if let Some(fast) = crate::v2::fast_json::typed::<T>(json) {
+        assert_eq!(
+            Ok(format!("{fast:?}")),
+            reference.as_ref().map(|v| format!("{v:?}")).map_err(Clone::clone),
+            "the fast reader and serde_json disagree on {:?}",
+            String::from_utf8_lossy(json)
+        );
+    }
+    reference
+}
+
 /// Decodes a V2 request body (JSON, or with `header_len` a JSON header and binary tensors) as
 /// the route does, then checks the tensors against the model as the inference path does before
 /// queueing. Panics if a decoded tensor breaks the invariant every later step relies on (as many

@@ -5,7 +5,7 @@
 //! signatures: every element type (`dtypes`), several inputs with a scalar and named dims
 //! (`multi_io`), BYTES (`strings`), bf16 and a plain batch model (`mlp`).
 
-use nimify::__fuzz::{Declared, check, declared, signature, v2_request};
+use nimify::__fuzz::{Declared, check, declared, signature, typed_request, v2_request};
 use nimify::__private::IntoTensors;
 
 /// The models V2 requests are decoded for, with their ONNX bytes.
@@ -38,12 +38,13 @@ pub fn v2_binary(data: &[u8]) {
     }
 }
 
-/// `[type][JSON]`: the typed request types the macro generates, decoded, turned into tensors and
-/// checked against their model, as the typed route does.
+/// `[type][JSON]`: the typed request types the macro generates, decoded (by the fast reader and
+/// serde_json, which must agree), turned into tensors and checked against their model, as the
+/// typed route does.
 pub fn typed_json(data: &[u8]) {
     let Some((&pick, json)) = data.split_first() else { return };
-    fn run<T: serde::de::DeserializeOwned + IntoTensors>(json: &[u8], onnx: (&str, &[u8])) {
-        let Ok(value) = serde_json::from_slice::<T>(json) else { return };
+    fn run<T: serde::de::DeserializeOwned + IntoTensors + std::fmt::Debug>(json: &[u8], onnx: (&str, &[u8])) {
+        let Ok(value) = typed_request::<T>(json) else { return };
         let Ok(tensors) = value.into_tensors() else { return };
         let model = declared(onnx.0, onnx.1).unwrap_or_else(|e| panic!("committed model {} must read: {e}", onnx.0));
         let _ = check(&model, tensors);

@@ -98,6 +98,10 @@ fn documented<I: ToSchema, O: ToSchema>(
 /// message (tracking every element's path would slow every request: `cargo bench -p nimify
 /// --bench json_codec`, typed decode).
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Arrays, objects and numbers by the V2 reader's loops, the same values serde_json reads.
+    if let Some(value) = crate::v2::fast_json::typed(bytes) {
+        return Ok(value);
+    }
     if let Ok(value) = serde_json::from_slice(bytes) {
         return Ok(value);
     }

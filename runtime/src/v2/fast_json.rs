@@ -32,6 +32,14 @@ const MAX_RANK: usize = 32;
 /// The request and, per input, its JSON elements already read (`data` is then left `None`).
 pub(crate) type Read = (InferRequest, Vec<Option<TensorData>>);
 
+mod typed;
+
+/// A typed route's JSON read into `T` by this reader, or `None` for serde_json to read (see
+/// [`typed`]).
+pub(crate) fn typed<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
+    typed::read(json)
+}
+
 /// Reads a whole V2 JSON request, or `None` for the reference decoder to answer.
 pub(crate) fn request(json: &[u8]) -> Option<Read> {
     let mut r = Reader { b: json, i: 0 };
@@ -142,8 +150,9 @@ impl<'a> Reader<'a> {
         self.ws();
         let start = self.i;
         let mut depth = 0usize;
-        loop {
-            match *self.b.get(self.i)? {
+        // The body's end ends a value too (a typed body that is one scalar).
+        while let Some(&c) = self.b.get(self.i) {
+            match c {
                 b'"' => {
                     self.i += 1;
                     self.string_end()?;
@@ -339,6 +348,17 @@ impl<'a> Reader<'a> {
     /// [`Self::number`] reads.
     #[inline(always)]
     fn plain_decimal(&mut self) -> Option<f64> {
+        let (negative, m, fraction) = self.plain(false)?;
+        let x = m as f64 / POW10[fraction];
+        // The sign as a bit, not a branch: signs come in no order a predictor could learn.
+        Some(f64::from_bits(x.to_bits() | (u64::from(negative) << 63)))
+    }
+
+    /// The common spelling with a fraction (integers are the caller's to read as integers) as
+    /// its sign, digits as one integer below 2^53, and digits after the point; the cursor moves
+    /// past it only when it is one.
+    #[inline(always)]
+    fn plain(&mut self, fraction_only: bool) -> Option<(bool, u64, usize)> {
         let b = self.b;
         let mut i = self.i;
         let negative = b.get(i) == Some(&b'-');
@@ -370,14 +390,14 @@ impl<'a> Reader<'a> {
             if fraction == 0 {
                 return None;
             }
+        } else if fraction_only {
+            return None;
         }
         if whole + fraction > 19 || m >= 1 << 53 || matches!(b.get(i), Some(b'e' | b'E')) {
             return None;
         }
-        let x = m as f64 / POW10[fraction];
         self.i = i;
-        // The sign as a bit, not a branch: signs come in no order a predictor could learn.
-        Some(f64::from_bits(x.to_bits() | (u64::from(negative) << 63)))
+        Some((negative, m, fraction))
     }
 
     /// A JSON number at the cursor, checked against the grammar.
@@ -456,6 +476,9 @@ struct Number<'a> {
     scale: i64,
 }
 
+/// Powers of ten an f32 holds exactly.
+const POW10_F32: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+
 /// Powers of ten a double holds exactly.
 const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
@@ -475,6 +498,21 @@ impl Number<'_> {
             _ => std::str::from_utf8(self.text).ok()?.parse::<f64>().ok()?,
         };
         x.is_finite().then_some(x)
+    }
+
+    /// The correctly rounded `f32`, widened (serde_json's reading of a number for an `f32`,
+    /// with `float_roundtrip`); `None` beyond an `f32`'s range.
+    fn f32(&self) -> Option<f64> {
+        let x = match self.mantissa {
+            // Both exact in an f32, so one rounding.
+            Some(m) if m < 1 << 24 && self.scale.abs() <= 10 => {
+                let (m, p) = (m as f32, POW10_F32[self.scale.unsigned_abs() as usize]);
+                let x = if self.scale >= 0 { m * p } else { m / p };
+                if self.negative { -x } else { x }
+            }
+            _ => std::str::from_utf8(self.text).ok()?.parse::<f32>().ok()?,
+        };
+        x.is_finite().then_some(f64::from(x))
     }
 
     /// The integer written, as serde_json reads integers: non-negative ones up to `u64::MAX`,

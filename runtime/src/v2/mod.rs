@@ -2,5 +2,5 @@
 
 pub mod body;
 pub mod codec;
-mod fast_json;
+pub(crate) mod fast_json;
 pub mod types;
