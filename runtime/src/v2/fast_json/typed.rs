@@ -15,15 +15,29 @@ const MAX_DEPTH: usize = 100;
 
 /// `json` read into `T`, or `None` for serde_json to read.
 pub(crate) fn read<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
+    DECLINED.set(false);
     let mut r = Reader { b: json, i: 0 };
-    let value = T::deserialize(Fast { r: &mut r, depth: 0 }).ok()?;
+    let value = T::deserialize(Fast { r: &mut r, depth: 0 });
     r.ws();
-    (r.i == json.len()).then_some(value)
+    // A decline the type caught and went on from still stands: this reader may have moved
+    // where serde_json's would not.
+    (!DECLINED.get() && r.i == json.len()).then_some(value.ok()?)
 }
 
-/// Not read here: serde_json reads the body again.
+thread_local! {
+    /// Whether anything was declined (or refused by the type) during this thread's read.
+    static DECLINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Not read here: serde_json reads the body again. Made by [`declined`] only, which records it
+/// for [`read`] even when the type's `Deserialize` catches it.
 #[derive(Debug)]
-pub(crate) struct Declined;
+pub(crate) struct Declined(());
+
+fn declined() -> Declined {
+    DECLINED.set(true);
+    Declined(())
+}
 
 impl std::fmt::Display for Declined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,7 +49,7 @@ impl std::error::Error for Declined {}
 
 impl de::Error for Declined {
     fn custom<T: std::fmt::Display>(_: T) -> Self {
-        Declined
+        declined()
     }
 }
 
@@ -50,10 +64,14 @@ impl<'a> Fast<'a, '_> {
         self,
         read: impl FnOnce(&mut serde_json::Deserializer<serde_json::de::SliceRead<'a>>) -> Result<V, serde_json::Error>,
     ) -> Result<V, Declined> {
-        let span = self.r.span().ok_or(Declined)?;
+        let span = self.r.span().ok_or_else(declined)?;
+        // serde_json's depth limit counts the containers around the value too.
+        if self.depth + nesting(span) > MAX_DEPTH {
+            return Err(declined());
+        }
         let mut de = serde_json::Deserializer::from_slice(span);
-        let value = read(&mut de).map_err(|_| Declined)?;
-        de.end().map_err(|_| Declined)?;
+        let value = read(&mut de).map_err(|_| declined())?;
+        de.end().map_err(|_| declined())?;
         Ok(value)
     }
 
@@ -62,52 +80,74 @@ impl<'a> Fast<'a, '_> {
     /// `f64`, or (`single`, for an `f32`) the correctly rounded `f32` widened, refused beyond
     /// its range.
     fn number<V: Visitor<'a>>(self, visitor: V, single: bool) -> Result<V::Value, Declined> {
+        let start = self.r.i;
         if let Some((negative, m, fraction)) = self.r.plain(true) {
             let x = match single {
                 // Both exact in an f32, so one rounding.
                 true if m < 1 << 24 && fraction <= 10 => f64::from(m as f32 / POW10_F32[fraction]),
                 true => {
-                    Number { text: b"", negative: false, integer: false, mantissa: Some(m), scale: -(fraction as i64) }
-                        .f32()
-                        .ok_or(Declined)?
+                    let text = &self.r.b[start..self.r.i];
+                    let n = Number { text, negative: false, integer: false, mantissa: None, scale: 0 };
+                    // The text has its sign already.
+                    return visitor.visit_f64(n.f32().ok_or_else(declined)?);
                 }
                 false => m as f64 / POW10[fraction],
             };
             return visitor.visit_f64(if negative { -x } else { x });
         }
-        let n = self.r.number().ok_or(Declined)?;
+        let n = self.r.number().ok_or_else(declined)?;
         let float = |n: &Number<'_>| if single { n.f32() } else { n.f64() };
         match n.mantissa.filter(|_| n.integer) {
             Some(m) if !n.negative => visitor.visit_u64(m),
             Some(m) if m > 0 => match 0i64.checked_sub_unsigned(m) {
                 Some(v) => visitor.visit_i64(v),
-                None => visitor.visit_f64(float(&n).ok_or(Declined)?),
+                // Below i64::MIN serde_json visits the double, for an f32 too.
+                None => visitor.visit_f64(-(m as f64)),
             },
-            _ => visitor.visit_f64(float(&n).ok_or(Declined)?),
+            _ => visitor.visit_f64(float(&n).ok_or_else(declined)?),
         }
     }
 
     fn nested(&mut self) -> Result<Fast<'a, '_>, Declined> {
         if self.depth >= MAX_DEPTH {
-            return Err(Declined);
+            return Err(declined());
         }
         Ok(Fast { r: &mut *self.r, depth: self.depth + 1 })
     }
 
     fn seq<V: Visitor<'a>>(mut self, visitor: V) -> Result<V::Value, Declined> {
-        self.r.eat(b'[').ok_or(Declined)?;
+        self.r.eat(b'[').ok_or_else(declined)?;
         let value = visitor.visit_seq(Items { fast: self.nested()?, first: true })?;
         // Every item taken: serde_json refuses items the type leaves.
-        self.r.eat(b']').ok_or(Declined)?;
+        self.r.eat(b']').ok_or_else(declined)?;
         Ok(value)
     }
 
     fn map<V: Visitor<'a>>(mut self, visitor: V) -> Result<V::Value, Declined> {
-        self.r.eat(b'{').ok_or(Declined)?;
+        self.r.eat(b'{').ok_or_else(declined)?;
         let value = visitor.visit_map(Members { fast: self.nested()?, first: true })?;
-        self.r.eat(b'}').ok_or(Declined)?;
+        self.r.eat(b'}').ok_or_else(declined)?;
         Ok(value)
     }
+}
+
+/// How deep arrays and objects nest in `span` (brackets in strings aside).
+fn nesting(span: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for &c in span {
+        match (in_string, c) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') | (false, b'"') => in_string = !in_string,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Numbers here (`f32`s at single precision), anything else from serde_json.
@@ -164,7 +204,7 @@ impl<'a> de::Deserializer<'a> for Fast<'a, '_> {
     fn deserialize_newtype_struct<V: Visitor<'a>>(self, name: &'static str, visitor: V) -> Result<V::Value, Declined> {
         // serde_json's raw values are its own business.
         if name.starts_with("$serde_json") {
-            return Err(Declined);
+            return Err(declined());
         }
         visitor.visit_newtype_struct(self)
     }
@@ -172,7 +212,7 @@ impl<'a> de::Deserializer<'a> for Fast<'a, '_> {
     fn deserialize_seq<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Declined> {
         match self.r.peek() {
             Some(b'[') => self.seq(visitor),
-            _ => Err(Declined),
+            _ => Err(declined()),
         }
     }
 
@@ -192,7 +232,7 @@ impl<'a> de::Deserializer<'a> for Fast<'a, '_> {
     fn deserialize_map<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Declined> {
         match self.r.peek() {
             Some(b'{') => self.map(visitor),
-            _ => Err(Declined),
+            _ => Err(declined()),
         }
     }
 
@@ -206,7 +246,7 @@ impl<'a> de::Deserializer<'a> for Fast<'a, '_> {
         match self.r.peek() {
             Some(b'{') => self.map(visitor),
             Some(b'[') => self.seq(visitor),
-            _ => Err(Declined),
+            _ => Err(declined()),
         }
     }
 
@@ -231,11 +271,17 @@ impl<'a> de::SeqAccess<'a> for Items<'a, '_> {
 
     fn next_element_seed<T: DeserializeSeed<'a>>(&mut self, seed: T) -> Result<Option<T::Value>, Declined> {
         let r = &mut *self.fast.r;
-        match r.peek().ok_or(Declined)? {
+        match r.peek().ok_or_else(declined)? {
             b']' => return Ok(None),
-            b',' if !self.first => r.i += 1,
+            b',' if !self.first => {
+                r.i += 1;
+                // `[1,]`: refused whatever the item's type would make of nothing.
+                if r.peek() == Some(b']') {
+                    return Err(declined());
+                }
+            }
             _ if self.first => {}
-            _ => return Err(Declined),
+            _ => return Err(declined()),
         }
         self.first = false;
         seed.deserialize(Fast { r: &mut *self.fast.r, depth: self.fast.depth }).map(Some)
@@ -253,23 +299,23 @@ impl<'a> de::MapAccess<'a> for Members<'a, '_> {
 
     fn next_key_seed<K: DeserializeSeed<'a>>(&mut self, seed: K) -> Result<Option<K::Value>, Declined> {
         let r = &mut *self.fast.r;
-        match r.peek().ok_or(Declined)? {
+        match r.peek().ok_or_else(declined)? {
             b'}' => return Ok(None),
             b',' if !self.first => r.i += 1,
             _ if self.first => {}
-            _ => return Err(Declined),
+            _ => return Err(declined()),
         }
         self.first = false;
-        r.eat(b'"').ok_or(Declined)?;
+        r.eat(b'"').ok_or_else(declined)?;
         let start = r.i;
-        r.string_end().ok_or(Declined)?;
+        r.string_end().ok_or_else(declined)?;
         let b: &'a [u8] = r.b;
         let key = &b[start..r.i - 1];
         if key.contains(&b'\\') {
-            return Err(Declined);
+            return Err(declined());
         }
-        let key = std::str::from_utf8(key).map_err(|_| Declined)?;
-        r.eat(b':').ok_or(Declined)?;
+        let key = std::str::from_utf8(key).map_err(|_| declined())?;
+        r.eat(b':').ok_or_else(declined)?;
         seed.deserialize(Key(key)).map(Some)
     }
 
@@ -301,14 +347,10 @@ impl<'a> de::Deserializer<'a> for Key<'a> {
         visitor.visit_borrowed_str(self.0)
     }
 
-    fn deserialize_ignored_any<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Declined> {
-        visitor.visit_unit()
-    }
-
     serde::forward_to_deserialize_any! {
         <W: Visitor<'a>>
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf option unit unit_struct
-        newtype_struct seq tuple tuple_struct map struct enum
+        newtype_struct seq tuple tuple_struct map struct enum ignored_any
     }
 }
 
@@ -389,7 +431,6 @@ mod tests {
         kind: Kind,
         either: Either,
         map: HashMap<String, i32>,
-        keyed: BTreeMap<u32, f32>,
         value: serde_json::Value,
         bytes: Option<Vec<u8>>,
     }
@@ -413,12 +454,18 @@ mod tests {
         assert!(!same::<Vec<f32>>("[1.5, 3.4028236e38]") && !same::<Vec<f32>>("[1e39]"));
         let everything = r#"{"i8": -128, "u64": 18446744073709551615, "i128": -170141183460469231731687303715884105728,
             "f32": 0.1, "boolean": true, "letter": "é", "name": "a \"quoted\" \u00e9", "kind": {"Box": {"x": 1, "y": 2}},
-            "either": {"left": -1, "right": 2}, "map": {"k": 1, "k": 2}, "keyed": {"7": 0.5}, "value": {"z": [1, -1, 1.5, "s", null, true]},
+            "either": [0.5], "map": {"k": 1, "k": 2}, "value": {"z": [1, -1, 1.5, "s", null, true]},
             "bytes": [0, 255]}"#;
-        same::<Everything>(everything);
+        assert!(same::<Everything>(everything));
+        // Keys read as numbers are serde_json's.
+        assert!(!same::<BTreeMap<u32, f32>>(r#"{"7": 0.5}"#));
         assert!(same::<Flat>(r#"{"id": 3, "b": [1.5, {"c": -2}], "a": "x"}"#));
         assert!(same::<Kind>(r#""Plain""#) && same::<Kind>(r#"{"Scaled": 2.5}"#));
-        assert!(same::<Either>("[1, 2.5, -3]") && same::<Either>(r#""text""#));
+        // An untagged enum whose first variant fails is serde_json's (the failure is a decline).
+        assert!(same::<Either>("[1, 2.5, -3]") && !same::<Either>(r#""text""#));
+        // f32s as serde_json reads them with float_roundtrip: rounded once, to f32.
+        assert!(same::<Vec<f32>>("[0.87654321, 0.00000012345, 1.5, -2.25, 16777217, 0.1e1]"));
+        assert!(same::<f32>("-9223372586610589697") && same::<f32>("18446744073709551617"));
     }
 
     #[test]
@@ -464,6 +511,41 @@ mod tests {
         assert!(same::<serde_json::Value>(&shallow));
     }
 
+    /// A field that turns any failure into `None`.
+    fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+        Ok(u8::deserialize(d).ok())
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Lenient {
+        #[serde(deserialize_with = "lenient")]
+        x: Option<u8>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    enum Tree {
+        Leaf(u8),
+        Node(Vec<Tree>),
+    }
+
+    #[test]
+    fn a_decline_the_type_catches_still_stands_and_depth_counts_across_delegated_values() {
+        // serde_json stops at the object a u8 cannot be; this reader skipped it.
+        assert!(!same::<Lenient>(r#"{"x": {"a": 1}}"#));
+        assert!(same::<Lenient>(r#"{"x": 7}"#));
+        // Enums are serde_json's, inside containers this reader counted: 128 levels in all is
+        // past serde_json's limit.
+        for levels in [10, 63, 64] {
+            let tree = format!("[{}{{\"Leaf\":0}}{}]", "{\"Node\":[".repeat(levels), "]}".repeat(levels));
+            same::<Vec<Tree>>(&tree);
+        }
+        assert!(same::<Vec<Tree>>(r#"[{"Node": [{"Leaf": 1}]}]"#));
+        // A trailing comma is refused before any item is asked for.
+        assert!(!same::<Vec<serde::de::IgnoredAny>>("[1,]"));
+    }
+
     #[test]
     fn random_numbers_in_every_spelling_read_exactly() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -486,11 +568,14 @@ mod tests {
                 if !x.is_finite() {
                     continue;
                 }
-                texts.push(match next() % 5 {
+                texts.push(match next() % 6 {
                     0 => format!("{x}"),
                     1 => format!("{x:e}"),
                     2 => format!("{x:.4}"),
                     3 => format!("{}", bits as i64 >> (bits % 64)),
+                    4 if bits % 3 == 0 => format!("-{}{}", bits, bits % 1000),
+                    // Between -2^64 and -2^63 half the time.
+                    5 => format!("-{bits}"),
                     _ => format!("{:.17e}", x),
                 });
             }
