@@ -453,7 +453,8 @@ mod tests {
         // Beyond an f32's range: serde_json refuses it for an f32, so it is declined.
         assert!(!same::<Vec<f32>>("[1.5, 3.4028236e38]") && !same::<Vec<f32>>("[1e39]"));
         let everything = r#"{"i8": -128, "u64": 18446744073709551615, "i128": -170141183460469231731687303715884105728,
-            "f32": 0.1, "boolean": true, "letter": "é", "name": "a \"quoted\" \u00e9", "kind": {"Box": {"x": 1, "y": 2}},
+            "f32": 0.1, "boolean": true, "letter": "é", "name": "a \"quoted\" \u00e9",
+            "kind": {"Box": {"x": 1, "y": 2}},
             "either": [0.5], "map": {"k": 1, "k": 2}, "value": {"z": [1, -1, 1.5, "s", null, true]},
             "bytes": [0, 255]}"#;
         assert!(same::<Everything>(everything));
