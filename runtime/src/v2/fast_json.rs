@@ -832,8 +832,9 @@ mod tests {
         assert!(taken >= 250, "the fast reader took only {taken} of them");
     }
 
-    #[test]
-    fn random_floats_in_every_spelling_read_exactly() {
+    /// 200 lists of numbers from a fixed generator, spelt as clients spell them: shortest,
+    /// exponent, four decimals, 17 digits, integers up to 64 bits and negative ones past them.
+    pub(super) fn spelled_numbers() -> Vec<Vec<String>> {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
             state ^= state << 13;
@@ -841,6 +842,7 @@ mod tests {
             state ^= state << 17;
             state
         };
+        let mut lists = Vec::new();
         for round in 0..200 {
             let mut texts = Vec::new();
             for _ in 0..50 {
@@ -854,13 +856,25 @@ mod tests {
                 if !x.is_finite() {
                     continue;
                 }
-                texts.push(match next() % 4 {
+                texts.push(match next() % 6 {
                     0 => format!("{x}"),
                     1 => format!("{x:e}"),
                     2 => format!("{x:.4}"),
+                    3 => format!("{}", bits as i64 >> (bits % 64)),
+                    4 if bits % 3 == 0 => format!("-{}{}", bits, bits % 1000),
+                    // Between -2^64 and -2^63 half the time.
+                    5 => format!("-{bits}"),
                     _ => format!("{:.17e}", x),
                 });
             }
+            lists.push(texts);
+        }
+        lists
+    }
+
+    #[test]
+    fn random_floats_in_every_spelling_read_exactly() {
+        for texts in spelled_numbers() {
             let n = texts.len();
             for t in ["FP32", "FP64", "FP16"] {
                 let body = format!(

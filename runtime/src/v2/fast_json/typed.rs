@@ -549,37 +549,7 @@ mod tests {
 
     #[test]
     fn random_numbers_in_every_spelling_read_exactly() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for round in 0..200 {
-            let mut texts = Vec::new();
-            for _ in 0..50 {
-                let bits = next();
-                let x = match round % 4 {
-                    0 => f64::from_bits(bits),
-                    1 => f64::from(f32::from_bits(bits as u32)),
-                    2 => (bits % 2_000_001) as f64 / 1000.0 - 1000.0,
-                    _ => (bits >> 11) as f64 * 2f64.powi(-53) * 10f64.powi((bits % 40) as i32 - 20),
-                };
-                if !x.is_finite() {
-                    continue;
-                }
-                texts.push(match next() % 6 {
-                    0 => format!("{x}"),
-                    1 => format!("{x:e}"),
-                    2 => format!("{x:.4}"),
-                    3 => format!("{}", bits as i64 >> (bits % 64)),
-                    4 if bits % 3 == 0 => format!("-{}{}", bits, bits % 1000),
-                    // Between -2^64 and -2^63 half the time.
-                    5 => format!("-{bits}"),
-                    _ => format!("{:.17e}", x),
-                });
-            }
+        for texts in crate::v2::fast_json::tests::spelled_numbers() {
             let json = format!("[{}]", texts.join(", "));
             assert!(same::<Vec<f64>>(&json), "{json}");
             same::<Vec<f32>>(&json);
