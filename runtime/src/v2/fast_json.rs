@@ -34,11 +34,7 @@ pub(crate) type Read = (InferRequest, Vec<Option<TensorData>>);
 
 mod typed;
 
-/// A typed route's JSON read into `T` by this reader, or `None` for serde_json to read (see
-/// [`typed`]).
-pub(crate) fn typed<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
-    typed::read(json)
-}
+pub(crate) use typed::read as typed;
 
 /// Reads a whole V2 JSON request, or `None` for the reference decoder to answer.
 pub(crate) fn request(json: &[u8]) -> Option<Read> {
@@ -476,6 +472,12 @@ struct Number<'a> {
     scale: i64,
 }
 
+/// A number's text as the correctly rounded `f32`, widened; `None` beyond an `f32`'s range.
+fn f32_of(text: &[u8]) -> Option<f64> {
+    let x = std::str::from_utf8(text).ok()?.parse::<f32>().ok()?;
+    x.is_finite().then_some(f64::from(x))
+}
+
 /// Powers of ten an f32 holds exactly.
 const POW10_F32: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
 
@@ -510,7 +512,7 @@ impl Number<'_> {
                 let x = if self.scale >= 0 { m * p } else { m / p };
                 if self.negative { -x } else { x }
             }
-            _ => std::str::from_utf8(self.text).ok()?.parse::<f32>().ok()?,
+            _ => return f32_of(self.text),
         };
         x.is_finite().then_some(f64::from(x))
     }

@@ -8,12 +8,12 @@
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, Visitor};
 
-use super::{Number, POW10, POW10_F32, Reader};
+use super::{Number, POW10, POW10_F32, Reader, f32_of};
 
 /// Deepest nesting read here (serde_json's own limit is 128).
 const MAX_DEPTH: usize = 100;
 
-/// `json` read into `T`, or `None` for serde_json to read.
+/// A typed route's JSON read into `T` by the fast reader, or `None` for serde_json to read.
 pub(crate) fn read<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
     DECLINED.set(false);
     let mut r = Reader { b: json, i: 0 };
@@ -85,12 +85,8 @@ impl<'a> Fast<'a, '_> {
             let x = match single {
                 // Both exact in an f32, so one rounding.
                 true if m < 1 << 24 && fraction <= 10 => f64::from(m as f32 / POW10_F32[fraction]),
-                true => {
-                    let text = &self.r.b[start..self.r.i];
-                    let n = Number { text, negative: false, integer: false, mantissa: None, scale: 0 };
-                    // The text has its sign already.
-                    return visitor.visit_f64(n.f32().ok_or_else(declined)?);
-                }
+                // The text has its sign already.
+                true => return visitor.visit_f64(f32_of(&self.r.b[start..self.r.i]).ok_or_else(declined)?),
                 false => m as f64 / POW10[fraction],
             };
             return visitor.visit_f64(if negative { -x } else { x });
