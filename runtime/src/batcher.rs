@@ -26,11 +26,6 @@ use crate::error::ApiError;
 use crate::metrics::{ModelMetrics, micros};
 use crate::tensor::{Tensor, from_ort};
 
-/// What a merged run whose outputs could not be split back counts as in the plan's costs: far
-/// above any real run, since such a merge fails again; the plan tries the size again only when it
-/// measures it afresh.
-const FAILED_MERGE: Duration = Duration::from_secs(3600);
-
 /// Weight of each new execution in [`Core`]'s typical run length.
 const SMOOTHING: f64 = 0.125;
 
@@ -428,6 +423,9 @@ impl Core {
                     items += job.items;
                     settled |= self.plan.preferred(items);
                     jobs.push(job);
+                    if self.plan.explored() {
+                        break;
+                    }
                 }
                 None => break,
             }
@@ -455,8 +453,8 @@ impl Core {
             self.metrics.stats.dequeued(waited);
             self.metrics.queue_seconds.observe(waited.as_secs_f64());
         }
-        // A merge the model's outputs could not be split back from: recorded as
-        // [`FAILED_MERGE`], so the plan stops merging to that size until it measures it afresh.
+        // A merge the model's outputs could not be split back from: the plan stops merging to
+        // that size but for a rare retry.
         let mut failed_merge = None;
         if jobs.len() > 1 {
             let items = jobs.iter().map(|j| j.items).sum();
@@ -501,7 +499,7 @@ impl Core {
             let _ = job.reply.send(result.and_then(|all| select(all, &job.wanted)));
         }
         if let Some(items) = failed_merge {
-            self.plan.record(items, FAILED_MERGE);
+            self.plan.failed(items);
         }
     }
 
