@@ -44,8 +44,9 @@ pub(crate) struct Plan {
     /// Indexed like `costs`: the lowest trusted cost per item of this size or any larger one
     /// (infinite where none is trusted).
     ahead: Vec<f64>,
-    /// The last [`Plan::grow`] took a size that costs more, to measure it.
-    explored: bool,
+    /// A batch of `.0` items that took a size costing more, to measure it: it grows on to `.1`
+    /// items, whatever they cost.
+    exploring: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +82,7 @@ impl Plan {
             preferred,
             costs: vec![Cost::default(); sizes],
             ahead: vec![f64::INFINITY; sizes],
-            explored: false,
+            exploring: None,
         }
     }
 
@@ -91,28 +92,36 @@ impl Plan {
         self.verdict(items, 1) != Verdict::Stop
     }
 
-    /// Whether a batch of `items` takes a queued request of `more` items; a size that costs
-    /// more is still taken every [`EXPLORE_EVERY`] refusals, to measure it again (see
-    /// [`Plan::explored`]).
+    /// Whether a batch of `items` takes a queued request of `more` items. A size that costs more
+    /// is still taken every [`EXPLORE_EVERY`] refusals, to measure it again, and that batch grows
+    /// on to twice its size and stops there: the sizes just past a cheap one may measure dear
+    /// when seldom run, and a larger one seen cheaper is grown towards from then on.
     pub(crate) fn grow(&mut self, items: usize, more: usize) -> bool {
-        self.explored = false;
-        match self.verdict(items, more) {
+        let verdict = self.verdict(items, more);
+        if let Some((from, to)) = self.exploring {
+            if items > from && items < to {
+                return verdict != Verdict::Stop;
+            }
+            self.exploring = None;
+            if items > from {
+                // The exploring batch is done: its run measures `to`.
+                return false;
+            }
+        }
+        match verdict {
             Verdict::Take => true,
             Verdict::Stop => false,
             Verdict::Dearer(next) => {
                 let cost = &mut self.costs[next];
                 cost.refusals = cost.refusals.wrapping_add(1);
-                self.explored =
+                let explore =
                     cost.refusals.is_multiple_of(if cost.failed { RETRY_FAILED_EVERY } else { EXPLORE_EVERY });
-                self.explored
+                if explore {
+                    self.exploring = Some((items, next.max(items.saturating_mul(2))));
+                }
+                explore
             }
         }
-    }
-
-    /// Whether the last [`Plan::grow`] took a size only to measure it: the batch stops there,
-    /// so that the run measures that size.
-    pub(crate) fn explored(&self) -> bool {
-        self.explored
     }
 
     fn verdict(&self, items: usize, more: usize) -> Verdict {
@@ -159,6 +168,7 @@ impl Plan {
     /// ones move a running mean, each at most [`OUTLIER`] times the figure so far (a run the
     /// thread was preempted in says nothing about the batch size).
     pub(crate) fn record(&mut self, items: usize, took: Duration) {
+        self.exploring = None;
         let Some(cost) = self.costs.get_mut(items) else { return };
         if cost.failed {
             *cost = Cost::default();
@@ -193,6 +203,7 @@ impl Plan {
     /// Records that `items` requests could not be merged (their outputs could not be split
     /// back): the size is refused, and tried again only every [`RETRY_FAILED_EVERY`] refusals.
     pub(crate) fn failed(&mut self, items: usize) {
+        self.exploring = None;
         if let Some(cost) = self.costs.get_mut(items) {
             *cost = Cost { per_item: f64::INFINITY, samples: TRUSTED_AFTER, refusals: 0, failed: true };
             self.look_ahead_from(items);
@@ -227,9 +238,6 @@ mod tests {
                 let mut items = 1;
                 while items < queued && plan.open(items) && plan.grow(items, 1) {
                     items += 1;
-                    if plan.explored() {
-                        break;
-                    }
                 }
                 plan.record(items, Duration::from_secs_f64(cost(items)));
                 items
@@ -272,11 +280,12 @@ mod tests {
         let mut p = plan(BatchPolicy::Learned, 16, &[]);
         let cost = |n: usize| if n <= 4 { 4.0 + n as f64 } else { 4.0 + 3.0 * n as f64 };
         let sizes = serve(&mut p, 16, 2000, cost);
-        let late = &sizes[200..];
+        // The first explorations measure sizes 6 and 7 in rising order, three runs each.
+        let late = &sizes[400..];
         let off: Vec<(usize, usize)> = late.iter().copied().enumerate().filter(|&(_, n)| n != 4).collect();
-        // Only the runs that measure size 5 again, one every EXPLORE_EVERY refusals.
+        // Only the runs that measure again, one every EXPLORE_EVERY refusals, of twice the size.
         assert!(off.len() <= late.len() / EXPLORE_EVERY as usize + 1, "{off:?}");
-        assert!(off.iter().all(|&(_, n)| n == 5), "{off:?}");
+        assert!(off.iter().all(|&(_, n)| n == 8), "{off:?}");
     }
 
     #[test]

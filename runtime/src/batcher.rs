@@ -423,9 +423,6 @@ impl Core {
                     items += job.items;
                     settled |= self.plan.preferred(items);
                     jobs.push(job);
-                    if self.plan.explored() {
-                        break;
-                    }
                 }
                 None => break,
             }
