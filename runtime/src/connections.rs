@@ -29,11 +29,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::http::Request;
+use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
@@ -184,7 +185,7 @@ pub(crate) async fn accept_loop(
             warned_full = false;
         }
         let _ = stream.set_nodelay(true);
-        let (endpoint, metrics, stop) = (endpoint.clone(), metrics.clone(), stop.clone());
+        let (endpoint, metrics) = (endpoint.clone(), metrics.clone());
         let clock = Arc::new(Clock::new(limits));
         let registered = open.register(Arc::clone(&clock));
         tokio::spawn(async move {
@@ -192,32 +193,30 @@ pub(crate) async fn accept_loop(
             // cap's slot always come back.
             let _open = (OpenGauge::new(&metrics), registered, permit);
             let Some(acceptor) = &endpoint.tls else {
-                return serve_connection(stream, peer, &endpoint, clock, &metrics, stop).await;
+                return serve_connection(stream, peer, &endpoint, clock, &metrics).await;
             };
             // The handshake is part of waiting for the first request: bounded by the header
             // timeout, and the connection can be shed meanwhile.
-            let handshake = acceptor.accept(stream);
-            tokio::pin!(handshake);
-            let tls = loop {
-                let changed = clock.changed.notified();
-                tokio::select! {
-                    result = &mut handshake => break result,
-                    () = changed => {}
-                    () = sleep_until(clock.deadline()) => {}
-                }
-                if let Some(reason) = clock.expired() {
-                    metrics.closed_by_server(reason);
+            let tls = tokio::select! {
+                biased;
+                result = acceptor.accept(stream) => result,
+                event = clock.event(false) => {
+                    if let Event::Expired(reason) = event {
+                        metrics.closed_by_server(reason);
+                    }
                     return;
                 }
             };
             match tls {
-                Ok(tls) => serve_connection(tls, peer, &endpoint, clock, &metrics, stop).await,
+                Ok(tls) => serve_connection(tls, peer, &endpoint, clock, &metrics).await,
                 // A client that does not trust the certificate, speaks plain HTTP, or (with mutual
                 // TLS) has no valid certificate of its own.
                 Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
             }
         });
     }
+    // Told here rather than each watching `stop`: a connection's every wake-up would poll it.
+    open.stop_all();
     slots
 }
 
@@ -269,6 +268,15 @@ impl Open {
     }
 }
 
+impl Open {
+    /// Tells every open connection to close after its current request.
+    fn stop_all(&self) {
+        for clock in self.clocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
+            clock.stop();
+        }
+    }
+}
+
 /// Removes a connection's clock from [`Open`] when the connection ends.
 struct Registered {
     open: Arc<Open>,
@@ -287,7 +295,6 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     endpoint: &Endpoint,
     clock: Arc<Clock>,
     metrics: &ConnectionMetrics,
-    mut stop: watch::Receiver<bool>,
 ) {
     let io = TokioIo::new(Guarded { stream, clock: Arc::clone(&clock), replacement: None, first_read: true });
     let service_clock = Arc::clone(&clock);
@@ -315,24 +322,19 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     tokio::pin!(connection);
     let mut stopping = false;
     loop {
-        let mut expired = None;
-        let changed = clock.changed.notified();
-        let deadline = clock.deadline();
-        tokio::select! {
+        // Polled after the connection on each wake-up: what the connection just did (a request
+        // began, an answer was flushed) moves the deadline, and the timer follows.
+        let event = tokio::select! {
+            biased;
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = changed => {}
-            () = sleep_until(deadline) => expired = clock.expired(),
-            _ = stop.wait_for(|s| *s), if !stopping => {
-                stopping = true;
-                connection.as_mut().graceful_shutdown();
-            }
-        }
-        if let Some(reason) = expired {
+            event = clock.event(!stopping) => event,
+        };
+        if let Event::Expired(reason) = event {
             metrics.closed_by_server(reason);
             tracing::debug!(reason, "closing a stalled connection");
             // An idle HTTP/2 connection gets a GOAWAY first, so a gRPC channel knows to reconnect
@@ -343,14 +345,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
             return;
         }
+        stopping = true;
+        connection.as_mut().graceful_shutdown();
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// What [`Clock::event`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// The server stops: close after the current request.
+    Stop,
+    /// Close now, for this reason (a `nimify_connections_closed_total` reason).
+    Expired(&'static str),
 }
 
 /// Where a connection is in its life, and since when.
@@ -372,9 +378,8 @@ enum Phase {
 struct Clock {
     state: Mutex<ClockState>,
     limits: Limits,
-    /// Woken when the deadline may have moved earlier (a request ended, a new one began, a
-    /// write blocked).
-    changed: Notify,
+    /// The connection's task, woken by other tasks: to shed it, or as the server stops.
+    waker: AtomicWaker,
 }
 
 struct ClockState {
@@ -384,14 +389,21 @@ struct ClockState {
     /// HTTP/2: frames arrive between requests (pings, window updates), so bytes do not mean a
     /// request has begun.
     http2: bool,
+    /// The server stops.
+    stop: bool,
 }
 
 impl Clock {
     fn new(limits: Limits) -> Self {
         Self {
-            state: Mutex::new(ClockState { phase: Phase::Head(Instant::now()), write_blocked: None, http2: false }),
+            state: Mutex::new(ClockState {
+                phase: Phase::Head(Instant::now()),
+                write_blocked: None,
+                http2: false,
+                stop: false,
+            }),
             limits,
-            changed: Notify::new(),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -407,6 +419,51 @@ impl Clock {
             Phase::Idle(since) => Some(since + self.limits.idle_timeout),
             Phase::Busy(_) | Phase::Flushing => s.write_blocked.map(|since| since + self.limits.idle_timeout),
         })
+    }
+
+    /// When an idle connection's next request's header would be due at the earliest.
+    fn next_header_due(&self) -> Option<Instant> {
+        self.with(|s| match s.phase {
+            Phase::Idle(since) => Some(since + self.limits.header_read_timeout),
+            _ => None,
+        })
+    }
+
+    /// Waits for the connection to be told to stop (when `stopping` is asked for) or to expire.
+    /// Polled right after the connection each time its task wakes, so it sees each deadline the
+    /// connection's progress sets. The timer is moved only when a deadline comes earlier than
+    /// it is set for; it may go off early (then it is set again), never late. An idle
+    /// connection's is set for when its next request's header would be due at the earliest, so
+    /// that the requests of a busy connection never move it.
+    async fn event(&self, stopping: bool) -> Event {
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
+        std::future::poll_fn(|cx| {
+            // Registered before the flags are read: a flag set after the read wakes the task.
+            self.waker.register(cx.waker());
+            loop {
+                if stopping && self.with(|s| s.stop) {
+                    return Poll::Ready(Event::Stop);
+                }
+                let Some(deadline) = self.deadline() else { return Poll::Pending };
+                if armed.is_none_or(|at| deadline < at) {
+                    let at = self.next_header_due().filter(|&at| at < deadline && at > Instant::now());
+                    let at = at.unwrap_or(deadline);
+                    timer.as_mut().reset(at);
+                    armed = Some(at);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if let Some(reason) = self.expired() {
+                    return Poll::Ready(Event::Expired(reason));
+                }
+                // Looked at early: the deadline is later.
+                armed = None;
+            }
+        })
+        .await
     }
 
     /// Why the connection should close now, if its deadline has passed.
@@ -445,64 +502,52 @@ impl Clock {
                 s.phase = Phase::Shed;
             }
         });
-        self.changed.notify_one();
+        self.waker.wake();
     }
+
+    /// Marks the connection to close after its current request.
+    fn stop(&self) {
+        self.with(|s| s.stop = true);
+        self.waker.wake();
+    }
+
+    // The three below run in the connection's own task (its socket's reads, writes and
+    // flushes), which looks at the clock after each: they wake nobody.
 
     /// Bytes arrived: on an idle HTTP/1 connection, a request's header section has begun.
     fn on_read(&self, first: Option<&[u8]>) {
-        let began = self.with(|s| {
+        self.with(|s| {
             if let Some(bytes) = first {
                 s.http2 = bytes.starts_with(b"PRI * HTTP/2.0");
                 // An HTTP/2 client (a gRPC channel) may open its connection well before its
                 // first call: from the preface on it is idle, not sending a header section.
                 if s.http2 && matches!(s.phase, Phase::Head(_)) {
                     s.phase = Phase::Idle(Instant::now());
-                    return true;
+                    return;
                 }
             }
-            match s.phase {
-                Phase::Idle(_) if !s.http2 => {
-                    s.phase = Phase::Head(Instant::now());
-                    true
-                }
-                _ => false,
+            if matches!(s.phase, Phase::Idle(_)) && !s.http2 {
+                s.phase = Phase::Head(Instant::now());
             }
         });
-        if began {
-            self.changed.notify_one();
-        }
     }
 
     /// A write was refused for now (the client's window is full) or made progress.
     fn on_write(&self, blocked: bool) {
-        let newly = self.with(|s| match (blocked, s.write_blocked) {
-            (true, None) => {
-                s.write_blocked = Some(Instant::now());
-                true
-            }
-            (false, Some(_)) => {
-                s.write_blocked = None;
-                false
-            }
-            _ => false,
+        self.with(|s| match (blocked, s.write_blocked) {
+            (true, None) => s.write_blocked = Some(Instant::now()),
+            (false, Some(_)) => s.write_blocked = None,
+            _ => {}
         });
-        if newly {
-            self.changed.notify_one();
-        }
     }
 
     /// Everything handed over is on the socket: a connection done answering is idle.
     fn on_flushed(&self) {
-        let idle = self.with(|s| match s.phase {
-            Phase::Flushing => {
+        self.with(|s| {
+            if matches!(s.phase, Phase::Flushing) {
                 s.phase = Phase::Idle(Instant::now());
-                true
             }
-            _ => false,
         });
-        if idle {
-            self.changed.notify_one();
-        }
     }
 }
 
@@ -524,13 +569,17 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.with(|s| {
+        let http2 = self.0.with(|s| {
             s.phase = match s.phase {
                 Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
                 _ => Phase::Flushing,
-            }
+            };
+            s.http2
         });
-        self.0.changed.notify_one();
+        // An HTTP/2 stream's answer is dropped in its own task, not the connection's.
+        if http2 {
+            self.0.waker.wake();
+        }
     }
 }
 
