@@ -322,7 +322,7 @@ mod tests {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            let outlier = if state % 50 == 0 { 10.0 } else { 1.0 };
+            let outlier = if state.is_multiple_of(50) { 10.0 } else { 1.0 };
             outlier * (0.7 + 0.6 * (state >> 11) as f64 / (1u64 << 53) as f64)
         };
         let sizes = serve(&mut p, 32, 20_000, |n| (10.0 + n as f64) * noise());
