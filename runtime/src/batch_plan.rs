@@ -41,9 +41,8 @@ pub(crate) struct Plan {
     preferred: Vec<usize>,
     /// Indexed by batch size (items); entry 0 unused.
     costs: Vec<Cost>,
-    /// Indexed like `costs`: the lowest trusted cost per item of this size or any larger one
-    /// (infinite where none is trusted).
-    ahead: Vec<f64>,
+    /// The trusted costs per item of sizes whose merges work, for the cheapest within a range.
+    trusted: RangeMin,
     /// A batch of `.0` items that took a size costing more, to measure it: it grows on to `.1`
     /// items, whatever they cost.
     exploring: Option<(usize, usize)>,
@@ -81,9 +80,15 @@ impl Plan {
             max,
             preferred,
             costs: vec![Cost::default(); sizes],
-            ahead: vec![f64::INFINITY; sizes],
+            trusted: RangeMin::new(sizes),
             exploring: None,
         }
+    }
+
+    /// A batch begins: what an earlier one explored is over (it may have ended without a run to
+    /// record: its requests gone, or the run stopped).
+    pub(crate) fn begin(&mut self) {
+        self.exploring = None;
     }
 
     /// Whether a batch of `items` may take one more item at all: within the bounds, and (learned)
@@ -136,10 +141,12 @@ impl Plan {
             BatchPolicy::Fixed => Verdict::Take,
             // Sizes are measured in rising order: a batch grows into a size to measure only
             // once its own size is measured. It grows through a size that looks dearer towards
-            // a larger one that is cheaper: a size seldom run measures dearer than it is (the
-            // runs around it were of other shapes).
+            // a larger one, up to twice its own, that is cheaper: a size seldom run measures
+            // dearer than it is (the runs around it were of other shapes). A size whose merge
+            // failed is not grown into.
             BatchPolicy::Learned => match (self.fresh(items), self.fresh(next)) {
-                (Some(now), Some(_)) if self.cheapest_from(next) < now => Verdict::Take,
+                (_, Some(_)) if self.costs[next].failed => Verdict::Dearer(next),
+                (Some(now), Some(then)) if then < now || self.cheapest_ahead(next, items) < now => Verdict::Take,
                 (Some(_), Some(_)) => Verdict::Dearer(next),
                 (Some(_), None) => Verdict::Take,
                 (None, _) => Verdict::Stop,
@@ -159,18 +166,23 @@ impl Plan {
             BatchPolicy::Fixed => true,
             BatchPolicy::Learned => self
                 .fresh(items)
-                .is_some_and(|now| self.fresh(items + 1).is_none() || self.cheapest_from(items + 1) < now),
+                .is_some_and(|now| self.fresh(items + 1).is_none() || self.cheapest_ahead(items + 1, items) < now),
         }
     }
 
-    /// Records one successful execution of `items` items that took `took`. The first
-    /// [`TRUSTED_AFTER`] runs give their fastest (a first run pays for warming caches); later
-    /// ones move a running mean, each at most [`OUTLIER`] times the figure so far (a run the
-    /// thread was preempted in says nothing about the batch size).
-    pub(crate) fn record(&mut self, items: usize, took: Duration) {
+    /// Records one successful execution of `items` items that took `took`, of `merged`
+    /// requests or of one. The first [`TRUSTED_AFTER`] runs give their fastest (a first run
+    /// pays for warming caches); later ones move a running mean, each at most [`OUTLIER`] times
+    /// the figure so far (a run the thread was preempted in says nothing about the batch size).
+    /// A size whose merge failed is measured afresh by a merge that works, not by one request
+    /// of that size.
+    pub(crate) fn record(&mut self, items: usize, took: Duration, merged: bool) {
         self.exploring = None;
         let Some(cost) = self.costs.get_mut(items) else { return };
         if cost.failed {
+            if !merged {
+                return;
+            }
             *cost = Cost::default();
         }
         let per_item = took.as_secs_f64() / items.max(1) as f64;
@@ -183,21 +195,20 @@ impl Plan {
             let weight = (1.0 / f64::from(cost.samples)).max(SMOOTHING);
             cost.per_item += (per_item.min(cost.per_item * OUTLIER) - cost.per_item) * weight;
         }
-        self.look_ahead_from(items);
+        self.update_trusted(items);
     }
 
-    /// The lowest trusted cost per item of a batch of `items` or more.
-    fn cheapest_from(&self, items: usize) -> f64 {
-        self.ahead.get(items).copied().unwrap_or(f64::INFINITY)
+    /// The lowest trusted cost per item of a batch from `next` items up to twice `items` (the
+    /// sizes an exploring batch of `items` measures), leaving out sizes whose merge failed.
+    fn cheapest_ahead(&self, next: usize, items: usize) -> f64 {
+        self.trusted.min(next, items.saturating_mul(2).max(next))
     }
 
-    /// Brings `ahead` up to date after the cost of `items` changed.
-    fn look_ahead_from(&mut self, items: usize) {
-        let mut lowest = self.cheapest_from(items + 1);
-        for size in (1..=items.min(self.ahead.len() - 1)).rev() {
-            lowest = lowest.min(self.fresh(size).unwrap_or(f64::INFINITY));
-            self.ahead[size] = lowest;
-        }
+    /// Brings [`Plan::trusted`] up to date after the cost of `items` changed.
+    fn update_trusted(&mut self, items: usize) {
+        let Some(cost) = self.costs.get(items) else { return };
+        let trusted = cost.samples >= TRUSTED_AFTER && !cost.failed;
+        self.trusted.set(items, if trusted { cost.per_item } else { f64::INFINITY });
     }
 
     /// Records that `items` requests could not be merged (their outputs could not be split
@@ -206,14 +217,65 @@ impl Plan {
         self.exploring = None;
         if let Some(cost) = self.costs.get_mut(items) {
             *cost = Cost { per_item: f64::INFINITY, samples: TRUSTED_AFTER, refusals: 0, failed: true };
-            self.look_ahead_from(items);
         }
+        self.update_trusted(items);
     }
 
     /// The cost per item of batches of `items`, when measured enough.
     fn fresh(&self, items: usize) -> Option<f64> {
         let cost = self.costs.get(items)?;
         (cost.samples >= TRUSTED_AFTER).then_some(cost.per_item)
+    }
+}
+
+/// The lowest of a fixed number of values within any range of them, in logarithmic time (a
+/// segment tree): the cost table has up to [`MEASURED_SIZES`] sizes, and a batch asks at each
+/// request it might take.
+#[derive(Debug)]
+struct RangeMin {
+    /// `leaves` leaves from index `leaves` on; each inner node the lower of its two children.
+    nodes: Vec<f64>,
+    leaves: usize,
+}
+
+impl RangeMin {
+    /// `len` values, all infinite.
+    fn new(len: usize) -> Self {
+        let leaves = len.next_power_of_two();
+        Self { nodes: vec![f64::INFINITY; 2 * leaves], leaves }
+    }
+
+    fn set(&mut self, at: usize, value: f64) {
+        let mut i = self.leaves + at;
+        self.nodes[i] = value;
+        while i > 1 {
+            i /= 2;
+            self.nodes[i] = self.nodes[2 * i].min(self.nodes[2 * i + 1]);
+        }
+    }
+
+    /// The lowest value from `first` to `last`, both included (infinite when the range is empty
+    /// or past the end).
+    fn min(&self, first: usize, last: usize) -> f64 {
+        let last = last.min(self.leaves - 1);
+        if first > last {
+            return f64::INFINITY;
+        }
+        let (mut lo, mut hi) = (first + self.leaves, last + self.leaves + 1);
+        let mut lowest = f64::INFINITY;
+        while lo < hi {
+            if lo % 2 == 1 {
+                lowest = lowest.min(self.nodes[lo]);
+                lo += 1;
+            }
+            if hi % 2 == 1 {
+                hi -= 1;
+                lowest = lowest.min(self.nodes[hi]);
+            }
+            lo /= 2;
+            hi /= 2;
+        }
+        lowest
     }
 }
 
@@ -235,11 +297,12 @@ mod tests {
     fn serve(plan: &mut Plan, queued: usize, rounds: usize, mut cost: impl FnMut(usize) -> f64) -> Vec<usize> {
         (0..rounds)
             .map(|_| {
+                plan.begin();
                 let mut items = 1;
                 while items < queued && plan.open(items) && plan.grow(items, 1) {
                     items += 1;
                 }
-                plan.record(items, Duration::from_secs_f64(cost(items)));
+                plan.record(items, Duration::from_secs_f64(cost(items)), items > 1);
                 items
             })
             .collect()
@@ -306,7 +369,7 @@ mod tests {
         let cost = |n: usize| 10.0 + n as f64;
         serve(&mut p, 8, 200, cost);
         // The thread lost the CPU for a thousand runs' time in one run of 8.
-        p.record(8, Duration::from_secs_f64(1000.0 * cost(8)));
+        p.record(8, Duration::from_secs_f64(1000.0 * cost(8)), true);
         let sizes = serve(&mut p, 8, 100, cost);
         assert!(sizes.iter().all(|&n| n == 8), "{sizes:?}");
     }
@@ -329,6 +392,70 @@ mod tests {
         let late = &sizes[10_000..];
         let mean = late.iter().sum::<usize>() as f64 / late.len() as f64;
         assert!(mean > 28.0, "mean batch {mean}: {:?}", &late[..60]);
+    }
+
+    #[test]
+    fn a_size_whose_merge_failed_is_not_grown_into_even_towards_a_cheaper_one() {
+        // Two-item requests; six-item ones run alone, cheap per item; merging two into four
+        // fails (the model's outputs cannot be split back).
+        let mut p = plan(BatchPolicy::Learned, 8, &[]);
+        for _ in 0..3 {
+            p.record(2, Duration::from_secs_f64(10.0), false);
+            p.record(6, Duration::from_secs_f64(12.0), false);
+        }
+        p.failed(4);
+        // A request of four items alone works: that says nothing of merging to four.
+        p.record(4, Duration::from_secs_f64(11.0), false);
+        let grown = (0..RETRY_FAILED_EVERY - 1)
+            .filter(|_| {
+                p.begin();
+                p.grow(2, 2)
+            })
+            .count();
+        assert_eq!(grown, 0, "a batch of two grew into the failed size");
+        p.begin();
+        assert!(p.grow(2, 2), "the failed size is tried again every RETRY_FAILED_EVERY refusals");
+        // The retry's merge works: the size is measured afresh.
+        p.record(4, Duration::from_secs_f64(11.0), true);
+        assert!(!p.costs[4].failed);
+    }
+
+    #[test]
+    fn an_exploring_batch_that_ran_nothing_leaves_the_next_batch_alone() {
+        // An MLP-like model whose sizes 2 and up look dear: a batch of 2 explores to 4.
+        let mut p = plan(BatchPolicy::Learned, 16, &[]);
+        for _ in 0..3 {
+            p.record(1, Duration::from_secs_f64(1.0), false);
+            p.record(2, Duration::from_secs_f64(4.0), true);
+            p.record(3, Duration::from_secs_f64(9.0), true);
+            p.record(4, Duration::from_secs_f64(16.0), true);
+        }
+        let explored = (0..EXPLORE_EVERY)
+            .find(|_| {
+                p.begin();
+                p.grow(1, 1)
+            })
+            .is_some();
+        assert!(explored, "no exploration in EXPLORE_EVERY refusals");
+        // Its requests went away before the run: nothing is recorded. The next batch, of a
+        // three-item request, grows only as its costs say (four is dearer than three).
+        p.begin();
+        assert!(!p.grow(3, 1), "the next batch went on exploring");
+    }
+
+    #[test]
+    fn range_min_agrees_with_a_scan() {
+        let values: Vec<f64> = (0..37_u32).map(|i| f64::from((i * 7919) % 23)).collect();
+        let mut tree = RangeMin::new(values.len());
+        for (i, &v) in values.iter().enumerate() {
+            tree.set(i, v);
+        }
+        for first in 0..values.len() + 2 {
+            for last in first.saturating_sub(1)..values.len() + 2 {
+                let scan = values.iter().take(last + 1).skip(first).copied().fold(f64::INFINITY, f64::min);
+                assert_eq!(tree.min(first, last), scan, "{first}..={last}");
+            }
+        }
     }
 
     #[test]

@@ -407,6 +407,7 @@ impl Core {
         first: Job,
         mut next: impl FnMut(Option<Duration>) -> Option<Job>,
     ) -> (Vec<Job>, Option<Job>) {
+        self.plan.begin();
         let mut items = first.items;
         let deadline = first.enqueued + self.max_queue_delay;
         let mut jobs = vec![first];
@@ -462,7 +463,7 @@ impl Core {
             match batched {
                 Batched::Done(results) => {
                     let total: usize = jobs.iter().map(|j| j.items).sum();
-                    self.plan.record(total, began.elapsed());
+                    self.plan.record(total, began.elapsed(), true);
                     self.note_run(began.elapsed(), jobs.iter().map(|j| j.bytes).sum());
                     self.metrics.stats.executed(total, jobs.len(), start.elapsed());
                     self.metrics.count.inc_by(total as u64);
@@ -487,7 +488,7 @@ impl Core {
             let result = span.in_scope(|| self.run_one(&[&job.link], job.inputs, &wanted));
             drop(span);
             if result.is_ok() {
-                self.plan.record(job.items, began.elapsed());
+                self.plan.record(job.items, began.elapsed(), false);
                 self.note_run(began.elapsed(), job.bytes);
                 self.metrics.stats.executed(job.items, 1, began.elapsed());
                 self.metrics.count.inc_by(job.items as u64);

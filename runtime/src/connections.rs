@@ -44,6 +44,10 @@ use crate::metrics::ConnectionMetrics;
 /// limit: model files, logs, ONNX Runtime's own, the listener.
 const RESERVED_FDS: u64 = 64;
 
+/// What an HTTP/2 client sends first (RFC 9113, section 3.4); hyper-util tells the protocols
+/// apart by it too.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Connection limits, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -151,8 +155,11 @@ pub(crate) async fn accept_loop(
                 open.shed_longest_waiting();
                 backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot accept a connection; backing off");
-                tokio::time::sleep(backoff).await;
-                continue;
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => break,
+                    () = tokio::time::sleep(backoff) => continue,
+                }
             }
         };
         // A slot for the client just taken: at the cap, room is made by shedding the connection
@@ -296,7 +303,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     clock: Arc<Clock>,
     metrics: &ConnectionMetrics,
 ) {
-    let io = TokioIo::new(Guarded { stream, clock: Arc::clone(&clock), replacement: None, first_read: true });
+    let io = TokioIo::new(Guarded { stream, clock: Arc::clone(&clock), replacement: None, preface: Some(0) });
     let service_clock = Arc::clone(&clock);
     let routes = endpoint.routes.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -515,10 +522,11 @@ impl Clock {
     // flushes), which looks at the clock after each: they wake nobody.
 
     /// Bytes arrived: on an idle HTTP/1 connection, a request's header section has begun.
-    fn on_read(&self, first: Option<&[u8]>) {
+    /// `http2` comes with the read that tells the protocol.
+    fn on_read(&self, http2: Option<bool>) {
         self.with(|s| {
-            if let Some(bytes) = first {
-                s.http2 = bytes.starts_with(b"PRI * HTTP/2.0");
+            if let Some(http2) = http2 {
+                s.http2 = http2;
                 // An HTTP/2 client (a gRPC channel) may open its connection well before its
                 // first call: from the preface on it is idle, not sending a header section.
                 if s.http2 && matches!(s.phase, Phase::Head(_)) {
@@ -623,8 +631,9 @@ struct Guarded<S> {
     clock: Arc<Clock>,
     /// A replacement answer and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
-    /// Nothing read yet (the first bytes tell HTTP/2 from HTTP/1).
-    first_read: bool,
+    /// How many bytes of HTTP/2's connection preface the bytes read so far match, while they
+    /// still may be one (they tell HTTP/2 from HTTP/1, and may come in pieces).
+    preface: Option<usize>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
@@ -675,8 +684,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let first = std::mem::take(&mut self.first_read).then(|| &buf.filled()[before..]);
-            self.clock.on_read(first);
+            let protocol = match self.preface {
+                Some(matched) => {
+                    let read = &buf.filled()[before..];
+                    let rest = &HTTP2_PREFACE[matched..];
+                    let n = read.len().min(rest.len());
+                    let (http2, more) = (read[..n] == rest[..n], matched + n);
+                    self.preface = (http2 && more < HTTP2_PREFACE.len()).then_some(more);
+                    // Decided once the bytes differ or the preface is whole.
+                    self.preface.is_none().then_some(http2)
+                }
+                None => None,
+            };
+            self.clock.on_read(protocol);
         }
         result
     }
