@@ -48,7 +48,10 @@ fn new_id() -> HeaderValue {
     bytes[8..].copy_from_slice(&b.to_le_bytes());
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut text)).expect("a UUID is a valid header value")
+    uuid.hyphenated().encode_lower(&mut text);
+    // Owned by its bytes: the id is cloned into the answer, the log and the span, and a clone
+    // of these is a reference count, where one of a header value from text is a copy.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).expect("a UUID is a valid header value")
 }
 
 #[cfg(test)]

@@ -669,34 +669,36 @@ pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> String {
 struct AccessLog {
     start: std::time::Instant,
     method: axum::http::Method,
-    path: String,
+    /// The request's target (a clone shares its bytes).
+    uri: axum::http::Uri,
     client: Option<String>,
-    id: String,
+    id: axum::http::HeaderValue,
     span: tracing::Span,
 }
 
 impl AccessLog {
     fn begin(state: &AppState, request: &Request, id: &axum::http::HeaderValue) -> Self {
-        let id = id.to_str().unwrap_or("").to_string();
+        let text = id.to_str().unwrap_or("");
         // An error-level span, so that it exists whatever level RUST_LOG lets through; with
         // tracing on, it is the request's OpenTelemetry server span too.
         let span = if crate::telemetry::enabled() {
-            crate::telemetry::http_span(request, &id, state.tls.is_some())
+            crate::telemetry::http_span(request, text, state.tls.is_some())
         } else {
-            tracing::error_span!("request", request_id = %id)
+            tracing::error_span!("request", request_id = %text)
         };
         Self {
             start: std::time::Instant::now(),
             method: request.method().clone(),
-            path: request.uri().path().to_string(),
+            uri: request.uri().clone(),
             client: state.audit().and_then(|_| crate::audit::client_of(request.extensions())),
-            id,
+            id: id.clone(),
             span,
         }
     }
 
     fn end(self, state: &AppState, response: &mut Response) {
-        let Self { start, method, path, client, id, span } = self;
+        let Self { start, method, uri, client, id, span } = self;
+        let (path, id) = (uri.path(), id.to_str().unwrap_or(""));
         let status = response.status().as_u16();
         let micros = start.elapsed().as_micros() as u64;
         let ids = crate::telemetry::ids(&span);
@@ -709,10 +711,10 @@ impl AccessLog {
         } else {
             tracing::debug!(request_id = %id, %method, %path, status, micros, trace_id, span_id, "request");
         }
-        if let Some(audit) = state.audit().filter(|_| !is_open_path(&path)) {
-            let (model, version) = crate::audit::model_and_version(&path);
+        if let Some(audit) = state.audit().filter(|_| !is_open_path(path)) {
+            let (model, version) = crate::audit::model_and_version(path);
             audit.record(&crate::audit::Entry {
-                request_id: &id,
+                request_id: id,
                 trace_id,
                 api_key: response.extensions().get::<crate::inference::admission::KeyName>().map(|k| &*k.0),
                 client: client.as_deref(),

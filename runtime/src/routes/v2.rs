@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
@@ -276,10 +276,11 @@ fn triton_name(datatype: &str) -> &str {
 async fn infer(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    run_infer(&state, &model, None, &headers, body).await
+    // The request whole, not its headers as an extractor: that would copy them.
+    let (parts, body) = request.into_parts();
+    run_infer(&state, &model, None, &parts.headers, body).await
 }
 
 /// Runs inference on one version of a model.
@@ -292,10 +293,10 @@ async fn infer(
 async fn infer_version(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    run_infer(&state, &model, Some(&version), &headers, body).await
+    let (parts, body) = request.into_parts();
+    run_infer(&state, &model, Some(&version), &parts.headers, body).await
 }
 
 async fn run_infer(

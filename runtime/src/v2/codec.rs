@@ -13,14 +13,15 @@ use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 
 use super::body::ResponseBody;
-use super::types::{InferRequest, InferResponse, RequestInput, ResponseOutput};
+use super::types::{InferRequest, RequestInput};
 use crate::error::ApiError;
 use crate::inference::wire::{self, Inputs};
 use crate::model::{Model, TensorSpec};
 use crate::tensor::{Tensor, TensorData, for_each_numeric};
 
 /// The header naming the length of the JSON part of a binary request or response.
-pub const HEADER_LENGTH: &str = "inference-header-content-length";
+pub const HEADER_LENGTH: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("inference-header-content-length");
 
 /// A decoded request: tensors parsed, not yet checked against the model.
 #[derive(Debug)]
@@ -569,8 +570,22 @@ pub struct Encoded {
 const STREAM_JSON_ABOVE: usize = 1 << 20;
 
 /// Encodes outputs (already in the requested order), each binary or JSON as `wanted` says.
+///
+/// The JSON is written straight, members in the order the serde form of
+/// [`InferResponse`](super::types::InferResponse) has them
+/// (which a test holds it to), elements by [`write_json_elements`].
 pub fn encode(
     model: &Model,
+    id: Option<String>,
+    outputs: Vec<(String, Tensor)>,
+    wanted: &[WantedOutput],
+) -> Result<Encoded, ApiError> {
+    encode_for((model.name(), model.version()), id, outputs, wanted)
+}
+
+/// [`encode`] for a model known by its name and version.
+fn encode_for(
+    (model_name, model_version): (&str, &str),
     id: Option<String>,
     outputs: Vec<(String, Tensor)>,
     wanted: &[WantedOutput],
@@ -579,63 +594,67 @@ pub fn encode(
     let json_bytes: usize =
         outputs.iter().zip(wanted).filter(|(_, w)| !w.binary).map(|((_, t), _)| t.data.byte_len()).sum();
     // Without binary parts the body needs no length up front, so large JSON can be written as
-    // it is sent: the skeleton gets empty `data` arrays, filled in by the body.
+    // it is sent: the header gets empty `data` arrays, filled in by the body.
     let stream = !any_binary && json_bytes > STREAM_JSON_ABOVE;
     let mut binary = Vec::new();
+    // Where each streamed output's elements go, and the elements.
     let mut streamed = Vec::new();
-    let mut json_outputs = Vec::with_capacity(outputs.len());
-    for ((name, tensor), w) in outputs.into_iter().zip(wanted) {
-        let datatype = tensor.data.element_type().kserve_name().unwrap_or("BYTES");
+    // Roughly: the names, each element's text, and each shape.
+    let mut json = Vec::with_capacity(96 + if stream { 0 } else { json_bytes * 3 } + outputs.len() * 96);
+    json.extend_from_slice(b"{\"model_name\":");
+    write_json_str(&mut json, model_name);
+    json.extend_from_slice(b",\"model_version\":");
+    write_json_str(&mut json, model_version);
+    if let Some(id) = &id {
+        json.extend_from_slice(b",\"id\":");
+        write_json_str(&mut json, id);
+    }
+    json.extend_from_slice(b",\"outputs\":[");
+    for (i, ((name, tensor), w)) in outputs.into_iter().zip(wanted).enumerate() {
+        if !w.binary && matches!(tensor.data, TensorData::Bf16(_)) {
+            return Err(ApiError::InvalidTensor(format!(
+                "output {name:?} is BF16, which travels only in binary: request it with parameters {{\"binary_data\": true}}"
+            )));
+        }
+        if i > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(b"{\"name\":");
+        write_json_str(&mut json, &name);
+        json.extend_from_slice(b",\"datatype\":\"");
+        json.extend_from_slice(tensor.data.element_type().kserve_name().unwrap_or("BYTES").as_bytes());
+        json.extend_from_slice(b"\",\"shape\":[");
+        let mut digits = itoa::Buffer::new();
+        for (d, dim) in tensor.shape.iter().enumerate() {
+            if d > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(digits.format(*dim).as_bytes());
+        }
         if w.binary {
             let bytes = super::body::binary_bytes(tensor.data);
-            let mut params = Map::new();
-            params.insert("binary_data_size".into(), Value::from(bytes.len()));
+            json.extend_from_slice(b"],\"parameters\":{\"binary_data_size\":");
+            json.extend_from_slice(digits.format(bytes.len()).as_bytes());
+            json.extend_from_slice(b"}}");
             binary.push(bytes);
-            json_outputs.push(ResponseOutput {
-                name,
-                datatype,
-                shape: tensor.shape,
-                parameters: Some(params),
-                data: None,
-            });
         } else {
-            if matches!(tensor.data, TensorData::Bf16(_)) {
-                return Err(ApiError::InvalidTensor(format!(
-                    "output {name:?} is BF16, which travels only in binary: request it with parameters {{\"binary_data\": true}}"
-                )));
-            }
-            let data = if stream {
-                streamed.push(tensor.data);
-                TensorData::U8(Vec::new())
+            json.extend_from_slice(b"],\"data\":[");
+            if stream {
+                streamed.push((json.len(), tensor.data));
             } else {
-                tensor.data
-            };
-            json_outputs.push(ResponseOutput {
-                name,
-                datatype,
-                shape: tensor.shape,
-                parameters: None,
-                data: Some(JsonData(data)),
-            });
+                write_json_elements(&tensor.data, 0..tensor.data.len(), &mut json);
+            }
+            json.extend_from_slice(b"]}");
         }
     }
-    let response = InferResponse {
-        model_name: model.name().into(),
-        model_version: model.version().into(),
-        id,
-        outputs: json_outputs,
-    };
-    let json = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(format!("encoding response: {e}")))?;
+    json.extend_from_slice(b"]}");
     let mut body = ResponseBody::default();
     if stream {
-        // `"data":[]` cannot occur unescaped inside a JSON string, so each one found is an
-        // output's, in order.
         let mut json = Bytes::from(json);
-        for data in streamed {
-            let at = find(&json, br#""data":[]"#)
-                .ok_or_else(|| ApiError::Internal("encoding response: a data array is missing".into()))?
-                + br#""data":["#.len();
-            body.push(json.split_to(at));
+        let mut taken = 0;
+        for (at, data) in streamed {
+            body.push(json.split_to(at - taken));
+            taken = at;
             body.push_json(data);
         }
         body.push(json);
@@ -652,13 +671,134 @@ pub fn encode(
     Ok(Encoded { body, header_len: Some(header_len) })
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// `text` as a JSON string, escaped as serde_json escapes it.
+fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::types::{InferResponse, ResponseOutput};
     use super::*;
+
+    /// The answer as serde writes [`InferResponse`] (the types the OpenAPI document shows),
+    /// then the binary parts: what [`encode`] must write.
+    fn reference_encode(
+        (model_name, model_version): (&str, &str),
+        id: Option<String>,
+        outputs: Vec<(String, Tensor)>,
+        wanted: &[WantedOutput],
+    ) -> (Vec<u8>, Option<usize>) {
+        let mut binary = Vec::new();
+        let outputs = outputs
+            .into_iter()
+            .zip(wanted)
+            .map(|((name, tensor), w)| {
+                let datatype = tensor.data.element_type().kserve_name().unwrap_or("BYTES");
+                let (parameters, data) = if w.binary {
+                    let bytes = super::super::body::binary_bytes(tensor.data);
+                    let size = Map::from_iter([("binary_data_size".to_string(), Value::from(bytes.len()))]);
+                    binary.extend_from_slice(&bytes);
+                    (Some(size), None)
+                } else {
+                    (None, Some(JsonData(tensor.data)))
+                };
+                ResponseOutput { name, datatype, shape: tensor.shape, parameters, data }
+            })
+            .collect();
+        let response =
+            InferResponse { model_name: model_name.into(), model_version: model_version.into(), id, outputs };
+        let mut body = serde_json::to_vec(&response).expect("serialises");
+        let header_len = wanted.iter().any(|w| w.binary).then_some(body.len());
+        body.extend_from_slice(&binary);
+        (body, header_len)
+    }
+
+    /// A body's bytes, its JSON pieces written.
+    fn collect(mut body: ResponseBody) -> Vec<u8> {
+        use axum::body::HttpBody as _;
+        let mut out = Vec::new();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while let std::task::Poll::Ready(Some(frame)) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+            out.extend_from_slice(&frame.expect("infallible").into_data().expect("data"));
+        }
+        out
+    }
+
+    #[test]
+    fn answers_are_written_as_serde_writes_the_response_types() {
+        let model = ("m\"odel\u{1}é", "v\\2");
+        let tensor = |data: TensorData, shape: Vec<usize>| Tensor { data, shape };
+        let all = || {
+            vec![
+                (
+                    "y".to_string(),
+                    tensor(TensorData::F32(vec![0.5, -0.0, f32::NAN, 1e-45, 3.4e38, f32::INFINITY]), vec![2, 3]),
+                ),
+                ("quote\"d\n".to_string(), tensor(TensorData::F64(vec![0.1, f64::NEG_INFINITY, 5e-324]), vec![3])),
+                ("i".to_string(), tensor(TensorData::I64(vec![i64::MIN, 0, i64::MAX]), vec![1, 3, 1])),
+                ("u".to_string(), tensor(TensorData::U64(vec![u64::MAX]), vec![1])),
+                ("b".to_string(), tensor(TensorData::Bool(vec![true, false]), vec![2])),
+                ("h".to_string(), tensor(TensorData::F16(vec![f16::from_f32(0.333), f16::NAN]), vec![2])),
+                ("s".to_string(), tensor(TensorData::Bytes(vec![b"a\"b".to_vec(), vec![0xff, b'x'], vec![]]), vec![3])),
+                ("e".to_string(), tensor(TensorData::U8(vec![]), vec![0, 4])),
+                ("scalar".to_string(), tensor(TensorData::I8(vec![-7]), vec![])),
+            ]
+        };
+        let n = all().len();
+        let ids = [None, Some(String::new()), Some("id \"7\" \\ \u{7f} 😀".to_string())];
+        let choices: [fn(usize) -> bool; 4] = [|_| false, |_| true, |i| i % 2 == 0, |i| i % 3 == 1];
+        for id in ids {
+            for binary in choices {
+                let wanted: Vec<WantedOutput> = all()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, _))| WantedOutput { name: name.clone(), binary: binary(i) })
+                    .collect();
+                let ours = encode_for(model, id.clone(), all(), &wanted).expect("encodes");
+                let (body, header_len) = reference_encode(model, id.clone(), all(), &wanted);
+                assert_eq!(ours.header_len, header_len);
+                let ours = collect(ours.body);
+                assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&body), "id {id:?}, {n} outputs");
+                assert_eq!(ours, body);
+            }
+        }
+        let none = encode_for(model, None, Vec::new(), &[]).expect("encodes");
+        assert_eq!(collect(none.body), reference_encode(model, None, Vec::new(), &[]).0);
+    }
+
+    #[test]
+    fn a_large_json_answer_is_written_as_serde_writes_it_in_pieces() {
+        let model = ("big", "1");
+        let big = |seed: u32| {
+            let values: Vec<f32> =
+                (0..300_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761) ^ seed)).collect();
+            Tensor { shape: vec![values.len()], data: TensorData::F32(values) }
+        };
+        let outputs = || {
+            vec![
+                ("a".to_string(), big(1)),
+                ("small".to_string(), Tensor { shape: vec![1], data: TensorData::I32(vec![3]) }),
+                ("b\"".to_string(), big(7)),
+            ]
+        };
+        let wanted: Vec<WantedOutput> =
+            outputs().iter().map(|(name, _)| WantedOutput { name: name.clone(), binary: false }).collect();
+        let ours = encode_for(model, Some("r".into()), outputs(), &wanted).expect("encodes");
+        assert_eq!(ours.header_len, None);
+        assert!(axum::body::HttpBody::size_hint(&ours.body).exact().is_none(), "streamed, not written up front");
+        assert_eq!(collect(ours.body), reference_encode(model, Some("r".into()), outputs(), &wanted).0);
+    }
+
+    #[test]
+    fn a_bf16_output_asked_for_in_json_is_refused() {
+        let model = ("m", "1");
+        let outputs = vec![("x".to_string(), Tensor { shape: vec![1], data: TensorData::Bf16(vec![bf16::ONE]) })];
+        let wanted = [WantedOutput { name: "x".into(), binary: false }];
+        let Err(e) = encode_for(model, None, outputs, &wanted) else { panic!("BF16 in JSON encoded") };
+        assert!(e.detail().contains("travels only in binary"), "{}", e.detail());
+    }
 
     #[test]
     fn floats_are_written_as_serde_writes_them() {
