@@ -75,34 +75,115 @@ fn traced() -> tracing_subscriber::filter::Targets {
     })
 }
 
-/// A span's fields as the JSON object the JSON event format prints with each event in it,
-/// written straight as they are recorded. `tracing-subscriber`'s own gathers them in a map of
-/// boxed values first, and every request opens a span: that was most of a span's cost.
+/// A span's fields as the JSON object the JSON event format prints with each event in it, as
+/// `tracing-subscriber`'s own `JsonFields` writes it (members by name, `log.` and `r#` as it
+/// treats them). That one gathers the fields in a map of boxed values first, and every request
+/// opens a span: it was most of a span's cost. Fields already in name order (a request span's
+/// one) are written straight; others, and fields recorded later, are parsed, sorted, rewritten.
 struct SpanFields;
 
 impl<'writer> FormatFields<'writer> for SpanFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> std::fmt::Result {
-        let mut object = JsonObject { out: &mut writer, first: true, result: Ok(()) };
-        object.result = object.out.write_char('{');
-        fields.record(&mut object);
-        object.result?;
-        writer.write_char('}')
+        let mut order = NameOrder { last: None, sorted: true };
+        fields.record(&mut order);
+        if order.sorted {
+            return write_object(&mut writer, &fields);
+        }
+        let mut text = String::new();
+        write_object(&mut text, &fields)?;
+        write_sorted(&mut writer, parse_object(&text)?)
     }
 
     /// Fields recorded later: merged into the object (a field recorded again takes the new
-    /// value), as the JSON format's own does.
+    /// value).
     fn add_fields(&self, current: &'writer mut FormattedFields<Self>, fields: &Record<'_>) -> std::fmt::Result {
         if current.fields.is_empty() {
             return self.format_fields(current.as_writer(), fields);
         }
         let mut added = String::new();
-        self.format_fields(Writer::new(&mut added), fields)?;
-        let parse = |text: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text);
-        let (mut all, added) =
-            (parse(&current.fields).map_err(|_| std::fmt::Error)?, parse(&added).map_err(|_| std::fmt::Error)?);
-        all.extend(added);
-        current.fields = serde_json::Value::Object(all).to_string();
+        write_object(&mut added, fields)?;
+        let mut all = parse_object(&current.fields)?;
+        all.extend(parse_object(&added)?);
+        let mut text = String::new();
+        write_sorted(&mut text, all)?;
+        current.fields = text;
         Ok(())
+    }
+}
+
+/// Fields as a JSON object, in the order they come.
+fn write_object(out: &mut impl Write, fields: &impl RecordFields) -> std::fmt::Result {
+    out.write_char('{')?;
+    let mut object = JsonObject { out, first: true, result: Ok(()) };
+    fields.record(&mut object);
+    object.result?;
+    out.write_char('}')
+}
+
+fn parse_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, std::fmt::Error> {
+    serde_json::from_str(text).map_err(|_| std::fmt::Error)
+}
+
+/// An object with its members by name.
+fn write_sorted(out: &mut impl Write, mut object: serde_json::Map<String, serde_json::Value>) -> std::fmt::Result {
+    object.sort_keys();
+    write!(out, "{}", serde_json::Value::Object(object))
+}
+
+/// The name a field is printed under, as `JsonFields` prints it: a `Debug` value's drops a raw
+/// identifier's `r#`, and is left out for a `log` record's metadata (`log.` names).
+fn key(field: &Field, debug: bool) -> Option<&'static str> {
+    let name = field.name();
+    match debug {
+        false => Some(name),
+        true if name.starts_with("log.") => None,
+        true => Some(name.strip_prefix("r#").unwrap_or(name)),
+    }
+}
+
+/// Whether fields come in strictly rising name order (no name twice).
+struct NameOrder {
+    last: Option<&'static str>,
+    sorted: bool,
+}
+
+impl NameOrder {
+    fn see(&mut self, field: &Field, debug: bool) {
+        if let Some(name) = key(field, debug) {
+            self.sorted &= self.last.is_none_or(|last| last < name);
+            self.last = Some(name);
+        }
+    }
+}
+
+/// The same kinds as [`JsonObject`]'s (and `JsonFields`'): the rest arrive as `Debug`.
+impl Visit for NameOrder {
+    fn record_f64(&mut self, field: &Field, _: f64) {
+        self.see(field, false);
+    }
+
+    fn record_i64(&mut self, field: &Field, _: i64) {
+        self.see(field, false);
+    }
+
+    fn record_u64(&mut self, field: &Field, _: u64) {
+        self.see(field, false);
+    }
+
+    fn record_bool(&mut self, field: &Field, _: bool) {
+        self.see(field, false);
+    }
+
+    fn record_str(&mut self, field: &Field, _: &str) {
+        self.see(field, false);
+    }
+
+    fn record_bytes(&mut self, field: &Field, _: &[u8]) {
+        self.see(field, false);
+    }
+
+    fn record_debug(&mut self, field: &Field, _: &dyn std::fmt::Debug) {
+        self.see(field, true);
     }
 }
 
@@ -114,13 +195,9 @@ struct JsonObject<'a, W: Write> {
 }
 
 impl<W: Write> JsonObject<'_, W> {
-    /// Opens a member: its separator and name; false for a field the JSON format leaves out.
-    fn member(&mut self, field: &Field) -> bool {
-        let name = field.name();
-        if self.result.is_err() || name.starts_with("log.") {
-            return false;
-        }
-        let name = name.strip_prefix("r#").unwrap_or(name);
+    /// Opens a member: its separator and name; false for a field left out.
+    fn member(&mut self, field: &Field, debug: bool) -> bool {
+        let Some(name) = key(field, debug).filter(|_| self.result.is_ok()) else { return false };
         let separator = if std::mem::take(&mut self.first) { "" } else { "," };
         self.result = self
             .out
@@ -131,7 +208,7 @@ impl<W: Write> JsonObject<'_, W> {
     }
 
     fn plain(&mut self, field: &Field, value: impl std::fmt::Display) {
-        if self.member(field) {
+        if self.member(field, false) {
             self.result = write!(self.out, "{value}");
         }
     }
@@ -156,7 +233,7 @@ impl<W: Write> Visit for JsonObject<'_, W> {
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.member(field) {
+        if self.member(field, false) {
             self.result = write_json_string(self.out, value);
         }
     }
@@ -166,7 +243,7 @@ impl<W: Write> Visit for JsonObject<'_, W> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if self.member(field) {
+        if self.member(field, true) {
             self.result = self
                 .out
                 .write_char('"')
@@ -218,8 +295,8 @@ mod tests {
     use super::*;
 
     /// The log lines written while `log` runs under a JSON subscriber whose span fields are
-    /// formatted by `fields`, each parsed, without its timestamp.
-    fn json_lines<N>(fields: N, log: impl FnOnce()) -> Vec<serde_json::Value>
+    /// formatted by `fields` (no timestamps).
+    fn json_lines<N>(fields: N, log: impl FnOnce()) -> Vec<String>
     where
         N: for<'w> FormatFields<'w> + Send + Sync + 'static,
     {
@@ -228,18 +305,13 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
+            .without_time()
             .fmt_fields(fields)
             .with_writer(move || Sink(Arc::clone(&sink)))
             .finish();
         tracing::subscriber::with_default(subscriber, log);
         let text = String::from_utf8(buffer.lock().expect("lock").clone()).expect("UTF-8");
-        text.lines()
-            .map(|line| {
-                let mut value: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
-                value.as_object_mut().expect("an object").remove("timestamp");
-                value
-            })
-            .collect()
+        text.lines().map(str::to_string).collect()
     }
 
     struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -286,22 +358,35 @@ mod tests {
         let empty = tracing::error_span!("empty");
         let _empty = empty.enter();
         tracing::error!("in a span without fields");
+        let sorted = tracing::error_span!("sorted", a = 1, b = "two", c = ?3);
+        let _sorted = sorted.enter();
+        tracing::error!("in a span whose fields come by name");
+        let log = tracing::error_span!("log", log.target = "kept", log.file = ?"dropped", z = 1);
+        let _log = log.enter();
+        tracing::error!("in a span with log fields");
+        let twice = tracing::error_span!("twice", b = 1, a = 2, b = 3);
+        let _twice = twice.enter();
+        tracing::error!("in a span with a name twice");
     }
 
     #[test]
     fn span_fields_print_as_the_json_format_prints_them() {
         let ours = json_lines(SpanFields, spans);
         let theirs = json_lines(tracing_subscriber::fmt::format::JsonFields::new(), spans);
-        assert_eq!(ours.len(), 4, "{ours:#?}");
-        assert_eq!(ours, theirs);
-        assert_eq!(
-            ours[0]["span"]["path"],
-            "quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} del \u{7f} é 😀 \u{2028}"
-        );
-        assert_eq!(ours[0]["span"]["type"], "plain");
-        assert_eq!(ours[0]["span"]["nan"], serde_json::Value::Null);
-        assert_eq!(ours[1]["spans"][0]["later"], "recorded after");
-        assert_eq!(ours[1]["spans"][0]["again"], 2);
-        assert_eq!(ours[2]["span"]["nested"], 5);
+        assert_eq!(ours.len(), 7, "{ours:#?}");
+        for (ours, theirs) in ours.iter().zip(&theirs) {
+            assert_eq!(ours, theirs);
+        }
+        let parsed: Vec<serde_json::Value> =
+            ours.iter().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
+        let text = "quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} del \u{7f} é 😀 \u{2028}";
+        assert_eq!(parsed[0]["span"]["path"], text);
+        assert_eq!(parsed[0]["span"]["type"], "plain");
+        assert_eq!(parsed[0]["span"]["nan"], serde_json::Value::Null);
+        assert_eq!(parsed[1]["spans"][0]["later"], "recorded after");
+        assert_eq!(parsed[1]["spans"][0]["again"], 2);
+        assert_eq!(parsed[2]["span"]["nested"], 5);
+        assert_eq!(parsed[5]["span"]["log.target"], "kept");
+        assert!(parsed[5]["span"].get("log.file").is_none(), "{}", ours[5]);
     }
 }

@@ -49,8 +49,9 @@ fn new_id() -> HeaderValue {
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid.hyphenated().encode_lower(&mut text);
-    // Owned by its bytes: the id is cloned into the answer, the log and the span, and a clone
-    // of these is a reference count, where one of a header value from text is a copy.
+    // Bytes that own their array: the id is cloned into the request, the answer and the log,
+    // and each clone is a reference count (a header value made from text would allocate once
+    // more, on its first clone, to share its copy).
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).expect("a UUID is a valid header value")
 }
 

@@ -599,8 +599,10 @@ fn encode_for(
     let mut binary = Vec::new();
     // Where each streamed output's elements go, and the elements.
     let mut streamed = Vec::new();
-    // Roughly: the names, each element's text, and each shape.
-    let mut json = Vec::with_capacity(96 + if stream { 0 } else { json_bytes * 3 } + outputs.len() * 96);
+    // Roughly: the names, each element's text (a few MB at most up front: JSON outputs beside
+    // binary ones are not streamed, however large), and each shape.
+    let elements = if stream { 0 } else { (json_bytes * 3).min(4 * STREAM_JSON_ABOVE) };
+    let mut json = Vec::with_capacity(96 + elements + outputs.len() * 96);
     json.extend_from_slice(b"{\"model_name\":");
     write_json_str(&mut json, model_name);
     json.extend_from_slice(b",\"model_version\":");
