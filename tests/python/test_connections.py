@@ -173,6 +173,39 @@ def test_a_header_begun_after_an_idle_spell_gets_the_header_timeout():
         server.stop()
 
 
+def test_the_http2_preface_is_told_apart_even_when_it_comes_in_pieces():
+    """An HTTP/2 client is idle from its preface on (a gRPC channel opens before its first
+    call), so only its idle timeout applies; an HTTP/1 one that has begun sending has the header
+    timeout. The preface may come in pieces, and a client that sends part of it and stops, or
+    that goes on with other bytes, is HTTP/1: half a preface cannot hold a connection open."""
+    server = serve_mlp("--header-read-timeout-ms", "1000", "--idle-timeout-ms", "8000")
+    host, port = server.address.rsplit(":", 1)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    empty_settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    try:
+        before = closed_counts(server)
+        pieces = socket.create_connection((host, int(port)))
+        for piece in (preface[:3], preface[3:10], preface[10:] + empty_settings):
+            pieces.sendall(piece)
+            time.sleep(0.3)
+        partial = socket.create_connection((host, int(port)))
+        partial.sendall(preface[:16])
+        opened = time.monotonic()
+        # Bytes that part from the preface are read as HTTP/1, which this request line is not.
+        status, _, body = split(raw(server.address, preface[:14] + b"\r\nHost: x\r\n\r\n"))
+        assert status == 400 and b"not valid HTTP/1.1" in body, body
+        assert closed_by_server(partial, 5)
+        assert time.monotonic() - opened < 4.0
+        # Past twice the header timeout, the HTTP/2 one is still open: its answer is the
+        # server's own SETTINGS frame, and nothing closes it.
+        assert not closed_by_server(pieces, 2.5), "an HTTP/2 connection whose preface came in pieces got the header timeout"
+        after = closed_counts(server)
+        assert after["header_timeout"] - before["header_timeout"] == 1, after
+        pieces.close()
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(
     "request_bytes, status, says",
     [
