@@ -84,9 +84,9 @@ struct SpanFields;
 
 impl<'writer> FormatFields<'writer> for SpanFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> std::fmt::Result {
-        let mut order = NameOrder { last: None, sorted: true };
-        fields.record(&mut order);
-        if order.sorted {
+        let mut names = JsonObject::<String>::new(None);
+        fields.record(&mut names);
+        if names.sorted {
             return write_object(&mut writer, &fields);
         }
         let mut text = String::new();
@@ -114,7 +114,7 @@ impl<'writer> FormatFields<'writer> for SpanFields {
 /// Fields as a JSON object, in the order they come.
 fn write_object(out: &mut impl Write, fields: &impl RecordFields) -> std::fmt::Result {
     out.write_char('{')?;
-    let mut object = JsonObject { out, first: true, result: Ok(()) };
+    let mut object = JsonObject::new(Some(&mut *out));
     fields.record(&mut object);
     object.result?;
     out.write_char('}')
@@ -130,8 +130,9 @@ fn write_sorted(out: &mut impl Write, mut object: serde_json::Map<String, serde_
     write!(out, "{}", serde_json::Value::Object(object))
 }
 
-/// The name a field is printed under, as `JsonFields` prints it: a `Debug` value's drops a raw
-/// identifier's `r#`, and is left out for a `log` record's metadata (`log.` names).
+/// The name a field is printed under, as `JsonFields` prints it; `None` when it is left out.
+/// Both rules hold for `Debug` values only: a raw identifier's `r#` is dropped, and a `log`
+/// record's metadata (`log.` names) is left out.
 fn key(field: &Field, debug: bool) -> Option<&'static str> {
     let name = field.name();
     match debug {
@@ -141,115 +142,71 @@ fn key(field: &Field, debug: bool) -> Option<&'static str> {
     }
 }
 
-/// Whether fields come in strictly rising name order (no name twice).
-struct NameOrder {
+/// Writes visited fields as `"name":value` members of a JSON object, and sees whether their
+/// names come in strictly rising order (none twice).
+struct JsonObject<'a, W: Write> {
+    /// Where the members go; `None` to see the names' order alone.
+    out: Option<&'a mut W>,
+    first: bool,
+    result: std::fmt::Result,
     last: Option<&'static str>,
     sorted: bool,
 }
 
-impl NameOrder {
-    fn see(&mut self, field: &Field, debug: bool) {
-        if let Some(name) = key(field, debug) {
-            self.sorted &= self.last.is_none_or(|last| last < name);
-            self.last = Some(name);
-        }
-    }
-}
-
-/// The same kinds as [`JsonObject`]'s (and `JsonFields`'): the rest arrive as `Debug`.
-impl Visit for NameOrder {
-    fn record_f64(&mut self, field: &Field, _: f64) {
-        self.see(field, false);
+impl<'a, W: Write> JsonObject<'a, W> {
+    fn new(out: Option<&'a mut W>) -> Self {
+        Self { out, first: true, result: Ok(()), last: None, sorted: true }
     }
 
-    fn record_i64(&mut self, field: &Field, _: i64) {
-        self.see(field, false);
-    }
-
-    fn record_u64(&mut self, field: &Field, _: u64) {
-        self.see(field, false);
-    }
-
-    fn record_bool(&mut self, field: &Field, _: bool) {
-        self.see(field, false);
-    }
-
-    fn record_str(&mut self, field: &Field, _: &str) {
-        self.see(field, false);
-    }
-
-    fn record_bytes(&mut self, field: &Field, _: &[u8]) {
-        self.see(field, false);
-    }
-
-    fn record_debug(&mut self, field: &Field, _: &dyn std::fmt::Debug) {
-        self.see(field, true);
-    }
-}
-
-/// Writes visited fields as `"name":value` members of a JSON object.
-struct JsonObject<'a, W: Write> {
-    out: &'a mut W,
-    first: bool,
-    result: std::fmt::Result,
-}
-
-impl<W: Write> JsonObject<'_, W> {
-    /// Opens a member: its separator and name; false for a field left out.
-    fn member(&mut self, field: &Field, debug: bool) -> bool {
-        let Some(name) = key(field, debug).filter(|_| self.result.is_ok()) else { return false };
+    /// A member: its separator, its name (when the JSON format prints the field, see [`key`])
+    /// and its value, which `value` writes.
+    fn member(&mut self, field: &Field, debug: bool, value: impl FnOnce(&mut W) -> std::fmt::Result) {
+        let Some(name) = key(field, debug) else { return };
+        self.sorted &= self.last.is_none_or(|last| last < name);
+        self.last = Some(name);
+        let Some(out) = self.out.as_deref_mut().filter(|_| self.result.is_ok()) else { return };
         let separator = if std::mem::take(&mut self.first) { "" } else { "," };
-        self.result = self
-            .out
+        self.result = out
             .write_str(separator)
-            .and_then(|()| write_json_string(self.out, name))
-            .and_then(|()| self.out.write_char(':'));
-        self.result.is_ok()
-    }
-
-    fn plain(&mut self, field: &Field, value: impl std::fmt::Display) {
-        if self.member(field, false) {
-            self.result = write!(self.out, "{value}");
-        }
+            .and_then(|()| write_json_string(out, name))
+            .and_then(|()| out.write_char(':'))
+            .and_then(|()| value(out));
     }
 }
 
+/// The kinds `JsonFields` takes apart; the rest arrive as `Debug`, as there.
 impl<W: Write> Visit for JsonObject<'_, W> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         // JSON has no NaN or infinity: null, as serde_json writes them.
-        self.plain(field, serde_json::Value::from(value));
+        self.member(field, false, |out| write!(out, "{}", serde_json::Value::from(value)));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.plain(field, value);
+        self.member(field, false, |out| write!(out, "{value}"));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.plain(field, value);
+        self.member(field, false, |out| write!(out, "{value}"));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.plain(field, value);
+        self.member(field, false, |out| write!(out, "{value}"));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.member(field, false) {
-            self.result = write_json_string(self.out, value);
-        }
+        self.member(field, false, |out| write_json_string(out, value));
     }
 
     fn record_bytes(&mut self, field: &Field, value: &[u8]) {
-        self.plain(field, serde_json::Value::from(value));
+        self.member(field, false, |out| write!(out, "{}", serde_json::Value::from(value)));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if self.member(field, true) {
-            self.result = self
-                .out
-                .write_char('"')
-                .and_then(|()| write!(Escaped(self.out), "{value:?}"))
-                .and_then(|()| self.out.write_char('"'));
-        }
+        self.member(field, true, |out| {
+            out.write_char('"')?;
+            write!(Escaped(&mut *out), "{value:?}")?;
+            out.write_char('"')
+        });
     }
 }
 
