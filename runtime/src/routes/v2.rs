@@ -278,9 +278,7 @@ async fn infer(
     Path(model): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // The request whole, not its headers as an extractor: that would copy them.
-    let (parts, body) = request.into_parts();
-    run_infer(&state, &model, None, &parts.headers, body).await
+    run_infer(&state, &model, None, request).await
 }
 
 /// Runs inference on one version of a model.
@@ -295,19 +293,19 @@ async fn infer_version(
     Path((model, version)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    run_infer(&state, &model, Some(&version), &parts.headers, body).await
+    run_infer(&state, &model, Some(&version), request).await
 }
 
+/// The handlers take the request whole, not its headers as an extractor: that would copy them.
 async fn run_infer(
     state: &AppState,
     model: &str,
     version: Option<&str>,
-    headers: &HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let model = state.model(model, version)?;
-    crate::inference::run(state, &model, infer_body(state, &model, headers, body)).await
+    let (parts, body) = request.into_parts();
+    crate::inference::run(state, &model, infer_body(state, &model, &parts.headers, body)).await
 }
 
 async fn infer_body(state: &AppState, model: &Model, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
