@@ -241,6 +241,26 @@ fn forget_packaged_sources() {
     }
 }
 
+/// Whether this is a CI run (`CI` set and not `false` or `0`, as CI services set it). A CI run
+/// starts from a clean clone and ends with it, so it removes each target directory as soon as no
+/// later step reads it (see [`DISK_NEEDED_GB`]); a developer's run keeps them for the next one.
+fn on_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// On CI, removes `dir`, which no later step reads, and says how much that gave back.
+fn drop_on_ci(sh: &Shell, dir: &Path) {
+    if !on_ci() || !dir.exists() {
+        return;
+    }
+    let size = cmd!(sh, "du -sh {dir}").quiet().read().ok();
+    let size = size.as_deref().and_then(|s| s.split_whitespace().next()).unwrap_or("?");
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => eprintln!("removed {} ({size}): no later step reads it", dir.display()),
+        Err(e) => eprintln!("warning: could not remove {}: {e}", dir.display()),
+    }
+}
+
 /// The workspace's target directory (`CARGO_TARGET_DIR`, relative to the root, or `target`).
 fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t))
@@ -292,6 +312,7 @@ pub fn run(rest: &[&str]) -> Result<()> {
         .run()
         .context("rustdoc warnings are errors")?;
     crate::public_api::run(&[])?;
+    drop_on_ci(&sh, &check_target);
     lap("doc + public API", &mut t);
     // One build for everything: `cargo test --workspace` also builds target/debug/cargo-nimify,
     // which the ONNX Runtime install and the Python tests use (a separate `cargo build -p` would
@@ -303,6 +324,8 @@ pub fn run(rest: &[&str]) -> Result<()> {
     let nimify = target_dir(&root).join("debug/cargo-nimify");
     cmd!(sh, "{nimify} nimify ort install").run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
+    // trybuild's own workspace (tests/tests/ui.rs), with its own build of every dependency.
+    drop_on_ci(&sh, &target_dir(&root).join("tests"));
     lap("cargo test", &mut t);
     // The other platform's build of example-iris and its ONNX Runtime, for the multi-platform
     // image test: built here, with the very command `image --platform` runs, so that test finds
@@ -337,7 +360,9 @@ pub fn run(rest: &[&str]) -> Result<()> {
     // more would only add contention to the tests that measure time.
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let jobs = std::env::var("NIMIFY_TEST_JOBS").unwrap_or_else(|_| cores.clamp(2, 4).to_string());
-    cmd!(sh, "{python} -m pytest -q -p no:cacheprovider -n {jobs} tests/python")
+    // A passing test's temporary directory goes when it ends, and the whole run's when every test
+    // passed; pytest keeps those of one earlier run (not three), for a look at what failed.
+    cmd!(sh, "{python} -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed -o tmp_path_retention_count=1 -n {jobs} tests/python")
         .env("NIMIFY_BIN", &nimify)
         .env("PERF_ANALYZER", &pa)
         .env("CONTAINERS_CONF", root.join("tests/containers.conf"))
