@@ -111,6 +111,9 @@ def run_foreign(rootfs, config, tmp_path):
     for key in ("NIMIFY_MODEL_DIR", "NIMIFY_ASSET_DIR", "ORT_DYLIB_PATH"):
         env[key] = str(rootfs) + env[key]
     env.update(NIMIFY_HOST="127.0.0.1", NIMIFY_PORT=str(port), NIMIFY_GRPC_PORT=str(grpc), NIMIFY_SHUTDOWN_DELAY_MS="0", NIMIFY_LOG_FORMAT="json")
+    # The image's environment names no cache (the chart mounts one): without this, the optimized
+    # model would be saved under this machine's home directory and outlive the test.
+    env["NIMIFY_CACHE_DIR"] = str(tmp_path / "cache")
     entry = config["config"]["Entrypoint"]
     argv = [QEMU, "-L", str(rootfs), str(rootfs) + entry[0], *entry[1:]]
     if OTHER == "arm64":
