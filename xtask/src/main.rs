@@ -59,3 +59,10 @@ fn main() -> Result<()> {
 fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(std::path::Path::to_path_buf).unwrap_or_default()
 }
+
+/// The workspace's target directory: `CARGO_TARGET_DIR` (a relative one taken from the root, where
+/// every cargo command here runs, whatever directory xtask was started in), or `target`.
+fn target_dir() -> std::path::PathBuf {
+    let root = root();
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t))
+}

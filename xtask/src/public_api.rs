@@ -44,10 +44,7 @@ fn listing(sh: &Shell, package: &str) -> Result<String> {
 /// directory of its own: RUSTC_BOOTSTRAP is part of every artifact's fingerprint, so sharing
 /// target/debug would rebuild the dependencies here and again in the next plain build.
 pub fn check_target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::root().join("target"))
-        .join("check")
+    crate::target_dir().join("check")
 }
 
 /// Lines only in `old` (`-`) and only in `new` (`+`).

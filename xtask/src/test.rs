@@ -265,11 +265,6 @@ fn drop_on_ci(sh: &Shell, dir: &Path) {
     }
 }
 
-/// The workspace's target directory (`CARGO_TARGET_DIR`, relative to the root, or `target`).
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t))
-}
-
 pub fn run(rest: &[&str]) -> Result<()> {
     let sh = Shell::new()?;
     let root = crate::root();
@@ -280,7 +275,7 @@ pub fn run(rest: &[&str]) -> Result<()> {
     // unless the caller chose one: nothing read from or left in the user's, so a run neither
     // depends on an earlier one nor leaves an entry per test model behind to pile up run after run.
     if std::env::var_os("NIMIFY_CACHE_DIR").is_none_or(|v| v.is_empty()) {
-        sh.set_var("NIMIFY_CACHE_DIR", target_dir(&root).join("nimify-cache"));
+        sh.set_var("NIMIFY_CACHE_DIR", crate::target_dir().join("nimify-cache"));
     }
     let mut times = Vec::new();
     let mut lap = |what: &str, since: &mut Instant| {
@@ -331,11 +326,11 @@ pub fn run(rest: &[&str]) -> Result<()> {
     // The example services' binaries, for their end-to-end tests.
     cmd!(sh, "{cargo} build --workspace --bins").run()?;
     lap("build (tests and binaries)", &mut t);
-    let nimify = target_dir(&root).join("debug/cargo-nimify");
+    let nimify = crate::target_dir().join("debug/cargo-nimify");
     cmd!(sh, "{nimify} nimify ort install").run().context("installing ONNX Runtime")?;
     cmd!(sh, "{cargo} test --workspace {rest...}").run()?;
     // trybuild's own workspace (tests/tests/ui.rs), with its own build of every dependency.
-    drop_on_ci(&sh, &target_dir(&root).join("tests"));
+    drop_on_ci(&sh, &crate::target_dir().join("tests"));
     lap("cargo test", &mut t);
     // The other platform's build of example-iris and its ONNX Runtime, for the multi-platform
     // image test: built here, with the very command `image --platform` runs, so that test finds
@@ -355,7 +350,7 @@ pub fn run(rest: &[&str]) -> Result<()> {
     // build goes to its own target directory: in the shared one it would replace
     // target/debug/cargo-nimify with a binary built outside this checkout. No debug info keeps
     // the throw-away build small; it is removed afterwards.
-    let publish_target = target_dir(&root).join("publish-check");
+    let publish_target = crate::target_dir().join("publish-check");
     forget_packaged_sources();
     cmd!(sh, "{cargo} publish --workspace --dry-run --allow-dirty --quiet")
         .env("CARGO_PROFILE_DEV_DEBUG", "false")
